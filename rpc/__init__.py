@@ -1,0 +1,54 @@
+"""lanerpc: grpc.aio's API, moved over the fastest lane that reaches the peer.
+
+    import rpc
+    server = rpc.server()
+    channel = rpc.insecure_channel("127.0.0.1:50051")
+
+Everything here behaves as its namesake in ``grpc.aio``; see README.md for
+what lanerpc adds (``channel.lane``, the ``lanerpc.lanes`` option, ``rpc.serve``).
+"""
+
+from __future__ import annotations
+
+from grpc.aio import AioRpcError, EOF, Metadata
+
+from rpc._channel import (
+    Channel,
+    StreamStreamCall,
+    StreamUnaryCall,
+    UnaryStreamCall,
+    UnaryUnaryCall,
+)
+from rpc._server import Server, ServicerContext
+from rpc._wire import ProtocolError
+
+__version__ = "0.1.0"
+
+
+def insecure_channel(target: str, options=None, compression=None, interceptors=None) -> Channel:
+    """A channel to ``target`` (``host:port``, ``unix:/path``, ``dns:///name:port``, ...)."""
+    return Channel(target, options, interceptors)
+
+
+def server(migration_thread_pool=None, handlers=None, interceptors=None, options=None,
+           maximum_concurrent_rpcs=None, compression=None) -> Server:
+    """A server; add servicers with the generated ``add_*Servicer_to_server``."""
+    return Server(migration_thread_pool, handlers, interceptors, options,
+                  maximum_concurrent_rpcs, compression)
+
+
+__all__ = (
+    "AioRpcError",
+    "Channel",
+    "EOF",
+    "Metadata",
+    "ProtocolError",
+    "Server",
+    "ServicerContext",
+    "StreamStreamCall",
+    "StreamUnaryCall",
+    "UnaryStreamCall",
+    "UnaryUnaryCall",
+    "insecure_channel",
+    "server",
+)

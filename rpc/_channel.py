@@ -1,0 +1,795 @@
+"""The client side: Channel, the four multi-callables and their call objects.
+
+A call opens its stream synchronously when the channel already has a ready
+connection (no task per call); its result is one future set when the stream
+ends. The connection is made, and lanes chosen, by :mod:`rpc._lanes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import random
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+from grpc import aio
+
+from rpc import _connection as c
+from rpc import _options
+from rpc._link import Link
+from rpc._status import EMPTY_METADATA, rpc_error, status_code, to_metadata, validate_metadata
+from rpc._target import parse_target
+
+log = logging.getLogger("lanerpc")
+
+_C = grpc.StatusCode
+_EOF = aio.EOF
+_CONNECTIVITY = grpc.ChannelConnectivity
+
+
+def _identity(x):
+    return x
+
+
+class ClientLink(Link):
+    role = c.Role.CLIENT
+
+    def __init__(self, channel: "Channel", options, **kwargs) -> None:
+        super().__init__(options, **kwargs)
+        self.channel = channel
+        self.calls: dict[int, _Call] = {}
+        self.draining = False
+        self.hello = None
+
+    def _dispatch(self, events: list[c.Event]) -> None:
+        calls = self.calls
+        for ev in events:
+            t = type(ev)
+            if t is c.MessageReceived:
+                call = calls.get(ev.stream_id)
+                if call is not None:
+                    call._on_message(ev.data)
+            elif t is c.StreamEnded:
+                call = calls.pop(ev.stream_id, None)
+                if call is not None:
+                    call._on_end(ev.code, ev.details, ev.metadata, ev.not_started)
+            elif t is c.InitialMetadataReceived:
+                call = calls.get(ev.stream_id)
+                if call is not None:
+                    call._on_initial_metadata(ev.metadata)
+            elif t is c.StreamWritable:
+                call = calls.get(ev.stream_id)
+                if call is not None:
+                    call._on_writable()
+            elif t is c.HandshakeDone:
+                self.hello = ev.hello
+                self.handshake_complete()
+            elif t is c.GoAwayReceived:
+                self.draining = True
+                self.channel._link_draining(self)
+                if not calls:
+                    self.close("server sent GOAWAY")
+            elif t is c.PingAcked:
+                self.channel._ping_acked(self, ev.payload)
+
+    def _lost(self, reason: str) -> None:
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            call._on_end(_C.UNAVAILABLE.value[0], reason, (), False)
+        self.channel._link_lost(self)
+
+    def forget(self, sid: int) -> None:
+        self.calls.pop(sid, None)
+        if self.draining and not self.calls:
+            self.close("server sent GOAWAY")
+
+
+# ============================================================ call objects
+
+class _Call:
+    """State shared by the four call kinds; implements grpc.aio.Call."""
+
+    _unary_request = True
+    _unary_response = True
+
+    def __init__(self, channel: "Channel", method: str, serializer, deserializer,
+                 timeout: float | None, metadata, wait_for_ready: bool | None) -> None:
+        self._channel = channel
+        self._loop = channel._loop
+        self._method = method
+        self._serialize = serializer or _identity
+        self._deserialize = deserializer or _identity
+        self._metadata = validate_metadata(metadata) if metadata else ()
+        self._wait_for_ready = bool(wait_for_ready)
+        self._deadline = None if timeout is None else self._loop.time() + timeout
+        self._link: ClientLink | None = None
+        self._sid = 0
+        self._initial_md: tuple | None = None
+        self._trailing_md: tuple = ()
+        self._code: int | None = None
+        self._details = ""
+        self._locally_cancelled = False
+        self._not_started = False
+        self._done_fut: asyncio.Future | None = None
+        self._md_fut: asyncio.Future | None = None
+        self._callbacks: list[Callable] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._messages: collections.deque = collections.deque()
+        self._reader: asyncio.Future | None = None
+        self._opened: asyncio.Future | None = None
+        self._writable: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._response: Any = None
+        if timeout is not None:
+            self._timer = self._loop.call_later(max(timeout, 0), self._on_deadline)
+
+    # ------------------------------------------------------------ starting
+
+    def _begin(self, first: bytes | None) -> None:
+        link = self._channel._ready_link()
+        if link is not None and self._code is None:
+            self._open(link, first)
+        else:
+            self._task = self._loop.create_task(self._connect_and_open(first))
+
+    async def _connect_and_open(self, first: bytes | None) -> None:
+        try:
+            link = await self._channel._get_link(self._deadline, self._wait_for_ready)
+        except aio.AioRpcError as err:
+            self._finish(err.code().value[0], err.details() or "", ())
+            return
+        except asyncio.CancelledError:
+            return
+        if self._code is None:
+            self._open(link, first)
+
+    def _open(self, link: ClientLink, first: bytes | None) -> None:
+        timeout = None
+        if self._deadline is not None:
+            timeout = self._deadline - self._loop.time()
+            if timeout <= 0:
+                self._on_deadline()
+                return
+        conn = link.conn
+        try:
+            sid = conn.start_request(self._method, timeout, self._metadata,
+                                     end_stream=self._unary_request and first is None)
+            if first is not None:
+                conn.send_message(sid, first, end_stream=True)
+        except c.ConnectionClosed as exc:
+            self._finish(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), not_started=True)
+            return
+        self._link = link
+        self._sid = sid
+        link.calls[sid] = self
+        link.flush_soon()
+        opened = self._opened
+        if opened is not None and not opened.done():
+            opened.set_result(None)
+
+    # ------------------------------------------------------------ events from the link
+
+    def _on_initial_metadata(self, metadata: tuple) -> None:
+        self._initial_md = metadata
+        fut = self._md_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_message(self, data: bytes) -> None:
+        self._messages.append(data)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def _on_writable(self) -> None:
+        waiter = self._writable
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_end(self, code: int, details: str, metadata: tuple, not_started: bool) -> None:
+        self._link = None
+        self._finish(code, details, metadata, not_started=not_started)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        if self._code is None:
+            self._abandon(_C.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    # ------------------------------------------------------------ ending
+
+    def _abandon(self, code: grpc.StatusCode, details: str) -> None:
+        """End the call from this side: tell the server, then finish."""
+        link = self._link
+        if link is not None:
+            self._link = None
+            link.conn.cancel(self._sid, code.value[0])
+            link.forget(self._sid)
+            link.flush_soon()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._finish(code.value[0], details, ())
+
+    def _finish(self, code: int, details: str, metadata: tuple, *, not_started: bool = False) -> None:
+        if self._code is not None:
+            return
+        self._code = code
+        self._details = details
+        self._trailing_md = metadata
+        self._not_started = not_started
+        if self._initial_md is None:
+            self._initial_md = ()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fut in (self._done_fut, self._md_fut, self._reader, self._writable, self._opened):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if self._callbacks:
+            for cb in self._callbacks:
+                self._loop.call_soon(cb, self)
+            self._callbacks = []
+
+    def _error(self) -> aio.AioRpcError:
+        return rpc_error(status_code(self._code or 0), self._details, self._initial_md, self._trailing_md)
+
+    def _raise_for_status(self) -> None:
+        if self._locally_cancelled:
+            raise asyncio.CancelledError()
+        if self._code != 0:
+            raise self._error()
+
+    async def _wait_done(self) -> None:
+        if self._code is None:
+            if self._done_fut is None:
+                self._done_fut = self._loop.create_future()
+            try:
+                await asyncio.shield(self._done_fut)
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+
+    # ------------------------------------------------------------ grpc.aio.Call
+
+    def cancel(self) -> bool:
+        if self._code is not None:
+            return False
+        self._locally_cancelled = True
+        self._abandon(_C.CANCELLED, "Locally cancelled by application!")
+        return True
+
+    def cancelled(self) -> bool:
+        return self._code == 1
+
+    def done(self) -> bool:
+        return self._code is not None
+
+    def add_done_callback(self, callback) -> None:
+        if self._code is not None:
+            self._loop.call_soon(callback, self)
+        else:
+            self._callbacks.append(callback)
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(self._deadline - self._loop.time(), 0.0)
+
+    async def initial_metadata(self) -> aio.Metadata:
+        if self._initial_md is None:
+            if self._md_fut is None:
+                self._md_fut = self._loop.create_future()
+            await asyncio.shield(self._md_fut)
+        return to_metadata(self._initial_md)
+
+    async def trailing_metadata(self) -> aio.Metadata:
+        await self._wait_done()
+        return to_metadata(self._trailing_md)
+
+    async def code(self) -> grpc.StatusCode:
+        await self._wait_done()
+        return status_code(self._code or 0)
+
+    async def details(self) -> str:
+        await self._wait_done()
+        return self._details
+
+    async def debug_error_string(self) -> str:
+        await self._wait_done()
+        return f"lanerpc: {status_code(self._code or 0).name}: {self._details}"
+
+    async def wait_for_connection(self) -> None:
+        if self._initial_md is None and self._code is None:
+            await self.initial_metadata()
+        if self._code is not None and self._code != 0 and not self._messages:
+            self._raise_for_status()
+
+    @property
+    def never_started(self) -> bool:
+        """True if the server refused this call before any handler ran (safe to retry)."""
+        return self._not_started
+
+    def __repr__(self) -> str:
+        state = "pending" if self._code is None else status_code(self._code).name
+        return f"<lanerpc call {self._method} {state}>"
+
+    # ------------------------------------------------------------ reading
+
+    async def _read_raw(self) -> bytes | None:
+        messages = self._messages
+        while not messages:
+            if self._code is not None:
+                return None
+            self._reader = self._loop.create_future()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+            finally:
+                self._reader = None
+        data = messages.popleft()
+        link = self._link
+        if link is not None:
+            link.conn.consume(self._sid)
+        return data
+
+    async def read(self):
+        if self._unary_response:
+            raise RuntimeError("read() is for calls with a streaming response")
+        data = await self._read_raw()
+        if data is None:
+            self._raise_for_status()
+            return _EOF
+        return self._decode(data)
+
+    def _decode(self, data: bytes):
+        try:
+            return self._deserialize(data)
+        except Exception as exc:
+            self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
+            raise self._error() from exc
+
+    async def _iterate(self) -> AsyncIterator:
+        while True:
+            data = await self._read_raw()
+            if data is None:
+                self._raise_for_status()
+                return
+            yield self._decode(data)
+
+    # ------------------------------------------------------------ writing
+
+    _half_closed = False
+    _iterator_task: asyncio.Task | None = None
+
+    async def write(self, request) -> None:
+        if self._iterator_task is not None:
+            raise grpc.UsageError("write() is not allowed when a request iterator was given")
+        await self._write(request)
+
+    async def _write(self, request) -> None:
+        if self._code is not None:
+            self._raise_for_status()
+            raise asyncio.InvalidStateError("RPC already finished")
+        if self._half_closed:
+            raise asyncio.InvalidStateError("RPC is half closed after calling done_writing")
+        data = self._serialize(request)
+        limit = self._channel._options.max_send_message_length
+        if len(data) > limit:
+            self._abandon(_C.RESOURCE_EXHAUSTED,
+                          f"Sent message larger than max ({len(data)} vs. {limit})")
+            raise self._error()
+        if self._link is None and self._code is None:
+            if self._opened is None:
+                self._opened = self._loop.create_future()
+            await self._opened
+        link = self._link
+        if link is None:
+            self._raise_for_status()
+            raise asyncio.InvalidStateError("RPC already finished")
+        conn = link.conn
+        try:
+            sent = conn.send_message(self._sid, data)
+        except c.StreamClosed:
+            return
+        link.flush_soon()
+        if not sent and conn.wait_writable(self._sid):
+            self._writable = self._loop.create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+            if self._code is not None and self._code != 0:
+                self._raise_for_status()
+        await link.drain()
+
+    async def done_writing(self) -> None:
+        if self._iterator_task is not None:
+            raise grpc.UsageError("done_writing() is not allowed when a request iterator was given")
+        await self._done_writing()
+
+    async def _done_writing(self) -> None:
+        if self._half_closed or self._code is not None:
+            return
+        if self._link is None:
+            if self._opened is None:
+                self._opened = self._loop.create_future()
+            await self._opened
+        self._half_closed = True
+        link = self._link
+        if link is not None:
+            link.conn.end_input(self._sid)
+            link.flush_soon()
+
+    def _consume_iterator(self, iterator) -> None:
+        self._iterator_task = self._loop.create_task(self._feed(iterator))
+
+    async def _feed(self, iterator) -> None:
+        try:
+            if hasattr(iterator, "__aiter__"):
+                async for request in iterator:
+                    if self._code is not None:
+                        return
+                    await self._write(request)
+            else:
+                for request in iterator:
+                    if self._code is not None:
+                        return
+                    await self._write(request)
+            await self._done_writing()
+        except (asyncio.CancelledError, aio.AioRpcError, asyncio.InvalidStateError):
+            return
+        except Exception as exc:  # the user's iterator raised: the call fails, like grpc.aio
+            self._abandon(_C.UNKNOWN, f"Exception iterating requests: {exc!r}")
+
+
+class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
+    def __await__(self):
+        if self._code is None:
+            if self._done_fut is None:
+                self._done_fut = self._loop.create_future()
+            try:
+                yield from self._done_fut.__await__()
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+        return self._result()
+
+    def _result(self):
+        if self._code == 0:
+            if self._response is None:
+                if not self._messages:
+                    raise rpc_error(_C.INTERNAL, "server ended the call without a response",
+                                    self._initial_md, self._trailing_md)
+                data = self._messages.popleft()
+                self._response = self._decode(data)
+            return self._response
+        self._raise_for_status()
+
+
+class UnaryStreamCall(_Call, aio.UnaryStreamCall):
+    _unary_response = False
+
+    def __aiter__(self):
+        return self._iterate()
+
+
+class StreamUnaryCall(_Call, aio.StreamUnaryCall):
+    _unary_request = False
+
+    __await__ = UnaryUnaryCall.__await__
+    _result = UnaryUnaryCall._result
+
+
+class StreamStreamCall(_Call, aio.StreamStreamCall):
+    _unary_request = False
+    _unary_response = False
+
+    def __aiter__(self):
+        return self._iterate()
+
+
+# ============================================================ multi-callables
+
+class _MultiCallable:
+    _call_class: type[_Call]
+
+    def __init__(self, channel: "Channel", method: str, serializer, deserializer) -> None:
+        self._channel = channel
+        self._method = method
+        self._serializer = serializer
+        self._deserializer = deserializer
+
+    def _make(self, timeout, metadata, wait_for_ready) -> _Call:
+        if self._channel._closed:
+            raise aio.UsageError("Cannot invoke RPC: Channel closed!") if hasattr(aio, "UsageError") \
+                else grpc.RpcError("channel closed")
+        return self._call_class(self._channel, self._method, self._serializer, self._deserializer,
+                                timeout, metadata, wait_for_ready)
+
+
+class UnaryUnaryMultiCallable(_MultiCallable, aio.UnaryUnaryMultiCallable):
+    _call_class = UnaryUnaryCall
+
+    def __call__(self, request, *, timeout=None, metadata=None, credentials=None,
+                 wait_for_ready=None, compression=None):
+        interceptors = self._channel._interceptors.get("unary_unary")
+        if interceptors:
+            from rpc._interceptors import intercept
+            return intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
+        return self._invoke(request, timeout, metadata, wait_for_ready)
+
+    def _invoke(self, request, timeout, metadata, wait_for_ready) -> _Call:
+        call = self._make(timeout, metadata, wait_for_ready)
+        data = call._serialize(request)
+        limit = self._channel._options.max_send_message_length
+        if len(data) > limit:
+            call._finish(_C.RESOURCE_EXHAUSTED.value[0],
+                         f"Sent message larger than max ({len(data)} vs. {limit})", ())
+            return call
+        call._begin(data)
+        return call
+
+
+class UnaryStreamMultiCallable(UnaryUnaryMultiCallable, aio.UnaryStreamMultiCallable):
+    _call_class = UnaryStreamCall
+
+    def __call__(self, request, *, timeout=None, metadata=None, credentials=None,
+                 wait_for_ready=None, compression=None):
+        interceptors = self._channel._interceptors.get("unary_stream")
+        if interceptors:
+            from rpc._interceptors import intercept
+            return intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
+        return self._invoke(request, timeout, metadata, wait_for_ready)
+
+
+class StreamUnaryMultiCallable(_MultiCallable, aio.StreamUnaryMultiCallable):
+    _call_class = StreamUnaryCall
+
+    def __call__(self, request_iterator=None, timeout=None, metadata=None, credentials=None,
+                 wait_for_ready=None, compression=None):
+        kind = "stream_unary" if self._call_class is StreamUnaryCall else "stream_stream"
+        interceptors = self._channel._interceptors.get(kind)
+        if interceptors:
+            from rpc._interceptors import intercept
+            return intercept(self, interceptors, request_iterator, timeout, metadata, wait_for_ready)
+        return self._invoke(request_iterator, timeout, metadata, wait_for_ready)
+
+    def _invoke(self, request_iterator, timeout, metadata, wait_for_ready) -> _Call:
+        call = self._make(timeout, metadata, wait_for_ready)
+        call._begin(None)
+        if request_iterator is not None:
+            call._consume_iterator(request_iterator)
+        return call
+
+
+class StreamStreamMultiCallable(StreamUnaryMultiCallable, aio.StreamStreamMultiCallable):
+    _call_class = StreamStreamCall
+
+
+# ============================================================ channel
+
+class Channel(aio.Channel):
+    """A grpc.aio-compatible channel. ``channel.lane`` says which lane carries it."""
+
+    def __init__(self, target: str, options=None, interceptors=None, *, credentials=None) -> None:
+        self._target = target
+        self._endpoints = parse_target(target)
+        self._options = _options.parse(options)
+        self._raw_options = tuple(options or ())
+        self._credentials = credentials
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = asyncio.get_event_loop_policy().get_event_loop()
+        from rpc._interceptors import sort_interceptors
+        self._interceptors = sort_interceptors(interceptors)
+        self._link: ClientLink | None = None
+        self._old_links: set[ClientLink] = set()
+        self._connecting: asyncio.Task | None = None
+        self._state = _CONNECTIVITY.IDLE
+        self._state_waiters: list[asyncio.Future] = []
+        self._closed = False
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._rr = 0
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def lane(self) -> str | None:
+        """The lane that carries this channel now: "tcp", "unix", "shm", or None."""
+        link = self._link
+        return link.lane if link is not None else None
+
+    async def __aenter__(self) -> "Channel":
+        return self
+
+    async def __aexit__(self, exc_type, exc_val, exc_tb) -> None:
+        await self.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        links = [link for link in (self._link, *self._old_links) if link is not None]
+        if grace and any(link.calls for link in links):
+            pending = [link.closed for link in links]
+            waiters = [asyncio.ensure_future(self._calls_drained(link)) for link in links]
+            done, pending_w = await asyncio.wait(waiters, timeout=grace)
+            for w in pending_w:
+                w.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        for link in links:
+            for call in list(link.calls.values()):
+                call._abandon(_C.CANCELLED, "Channel closed!")
+            link.close("channel closed")
+        self._set_state(_CONNECTIVITY.SHUTDOWN)
+        for link in links:
+            if link.transport is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(link.closed), 1.0)
+                except asyncio.TimeoutError:
+                    link.abort("channel closed")
+        self._link = None
+        self._old_links.clear()
+
+    async def _calls_drained(self, link: ClientLink) -> None:
+        while link.calls and not link.closed.done():
+            await asyncio.sleep(0.01)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        if try_to_connect and self._state is _CONNECTIVITY.IDLE and not self._closed:
+            self._start_connecting()
+        return self._state
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        while self._state == last_observed_state:
+            waiter = self._loop.create_future()
+            self._state_waiters.append(waiter)
+            await waiter
+
+    async def channel_ready(self) -> None:
+        while True:
+            state = self.get_state(try_to_connect=True)
+            if state is _CONNECTIVITY.READY:
+                return
+            if state is _CONNECTIVITY.SHUTDOWN:
+                raise aio.UsageError("Channel is closed") if hasattr(aio, "UsageError") \
+                    else RuntimeError("Channel is closed")
+            if state is _CONNECTIVITY.TRANSIENT_FAILURE or state is _CONNECTIVITY.IDLE:
+                self._start_connecting(wait=True)
+            await self.wait_for_state_change(state)
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None,
+                    _registered_method=False):
+        return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def unary_stream(self, method, request_serializer=None, response_deserializer=None,
+                     _registered_method=False):
+        return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_unary(self, method, request_serializer=None, response_deserializer=None,
+                     _registered_method=False):
+        return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method, request_serializer=None, response_deserializer=None,
+                      _registered_method=False):
+        return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
+
+    # ------------------------------------------------------------ connections
+
+    def _set_state(self, state: grpc.ChannelConnectivity) -> None:
+        if self._state is _CONNECTIVITY.SHUTDOWN or state is self._state:
+            return
+        self._state = state
+        waiters, self._state_waiters = self._state_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _ready_link(self) -> ClientLink | None:
+        link = self._link
+        if link is not None and not link.draining and not link.conn.closed:
+            return link
+        return None
+
+    def _start_connecting(self, wait: bool = False) -> asyncio.Task:
+        task = self._connecting
+        if task is None or task.done():
+            task = self._connecting = self._loop.create_task(self._connect(wait))
+            task.add_done_callback(_retrieve)
+        return task
+
+    async def _get_link(self, deadline: float | None, wait_for_ready: bool) -> ClientLink:
+        """A ready connection, made if needed. Raises AioRpcError(UNAVAILABLE) when
+        the server can't be reached (or, with wait_for_ready, DEADLINE_EXCEEDED)."""
+        while True:
+            if self._closed:
+                raise rpc_error(_C.CANCELLED, "Channel closed!")
+            link = self._ready_link()
+            if link is not None:
+                return link
+            task = self._start_connecting(wait=wait_for_ready)
+            timeout = None if deadline is None else deadline - self._loop.time()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except asyncio.TimeoutError:
+                raise rpc_error(_C.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            link = task.result()
+            if link is not None:
+                return link
+            if not wait_for_ready:
+                raise rpc_error(_C.UNAVAILABLE, f"failed to connect to {self._target}: "
+                                f"{self._last_error}")
+
+    _last_error = ""
+
+    async def _connect(self, wait: bool) -> ClientLink | None:
+        """One connection attempt (after the backoff the last failures earned)."""
+        from rpc import _lanes
+        delay = self._next_attempt - self._loop.time()
+        if delay > 0:
+            if not wait:
+                return None
+            await asyncio.sleep(delay)
+        self._set_state(_CONNECTIVITY.CONNECTING)
+        endpoints = self._endpoints
+        errors = []
+        for i in range(len(endpoints)):
+            endpoint = endpoints[(self._rr + i) % len(endpoints)]
+            try:
+                link = await _lanes.connect(self, endpoint)
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                errors.append(f"{endpoint}: {exc or type(exc).__name__}")
+                continue
+            self._rr += 1
+            self._link = link
+            self._failures = 0
+            self._next_attempt = 0.0
+            self._set_state(_CONNECTIVITY.READY)
+            return link
+        self._last_error = "; ".join(errors)
+        self._failures += 1
+        opts = self._options
+        backoff = min(opts.initial_reconnect_backoff * 1.6 ** (self._failures - 1),
+                      opts.max_reconnect_backoff)
+        self._next_attempt = self._loop.time() + backoff * random.uniform(0.8, 1.2)
+        self._set_state(_CONNECTIVITY.TRANSIENT_FAILURE)
+        log.debug("lanerpc: connecting to %s failed: %s", self._target, self._last_error)
+        return None
+
+    def _link_draining(self, link: ClientLink) -> None:
+        if self._link is link:
+            self._link = None
+            self._old_links.add(link)
+            self._set_state(_CONNECTIVITY.IDLE)
+
+    def _link_lost(self, link: ClientLink) -> None:
+        self._old_links.discard(link)
+        if self._link is link:
+            self._link = None
+            if not self._closed:
+                self._set_state(_CONNECTIVITY.IDLE)
+
+    def _replace_link(self, old: ClientLink, new: ClientLink) -> None:
+        """Move new calls to ``new``; ``old`` finishes what it carries, then closes."""
+        if self._link is old:
+            self._link = new
+            old.draining = True
+            if old.calls:
+                self._old_links.add(old)
+            else:
+                old.close("moved to a faster lane")
+
+    def _ping_acked(self, link: ClientLink, payload: bytes) -> None:
+        pass
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,806 @@
+"""The lanerpc connection state machine: bytes in, events out. No I/O, no asyncio.
+
+``Connection.receive_data(data)`` returns a list of events; the ``send_*``
+methods queue frames; ``data_to_send()`` returns the bytes to write. Stream
+states and their transitions live in the table ``_TRANSITIONS`` below and
+nowhere else. Flow control (docs/wire-protocol.md, "Flow control") is done here
+too: a message is queued whole by the sender, released to the wire as the peer's
+windows allow, and :class:`StreamWritable` tells the owner when it has drained.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import os
+from dataclasses import dataclass, field
+
+from rpc import _wire
+from rpc._proto import handshake_pb2
+from rpc._wire import (
+    CANCEL,
+    FLAG_ACK,
+    FLAG_END_STREAM,
+    FLAG_MORE,
+    FLAG_NO_MESSAGE,
+    FLAG_NOT_STARTED,
+    GOAWAY,
+    HEADERS,
+    HELLO,
+    MESSAGE,
+    PING,
+    TRAILERS,
+    WINDOW_UPDATE,
+    GoAwayCode,
+    ProtocolError,
+)
+
+_pack_header = _wire.HEADER.pack
+
+# grpc.StatusCode values as plain ints, so this module needs no grpc import.
+OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED = 0, 1, 2, 4
+RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE = 8, 13, 14
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class StreamState(enum.Enum):
+    OPEN = "open"                       # both sides may send messages
+    HALF_CLOSED_LOCAL = "half-closed-local"    # we sent END_STREAM
+    HALF_CLOSED_REMOTE = "half-closed-remote"  # the peer sent END_STREAM
+    CLOSED = "closed"
+
+
+class StreamInput(enum.Enum):
+    SEND_END = "send END_STREAM"
+    RECV_END = "receive END_STREAM"
+    SEND_MESSAGE = "send MESSAGE"
+    RECV_MESSAGE = "receive MESSAGE"
+    CLOSE = "send/receive TRAILERS or CANCEL"
+
+
+S, I = StreamState, StreamInput
+# Everything that moves a stream from one state to another. A pair missing from
+# the table is a protocol violation (when the peer caused it) or a bug (when we did).
+_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
+    (S.OPEN, I.SEND_MESSAGE): S.OPEN,
+    (S.OPEN, I.RECV_MESSAGE): S.OPEN,
+    (S.OPEN, I.SEND_END): S.HALF_CLOSED_LOCAL,
+    (S.OPEN, I.RECV_END): S.HALF_CLOSED_REMOTE,
+    (S.OPEN, I.CLOSE): S.CLOSED,
+    (S.HALF_CLOSED_LOCAL, I.RECV_MESSAGE): S.HALF_CLOSED_LOCAL,
+    (S.HALF_CLOSED_LOCAL, I.RECV_END): S.CLOSED,
+    (S.HALF_CLOSED_LOCAL, I.CLOSE): S.CLOSED,
+    (S.HALF_CLOSED_REMOTE, I.SEND_MESSAGE): S.HALF_CLOSED_REMOTE,
+    (S.HALF_CLOSED_REMOTE, I.SEND_END): S.CLOSED,
+    (S.HALF_CLOSED_REMOTE, I.CLOSE): S.CLOSED,
+}
+del S, I
+
+
+def transition(state: StreamState, event: StreamInput) -> StreamState:
+    try:
+        return _TRANSITIONS[(state, event)]
+    except KeyError:
+        raise ProtocolError(f"{event.value} not allowed on a {state.value} stream") from None
+
+
+# ------------------------------------------------------------------- events
+
+class Event:
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class HandshakeDone(Event):
+    hello: handshake_pb2.Hello
+
+
+@dataclass(slots=True)
+class RequestReceived(Event):
+    stream_id: int
+    method: str
+    timeout: float | None     # seconds, relative, as sent
+    metadata: tuple
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class InitialMetadataReceived(Event):
+    stream_id: int
+    metadata: tuple
+
+
+@dataclass(slots=True)
+class MessageReceived(Event):
+    stream_id: int
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class EndOfInput(Event):
+    """The client half-closed with no message in the same frame."""
+    stream_id: int
+
+
+@dataclass(slots=True)
+class StreamEnded(Event):
+    """The stream is over. For a client: the call's final status. For a server:
+    the call was cancelled (``cancelled``) or, when a limit was broken, ended by
+    us with ``code`` already sent to the peer."""
+    stream_id: int
+    code: int
+    details: str
+    metadata: tuple = ()
+    not_started: bool = False
+    by_peer: bool = True
+
+
+@dataclass(slots=True)
+class StreamWritable(Event):
+    stream_id: int
+
+
+@dataclass(slots=True)
+class PingReceived(Event):
+    payload: bytes
+
+
+@dataclass(slots=True)
+class PingAcked(Event):
+    payload: bytes
+
+
+@dataclass(slots=True)
+class GoAwayReceived(Event):
+    last_stream_id: int
+    code: int
+    reason: str
+
+
+# ------------------------------------------------------------------- settings
+
+@dataclass(slots=True)
+class Limits:
+    """What this side accepts; announced in its HELLO."""
+    max_frame_size: int = _wire.DEFAULT_MAX_FRAME_SIZE
+    stream_window: int = _wire.DEFAULT_STREAM_WINDOW
+    connection_window: int = _wire.DEFAULT_CONNECTION_WINDOW
+    max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
+    max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
+    max_receive_message_length: int = 4 * 1024 * 1024
+
+    def to_settings(self) -> handshake_pb2.Settings:
+        return handshake_pb2.Settings(
+            max_frame_size=self.max_frame_size,
+            initial_stream_window=self.stream_window,
+            initial_connection_window=self.connection_window,
+            max_concurrent_streams=self.max_concurrent_streams,
+            max_metadata_size=self.max_metadata_size,
+        )
+
+
+@dataclass(slots=True)
+class PeerLimits:
+    max_frame_size: int = _wire.DEFAULT_MAX_FRAME_SIZE
+    stream_window: int = _wire.DEFAULT_STREAM_WINDOW
+    connection_window: int = _wire.DEFAULT_CONNECTION_WINDOW
+    max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
+    max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
+
+    @classmethod
+    def from_settings(cls, s: handshake_pb2.Settings) -> "PeerLimits":
+        def pick(value: int, default: int, low: int, high: int, name: str) -> int:
+            if value == 0:
+                return default
+            if not low <= value <= high:
+                raise ProtocolError(f"peer's {name} {value} outside [{low}, {high}]")
+            return value
+        return cls(
+            max_frame_size=pick(s.max_frame_size, _wire.DEFAULT_MAX_FRAME_SIZE, 1024,
+                                _wire.MAX_FRAME_SIZE_LIMIT, "max_frame_size"),
+            stream_window=pick(s.initial_stream_window, _wire.DEFAULT_STREAM_WINDOW, 1024,
+                               _wire.MAX_WINDOW, "stream window"),
+            connection_window=pick(s.initial_connection_window, _wire.DEFAULT_CONNECTION_WINDOW,
+                                   1024, _wire.MAX_WINDOW, "connection window"),
+            max_concurrent_streams=pick(s.max_concurrent_streams,
+                                        _wire.DEFAULT_MAX_CONCURRENT_STREAMS, 1, 2**31,
+                                        "max_concurrent_streams"),
+            max_metadata_size=pick(s.max_metadata_size, _wire.DEFAULT_MAX_METADATA_SIZE, 1024,
+                                   2**24, "max_metadata_size"),
+        )
+
+
+# ------------------------------------------------------------------- streams
+
+class _Stream:
+    __slots__ = (
+        "id", "state", "send_window", "outbox", "outbox_bytes", "partial", "partial_size",
+        "partial_credited", "held", "held_bytes", "headers_sent", "headers_received",
+        "discarding", "want_writable", "credit_pending", "trailers_pending",
+    )
+
+    def __init__(self, stream_id: int, send_window: int) -> None:
+        self.id = stream_id
+        self.state = StreamState.OPEN
+        self.send_window = send_window
+        # Outbound: messages waiting for window, as (buffer, offset, end_stream).
+        self.outbox: collections.deque = collections.deque()
+        self.outbox_bytes = 0
+        # Inbound: chunks of a message being assembled.
+        self.partial: list[bytes] = []
+        self.partial_size = 0
+        self.partial_credited = 0
+        # Bytes of delivered but not yet consumed messages (credited on consume).
+        self.held = 0
+        self.held_bytes = 0
+        self.headers_sent = False
+        self.headers_received = False
+        self.discarding = False       # over the size limit: drop the rest of this message
+        self.want_writable = False
+        self.credit_pending = 0       # stream-level credit not yet sent
+        self.trailers_pending: bytes | None = None   # TRAILERS queued behind the outbox
+
+
+class Connection:
+    """One lanerpc connection, either side. See module docstring."""
+
+    def __init__(
+        self,
+        role: Role,
+        limits: Limits | None = None,
+        *,
+        hello_extra: handshake_pb2.Hello | None = None,
+    ) -> None:
+        self.role = role
+        self.limits = limits or Limits()
+        self.peer: PeerLimits | None = None
+        self.peer_hello: handshake_pb2.Hello | None = None
+        self.version: int | None = None
+        self._decoder = _wire.FrameDecoder(self.limits.max_frame_size)
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self.streams: dict[int, _Stream] = {}
+        self._last_peer_stream = 0      # server: highest stream id the client opened
+        self._next_stream_id = 1        # client
+        self.send_window = _wire.DEFAULT_CONNECTION_WINDOW  # until the peer's HELLO says
+        self._recv_window_pending = 0   # connection-level credit not yet sent
+        self._blocked: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.goaway_sent = False
+        self.goaway_received: GoAwayReceived | None = None
+        self.closed = False
+        self._hello_extra = hello_extra
+        self.handshake_done = False
+        if role is Role.CLIENT:
+            self._send_hello([_wire.PROTOCOL_VERSION])
+
+    # ----------------------------------------------------------- plumbing
+
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    def data_to_send(self) -> list[bytes]:
+        """The buffers to write, in order (may be empty)."""
+        self._flush_credit()
+        out = self._out
+        if out:
+            self._out = []
+            self._out_bytes = 0
+        return out
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out) or self._recv_window_pending > 0
+
+    def _send_hello(self, versions: list[int]) -> None:
+        hello = handshake_pb2.Hello()
+        if self._hello_extra is not None:
+            hello.CopyFrom(self._hello_extra)
+        hello.versions[:] = versions
+        hello.settings.CopyFrom(self.limits.to_settings())
+        body = hello.SerializeToString()
+        self._emit(_wire.MAGIC + _wire.frame(HELLO, 0, 0, body))
+
+    # ----------------------------------------------------------- receiving
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; returns the events they complete.
+
+        Raises :class:`ProtocolError` on any violation; the connection is then
+        unusable and the caller should send ``data_to_send()`` (a GOAWAY has been
+        queued) and close.
+        """
+        if self.closed:
+            return []
+        events: list[Event] = []
+        decoder = self._decoder
+        decoder.feed(data)
+        try:
+            for ftype, flags, sid, payload in decoder.frames():
+                if ftype == MESSAGE:
+                    self._on_message(flags, sid, payload, events)
+                elif ftype == HEADERS:
+                    self._on_headers(flags, sid, payload, events)
+                elif ftype == TRAILERS:
+                    self._on_trailers(sid, payload, events)
+                elif ftype == WINDOW_UPDATE:
+                    self._on_window_update(sid, payload, events)
+                elif ftype == HELLO:
+                    self._on_hello(sid, payload, events)
+                elif ftype == CANCEL:
+                    self._on_cancel(flags, sid, payload, events)
+                elif ftype == PING:
+                    self._on_ping(flags, sid, payload, events)
+                elif ftype == GOAWAY:
+                    self._on_goaway(sid, payload, events)
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+        return events
+
+    def _fail(self, exc: ProtocolError) -> None:
+        if not self.closed:
+            self._emit(_wire.frame(GOAWAY, 0, 0, _wire.encode_goaway(
+                self._last_peer_stream, exc.code, str(exc))))
+            self.closed = True
+
+    def _require_handshake(self) -> None:
+        if not self.handshake_done:
+            raise ProtocolError("frame before HELLO")
+
+    def _on_hello(self, sid: int, payload: bytes, events: list[Event]) -> None:
+        if self.handshake_done:
+            raise ProtocolError("second HELLO")
+        if sid != 0:
+            raise ProtocolError("HELLO on a stream")
+        hello = handshake_pb2.Hello()
+        try:
+            hello.ParseFromString(payload)
+        except Exception:
+            raise ProtocolError("HELLO is not a valid handshake message") from None
+        peer = PeerLimits.from_settings(hello.settings)
+        if self.role is Role.SERVER:
+            common = [v for v in hello.versions if v in _wire.SUPPORTED_VERSIONS]
+            if not common:
+                raise ProtocolError(
+                    f"no common protocol version (peer speaks {list(hello.versions)}, "
+                    f"we speak {list(_wire.SUPPORTED_VERSIONS)})",
+                    GoAwayCode.UNSUPPORTED_VERSION)
+            self.version = max(common)
+            self._send_hello([self.version])
+        else:
+            if len(hello.versions) != 1 or hello.versions[0] not in _wire.SUPPORTED_VERSIONS:
+                raise ProtocolError(f"server chose an unknown version {list(hello.versions)}",
+                                    GoAwayCode.UNSUPPORTED_VERSION)
+            self.version = hello.versions[0]
+        self.peer = peer
+        self.peer_hello = hello
+        self.send_window = peer.connection_window
+        self.handshake_done = True
+        events.append(HandshakeDone(hello))
+
+    def _on_headers(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+        self._require_handshake()
+        if len(payload) > self.limits.max_metadata_size + 512:
+            # The request can't be parsed for a reply; refuse the stream only.
+            if self.role is Role.SERVER and sid > self._last_peer_stream:
+                self._last_peer_stream = sid
+                self._emit(_wire.frame(TRAILERS, 0, sid, _wire.encode_trailers(
+                    RESOURCE_EXHAUSTED, "request metadata larger than the limit", None)))
+                return
+        if self.role is Role.SERVER:
+            if sid <= self._last_peer_stream or sid == 0:
+                raise ProtocolError(f"HEADERS reuse stream id {sid}")
+            self._last_peer_stream = sid
+            method, timeout_us, metadata = _wire.decode_request_headers(payload)
+            if self.goaway_sent:
+                self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
+                    UNAVAILABLE, "server is shutting down")))
+                return
+            if len(self.streams) >= self.limits.max_concurrent_streams:
+                self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
+                    RESOURCE_EXHAUSTED, "too many concurrent streams on this connection")))
+                return
+            stream = _Stream(sid, self.peer.stream_window)  # type: ignore[union-attr]
+            stream.headers_received = True
+            end = bool(flags & FLAG_END_STREAM)
+            if end:
+                stream.state = StreamState.HALF_CLOSED_REMOTE
+            self.streams[sid] = stream
+            events.append(RequestReceived(
+                sid, method, timeout_us / 1e6 if timeout_us else None, metadata, end))
+        else:
+            stream = self.streams.get(sid)
+            if stream is None:
+                self._check_known(sid)
+                return
+            if stream.headers_received:
+                raise ProtocolError(f"second HEADERS on stream {sid}")
+            stream.headers_received = True
+            metadata, end = _wire.decode_metadata(payload)
+            if end != len(payload):
+                raise ProtocolError("trailing bytes after response headers")
+            events.append(InitialMetadataReceived(sid, metadata))
+
+    def _check_known(self, sid: int) -> None:
+        """A frame for a stream we don't hold: fine if it was closed (frames
+        cross in flight), a violation if it was never opened."""
+        highest = self._last_peer_stream if self.role is Role.SERVER else self._next_stream_id - 1
+        if sid == 0 or sid > highest:
+            raise ProtocolError(f"frame for stream {sid}, which was never opened")
+
+    def _on_message(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+        self._require_handshake()
+        stream = self.streams.get(sid)
+        size = len(payload)
+        if stream is None:
+            self._check_known(sid)
+            self._recv_window_pending += size    # still counts against the connection
+            return
+        if self.role is Role.CLIENT and not stream.headers_received:
+            raise ProtocolError(f"MESSAGE before HEADERS on stream {sid}")
+        if flags & FLAG_NO_MESSAGE:
+            if size or not flags & FLAG_END_STREAM or flags & FLAG_MORE or stream.partial:
+                raise ProtocolError("a bare half-close must be empty and end the stream")
+            self._recv_end(stream)
+            events.append(EndOfInput(sid))
+            return
+        stream.state = transition(stream.state, StreamInput.RECV_MESSAGE)
+        more = flags & FLAG_MORE
+        if stream.discarding:
+            self._recv_window_pending += size
+            if not more:
+                stream.discarding = False
+            return
+        total = stream.partial_size + size
+        if total > self.limits.max_receive_message_length:
+            self._recv_window_pending += size + stream.partial_size - stream.partial_credited
+            limit = self.limits.max_receive_message_length
+            stream.partial.clear()
+            stream.partial_size = 0
+            stream.partial_credited = 0
+            stream.discarding = bool(more)
+            if self.role is Role.SERVER:
+                detail = f"Received message larger than max ({total} vs. {limit})"
+                self.end_stream(sid, RESOURCE_EXHAUSTED, detail)
+                events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
+            else:
+                detail = f"Received message larger than max ({total} vs. {limit})"
+                self.cancel(sid, CANCELLED, "response too large")
+                events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
+            return
+        if more:
+            stream.partial.append(payload)
+            stream.partial_size = total
+            if not stream.held:
+                # Nothing queued ahead of this message: the reader is waiting for
+                # it, so its bytes are credited at once (a message larger than the
+                # window can't deadlock). Otherwise they wait for consume().
+                stream.partial_credited += size
+                self._credit(stream, size)
+            return
+        if stream.partial:
+            stream.partial.append(payload)
+            data = b"".join(stream.partial)
+            stream.partial.clear()
+        else:
+            data = payload
+        uncredited = total - stream.partial_credited
+        stream.partial_size = 0
+        stream.partial_credited = 0
+        stream.held += 1
+        stream.held_bytes += uncredited
+        end = bool(flags & FLAG_END_STREAM)
+        if end:
+            self._recv_end(stream)
+        events.append(MessageReceived(sid, data, end))
+
+    def _recv_end(self, stream: _Stream) -> None:
+        if self.role is Role.CLIENT:
+            raise ProtocolError("END_STREAM from the server; it ends streams with TRAILERS")
+        stream.state = transition(stream.state, StreamInput.RECV_END)
+        if stream.state is StreamState.CLOSED:
+            self._drop(stream)
+
+    def _on_trailers(self, sid: int, payload: bytes, events: list[Event]) -> None:
+        self._require_handshake()
+        if self.role is Role.SERVER:
+            raise ProtocolError("TRAILERS from a client")
+        stream = self.streams.get(sid)
+        if stream is None:
+            self._check_known(sid)
+            return
+        code, details, metadata = _wire.decode_trailers(payload)
+        stream.state = transition(stream.state, StreamInput.CLOSE)
+        self._drop(stream)
+        events.append(StreamEnded(sid, code, details, metadata))
+
+    def _on_cancel(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+        self._require_handshake()
+        code, details = _wire.decode_cancel(payload)
+        stream = self.streams.get(sid)
+        if stream is None:
+            self._check_known(sid)
+            return
+        stream.state = transition(stream.state, StreamInput.CLOSE)
+        self._drop(stream)
+        not_started = bool(flags & FLAG_NOT_STARTED) and self.role is Role.CLIENT
+        events.append(StreamEnded(sid, code, details, (), not_started))
+
+    def _on_window_update(self, sid: int, payload: bytes, events: list[Event]) -> None:
+        self._require_handshake()
+        inc = _wire.decode_window_update(payload)
+        if sid == 0:
+            self.send_window += inc
+            if self.send_window > _wire.MAX_WINDOW:
+                raise ProtocolError("connection window overflow")
+            self._release_blocked(events)
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            self._check_known(sid)
+            return
+        stream.send_window += inc
+        if stream.send_window > _wire.MAX_WINDOW:
+            raise ProtocolError(f"window overflow on stream {sid}")
+        if stream.outbox:
+            self._pump(stream, events)
+
+    def _on_ping(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+        self._require_handshake()
+        if sid != 0 or len(payload) != 8:
+            raise ProtocolError("PING must be 8 bytes on stream 0")
+        if flags & FLAG_ACK:
+            events.append(PingAcked(payload))
+        else:
+            self._emit(_wire.frame(PING, FLAG_ACK, 0, payload))
+            events.append(PingReceived(payload))
+
+    def _on_goaway(self, sid: int, payload: bytes, events: list[Event]) -> None:
+        if sid != 0:
+            raise ProtocolError("GOAWAY on a stream")
+        last, code, reason = _wire.decode_goaway(payload)
+        ev = GoAwayReceived(last, code, reason)
+        self.goaway_received = ev
+        events.append(ev)
+        if self.role is Role.CLIENT:
+            # Streams the server never saw will never be answered: they end now,
+            # marked not started so they may be retried elsewhere.
+            for stream in [s for s in self.streams.values() if s.id > last]:
+                self._drop(stream)
+                events.append(StreamEnded(stream.id, UNAVAILABLE,
+                                          f"server going away: {reason}" if reason else
+                                          "server going away", (), True, by_peer=True))
+
+    # ----------------------------------------------------------- flow control
+
+    def _credit(self, stream: _Stream, size: int) -> None:
+        """Give ``size`` bytes of window back to the peer, batched: a
+        WINDOW_UPDATE goes out once a quarter of the window is owed."""
+        self._recv_window_pending += size
+        # Per-stream credit matters only while the peer can still send on it.
+        if stream.state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
+            pending = stream.credit_pending + size
+            if pending >= self.limits.stream_window // 4:
+                stream.credit_pending = 0
+                self._emit(_wire.frame(WINDOW_UPDATE, 0, stream.id, _wire.encode_window_update(pending)))
+            else:
+                stream.credit_pending = pending
+
+    def consume(self, stream_id: int) -> None:
+        """The owner took one delivered message off the stream: credit it back."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return  # stream gone: _drop() already credited what it held
+        if stream.held <= 0:
+            return
+        stream.held -= 1
+        if stream.held == 0:
+            size = stream.held_bytes
+            stream.held_bytes = 0
+            # Nothing left queued: chunks already in of the next message are now
+            # the head, the reader waits for them.
+            extra = stream.partial_size - stream.partial_credited
+            if extra:
+                stream.partial_credited = stream.partial_size
+                size += extra
+            if size:
+                self._credit(stream, size)
+
+    def _flush_credit(self) -> None:
+        pending = self._recv_window_pending
+        if pending and pending >= self.limits.connection_window // 4:
+            self._recv_window_pending = 0
+            self._emit(_wire.frame(WINDOW_UPDATE, 0, 0, _wire.encode_window_update(pending)))
+
+    def _release_blocked(self, events: list[Event]) -> None:
+        while self._blocked and self.send_window > 0:
+            sid = next(iter(self._blocked))
+            del self._blocked[sid]
+            stream = self.streams.get(sid)
+            if stream is not None and stream.outbox:
+                self._pump(stream, events)
+
+    # ----------------------------------------------------------- sending
+
+    def _check_can_send(self) -> None:
+        if self.closed:
+            raise ConnectionClosed("connection is closed")
+        if not self.handshake_done:
+            raise RuntimeError("handshake not done")
+
+    def start_request(self, method: str, timeout: float | None, metadata, *, end_stream: bool = False) -> int:
+        """Client: open a stream. Returns its id."""
+        self._check_can_send()
+        if self.goaway_received is not None:
+            raise ConnectionClosed("server sent GOAWAY")
+        sid = self._next_stream_id
+        if sid > _wire.MAX_STREAM_ID:
+            raise ConnectionClosed("stream ids exhausted")
+        self._next_stream_id = sid + 1
+        timeout_us = 0
+        if timeout is not None:
+            timeout_us = max(1, min(int(timeout * 1e6), _wire.MAX_TIMEOUT_US))
+        payload = _wire.encode_request_headers(method, timeout_us, metadata)
+        stream = _Stream(sid, self.peer.stream_window)  # type: ignore[union-attr]
+        stream.headers_sent = True
+        if end_stream:
+            stream.state = StreamState.HALF_CLOSED_LOCAL
+        self.streams[sid] = stream
+        self._emit(_pack_header(len(payload), HEADERS, FLAG_END_STREAM if end_stream else 0, sid) + payload)
+        return sid
+
+    def send_initial_metadata(self, stream_id: int, metadata) -> None:
+        """Server: the response's initial metadata (once, before any message)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.headers_sent:
+            return
+        stream.headers_sent = True
+        payload = _wire.encode_metadata(metadata)
+        self._emit(_pack_header(len(payload), HEADERS, 0, stream_id) + payload)
+
+    def send_message(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> bool:
+        """Queue one whole message. Returns True if it all went to the wire now,
+        False if part waits for the peer's window (a StreamWritable follows)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise StreamClosed(stream_id)
+        if self.role is Role.SERVER and not stream.headers_sent:
+            self.send_initial_metadata(stream_id, None)
+        stream.state = transition(stream.state, StreamInput.SEND_MESSAGE)
+        if end_stream:
+            stream.state = transition(stream.state, StreamInput.SEND_END)
+        size = len(data)
+        if (not stream.outbox and size <= stream.send_window and size <= self.send_window
+                and size <= self.peer.max_frame_size):  # type: ignore[union-attr]
+            stream.send_window -= size
+            self.send_window -= size
+            self._emit(_pack_header(size, MESSAGE, FLAG_END_STREAM if end_stream else 0, stream_id))
+            if size:
+                self._out.append(data)
+                self._out_bytes += size
+            return True
+        stream.outbox.append([data, 0, end_stream])
+        stream.outbox_bytes += size
+        self._pump(stream, None)
+        return not stream.outbox
+
+    def _pump(self, stream: _Stream, events: list[Event] | None) -> None:
+        """Send as much of the stream's queued messages as the windows allow."""
+        max_frame = self.peer.max_frame_size  # type: ignore[union-attr]
+        outbox = stream.outbox
+        while outbox:
+            item = outbox[0]
+            data, offset, end = item
+            remaining = len(data) - offset
+            allowance = min(stream.send_window, self.send_window, max_frame)
+            if remaining and allowance <= 0:
+                if self.send_window <= 0:
+                    self._blocked[stream.id] = None
+                return
+            n = min(remaining, allowance)
+            last = n == remaining
+            flags = (FLAG_END_STREAM if end else 0) if last else FLAG_MORE
+            self._emit(_pack_header(n, MESSAGE, flags, stream.id))
+            if n:
+                chunk = data if (offset == 0 and last) else memoryview(data)[offset:offset + n]
+                self._out.append(chunk)
+                self._out_bytes += n
+            stream.send_window -= n
+            self.send_window -= n
+            stream.outbox_bytes -= n
+            if last:
+                outbox.popleft()
+            else:
+                item[1] = offset + n
+        if stream.trailers_pending is not None:
+            payload = stream.trailers_pending
+            self._emit(_pack_header(len(payload), TRAILERS, 0, stream.id) + payload)
+            self._drop(stream)
+            return
+        if stream.want_writable and events is not None:
+            stream.want_writable = False
+            events.append(StreamWritable(stream.id))
+
+    def wait_writable(self, stream_id: int) -> bool:
+        """Ask for a StreamWritable event when the stream's queue drains.
+        Returns False if it is already drained (no event will come)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.outbox:
+            return False
+        stream.want_writable = True
+        return True
+
+    def end_input(self, stream_id: int) -> None:
+        """Client: half-close (done writing)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.outbox:
+            stream.outbox[-1][2] = True
+            stream.state = transition(stream.state, StreamInput.SEND_END)
+            return
+        stream.state = transition(stream.state, StreamInput.SEND_END)
+        self._emit(_pack_header(0, MESSAGE, FLAG_END_STREAM | FLAG_NO_MESSAGE, stream_id))
+
+    def end_stream(self, stream_id: int, code: int, details: str = "", metadata=None) -> None:
+        """Server: send the final status and close the stream."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        payload = _wire.encode_trailers(code, details, metadata)
+        if not stream.outbox:
+            self._emit(_pack_header(len(payload), TRAILERS, 0, stream_id) + payload)
+            self._drop(stream)
+            return
+        # Messages still wait for window: the trailers wait behind them.
+        stream.trailers_pending = payload
+
+    def cancel(self, stream_id: int, code: int = CANCELLED, details: str = "", *, not_started: bool = False) -> None:
+        """Either side: abandon the stream. Queued messages are dropped."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED if not_started else 0, stream_id,
+                               _wire.encode_cancel(code, details)))
+        self._drop(stream)
+
+    def _drop(self, stream: _Stream) -> None:
+        stream.state = StreamState.CLOSED
+        self.streams.pop(stream.id, None)
+        self._blocked.pop(stream.id, None)
+        # Bytes the owner will never consume now still count for the connection.
+        leftover = stream.held_bytes + (stream.partial_size - stream.partial_credited)
+        if leftover:
+            self._recv_window_pending += leftover
+        stream.held = 0
+        stream.held_bytes = 0
+
+    def ping(self, payload: bytes | None = None) -> bytes:
+        payload = payload if payload is not None else os.urandom(8)
+        self._emit(_wire.frame(PING, 0, 0, payload))
+        return payload
+
+    def goaway(self, code: int = GoAwayCode.NO_ERROR, reason: str = "") -> None:
+        if self.goaway_sent:
+            return
+        self.goaway_sent = True
+        last = self._last_peer_stream if self.role is Role.SERVER else 0
+        self._emit(_wire.frame(GOAWAY, 0, 0, _wire.encode_goaway(last, code, reason)))
+
+    def outbox_bytes(self, stream_id: int) -> int:
+        stream = self.streams.get(stream_id)
+        return stream.outbox_bytes if stream is not None else 0
+
+
+class ConnectionClosed(Exception):
+    """The connection can't carry new work."""
+
+
+class StreamClosed(Exception):
+    """The stream is over; nothing more can be sent on it."""

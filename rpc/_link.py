@@ -1,0 +1,182 @@
+"""One connection over any lane: an asyncio Protocol that feeds the sans-IO
+:class:`~rpc._connection.Connection` and writes what it asks to send.
+
+Writes are batched: everything queued during one turn of the event loop goes
+out in one ``writelines`` (one system call), which is what makes pipelined
+streams fast; bytes produced while handling received data go out at the end
+of that ``data_received``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from rpc import _connection as c
+from rpc._options import Options
+from rpc._wire import GoAwayCode, ProtocolError
+from transports import PeerInfo, peer_info
+
+log = logging.getLogger("lanerpc")
+
+
+class Link(asyncio.Protocol):
+    """Base of ClientLink and ServerLink: transport plumbing, handshake timer,
+    flushing, keepalive. Subclasses implement ``_dispatch(events)``."""
+
+    role: c.Role
+
+    def __init__(self, options: Options, *, hello_extra=None) -> None:
+        self.options = options
+        limits = c.Limits(
+            max_metadata_size=options.max_metadata_size,
+            max_receive_message_length=options.max_receive_message_length,
+            max_concurrent_streams=options.max_concurrent_streams,
+        )
+        self.conn = c.Connection(self.role, limits, hello_extra=hello_extra)
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer: PeerInfo | None = None
+        self.lane: str | None = None
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.close_reason: str | None = None
+        self._flush_scheduled = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ------------------------------------------------------------ transport side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = peer_info(transport)
+        self.lane = self.peer.lane
+        self._handshake_timer = self.loop.call_later(
+            self.options.handshake_timeout, self._handshake_expired)
+        self.flush()
+
+    def _handshake_expired(self) -> None:
+        if not self.conn.handshake_done:
+            self.fail(ProtocolError("no complete HELLO within the handshake timeout",
+                                    GoAwayCode.HANDSHAKE_TIMEOUT))
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        if events:
+            try:
+                self._dispatch(events)
+            except ProtocolError as exc:
+                self.fail(exc)
+                return
+        if self.conn.has_data_to_send:
+            self.flush()
+
+    def eof_received(self) -> bool:
+        return False   # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self.conn.closed = True
+        if self.close_reason is None:
+            self.close_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(self.close_reason))
+            self.ready.exception()   # mark retrieved; the owner reports it its own way
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+        self._lost(self.close_reason)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait while the transport's own buffer is above its high-water mark."""
+        if self._write_paused and not self.conn.closed:
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    # ------------------------------------------------------------ writing
+
+    def flush_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        transport = self.transport
+        if not data or transport is None or transport.is_closing():
+            return
+        if len(data) == 1:
+            self.bytes_out += len(data[0])
+            transport.write(data[0])
+        else:
+            self.bytes_out += sum(map(len, data))
+            transport.writelines(data)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def handshake_complete(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def fail(self, exc: ProtocolError) -> None:
+        """Close this one connection because the peer broke the protocol."""
+        if self.close_reason is None:
+            self.close_reason = f"protocol error: {exc}"
+        peer = self.peer.address if self.peer else "?"
+        log.warning("lanerpc: closing connection from %s: %s", peer, exc)
+        if not self.conn.closed:
+            self.conn._fail(exc)
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self, reason: str = "closed") -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.transport is not None and not self.transport.is_closing():
+            self.flush()
+            self.transport.close()
+
+    def abort(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------ subclass hooks
+
+    def _dispatch(self, events: list[c.Event]) -> None:
+        raise NotImplementedError
+
+    def _lost(self, reason: str) -> None:
+        raise NotImplementedError

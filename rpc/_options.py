@@ -1,0 +1,108 @@
+"""Channel and server options: gRPC's names where gRPC has one, ``lanerpc.*`` for ours."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+from rpc import _wire
+
+ALL_LANES = ("shm", "unix", "tcp")
+DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
+_UNLIMITED = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    max_receive_message_length: int = DEFAULT_MAX_RECEIVE
+    max_send_message_length: int = _UNLIMITED
+    max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
+    lanes: tuple[str, ...] = ALL_LANES
+    handshake_timeout: float = 5.0
+    keepalive_time: float | None = None      # seconds between PINGs on an idle connection
+    keepalive_timeout: float = 20.0          # seconds to wait for the PING's answer
+    keepalive_permit_without_calls: bool = False
+    min_ping_interval: float = 300.0         # server: pings closer than this are "too many"
+    max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
+    allowed_uids: frozenset[int] = frozenset()   # unix/shm: uids admitted besides our own
+    upgrade_timeout: float = 1.0
+    retry_policy: dict | None = None
+    initial_reconnect_backoff: float = 1.0
+    max_reconnect_backoff: float = 120.0
+    min_connect_timeout: float = 20.0
+
+
+def parse_lanes(text: str) -> tuple[str, ...]:
+    lanes = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [lane for lane in lanes if lane not in ALL_LANES]
+    if unknown or not lanes:
+        raise ValueError(
+            f"lanerpc.lanes must list some of {', '.join(ALL_LANES)}; got {text!r}")
+    return lanes
+
+
+def _length(value: Any, name: str) -> int:
+    value = int(value)
+    if value < 0:
+        return _UNLIMITED
+    if value == 0 and name == "grpc.max_receive_message_length":
+        raise ValueError(f"{name} must be positive or -1")
+    return min(value, _UNLIMITED)
+
+
+def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
+    """Options from gRPC-style (name, value) pairs. Unknown names are ignored,
+    as gRPC does; known names with bad values raise ValueError."""
+    values: dict[str, Any] = {}
+    env_lanes = os.environ.get("LANERPC_LANES")
+    if env_lanes:
+        values["lanes"] = parse_lanes(env_lanes)
+    import json
+    for item in options or ():
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise ValueError(f"options must be (name, value) pairs; got {item!r}") from None
+        if name == "grpc.max_receive_message_length":
+            values["max_receive_message_length"] = _length(value, name)
+        elif name == "grpc.max_send_message_length":
+            values["max_send_message_length"] = _length(value, name)
+        elif name == "grpc.max_metadata_size":
+            values["max_metadata_size"] = max(1024, min(int(value), 2**24))
+        elif name == "lanerpc.lanes":
+            values["lanes"] = parse_lanes(str(value))
+        elif name == "lanerpc.handshake_timeout_ms":
+            values["handshake_timeout"] = max(1, int(value)) / 1000
+        elif name == "lanerpc.upgrade_timeout_ms":
+            values["upgrade_timeout"] = max(1, int(value)) / 1000
+        elif name == "grpc.keepalive_time_ms":
+            values["keepalive_time"] = None if int(value) <= 0 else int(value) / 1000
+        elif name == "grpc.keepalive_timeout_ms":
+            values["keepalive_timeout"] = max(1, int(value)) / 1000
+        elif name == "grpc.keepalive_permit_without_calls":
+            values["keepalive_permit_without_calls"] = bool(int(value))
+        elif name == "grpc.http2.min_ping_interval_without_data_ms":
+            values["min_ping_interval"] = max(0, int(value)) / 1000
+        elif name == "grpc.max_concurrent_streams":
+            values["max_concurrent_streams"] = max(1, int(value))
+        elif name == "lanerpc.allowed_uids":
+            uids = value if isinstance(value, (list, tuple, set, frozenset)) else str(value).split(",")
+            values["allowed_uids"] = frozenset(int(u) for u in uids if str(u).strip())
+        elif name == "grpc.service_config":
+            values["retry_policy"] = _retry_policy(json.loads(value) if isinstance(value, str) else value)
+        elif name == "grpc.initial_reconnect_backoff_ms":
+            values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
+        elif name == "grpc.max_reconnect_backoff_ms":
+            values["max_reconnect_backoff"] = max(1, int(value)) / 1000
+        elif name == "grpc.min_reconnect_backoff_ms":
+            values["min_connect_timeout"] = max(1, int(value)) / 1000
+    return Options(**values)
+
+
+def _retry_policy(config: dict) -> dict | None:
+    for method_config in config.get("methodConfig", ()):
+        policy = method_config.get("retryPolicy")
+        if policy:
+            return policy
+    return None

@@ -1,0 +1,93 @@
+"""gRPC target strings -> endpoints to dial, decided before any I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from urllib.parse import unquote
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    lane: str          # "tcp" or "unix"
+    host: str = ""     # tcp: a name or an address
+    port: int = 0
+    path: str = ""     # unix: the socket file
+
+    def __str__(self) -> str:
+        if self.lane == "unix":
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _host_port(text: str, default_port: int | None, original: str, *, server: bool = False) -> Endpoint:
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f"bad target {original!r}: unclosed '['")
+        host, rest = text[1:close], text[close + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad target {original!r}")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        # A bare IPv6 address without brackets, no port.
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host and not server:
+        raise ValueError(f"bad target {original!r}: no host")
+    if port_text:
+        low = 0 if server else 1
+        if not port_text.isdigit() or not low <= int(port_text) < 65536:
+            raise ValueError(f"bad address {original!r}: port must be {low}-65535")
+        port = int(port_text)
+    elif default_port is not None:
+        port = default_port
+    else:
+        raise ValueError(f"bad target {original!r}: no port")
+    return Endpoint("tcp", host=host, port=port)
+
+
+def parse_target(target: str) -> list[Endpoint]:
+    """Endpoints for a gRPC target: ``host:port``, ``ipv4:a:p,b:p``, ``ipv6:[a]:p``,
+    ``dns:///name:port``, ``unix:path``, ``unix:///abs/path``, ``unix-abstract:`` is not
+    supported (raises)."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"target must be a non-empty string; got {target!r}")
+    if target.startswith("unix://"):
+        path = unquote(target[len("unix://"):])
+        if not path.startswith("/"):
+            raise ValueError(f"bad target {target!r}: unix:// takes an absolute path")
+        return [Endpoint("unix", path=path)]
+    if target.startswith("unix:"):
+        path = unquote(target[len("unix:"):])
+        if not path:
+            raise ValueError(f"bad target {target!r}: no path")
+        return [Endpoint("unix", path=path if path.startswith("/") else os.path.abspath(path))]
+    if target.startswith("unix-abstract:"):
+        raise ValueError("unix-abstract: targets are not supported")
+    if target.startswith("ipv4:") or target.startswith("ipv6:"):
+        return [_host_port(part, None, target) for part in target[5:].split(",") if part]
+    if target.startswith("dns:"):
+        rest = target[4:]
+        if rest.startswith("//"):
+            authority, _, rest = rest[2:].partition("/")
+        return [_host_port(rest, 443, target)]
+    return [_host_port(target, 443, target)]
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_server_address(address: str) -> Endpoint:
+    """A server's listening address: ``host:port`` (port 0 = any), ``[::]:port``,
+    ``unix:path``."""
+    if address.startswith("unix:"):
+        return parse_target(address)[0]
+    return _host_port(address, None, address, server=True)

@@ -1,0 +1,323 @@
+"""The lanerpc frame codec: bytes <-> frames, bounded. No I/O, no asyncio.
+
+The layout is written down in docs/wire-protocol.md; this module is its only
+implementation. Every parse either returns a value or raises
+:class:`ProtocolError`; every length is checked before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Iterable, Sequence
+
+# Sent first by both sides; an 8-byte magic that no HTTP/1, HTTP/2 or TLS peer
+# sends, so a wrong dial fails at the first byte with a clear reason.
+MAGIC = b"LNRPC\r\n\x00"
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+HEADER = struct.Struct(">IBBI")   # payload length, type, flags, stream id
+HEADER_SIZE = HEADER.size          # 10 bytes
+
+# The largest frame payload any peer may announce, and the default. A header that
+# announces more than the receiver's limit is refused before the payload is read.
+MAX_FRAME_SIZE_LIMIT = 16 * 1024 * 1024
+DEFAULT_MAX_FRAME_SIZE = 1024 * 1024
+DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024
+DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT_STREAMS = 1024
+DEFAULT_MAX_METADATA_SIZE = 16 * 1024   # gRPC's default soft limit is 8 KiB; hard 16 KiB
+MAX_WINDOW = 2**31 - 1
+MAX_STREAM_ID = 2**32 - 1
+MAX_TIMEOUT_US = 2**63 - 1
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 0
+    HEADERS = 1
+    MESSAGE = 2
+    TRAILERS = 3
+    CANCEL = 4
+    WINDOW_UPDATE = 5
+    PING = 6
+    GOAWAY = 7
+
+
+# Flags. Their meaning depends on the frame type (docs/wire-protocol.md).
+FLAG_END_STREAM = 0x01   # HEADERS, MESSAGE from the client: no more messages follow
+FLAG_MORE = 0x02         # MESSAGE: more chunks of this message follow
+FLAG_NO_MESSAGE = 0x04   # MESSAGE: carries no message, only END_STREAM (a bare half-close)
+FLAG_ACK = 0x01          # PING: this is the answer
+FLAG_NOT_STARTED = 0x01  # CANCEL from the server: the call never reached a handler
+
+HELLO, HEADERS, MESSAGE, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY = (
+    int(t) for t in FrameType
+)
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+class GoAwayCode(enum.IntEnum):
+    NO_ERROR = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2
+    ENHANCE_YOUR_CALM = 3      # too many pings
+    UNSUPPORTED_VERSION = 4
+    HANDSHAKE_TIMEOUT = 5
+    PERMISSION_DENIED = 6
+
+
+class ProtocolError(Exception):
+    """The peer broke the wire protocol; the connection cannot go on."""
+
+    def __init__(self, reason: str, code: GoAwayCode = GoAwayCode.PROTOCOL_ERROR) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+# --------------------------------------------------------------------- encoding
+
+_pack_header = HEADER.pack
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_U16 = struct.Struct(">H")
+_TRAILER_HEAD = struct.Struct(">II")   # status code, details length
+_REQUEST_HEAD = struct.Struct(">QH")   # timeout in µs (0 = none), method length
+_GOAWAY_HEAD = struct.Struct(">II")    # last stream id, code
+_CANCEL_HEAD = struct.Struct(">I")     # status code
+
+Metadata = Sequence[tuple[str, "str | bytes"]]
+
+
+def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One whole frame, header and payload, as one bytes object (small frames)."""
+    return _pack_header(len(payload), ftype, flags, stream_id) + payload
+
+
+def frame_header(ftype: int, flags: int, stream_id: int, length: int) -> bytes:
+    return _pack_header(length, ftype, flags, stream_id)
+
+
+def encode_metadata(metadata: Metadata | None) -> bytes:
+    """u16 count, then per entry: u16 key length, key, u32 value length, value.
+
+    Keys are ASCII and lowercase (gRPC's rule); keys ending in ``-bin`` carry
+    bytes, all others printable ASCII strings.
+    """
+    if not metadata:
+        return b"\x00\x00"
+    parts = [_U16.pack(len(metadata))]
+    append = parts.append
+    for key, value in metadata:
+        kb = key.encode("ascii") if isinstance(key, str) else bytes(key)
+        if isinstance(value, str):
+            vb = value.encode("utf-8")
+        else:
+            vb = bytes(value)
+        append(_U16.pack(len(kb)))
+        append(kb)
+        append(_U32.pack(len(vb)))
+        append(vb)
+    return b"".join(parts)
+
+
+def decode_metadata(buf: bytes | memoryview, offset: int = 0) -> tuple[tuple[tuple[str, str | bytes], ...], int]:
+    """Parse a metadata block at ``offset``; returns (entries, offset after it)."""
+    end = len(buf)
+    if offset + 2 > end:
+        raise ProtocolError("metadata block truncated")
+    (count,) = _U16.unpack_from(buf, offset)
+    offset += 2
+    out: list[tuple[str, str | bytes]] = []
+    for _ in range(count):
+        if offset + 2 > end:
+            raise ProtocolError("metadata key length truncated")
+        (klen,) = _U16.unpack_from(buf, offset)
+        offset += 2
+        if klen == 0 or offset + klen + 4 > end:
+            raise ProtocolError("metadata key truncated or empty")
+        kraw = bytes(buf[offset:offset + klen])
+        offset += klen
+        (vlen,) = _U32.unpack_from(buf, offset)
+        offset += 4
+        if offset + vlen > end:
+            raise ProtocolError("metadata value length beyond the frame")
+        vraw = bytes(buf[offset:offset + vlen])
+        offset += vlen
+        try:
+            key = kraw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("metadata key is not ASCII") from None
+        if key.endswith("-bin"):
+            out.append((key, vraw))
+        else:
+            try:
+                out.append((key, vraw.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise ProtocolError(f"metadata value of {key!r} is not text") from None
+    return tuple(out), offset
+
+
+def encode_request_headers(method: str, timeout_us: int, metadata: Metadata | None) -> bytes:
+    mb = method.encode("utf-8")
+    return _REQUEST_HEAD.pack(timeout_us, len(mb)) + mb + encode_metadata(metadata)
+
+
+def decode_request_headers(payload: bytes) -> tuple[str, int, tuple]:
+    if len(payload) < _REQUEST_HEAD.size:
+        raise ProtocolError("request headers truncated")
+    timeout_us, mlen = _REQUEST_HEAD.unpack_from(payload, 0)
+    start = _REQUEST_HEAD.size
+    if mlen == 0 or start + mlen > len(payload):
+        raise ProtocolError("request method truncated or empty")
+    try:
+        method = payload[start:start + mlen].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("request method is not UTF-8") from None
+    if timeout_us > MAX_TIMEOUT_US:
+        raise ProtocolError("request timeout out of range")
+    metadata, end = decode_metadata(payload, start + mlen)
+    if end != len(payload):
+        raise ProtocolError("trailing bytes after request headers")
+    return method, timeout_us, metadata
+
+
+def encode_trailers(code: int, details: str, metadata: Metadata | None) -> bytes:
+    db = details.encode("utf-8") if details else b""
+    return _TRAILER_HEAD.pack(code, len(db)) + db + encode_metadata(metadata)
+
+
+def decode_trailers(payload: bytes) -> tuple[int, str, tuple]:
+    if len(payload) < _TRAILER_HEAD.size:
+        raise ProtocolError("trailers truncated")
+    code, dlen = _TRAILER_HEAD.unpack_from(payload, 0)
+    start = _TRAILER_HEAD.size
+    if start + dlen > len(payload):
+        raise ProtocolError("trailers details beyond the frame")
+    if code > 16:
+        raise ProtocolError(f"status code {code} out of range")
+    try:
+        details = payload[start:start + dlen].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("trailers details are not UTF-8") from None
+    metadata, end = decode_metadata(payload, start + dlen)
+    if end != len(payload):
+        raise ProtocolError("trailing bytes after trailers")
+    return code, details, metadata
+
+
+def encode_cancel(code: int, details: str = "") -> bytes:
+    return _CANCEL_HEAD.pack(code) + details.encode("utf-8")
+
+
+def decode_cancel(payload: bytes) -> tuple[int, str]:
+    if len(payload) < 4:
+        raise ProtocolError("cancel truncated")
+    (code,) = _CANCEL_HEAD.unpack_from(payload, 0)
+    if code > 16:
+        raise ProtocolError(f"status code {code} out of range")
+    try:
+        return code, payload[4:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("cancel details are not UTF-8") from None
+
+
+def encode_goaway(last_stream_id: int, code: int, reason: str) -> bytes:
+    return _GOAWAY_HEAD.pack(last_stream_id, code) + reason.encode("utf-8")[:1024]
+
+
+def decode_goaway(payload: bytes) -> tuple[int, int, str]:
+    if len(payload) < 8:
+        raise ProtocolError("goaway truncated")
+    last, code = _GOAWAY_HEAD.unpack_from(payload, 0)
+    return last, code, payload[8:].decode("utf-8", errors="replace")
+
+
+def encode_window_update(increment: int) -> bytes:
+    return _U32.pack(increment)
+
+
+def decode_window_update(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise ProtocolError("window update must carry 4 bytes")
+    (inc,) = _U32.unpack(payload)
+    if inc == 0 or inc > MAX_WINDOW:
+        raise ProtocolError(f"window increment {inc} out of range")
+    return inc
+
+
+# --------------------------------------------------------------------- decoding
+
+class FrameDecoder:
+    """Splits a byte stream into frames.
+
+    ``feed(data)`` then iterate ``frames()``: yields ``(type, flags, stream_id,
+    payload)`` tuples. The magic preface is checked first. A header whose length
+    exceeds ``max_frame_size`` raises before the payload is buffered, so a
+    2**32-1 length costs nothing.
+    """
+
+    __slots__ = ("_buf", "_pos", "max_frame_size", "_magic_pending")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, expect_magic: bool = True) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_frame_size = max_frame_size
+        self._magic_pending = expect_magic
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        buf = self._buf
+        if self._pos and self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
+        buf += data
+
+    def frames(self) -> Iterable[tuple[int, int, int, bytes]]:
+        buf = self._buf
+        if self._magic_pending:
+            have = len(buf) - self._pos
+            n = min(have, len(MAGIC))
+            if bytes(buf[self._pos:self._pos + n]) != MAGIC[:n]:
+                raise ProtocolError(_describe_wrong_preface(bytes(buf[self._pos:self._pos + 24])))
+            if have < len(MAGIC):
+                return
+            self._pos += len(MAGIC)
+            self._magic_pending = False
+        pos = self._pos
+        end = len(buf)
+        limit = self.max_frame_size
+        unpack = HEADER.unpack_from
+        try:
+            while end - pos >= HEADER_SIZE:
+                length, ftype, flags, sid = unpack(buf, pos)
+                if length > limit:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+                if ftype not in _KNOWN_TYPES:
+                    raise ProtocolError(f"unknown frame type {ftype}")
+                stop = pos + HEADER_SIZE + length
+                if stop > end:
+                    break
+                payload = bytes(buf[pos + HEADER_SIZE:stop])
+                pos = stop
+                self._pos = pos
+                yield ftype, flags, sid, payload
+        finally:
+            # Compact once most of the buffer is consumed, so it never grows
+            # beyond one frame plus what arrived with it.
+            if self._pos > 65536 and self._pos * 2 > len(buf):
+                del buf[:self._pos]
+                self._pos = 0
+
+
+def _describe_wrong_preface(head: bytes) -> str:
+    if head.startswith(b"PRI * HTTP/2.0"):
+        return "peer speaks HTTP/2 (a gRPC client?), not lanerpc"
+    if head[:1] == b"\x16":
+        return "peer started a TLS handshake on a plaintext lanerpc port"
+    if head[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE"):
+        return "peer sent an HTTP/1 request, not lanerpc"
+    return f"bad preface {head[:16]!r}: not a lanerpc peer"

@@ -1,0 +1,85 @@
+"""The seam between lanes and the RPC layer.
+
+A lane's transport is an ``asyncio.BaseTransport``-compatible object (asyncio's
+own socket transports for ``tcp`` and ``unix``; a transport of our own for ``shm``).
+The RPC layer calls only these methods on it:
+
+``write(data)`` / ``writelines(list_of_buffers)``
+    queue bytes; never blocks. Above the high-water mark the transport calls the
+    protocol's ``pause_writing()``, below the low-water mark ``resume_writing()``.
+``close()``
+    flush what is queued, then close; ``connection_lost(None)`` follows.
+``abort()``
+    close at once, dropping what is queued; ``connection_lost(None)`` follows.
+``is_closing()``
+``get_extra_info("lanerpc_peer")``
+    a :class:`PeerInfo`.
+
+and the lane calls only these on the protocol: ``connection_made(transport)``,
+``data_received(data)`` (any split of the byte stream, never empty),
+``eof_received()``, ``connection_lost(exc_or_None)``, ``pause_writing()``,
+``resume_writing()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import struct
+from typing import Protocol as _TypingProtocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Typed facts about the other end of one connection."""
+
+    lane: str                    # "tcp", "unix", "shm", "pipe", "memory"
+    address: str                 # gRPC's spelling: "ipv4:1.2.3.4:5", "ipv6:[::1]:5", "unix:/p"
+    pid: int | None = None       # SO_PEERCRED, on local lanes
+    uid: int | None = None
+    gid: int | None = None
+
+
+class Listener(_TypingProtocol):
+    """What a lane's ``listen`` returns."""
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+_UCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, or None."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except (OSError, AttributeError):
+        return None
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def peer_info(transport: asyncio.BaseTransport) -> PeerInfo:
+    """The PeerInfo of any lane's transport (asyncio socket transports included)."""
+    info = transport.get_extra_info("lanerpc_peer")
+    if isinstance(info, PeerInfo):
+        return info
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        path = sock.getsockname() or transport.get_extra_info("peername") or ""
+        if isinstance(path, bytes):
+            path = path.decode(errors="replace")
+        creds = peer_credentials(sock)
+        if creds:
+            return PeerInfo("unix", f"unix:{path}", *creds)
+        return PeerInfo("unix", f"unix:{path}")
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        if ":" in host:
+            return PeerInfo("tcp", f"ipv6:[{host}]:{port}")
+        return PeerInfo("tcp", f"ipv4:{host}:{port}")
+    return PeerInfo("unknown", "unknown")
