@@ -43,6 +43,7 @@ class ClientLink(Link):
         self.calls: dict[int, _Call] = {}
         self.draining = False
         self.hello = None
+        self.refusal: c.GoAwayReceived | None = None
 
     def _dispatch(self, events: list[c.Event]) -> None:
         calls = self.calls
@@ -68,6 +69,12 @@ class ClientLink(Link):
                 self.hello = ev.hello
                 self.handshake_complete()
             elif t is c.GoAwayReceived:
+                if not self.ready.done():
+                    # Refused during the handshake (e.g. a uid the server doesn't admit).
+                    self.refusal = ev
+                    self.close_reason = f"server refused the connection: {ev.reason}"
+                    self.close(self.close_reason)
+                    continue
                 self.draining = True
                 self.channel._link_draining(self)
                 if not calls:
@@ -723,11 +730,14 @@ class Channel(aio.Channel):
             link = task.result()
             if link is not None:
                 return link
+            if self._last_refused:
+                raise rpc_error(_C.PERMISSION_DENIED, self._last_error)
             if not wait_for_ready:
                 raise rpc_error(_C.UNAVAILABLE, f"failed to connect to {self._target}: "
                                 f"{self._last_error}")
 
     _last_error = ""
+    _last_refused = False
 
     async def _connect(self, wait: bool) -> ClientLink | None:
         """One connection attempt (after the backoff the last failures earned)."""
@@ -746,8 +756,10 @@ class Channel(aio.Channel):
                 link = await _lanes.connect(self, endpoint)
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 errors.append(f"{endpoint}: {exc or type(exc).__name__}")
+                self._last_refused = isinstance(exc, PermissionError) and "refused" in str(exc)
                 continue
             self._rr += 1
+            self._last_refused = False
             self._link = link
             self._failures = 0
             self._next_attempt = 0.0

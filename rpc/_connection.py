@@ -13,7 +13,8 @@ from __future__ import annotations
 import collections
 import enum
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 from rpc import _wire
 from rpc._proto import handshake_pb2
@@ -255,6 +256,7 @@ class Connection:
         limits: Limits | None = None,
         *,
         hello_extra: handshake_pb2.Hello | None = None,
+        hello_reply: "Callable[[handshake_pb2.Hello], handshake_pb2.Hello | None] | None" = None,
     ) -> None:
         self.role = role
         self.limits = limits or Limits()
@@ -274,7 +276,13 @@ class Connection:
         self.goaway_received: GoAwayReceived | None = None
         self.closed = False
         self._hello_extra = hello_extra
+        # Server: builds the fields of its HELLO that depend on the client's
+        # (the answer to an upgrade claim). A pure function; no I/O.
+        self._hello_reply = hello_reply
         self.handshake_done = False
+        # Both sides start with the magic, so even a refusal (GOAWAY before
+        # HELLO) is readable by a lanerpc peer.
+        self._emit(_wire.MAGIC)
         if role is Role.CLIENT:
             self._send_hello([_wire.PROTOCOL_VERSION])
 
@@ -304,7 +312,7 @@ class Connection:
         hello.versions[:] = versions
         hello.settings.CopyFrom(self.limits.to_settings())
         body = hello.SerializeToString()
-        self._emit(_wire.MAGIC + _wire.frame(HELLO, 0, 0, body))
+        self._emit(_wire.frame(HELLO, 0, 0, body))
 
     # ----------------------------------------------------------- receiving
 
@@ -372,6 +380,10 @@ class Connection:
                     f"we speak {list(_wire.SUPPORTED_VERSIONS)})",
                     GoAwayCode.UNSUPPORTED_VERSION)
             self.version = max(common)
+            if self._hello_reply is not None:
+                extra = self._hello_reply(hello)
+                if extra is not None:
+                    self._hello_extra = extra
             self._send_hello([self.version])
         else:
             if len(hello.versions) != 1 or hello.versions[0] not in _wire.SUPPORTED_VERSIONS:

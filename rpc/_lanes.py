@@ -1,22 +1,57 @@
 """Lane choice and the same-host upgrade: the one place that decides which lane
 carries a channel. Decides first (from the target and the options), then does I/O.
+
+The upgrade (docs/wire-protocol.md, "Same-host upgrade"):
+
+1. A server that listens on TCP also listens on a private Unix socket
+   (``<runtime dir>/lanerpc-<random>/up.sock``, directory 0700, socket 0600).
+   Its HELLO on every TCP connection carries an :class:`UpgradeOffer`: that path
+   and a fresh 32-byte token.
+2. The client dials the path and sends an ``UpgradeClaim``: SHA-256 of the token
+   (naming it without revealing it) and a nonce of its own.
+3. The server answers HMAC-SHA256(token, nonce). Only the process that made the
+   token can; a decoy at the same path (another mount namespace, another
+   server) can't. The client checks the answer in constant time.
+4. Any failing or slow step leaves the channel on TCP, logged at DEBUG.
+
+The upgrade runs when a channel connects, before any call uses the connection,
+so no call is ever in flight across the switch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import hashlib
+import hmac
 import logging
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
 
+from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
 from transports import tcp, unix
 
 log = logging.getLogger("lanerpc")
 
+_DIR_PREFIX = "lanerpc-"
+_SOCKET_NAME = "up.sock"
 
-async def _dial(channel, endpoint: Endpoint):
+
+def _answer(token: bytes, nonce: bytes) -> bytes:
+    return hmac.new(token, nonce, hashlib.sha256).digest()
+
+
+# ------------------------------------------------------------------ client side
+
+async def _dial(channel, endpoint: Endpoint, hello_extra=None):
     from rpc._channel import ClientLink
     options = channel._options
-    factory = lambda: ClientLink(channel, options)  # noqa: E731
+    factory = lambda: ClientLink(channel, options, hello_extra=hello_extra)  # noqa: E731
     if endpoint.lane == "unix":
         _, link = await unix.connect(endpoint.path, factory)
     else:
@@ -30,8 +65,44 @@ async def _dial(channel, endpoint: Endpoint):
 
 
 async def connect(channel, endpoint: Endpoint):
-    """A ready link to ``endpoint``, on the fastest lane the options allow."""
-    return await _dial(channel, endpoint)
+    """A ready link to ``endpoint``, on the fastest lane both sides allow."""
+    lanes = channel._options.lanes
+    if endpoint.lane == "unix" and "unix" not in lanes:
+        raise ConnectionError(f"{endpoint} is a unix: target but lanerpc.lanes excludes unix")
+    link = await _dial(channel, endpoint)
+    offer = link.hello.upgrade if link.hello is not None and link.hello.HasField("upgrade") else None
+    if endpoint.lane == "tcp" and offer is not None and "unix" in lanes:
+        upgraded = await _try_upgrade(channel, offer)
+        if upgraded is not None:
+            link.close("moved to the unix lane")
+            return upgraded
+    return link
+
+
+async def _try_upgrade(channel, offer: handshake_pb2.UpgradeOffer):
+    """The unix link the offer leads to, proven; None if it can't be had."""
+    path = offer.unix_path
+    token = offer.token
+    if not path or len(token) < 16 or len(path) > 107:
+        log.debug("lanerpc: upgrade offer malformed; staying on tcp")
+        return None
+    nonce = os.urandom(32)
+    extra = handshake_pb2.Hello()
+    extra.claim.token_id = hashlib.sha256(token).digest()
+    extra.claim.nonce = nonce
+    try:
+        link = await asyncio.wait_for(
+            _dial(channel, Endpoint("unix", path=path), extra), channel._options.upgrade_timeout)
+    except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+        log.debug("lanerpc: upgrade to unix:%s failed (%s); staying on tcp",
+                  path, exc or type(exc).__name__)
+        return None
+    answer = link.hello.claim_answer if link.hello is not None else b""
+    if not hmac.compare_digest(answer, _answer(token, nonce)):
+        log.debug("lanerpc: unix:%s did not prove it is the same server; staying on tcp", path)
+        link.abort("upgrade proof failed")
+        return None
+    return link
 
 
 # ------------------------------------------------------------------ server side
@@ -40,18 +111,16 @@ class _PathListener:
     """An asyncio server whose socket file is removed when it closes."""
 
     def __init__(self, server: asyncio.AbstractServer, path: str) -> None:
-        import os
         self._server = server
         self.path = path
         st = os.lstat(path)
         self._inode = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
-        import os
         self._server.close()
         try:
             st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self._inode:
+            if (st.st_dev, st.st_ino) == self._inode:   # still ours, not a successor's
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
@@ -60,18 +129,120 @@ class _PathListener:
         await self._server.wait_closed()
 
 
+class UpgradeListener:
+    """The server's private upgrade socket and the tokens it has offered."""
+
+    def __init__(self, directory: str, listener: _PathListener) -> None:
+        self.directory = directory
+        self.listener = listener
+        self.path = listener.path
+        self.tokens: dict[bytes, bytes] = {}   # sha256(token) -> token
+
+    def offer(self) -> handshake_pb2.Hello:
+        token = os.urandom(32)
+        self.tokens[hashlib.sha256(token).digest()] = token
+        extra = handshake_pb2.Hello()
+        extra.upgrade.unix_path = self.path
+        extra.upgrade.token = token
+        return extra
+
+    def forget(self, hello_extra: handshake_pb2.Hello | None) -> None:
+        if hello_extra is not None and hello_extra.HasField("upgrade"):
+            self.tokens.pop(hashlib.sha256(hello_extra.upgrade.token).digest(), None)
+
+    def answer(self, client_hello: handshake_pb2.Hello) -> handshake_pb2.Hello | None:
+        if not client_hello.HasField("claim"):
+            return None
+        token = self.tokens.pop(client_hello.claim.token_id, None)   # one use only
+        if token is None or len(client_hello.claim.nonce) < 16:
+            return None
+        reply = handshake_pb2.Hello()
+        reply.claim_answer = _answer(token, client_hello.claim.nonce)
+        return reply
+
+    def close(self) -> None:
+        self.listener.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def runtime_dir() -> str:
+    """Where upgrade sockets live: $LANERPC_RUNTIME_DIR, $XDG_RUNTIME_DIR, or the temp dir."""
+    for candidate in (os.environ.get("LANERPC_RUNTIME_DIR"), os.environ.get("XDG_RUNTIME_DIR")):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return tempfile.gettempdir()
+
+
+def sweep_stale(base: str) -> int:
+    """Remove upgrade directories of ours whose server is gone (killed with
+    SIGKILL, say). A directory is stale when nothing accepts on its socket."""
+    removed = 0
+    uid = os.geteuid()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(_DIR_PREFIX):
+            continue
+        directory = os.path.join(base, name)
+        try:
+            st = os.lstat(directory)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or time.time() - st.st_mtime < 5:
+            continue
+        path = os.path.join(directory, _SOCKET_NAME)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+            alive = True
+        except (ConnectionRefusedError, FileNotFoundError):
+            alive = False
+        except OSError as exc:
+            alive = exc.errno in (errno.EAGAIN, errno.EINPROGRESS)
+        finally:
+            probe.close()
+        if not alive:
+            shutil.rmtree(directory, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+async def _start_upgrade_listener(server) -> UpgradeListener:
+    base = runtime_dir()
+    sweep_stale(base)
+    directory = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=base)   # mode 0700
+    os.chmod(directory, 0o700)
+    path = os.path.join(directory, _SOCKET_NAME)
+    try:
+        listener = await unix.listen(path, lambda: server._new_link(upgrade_side=True))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return UpgradeListener(directory, listener)
+
+
 async def start_listening(server, sockets) -> None:
-    """Listen on the sockets bound by add_insecure_port."""
+    """Listen on the sockets bound by add_insecure_port, and on the upgrade
+    socket when a TCP port may be upgraded."""
     loop = asyncio.get_running_loop()
+    lanes = server._options.lanes
+    has_tcp = any(kind == "tcp" for kind, _ in sockets)
+    if has_tcp and "unix" in lanes:
+        try:
+            server._upgrade = await _start_upgrade_listener(server)
+        except OSError as exc:
+            log.debug("lanerpc: no upgrade socket (%s); tcp clients stay on tcp", exc)
     for kind, sock in sockets:
+        sock.listen(1024)
         if kind == "unix":
-            sock.listen(1024)
             aserver = await loop.create_unix_server(server._new_link, sock=sock)
             server._listeners.append(_PathListener(aserver, sock.getsockname()))
         else:
-            sock.listen(1024)
             aserver = await loop.create_server(
-                lambda: _nodelay_link(server._new_link()), sock=sock)
+                lambda: _nodelay_link(server._new_link(offer=True)), sock=sock)
             server._listeners.append(aserver)
 
 
@@ -85,10 +256,14 @@ def _nodelay_link(link):
     return link
 
 
-def admit(server, link, hello) -> bool:
-    """Whether a peer that completed the handshake may make calls."""
-    return True
+def admitted_uid(server, uid: int | None) -> bool:
+    """The unix and shm lanes admit our own uid, and those the option lists."""
+    if uid is None:
+        return False
+    return uid == os.geteuid() or uid in server._options.allowed_uids
 
 
 def stop_upgrade(server) -> None:
-    pass
+    if server._upgrade is not None:
+        server._upgrade.close()
+        server._upgrade = None

@@ -26,14 +26,14 @@ class Link(asyncio.Protocol):
 
     role: c.Role
 
-    def __init__(self, options: Options, *, hello_extra=None) -> None:
+    def __init__(self, options: Options, *, hello_extra=None, hello_reply=None) -> None:
         self.options = options
         limits = c.Limits(
             max_metadata_size=options.max_metadata_size,
             max_receive_message_length=options.max_receive_message_length,
             max_concurrent_streams=options.max_concurrent_streams,
         )
-        self.conn = c.Connection(self.role, limits, hello_extra=hello_extra)
+        self.conn = c.Connection(self.role, limits, hello_extra=hello_extra, hello_reply=hello_reply)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: PeerInfo | None = None
@@ -89,7 +89,8 @@ class Link(asyncio.Protocol):
         if self.close_reason is None:
             self.close_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
         if not self.ready.done():
-            self.ready.set_exception(ConnectionError(self.close_reason))
+            error = PermissionError if getattr(self, "refusal", None) is not None else ConnectionError
+            self.ready.set_exception(error(self.close_reason))
             self.ready.exception()   # mark retrieved; the owner reports it its own way
         if not self.closed.done():
             self.closed.set_result(None)

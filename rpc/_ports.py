@@ -8,14 +8,14 @@ import socket
 from rpc._target import parse_server_address
 
 
-def bind(address: str) -> tuple[str, list[socket.socket], int]:
+def bind(address: str, *, mode: int = 0o600) -> tuple[str, list[socket.socket], int]:
     """Bind ``address`` now; returns (lane, sockets, port). ``listen`` happens at start()."""
     try:
         endpoint = parse_server_address(address)
     except ValueError as exc:
         raise RuntimeError(str(exc)) from None
     if endpoint.lane == "unix":
-        return "unix", [_bind_unix(endpoint.path)], 0
+        return "unix", [_bind_unix(endpoint.path, mode)], 0
     host, port = endpoint.host, endpoint.port
     if host in ("", "::", "*"):
         infos = [(socket.AF_INET6, "::")]
@@ -44,7 +44,7 @@ def bind(address: str) -> tuple[str, list[socket.socket], int]:
     return "tcp", sockets, port
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, mode: int) -> socket.socket:
     from transports.unix import _claim_path
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
@@ -52,11 +52,12 @@ def _bind_unix(path: str) -> socket.socket:
     _claim_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        old = os.umask(0o177)
+        old = os.umask(0o177)   # never briefly open to others
         try:
             sock.bind(path)
         finally:
             os.umask(old)
+        os.chmod(path, mode)
     except OSError as exc:
         sock.close()
         raise RuntimeError(f"Failed to bind to unix:{path}: {exc}") from exc

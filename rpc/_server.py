@@ -42,17 +42,34 @@ class _Abort(aio.AbortError):
 class ServerLink(Link):
     role = c.Role.SERVER
 
-    def __init__(self, server: "Server", options, **kwargs) -> None:
-        super().__init__(options, **kwargs)
+    def __init__(self, server: "Server", options, *, hello_extra=None, hello_reply=None) -> None:
+        super().__init__(options, hello_extra=hello_extra, hello_reply=hello_reply)
         self.server = server
-        self.calls: dict[int, ServicerContext] = {}
+        self.calls: dict = {}
+        self.offer = hello_extra
+        self.refused = False
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.server._links.add(self)
         self.server._stats.connection_opened(self.lane or "?")
+        peer = self.peer
+        if peer is not None and peer.lane == "unix":
+            from rpc import _lanes
+            if not _lanes.admitted_uid(self.server, peer.uid):
+                # Refused before the handshake: no call from this peer reaches a handler.
+                self.refused = True
+                reason = f"uid {peer.uid} is not admitted on this server's local lanes"
+                log.warning("lanerpc: refusing unix connection (pid %s): %s", peer.pid, reason)
+                self.close_reason = reason
+                self.conn.goaway(GoAwayCode.PERMISSION_DENIED, reason)
+                self.conn.closed = True
+                self.flush()
+                transport.close()
 
     def _dispatch(self, events: list[c.Event]) -> None:
+        if self.refused:
+            return
         calls = self.calls
         for ev in events:
             t = type(ev)
@@ -87,6 +104,8 @@ class ServerLink(Link):
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
         self.server._links.discard(self)
         self.server._stats.connection_closed(self.lane or "?")
+        if self.server._upgrade is not None:
+            self.server._upgrade.forget(self.offer)
         self.server._check_idle()
 
 
@@ -599,7 +618,8 @@ class Server(aio.Server):
         from rpc import _ports
         if self._state != "new":
             raise RuntimeError("ports must be added before start()")
-        kind, sockets, port = _ports.bind(address)
+        kind, sockets, port = _ports.bind(
+            address, mode=0o666 if self._options.allowed_uids else 0o600)
         self._pending_sockets.extend((kind, s) for s in sockets)
         return port
 
@@ -627,11 +647,13 @@ class Server(aio.Server):
         self._pending_sockets = []
         self._state = "serving"
 
-    def _new_link(self, **kwargs) -> ServerLink:
-        return ServerLink(self, self._options, hello_extra=self._hello_extra(), **kwargs)
-
-    def _hello_extra(self):
-        return None
+    def _new_link(self, *, offer: bool = False, upgrade_side: bool = False) -> ServerLink:
+        upgrade = self._upgrade
+        return ServerLink(
+            self, self._options,
+            hello_extra=upgrade.offer() if offer and upgrade is not None else None,
+            hello_reply=upgrade.answer if upgrade_side and upgrade is not None else None,
+        )
 
     async def stop(self, grace: float | None) -> None:
         if self._state == "new":
@@ -721,9 +743,7 @@ class Server(aio.Server):
     # ------------------------------------------------------------ calls
 
     def _on_handshake(self, link: ServerLink, hello) -> None:
-        from rpc import _lanes
-        if _lanes.admit(self, link, hello):
-            link.handshake_complete()
+        link.handshake_complete()
 
     def _on_ping(self, link: ServerLink) -> None:
         pass
