@@ -18,7 +18,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _options
+from rpc import _interceptors, _lanes, _options
 from rpc._link import Link
 from rpc._status import EMPTY_METADATA, rpc_error, status_code, to_metadata, validate_metadata
 from rpc._target import parse_target
@@ -149,6 +149,10 @@ class _Call:
             self._finish(err.code().value[0], err.details() or "", ())
             return
         except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            log.exception("lanerpc: connecting for %s raised", self._method)
+            self._finish(_C.UNAVAILABLE.value[0], f"failed to connect: {exc!r}", ())
             return
         if self._code is None:
             self._open(link, first)
@@ -525,8 +529,7 @@ class UnaryUnaryMultiCallable(_MultiCallable, aio.UnaryUnaryMultiCallable):
                  wait_for_ready=None, compression=None):
         interceptors = self._channel._interceptors.get("unary_unary")
         if interceptors:
-            from rpc._interceptors import intercept
-            return intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
+            return _interceptors.intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
         return self._invoke(request, timeout, metadata, wait_for_ready)
 
     def _invoke(self, request, timeout, metadata, wait_for_ready) -> _Call:
@@ -548,8 +551,7 @@ class UnaryStreamMultiCallable(UnaryUnaryMultiCallable, aio.UnaryStreamMultiCall
                  wait_for_ready=None, compression=None):
         interceptors = self._channel._interceptors.get("unary_stream")
         if interceptors:
-            from rpc._interceptors import intercept
-            return intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
+            return _interceptors.intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
         return self._invoke(request, timeout, metadata, wait_for_ready)
 
 
@@ -561,8 +563,7 @@ class StreamUnaryMultiCallable(_MultiCallable, aio.StreamUnaryMultiCallable):
         kind = "stream_unary" if self._call_class is StreamUnaryCall else "stream_stream"
         interceptors = self._channel._interceptors.get(kind)
         if interceptors:
-            from rpc._interceptors import intercept
-            return intercept(self, interceptors, request_iterator, timeout, metadata, wait_for_ready)
+            return _interceptors.intercept(self, interceptors, request_iterator, timeout, metadata, wait_for_ready)
         return self._invoke(request_iterator, timeout, metadata, wait_for_ready)
 
     def _invoke(self, request_iterator, timeout, metadata, wait_for_ready) -> _Call:
@@ -592,8 +593,7 @@ class Channel(aio.Channel):
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = asyncio.get_event_loop_policy().get_event_loop()
-        from rpc._interceptors import sort_interceptors
-        self._interceptors = sort_interceptors(interceptors)
+        self._interceptors = _interceptors.sort_interceptors(interceptors)
         self._link: ClientLink | None = None
         self._old_links: set[ClientLink] = set()
         self._connecting: asyncio.Task | None = None
@@ -741,7 +741,6 @@ class Channel(aio.Channel):
 
     async def _connect(self, wait: bool) -> ClientLink | None:
         """One connection attempt (after the backoff the last failures earned)."""
-        from rpc import _lanes
         delay = self._next_attempt - self._loop.time()
         if delay > 0:
             if not wait:
@@ -757,6 +756,10 @@ class Channel(aio.Channel):
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 errors.append(f"{endpoint}: {exc or type(exc).__name__}")
                 self._last_refused = isinstance(exc, PermissionError) and "refused" in str(exc)
+                continue
+            except Exception as exc:   # a bug, not the network: still fail the call, loudly
+                log.exception("lanerpc: connecting to %s raised", endpoint)
+                errors.append(f"{endpoint}: {type(exc).__name__}: {exc}")
                 continue
             self._rr += 1
             self._last_refused = False

@@ -49,7 +49,10 @@ def _bind_unix(path: str, mode: int) -> socket.socket:
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         raise RuntimeError(f"Failed to bind to unix:{path}: no directory {directory}")
-    _claim_path(path)
+    try:
+        _claim_path(path)
+    except OSError as exc:
+        raise RuntimeError(f"Failed to bind to unix:{path}: {exc.strerror or exc}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o177)   # never briefly open to others

@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _options
+from rpc import _lanes, _options, _ports
 from rpc._link import Link
 from rpc._status import status_code, to_metadata, validate_metadata
 from rpc._wire import GoAwayCode
@@ -55,7 +55,6 @@ class ServerLink(Link):
         self.server._stats.connection_opened(self.lane or "?")
         peer = self.peer
         if peer is not None and peer.lane == "unix":
-            from rpc import _lanes
             if not _lanes.admitted_uid(self.server, peer.uid):
                 # Refused before the handshake: no call from this peer reaches a handler.
                 self.refused = True
@@ -227,7 +226,7 @@ class ServicerContext(aio.ServicerContext):
                 if inspect.iscoroutinefunction(fn):
                     response = await fn(request, self)
                 else:
-                    response = await self._in_thread(fn, request)
+                    response = await self._in_thread(fn, request, self)
                 if self._code is not None and self._code != _OK:
                     self._end_with(self._code, self._details or "", self._trailing)
                 elif response is None:
@@ -270,7 +269,7 @@ class ServicerContext(aio.ServicerContext):
                     await self.write(response)
         else:
             # A plain function or generator: run on the thread pool, as grpc.aio does.
-            result = await self._in_thread(fn, request)
+            result = await self._in_thread(fn, request, self)
             if result is not None and hasattr(result, "__next__"):
                 sentinel = object()
                 while True:
@@ -588,6 +587,15 @@ class Server(aio.Server):
         self._upgrade = None   # rpc._lanes.UpgradeListener, when TCP is upgradable
         self._pings: dict = {}
 
+    @property
+    def upgrade_path(self) -> str | None:
+        """The private Unix socket same-host TCP clients are moved to, or None."""
+        return self._upgrade.path if self._upgrade is not None else None
+
+    @property
+    def stats(self) -> "Stats":
+        return self._stats
+
     # ------------------------------------------------------------ handlers
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers) -> None:
@@ -615,7 +623,6 @@ class Server(aio.Server):
     # ------------------------------------------------------------ ports
 
     def add_insecure_port(self, address: str) -> int:
-        from rpc import _ports
         if self._state != "new":
             raise RuntimeError("ports must be added before start()")
         kind, sockets, port = _ports.bind(
@@ -642,7 +649,6 @@ class Server(aio.Server):
                 max_workers=min(32, (os.cpu_count() or 1) + 4),
                 thread_name_prefix="lanerpc-handler")
             self._own_executor = True
-        from rpc import _lanes
         await _lanes.start_listening(self, self._pending_sockets)
         self._pending_sockets = []
         self._state = "serving"
@@ -720,7 +726,6 @@ class Server(aio.Server):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
             except (asyncio.TimeoutError, Exception):
                 pass
-        from rpc import _lanes
         _lanes.stop_upgrade(self)
         self._state = "stopped"
         if getattr(self, "_own_executor", False):

@@ -1,0 +1,257 @@
+"""The same-host upgrade from tcp to unix: proven, never guessed.
+
+Namespaces simulate what users deploy: a client in a container with its own
+/tmp and /dev/shm (must stay on tcp), a client in another network namespace
+on the same filesystem (is the same host: must be upgraded), a decoy at the
+advertised path (must never be used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat
+import subprocess
+
+import pytest
+
+import rpc
+from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
+from tests.e2e._greeter import PidGreeter
+from tests.e2e.conftest import PYTHON, last_json, need_root_and, run_child
+
+
+
+async def start_server(address: str = "127.0.0.1:0", options=None):
+    greeter = PidGreeter()
+    server = rpc.server(options=options)
+    helloworld_pb2_grpc.add_GreeterServicer_to_server(greeter, server)
+    port = server.add_insecure_port(address)
+    await server.start()
+    return server, port, greeter
+
+
+async def say(channel, name: str = "x") -> str:
+    stub = helloworld_pb2_grpc.GreeterStub(channel)
+    reply = await stub.SayHello(helloworld_pb2.HelloRequest(name=name), timeout=5)
+    return reply.message
+
+
+async def test_loopback_client_is_moved_to_unix():
+    server, port, _ = await start_server()
+    try:
+        async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert channel.lane is None
+            assert await say(channel) == f"x@{os.getpid()}"
+            assert channel.lane == "unix"
+            results = await asyncio.gather(*(say(channel, str(i)) for i in range(50)))
+            assert results == [f"{i}@{os.getpid()}" for i in range(50)]
+            assert channel.lane == "unix"
+        assert server.stats.connections_total["unix"] == 1
+    finally:
+        await server.stop(0)
+
+
+async def test_localhost_name_is_moved_to_unix():
+    server, port, _ = await start_server("localhost:0")
+    try:
+        async with rpc.insecure_channel(f"localhost:{port}") as channel:
+            await say(channel)
+            assert channel.lane == "unix"
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_lanes_tcp_turns_the_upgrade_off(side):
+    opts = [("lanerpc.lanes", "tcp")]
+    server, port, _ = await start_server(options=opts if side == "server" else None)
+    try:
+        if side == "server":
+            assert server.upgrade_path is None
+        async with rpc.insecure_channel(f"127.0.0.1:{port}",
+                                        options=opts if side == "client" else None) as channel:
+            await say(channel)
+            assert channel.lane == "tcp"
+    finally:
+        await server.stop(0)
+
+
+async def test_environment_variable_sets_lanes(monkeypatch):
+    server, port, _ = await start_server()
+    try:
+        monkeypatch.setenv("LANERPC_LANES", "tcp")
+        async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await say(channel)
+            assert channel.lane == "tcp"
+        monkeypatch.setenv("LANERPC_LANES", "unix,tcp")
+        async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await say(channel)
+            assert channel.lane == "unix"
+    finally:
+        await server.stop(0)
+
+
+def test_bad_lanes_option_is_a_clear_error():
+    with pytest.raises(ValueError, match="lanerpc.lanes"):
+        rpc.insecure_channel("127.0.0.1:1", options=[("lanerpc.lanes", "carrier-pigeon")])
+
+
+async def test_upgrade_socket_is_private_and_removed_on_stop():
+    server, port, _ = await start_server()
+    path = server.upgrade_path
+    assert path is not None
+    directory = os.path.dirname(path)
+    try:
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+    finally:
+        await server.stop(0)
+    assert not os.path.exists(path)
+    assert not os.path.exists(directory)
+
+
+async def test_a_second_server_gets_its_own_upgrade_socket():
+    first, port1, _ = await start_server()
+    second, port2, _ = await start_server()
+    try:
+        assert first.upgrade_path != second.upgrade_path
+        async with rpc.insecure_channel(f"127.0.0.1:{port1}") as a, \
+                rpc.insecure_channel(f"127.0.0.1:{port2}") as b:
+            await say(a)
+            await say(b)
+            assert (a.lane, b.lane) == ("unix", "unix")
+    finally:
+        await first.stop(0)
+        await second.stop(0)
+
+
+async def test_stale_upgrade_directory_of_a_killed_server_is_swept(tmp_path, monkeypatch):
+    """A server killed with SIGKILL leaves its directory; the next server removes it."""
+    monkeypatch.setenv("LANERPC_RUNTIME_DIR", str(tmp_path))
+    code = (
+        "import asyncio, os, rpc\n"
+        "async def main():\n"
+        "    s = rpc.server(); s.add_insecure_port('127.0.0.1:0'); await s.start()\n"
+        "    print(s.upgrade_path, flush=True); await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n")
+    proc = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "LANERPC_RUNTIME_DIR": str(tmp_path)})
+    try:
+        stale_path = proc.stdout.readline().strip()
+        assert os.path.exists(stale_path)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    stale_dir = os.path.dirname(stale_path)
+    os.utime(stale_dir, (0, 0))     # older than the sweep's grace period
+    server, _, _ = await start_server()
+    try:
+        assert not os.path.exists(stale_dir)
+        assert os.path.dirname(server.upgrade_path) != stale_dir
+    finally:
+        await server.stop(0)
+
+
+# ------------------------------------------------------------------ namespaces
+
+def _private_tmp(*argv: str) -> list[str]:
+    """argv run in a new mount namespace with its own /tmp and /dev/shm."""
+    script = ("mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && exec \"$@\"")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+async def test_client_in_private_mount_namespace_stays_on_tcp():
+    need_root_and("unshare")
+    server, port, greeter = await start_server()
+    try:
+        rc, out, err = await run_child(*_private_tmp(
+            PYTHON, "-m", "tests.e2e._ns_client", f"127.0.0.1:{port}", "--calls", "10"))
+        assert rc == 0, err
+        result = last_json(out)
+        assert result["errors"] == []
+        assert result["replies"] == [f"{i}@{os.getpid()}" for i in range(10)]
+        assert result["lane"] == "tcp"
+        assert greeter.calls == 10
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("kind", ["lanerpc", "silent"])
+async def test_decoy_at_the_advertised_path_is_never_used(kind):
+    """Another process listening at the advertised path, unable to answer the
+    challenge (a lanerpc server of its own, or one that never answers)."""
+    need_root_and("unshare")
+    server, port, greeter = await start_server()
+    try:
+        rc, out, err = await run_child(*_private_tmp(
+            PYTHON, "-m", "tests.e2e._ns_client", f"127.0.0.1:{port}", "--calls", "10",
+            "--decoy", server.upgrade_path, "--decoy-kind", kind))
+        assert rc == 0, err
+        result = last_json(out)
+        assert result["errors"] == []
+        assert result["lane"] == "tcp"
+        assert result["decoy_calls"] == 0
+        assert result["replies"] == [f"{i}@{os.getpid()}" for i in range(10)]
+        assert greeter.calls == 10
+    finally:
+        await server.stop(0)
+
+
+class _NetNamespace:
+    """A network namespace joined to this one by a veth pair."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.name = f"lanerpc-{tag}"
+        self.host_if, self.ns_if = f"lrh{tag}", f"lrn{tag}"
+        octet = int(tag[:2], 16) % 250 + 1
+        self.host_ip, self.ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+    def __enter__(self) -> "_NetNamespace":
+        self._ip("netns", "add", self.name)
+        try:
+            self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+            self._ip("link", "set", self.ns_if, "netns", self.name)
+            self._ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+            self._ip("link", "set", self.host_if, "up")
+            self._ip("-n", self.name, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
+            self._ip("-n", self.name, "link", "set", self.ns_if, "up")
+            self._ip("-n", self.name, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
+
+
+async def test_client_in_another_network_namespace_same_filesystem_is_upgraded():
+    need_root_and("ip")
+    try:
+        netns = _NetNamespace().__enter__()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"can't make a network namespace here: {exc}")
+    try:
+        server, port, greeter = await start_server("0.0.0.0:0")
+        try:
+            rc, out, err = await run_child(
+                "ip", "netns", "exec", netns.name,
+                PYTHON, "-m", "tests.e2e._ns_client", f"{netns.host_ip}:{port}", "--calls", "10")
+            assert rc == 0, err
+            result = last_json(out)
+            assert result["errors"] == []
+            assert result["replies"] == [f"{i}@{os.getpid()}" for i in range(10)]
+            assert result["lane"] == "unix"
+            assert server.stats.connections_total["unix"] == 1
+        finally:
+            await server.stop(0)
+    finally:
+        netns.__exit__()
