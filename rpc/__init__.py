@@ -19,6 +19,7 @@ from rpc._channel import (
     UnaryStreamCall,
     UnaryUnaryCall,
 )
+from rpc._serve import serve, serve_async
 from rpc._server import Server, ServicerContext
 from rpc._wire import ProtocolError
 
@@ -50,5 +51,7 @@ __all__ = (
     "UnaryStreamCall",
     "UnaryUnaryCall",
     "insecure_channel",
+    "serve",
+    "serve_async",
     "server",
 )

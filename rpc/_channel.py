@@ -22,6 +22,7 @@ from rpc import _interceptors, _lanes, _options
 from rpc._link import Link
 from rpc._status import EMPTY_METADATA, rpc_error, status_code, to_metadata, validate_metadata
 from rpc._target import parse_target
+from rpc._wire import GoAwayCode
 
 log = logging.getLogger("lanerpc")
 
@@ -75,12 +76,16 @@ class ClientLink(Link):
                     self.close_reason = f"server refused the connection: {ev.reason}"
                     self.close(self.close_reason)
                     continue
+                if ev.code == GoAwayCode.ENHANCE_YOUR_CALM:
+                    log.warning("lanerpc: server %s says we ping too often (%s); "
+                                "raise grpc.keepalive_time_ms", self.peer.address if self.peer
+                                else "?", ev.reason)
                 self.draining = True
                 self.channel._link_draining(self)
                 if not calls:
                     self.close("server sent GOAWAY")
             elif t is c.PingAcked:
-                self.channel._ping_acked(self, ev.payload)
+                self.keepalive_acked(ev.payload)
 
     def _lost(self, reason: str) -> None:
         calls, self.calls = self.calls, {}
@@ -800,9 +805,6 @@ class Channel(aio.Channel):
                 self._old_links.add(old)
             else:
                 old.close("moved to a faster lane")
-
-    def _ping_acked(self, link: ClientLink, payload: bytes) -> None:
-        pass
 
 
 def _retrieve(task: asyncio.Task) -> None:

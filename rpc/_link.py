@@ -47,6 +47,11 @@ class Link(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.bytes_in = 0
         self.bytes_out = 0
+        self.calls: dict = {}
+        self._ka_timer: asyncio.TimerHandle | None = None
+        self._ka_deadline: asyncio.TimerHandle | None = None
+        self._ka_payload = b""
+        self._ka_seen = -1
 
     # ------------------------------------------------------------ transport side
 
@@ -83,8 +88,7 @@ class Link(asyncio.Protocol):
         return False   # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+        self._stop_timers()
         self.conn.closed = True
         if self.close_reason is None:
             self.close_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
@@ -148,6 +152,44 @@ class Link(asyncio.Protocol):
             self._handshake_timer = None
         if not self.ready.done():
             self.ready.set_result(None)
+        if self.options.keepalive_time:
+            self._ka_timer = self.loop.call_later(self.options.keepalive_time, self._keepalive_tick)
+
+    # ------------------------------------------------------------ keepalive
+
+    def _keepalive_tick(self) -> None:
+        """Every keepalive_time: if nothing arrived since the last tick, PING and
+        expect the answer within keepalive_timeout (gRPC's keepalive options)."""
+        if self.conn.closed:
+            return
+        idle = self.bytes_in == self._ka_seen
+        wanted = bool(self.calls) or self.options.keepalive_permit_without_calls
+        if idle and wanted and self._ka_deadline is None:
+            self._ka_payload = self.conn.ping()
+            self.flush()
+            self._ka_deadline = self.loop.call_later(self.options.keepalive_timeout,
+                                                     self._keepalive_expired)
+        self._ka_seen = self.bytes_in
+        self._ka_timer = self.loop.call_later(self.options.keepalive_time, self._keepalive_tick)
+
+    def keepalive_acked(self, payload: bytes) -> None:
+        if payload == self._ka_payload and self._ka_deadline is not None:
+            self._ka_deadline.cancel()
+            self._ka_deadline = None
+
+    def _keepalive_expired(self) -> None:
+        self._ka_deadline = None
+        reason = (f"keepalive: no answer to a PING within {self.options.keepalive_timeout:g} s; "
+                  "peer frozen or network gone")
+        log.warning("lanerpc: closing connection to %s: %s",
+                    self.peer.address if self.peer else "?", reason)
+        self.abort(reason)
+
+    def _stop_timers(self) -> None:
+        for timer in (self._handshake_timer, self._ka_timer, self._ka_deadline):
+            if timer is not None:
+                timer.cancel()
+        self._handshake_timer = self._ka_timer = self._ka_deadline = None
 
     def fail(self, exc: ProtocolError) -> None:
         """Close this one connection because the peer broke the protocol."""

@@ -48,11 +48,13 @@ class ServerLink(Link):
         self.calls: dict = {}
         self.offer = hello_extra
         self.refused = False
+        self.ping_strikes = 0
+        self.last_ping = -1e9
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.server._links.add(self)
-        self.server._stats.connection_opened(self.lane or "?")
+        self.server._stats.connection_opened(self)
         peer = self.peer
         if peer is not None and peer.lane == "unix":
             if not _lanes.admitted_uid(self.server, peer.uid):
@@ -64,7 +66,13 @@ class ServerLink(Link):
                 self.conn.goaway(GoAwayCode.PERMISSION_DENIED, reason)
                 self.conn.closed = True
                 self.flush()
-                transport.close()
+                # Half-close and keep reading until the peer hangs up: closing
+                # with its HELLO unread would reset the socket before it reads why.
+                if transport.can_write_eof():
+                    transport.write_eof()
+                    self.loop.call_later(2.0, transport.abort)
+                else:
+                    transport.close()
 
     def _dispatch(self, events: list[c.Event]) -> None:
         if self.refused:
@@ -93,16 +101,33 @@ class ServerLink(Link):
             elif t is c.HandshakeDone:
                 self.server._on_handshake(self, ev.hello)
             elif t is c.PingReceived:
-                self.server._on_ping(self)
+                self._on_ping()
+            elif t is c.PingAcked:
+                self.keepalive_acked(ev.payload)
             elif t is c.GoAwayReceived:
                 pass
+
+    _MAX_PING_STRIKES = 2
+
+    def _on_ping(self) -> None:
+        """gRPC's ping policy: pings closer than min_ping_interval while we sent
+        no data are strikes; past the limit, GOAWAY too_many_pings."""
+        now = self.loop.time()
+        if now - self.last_ping < self.options.min_ping_interval:
+            self.ping_strikes += 1
+            if self.ping_strikes > self._MAX_PING_STRIKES:
+                log.warning("lanerpc: closing connection from %s: too many pings",
+                            self.peer.address if self.peer else "?")
+                self.conn.goaway(GoAwayCode.ENHANCE_YOUR_CALM, "too_many_pings")
+                self.close("too many pings")
+        self.last_ping = now
 
     def _lost(self, reason: str) -> None:
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
         self.server._links.discard(self)
-        self.server._stats.connection_closed(self.lane or "?")
+        self.server._stats.connection_closed(self)
         if self.server._upgrade is not None:
             self.server._upgrade.forget(self.offer)
         self.server._check_idle()
@@ -332,6 +357,7 @@ class ServicerContext(aio.ServicerContext):
             self._timer.cancel()
             self._timer = None
         link = self._link
+        link.ping_strikes = 0
         link.conn.end_stream(self._sid, code, details, trailing)
         link.calls.pop(self._sid, None)
         link.flush_soon()
@@ -375,6 +401,7 @@ class ServicerContext(aio.ServicerContext):
                            f"Sent message larger than max ({len(data)} vs. {limit})")
             raise asyncio.CancelledError()
         link = self._link
+        link.ping_strikes = 0
         conn = link.conn
         self._send_initial(conn)
         sent = conn.send_message(self._sid, data)
@@ -534,25 +561,45 @@ class _BlockingRequestIterator:
 # ============================================================ stats
 
 class Stats:
-    """Counters for the SIGUSR1 snapshot: per lane, and errors by code."""
+    """Counters for the SIGUSR1 snapshot: per lane, bytes, and errors by code."""
 
     def __init__(self) -> None:
         self.connections: collections.Counter = collections.Counter()
         self.connections_total: collections.Counter = collections.Counter()
         self.calls: collections.Counter = collections.Counter()
         self.codes: collections.Counter = collections.Counter()
+        self._closed_bytes = [0, 0]
+        self._live: set = set()
 
-    def connection_opened(self, lane: str) -> None:
+    def connection_opened(self, link) -> None:
+        lane = link.lane or "?"
         self.connections[lane] += 1
         self.connections_total[lane] += 1
+        self._live.add(link)
 
-    def connection_closed(self, lane: str) -> None:
-        self.connections[lane] -= 1
+    def connection_closed(self, link) -> None:
+        if link in self._live:
+            self._live.discard(link)
+            self.connections[link.lane or "?"] -= 1
+            self._closed_bytes[0] += link.bytes_in
+            self._closed_bytes[1] += link.bytes_out
 
     def call_ended(self, lane: str, code: int) -> None:
         self.calls[lane] += 1
         if code:
             self.codes[status_code(code).name] += 1
+
+    def snapshot(self) -> dict:
+        bytes_in = self._closed_bytes[0] + sum(link.bytes_in for link in self._live)
+        bytes_out = self._closed_bytes[1] + sum(link.bytes_out for link in self._live)
+        return {
+            "connections_open": {k: v for k, v in self.connections.items() if v},
+            "connections_total": dict(self.connections_total),
+            "calls_by_lane": dict(self.calls),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "errors_by_code": dict(self.codes),
+        }
 
 
 # ============================================================ server
@@ -749,9 +796,6 @@ class Server(aio.Server):
 
     def _on_handshake(self, link: ServerLink, hello) -> None:
         link.handshake_complete()
-
-    def _on_ping(self, link: ServerLink) -> None:
-        pass
 
     def _on_request(self, link: ServerLink, ev: c.RequestReceived) -> None:
         conn = link.conn
