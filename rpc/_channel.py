@@ -140,7 +140,11 @@ class _Call:
 
     # ------------------------------------------------------------ starting
 
+    _first: bytes | None = None
+    _attempts = 1
+
     def _begin(self, first: bytes | None) -> None:
+        self._first = first
         link = self._channel._ready_link()
         if link is not None and self._code is None:
             self._open(link, first)
@@ -207,7 +211,34 @@ class _Call:
 
     def _on_end(self, code: int, details: str, metadata: tuple, not_started: bool) -> None:
         self._link = None
+        if not_started and self._code is None and self._first is not None and self._retry(code):
+            return
         self._finish(code, details, metadata, not_started=not_started)
+
+    def _retry(self, code: int) -> bool:
+        """Start again a call the server never started (refused while draining,
+        or above a GOAWAY's last stream): once transparently, as gRPC does, and
+        up to maxAttempts under the channel's retryPolicy. A call that may have
+        run is never retried."""
+        policy = self._channel._retry
+        if policy is not None and status_code(code) in policy.codes:
+            if self._attempts >= policy.max_attempts:
+                return False
+            delay = policy.backoff(self._attempts)
+        elif self._attempts == 1:
+            delay = 0.0
+        else:
+            return False
+        if self._deadline is not None and self._loop.time() + delay >= self._deadline:
+            return False
+        self._attempts += 1
+        self._task = self._loop.create_task(self._open_later(delay))
+        return True
+
+    async def _open_later(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self._connect_and_open(self._first)
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -599,6 +630,7 @@ class Channel(aio.Channel):
         except RuntimeError:
             self._loop = asyncio.get_event_loop_policy().get_event_loop()
         self._interceptors = _interceptors.sort_interceptors(interceptors)
+        self._retry = RetryPolicy.parse(self._options.retry_policy)
         self._link: ClientLink | None = None
         self._old_links: set[ClientLink] = set()
         self._connecting: asyncio.Task | None = None
@@ -805,6 +837,47 @@ class Channel(aio.Channel):
                 self._old_links.add(old)
             else:
                 old.close("moved to a faster lane")
+
+
+class RetryPolicy:
+    """gRPC's service-config retryPolicy (maxAttempts, initialBackoff,
+    maxBackoff, backoffMultiplier, retryableStatusCodes)."""
+
+    def __init__(self, max_attempts: int, initial: float, maximum: float, multiplier: float,
+                 codes: frozenset) -> None:
+        self.max_attempts = max_attempts
+        self.initial = initial
+        self.maximum = maximum
+        self.multiplier = multiplier
+        self.codes = codes
+
+    @classmethod
+    def parse(cls, policy: dict | None) -> "RetryPolicy | None":
+        if not policy:
+            return None
+        try:
+            attempts = int(policy["maxAttempts"])
+            initial = _seconds(policy["initialBackoff"])
+            maximum = _seconds(policy["maxBackoff"])
+            multiplier = float(policy["backoffMultiplier"])
+            codes = frozenset(
+                _C[name.upper()] if isinstance(name, str) else status_code(int(name))
+                for name in policy["retryableStatusCodes"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"bad retryPolicy in grpc.service_config: {exc!r}") from None
+        if attempts < 2 or initial <= 0 or maximum <= 0 or multiplier <= 0 or not codes:
+            raise ValueError("retryPolicy needs maxAttempts >= 2, positive backoffs and "
+                             "multiplier, and some retryableStatusCodes")
+        return cls(min(attempts, 5), initial, maximum, multiplier, codes)   # gRPC caps at 5
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.initial * self.multiplier ** (attempt - 1), self.maximum))
+
+
+def _seconds(text: str) -> float:
+    if not isinstance(text, str) or not text.endswith("s"):
+        raise ValueError(f"duration {text!r} must look like '0.5s'")
+    return float(text[:-1])
 
 
 def _retrieve(task: asyncio.Task) -> None:
