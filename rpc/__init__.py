@@ -8,7 +8,7 @@ Everything here behaves as its namesake in ``grpc.aio``; see README.md for
 what lanerpc adds (``channel.lane``, the ``lanerpc.lanes`` option, ``rpc.serve``).
 """
 
-from __future__ import annotations
+
 
 from grpc.aio import AioRpcError, EOF, Metadata
 

@@ -54,6 +54,10 @@ class StreamState(enum.Enum):
     HALF_CLOSED_REMOTE = "half-closed-remote"  # the peer sent END_STREAM
     CLOSED = "closed"
 
+    # Members are singletons: identity hashing is correct and, unlike Enum's
+    # own __hash__, costs no Python call on the per-frame path.
+    __hash__ = object.__hash__
+
 
 class StreamInput(enum.Enum):
     SEND_END = "send END_STREAM"
@@ -61,6 +65,8 @@ class StreamInput(enum.Enum):
     SEND_MESSAGE = "send MESSAGE"
     RECV_MESSAGE = "receive MESSAGE"
     CLOSE = "send/receive TRAILERS or CANCEL"
+
+    __hash__ = object.__hash__
 
 
 S, I = StreamState, StreamInput
@@ -83,10 +89,11 @@ del S, I
 
 
 def transition(state: StreamState, event: StreamInput) -> StreamState:
-    try:
-        return _TRANSITIONS[(state, event)]
-    except KeyError:
-        raise ProtocolError(f"{event.value} not allowed on a {state.value} stream") from None
+    new = _TRANSITIONS.get((state, event))
+    if new is not None:
+        return new
+    else:
+        raise ProtocolError(f"{event.value} not allowed on a {state.value} stream")
 
 
 # ------------------------------------------------------------------- events

@@ -124,6 +124,8 @@ def encode_metadata(metadata: Metadata | None) -> bytes:
 def decode_metadata(buf: bytes | memoryview, offset: int = 0) -> tuple[tuple[tuple[str, str | bytes], ...], int]:
     """Parse a metadata block at ``offset``; returns (entries, offset after it)."""
     end = len(buf)
+    if offset + 2 == end and buf[offset] == 0 and buf[offset + 1] == 0:
+        return (), end      # the common case: no metadata
     if offset + 2 > end:
         raise ProtocolError("metadata block truncated")
     (count,) = _U16.unpack_from(buf, offset)
