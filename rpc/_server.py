@@ -251,7 +251,7 @@ class ServicerContext(aio.ServicerContext):
                 if inspect.iscoroutinefunction(fn):
                     response = await fn(request, self)
                 else:
-                    response = await self._in_thread(fn, request, self)
+                    response = await self._in_thread(fn, request, _ThreadContext(self))
                 if self._code is not None and self._code != _OK:
                     self._end_with(self._code, self._details or "", self._trailing)
                 elif response is None:
@@ -294,7 +294,7 @@ class ServicerContext(aio.ServicerContext):
                     await self.write(response)
         else:
             # A plain function or generator: run on the thread pool, as grpc.aio does.
-            result = await self._in_thread(fn, request, self)
+            result = await self._in_thread(fn, request, _ThreadContext(self))
             if result is not None and hasattr(result, "__next__"):
                 sentinel = object()
                 while True:
@@ -502,6 +502,43 @@ class ServicerContext(aio.ServicerContext):
 
 class _ResponseError(Exception):
     pass
+
+
+class _ThreadContext:
+    """The context a plain (threaded) handler gets, as in grpc.aio: the same
+    object, but ``abort`` raises at once instead of being awaited, and the
+    coroutine methods block the handler's thread until the loop has run them."""
+
+    def __init__(self, context: ServicerContext) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._context._loop).result()
+
+    def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+        context = self._context
+        if code == _C.OK:
+            raise ValueError("abort() needs a non-OK status code")
+        context._code = code.value[0]
+        context._details = details
+        if trailing_metadata:
+            context._trailing = validate_metadata(trailing_metadata)
+        raise _Abort()
+
+    def abort_with_status(self, status) -> None:
+        self.abort(status.code, status.details, status.trailing_metadata)
+
+    def send_initial_metadata(self, initial_metadata) -> None:
+        self._run(self._context.send_initial_metadata(initial_metadata))
+
+    def read(self):
+        return self._run(self._context.read())
+
+    def write(self, message) -> None:
+        self._run(self._context.write(message))
 
 
 class _PendingCall:

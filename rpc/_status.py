@@ -35,10 +35,13 @@ def validate_metadata(metadata) -> tuple[tuple[str, str | bytes], ...]:
     """Metadata as sent by a user: checked against gRPC's key rules."""
     if metadata is None:
         return ()
-    if isinstance(metadata, aio.Metadata):
-        items = tuple(metadata)
-    else:
-        items = tuple(metadata)
+    items = tuple(metadata)
+    if any(isinstance(v, (bytes, bytearray)) and not k.endswith("-bin")
+           for k, v in items if isinstance(k, str)):
+        # grpc accepts ASCII bytes for text keys; so do we, as text.
+        items = tuple((k, _ascii(k, v)) if isinstance(v, (bytes, bytearray)) and
+                      isinstance(k, str) and not k.endswith("-bin") else (k, v)
+                      for k, v in items)
     for item in items:
         if not isinstance(item, tuple) or len(item) != 2:
             raise TypeError(f"metadata entries must be (key, value) pairs; got {item!r}")
@@ -53,6 +56,13 @@ def validate_metadata(metadata) -> tuple[tuple[str, str | bytes], ...]:
         elif not value.isprintable() and value:
             raise ValueError(f"metadata value for {key!r} must be printable ASCII")
     return items
+
+
+def _ascii(key: str, value: bytes) -> str:
+    try:
+        return bytes(value).decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"metadata value for {key!r} must be ASCII (use a -bin key for bytes)") from None
 
 
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
