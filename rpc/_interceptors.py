@@ -50,7 +50,7 @@ def _kind_of(multicallable) -> str:
 def intercept(multicallable, interceptors, request, timeout, metadata, wait_for_ready):
     kind = _kind_of(multicallable)
     details = aio.ClientCallDetails(
-        method=multicallable._method, timeout=timeout,
+        method=multicallable._method.encode(), timeout=timeout,   # bytes, as grpc.aio passes it
         metadata=aio.Metadata(*metadata) if metadata and not isinstance(metadata, aio.Metadata)
         else metadata,
         credentials=None, wait_for_ready=wait_for_ready)
@@ -59,7 +59,14 @@ def intercept(multicallable, interceptors, request, timeout, metadata, wait_for_
     def continuation_at(index: int):
         async def continuation(call_details, req):
             if index == len(interceptors):
-                return multicallable._invoke(
+                method = call_details.method
+                if isinstance(method, bytes):
+                    method = method.decode()
+                target = multicallable
+                if method != target._method:
+                    target = type(target)(target._channel, method, target._serializer,
+                                          target._deserializer)
+                return target._invoke(
                     req, call_details.timeout, call_details.metadata, call_details.wait_for_ready)
             return await getattr(interceptors[index], method_name)(
                 continuation_at(index + 1), call_details, req)

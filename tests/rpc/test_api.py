@@ -157,7 +157,7 @@ async def test_client_and_server_interceptors(impl):
             assert await call.code() == grpc.StatusCode.OK
             tags = [v for k, v in servicer.seen_metadata[-1] if k == "x-tag"]
             assert tags == ["a", "b"]
-            assert tagger_a.methods == ["/lanerpc.echo.Echo/Unary"]
+            assert tagger_a.methods == [b"/lanerpc.echo.Echo/Unary"]   # bytes, as grpc.aio gives it
         assert guard.seen == 2
     finally:
         await server.stop(0)
