@@ -38,7 +38,7 @@ from transports import tcp, unix
 
 log = logging.getLogger("lanerpc")
 
-_DIR_PREFIX = "lanerpc-"
+_DIR_PREFIX = "lanerpc-up-"   # specific: the sweep must never touch other programs' dirs
 _SOCKET_NAME = "up.sock"
 
 
@@ -175,7 +175,8 @@ def runtime_dir() -> str:
 
 def sweep_stale(base: str) -> int:
     """Remove upgrade directories of ours whose server is gone (killed with
-    SIGKILL, say). A directory is stale when nothing accepts on its socket."""
+    SIGKILL, say). A directory is stale when its socket file exists and nothing
+    accepts on it; anything else (no socket yet, not ours) is left alone."""
     removed = 0
     uid = os.geteuid()
     try:
@@ -193,6 +194,11 @@ def sweep_stale(base: str) -> int:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or time.time() - st.st_mtime < 5:
             continue
         path = os.path.join(directory, _SOCKET_NAME)
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode) or set(os.listdir(directory)) != {_SOCKET_NAME}:
+                continue
+        except OSError:
+            continue
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.setblocking(False)
         try:

@@ -255,3 +255,17 @@ async def test_client_in_another_network_namespace_same_filesystem_is_upgraded()
             await server.stop(0)
     finally:
         netns.__exit__()
+
+
+async def test_sweep_leaves_other_directories_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANERPC_RUNTIME_DIR", str(tmp_path))
+    keep = [tmp_path / "lanerpc-other", tmp_path / "lanerpc-up-nosocket"]
+    for directory in keep:
+        directory.mkdir()
+        (directory / "data").write_text("not ours to remove")
+        os.utime(directory, (0, 0))
+    server, _, _ = await start_server()
+    try:
+        assert all((directory / "data").exists() for directory in keep)
+    finally:
+        await server.stop(0)
