@@ -1,0 +1,150 @@
+"""The lanerpc demo: one server, one client on this host, three ways to dial it.
+
+    tools/demo                  (or: python -m examples.demo [--calls N])
+
+It starts examples/helloworld/server.py in a child process, listening on 127.0.0.1
+(a free port) and on a Unix socket, then calls SayHello over three channels:
+
+1. dial 127.0.0.1:PORT, lanes "tcp" only: what a plain gRPC client gets;
+2. dial 127.0.0.1:PORT, default lanes: the same code, upgraded to the fastest same-host lane;
+3. dial the server's unix: path, default lanes.
+
+For each it prints the lane the channel is on (``channel.lane``; "tcp→shm" when it moved
+after the first call) and the median latency of N calls. The server is stopped by pid at
+the end, and on Ctrl-C; its socket directory is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import grpc
+
+import rpc
+from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+WARMUP_CALLS = 20
+
+
+async def start_server(addresses: list[str]) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """Start the helloworld server; return it and the addresses it says it listens on."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.helloworld.server", *addresses,
+        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        # Its own session: a Ctrl-C in this terminal reaches only the demo, which then
+        # stops the server itself (by pid, in main's finally).
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    listening: list[str] = []
+    try:
+        while len(listening) < len(addresses):
+            line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
+            if not line:
+                raise RuntimeError("the server exited before listening (its error is above)")
+            if line.startswith("listening on "):
+                listening.append(line.removeprefix("listening on ").strip())
+    except BaseException:
+        await stop_server(proc)
+        raise
+    return proc, listening
+
+
+async def stop_server(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (the server stops gracefully and cleans up), SIGKILL if it takes too long."""
+    if proc.returncode is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+    except ProcessLookupError:
+        pass
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def try_channel(target: str, options: list[tuple[str, Any]], calls: int) -> tuple[str, float]:
+    """Open a channel, make calls; return the lane(s) it used and the median latency in µs."""
+    async with rpc.insecure_channel(target, options=options) as channel:
+        stub = helloworld_pb2_grpc.GreeterStub(channel)
+        request = helloworld_pb2.HelloRequest(name="demo")
+        await stub.SayHello(request)
+        first_lane = channel.lane  # the lane of the first connection
+        for _ in range(WARMUP_CALLS):  # the same-host upgrade, if any, happens meanwhile
+            await stub.SayHello(request)
+        times: list[float] = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            await stub.SayHello(request)
+            times.append(time.perf_counter() - start)
+        lane = channel.lane
+    shown = str(lane) if lane == first_lane else f"{first_lane}→{lane}"
+    return shown, statistics.median(times) * 1e6
+
+
+async def demo(calls: int) -> int:
+    # Not named "lanerpc-*": lanerpc sweeps stale directories of that name from the temp dir.
+    sockdir = tempfile.mkdtemp(prefix="demo-lanerpc-")
+    proc = None
+    try:
+        proc, listening = await start_server(["127.0.0.1:0", f"unix:{os.path.join(sockdir, 'greeter.sock')}"])
+        print(f"server pid {proc.pid} listening on {' and '.join(listening)}")
+        tcp = next(a for a in listening if not a.startswith("unix:"))
+        unix = next((a for a in listening if a.startswith("unix:")), None)
+
+        ways: list[tuple[str, str, list[tuple[str, Any]]]] = [
+            (tcp, "tcp", [("lanerpc.lanes", "tcp")]),
+            (tcp, "(default)", []),
+        ]
+        if unix is not None:
+            ways.append((unix, "(default)", []))
+
+        width = max(len(target) for target, _, _ in ways) + 2
+        print(f"\n{'dial':<{width}}{'lanes option':<14}{'lane':<10}{f'p50 of {calls} calls':>18}")
+        failed = 0
+        for target, lanes, options in ways:
+            try:
+                lane, p50 = await try_channel(target, options, calls)
+            except grpc.RpcError as exc:  # show it and go on with the next way
+                failed += 1
+                print(f"{target:<{width}}{lanes:<14}failed: {exc.code().name}: {exc.details()}")
+                continue
+            print(f"{target:<{width}}{lanes:<14}{lane:<10}{p50:>15,.0f} µs", flush=True)
+        return 1 if failed else 0
+    finally:
+        if proc is not None:
+            await stop_server(proc)
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="tools/demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200, help="timed calls per channel (default 200)")
+    args = parser.parse_args()
+    try:
+        import uvloop  # the same loop as the server uses when it is installed
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        return run(demo(args.calls))
+    except KeyboardInterrupt:
+        print("\ninterrupted; server stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The RPC subjects of tools/bench.py: grpc.aio and lanerpc serving the same Echo service.
+
+Both sides use the generated code in examples/echo untouched, and lanerpc is driven
+exactly as a grpc.aio user would drive it; only the module (``grpc.aio`` or ``rpc``)
+and the options differ between rows.
+
+lanerpc is imported lazily, inside the server function and the connect function, so
+that a library that does not import yet (or lacks a feature) turns into an "n/a: ..."
+row with the reason, while the grpc rows and floors still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import grpc
+
+from _bench_core import SIZE_OPTIONS, Ready, ServeResult, Subject, register
+from examples.echo import echo_pb2, echo_pb2_grpc
+
+EchoMessage = echo_pb2.EchoMessage
+
+# How long Stream.close may take to read back what is still in flight.
+DRAIN_TIMEOUT = 30.0
+
+
+class EchoServicer(echo_pb2_grpc.EchoServicer):
+    """Returns what it gets. Written for grpc.aio; lanerpc runs it unchanged."""
+
+    async def Unary(self, request: EchoMessage, context: Any) -> EchoMessage:
+        return request
+
+    async def ServerStream(self, request: EchoMessage, context: Any) -> AsyncIterator[EchoMessage]:
+        yield request
+
+    async def ClientStream(self, request_iterator: AsyncIterator[EchoMessage], context: Any) -> EchoMessage:
+        last = EchoMessage()
+        async for request in request_iterator:
+            last = request
+        return last
+
+    async def Bidi(self, request_iterator: AsyncIterator[EchoMessage], context: Any) -> AsyncIterator[EchoMessage]:
+        async for request in request_iterator:
+            yield request
+
+
+# ---------------------------------------------------------------------------- servers
+# (these run in the server process, see tools/_bench_server.py)
+
+
+async def serve_grpc(args: dict[str, Any]) -> ServeResult:
+    server = grpc.aio.server(options=SIZE_OPTIONS)
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
+    if args["transport"] == "unix":
+        target = f"unix:{args['unix_path']}"
+        server.add_insecure_port(target)
+    else:
+        target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    return {"target": target}, lambda: server.stop(None)
+
+
+async def serve_lanerpc(args: dict[str, Any]) -> ServeResult:
+    import rpc  # lanerpc; may fail while the library is being written: the row says why
+
+    # Default lanes on the server: which lane a call takes is the client's choice (its
+    # "lanerpc.lanes" option), so all four lanerpc rows run against the same server setup.
+    server = rpc.server(options=SIZE_OPTIONS)
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    unix_path = args["unix_path"]
+    server.add_insecure_port(f"unix:{unix_path}")
+    await server.start()
+    return {"port": port, "unix_path": unix_path}, lambda: server.stop(None)
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+class _BidiStream:
+    """A Bidi call: ``send`` is ``call.write``, a reader task counts the echoes."""
+
+    def __init__(self, call: Any, message: EchoMessage) -> None:
+        self._call = call
+        self._message = message  # built once: the same message every time, as a caller would
+        self._received = 0
+        self._reader = asyncio.create_task(self._read())
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    async def _read(self) -> None:
+        while True:
+            reply = await self._call.read()
+            if reply is grpc.aio.EOF:
+                return
+            self._received += 1
+
+    async def send(self) -> None:
+        if self._reader.done():  # the call ended early: say why instead of writing into it
+            self._reader.result()
+            raise RuntimeError("the server ended the Bidi call early")
+        # grpc.aio's write returns once flow control has accepted the message.
+        await self._call.write(self._message)
+
+    async def close(self) -> None:
+        try:
+            await self._call.done_writing()
+            await asyncio.wait_for(asyncio.shield(self._reader), DRAIN_TIMEOUT)
+        finally:
+            if not self._reader.done():
+                self._call.cancel()
+                self._reader.cancel()
+
+
+class StubClient:
+    """An EchoStub on a channel: grpc.aio's or lanerpc's, the code is the same."""
+
+    def __init__(self, channel: Any, lane: str | None) -> None:
+        self._channel = channel
+        self._fixed_lane = lane
+        self._stub = echo_pb2_grpc.EchoStub(channel)
+
+    @property
+    def lane(self) -> str | None:
+        if self._fixed_lane is not None:
+            return self._fixed_lane
+        return getattr(self._channel, "lane", None)
+
+    async def echo(self, payload: bytes) -> int:
+        reply = await self._stub.Unary(EchoMessage(payload=payload))
+        return len(reply.payload)
+
+    async def open_stream(self, payload: bytes) -> _BidiStream:
+        return _BidiStream(self._stub.Bidi(), EchoMessage(payload=payload))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+async def _connect_grpc(ready: Ready, lane: str) -> StubClient:
+    channel = grpc.aio.insecure_channel(ready["target"], options=SIZE_OPTIONS)
+    return StubClient(channel, lane)
+
+
+async def connect_grpc_tcp(ready: Ready) -> StubClient:
+    return await _connect_grpc(ready, "tcp")
+
+
+async def connect_grpc_unix(ready: Ready) -> StubClient:
+    return await _connect_grpc(ready, "unix")
+
+
+def _lanerpc_connector(dial: str, lanes: str | None) -> Any:
+    """A connect function for one lanerpc row.
+
+    ``dial`` is "tcp" (127.0.0.1:port) or "unix" (the server's unix: path); ``lanes``
+    is the "lanerpc.lanes" channel option, None for the library's default.
+    """
+
+    async def connect(ready: Ready) -> StubClient:
+        import rpc  # see serve_lanerpc
+
+        target = f"127.0.0.1:{ready['port']}" if dial == "tcp" else f"unix:{ready['unix_path']}"
+        options = list(SIZE_OPTIONS)
+        if lanes is not None:
+            options.append(("lanerpc.lanes", lanes))
+        return StubClient(rpc.insecure_channel(target, options=options), lane=None)
+
+    return connect
+
+
+# ---------------------------------------------------------------------------- rows
+
+register(Subject(
+    name="grpc-tcp", label="grpc.aio, TCP 127.0.0.1", family="grpc", lane="tcp",
+    server="_bench_rpc:serve_grpc", server_args={"transport": "tcp"}, connect=connect_grpc_tcp,
+))
+register(Subject(
+    name="grpc-unix", label="grpc.aio, Unix socket", family="grpc", lane="unix",
+    server="_bench_rpc:serve_grpc", server_args={"transport": "unix"}, connect=connect_grpc_unix,
+))
+register(Subject(
+    name="lanerpc-tcp", label="lanerpc, lanes=tcp, dial 127.0.0.1", family="lanerpc", lane="tcp",
+    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", "tcp"),
+))
+register(Subject(
+    name="lanerpc-unix", label="lanerpc, lanes=unix,tcp, dial unix:", family="lanerpc", lane="unix",
+    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "unix,tcp"),
+))
+# The product: dial TCP with nothing configured and let the channel find the fastest lane.
+# Its lane is whatever the channel reports (lane=None), and its floor follows that lane.
+register(Subject(
+    name="lanerpc-upgraded", label="lanerpc, default lanes, dial 127.0.0.1", family="lanerpc",
+    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", None),
+))
+register(Subject(
+    name="lanerpc-shm", label="lanerpc, lanes=shm,unix,tcp, dial unix:", family="lanerpc", lane="shm",
+    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "shm,unix,tcp"),
+))
