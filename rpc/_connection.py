@@ -485,11 +485,11 @@ class Connection:
             stream.partial_credited = 0
             stream.discarding = bool(more)
             if self.role is Role.SERVER:
-                detail = f"Received message larger than max ({total} vs. {limit})"
+                detail = f"SERVER: Received message larger than max ({total} vs. {limit})"
                 self.end_stream(sid, RESOURCE_EXHAUSTED, detail)
                 events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
             else:
-                detail = f"Received message larger than max ({total} vs. {limit})"
+                detail = f"CLIENT: Received message larger than max ({total} vs. {limit})"
                 self.cancel(sid, CANCELLED, "response too large")
                 events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
             return

@@ -269,11 +269,12 @@ class ServicerContext(aio.ServicerContext):
         except _ResponseError as exc:
             self._end_with(_C.INTERNAL.value[0], str(exc))
         except Exception as exc:
-            if self._code is not None and self._code != _OK:
-                self._end_with(self._code, self._details or "", self._trailing)
-            else:
+            # As grpc.aio: a code set before the exception stays, the details
+            # name the exception.
+            if self._code is None or self._code == _OK:
                 log.exception("lanerpc: handler of %s raised", self._method)
-                self._end_with(_C.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}", self._trailing)
+            code = self._code if self._code is not None and self._code != _OK else _C.UNKNOWN.value[0]
+            self._end_with(code, f"Unexpected {type(exc)}: {exc}", self._trailing)
         finally:
             self._complete()
             server._call_finished(self)
