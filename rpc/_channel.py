@@ -199,6 +199,8 @@ class _Call:
             fut.set_result(None)
 
     def _on_message(self, data: bytes) -> None:
+        if self._initial_md is None:    # no HEADERS came first: empty initial metadata
+            self._on_initial_metadata(())
         self._messages.append(data)
         reader = self._reader
         if reader is not None and not reader.done():

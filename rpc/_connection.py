@@ -461,8 +461,9 @@ class Connection:
             self._check_known(sid)
             self._recv_window_pending += size    # still counts against the connection
             return
-        if self.role is Role.CLIENT and not stream.headers_received:
-            raise ProtocolError(f"MESSAGE before HEADERS on stream {sid}")
+        # A response's first MESSAGE without HEADERS before it implies empty
+        # initial metadata (saves a frame per call).
+        stream.headers_received = True
         if flags & FLAG_NO_MESSAGE:
             if size or not flags & FLAG_END_STREAM or flags & FLAG_MORE or stream.partial:
                 raise ProtocolError("a bare half-close must be empty and end the stream")
@@ -689,8 +690,7 @@ class Connection:
         stream = self.streams.get(stream_id)
         if stream is None:
             raise StreamClosed(stream_id)
-        if self.role is Role.SERVER and not stream.headers_sent:
-            self.send_initial_metadata(stream_id, None)
+        stream.headers_sent = True     # none sent yet: this MESSAGE implies empty ones
         stream.state = transition(stream.state, StreamInput.SEND_MESSAGE)
         if end_stream:
             stream.state = transition(stream.state, StreamInput.SEND_END)

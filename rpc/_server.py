@@ -37,6 +37,26 @@ class _Abort(aio.AbortError):
     pass
 
 
+_COROUTINE, _ASYNCGEN, _PLAIN = "coroutine", "async generator", "plain"
+_kinds: dict = {}
+
+
+def _kind(fn) -> str:
+    """What a handler function is, remembered: inspect's checks cost microseconds."""
+    kind = _kinds.get(fn)
+    if kind is None:
+        if inspect.iscoroutinefunction(fn):
+            kind = _COROUTINE
+        elif inspect.isasyncgenfunction(fn):
+            kind = _ASYNCGEN
+        else:
+            kind = _PLAIN
+        if len(_kinds) >= 4096:     # handlers made per call must not grow this forever
+            _kinds.clear()
+        _kinds[fn] = kind
+    return kind
+
+
 # ============================================================ connection
 
 class ServerLink(Link):
@@ -248,7 +268,7 @@ class ServicerContext(aio.ServicerContext):
                 self._end_ok()
             else:
                 fn = handler.stream_unary if handler.request_streaming else handler.unary_unary
-                if inspect.iscoroutinefunction(fn):
+                if _kind(fn) is _COROUTINE:
                     response = await fn(request, self)
                 else:
                     response = await self._in_thread(fn, request, _ThreadContext(self))
@@ -281,14 +301,15 @@ class ServicerContext(aio.ServicerContext):
 
     async def _run_streaming(self, handler, request) -> None:
         fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
-        if inspect.isasyncgenfunction(fn):
+        kind = _kind(fn)
+        if kind is _ASYNCGEN:
             agen = fn(request, self)
             try:
                 async for response in agen:
                     await self.write(response)
             finally:
                 await agen.aclose()
-        elif inspect.iscoroutinefunction(fn):
+        elif kind is _COROUTINE:
             result = await fn(request, self)
             if result is not None and hasattr(result, "__aiter__"):
                 async for response in result:
@@ -310,7 +331,7 @@ class ServicerContext(aio.ServicerContext):
     def _request_iterator(self):
         handler = self._handler
         fn = handler.stream_stream if handler.response_streaming else handler.stream_unary
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        if _kind(fn) is not _PLAIN:
             return _RequestIterator(self)
         return _BlockingRequestIterator(self, self._loop)
 
@@ -342,9 +363,12 @@ class ServicerContext(aio.ServicerContext):
         self._end_ok()
 
     def _send_initial(self, conn: c.Connection) -> None:
+        # Empty initial metadata needs no frame: the first MESSAGE (or the
+        # TRAILERS) implies it. Set metadata goes out in a HEADERS frame.
         if not self._initial_sent:
             self._initial_sent = True
-            conn.send_initial_metadata(self._sid, self._initial)
+            if self._initial:
+                conn.send_initial_metadata(self._sid, self._initial)
 
     def _end_ok(self) -> None:
         code = self._code if self._code is not None else _OK
@@ -421,7 +445,8 @@ class ServicerContext(aio.ServicerContext):
                 else RuntimeError("initial metadata has already been sent")
         self._initial = validate_metadata(initial_metadata)
         if not self._ended:
-            self._send_initial(self._link.conn)
+            self._initial_sent = True
+            self._link.conn.send_initial_metadata(self._sid, self._initial)
             self._link.flush_soon()
 
     # ------------------------------------------------------------ status
