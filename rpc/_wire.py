@@ -257,21 +257,41 @@ class FrameDecoder:
     payload)`` tuples. The magic preface is checked first. A header whose length
     exceeds ``max_frame_size`` raises before the payload is buffered, so a
     2**32-1 length costs nothing.
+
+    Small frames are cut out of one bytearray. A large payload still arriving
+    is collected as a list of the received pieces and joined once when whole,
+    so its bytes are copied once here, not once per arrival.
     """
 
-    __slots__ = ("_buf", "_pos", "max_frame_size", "_magic_pending")
+    __slots__ = ("_buf", "_pos", "max_frame_size", "_magic_pending", "_big", "_big_chunks",
+                 "_big_need")
+
+    BIG = 64 * 1024
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, expect_magic: bool = True) -> None:
         self._buf = bytearray()
         self._pos = 0
         self.max_frame_size = max_frame_size
         self._magic_pending = expect_magic
+        self._big: tuple[int, int, int] | None = None   # (type, flags, stream) being collected
+        self._big_chunks: list = []
+        self._big_need = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + sum(map(len, self._big_chunks))
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._big is not None and self._big_need:
+            need = self._big_need
+            if len(data) <= need:
+                self._big_chunks.append(data)
+                self._big_need = need - len(data)
+                return
+            view = memoryview(data)
+            self._big_chunks.append(view[:need])
+            self._big_need = 0
+            data = view[need:]
         buf = self._buf
         if self._pos and self._pos == len(buf):
             buf.clear()
@@ -289,6 +309,14 @@ class FrameDecoder:
                 return
             self._pos += len(MAGIC)
             self._magic_pending = False
+        if self._big is not None:
+            if self._big_need:
+                return
+            ftype, flags, sid = self._big
+            payload = b"".join(self._big_chunks)
+            self._big = None
+            self._big_chunks = []
+            yield ftype, flags, sid, payload
         pos = self._pos
         end = len(buf)
         limit = self.max_frame_size
@@ -300,17 +328,29 @@ class FrameDecoder:
                     raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
                 if ftype not in _KNOWN_TYPES:
                     raise ProtocolError(f"unknown frame type {ftype}")
-                stop = pos + HEADER_SIZE + length
+                start = pos + HEADER_SIZE
+                stop = start + length
                 if stop > end:
+                    if length >= self.BIG:
+                        # Collect the rest as it arrives (see feed), starting
+                        # with what is here already.
+                        self._big = (ftype, flags, sid)
+                        self._big_chunks = [bytes(buf[start:end])]
+                        self._big_need = stop - end
+                        pos = end
+                        self._pos = pos
                     break
-                payload = bytes(buf[pos + HEADER_SIZE:stop])
+                payload = bytes(buf[start:stop])
                 pos = stop
                 self._pos = pos
                 yield ftype, flags, sid, payload
         finally:
             # Compact once most of the buffer is consumed, so it never grows
             # beyond one frame plus what arrived with it.
-            if self._pos > 65536 and self._pos * 2 > len(buf):
+            if self._pos == len(buf):
+                buf.clear()
+                self._pos = 0
+            elif self._pos > 65536 and self._pos * 2 > len(buf):
                 del buf[:self._pos]
                 self._pos = 0
 
