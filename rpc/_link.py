@@ -45,6 +45,7 @@ class Link(asyncio.Protocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._backlog: list = []      # frames waiting while the transport is paused
         self.bytes_in = 0
         self.bytes_out = 0
         self.calls: dict = {}
@@ -109,6 +110,11 @@ class Link(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._backlog:
+            backlog, self._backlog = self._backlog, []
+            self._write_pieces(backlog)
+            if self._write_paused:
+                return
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -116,7 +122,7 @@ class Link(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Wait while the transport's own buffer is above its high-water mark."""
-        if self._write_paused and not self.conn.closed:
+        if (self._write_paused or self._backlog) and not self.conn.closed:
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
@@ -132,17 +138,53 @@ class Link(asyncio.Protocol):
         self._flush_scheduled = False
         self.flush()
 
+    # Above this many bytes a flush is fed to the transport a piece at a time,
+    # stopping while it is paused: handing it megabytes at once makes it copy
+    # them into its own buffer and shift that buffer after every send.
+    _BIG_WRITE = 256 * 1024
+
     def flush(self) -> None:
         data = self.conn.data_to_send()
         transport = self.transport
         if not data or transport is None or transport.is_closing():
             return
+        if self._backlog:
+            self._backlog.extend(data)
+            return
         if len(data) == 1:
-            self.bytes_out += len(data[0])
-            transport.write(data[0])
-        else:
+            size = len(data[0])
+            if size <= self._BIG_WRITE:
+                self.bytes_out += size
+                transport.write(data[0])
+                return
+        elif sum(map(len, data)) <= self._BIG_WRITE:
             self.bytes_out += sum(map(len, data))
             transport.writelines(data)
+            return
+        self._write_pieces(data)
+
+    def _write_pieces(self, data: list) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        step = self._BIG_WRITE
+        for i, buf in enumerate(data):
+            if self._write_paused:
+                self._backlog = data[i:]
+                return
+            size = len(buf)
+            if size <= step:
+                self.bytes_out += size
+                transport.write(buf)
+                continue
+            view = memoryview(buf)
+            for start in range(0, size, step):
+                if self._write_paused:
+                    self._backlog = [view[start:], *data[i + 1:]]
+                    return
+                piece = view[start:start + step]
+                self.bytes_out += len(piece)
+                transport.write(piece)
 
     # ------------------------------------------------------------ lifecycle
 
