@@ -45,6 +45,7 @@ class ClientLink(Link):
         self.draining = False
         self.hello = None
         self.refusal: c.GoAwayReceived | None = None
+        self.waiting: collections.deque = collections.deque()   # calls over the stream limit
 
     def _dispatch(self, events: list[c.Event]) -> None:
         calls = self.calls
@@ -58,6 +59,8 @@ class ClientLink(Link):
                 call = calls.pop(ev.stream_id, None)
                 if call is not None:
                     call._on_end(ev.code, ev.details, ev.metadata, ev.not_started)
+                if self.waiting:
+                    self._start_waiting()
             elif t is c.InitialMetadataReceived:
                 call = calls.get(ev.stream_id)
                 if call is not None:
@@ -89,14 +92,26 @@ class ClientLink(Link):
 
     def _lost(self, reason: str) -> None:
         calls, self.calls = self.calls, {}
+        waiting, self.waiting = self.waiting, collections.deque()
         for call in calls.values():
             call._on_end(_C.UNAVAILABLE.value[0], reason, (), False)
+        for call, _ in waiting:     # never sent: safe to say so
+            call._on_end(_C.UNAVAILABLE.value[0], reason, (), True)
         self.channel._link_lost(self)
 
     def forget(self, sid: int) -> None:
         self.calls.pop(sid, None)
+        if self.waiting:
+            self._start_waiting()
         if self.draining and not self.calls:
             self.close("server sent GOAWAY")
+
+    def _start_waiting(self) -> None:
+        limit = self.conn.peer.max_concurrent_streams
+        while self.waiting and len(self.calls) < limit and not self.conn.closed:
+            call, first = self.waiting.popleft()
+            if call._code is None:
+                call._open(self, first)
 
 
 # ============================================================ call objects
@@ -174,13 +189,21 @@ class _Call:
                 self._on_deadline()
                 return
         conn = link.conn
+        if len(link.calls) >= conn.peer.max_concurrent_streams:
+            # The server takes no more streams on this connection now: wait
+            # for one to end (ClientLink.forget starts the next).
+            link.waiting.append((self, first))
+            return
         try:
             sid = conn.start_request(self._method, timeout, self._metadata,
                                      end_stream=self._unary_request and first is None)
             if first is not None:
                 conn.send_message(sid, first, end_stream=True)
         except c.ConnectionClosed as exc:
-            self._finish(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), not_started=True)
+            self._on_end(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), True)
+            return
+        except c.MetadataTooLarge as exc:
+            self._finish(_C.RESOURCE_EXHAUSTED.value[0], str(exc), ())
             return
         self._link = link
         self._sid = sid

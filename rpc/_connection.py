@@ -229,13 +229,16 @@ class _Stream:
     __slots__ = (
         "id", "state", "send_window", "outbox", "outbox_bytes", "partial", "partial_size",
         "partial_credited", "held", "held_bytes", "headers_sent", "headers_received",
-        "discarding", "want_writable", "credit_pending", "trailers_pending",
+        "discarding", "want_writable", "credit_pending", "trailers_pending", "recv_window",
+        "closing",
     )
 
-    def __init__(self, stream_id: int, send_window: int) -> None:
+    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
         self.id = stream_id
         self.state = StreamState.OPEN
         self.send_window = send_window
+        self.recv_window = recv_window   # what the peer may still send before our credit
+        self.closing = False             # our TRAILERS wait behind the outbox; input is ignored
         # Outbound: messages waiting for window, as (buffer, offset, end_stream).
         self.outbox: collections.deque = collections.deque()
         self.outbox_bytes = 0
@@ -277,6 +280,7 @@ class Connection:
         self._last_peer_stream = 0      # server: highest stream id the client opened
         self._next_stream_id = 1        # client
         self.send_window = _wire.DEFAULT_CONNECTION_WINDOW  # until the peer's HELLO says
+        self._recv_window = self.limits.connection_window   # what the peer may still send
         self._recv_window_pending = 0   # connection-level credit not yet sent
         self._blocked: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.goaway_sent = False
@@ -425,7 +429,7 @@ class Connection:
                 self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
                     RESOURCE_EXHAUSTED, "too many concurrent streams on this connection")))
                 return
-            stream = _Stream(sid, self.peer.stream_window)  # type: ignore[union-attr]
+            stream = _Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
             stream.headers_received = True
             end = bool(flags & FLAG_END_STREAM)
             if end:
@@ -444,6 +448,12 @@ class Connection:
             metadata, end = _wire.decode_metadata(payload)
             if end != len(payload):
                 raise ProtocolError("trailing bytes after response headers")
+            if len(payload) > self.limits.max_metadata_size:
+                detail = (f"CLIENT: initial metadata of {len(payload)} bytes is over the limit "
+                          f"of {self.limits.max_metadata_size}")
+                self.cancel(sid, CANCELLED, "response metadata too large")
+                events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
+                return
             events.append(InitialMetadataReceived(sid, metadata))
 
     def _check_known(self, sid: int) -> None:
@@ -457,9 +467,18 @@ class Connection:
         self._require_handshake()
         stream = self.streams.get(sid)
         size = len(payload)
+        if size > self._recv_window:
+            raise ProtocolError("peer overran the connection's flow-control window")
+        self._recv_window -= size
         if stream is None:
             self._check_known(sid)
             self._recv_window_pending += size    # still counts against the connection
+            return
+        if size > stream.recv_window:
+            raise ProtocolError(f"peer overran the flow-control window of stream {sid}")
+        stream.recv_window -= size
+        if stream.closing:
+            self._recv_window_pending += size
             return
         # A response's first MESSAGE without HEADERS before it implies empty
         # initial metadata (saves a frame per call).
@@ -538,6 +557,12 @@ class Connection:
         code, details, metadata = _wire.decode_trailers(payload)
         stream.state = transition(stream.state, StreamInput.CLOSE)
         self._drop(stream)
+        size = sum(len(k) + len(v) for k, v in metadata)
+        if size > self.limits.max_metadata_size:
+            events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, (
+                f"CLIENT: trailing metadata of {size} bytes is over the limit of "
+                f"{self.limits.max_metadata_size}"), (), by_peer=False))
+            return
         events.append(StreamEnded(sid, code, details, metadata))
 
     def _on_cancel(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
@@ -608,6 +633,7 @@ class Connection:
             pending = stream.credit_pending + size
             if pending >= self.limits.stream_window // 4:
                 stream.credit_pending = 0
+                stream.recv_window += pending
                 self._emit(_wire.frame(WINDOW_UPDATE, 0, stream.id, _wire.encode_window_update(pending)))
             else:
                 stream.credit_pending = pending
@@ -636,6 +662,7 @@ class Connection:
         pending = self._recv_window_pending
         if pending and pending >= self.limits.connection_window // 4:
             self._recv_window_pending = 0
+            self._recv_window += pending
             self._emit(_wire.frame(WINDOW_UPDATE, 0, 0, _wire.encode_window_update(pending)))
 
     def _release_blocked(self, events: list[Event]) -> None:
@@ -666,8 +693,15 @@ class Connection:
         timeout_us = 0
         if timeout is not None:
             timeout_us = max(1, min(int(timeout * 1e6), _wire.MAX_TIMEOUT_US))
-        payload = _wire.encode_request_headers(method, timeout_us, metadata)
-        stream = _Stream(sid, self.peer.stream_window)  # type: ignore[union-attr]
+        block = _wire.encode_metadata(metadata)
+        if len(block) > self.peer.max_metadata_size:  # type: ignore[union-attr]
+            raise MetadataTooLarge(
+                f"request metadata of {len(block)} bytes is over the server's limit of "
+                f"{self.peer.max_metadata_size}")  # type: ignore[union-attr]
+        payload = _wire.encode_request_headers_block(method, timeout_us, block)
+        if len(payload) > self.peer.max_frame_size:  # type: ignore[union-attr]
+            raise MetadataTooLarge(f"request headers of {len(payload)} bytes don't fit a frame")
+        stream = _Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
         stream.headers_sent = True
         if end_stream:
             stream.state = StreamState.HALF_CLOSED_LOCAL
@@ -680,8 +714,12 @@ class Connection:
         stream = self.streams.get(stream_id)
         if stream is None or stream.headers_sent:
             return
-        stream.headers_sent = True
         payload = _wire.encode_metadata(metadata)
+        if len(payload) > min(self.peer.max_metadata_size, self.peer.max_frame_size):  # type: ignore[union-attr]
+            raise MetadataTooLarge(
+                f"initial metadata of {len(payload)} bytes is over the client's limit of "
+                f"{self.peer.max_metadata_size}")  # type: ignore[union-attr]
+        stream.headers_sent = True
         self._emit(_pack_header(len(payload), HEADERS, 0, stream_id) + payload)
 
     def send_message(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> bool:
@@ -768,17 +806,33 @@ class Connection:
         self._emit(_pack_header(0, MESSAGE, FLAG_END_STREAM | FLAG_NO_MESSAGE, stream_id))
 
     def end_stream(self, stream_id: int, code: int, details: str = "", metadata=None) -> None:
-        """Server: send the final status and close the stream."""
+        """Server: send the final status and close the stream. Trailers the client
+        would refuse become RESOURCE_EXHAUSTED (long details are cut instead)."""
         stream = self.streams.get(stream_id)
         if stream is None:
             return
-        payload = _wire.encode_trailers(code, details, metadata)
+        payload = self._fitting_trailers(code, details, metadata)
         if not stream.outbox:
             self._emit(_pack_header(len(payload), TRAILERS, 0, stream_id) + payload)
             self._drop(stream)
             return
-        # Messages still wait for window: the trailers wait behind them.
+        # Messages still wait for window: the trailers wait behind them, and
+        # nothing more is taken from the peer on this stream.
         stream.trailers_pending = payload
+        stream.closing = True
+
+    def _fitting_trailers(self, code: int, details: str, metadata) -> bytes:
+        peer = self.peer
+        block = _wire.encode_metadata(metadata)
+        if len(block) > peer.max_metadata_size:  # type: ignore[union-attr]
+            return _wire.encode_trailers(RESOURCE_EXHAUSTED, (
+                f"trailing metadata of {len(block)} bytes is over the client's limit of "
+                f"{peer.max_metadata_size}"), None)  # type: ignore[union-attr]
+        room = peer.max_frame_size - len(block) - 8  # type: ignore[union-attr]
+        raw = details.encode("utf-8") if details else b""
+        if len(raw) > room:
+            details = raw[:max(room - 3, 0)].decode("utf-8", errors="ignore") + "..."
+        return _wire.encode_trailers(code, details, metadata)
 
     def cancel(self, stream_id: int, code: int = CANCELLED, details: str = "", *, not_started: bool = False) -> None:
         """Either side: abandon the stream. Queued messages are dropped."""
@@ -802,6 +856,8 @@ class Connection:
 
     def ping(self, payload: bytes | None = None) -> bytes:
         payload = payload if payload is not None else os.urandom(8)
+        if len(payload) != 8:
+            raise ValueError("a PING carries exactly 8 bytes")
         self._emit(_wire.frame(PING, 0, 0, payload))
         return payload
 
@@ -819,6 +875,10 @@ class Connection:
 
 class ConnectionClosed(Exception):
     """The connection can't carry new work."""
+
+
+class MetadataTooLarge(ValueError):
+    """Metadata the peer announced it would refuse; nothing was sent."""
 
 
 class StreamClosed(Exception):

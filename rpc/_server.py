@@ -354,6 +354,8 @@ class ServicerContext(aio.ServicerContext):
             return
         conn = self._link.conn
         self._send_initial(conn)
+        if self._ended:
+            return
         limit = self._server._options.max_send_message_length
         if len(data) > limit:
             self._end_with(_C.RESOURCE_EXHAUSTED.value[0],
@@ -368,7 +370,10 @@ class ServicerContext(aio.ServicerContext):
         if not self._initial_sent:
             self._initial_sent = True
             if self._initial:
-                conn.send_initial_metadata(self._sid, self._initial)
+                try:
+                    conn.send_initial_metadata(self._sid, self._initial)
+                except c.MetadataTooLarge as exc:
+                    self._end_with(_C.RESOURCE_EXHAUSTED.value[0], str(exc))
 
     def _end_ok(self) -> None:
         code = self._code if self._code is not None else _OK
@@ -429,6 +434,8 @@ class ServicerContext(aio.ServicerContext):
         link.ping_strikes = 0
         conn = link.conn
         self._send_initial(conn)
+        if self._ended:
+            raise asyncio.CancelledError()
         sent = conn.send_message(self._sid, data)
         link.flush_soon()
         if not sent and conn.wait_writable(self._sid):
@@ -446,7 +453,11 @@ class ServicerContext(aio.ServicerContext):
         self._initial = validate_metadata(initial_metadata)
         if not self._ended:
             self._initial_sent = True
-            self._link.conn.send_initial_metadata(self._sid, self._initial)
+            try:
+                self._link.conn.send_initial_metadata(self._sid, self._initial)
+            except c.MetadataTooLarge as exc:
+                self._end_with(_C.RESOURCE_EXHAUSTED.value[0], str(exc))
+                raise asyncio.CancelledError() from None
             self._link.flush_soon()
 
     # ------------------------------------------------------------ status

@@ -161,8 +161,12 @@ def decode_metadata(buf: bytes | memoryview, offset: int = 0) -> tuple[tuple[tup
 
 
 def encode_request_headers(method: str, timeout_us: int, metadata: Metadata | None) -> bytes:
+    return encode_request_headers_block(method, timeout_us, encode_metadata(metadata))
+
+
+def encode_request_headers_block(method: str, timeout_us: int, block: bytes) -> bytes:
     mb = method.encode("utf-8")
-    return _REQUEST_HEAD.pack(timeout_us, len(mb)) + mb + encode_metadata(metadata)
+    return _REQUEST_HEAD.pack(timeout_us, len(mb)) + mb + block
 
 
 def decode_request_headers(payload: bytes) -> tuple[str, int, tuple]:
@@ -304,6 +308,12 @@ class FrameDecoder:
             have = len(buf) - self._pos
             n = min(have, len(MAGIC))
             if bytes(buf[self._pos:self._pos + n]) != MAGIC[:n]:
+                # Describe the peer the same however its bytes were split: wait
+                # while they could still become a request line we can name (a
+                # peer that stops short is closed by the handshake timer).
+                head = bytes(buf[self._pos:self._pos + 16])
+                if any(len(head) < len(known) and known.startswith(head) for known in _NAMED_PREFACES):
+                    return
                 raise ProtocolError(_describe_wrong_preface(bytes(buf[self._pos:self._pos + 24])))
             if have < len(MAGIC):
                 return
@@ -355,11 +365,15 @@ class FrameDecoder:
                 self._pos = 0
 
 
+_HTTP1_METHODS = (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE")
+_NAMED_PREFACES = (b"PRI * HTTP/2.0",) + _HTTP1_METHODS
+
+
 def _describe_wrong_preface(head: bytes) -> str:
     if head.startswith(b"PRI * HTTP/2.0"):
         return "peer speaks HTTP/2 (a gRPC client?), not lanerpc"
     if head[:1] == b"\x16":
         return "peer started a TLS handshake on a plaintext lanerpc port"
-    if head[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE"):
+    if head[:4] in _HTTP1_METHODS:
         return "peer sent an HTTP/1 request, not lanerpc"
     return f"bad preface {head[:16]!r}: not a lanerpc peer"

@@ -133,10 +133,12 @@ def events_of(events: list[Event], kind: type) -> list:
 
 
 def drain_frames(conn: Connection) -> list[WireFrame]:
-    """Decode what ``conn`` has queued, when its magic preface was already taken."""
+    """Decode what ``conn`` has queued (its magic preface skipped if still queued)."""
     decoder = FrameDecoder(_wire.MAX_FRAME_SIZE_LIMIT, expect_magic=False)
-    for chunk in conn.data_to_send():
-        decoder.feed(chunk)
+    data = b"".join(conn.data_to_send())
+    if data.startswith(_wire.MAGIC):
+        data = data[len(_wire.MAGIC):]
+    decoder.feed(data)
     frames = [WireFrame(*f) for f in decoder.frames()]
     assert decoder.buffered == 0, "a connection queued a partial frame"
     return frames

@@ -366,9 +366,6 @@ def test_partial_magic_waits_for_more():
     assert _all_frames(decoder) == [(_wire.PING, 0, 0, b"abcdefgh")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FrameDecoder judges the preface on the first byte that differs from MAGIC, so a "
-    "peer whose first segment is short gets 'bad preface' instead of the HTTP/1 / HTTP/2 hint"))
 @pytest.mark.parametrize("data, hint", [(_HTTP1, "HTTP/1"), (_HTTP2, "HTTP/2")], ids=["http1", "http2"])
 def test_wrong_preface_reason_does_not_depend_on_how_bytes_are_split(data, hint):
     decoder = FrameDecoder()

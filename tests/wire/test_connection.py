@@ -23,6 +23,7 @@ from rpc._connection import (
     InitialMetadataReceived,
     Limits,
     MessageReceived,
+    MetadataTooLarge,
     PingAcked,
     PingReceived,
     RequestReceived,
@@ -237,17 +238,25 @@ def test_server_refuses_streams_beyond_its_concurrency_limit():
     assert [e.stream_id for e in events_of(server_events, RequestReceived)] == [d]
 
 
-def test_oversized_request_metadata_refuses_that_stream_only():
+def test_oversized_request_metadata_is_refused_before_sending():
     pair = ConnectionPair()
     pair.handshake()
-    big = pair.client.start_request("/svc/M", None, [("big", "x" * (_wire.DEFAULT_MAX_METADATA_SIZE + 1024))])
-    pair.client.send_message(big, b"ignored", end_stream=True)
-    client_events, server_events = pair.pump()
-    assert server_events == []
-    assert [(e.stream_id, e.code) for e in client_events] == [(big, RESOURCE_EXHAUSTED)]
-    small = pair.client.start_request("/svc/M", None, [("small", "x")], end_stream=True)
-    _, server_events = pair.pump()
-    assert [e.stream_id for e in server_events] == [small]
+    with pytest.raises(MetadataTooLarge):
+        pair.client.start_request("/svc/M", None, [("big", "x" * (_wire.DEFAULT_MAX_METADATA_SIZE + 1024))])
+    assert pair.client.data_to_send() == []
+
+
+def test_oversized_request_metadata_from_a_peer_refuses_that_stream_only():
+    """A client that ignores the server's announced limit gets that stream refused."""
+    server = Connection(SERVER)
+    server.receive_data(_wire.MAGIC + _hello())
+    server.data_to_send()
+    big = [("big", "x" * (_wire.DEFAULT_MAX_METADATA_SIZE + 1024))]
+    assert server.receive_data(_headers(1, metadata=big)) == []
+    frames = drain_frames(server)
+    assert [(f.type, f.stream_id) for f in frames] == [(_wire.TRAILERS, 1)]
+    assert _wire.decode_trailers(frames[0].payload)[0] == RESOURCE_EXHAUSTED
+    assert [type(e) for e in server.receive_data(_headers(3))] == [RequestReceived]
 
 
 # ------------------------------------------------------------------ flow control
@@ -863,12 +872,8 @@ def test_random_operations_give_the_same_events_one_byte_at_a_time(ops):
     assert bytewise.pair.events == whole.pair.events
 
 
-# ------------------------------------------------------------------ library bugs (xfail)
+# ------------------------------------------------------------------ limits a peer may break
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Connection._on_message never checks received MESSAGE bytes against the stream and "
-    "connection windows it announced: a peer that ignores flow control makes the receiver "
-    "buffer without bound instead of getting a ProtocolError"))
 def test_peer_that_ignores_the_window_is_refused():
     window = 4 * KIB
     server = Connection(SERVER, Limits(stream_window=window, connection_window=4 * window))
@@ -890,10 +895,6 @@ def _second_call_works(pair: ConnectionPair) -> None:
     assert client_events == [StreamEnded(sid, OK, "", ())]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HEADERS/TRAILERS are never bounded by the peer's max_frame_size (nor its max_metadata_size): "
-    "a long status detail or big trailing/request metadata makes a frame the peer's decoder "
-    "refuses, and the whole connection dies instead of that one call"))
 @pytest.mark.parametrize("where", ["details", "trailing-metadata", "request-metadata"])
 def test_oversized_status_or_metadata_fails_one_call_not_the_connection(where):
     pair = ConnectionPair()
@@ -919,9 +920,6 @@ def test_oversized_status_or_metadata_fails_one_call_not_the_connection(where):
     _second_call_works(pair)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Connection.ping() queues a PING of any length; the peer treats anything but 8 bytes "
-    "as a protocol error and closes the connection"))
 def test_ping_with_a_bad_payload_is_refused_locally():
     pair = ConnectionPair()
     pair.handshake()
