@@ -122,36 +122,42 @@ class _Call:
     _unary_request = True
     _unary_response = True
 
+    # State most calls never change lives on the class; a call stores only
+    # what differs (fewer stores per call on the hot path).
+    _deadline: float | None = None
+    _link: "ClientLink | None" = None
+    _sid = 0
+    _initial_md: tuple | None = None
+    _trailing_md: tuple = ()
+    _code: int | None = None
+    _details = ""
+    _locally_cancelled = False
+    _not_started = False
+    _done_fut: asyncio.Future | None = None
+    _md_fut: asyncio.Future | None = None
+    _callbacks: tuple | list = ()
+    _timer: asyncio.TimerHandle | None = None
+    _reader: asyncio.Future | None = None
+    _opened: asyncio.Future | None = None
+    _writable: asyncio.Future | None = None
+    _task: asyncio.Task | None = None
+    _response: Any = None
+    _metadata: tuple = ()
+
     def __init__(self, channel: "Channel", method: str, serializer, deserializer,
                  timeout: float | None, metadata, wait_for_ready: bool | None) -> None:
         self._channel = channel
-        self._loop = channel._loop
+        self._loop = loop = channel._loop
         self._method = method
         self._serialize = serializer or _identity
         self._deserialize = deserializer or _identity
-        self._metadata = validate_metadata(metadata) if metadata else ()
+        if metadata:
+            self._metadata = validate_metadata(metadata)
         self._wait_for_ready = bool(wait_for_ready)
-        self._deadline = None if timeout is None else self._loop.time() + timeout
-        self._link: ClientLink | None = None
-        self._sid = 0
-        self._initial_md: tuple | None = None
-        self._trailing_md: tuple = ()
-        self._code: int | None = None
-        self._details = ""
-        self._locally_cancelled = False
-        self._not_started = False
-        self._done_fut: asyncio.Future | None = None
-        self._md_fut: asyncio.Future | None = None
-        self._callbacks: list[Callable] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._messages: collections.deque = collections.deque()
-        self._reader: asyncio.Future | None = None
-        self._opened: asyncio.Future | None = None
-        self._writable: asyncio.Future | None = None
-        self._task: asyncio.Task | None = None
-        self._response: Any = None
         if timeout is not None:
-            self._timer = self._loop.call_later(max(timeout, 0), self._on_deadline)
+            self._deadline = loop.time() + timeout
+            self._timer = loop.call_later(max(timeout, 0), self._on_deadline)
 
     # ------------------------------------------------------------ starting
 
@@ -169,14 +175,14 @@ class _Call:
     async def _connect_and_open(self, first: bytes | None) -> None:
         try:
             link = await self._channel._get_link(self._deadline, self._wait_for_ready)
-        except aio.AioRpcError as err:
-            self._finish(err.code().value[0], err.details() or "", ())
+        except aio.AioRpcError as err:     # never sent: safe to retry elsewhere
+            self._finish(err.code().value[0], err.details() or "", (), not_started=True)
             return
         except asyncio.CancelledError:
             return
         except Exception as exc:
             log.exception("lanerpc: connecting for %s raised", self._method)
-            self._finish(_C.UNAVAILABLE.value[0], f"failed to connect: {exc!r}", ())
+            self._finish(_C.UNAVAILABLE.value[0], f"failed to connect: {exc!r}", (), not_started=True)
             return
         if self._code is None:
             self._open(link, first)
@@ -302,7 +308,7 @@ class _Call:
         if self._callbacks:
             for cb in self._callbacks:
                 self._loop.call_soon(cb, self)
-            self._callbacks = []
+            self._callbacks = ()
 
     def _error(self) -> aio.AioRpcError:
         return rpc_error(status_code(self._code or 0), self._details, self._initial_md, self._trailing_md)
@@ -341,8 +347,10 @@ class _Call:
     def add_done_callback(self, callback) -> None:
         if self._code is not None:
             self._loop.call_soon(callback, self)
-        else:
+        elif self._callbacks:
             self._callbacks.append(callback)
+        else:
+            self._callbacks = [callback]
 
     def time_remaining(self) -> float | None:
         if self._deadline is None:

@@ -158,6 +158,24 @@ class ServerLink(Link):
 class ServicerContext(aio.ServicerContext):
     """One call on the server; what a grpc.aio handler receives as ``context``."""
 
+    # Per-call state that most calls never change lives on the class: a call
+    # sets only what differs (fewer stores per call on the hot path).
+    _deadline: float | None = None
+    _input_done = False
+    _reader: asyncio.Future | None = None
+    _writable: asyncio.Future | None = None
+    _task: asyncio.Task | None = None
+    _code: int | None = None            # set_code / abort
+    _details: str | None = None
+    _trailing: tuple = ()
+    _initial: tuple | None = None
+    _initial_sent = False
+    _ended = False                      # status sent or stream gone
+    _cancelled = False
+    _callbacks: tuple | list = ()
+    _timer: asyncio.TimerHandle | None = None
+    _counted = False
+
     def __init__(self, server: "Server", link: ServerLink, sid: int, method: str,
                  timeout: float | None, metadata: tuple, handler) -> None:
         self._server = server
@@ -167,24 +185,9 @@ class ServicerContext(aio.ServicerContext):
         self._method = method
         self._handler = handler
         self._metadata = metadata
-        self._deadline = None if timeout is None else self._loop.time() + timeout
-        self._wall_deadline = None if timeout is None else time.time() + timeout
         self._requests: collections.deque = collections.deque()
-        self._input_done = False
-        self._reader: asyncio.Future | None = None
-        self._writable: asyncio.Future | None = None
-        self._task: asyncio.Task | None = None
-        self._code: int | None = None         # set_code / abort
-        self._details: str | None = None
-        self._trailing: tuple = ()
-        self._initial: tuple | None = None
-        self._initial_sent = False
-        self._ended = False                   # status sent or stream gone
-        self._cancelled = False
-        self._callbacks: list[Callable] = []
-        self._timer = None
-        self._counted = False
         if timeout is not None:
+            self._deadline = self._loop.time() + timeout
             self._timer = self._loop.call_later(timeout, self._on_deadline)
 
     # ------------------------------------------------------------ events
@@ -252,11 +255,19 @@ class ServicerContext(aio.ServicerContext):
     # ------------------------------------------------------------ running
 
     def _start(self) -> None:
-        self._task = self._loop.create_task(self._run())
+        self._task = task = self._loop.create_task(self._run())
+        # Cleanup in a done callback, not in _run's finally: a task cancelled
+        # before its first step never enters _run at all.
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if not self._ended:
+            self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
+        self._complete()
+        self._server._call_finished(self)
 
     async def _run(self) -> None:
         handler = self._handler
-        server = self._server
         try:
             if handler.request_streaming:
                 request = self._request_iterator()
@@ -295,9 +306,6 @@ class ServicerContext(aio.ServicerContext):
                 log.exception("lanerpc: handler of %s raised", self._method)
             code = self._code if self._code is not None and self._code != _OK else _C.UNKNOWN.value[0]
             self._end_with(code, f"Unexpected {type(exc)}: {exc}", self._trailing)
-        finally:
-            self._complete()
-            server._call_finished(self)
 
     async def _run_streaming(self, handler, request) -> None:
         fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
@@ -394,7 +402,7 @@ class ServicerContext(aio.ServicerContext):
         self._server._stats.call_ended(link.lane or "?", code)
 
     def _complete(self) -> None:
-        callbacks, self._callbacks = self._callbacks, []
+        callbacks, self._callbacks = self._callbacks, ()
         for cb in callbacks:
             try:
                 cb(self)
@@ -509,8 +517,10 @@ class ServicerContext(aio.ServicerContext):
     def add_done_callback(self, callback) -> None:
         if self.done():
             callback(self)
-        else:
+        elif self._callbacks:
             self._callbacks.append(callback)
+        else:
+            self._callbacks = [callback]
 
     def peer(self) -> str:
         peer = self._link.peer

@@ -1,0 +1,684 @@
+"""Lifecycle with real processes: kill -9, SIGTERM drain, SIGSTOP + keepalive,
+ping policy, Server.stop(grace), channel connectivity, and which calls are retried.
+
+Server processes are ``tests/e2e/_server_proc.py`` (Echo through ``rpc.serve()``);
+every one is stopped by its pid (SIGCONT + SIGKILL) in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+
+import grpc
+import pytest
+
+import rpc
+from examples.echo import echo_pb2, echo_pb2_grpc
+from tests.e2e._server_proc import ServerProc, SlowEcho
+
+_C = grpc.StatusCode
+READY = grpc.ChannelConnectivity.READY
+IDLE = grpc.ChannelConnectivity.IDLE
+TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+RETRY_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "lanerpc.echo.Echo"}],
+    "retryPolicy": {
+        "maxAttempts": 5,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "0.2s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    },
+}]})
+
+
+def msg(payload: bytes) -> echo_pb2.EchoMessage:
+    return echo_pb2.EchoMessage(payload=payload)
+
+
+async def within(awaitable, seconds: float):
+    """Await with a bound; a hang is a test failure, not a stuck run."""
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+async def code_of(call, seconds: float) -> grpc.StatusCode:
+    return await within(call.code(), seconds)
+
+
+@pytest.fixture
+def runtime_dir(monkeypatch):
+    """Upgrade sockets of this test's servers (children inherit it) in a directory
+    of their own: short enough for a socket path, apart from concurrent tests."""
+    path = tempfile.mkdtemp(prefix="lrlc-")
+    monkeypatch.setenv("LANERPC_RUNTIME_DIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def lane_args(lanes: str | None) -> list[str]:
+    return ["--lanes", lanes] if lanes else []
+
+
+def expected_lane(lanes: str | None) -> str:
+    return "tcp" if lanes == "tcp" else "unix"
+
+
+async def stop_all(*procs) -> None:
+    for proc in procs:
+        if proc is not None:
+            await proc.stop()
+
+
+# ============================================================ 1. SIGKILL with every kind pending
+
+async def _writer(call, payload: bytes, every: float):
+    """Write until the call ends; return what ended the writing."""
+    try:
+        while True:
+            await call.write(msg(payload))
+            await asyncio.sleep(every)
+    except Exception as exc:   # noqa: BLE001 - the test inspects it
+        return exc
+
+
+async def _reader(call):
+    try:
+        async for _ in call:
+            pass
+    except Exception as exc:   # noqa: BLE001
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("lanes", ["tcp", None], ids=["tcp", "default"])
+async def test_sigkill_ends_all_pending_calls_and_a_restart_serves_the_same_channel(lanes, runtime_dir):
+    server = ServerProc(*lane_args(lanes))
+    restarted = None
+    channel = None
+    tasks: list[asyncio.Task] = []
+    try:
+        await server.start()
+        port = server.port
+        channel = rpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm"), timeout=5), 6)
+        assert channel.lane == expected_lane(lanes)
+
+        unary = [stub.Unary(msg(b"sleep:60000"), timeout=30) for _ in range(5)]
+        server_streams = [stub.ServerStream(msg(b"stream:100000:50"), timeout=30) for _ in range(5)]
+        client_streams = [stub.ClientStream(timeout=30) for _ in range(5)]
+        bidis = [stub.Bidi(timeout=30) for _ in range(5)]
+        calls = unary + server_streams + client_streams + bidis
+        assert len(calls) == 20
+        # Every handler is running (each sends initial metadata first).
+        await within(asyncio.gather(*(c.initial_metadata() for c in calls)), 5)
+        for bidi in bidis:
+            await within(bidi.write(msg(b"b")), 2)
+            assert (await within(bidi.read(), 2)).payload == b"b"
+        writers = [asyncio.create_task(_writer(c, b"mid-write", 0.01))
+                   for c in client_streams + bidis]
+        readers = [asyncio.create_task(_reader(c)) for c in server_streams]
+        awaiters = [asyncio.create_task(_reader_unary(c)) for c in unary]
+        tasks = writers + readers + awaiters
+        await asyncio.sleep(0.1)   # streams flowing, writes in progress
+        assert not any(c.done() for c in calls)
+
+        killed_at = time.monotonic()
+        server.signal(signal.SIGKILL)
+        codes = await within(asyncio.gather(*(c.code() for c in calls)), 1.0)
+        elapsed = time.monotonic() - killed_at
+        assert codes == [_C.UNAVAILABLE] * 20, codes
+        assert elapsed < 1.0
+        # What the application saw: every writer, reader and awaiter got AioRpcError UNAVAILABLE.
+        ended = await within(asyncio.gather(*tasks), 1.0)
+        for exc in ended:
+            assert isinstance(exc, grpc.aio.AioRpcError), repr(exc)
+            assert exc.code() == _C.UNAVAILABLE
+        await server.wait(5)
+
+        restarted = ServerProc("--address", f"127.0.0.1:{port}", *lane_args(lanes))
+        await restarted.start()
+        assert restarted.port == port
+        reply = await within(stub.Unary(msg(b"peer"), timeout=5), 6)
+        assert reply.payload.decode().endswith(f"|{restarted.pid}")
+        assert channel.lane == expected_lane(lanes)
+    finally:
+        for task in tasks:
+            task.cancel()
+        if channel is not None:
+            await channel.close()
+        await stop_all(server, restarted)
+
+
+async def _reader_unary(call):
+    try:
+        await call
+    except Exception as exc:   # noqa: BLE001
+        return exc
+    return None
+
+
+# ============================================================ 2. SIGTERM through rpc.serve
+
+async def test_sigterm_lets_the_running_call_finish_refuses_new_ones_and_exits_0(runtime_dir):
+    grace = 5.0
+    server = ServerProc("--grace", str(grace))
+    channel = other = None
+    try:
+        await server.start()
+        target = f"127.0.0.1:{server.port}"
+        channel = rpc.insecure_channel(target)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm"), timeout=5), 6)
+        running = stub.Unary(msg(b"sleep:500"), timeout=10)
+        await within(running.initial_metadata(), 5)
+
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        # The GOAWAY reaches the channel: its connection no longer takes calls.
+        await within(channel.wait_for_state_change(READY), 2)
+
+        # Started after the signal: refused, on the same channel and on a new one.
+        with pytest.raises(grpc.aio.AioRpcError) as same:
+            await within(stub.Unary(msg(b"late"), timeout=5), 6)
+        assert same.value.code() == _C.UNAVAILABLE
+        other = rpc.insecure_channel(target)
+        with pytest.raises(grpc.aio.AioRpcError) as new:
+            await within(echo_pb2_grpc.EchoStub(other).Unary(msg(b"late"), timeout=5), 6)
+        assert new.value.code() == _C.UNAVAILABLE
+
+        reply = await within(running, 5)
+        assert reply.payload == b"sleep:500"
+        rc = await server.wait(grace + 1)
+        assert rc == 0
+        assert time.monotonic() - signalled < grace
+    finally:
+        for ch in (channel, other):
+            if ch is not None:
+                await ch.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+async def test_a_second_signal_stops_at_once(second, runtime_dir):
+    server = ServerProc("--grace", "30")
+    channel = None
+    try:
+        await server.start()
+        channel = rpc.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        long_call = stub.Unary(msg(b"sleep:60000"), timeout=60)
+        await within(long_call.initial_metadata(), 5)
+        server.signal(signal.SIGTERM)
+        await within(channel.wait_for_state_change(READY), 2)   # draining now
+        await asyncio.sleep(0.2)
+        assert not long_call.done()
+        assert server.proc.returncode is None
+
+        signalled = time.monotonic()
+        server.signal(second)
+        rc = await server.wait(5)
+        assert rc == 0
+        assert time.monotonic() - signalled < 2.0
+        code = await code_of(long_call, 2)
+        assert code != _C.OK
+        assert code in (_C.UNAVAILABLE, _C.CANCELLED)
+    finally:
+        if channel is not None:
+            await channel.close()
+        await server.stop()
+
+
+# ============================================================ 3. client streaming and a dying server
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["writing", "blocked-on-flow-control"])
+async def test_client_streaming_call_ends_when_the_server_dies(blocked, runtime_dir):
+    server = ServerProc()
+    channel = None
+    pending: asyncio.Future | None = None
+    try:
+        await server.start()
+        channel = rpc.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        call = stub.ClientStream(timeout=30)
+        await within(call.initial_metadata(), 5)
+        if blocked:
+            await within(call.write(msg(b"noread")), 2)    # the handler stops reading
+            big = msg(b"x" * 65536)
+            for _ in range(4000):
+                pending = asyncio.ensure_future(call.write(big))
+                done, _ = await asyncio.wait({pending}, timeout=0.3)
+                if not done:
+                    break
+                pending.result()
+            else:
+                pytest.fail("writes never blocked although the server reads nothing")
+        else:
+            pending = asyncio.ensure_future(_writer(call, b"m", 0.005))
+            await asyncio.sleep(0.1)
+            assert not pending.done()
+
+        killed_at = time.monotonic()
+        server.signal(signal.SIGKILL)
+        if blocked:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await within(pending, 1.0)
+            error = info.value
+        else:
+            error = await within(pending, 1.0)
+            assert isinstance(error, grpc.aio.AioRpcError), repr(error)
+        assert error.code() == _C.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as awaited:
+            await within(call, 1.0)
+        assert awaited.value.code() == _C.UNAVAILABLE
+        assert time.monotonic() - killed_at < 1.0
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+        if channel is not None:
+            await channel.close()
+        await server.stop()
+
+
+# ============================================================ 4. SIGSTOP and keepalive
+
+async def _stats_line(path: str, after: int, timeout: float) -> dict:
+    """The first SIGUSR1 stats snapshot the server wrote to its stderr past byte ``after``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path, "rb") as f:
+            f.seek(after)
+            for line in f.read().decode(errors="replace").splitlines():
+                marker = "lanerpc stats: "
+                if marker in line:
+                    return json.loads(line.split(marker, 1)[1])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no stats line in {path}")
+
+
+@pytest.mark.parametrize("lanes", ["tcp", None], ids=["tcp", "default"])
+async def test_frozen_server_is_detected_by_keepalive_and_the_next_call_reconnects(
+        lanes, runtime_dir, tmp_path):
+    stderr_path = str(tmp_path / "server.err")
+    server = ServerProc(*lane_args(lanes),
+                        "--option", "grpc.http2.min_ping_interval_without_data_ms=100",
+                        stderr_path=stderr_path)
+    channel = None
+    try:
+        await server.start()
+        channel = rpc.insecure_channel(f"127.0.0.1:{server.port}", options=[
+            ("grpc.keepalive_time_ms", 500), ("grpc.keepalive_timeout_ms", 500)])
+        stub = echo_pb2_grpc.EchoStub(channel)
+        first_peer = (await within(stub.Unary(msg(b"peer"), timeout=5), 6)).payload
+        pending = stub.Unary(msg(b"sleep:60000"), timeout=30)
+        await within(pending.initial_metadata(), 5)
+
+        stopped_at = time.monotonic()
+        server.signal(signal.SIGSTOP)
+        code = await code_of(pending, 2.5)
+        assert code == _C.UNAVAILABLE
+        assert time.monotonic() - stopped_at < 2.5
+        server.signal(signal.SIGCONT)
+
+        second_peer = (await within(stub.Unary(msg(b"peer"), timeout=5), 6)).payload
+        assert second_peer.endswith(b"|%d" % server.pid)
+        assert channel.lane == expected_lane(lanes)
+        if lanes == "tcp":
+            assert second_peer != first_peer       # another client port: a new connection
+
+        offset = os.path.getsize(stderr_path)
+        server.signal(signal.SIGUSR1)
+        stats = await _stats_line(stderr_path, offset, 3)
+        # Two connections seen by the server, one of them still open.
+        if lanes == "tcp":
+            assert stats["connections_total"] == {"tcp": 2}
+            assert stats["connections_open"] == {"tcp": 1}
+        else:   # each one dialled on tcp, then moved to unix
+            assert stats["connections_total"] == {"tcp": 2, "unix": 2}
+            assert stats["connections_open"] == {"unix": 1}
+    finally:
+        if channel is not None:
+            await channel.close()
+        await server.stop()    # SIGCONT + SIGKILL, by pid
+
+
+# ============================================================ 5. pinging too often
+
+async def start_inproc(servicer=None, address="127.0.0.1:0", options=None, **kwargs):
+    server = rpc.server(options=options, **kwargs)
+    echo_pb2_grpc.add_EchoServicer_to_server(servicer or SlowEcho(), server)
+    port = server.add_insecure_port(address)
+    await server.start()
+    return server, port
+
+
+async def test_client_that_pings_too_often_gets_goaway_and_still_gets_answers(runtime_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="lanerpc")
+    server, port = await start_inproc()    # default ping policy
+    channel = None
+    try:
+        channel = rpc.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("grpc.keepalive_time_ms", 50), ("grpc.keepalive_permit_without_calls", 1)])
+        stub = echo_pb2_grpc.EchoStub(channel)
+        assert (await within(stub.Unary(msg(b"a"), timeout=5), 6)).payload == b"a"
+        deadline = time.monotonic() + 3
+        while not any("ping too often" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no GOAWAY for pinging too often"
+            await asyncio.sleep(0.02)
+        warning = next(r for r in caplog.records if "ping too often" in r.getMessage())
+        assert warning.name == "lanerpc"
+        assert warning.levelno == logging.WARNING
+        total_before = sum(server.stats.connections_total.values())
+        for i in range(3):
+            reply = await within(stub.Unary(msg(b"after%d" % i), timeout=5), 6)
+            assert reply.payload == b"after%d" % i
+        assert sum(server.stats.connections_total.values()) > total_before   # a new connection
+    finally:
+        if channel is not None:
+            await channel.close()
+        await server.stop(0)
+
+
+# ============================================================ 6. Server.stop(grace) in-process
+
+class RecordingEcho(SlowEcho):
+    """SlowEcho that remembers which of its handlers were cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+        self.cancelled = 0
+
+    async def Unary(self, request, context):
+        self.runs += 1
+        try:
+            return await super().Unary(request, context)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+async def test_stop_refuses_new_calls_at_once(runtime_dir):
+    server, port = await start_inproc()
+    target = f"127.0.0.1:{port}"
+    channel = other = None
+    stopping = None
+    try:
+        channel = rpc.insecure_channel(target)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        running = stub.Unary(msg(b"sleep:400"), timeout=10)
+        await within(running.initial_metadata(), 5)
+        stopping = asyncio.create_task(server.stop(5))
+        await within(channel.wait_for_state_change(READY), 2)
+        other = rpc.insecure_channel(target)
+        for ch in (channel, other):
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await within(echo_pb2_grpc.EchoStub(ch).Unary(msg(b"new"), timeout=5), 6)
+            assert info.value.code() == _C.UNAVAILABLE
+            assert time.monotonic() - started < 0.5
+        assert (await within(running, 5)).payload == b"sleep:400"   # within grace: completes
+        await within(stopping, 5)
+    finally:
+        for ch in (channel, other):
+            if ch is not None:
+                await ch.close()
+        if stopping is not None and not stopping.done():
+            stopping.cancel()
+        await server.stop(0)
+
+
+async def test_calls_running_at_the_end_of_the_grace_are_aborted(runtime_dir):
+    servicer = RecordingEcho()
+    server, port = await start_inproc(servicer)
+    channel = rpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        calls = [stub.Unary(msg(b"sleep:60000"), timeout=30) for _ in range(3)]
+        await within(asyncio.gather(*(c.initial_metadata() for c in calls)), 5)
+        started = time.monotonic()
+        await within(server.stop(0.3), 3)
+        stopped_in = time.monotonic() - started
+        assert 0.25 <= stopped_in < 1.5
+        codes = await within(asyncio.gather(*(c.code() for c in calls)), 1)
+        assert all(code not in (_C.OK, _C.DEADLINE_EXCEEDED) for code in codes), codes
+        assert servicer.cancelled == 3
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_stop_twice_and_concurrently_is_fine(runtime_dir):
+    server, port = await start_inproc()
+    async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"x"), timeout=5), 6)
+        await within(asyncio.gather(server.stop(0.2), server.stop(0.2)), 3)
+        await within(server.stop(0), 2)
+        await within(server.stop(None), 2)
+        assert await within(server.wait_for_termination(), 1) is True
+    never_started = rpc.server()
+    never_started.add_insecure_port("127.0.0.1:0")
+    await within(never_started.stop(0), 1)
+    await within(never_started.stop(0), 1)
+
+
+async def test_the_smaller_grace_wins(runtime_dir):
+    servicer = RecordingEcho()
+    server, port = await start_inproc(servicer)
+    channel = rpc.insecure_channel(f"127.0.0.1:{port}")
+    long_stop = None
+    try:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        call = stub.Unary(msg(b"sleep:60000"), timeout=30)
+        await within(call.initial_metadata(), 5)
+        long_stop = asyncio.create_task(server.stop(10))
+        await asyncio.sleep(0.1)
+        assert not long_stop.done()
+        started = time.monotonic()
+        await within(server.stop(0), 2)
+        await within(long_stop, 1.5)          # stop(10) ends with it, not 10 s later
+        assert time.monotonic() - started < 1.5
+        assert await code_of(call, 1) != _C.OK
+        assert servicer.cancelled == 1
+    finally:
+        if long_stop is not None and not long_stop.done():
+            long_stop.cancel()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_wait_for_termination_returns_after_stop(runtime_dir):
+    server, _ = await start_inproc()
+    try:
+        assert await within(server.wait_for_termination(timeout=0.1), 1) is False
+        waiter = asyncio.create_task(server.wait_for_termination())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await within(server.stop(0), 2)
+        assert await within(waiter, 1) is True
+        assert await within(server.wait_for_termination(timeout=0.1), 1) is True
+    finally:
+        await server.stop(0)
+
+
+# ============================================================ 7. channel connectivity
+
+async def test_channel_state_through_a_server_death_and_restart(runtime_dir):
+    server = ServerProc()
+    restarted = None
+    channel = None
+    ready_task = None
+    try:
+        await server.start()
+        port = server.port
+        channel = rpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        assert channel.get_state() == IDLE
+        await within(stub.Unary(msg(b"x"), timeout=5), 6)
+        assert channel.get_state() == READY
+
+        server.signal(signal.SIGKILL)
+        await within(channel.wait_for_state_change(READY), 1)
+        assert channel.get_state() in (IDLE, TRANSIENT_FAILURE)
+        await server.wait(5)
+
+        ready_task = asyncio.create_task(channel.channel_ready())
+        await asyncio.sleep(0.3)
+        assert not ready_task.done()          # nothing to be ready with
+        assert channel.get_state() != READY
+
+        restarted = ServerProc("--address", f"127.0.0.1:{port}")
+        await restarted.start()
+        await within(ready_task, 6)            # the reconnect backoff, then ready
+        assert channel.get_state() == READY
+        reply = await within(stub.Unary(msg(b"peer"), timeout=5), 6)
+        assert reply.payload.endswith(b"|%d" % restarted.pid)
+    finally:
+        if ready_task is not None and not ready_task.done():
+            ready_task.cancel()
+        if channel is not None:
+            await channel.close()
+        await stop_all(server, restarted)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_wait_for_ready_waits_for_a_late_server_and_without_it_fails_at_once(runtime_dir):
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    server = None
+    try:
+        async with rpc.insecure_channel(target) as channel:
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await within(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"x"), timeout=5), 6)
+            assert info.value.code() == _C.UNAVAILABLE
+            assert time.monotonic() - started < 0.5     # well before its 5 s deadline
+
+        async with rpc.insecure_channel(target) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            started = time.monotonic()
+            call = stub.Unary(msg(b"patient"), timeout=8, wait_for_ready=True)
+            await asyncio.sleep(0.3)
+            assert not call.done()
+            server, _ = await start_inproc(address=target)
+            reply = await within(call, 8)
+            assert reply.payload == b"patient"
+            assert time.monotonic() - started >= 0.3
+    finally:
+        if server is not None:
+            await server.stop(0)
+
+
+# ============================================================ 8. what is retried
+
+async def test_call_refused_by_a_draining_server_is_retried_on_the_next_server_at_that_address(runtime_dir):
+    first_servicer, next_servicer = RecordingEcho(), RecordingEcho()
+    first, port = await start_inproc(first_servicer)
+    following = None
+    channel = rpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.service_config", RETRY_CONFIG)])
+    stopping = None
+    try:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm"), timeout=5), 6)
+        draining_call = stub.Unary(msg(b"sleep:300"), timeout=10)   # keeps `first` draining
+        await within(draining_call.initial_metadata(), 5)
+        runs_before = first_servicer.runs
+
+        call = stub.Unary(msg(b"retry-me"), timeout=5)   # opened on first's connection...
+        stopping = asyncio.create_task(first.stop(5))    # ...which starts stopping before reading it
+        await asyncio.sleep(0)     # request sent; first's listener closed, GOAWAY sent
+        following = rpc.server(options=[("lanerpc.lanes", "tcp")])
+        echo_pb2_grpc.add_EchoServicer_to_server(next_servicer, following)
+        assert following.add_insecure_port(f"127.0.0.1:{port}") == port
+        await following.start()
+
+        reply = await within(call, 6)
+        assert reply.payload == b"retry-me"
+        assert first_servicer.runs == runs_before      # never ran on the draining server
+        assert next_servicer.runs == 1
+        assert (await within(draining_call, 5)).payload == b"sleep:300"
+        await within(stopping, 5)
+    finally:
+        if stopping is not None and not stopping.done():
+            stopping.cancel()
+        await channel.close()
+        await first.stop(0)
+        if following is not None:
+            await following.stop(0)
+
+
+@pytest.mark.parametrize("kind", [
+    "client_stream",
+    "unary",
+])
+async def test_call_refused_by_a_stopping_server_is_unavailable_and_never_started(kind, runtime_dir):
+    servicer = RecordingEcho()
+    server, port = await start_inproc(servicer)
+    channel = rpc.insecure_channel(f"127.0.0.1:{port}")
+    stopping = None
+    try:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm"), timeout=5), 6)
+        runs = servicer.runs
+        if kind == "client_stream":
+            call = stub.ClientStream(timeout=5)
+        else:
+            call = stub.Unary(msg(b"refused"), timeout=5)
+        stopping = asyncio.create_task(server.stop(2))
+        assert await code_of(call, 3) == _C.UNAVAILABLE
+        assert call.never_started is True
+        assert servicer.runs == runs
+        await within(stopping, 3)
+    finally:
+        if stopping is not None and not stopping.done():
+            stopping.cancel()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_call_that_may_have_run_is_never_retried(runtime_dir, tmp_path):
+    counter = str(tmp_path / "runs")
+    server = ServerProc("--counter-file", counter)
+    restarted = None
+    channel = None
+    try:
+        await server.start()
+        port = server.port
+        channel = rpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.service_config", RETRY_CONFIG)])
+        stub = echo_pb2_grpc.EchoStub(channel)
+        call = stub.Unary(msg(b"count:60000"), timeout=10)
+        await within(call.initial_metadata(), 5)     # the handler has counted its run
+        server.signal(signal.SIGKILL)
+        await server.wait(5)
+        # A server at the same address, so a retry would have somewhere to go.
+        restarted = ServerProc("--address", f"127.0.0.1:{port}", "--counter-file", counter)
+        await restarted.start()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await within(call, 3)
+        assert info.value.code() == _C.UNAVAILABLE
+        assert call.never_started is False
+        await asyncio.sleep(0.5)     # time for a (wrong) retry to reach the new server
+        with open(counter) as f:
+            runs = f.read().split()
+        assert runs == [str(server.pid)]
+        reply = await within(stub.Unary(msg(b"after"), timeout=5), 6)   # the channel works
+        assert reply.payload == b"after"
+    finally:
+        if channel is not None:
+            await channel.close()
+        await stop_all(server, restarted)
