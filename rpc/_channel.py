@@ -46,6 +46,7 @@ class ClientLink(Link):
         self.hello = None
         self.refusal: c.GoAwayReceived | None = None
         self.waiting: collections.deque = collections.deque()   # calls over the stream limit
+        self.lane_grant: asyncio.Future | None = None   # the server's answer to our LANE
 
     def _dispatch(self, events: list[c.Event]) -> None:
         calls = self.calls
@@ -89,6 +90,10 @@ class ClientLink(Link):
                     self.close("server sent GOAWAY")
             elif t is c.PingAcked:
                 self.keepalive_acked(ev.payload)
+            elif t is c.LaneChange:
+                grant = self.lane_grant
+                if grant is not None and not grant.done():
+                    grant.set_result(ev.lane)
 
     def _lost(self, reason: str) -> None:
         calls, self.calls = self.calls, {}

@@ -27,6 +27,7 @@ from rpc._wire import (
     FLAG_NOT_STARTED,
     GOAWAY,
     HEADERS,
+    LANE,
     HELLO,
     MESSAGE,
     PING,
@@ -164,6 +165,12 @@ class PingAcked(Event):
 
 
 @dataclass(slots=True)
+class LaneChange(Event):
+    """Server: the client asks to move to ``lane``. Client: the server's answer."""
+    lane: str
+
+
+@dataclass(slots=True)
 class GoAwayReceived(Event):
     last_stream_id: int
     code: int
@@ -291,6 +298,8 @@ class Connection:
         # (the answer to an upgrade claim). A pure function; no I/O.
         self._hello_reply = hello_reply
         self.handshake_done = False
+        self._lane_asked: str | None = None
+        self._lane_answered = False
         # Both sides start with the magic, so even a refusal (GOAWAY before
         # HELLO) is readable by a lanerpc peer.
         self._emit(_wire.MAGIC)
@@ -357,6 +366,13 @@ class Connection:
                     self._on_ping(flags, sid, payload, events)
                 elif ftype == GOAWAY:
                     self._on_goaway(sid, payload, events)
+                elif ftype == LANE:
+                    if self._on_lane(sid, payload, events):
+                        # The bytes that follow travel on the new lane: nothing
+                        # may follow the switch on this one.
+                        if decoder.buffered:
+                            raise ProtocolError("bytes after a LANE switch on the old lane")
+                        break
         except ProtocolError as exc:
             self._fail(exc)
             raise
@@ -605,6 +621,41 @@ class Connection:
         else:
             self._emit(_wire.frame(PING, FLAG_ACK, 0, payload))
             events.append(PingReceived(payload))
+
+    def _on_lane(self, sid: int, payload: bytes, events: list[Event]) -> bool:
+        """A lane switch (docs/wire-protocol.md, "Lane switch"). Returns True when
+        the frames after this one arrive on another lane."""
+        self._require_handshake()
+        if sid != 0:
+            raise ProtocolError("LANE on a stream")
+        lane = _wire.decode_lane(payload)
+        if self.role is Role.SERVER:
+            if self._lane_asked is not None:
+                raise ProtocolError("second LANE from the client")
+            self._lane_asked = lane
+            switching = False     # the server answers first, then switches
+        else:
+            if self._lane_asked is None or self._lane_answered:
+                raise ProtocolError("LANE from the server that answers no request")
+            if lane == "shm" and self._lane_asked != "shm":
+                raise ProtocolError("server granted shm, which was not asked for")
+            self._lane_answered = True
+            switching = lane != "unix"
+        events.append(LaneChange(lane))
+        return switching
+
+    def send_lane(self, lane: str) -> None:
+        """Client: ask for a lane ("unix": decline the offer). Server: grant one;
+        after granting "shm" the server writes only to the new lane."""
+        if lane not in _wire.LANES_SWITCHABLE:
+            raise ValueError(f"unknown lane {lane!r}")
+        if self.role is Role.CLIENT:
+            if self._lane_asked is not None:
+                raise RuntimeError("a lane was asked for already")
+            self._lane_asked = lane
+            if lane == "unix":
+                self._lane_answered = True      # a decline needs no answer
+        self._emit(_wire.frame(LANE, 0, 0, lane.encode("ascii")))
 
     def _on_goaway(self, sid: int, payload: bytes, events: list[Event]) -> None:
         if sid != 0:

@@ -32,6 +32,8 @@ import stat
 import tempfile
 import time
 
+from rpc._link import LaneAdapter
+from transports import shm
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
 from transports import tcp, unix
@@ -48,9 +50,13 @@ def _answer(token: bytes, nonce: bytes) -> bytes:
 
 # ------------------------------------------------------------------ client side
 
-async def _dial(channel, endpoint: Endpoint, hello_extra=None):
+async def _dial(channel, endpoint: Endpoint, hello_extra=None, lanes=None):
     from rpc._channel import ClientLink
     options = channel._options
+    if endpoint.lane == "unix":
+        # Tell the server which lanes we take, so it offers shm only when we do.
+        hello_extra = hello_extra if hello_extra is not None else handshake_pb2.Hello()
+        hello_extra.lanes = ",".join(lanes if lanes is not None else options.lanes)
     factory = lambda: ClientLink(channel, options, hello_extra=hello_extra)  # noqa: E731
     if endpoint.lane == "unix":
         _, link = await unix.connect(endpoint.path, factory)
@@ -75,8 +81,122 @@ async def connect(channel, endpoint: Endpoint):
         upgraded = await _try_upgrade(channel, offer)
         if upgraded is not None:
             link.close("moved to the unix lane")
-            return upgraded
+            link, endpoint = upgraded, Endpoint("unix", path=offer.unix_path)
+    if link.lane == "unix" and link.hello is not None and link.hello.HasField("shm"):
+        if "shm" in lanes:
+            link = await _try_shm(channel, link, endpoint)
+        else:
+            link.conn.send_lane("unix")     # not ours to take: let the server drop it
+            link.flush()
     return link
+
+
+async def _try_shm(channel, link, endpoint: Endpoint):
+    """Move a unix link to the shm lane the server offered: map the segment, check
+    the server's nonce in it, ask with a LANE frame, switch on the server's grant.
+    Declining is silent (DEBUG) and leaves the link on unix."""
+    offered = link.hello.shm
+    offer = shm.ShmOffer(segment=offered.segment, semaphores=tuple(offered.semaphores),
+                         ring_capacity=offered.ring_capacity, nonce=offered.nonce)
+    try:
+        offer.check()
+        segment = shm.ShmSegment.open(offer)
+    except Exception as exc:    # ShmUnavailable, or a peer's nonsense: stay on unix
+        log.debug("lanerpc: shm offer not taken (%s); staying on unix", exc)
+        try:
+            shm.ShmSegment.discard(offer)
+        except Exception:
+            pass
+        link.conn.send_lane("unix")
+        link.flush()
+        return link
+    loop = asyncio.get_running_loop()
+    link.lane_grant = loop.create_future()
+    link.conn.send_lane("shm")
+    link.flush()
+    try:
+        granted = await asyncio.wait_for(asyncio.shield(link.lane_grant),
+                                         channel._options.upgrade_timeout)
+    except (asyncio.TimeoutError, ConnectionError) as exc:
+        # The server may or may not have switched: this connection can't be
+        # trusted either way. Start again on unix, without shm.
+        segment.close()
+        link.abort("shm switch did not complete")
+        log.debug("lanerpc: shm switch did not complete (%s); dialing unix again",
+                  exc or type(exc).__name__)
+        return await _dial(channel, endpoint, lanes=[lane for lane in channel._options.lanes
+                                                    if lane != "shm"])
+    if granted != "shm":
+        segment.close()
+        return link
+    try:
+        transport = shm.ShmTransport(loop, segment, "client", LaneAdapter(link),
+                                     control_transport=link.transport)
+    except Exception:
+        segment.close()
+        link.abort("shm transport failed")
+        raise
+    link.switch_to(transport)
+    return link
+
+
+# ------------------------------------------------------------------ shm, server side
+
+def offer_shm(link, client_hello):
+    """Make a segment for this unix connection and the offer naming it, when the
+    client's and our lanes both list shm; None otherwise (no shm here: stay on unix)."""
+    server = link.server
+    if "shm" not in server._options.lanes or "shm" not in client_hello.lanes.split(","):
+        return None
+    try:
+        segment, offer = shm.ShmSegment.create()
+    except Exception as exc:    # ShmUnavailable: full /dev/shm, no posix_ipc, other CPU...
+        log.debug("lanerpc: no shm lane for this connection (%s)", exc)
+        return None
+    link.shm_segment = segment
+    # A client that never answers must not keep the names in /dev/shm.
+    link.loop.call_later(server._options.handshake_timeout, _expire_offer, link, segment)
+    return handshake_pb2.ShmOffer(segment=offer.segment, semaphores=list(offer.semaphores),
+                                  ring_capacity=offer.ring_capacity, nonce=offer.nonce)
+
+
+def _expire_offer(link, segment) -> None:
+    if link.shm_segment is segment:
+        link.shm_segment = None
+        segment.close()
+
+
+def server_lane_change(link, lane: str) -> None:
+    """The client asked for a lane: grant shm if its segment checks out."""
+    segment, link.shm_segment = link.shm_segment, None
+    if lane != "shm":
+        if segment is not None:
+            segment.close()          # declined
+        return
+    if segment is None:
+        link.conn.send_lane("unix")
+        link.flush()
+        return
+    try:
+        segment.confirm_attached()
+    except Exception as exc:
+        log.debug("lanerpc: client did not map the offered segment (%s); staying on unix", exc)
+        segment.close()
+        link.conn.send_lane("unix")
+        link.flush()
+        return
+    link.conn.send_lane("shm")
+    link.flush()                     # the last bytes on the unix socket
+    control = link.transport
+    try:
+        transport = shm.ShmTransport(link.loop, segment, "server", LaneAdapter(link),
+                                     control_transport=control)
+    except Exception as exc:
+        log.warning("lanerpc: could not start the shm transport: %s", exc)
+        segment.close()
+        link.abort(f"shm transport failed: {exc}")
+        return
+    link.switch_to(transport)
 
 
 async def _try_upgrade(channel, offer: handshake_pb2.UpgradeOffer):

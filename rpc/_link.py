@@ -258,6 +258,20 @@ class Link(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    # ------------------------------------------------------------ lane switch
+
+    def switch_to(self, transport: asyncio.BaseTransport) -> None:
+        """Carry on over another lane's transport (shm, after a LANE switch)."""
+        old = self.lane
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = peer_info(transport)
+        self.lane = self.peer.lane
+        self._write_paused = False
+        self._switched(old or "?")
+
+    def _switched(self, old_lane: str) -> None:
+        pass
+
     # ------------------------------------------------------------ subclass hooks
 
     def _dispatch(self, events: list[c.Event]) -> None:
@@ -265,3 +279,30 @@ class Link(asyncio.Protocol):
 
     def _lost(self, reason: str) -> None:
         raise NotImplementedError
+
+
+class LaneAdapter(asyncio.Protocol):
+    """The protocol a new lane's transport drives after a switch: everything goes
+    to the link, except that ``connection_made`` means "switch", not "start"."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.link.transport is not transport:
+            self.link.switch_to(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.link.data_received(data)
+
+    def eof_received(self) -> bool:
+        return self.link.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.link.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.link.resume_writing()

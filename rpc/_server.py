@@ -62,11 +62,13 @@ def _kind(fn) -> str:
 class ServerLink(Link):
     role = c.Role.SERVER
 
-    def __init__(self, server: "Server", options, *, hello_extra=None, hello_reply=None) -> None:
-        super().__init__(options, hello_extra=hello_extra, hello_reply=hello_reply)
+    def __init__(self, server: "Server", options, *, hello_extra=None, upgrade_side: bool = False) -> None:
+        super().__init__(options, hello_extra=hello_extra, hello_reply=self._hello_reply)
         self.server = server
         self.calls: dict = {}
         self.offer = hello_extra
+        self.upgrade_side = upgrade_side
+        self.shm_segment = None      # offered, not yet taken or declined
         self.refused = False
         self.ping_strikes = 0
         self.last_ping = -1e9
@@ -93,6 +95,27 @@ class ServerLink(Link):
                     self.loop.call_later(2.0, transport.abort)
                 else:
                     transport.close()
+
+    def _hello_reply(self, client_hello):
+        """The parts of our HELLO that answer the client's: the upgrade proof,
+        and an shm offer when both sides allow the lane."""
+        server = self.server
+        reply = None
+        if self.upgrade_side and server._upgrade is not None:
+            reply = server._upgrade.answer(client_hello)
+        if self.lane == "unix":
+            offer = _lanes.offer_shm(self, client_hello)
+            if offer is not None:
+                if reply is None:
+                    reply = type(client_hello)()
+                reply.shm.CopyFrom(offer)
+        return reply
+
+    def _switched(self, old_lane: str) -> None:
+        stats = self.server._stats
+        stats.connections[old_lane] -= 1
+        stats.connections[self.lane or "?"] += 1
+        stats.connections_total[self.lane or "?"] += 1
 
     def _dispatch(self, events: list[c.Event]) -> None:
         if self.refused:
@@ -124,6 +147,8 @@ class ServerLink(Link):
                 self._on_ping()
             elif t is c.PingAcked:
                 self.keepalive_acked(ev.payload)
+            elif t is c.LaneChange:
+                _lanes.server_lane_change(self, ev.lane)
             elif t is c.GoAwayReceived:
                 pass
 
@@ -150,6 +175,9 @@ class ServerLink(Link):
         self.server._stats.connection_closed(self)
         if self.server._upgrade is not None:
             self.server._upgrade.forget(self.offer)
+        if self.shm_segment is not None:
+            self.shm_segment.close()
+            self.shm_segment = None
         self.server._check_idle()
 
 
@@ -789,7 +817,7 @@ class Server(aio.Server):
         return ServerLink(
             self, self._options,
             hello_extra=upgrade.offer() if offer and upgrade is not None else None,
-            hello_reply=upgrade.answer if upgrade_side and upgrade is not None else None,
+            upgrade_side=upgrade_side,
         )
 
     async def stop(self, grace: float | None) -> None:

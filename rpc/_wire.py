@@ -42,6 +42,7 @@ class FrameType(enum.IntEnum):
     WINDOW_UPDATE = 5
     PING = 6
     GOAWAY = 7
+    LANE = 8
 
 
 # Flags. Their meaning depends on the frame type (docs/wire-protocol.md).
@@ -51,9 +52,11 @@ FLAG_NO_MESSAGE = 0x04   # MESSAGE: carries no message, only END_STREAM (a bare 
 FLAG_ACK = 0x01          # PING: this is the answer
 FLAG_NOT_STARTED = 0x01  # CANCEL from the server: the call never reached a handler
 
-HELLO, HEADERS, MESSAGE, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY = (
+HELLO, HEADERS, MESSAGE, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY, LANE = (
     int(t) for t in FrameType
 )
+# What a LANE frame may name (client: the lane it moves to; server: the lane granted).
+LANES_SWITCHABLE = ("shm", "unix")
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 
 
@@ -237,6 +240,16 @@ def decode_goaway(payload: bytes) -> tuple[int, int, str]:
         raise ProtocolError("goaway truncated")
     last, code = _GOAWAY_HEAD.unpack_from(payload, 0)
     return last, code, payload[8:].decode("utf-8", errors="replace")
+
+
+def decode_lane(payload: bytes) -> str:
+    try:
+        lane = payload.decode("ascii")
+    except UnicodeDecodeError:
+        lane = ""
+    if lane not in LANES_SWITCHABLE:
+        raise ProtocolError(f"LANE frame names an unknown lane {payload[:16]!r}")
+    return lane
 
 
 def encode_window_update(increment: int) -> bytes:

@@ -34,9 +34,9 @@ OpenChannel = Callable[[str, Options], Any]
 
 ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 
-DEFAULT_IMPLS: tuple[str, ...] = ("grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded")
+DEFAULT_IMPLS: tuple[str, ...] = ("grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm")
 # Defined and runnable through the environment variable; not yet on by default.
-LATER_IMPLS: tuple[str, ...] = ("lanerpc-shm",)
+LATER_IMPLS: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,9 +103,10 @@ def msg(payload: bytes) -> echo_pb2.EchoMessage:
 
 
 async def cycle(target: str, i: int) -> None:
-    """One connect, call, close. Every fourth channel stays on tcp; every third
-    call is a server stream."""
-    options = [("lanerpc.lanes", "tcp")] if i % 4 == 3 else None
+    """One connect, call, close. Every fourth channel stays on tcp, every fourth
+    (another one) on unix, the rest move to shm; every third call is a server stream."""
+    lanes = {3: "tcp", 1: "unix,tcp"}.get(i % 4)
+    options = [("lanerpc.lanes", lanes)] if lanes else None
     channel = rpc.insecure_channel(target, options=options)
     try:
         stub = echo_pb2_grpc.EchoStub(channel)
@@ -114,7 +115,7 @@ async def cycle(target: str, i: int) -> None:
             assert got == [b"s%d" % i] * 3
         else:
             assert (await asyncio.wait_for(stub.Unary(msg(b"u%d" % i), timeout=5), 6)).payload == b"u%d" % i
-        assert channel.lane == ("tcp" if i % 4 == 3 else "unix")
+        assert channel.lane == {3: "tcp", 1: "unix"}.get(i % 4, "shm")
     finally:
         await asyncio.wait_for(channel.close(), 5)
 

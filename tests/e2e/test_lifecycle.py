@@ -69,7 +69,8 @@ def lane_args(lanes: str | None) -> list[str]:
 
 
 def expected_lane(lanes: str | None) -> str:
-    return "tcp" if lanes == "tcp" else "unix"
+    """The lane a default-lanes client ends on, given the server's lanes option."""
+    return {"tcp": "tcp", "unix,tcp": "unix"}.get(lanes or "", "shm")
 
 
 async def stop_all(*procs) -> None:
@@ -99,12 +100,13 @@ async def _reader(call):
     return None
 
 
-@pytest.mark.parametrize("lanes", ["tcp", None], ids=["tcp", "default"])
+@pytest.mark.parametrize("lanes", ["tcp", "unix,tcp", None], ids=["tcp", "unix", "shm"])
 async def test_sigkill_ends_all_pending_calls_and_a_restart_serves_the_same_channel(lanes, runtime_dir):
     server = ServerProc(*lane_args(lanes))
     restarted = None
     channel = None
     tasks: list[asyncio.Task] = []
+    shm_before = set(os.listdir("/dev/shm"))
     try:
         await server.start()
         port = server.port
@@ -144,6 +146,8 @@ async def test_sigkill_ends_all_pending_calls_and_a_restart_serves_the_same_chan
             assert isinstance(exc, grpc.aio.AioRpcError), repr(exc)
             assert exc.code() == _C.UNAVAILABLE
         await server.wait(5)
+        # Names are unlinked once both sides hold them: a kill leaves nothing behind.
+        assert set(os.listdir("/dev/shm")) - shm_before == set()
 
         restarted = ServerProc("--address", f"127.0.0.1:{port}", *lane_args(lanes))
         await restarted.start()
@@ -305,7 +309,7 @@ async def _stats_line(path: str, after: int, timeout: float) -> dict:
     raise AssertionError(f"no stats line in {path}")
 
 
-@pytest.mark.parametrize("lanes", ["tcp", None], ids=["tcp", "default"])
+@pytest.mark.parametrize("lanes", ["tcp", "unix,tcp", None], ids=["tcp", "unix", "shm"])
 async def test_frozen_server_is_detected_by_keepalive_and_the_next_call_reconnects(
         lanes, runtime_dir, tmp_path):
     stderr_path = str(tmp_path / "server.err")
@@ -342,9 +346,11 @@ async def test_frozen_server_is_detected_by_keepalive_and_the_next_call_reconnec
         if lanes == "tcp":
             assert stats["connections_total"] == {"tcp": 2}
             assert stats["connections_open"] == {"tcp": 1}
-        else:   # each one dialled on tcp, then moved to unix
-            assert stats["connections_total"] == {"tcp": 2, "unix": 2}
-            assert stats["connections_open"] == {"unix": 1}
+        else:   # each one dialled on tcp, then moved to unix (and on to shm)
+            lane = expected_lane(lanes)
+            expected_total = {"tcp": 2, "unix": 2} | ({"shm": 2} if lane == "shm" else {})
+            assert stats["connections_total"] == expected_total
+            assert stats["connections_open"] == {lane: 1}
     finally:
         if channel is not None:
             await channel.close()

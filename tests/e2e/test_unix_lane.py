@@ -36,7 +36,7 @@ async def test_target_spellings(tmp_path, monkeypatch, spelling):
     server, _ = await start_unix_server(path)
     try:
         target = spelling.format(abs=path, rel="greeter.sock")
-        async with rpc.insecure_channel(target) as channel:
+        async with rpc.insecure_channel(target, options=[("lanerpc.lanes", "unix")]) as channel:
             assert await say(channel) == f"u@{os.getpid()}"
             assert channel.lane == "unix"
     finally:

@@ -1,0 +1,630 @@
+"""The shm lane's transport: two ShmTransports in one process, and one real two-process test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mmap
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+posix_ipc = pytest.importorskip("posix_ipc")
+
+import transports.shm as shm_module  # noqa: E402
+from transports import PeerInfo  # noqa: E402
+from transports._ring import RingCorrupted  # noqa: E402
+from transports.shm import (  # noqa: E402
+    SegmentLayout,
+    ShmForkError,
+    ShmOffer,
+    ShmSegment,
+    ShmTransport,
+    ShmUnavailable,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL_RING = 4096
+T = TypeVar("T")
+
+
+async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+@pytest.fixture(autouse=True)
+def dev_shm_unchanged() -> Any:
+    """Every test leaves /dev/shm exactly as it found it."""
+    before = sorted(os.listdir("/dev/shm"))
+    yield
+    deadline = time.monotonic() + 1.0   # closing is asynchronous; names go at once
+    while sorted(os.listdir("/dev/shm")) != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(os.listdir("/dev/shm")) == before
+
+
+@pytest.fixture(autouse=True)
+def no_timeout_safety_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter re-checks after 1 s even without a wake-up. Stretch that to 60 s in the
+    tests, so a lost wake-up fails them (every wait here is 5 s at most) instead of
+    hiding behind a one-second stall."""
+    monkeypatch.setattr(shm_module, "IDLE_WAIT_SECONDS", 60.0)
+
+
+class Peer(asyncio.Protocol):
+    """Records everything a transport tells its protocol; optionally echoes."""
+
+    def __init__(self, *, echo: bool = False, paused: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self.echo = echo
+        self.start_paused = paused
+        self.transport: ShmTransport | None = None
+        self.data = bytearray()
+        self.chunks: list[int] = []
+        self.made: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+        self.eof = False
+        self.pauses = 0
+        self.resumes = 0
+        self.writing_paused = False
+        self._more = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, ShmTransport)
+        self.transport = transport
+        if self.start_paused:
+            transport.pause_reading()
+        self.made.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        assert data, "data_received must never get empty bytes"
+        assert not self.lost.done()
+        self.data += data
+        self.chunks.append(len(data))
+        self._more.set()
+        if self.echo:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+        self._more.set()
+
+    def pause_writing(self) -> None:
+        self.pauses += 1
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.resumes += 1
+        self.writing_paused = False
+        self._more.set()
+
+    async def received(self, size: int, seconds: float = 5.0) -> bytes:
+        async def wait() -> None:
+            while len(self.data) < size:
+                if self.lost.done():
+                    raise AssertionError(f"lost after {len(self.data)} of {size} bytes")
+                self._more.clear()
+                await self._more.wait()
+
+        await within(wait(), seconds)
+        return bytes(self.data)
+
+
+@pytest.fixture(params=[0.0, 50.0], ids=["bell-waiter", "spin-handoff"])
+def spin_us(request: pytest.FixtureRequest) -> float:
+    """Both ways of waiting the transport offers: the default (0) and the spinning one."""
+    return float(request.param)
+
+
+async def open_pair(
+    server: Peer,
+    client: Peer,
+    capacity: int = SMALL_RING,
+    *,
+    spin_us: float = 0.0,
+    controls: tuple[asyncio.BaseTransport | None, asyncio.BaseTransport | None] | None = None,
+    before_client_opens: Callable[[ShmOffer], None] | None = None,
+) -> tuple[ShmTransport, ShmTransport]:
+    loop = asyncio.get_running_loop()
+    segment, offer = ShmSegment.create(capacity)
+    try:
+        if before_client_opens is not None:
+            before_client_opens(offer)
+        client_segment = ShmSegment.open(offer)
+        segment.confirm_attached()
+    except BaseException:
+        segment.close()
+        raise
+    server_control, client_control = controls or (None, None)
+    server_transport = ShmTransport(
+        loop, segment, "server", server, server_control, spin_us=spin_us
+    )
+    client_transport = ShmTransport(
+        loop, client_segment, "client", client, client_control, spin_us=spin_us
+    )
+    await within(asyncio.gather(server.made, client.made))
+    return server_transport, client_transport
+
+
+async def close_pair(*peers: Peer) -> None:
+    for peer in peers:
+        if peer.transport is not None:
+            peer.transport.abort()
+    await within(asyncio.gather(*(peer.lost for peer in peers)))
+
+
+async def socket_pair_transports() -> tuple[asyncio.BaseTransport, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ta, _ = await loop.create_unix_connection(asyncio.Protocol, sock=a)
+    tb, _ = await loop.create_unix_connection(asyncio.Protocol, sock=b)
+    return ta, tb
+
+
+# -- moving bytes -------------------------------------------------------------------
+
+
+async def test_small_messages_echo_in_order(spin_us: float) -> None:
+    server, client = Peer(echo=True), Peer()
+    _, client_transport = await open_pair(server, client, spin_us=spin_us)
+    sent = bytearray()
+    for i in range(300):
+        message = bytes([i % 251]) * (1 + (i * 37) % 300)
+        client_transport.write(message)
+        sent += message
+        if i % 50 == 0:
+            await asyncio.sleep(0)   # let some round trips complete in between
+    assert await client.received(len(sent)) == sent
+    await close_pair(client, server)
+
+
+async def test_message_ten_times_the_ring_streams_through(spin_us: float) -> None:
+    server, client = Peer(echo=True), Peer()
+    _, client_transport = await open_pair(server, client, SMALL_RING, spin_us=spin_us)
+    message = os.urandom(10 * SMALL_RING)
+    client_transport.write(message)
+    assert await client.received(len(message)) == message
+    assert bytes(server.data) == message
+    # It came in ring-sized pieces, never more than the ring holds.
+    assert len(server.chunks) >= 10
+    assert max(server.chunks) <= SMALL_RING
+    await close_pair(client, server)
+
+
+async def test_writelines_and_memoryviews() -> None:
+    server, client = Peer(), Peer()
+    _, client_transport = await open_pair(server, client)
+    client_transport.writelines([b"ab", bytearray(b"cd"), memoryview(b"ef")])
+    client_transport.write(memoryview(struct.pack("<4H", 1, 2, 3, 4)).cast("H"))
+    assert await server.received(14) == b"abcdef" + struct.pack("<4H", 1, 2, 3, 4)
+    with pytest.raises(TypeError):
+        client_transport.write("text")  # type: ignore[arg-type]
+    await close_pair(client, server)
+
+
+async def test_backpressure_bounds_the_writer(spin_us: float) -> None:
+    server, client = Peer(paused=True), Peer()   # a reader that does not read
+    server_transport, client_transport = await open_pair(server, client, spin_us=spin_us)
+    client_transport.set_write_buffer_limits(high=16 * 1024)
+    chunk = b"z" * 3000
+    sent = 0
+    while not client.writing_paused and sent < 10 * 1024 * 1024:
+        client_transport.write(chunk)
+        sent += len(chunk)
+        await asyncio.sleep(0)
+    assert client.pauses == 1
+    # The ring holds at most its capacity; the transport's own buffer stops a write
+    # past the high-water mark.
+    assert client_transport.get_write_buffer_size() <= 16 * 1024 + len(chunk)
+    assert sent <= SMALL_RING + 16 * 1024 + len(chunk)
+    await asyncio.sleep(0.05)
+    assert not server.data
+
+    server_transport.resume_reading()
+    while sent < 200_000:   # keep writing, honouring pause/resume
+        if client.writing_paused:
+            client._more.clear()
+            await within(client._more.wait())
+            continue
+        client_transport.write(chunk)
+        sent += len(chunk)
+        await asyncio.sleep(0)
+    assert await server.received(sent) == b"z" * sent
+    assert client.resumes >= 1
+    await close_pair(client, server)
+
+
+# -- closing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+async def test_close_flushes_and_reaches_the_other_side(closer: str, spin_us: float) -> None:
+    server, client = Peer(), Peer()
+    await open_pair(server, client, spin_us=spin_us)
+    closing, other = (client, server) if closer == "client" else (server, client)
+    assert closing.transport is not None
+    message = os.urandom(5 * SMALL_RING)   # more than the ring: close must flush first
+    closing.transport.write(message)
+    closing.transport.close()
+    assert closing.transport.is_closing()
+    assert await within(closing.lost) is None
+    assert await within(other.lost) is None
+    assert bytes(other.data) == message
+    assert other.eof
+
+
+async def test_abort_drops_the_buffer_and_reaches_the_other_side(spin_us: float) -> None:
+    server, client = Peer(paused=True), Peer()
+    await open_pair(server, client, spin_us=spin_us)
+    assert client.transport is not None
+    client.transport.write(b"q" * (3 * SMALL_RING))
+    assert client.transport.get_write_buffer_size() > 0
+    client.transport.abort()
+    assert client.transport.get_write_buffer_size() == 0
+    assert await within(client.lost) is None
+    client.transport.write(b"dropped")   # writes after close are ignored
+    # A reader that paused sees the end only when it reads again, as with a socket.
+    await asyncio.sleep(0.05)
+    assert not server.lost.done()
+    assert server.transport is not None
+    server.transport.resume_reading()
+    assert await within(server.lost) is None
+    assert server.eof
+    assert 0 < len(server.data) <= SMALL_RING and set(server.data) == {ord("q")}
+
+
+async def test_control_channel_eof_means_the_peer_died(spin_us: float) -> None:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    server_control, _ = await loop.create_unix_connection(asyncio.Protocol, sock=a)
+    server, client = Peer(), Peer()
+    await open_pair(server, client, controls=(server_control, None), spin_us=spin_us)
+    assert server.transport is not None and client.transport is not None
+    info = server.transport.get_extra_info("lanerpc_peer")
+    assert isinstance(info, PeerInfo)
+    assert (info.lane, info.pid, info.uid) == ("shm", os.getpid(), os.getuid())
+    assert client.transport.get_extra_info("lanerpc_peer").lane == "shm"
+    # The client "dies": the kernel closes its end of the control channel, and the
+    # rings are left as they were (no closed flag).
+    b.close()
+    exc = await within(server.lost, 1.0)
+    assert isinstance(exc, ConnectionResetError)
+    assert await within(client.lost) is None   # it sees the server close the rings
+
+
+async def test_bytes_on_the_control_channel_close_the_connection() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    server_control, _ = await loop.create_unix_connection(asyncio.Protocol, sock=a)
+    server, client = Peer(), Peer()
+    await open_pair(server, client, controls=(server_control, None))
+    b.sendall(b"surprise")
+    exc = await within(server.lost)
+    assert isinstance(exc, ConnectionError) and "control channel" in str(exc)
+    await within(client.lost)
+    b.close()
+
+
+async def test_protocol_error_closes_only_that_connection() -> None:
+    class Exploding(Peer):
+        def data_received(self, data: bytes) -> None:
+            raise ValueError("boom")
+
+    loop = asyncio.get_running_loop()
+    seen: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    server, client = Exploding(), Peer()
+    _, client_transport = await open_pair(server, client)
+    client_transport.write(b"hello")
+    exc = await within(server.lost)
+    assert isinstance(exc, ValueError)
+    assert seen and "data_received" in seen[0]["message"]
+    await within(client.lost)
+
+
+# -- a hostile peer -----------------------------------------------------------------
+
+
+class Hostile:
+    """A third party that mapped the segment (and the server's doorbell) by name."""
+
+    def __init__(self, offer: ShmOffer) -> None:
+        shm = posix_ipc.SharedMemory(offer.segment)
+        self.map = mmap.mmap(shm.fd, shm.size)
+        shm.close_fd()
+        self.server_bell = posix_ipc.Semaphore(offer.semaphores[0])
+        self.layout = SegmentLayout.for_capacity(offer.ring_capacity)
+
+    def close(self) -> None:
+        self.map.close()
+        self.server_bell.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "record", "message"),
+    [
+        (2**40, b"", "more than the capacity"),
+        (8, struct.pack("<I", 1000), "claims 1000 bytes"),
+        (2, b"", "too few for a record"),
+    ],
+)
+async def test_corrupted_ring_closes_the_connection(
+    head: int, record: bytes, message: str, spin_us: float
+) -> None:
+    hostile: list[Hostile] = []
+    server, client = Peer(), Peer()
+    await open_pair(
+        server,
+        client,
+        spin_us=spin_us,
+        before_client_opens=lambda offer: hostile.append(Hostile(offer)),
+    )
+    evil = hostile[0]
+    try:
+        ring = evil.layout.c2s_offset
+        evil.map[ring + 256 : ring + 256 + len(record)] = record
+        struct.pack_into("Q", evil.map, ring, head)   # the client->server head
+        evil.server_bell.release()                     # and wake the server up
+        exc = await within(server.lost)
+        assert isinstance(exc, RingCorrupted)
+        assert message in str(exc)
+        assert await within(client.lost) is None      # the client is told, cleanly
+    finally:
+        evil.close()
+
+
+# -- setting up, and refusing to ----------------------------------------------------
+
+
+async def test_offer_is_checked_before_anything_is_opened() -> None:
+    segment, offer = ShmSegment.create(SMALL_RING)
+    try:
+        bad_offers = [
+            ShmOffer("/etc-passwd", offer.semaphores, offer.ring_capacity, offer.nonce),
+            ShmOffer(offer.segment, (offer.semaphores[0],) * 2, offer.ring_capacity, offer.nonce),
+            ShmOffer(offer.segment, offer.semaphores, 3000, offer.nonce),
+            ShmOffer(offer.segment, offer.semaphores, offer.ring_capacity, b"short"),
+        ]
+        for bad in bad_offers:
+            with pytest.raises(ShmUnavailable):
+                ShmSegment.open(bad)
+        # A nonce that is not the one in the segment: someone else's segment.
+        with pytest.raises(ShmUnavailable, match="nonce"):
+            ShmSegment.open(
+                ShmOffer(offer.segment, offer.semaphores, offer.ring_capacity, b"x" * 32)
+            )
+        # The ring capacity the offer names must be the segment's.
+        with pytest.raises(ShmUnavailable):
+            ShmSegment.open(ShmOffer(offer.segment, offer.semaphores, 2 * SMALL_RING, offer.nonce))
+        # No client acknowledged: the server refuses, and the names are gone.
+        with pytest.raises(ShmUnavailable, match="acknowledge"):
+            segment.confirm_attached()
+        with pytest.raises(ShmUnavailable, match="does not exist"):
+            ShmSegment.open(offer)
+    finally:
+        segment.close()
+
+
+async def test_discarded_offer_leaves_nothing() -> None:
+    segment, offer = ShmSegment.create(SMALL_RING)
+    ShmSegment.discard(offer)
+    with pytest.raises(ShmUnavailable):
+        ShmSegment.open(offer)
+    segment.close()
+
+
+async def test_names_are_unlinked_as_soon_as_both_sides_hold_them() -> None:
+    before = set(os.listdir("/dev/shm"))
+    segment, offer = ShmSegment.create(SMALL_RING)
+    created = set(os.listdir("/dev/shm")) - before
+    assert created == {offer.segment[1:], *(f"sem.{name[1:]}" for name in offer.semaphores)}
+    for entry in created:
+        assert os.stat(f"/dev/shm/{entry}").st_mode & 0o777 == 0o600
+    client_segment = ShmSegment.open(offer)
+    assert set(os.listdir("/dev/shm")) == before
+    segment.confirm_attached()
+    segment.close()
+    client_segment.close()
+
+
+def test_full_dev_shm_gives_shm_unavailable_not_sigbus() -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from transports.shm import ShmSegment, ShmUnavailable
+        try:
+            segment, offer = ShmSegment.create(1 << 20)
+        except ShmUnavailable as exc:
+            print("unavailable:", exc)
+        else:
+            print("created")
+        """
+    )
+    command = [
+        "unshare", "-m", "sh", "-c",
+        'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$1" -c "$2"',
+        "sh", sys.executable, script,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=15)
+    if result.returncode != 0 and not result.stdout:
+        pytest.skip(f"cannot mount a private tmpfs here: {result.stderr.strip()}")
+    assert result.returncode == 0, f"child died: {result.returncode} {result.stderr}"
+    assert result.stdout.startswith("unavailable:"), result.stdout
+    assert "No space left" in result.stdout
+
+
+async def test_forked_child_gets_a_clear_error() -> None:
+    server, client = Peer(), Peer()
+    _, client_transport = await open_pair(server, client)
+    segment, offer = ShmSegment.create(SMALL_RING)
+    try:
+        pid = os.fork()
+        if pid == 0:   # the child: every use must fail with ShmForkError, nothing else
+            code = 0
+            uses = (lambda: client_transport.write(b"x"), segment.unlink, client_transport.close)
+            for use in uses:
+                try:
+                    use()
+                    code = 1
+                except ShmForkError:
+                    pass
+                except BaseException:
+                    code = 2
+            os._exit(code)
+        deadline = time.monotonic() + 5
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("forked child hung")
+            await asyncio.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+        client_transport.write(b"still fine here")
+        assert await server.received(15) == b"still fine here"
+    finally:
+        segment.close()
+        await close_pair(client, server)
+
+
+async def test_idle_connection_uses_no_cpu(spin_us: float) -> None:
+    server, client = Peer(), Peer()
+    _, client_transport = await open_pair(server, client, spin_us=spin_us)
+    client_transport.write(b"wake everything up once")
+    await server.received(23)
+    await asyncio.sleep(0.05)
+    start = time.process_time()
+    await asyncio.sleep(1.2)   # more than one waiter timeout
+    assert time.process_time() - start < 0.05
+    await close_pair(client, server)
+
+
+def test_works_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        server_control, client_control = await socket_pair_transports()
+        server, client = Peer(echo=True), Peer()
+        controls = (server_control, client_control)
+        _, client_transport = await open_pair(server, client, controls=controls)
+        message = os.urandom(3 * SMALL_RING)
+        client_transport.write(message)
+        assert await client.received(len(message)) == message
+        client_transport.close()
+        assert await within(server.lost) is None
+        assert await within(client.lost) is None
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+# -- two processes ------------------------------------------------------------------
+
+_STREAMING_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, socket, sys
+    sys.path.insert(0, sys.argv[1])
+    from transports.shm import ShmOffer, ShmSegment, ShmTransport
+
+    raw = json.loads(sys.argv[2])
+    offer = ShmOffer(raw["segment"], tuple(raw["semaphores"]), raw["capacity"],
+                     bytes.fromhex(raw["nonce"]))
+    control = socket.socket(fileno=raw["fd"])
+
+    class Streamer(asyncio.Protocol):
+        def __init__(self):
+            self.go = asyncio.Event()
+            self.go.set()
+        def pause_writing(self):
+            self.go.clear()
+        def resume_writing(self):
+            self.go.set()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        segment = ShmSegment.open(offer)
+        control.sendall(b"A")
+        control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
+        streamer = Streamer()
+        transport = ShmTransport(loop, segment, "client", streamer, control_transport)
+        chunk = b"s" * 8192
+        while True:   # stream until killed
+            await streamer.go.wait()
+            transport.write(chunk)
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_peer_killed_mid_stream_is_noticed_within_a_second() -> None:
+    loop = asyncio.get_running_loop()
+    segment, offer = ShmSegment.create(64 * 1024)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child: subprocess.Popen | None = None
+    try:
+        args = {
+            "segment": offer.segment, "semaphores": list(offer.semaphores),
+            "capacity": offer.ring_capacity, "nonce": offer.nonce.hex(), "fd": theirs.fileno(),
+        }
+        child = subprocess.Popen(
+            [sys.executable, "-c", _STREAMING_CHILD, ROOT, json.dumps(args)],
+            pass_fds=(theirs.fileno(),),
+        )
+        theirs.close()
+        mine.setblocking(False)
+        assert await within(loop.sock_recv(mine, 1), 10) == b"A"
+        segment.confirm_attached()
+        control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=mine)
+        server = Peer()
+        ShmTransport(loop, segment, "server", server, control_transport)
+        await server.received(1 << 20, 10)   # it is streaming
+        os.kill(child.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        exc = await within(server.lost, 1.0)
+        assert time.monotonic() - killed_at < 1.0
+        assert isinstance(exc, ConnectionResetError)
+        assert set(server.data) == {ord("s")}
+    finally:
+        if child is not None:
+            if child.poll() is None:
+                os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=5)
+        if not segment.closed and segment.pid == os.getpid():
+            segment.unlink()
+        mine.close()
+
+
+def test_exported_members_are_a_sorted_tuple_of_real_names() -> None:
+    import transports._ring as ring_module
+    import transports.shm as shm_module
+
+    for module in (shm_module, ring_module):
+        assert isinstance(module.__all__, tuple)
+        assert list(module.__all__) == sorted(module.__all__)
+        for name in module.__all__:
+            assert hasattr(module, name), name

@@ -1,0 +1,39 @@
+"""floor-shm: the shared-memory floor, as a row of tools/bench.py.
+
+The measurement itself is tools/_bench_shm_floor.py's ``run_floor`` (two processes, a
+shared segment, POSIX semaphores); this file only adapts it to the bench's registry.
+It is a self-measuring subject (see tools/_bench_core.py): ``run_floor`` starts its own
+child process, because both sides must map the same segment.
+
+Kind: "thread" — each side runs an event loop and a waiter thread that blocks on the
+semaphore and wakes the loop with call_soon_threadsafe. That is what the shm lane does,
+so it is the floor the lane is compared with; "uvloop-thread" when uvloop is importable,
+as every other subject then runs on uvloop too.
+
+It measures unary round trips only (p50/p99); the other figures show as "-".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+from _bench_core import Config, Subject, register
+
+KIND = "uvloop-thread" if importlib.util.find_spec("uvloop") is not None else "thread"
+
+
+async def measure(cfg: Config) -> dict[str, float]:
+    # Imported here, not at the top: if the shm transport does not import yet, the row
+    # says "n/a: <why>" and the rest of the run goes on.
+    from _bench_shm_floor import run_floor
+
+    # run_floor blocks (it drives its own loop and child process): keep it off our loop.
+    result = await asyncio.to_thread(run_floor, KIND, cfg.calls)
+    return {"unary_p50_us": result["p50_us"], "unary_p99_us": result["p99_us"]}
+
+
+register(Subject(
+    name="floor-shm", label=f"floor: shm ring + semaphores, {KIND} (tools/_bench_shm_floor.py)",
+    family="floor", lane="shm", measure=measure,
+))

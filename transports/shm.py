@@ -1,0 +1,1155 @@
+"""The ``shm`` lane: a connection's bytes move through two rings in one shared-memory segment.
+
+A server that can offer the lane creates a :class:`ShmSegment` (``create``) and sends the
+:class:`ShmOffer` it gets over the connection's control channel (a Unix socket); the
+client maps it (``open``), which checks the nonce the offer carries against the one the
+server wrote in the segment and writes it back into the segment as its acknowledgement;
+the server checks that acknowledgement (``confirm_attached``). Every name is unlinked as
+soon as both sides hold the objects open, so a process killed at any later moment leaves
+nothing in ``/dev/shm``. Then each side wraps its segment in a :class:`ShmTransport`,
+which implements the lanes' seam (:mod:`transports._seam`).
+
+Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of two)::
+
+    0            8    magic b"LANERPC1"
+    8            4    layout version (1)
+    16           8    ring capacity
+    64           8    server closed flag   (one cache line each)
+    128          8    client closed flag
+    192          32   nonce, written by the server at creation
+    256          32   acknowledgement, the client writes the nonce here once it has mapped
+    512          256 + cap   ring client -> server   (layout in transports._ring)
+    768 + cap    256 + cap   ring server -> client
+
+Waking up. Each side has one *doorbell* semaphore it sleeps on; the other side posts it
+when it publishes data the sleeper waits for (the ring's ``reader_waiting`` flag) or frees
+space it waits for (``writer_waiting``), or when it closes. One semaphore per side rather
+than one per event, because a thread can block on only one semaphore. A post (a system
+call when the sleeper is really asleep) is paid only when the flag says the peer sleeps:
+the sleeper sets its flag, fences, re-checks the ring, and only then blocks; the producer
+publishes, fences, then reads the flag (a Dekker handshake; :class:`StoreLoadFence`).
+
+The event loop never blocks on a semaphore: a waiter thread per connection does, with
+a 1 s timeout (an idle connection costs no CPU), and wakes the loop with
+``call_soon_threadsafe``. By default the loop raises its ``reader_waiting`` flag itself
+when it has drained the inbound ring, and the waiter never polls. ``spin_us > 0`` makes
+the waiter spin first (:class:`AdaptiveSpin`), taking turns with the loop; measured
+side by side, the default cost 20-50% less CPU per round trip, had the lower p99, and
+was as fast or faster on one CPU, while on two it was faster in some rounds and slower
+in others (docs/shm-lane.md, "Wake-up strategy").
+
+Only x86-64 Linux is supported: the rings rely on its store order (see
+:mod:`transports._ring`); elsewhere :class:`ShmUnavailable` tells the caller to stay on
+the Unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hmac
+import logging
+import mmap
+import os
+import platform
+import re
+import secrets
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal
+
+from transports._ring import (
+    MAX_CAPACITY,
+    MIN_CAPACITY,
+    RECORD_HEADER_SIZE,
+    RingCorrupted,
+    ShmRing,
+    StoreLoadFence,
+)
+from transports._seam import PeerInfo, peer_info
+
+try:
+    import posix_ipc
+except ImportError:  # pragma: no cover - posix_ipc is a Linux dependency of the project
+    posix_ipc = None
+
+__all__ = (
+    "AdaptiveSpin",
+    "DEFAULT_RING_CAPACITY",
+    "RingCorrupted",
+    "SegmentLayout",
+    "ShmForkError",
+    "ShmOffer",
+    "ShmSegment",
+    "ShmTransport",
+    "ShmUnavailable",
+)
+
+_log = logging.getLogger("lanerpc.shm")
+
+Side = Literal["server", "client"]
+
+DEFAULT_RING_CAPACITY = 1 << 20    # per direction; a 16 MiB message streams in 16 pieces
+IDLE_WAIT_SECONDS = 1.0            # a sleeping waiter re-checks its connection this often
+DEFAULT_SPIN_US = 50.0             # AdaptiveSpin's budget, when a transport spins at all
+NAME_PREFIX = "/lanerpc-"
+_NAME_PATTERN = re.compile(r"/lanerpc-[0-9a-f]{32,64}")
+NONCE_SIZE = 32
+
+_MAGIC = b"LANERPC1"
+_LAYOUT_VERSION = 1
+_SEGMENT_HEADER = struct.Struct("<8sII Q")   # magic, version, reserved, ring capacity
+SEGMENT_HEADER_SIZE = 512
+# Indexes into the segment header seen as u64s (offset / 8).
+_SERVER_CLOSED = 64 // 8
+_CLIENT_CLOSED = 128 // 8
+_NONCE_OFFSET = 192
+_ACK_OFFSET = 256
+
+
+class ShmUnavailable(Exception):
+    """The shm lane cannot be used for this connection; stay on the lane you have."""
+
+
+class ShmForkError(RuntimeError):
+    """A segment or transport inherited through ``os.fork()`` was used in the child."""
+
+
+# The pid of this process, refreshed in a forked child, so the hot path compares two
+# ints instead of making a getpid() system call.
+_this_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _this_pid
+    _this_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _fork_error(what: str, owner_pid: int) -> ShmForkError:
+    return ShmForkError(
+        f"this {what} belongs to process {owner_pid} and was inherited by fork() into"
+        f" process {_this_pid}; shared-memory connections cannot be shared with a child:"
+        " open a new connection in the child"
+    )
+
+
+def _require_support() -> None:
+    if posix_ipc is None:
+        raise ShmUnavailable("posix_ipc is not installed")
+    if not sys.platform.startswith("linux"):
+        raise ShmUnavailable(f"the shm lane needs Linux, not {sys.platform}")
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        # The rings publish with plain stores, which is only correct under x86-64's
+        # total store order; see transports._ring.
+        raise ShmUnavailable(f"the shm lane needs x86-64 memory ordering, not {machine}")
+
+
+def _random_name() -> str:
+    return NAME_PREFIX + secrets.token_hex(16)   # 128 random bits
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentLayout:
+    """Where things are in a segment of a given ring capacity."""
+
+    ring_capacity: int
+    c2s_offset: int        # the client -> server ring's region
+    s2c_offset: int        # the server -> client ring's region
+    size: int              # the whole segment
+
+    @classmethod
+    def for_capacity(cls, ring_capacity: int) -> SegmentLayout:
+        ring_size = ShmRing.region_size(ring_capacity)   # raises ValueError if insane
+        return cls(
+            ring_capacity=ring_capacity,
+            c2s_offset=SEGMENT_HEADER_SIZE,
+            s2c_offset=SEGMENT_HEADER_SIZE + ring_size,
+            size=SEGMENT_HEADER_SIZE + 2 * ring_size,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShmOffer:
+    """What the server tells the client over the control channel.
+
+    ``semaphores`` is (the server's doorbell, the client's doorbell). The nonce lets
+    the client check that the segment it mapped is the one this server created, not a
+    namesake in another ``/dev/shm``; the client then writes it into the segment, which
+    proves to the server that the client mapped the same memory.
+    """
+
+    segment: str
+    semaphores: tuple[str, str]
+    ring_capacity: int
+    nonce: bytes
+
+    def check(self) -> None:
+        """Raise ShmUnavailable unless every field is one the lane could have made."""
+        if not isinstance(self.semaphores, tuple) or len(self.semaphores) != 2:
+            raise ShmUnavailable("shm offer must name two semaphores, as a tuple")
+        names = (self.segment, *self.semaphores)
+        for name in names:
+            if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+                raise ShmUnavailable(f"shm offer has a name the lane never makes: {name!r}")
+        if len(set(names)) != 3:
+            raise ShmUnavailable("shm offer must name three different objects")
+        capacity = self.ring_capacity
+        if not (
+            isinstance(capacity, int)
+            and MIN_CAPACITY <= capacity <= MAX_CAPACITY
+            and capacity & (capacity - 1) == 0
+        ):
+            raise ShmUnavailable(f"shm offer has an impossible ring capacity: {capacity!r}")
+        if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_SIZE:
+            raise ShmUnavailable(f"shm offer nonce must be {NONCE_SIZE} bytes")
+
+
+def _unlink_names(segment: str, semaphores: tuple[str, ...]) -> None:
+    """Remove the names (never the objects, which live while mapped/open). Idempotent."""
+    if posix_ipc is None:
+        return
+    try:
+        posix_ipc.unlink_shared_memory(segment)
+    except posix_ipc.ExistentialError:
+        pass
+    except posix_ipc.Error as exc:
+        _log.debug("cannot unlink shm segment %s: %s", segment, exc)
+    for name in semaphores:
+        try:
+            posix_ipc.unlink_semaphore(name)
+        except posix_ipc.ExistentialError:
+            pass
+        except posix_ipc.Error as exc:
+            _log.debug("cannot unlink semaphore %s: %s", name, exc)
+
+
+def _unlink_if_owner(owner_pid: int, segment: str, semaphores: tuple[str, ...]) -> None:
+    # Finalizer safety net for a segment dropped without close(); a forked child must
+    # not remove names its parent still relies on.
+    if os.getpid() == owner_pid:
+        _unlink_names(segment, semaphores)
+
+
+class ShmSegment:
+    """One connection's shared memory: the two rings, the flags and the two doorbells.
+
+    Made by :meth:`create` (server) or :meth:`open` (client). A :class:`ShmTransport`
+    takes ownership of it; otherwise call :meth:`close` when done (also on failure
+    paths: it unlinks whatever names are still there).
+    """
+
+    def __init__(
+        self,
+        *,
+        side: Side,
+        offer: ShmOffer,
+        mapping: mmap.mmap,
+        server_bell: Any,
+        client_bell: Any,
+    ) -> None:
+        # Use create() or open(); this only assembles the parts they made.
+        self.side: Side = side
+        self.offer = offer
+        self.layout = SegmentLayout.for_capacity(offer.ring_capacity)
+        self.pid = _this_pid
+        self._mapping = mapping
+        self._view = memoryview(mapping)
+        self._flags = self._view[:SEGMENT_HEADER_SIZE].cast("Q")
+        layout = self.layout
+        ring_size = ShmRing.region_size(offer.ring_capacity)
+        self.c2s = ShmRing(
+            self._view[layout.c2s_offset : layout.c2s_offset + ring_size], offer.ring_capacity
+        )
+        self.s2c = ShmRing(
+            self._view[layout.s2c_offset : layout.s2c_offset + ring_size], offer.ring_capacity
+        )
+        self.server_bell = server_bell
+        self.client_bell = client_bell
+        self._unlinked = False
+        self._closed = False
+        self._finalizer = weakref.finalize(
+            self, _unlink_if_owner, self.pid, offer.segment, offer.semaphores
+        )
+
+    # -- making one ----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, ring_capacity: int = DEFAULT_RING_CAPACITY) -> tuple[ShmSegment, ShmOffer]:
+        """Server side: a fresh segment and doorbells, and the offer naming them.
+
+        Raises ShmUnavailable when shared memory cannot be used here (no posix_ipc, not
+        x86-64 Linux, ``/dev/shm`` full or not writable), ValueError for a capacity that
+        is not a power of two in range.
+        """
+        _require_support()
+        layout = SegmentLayout.for_capacity(ring_capacity)
+        offer = ShmOffer(
+            segment=_random_name(),
+            semaphores=(_random_name(), _random_name()),
+            ring_capacity=ring_capacity,
+            nonce=secrets.token_bytes(NONCE_SIZE),
+        )
+        mapping: mmap.mmap | None = None
+        bells: list[Any] = []
+        try:
+            try:
+                shm = posix_ipc.SharedMemory(
+                    offer.segment, posix_ipc.O_CREX, mode=0o600, size=0
+                )
+            except (posix_ipc.Error, OSError) as exc:
+                raise ShmUnavailable(f"cannot create a shared-memory segment: {exc}") from exc
+            try:
+                # Reserve every page now: on a full tmpfs a plain ftruncate'd segment is
+                # created fine and the process dies of SIGBUS on first touch instead.
+                os.posix_fallocate(shm.fd, 0, layout.size)
+                mapping = mmap.mmap(shm.fd, layout.size)
+            except OSError as exc:
+                raise ShmUnavailable(
+                    f"cannot reserve {layout.size} bytes of shared memory: {exc.strerror or exc}"
+                ) from exc
+            finally:
+                shm.close_fd()
+            for name in offer.semaphores:
+                try:
+                    bells.append(
+                        posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0)
+                    )
+                except (posix_ipc.Error, OSError) as exc:
+                    raise ShmUnavailable(f"cannot create a semaphore: {exc}") from exc
+            _SEGMENT_HEADER.pack_into(mapping, 0, _MAGIC, _LAYOUT_VERSION, 0, ring_capacity)
+            mapping[_NONCE_OFFSET : _NONCE_OFFSET + NONCE_SIZE] = offer.nonce
+            segment = cls(
+                side="server",
+                offer=offer,
+                mapping=mapping,
+                server_bell=bells[0],
+                client_bell=bells[1],
+            )
+        except BaseException:
+            _unlink_names(offer.segment, offer.semaphores)
+            for bell in bells:
+                bell.close()
+            if mapping is not None:
+                mapping.close()
+            raise
+        return segment, offer
+
+    @classmethod
+    def open(cls, offer: ShmOffer) -> ShmSegment:
+        """Client side: map what the offer names, check it, acknowledge, unlink the names.
+
+        Raises ShmUnavailable for anything that makes the lane unusable: a malformed
+        offer, names missing from our ``/dev/shm`` (another mount namespace), a segment
+        of the wrong size or content, a nonce that does not match.
+        """
+        _require_support()
+        offer.check()
+        layout = SegmentLayout.for_capacity(offer.ring_capacity)
+        mapping: mmap.mmap | None = None
+        bells: list[Any] = []
+        try:
+            try:
+                shm = posix_ipc.SharedMemory(offer.segment)
+            except posix_ipc.ExistentialError as exc:
+                raise ShmUnavailable(
+                    f"offered segment {offer.segment} does not exist here (is /dev/shm shared"
+                    " with the server?)"
+                ) from exc
+            except (posix_ipc.Error, OSError) as exc:
+                raise ShmUnavailable(f"cannot open the offered segment: {exc}") from exc
+            try:
+                if shm.size != layout.size:
+                    raise ShmUnavailable(
+                        f"offered segment is {shm.size} bytes, expected {layout.size}"
+                    )
+                mapping = mmap.mmap(shm.fd, layout.size)
+            except OSError as exc:
+                raise ShmUnavailable(f"cannot map the offered segment: {exc}") from exc
+            finally:
+                shm.close_fd()
+            # Each header value is copied out once, then compared.
+            magic, version, _, capacity = _SEGMENT_HEADER.unpack_from(mapping, 0)
+            nonce = mapping[_NONCE_OFFSET : _NONCE_OFFSET + NONCE_SIZE]
+            if magic != _MAGIC or version != _LAYOUT_VERSION or capacity != offer.ring_capacity:
+                raise ShmUnavailable("offered segment does not hold a lanerpc ring pair")
+            if not hmac.compare_digest(nonce, offer.nonce):
+                raise ShmUnavailable("offered segment holds another nonce: not this server's")
+            for name in offer.semaphores:
+                try:
+                    bells.append(posix_ipc.Semaphore(name))
+                except (posix_ipc.Error, OSError) as exc:
+                    raise ShmUnavailable(f"cannot open offered semaphore {name}: {exc}") from exc
+            # The proof the server checks: only a process with this memory mapped can
+            # write into it.
+            mapping[_ACK_OFFSET : _ACK_OFFSET + NONCE_SIZE] = offer.nonce
+            segment = cls(
+                side="client",
+                offer=offer,
+                mapping=mapping,
+                server_bell=bells[0],
+                client_bell=bells[1],
+            )
+        except BaseException:
+            for bell in bells:
+                bell.close()
+            if mapping is not None:
+                mapping.close()
+            raise
+        # Both sides hold everything open now: the names have done their job.
+        segment.unlink()
+        return segment
+
+    @staticmethod
+    def discard(offer: ShmOffer) -> None:
+        """Client side: unlink the names of an offer it will not open.
+
+        A client that received an offer and gives up on it (timeout, lanes option, the
+        server's control channel closed) calls this, so a server that died after
+        sending the offer leaves nothing behind either.
+        """
+        try:
+            offer.check()
+        except ShmUnavailable:
+            return   # never unlink names we did not recognise as the lane's
+        _unlink_names(offer.segment, offer.semaphores)
+
+    def confirm_attached(self) -> None:
+        """Server side: check the client's acknowledgement in the segment, then unlink.
+
+        Call it when the client says (over the control channel) that it opened the
+        offer. Raises ShmUnavailable if the client did not map this segment; the
+        names are unlinked either way.
+        """
+        self._check_owner()
+        try:
+            ack = self._mapping[_ACK_OFFSET : _ACK_OFFSET + NONCE_SIZE]
+            if not hmac.compare_digest(ack, self.offer.nonce):
+                raise ShmUnavailable(
+                    "the client did not acknowledge in the segment: it mapped other memory"
+                )
+        finally:
+            self.unlink()
+
+    # -- releasing it --------------------------------------------------------------
+
+    def unlink(self) -> None:
+        """Remove the segment's and doorbells' names; mappings stay valid. Idempotent."""
+        if self._unlinked:
+            return
+        self._check_owner()
+        self._unlinked = True
+        _unlink_names(self.offer.segment, self.offer.semaphores)
+        self._finalizer.detach()
+
+    def close(self) -> None:
+        """Unlink, unmap and close the doorbells. Idempotent.
+
+        Only when no thread can still be inside a ring or blocked on a doorbell: a
+        :class:`ShmTransport` that owns the segment calls it after its waiter thread
+        has ended.
+        """
+        if self._closed:
+            return
+        self._check_owner()
+        self.unlink()
+        self._closed = True
+        self.c2s.release()
+        self.s2c.release()
+        self._flags.release()
+        self._view.release()
+        self._mapping.close()
+        self.server_bell.close()
+        self.client_bell.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def name(self) -> str:
+        return self.offer.segment
+
+    # -- for the transport ---------------------------------------------------------
+
+    def _check_owner(self) -> None:
+        if self.pid != _this_pid:
+            raise _fork_error("shared-memory segment", self.pid)
+
+    def _closed_flag_index(self, side: Side) -> int:
+        return _SERVER_CLOSED if side == "server" else _CLIENT_CLOSED
+
+    def _set_closed(self, side: Side) -> None:
+        self._flags[self._closed_flag_index(side)] = 1
+
+    def _is_closed(self, side: Side) -> bool:
+        return self._flags[self._closed_flag_index(side)] != 0
+
+
+class AdaptiveSpin:
+    """How long a waiter polls before it sleeps, learned from how often polling paid.
+
+    A spin that catches the peer's answer saves waking a sleeping CPU (tens of
+    microseconds on a VM); a spin that does not catch it is pure waste, and against a
+    peer that shares our core it is worse than waste (the peer cannot run while we
+    spin). So: spin up to ``max_spin_ns``; keep a moving average of how often a spin
+    caught something; while that is below ``min_catch_rate``, stop spinning and only
+    probe again after 1, 2, 4, ... up to 1024 waits.
+    """
+
+    __slots__ = (
+        "max_spin_ns",
+        "min_catch_rate",
+        "_score",
+        "_skip",
+        "_probe_gap",
+        "spins",
+        "catches",
+        "skipped",
+    )
+
+    def __init__(self, max_spin_us: float = DEFAULT_SPIN_US, min_catch_rate: float = 0.3) -> None:
+        self.max_spin_ns = int(max_spin_us * 1000)
+        self.min_catch_rate = min_catch_rate
+        self._score = 0.5      # start undecided: four misses in a row turn spinning off
+        self._skip = 0
+        self._probe_gap = 1
+        self.spins = 0         # statistics, for the benchmark and docs
+        self.catches = 0
+        self.skipped = 0
+
+    def spin(self, ready: Callable[[], bool]) -> bool:
+        """Poll ``ready()`` for up to the current budget; True if it became true."""
+        if self.max_spin_ns <= 0:
+            return False
+        if self._skip:
+            self._skip -= 1
+            self.skipped += 1
+            return False
+        clock = time.perf_counter_ns
+        deadline = clock() + self.max_spin_ns
+        caught = False
+        while True:
+            # Several polls per clock read: a poll is ~0.1 us, a clock read as much.
+            if ready() or ready() or ready() or ready():
+                caught = True
+                break
+            if clock() >= deadline:
+                break
+        self._record(caught)
+        return caught
+
+    def _record(self, caught: bool) -> None:
+        self.spins += 1
+        self._score = self._score * 0.875 + (0.125 if caught else 0.0)
+        if caught:
+            self.catches += 1
+            self._probe_gap = 1
+        elif self._score < self.min_catch_rate:
+            self._skip = self._probe_gap
+            self._probe_gap = min(self._probe_gap * 2, 1024)
+
+
+class _ControlChannelWatch(asyncio.Protocol):
+    """Takes over the control channel after the upgrade: its EOF means the peer is gone."""
+
+    def __init__(self, owner: ShmTransport) -> None:
+        self._owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        # After the handover nothing travels on the control channel; a peer that
+        # writes there is not following the protocol.
+        self._owner._control_channel_misused(len(data))
+
+    def eof_received(self) -> bool:
+        self._owner._control_channel_lost(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._control_channel_lost(exc)
+
+
+class ShmTransport(asyncio.Transport):
+    """One side of a shared-memory connection, as an asyncio transport (the lanes' seam).
+
+    Takes ownership of ``segment`` (closed when the connection ends) and of
+    ``control_transport`` if given: that one's protocol is replaced, it must carry
+    nothing more, and its EOF or loss ends this connection (with ConnectionResetError,
+    unless the peer had closed the rings cleanly first). Without a control channel, a
+    peer that dies without closing is not noticed.
+
+    Anything wrong in the rings ends the connection with
+    ``connection_lost(RingCorrupted(...))`` and nothing else.
+
+    Threads: everything runs on the event loop except one waiter thread, which blocks
+    on this side's doorbell and calls ``loop.call_soon_threadsafe``. The loop raises the
+    ``reader_waiting`` flag itself when it has drained the inbound ring, and
+    ``writer_waiting`` when the outbound ring is full. With ``spin_us > 0`` the loop
+    hands the watch to the waiter instead, which spins up to that long (adaptively)
+    before it raises the flag and blocks.
+
+    ``high_water``/``low_water`` bound the transport's own buffer (bytes that did not
+    fit in the ring), as ``set_write_buffer_limits`` does.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        segment: ShmSegment,
+        side: Side,
+        protocol: asyncio.BaseProtocol,
+        control_transport: asyncio.BaseTransport | None = None,
+        *,
+        high_water: int = 64 * 1024,
+        low_water: int | None = None,
+        spin_us: float = 0.0,
+    ) -> None:
+        segment._check_owner()
+        if side != segment.side:
+            raise ValueError(f"segment was made for the {segment.side} side, not {side}")
+        if segment.closed:
+            raise ValueError("segment is closed")
+        super().__init__()
+        self._loop = loop
+        self._segment = segment
+        self._side: Side = side
+        self._peer_side: Side = "client" if side == "server" else "server"
+        self._protocol: asyncio.BaseProtocol = protocol
+        self._pid = segment.pid
+        if side == "server":
+            self._inbound, self._outbound = segment.c2s, segment.s2c
+            self._my_bell, self._peer_bell = segment.server_bell, segment.client_bell
+        else:
+            self._inbound, self._outbound = segment.s2c, segment.c2s
+            self._my_bell, self._peer_bell = segment.client_bell, segment.server_bell
+
+        self._buffer: collections.deque[bytes | memoryview] = collections.deque()
+        self._buffered = 0
+        self._writing_paused = False
+        self._reading_paused = False
+        self._closing = False        # close() or abort() called, or the peer is gone
+        self._finished = False       # the rings are no longer touched; connection_lost is due
+        self._high_water = 0
+        self._low_water = 0
+        self.set_write_buffer_limits(high_water, low_water)
+
+        # One fence per thread (see StoreLoadFence).
+        self._fence = StoreLoadFence()
+        self._waiter_fence = StoreLoadFence()
+        self._stopping = False        # tells the waiter thread to end
+        self._wake_scheduled = False  # a wake-up from the waiter is queued on the loop
+        # spin_us > 0: the waiter and the loop take turns. The loop hands the watch over
+        # (`_rearm`) when it has drained the ring; the waiter spins, then raises the flag
+        # and blocks, then hands back with call_soon_threadsafe.
+        self._handoff = spin_us > 0
+        self._spin = AdaptiveSpin(spin_us)
+        self._rearm = threading.Lock()
+        self._rearm.acquire()
+        self._waiter_armed = False
+
+        self._control = control_transport
+        if control_transport is not None:
+            known = peer_info(control_transport)
+            self._peer = PeerInfo("shm", known.address, known.pid, known.uid, known.gid)
+            control_transport.set_protocol(_ControlChannelWatch(self))
+        else:
+            self._peer = PeerInfo("shm", f"shm:{segment.name}")
+        self._extra_info: dict[str, Any] = {"lanerpc_peer": self._peer}
+
+        self._waiter = threading.Thread(
+            target=self._handoff_waiter_main if self._handoff else self._waiter_main,
+            name=f"lanerpc-shm-waiter-{side}",
+            daemon=True,
+        )
+        self._waiter.start()
+        loop.call_soon(self._start)
+
+    # -- the seam: writing ---------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; never blocks. What does not fit in the ring is buffered."""
+        if self._pid != _this_pid:
+            raise _fork_error("shm transport", self._pid)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if self._closing:
+            return   # like asyncio's transports: writes after close are dropped
+        if isinstance(data, memoryview) and (data.format != "B" or not data.c_contiguous):
+            data = data.cast("B") if data.c_contiguous else data.tobytes()
+        size = len(data)
+        if not size:
+            return
+        if self._buffer:   # keep the order: behind what is already waiting
+            self._enqueue(data, 0)
+            self._flush()
+            return
+        try:
+            written = self._write_ring(data)
+        except RingCorrupted as exc:
+            self._fatal(exc)
+            return
+        if written < size:
+            self._enqueue(data, written)
+            self._flush()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("the shm lane has no half-close")
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low_water, self._high_water
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_writing()
+
+    # -- the seam: reading, closing, facts -----------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop delivering data; the peer's writes back up into its ring, then its buffer."""
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self._finished:
+                self._loop.call_soon(self._on_wake)
+                if self._handoff and self._waiter_armed:
+                    # It went to sleep without raising reader_waiting (we wanted no
+                    # data then): make it look again, or the next write goes unheard.
+                    self._ring_bell(self._my_bell)
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and not self._closing
+
+    def close(self) -> None:
+        """Send what is buffered, then close; ``connection_lost(None)`` follows."""
+        if self._pid != _this_pid:
+            raise _fork_error("shm transport", self._pid)
+        if self._closing:
+            return
+        self._closing = True
+        if not self._buffer:
+            self._finish(None)
+        # else: _flush() finishes once the buffer has gone into the ring.
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered; ``connection_lost(None)`` follows."""
+        if self._pid != _this_pid:
+            raise _fork_error("shm transport", self._pid)
+        self._closing = True
+        self._finish(None)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra_info.get(name, default)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def __repr__(self) -> str:
+        state = "closed" if self._finished else "closing" if self._closing else "open"
+        return (
+            f"<ShmTransport {self._side} {state} ring={self._segment.layout.ring_capacity}"
+            f" buffered={self._buffered}>"
+        )
+
+    # -- the loop's side of the rings ----------------------------------------------
+
+    def _start(self) -> None:
+        # connection_made comes first even if the connection already ended: asyncio's
+        # order is made, [data...], lost, and connection_lost is queued behind us.
+        self._protocol.connection_made(self)
+        self._on_wake()
+
+    def _write_ring(self, data: bytes | bytearray | memoryview) -> int:
+        """Put as much of ``data`` in the outbound ring as fits now; wake the peer."""
+        ring = self._outbound
+        size = len(data)
+        written = ring.write(data)
+        if not written:
+            return 0
+        self._notify_reader()
+        # The reader may be draining concurrently: keep going while it makes room.
+        while written < size:
+            more = ring.write(memoryview(data)[written:])
+            if not more:
+                break
+            written += more
+            self._notify_reader()
+        return written
+
+    def _notify_reader(self) -> None:
+        self._fence()   # the published head must be visible before we read the flag
+        ring = self._outbound
+        if ring.reader_waiting:
+            ring.reader_waiting = False
+            self._ring_bell(self._peer_bell)
+
+    def _notify_writer(self) -> None:
+        self._fence()   # the published tail must be visible before we read the flag
+        ring = self._inbound
+        if ring.writer_waiting:
+            ring.writer_waiting = False
+            self._ring_bell(self._peer_bell)
+
+    @staticmethod
+    def _ring_bell(bell: Any) -> None:
+        try:
+            bell.release()
+        except (posix_ipc.Error, OSError, ValueError) as exc:
+            # Only a peer that sets its flags without ever sleeping can push the count
+            # to the semaphore's maximum; that peer just loses wake-ups.
+            _log.debug("cannot post the peer's doorbell: %s", exc)
+
+    def _enqueue(self, data: bytes | bytearray | memoryview, start: int) -> None:
+        if start == 0 and type(data) is bytes:
+            rest: bytes | memoryview = data
+        elif type(data) is bytes:
+            rest = memoryview(data)[start:]   # immutable: no need to copy
+        else:
+            rest = bytes(data[start:])        # the caller may reuse its buffer
+        self._buffer.append(rest)
+        self._buffered += len(rest)
+        self._maybe_pause_writing()
+
+    def _flush(self) -> None:
+        """Move buffered bytes into the ring; finish a pending close when they are out."""
+        buffer = self._buffer
+        ring = self._outbound
+        try:
+            while buffer:
+                chunk = buffer[0]
+                written = self._write_ring(chunk)
+                if written == len(chunk):
+                    buffer.popleft()
+                    self._buffered -= written
+                    continue
+                if written:
+                    buffer[0] = memoryview(chunk)[written:]
+                    self._buffered -= written
+                    continue
+                # Full. Ask the reader to ring our bell when it frees space, then look
+                # once more, in case it freed some before it could see the flag.
+                ring.writer_waiting = True
+                self._fence()
+                if ring.free_space() <= RECORD_HEADER_SIZE:
+                    break
+        except RingCorrupted as exc:
+            self._fatal(exc)
+            return
+        if not buffer:
+            self._maybe_resume_writing()
+            if self._closing and not self._finished:
+                self._finish(None)
+
+    def _maybe_pause_writing(self) -> None:
+        if not self._writing_paused and self._buffered > self._high_water:
+            self._writing_paused = True
+            self._call_protocol("pause_writing")
+
+    def _maybe_resume_writing(self) -> None:
+        if self._writing_paused and self._buffered <= self._low_water:
+            self._writing_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, method: str) -> None:
+        try:
+            getattr(self._protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    def _on_bell(self) -> None:
+        """The waiter thread's wake-up."""
+        self._wake_scheduled = False
+        self._on_wake()
+
+    def _on_wake(self) -> None:
+        """Refill the outbound ring, drain the inbound one, then go idle."""
+        if self._finished:
+            return
+        if self._buffer:
+            self._flush()
+            if self._finished:
+                return
+        more = False
+        if self._closing:
+            self._discard_inbound()
+        elif not self._reading_paused:
+            more = self._drain_once()
+        if self._finished:
+            return
+        if self._segment._is_closed(self._peer_side):
+            if self._closing or not self._reading_paused:
+                self._peer_closed()
+            # else: like a socket's EOF, this one waits for resume_reading().
+        elif more:
+            # Keep draining from the loop itself, one ring-full per turn so other
+            # callbacks interleave: no thread hop while the stream is busy.
+            self._loop.call_soon(self._on_wake)
+        else:
+            self._go_idle()
+
+    def _go_idle(self) -> None:
+        """Nothing left to read: ask the peer to ring our bell when it writes."""
+        if self._handoff:
+            if not self._waiter_armed:
+                self._waiter_armed = True
+                self._rearm.release()   # the waiter watches (and raises the flag) now
+            return
+        if self._reading_paused:
+            return   # we want no data; resume_reading() looks at the ring itself
+        ring = self._inbound
+        ring.reader_waiting = True
+        self._fence()   # our flag must be visible before we look at the ring again
+        if ring.has_data() or self._segment._is_closed(self._peer_side):
+            ring.reader_waiting = False
+            self._loop.call_soon(self._on_wake)
+
+    def _drain_once(self) -> bool:
+        """One read of the inbound ring; True if more data is already waiting."""
+        try:
+            data = self._inbound.read()
+        except RingCorrupted as exc:
+            self._fatal(exc)
+            return False
+        if not data:
+            return False
+        self._notify_writer()
+        try:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "protocol.data_received() failed")
+            return False
+        return not self._finished and self._inbound.has_data()
+
+    def _discard_inbound(self) -> None:
+        """After close(): drop what arrives, as a closed socket would, so a peer blocked
+        on a full ring can finish and close too."""
+        try:
+            while self._inbound.read():
+                self._notify_writer()
+        except RingCorrupted as exc:
+            self._fatal(exc)
+
+    def _peer_closed(self) -> None:
+        """The peer closed cleanly: all it sent is in the ring. Deliver it, then end."""
+        while not self._finished and not self._closing and self._drain_once():
+            pass
+        if self._finished:
+            return
+        if not self._closing:
+            try:
+                self._protocol.eof_received()  # type: ignore[attr-defined]
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "protocol.eof_received() failed")
+                return
+        self._finish(None)
+
+    def _control_channel_lost(self, exc: Exception | None) -> None:
+        if self._finished:
+            return
+        if self._segment._is_closed(self._peer_side):
+            self._on_wake()   # it closed the rings first: a clean close, not a death
+            return
+        reason = ConnectionResetError("shm peer is gone: its control channel closed")
+        reason.__cause__ = exc
+        self._finish(reason)
+
+    def _control_channel_misused(self, size: int) -> None:
+        self._fatal(
+            ConnectionError(
+                f"shm peer sent {size} bytes on the control channel, which carries none"
+            )
+        )
+
+    def _fatal(self, exc: BaseException, message: str | None = None) -> None:
+        if self._finished:
+            return
+        if message is not None:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        else:
+            _log.warning("closing shm connection (%s side): %s", self._side, exc)
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """Stop using the rings, tell the peer and the waiter, schedule connection_lost."""
+        if self._finished:
+            return
+        self._finished = True
+        self._closing = True
+        self._buffer.clear()
+        self._buffered = 0
+        self._segment._set_closed(self._side)
+        self._fence()
+        self._ring_bell(self._peer_bell)   # whatever its flags say: it must see we closed
+        self._stopping = True
+        self._ring_bell(self._my_bell)      # our waiter may be asleep on it
+        if self._handoff and not self._waiter_armed:
+            self._waiter_armed = True
+            self._rearm.release()           # ... or waiting for its turn
+        if self._control is not None:
+            self._control.close()
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
+        finally:
+            self._control = None
+
+    # -- the waiter thread ---------------------------------------------------------
+
+    def _waiter_main(self) -> None:
+        """Block on our doorbell; wake the loop when it rings. Never touches the rings'
+        state except to read (`_has_work`)."""
+        try:
+            while not self._stopping:
+                rung = self._sleep(IDLE_WAIT_SECONDS)
+                if self._stopping:
+                    return
+                # A timeout looks too: it bounds the cost of any lost wake-up, and
+                # notices a loop that was closed under a live connection.
+                if (rung or self._has_work()) and not self._wake_scheduled:
+                    self._wake_scheduled = True
+                    try:
+                        self._loop.call_soon_threadsafe(self._on_bell)
+                    except RuntimeError:   # the loop is closed: nobody left to wake
+                        return
+                elif self._loop.is_closed():
+                    return
+        finally:
+            self._release_segment_soon()
+
+    def _on_handoff(self) -> None:
+        """The waiter saw something and handed the watch back to us."""
+        if self._finished:
+            return
+        self._waiter_armed = False
+        self._on_wake()
+
+    def _handoff_waiter_main(self) -> None:
+        """The waiter when it takes turns with the loop: spin, raise the flag, block."""
+        try:
+            while True:
+                self._rearm.acquire()
+                if self._stopping or not self._watch():
+                    return
+                try:
+                    self._loop.call_soon_threadsafe(self._on_handoff)
+                except RuntimeError:   # the loop is closed: nobody left to wake
+                    return
+        finally:
+            self._release_segment_soon()
+
+    def _watch(self) -> bool:
+        """Wait until there is work (or we stop); False if the loop went away meanwhile."""
+
+        def ready() -> bool:
+            return self._stopping or self._has_work()
+
+        if ready() or self._spin.spin(ready):
+            return not self._stopping
+        ring = self._inbound
+        while True:
+            if not self._reading_paused:
+                ring.reader_waiting = True
+                self._waiter_fence()   # the flag must be visible before we look again
+            if ready():
+                ring.reader_waiting = False
+                return not self._stopping
+            self._sleep(IDLE_WAIT_SECONDS)
+            if ready():
+                return not self._stopping
+            if self._loop.is_closed():
+                return False
+
+    def _has_work(self) -> bool:
+        """Anything for the loop to do? Read-only hints, safe from the waiter thread."""
+        return (
+            (not self._reading_paused and self._inbound.has_data())
+            or (self._buffered > 0 and self._outbound.tail_moved())
+            or self._segment._is_closed(self._peer_side)
+        )
+
+    def _sleep(self, timeout: float) -> bool:
+        """Block on our doorbell up to ``timeout`` seconds; True if it was rung."""
+        deadline = time.monotonic() + timeout
+        remaining = timeout
+        while True:
+            try:
+                self._my_bell.acquire(remaining)
+                return True
+            except posix_ipc.BusyError:
+                return False
+            except posix_ipc.SignalError:
+                # A signal interrupted the wait: wait for what is left of it.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+
+    def _release_segment_soon(self) -> None:
+        # The waiter thread was the last one that could block on a doorbell, so the
+        # segment can go now. The loop owns it, unless the loop is gone already.
+        try:
+            self._loop.call_soon_threadsafe(self._release_segment)
+        except RuntimeError:
+            self._release_segment()
+
+    def _release_segment(self) -> None:
+        segment = self._segment
+        if segment.pid != _this_pid or segment.closed:
+            return
+        if not self._finished:
+            # The loop was closed under a live connection: tell the peer we are gone.
+            self._finished = True
+            segment._set_closed(self._side)
+            self._ring_bell(self._peer_bell)
+        segment.close()
