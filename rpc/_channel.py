@@ -11,7 +11,9 @@ import asyncio
 import collections
 import inspect
 import logging
+import os
 import random
+import weakref
 from typing import Any, AsyncIterator, Callable
 
 import grpc
@@ -589,6 +591,10 @@ class _MultiCallable:
         self._deserializer = deserializer
 
     def _make(self, timeout, metadata, wait_for_ready) -> _Call:
+        if self._channel._forked:
+            raise RuntimeError(
+                "this lanerpc channel was created before os.fork(); its connections (and "
+                "shared-memory rings) belong to the parent. Create a new channel in the child.")
         if self._channel._closed:
             raise aio.UsageError("Cannot invoke RPC: Channel closed!") if hasattr(aio, "UsageError") \
                 else grpc.RpcError("channel closed")
@@ -657,6 +663,8 @@ class StreamStreamMultiCallable(StreamUnaryMultiCallable, aio.StreamStreamMultiC
 class Channel(aio.Channel):
     """A grpc.aio-compatible channel. ``channel.lane`` says which lane carries it."""
 
+    _forked = False
+
     def __init__(self, target: str, options=None, interceptors=None, *, credentials=None) -> None:
         self._target = target
         self._endpoints = parse_target(target)
@@ -678,6 +686,7 @@ class Channel(aio.Channel):
         self._failures = 0
         self._next_attempt = 0.0
         self._rr = 0
+        _CHANNELS.add(self)
 
     # ------------------------------------------------------------ public
 
@@ -916,6 +925,17 @@ def _seconds(text: str) -> float:
     if not isinstance(text, str) or not text.endswith("s"):
         raise ValueError(f"duration {text!r} must look like '0.5s'")
     return float(text[:-1])
+
+
+_CHANNELS: "weakref.WeakSet[Channel]" = weakref.WeakSet()
+
+
+def _mark_forked() -> None:
+    for channel in list(_CHANNELS):
+        channel._forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
+from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
 from tests.e2e._server_proc import ServerProc
 from tests.e2e.conftest import PYTHON, last_json, need_root_and, run_child
 from tests.e2e.test_upgrade import start_server
@@ -157,3 +158,36 @@ async def test_client_killed_mid_call_cancels_its_handlers_and_leaves_nothing(tm
     finally:
         await server.stop(0)
     assert set(os.listdir("/dev/shm")) - shm_before == set()
+
+
+async def test_forked_child_gets_a_clear_error_and_the_parent_goes_on():
+    server, port, _ = await start_server()
+    try:
+        async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            greeter = helloworld_pb2_grpc.GreeterStub(channel)
+            await greeter.SayHello(helloworld_pb2.HelloRequest(name="a"), timeout=5)
+            assert channel.lane == "shm"
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:     # the child: must refuse, not touch the parent's rings
+                code = 1
+                try:
+                    greeter.SayHello(helloworld_pb2.HelloRequest(name="child"), timeout=1)
+                except RuntimeError as exc:
+                    code = 0 if "fork" in str(exc) else 2
+                finally:
+                    os.write(write, bytes([code]))
+                    os._exit(0)
+            os.close(write)
+            try:
+                verdict = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(None, os.read, read, 1), 10)
+            finally:
+                os.close(read)
+                await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
+            assert verdict == b"\x00"
+            reply = await greeter.SayHello(helloworld_pb2.HelloRequest(name="b"), timeout=5)
+            assert reply.message == f"b@{os.getpid()}"
+            assert channel.lane == "shm"
+    finally:
+        await server.stop(0)
