@@ -499,6 +499,10 @@ class ServicerContext(aio.ServicerContext):
     # ------------------------------------------------------------ status
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+        self._abort(code, details, trailing_metadata)
+
+    def _abort(self, code: grpc.StatusCode, details: str, trailing_metadata) -> None:
+        """Set the final status and raise out of the handler (sync and async abort)."""
         if code == _C.OK:
             raise ValueError("abort() needs a non-OK status code")
         self._code = code.value[0]
@@ -594,14 +598,7 @@ class _ThreadContext:
         return asyncio.run_coroutine_threadsafe(coro, self._context._loop).result()
 
     def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
-        context = self._context
-        if code == _C.OK:
-            raise ValueError("abort() needs a non-OK status code")
-        context._code = code.value[0]
-        context._details = details
-        if trailing_metadata:
-            context._trailing = validate_metadata(trailing_metadata)
-        raise _Abort()
+        self._context._abort(code, details, trailing_metadata)
 
     def abort_with_status(self, status) -> None:
         self.abort(status.code, status.details, status.trailing_metadata)
