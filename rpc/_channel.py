@@ -220,8 +220,12 @@ class _Call:
             return
         self._link = link
         self._sid = sid
-        link.calls[sid] = self
-        link.flush_soon()
+        calls = link.calls
+        calls[sid] = self
+        if len(calls) == 1:
+            link.flush()          # the only call: don't wait a loop turn
+        else:
+            link.flush_soon()     # others are in flight: batch with their writes
         opened = self._opened
         if opened is not None and not opened.done():
             opened.set_result(None)

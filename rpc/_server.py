@@ -425,8 +425,12 @@ class ServicerContext(aio.ServicerContext):
         link = self._link
         link.ping_strikes = 0
         link.conn.end_stream(self._sid, code, details, trailing)
-        link.calls.pop(self._sid, None)
-        link.flush_soon()
+        calls = link.calls
+        calls.pop(self._sid, None)
+        if calls:
+            link.flush_soon()     # others are in flight: batch with their writes
+        else:
+            link.flush()          # the only call: don't wait a loop turn
         self._server._stats.call_ended(link.lane or "?", code)
 
     def _complete(self) -> None:
