@@ -1,13 +1,14 @@
-"""The lanerpc demo: one server, one client on this host, three ways to dial it.
+"""The lanerpc demo: one server, one client on this host, four ways to dial it.
 
     tools/demo                  (or: python -m examples.demo [--calls N])
 
 It starts examples/helloworld/server.py in a child process, listening on 127.0.0.1
-(a free port) and on a Unix socket, then calls SayHello over three channels:
+(a free port) and on a Unix socket, then calls SayHello over four channels:
 
 1. dial 127.0.0.1:PORT, lanes "tcp" only: what a plain gRPC client gets;
-2. dial 127.0.0.1:PORT, default lanes: the same code, upgraded to the fastest same-host lane;
-3. dial the server's unix: path, default lanes.
+2. dial 127.0.0.1:PORT, lanes "unix,tcp": upgraded to the Unix socket;
+3. dial 127.0.0.1:PORT, default lanes: the same code, upgraded to the fastest same-host lane;
+4. dial the server's unix: path, default lanes.
 
 For each it prints the lane the channel is on (``channel.lane``; "tcp→shm" when it moved
 after the first call) and the median latency of N calls. The server is stopped by pid at
@@ -107,6 +108,7 @@ async def demo(calls: int) -> int:
 
         ways: list[tuple[str, str, list[tuple[str, Any]]]] = [
             (tcp, "tcp", [("lanerpc.lanes", "tcp")]),
+            (tcp, "unix,tcp", [("lanerpc.lanes", "unix,tcp")]),
             (tcp, "(default)", []),
         ]
         if unix is not None:
