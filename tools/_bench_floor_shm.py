@@ -23,17 +23,29 @@ from _bench_core import Config, Subject, register
 KIND = "uvloop-thread" if importlib.util.find_spec("uvloop") is not None else "thread"
 
 
-async def measure(cfg: Config) -> dict[str, float]:
-    # Imported here, not at the top: if the shm transport does not import yet, the row
-    # says "n/a: <why>" and the rest of the run goes on.
-    from _bench_shm_floor import run_floor
+def _measure_kind(kind: str):
+    async def measure(cfg: Config) -> dict[str, float]:
+        # Imported here, not at the top: if the shm transport does not import yet, the
+        # row says "n/a: <why>" and the rest of the run goes on.
+        from _bench_shm_floor import run_floor
 
-    # run_floor blocks (it drives its own loop and child process): keep it off our loop.
-    result = await asyncio.to_thread(run_floor, KIND, cfg.calls)
-    return {"unary_p50_us": result["p50_us"], "unary_p99_us": result["p99_us"]}
+        # run_floor blocks (it drives its own child process): keep it off our loop.
+        result = await asyncio.to_thread(run_floor, kind, cfg.calls)
+        return {"unary_p50_us": result["p50_us"], "unary_p99_us": result["p99_us"]}
+    return measure
 
 
+# The floor the lane is compared with: the same wake-up strategy (waiter thread + loop).
 register(Subject(
     name="floor-shm", label=f"floor: shm ring + semaphores, {KIND} (tools/_bench_shm_floor.py)",
-    family="floor", lane="shm", measure=measure,
+    family="floor", lane="shm", measure=_measure_kind(KIND),
+))
+# The bare ping-pongs with no event loop: both sides block on the semaphore, or spin first.
+register(Subject(
+    name="floor-shm-block", label="floor: shm ring + semaphores, both sides block, no loop",
+    family="floor", lane="shm", measure=_measure_kind("block"),
+))
+register(Subject(
+    name="floor-shm-spin", label="floor: shm ring, spin up to 50 us then block, no loop",
+    family="floor", lane="shm", measure=_measure_kind("spin"),
 ))

@@ -190,6 +190,12 @@ register(Subject(
     name="lanerpc-unix", label="lanerpc, lanes=unix,tcp, dial unix:", family="lanerpc", lane="unix",
     server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "unix,tcp"),
 ))
+# The same-host upgrade to the Unix socket: dial TCP, allow unix and tcp.
+register(Subject(
+    name="lanerpc-tcp2unix", label="lanerpc, lanes=unix,tcp, dial 127.0.0.1 (upgraded)",
+    family="lanerpc", lane="unix",
+    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", "unix,tcp"),
+))
 # The product: dial TCP with nothing configured and let the channel find the fastest lane.
 # Its lane is whatever the channel reports (lane=None), and its floor follows that lane.
 register(Subject(
