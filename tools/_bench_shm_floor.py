@@ -16,6 +16,8 @@ Round trips of a small payload (100 B) through shared memory, woken by POSIX sem
                         lane does; measured to show what the semaphores cost)
 ``lane``                the real thing: two ShmTransports echoing (transports/shm.py)
 ``lane-spin``           the same with ``spin_us=50``: the waiter spins before it sleeps
+``lane-nospin``         the same with ``loop_spin_us=0``: no poll on the loop after a
+                        write (``lane`` polls, the transport's default)
 
 Prefix a loop kind with ``uvloop-`` (``uvloop-thread``, ``uvloop-lane``...) for uvloop.
 ``same_cpu=True`` pins both processes to one CPU, where spinning must give up. Each
@@ -72,6 +74,8 @@ KINDS = (
     "lane-spin",
     "uvloop-lane",
     "uvloop-lane-spin",
+    "lane-nospin",
+    "uvloop-lane-nospin",
 )
 
 SPIN_US = 50.0
@@ -388,13 +392,20 @@ class _Echo(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-async def _lane_parent(segment: ShmSegment, control: socket.socket, spin_us: float,
+def _lane_options(kind: str) -> dict[str, float]:
+    options = {"spin_us": SPIN_US if kind.endswith("-spin") else 0.0}
+    if kind.endswith("-nospin"):
+        options["loop_spin_us"] = 0.0
+    return options
+
+
+async def _lane_parent(segment: ShmSegment, control: socket.socket, kind: str,
                        n: int, warmup: int, payload: bytes) -> tuple[list[int], AdaptiveSpin]:
     loop = asyncio.get_running_loop()
     control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
     protocol = _Collect()
     transport = ShmTransport(loop, segment, "server", protocol, control_transport,
-                             spin_us=spin_us)
+                             **_lane_options(kind))
     samples: list[int] = []
     clock = time.perf_counter_ns
     try:
@@ -410,17 +421,18 @@ async def _lane_parent(segment: ShmSegment, control: socket.socket, spin_us: flo
     finally:
         transport.close()
         await asyncio.wait_for(protocol.lost, 10)
-    return samples, transport._spin   # its statistics
+    # Its statistics: the waiter's spin, or the loop's.
+    return samples, transport._spin if kind.endswith("-spin") else transport._loop_spin
 
 
-async def _lane_child(offer: ShmOffer, control: socket.socket, spin_us: float) -> None:
+async def _lane_child(offer: ShmOffer, control: socket.socket, kind: str) -> None:
     loop = asyncio.get_running_loop()
     segment = ShmSegment.open(offer)
     control.sendall(b"A")   # "attached": the parent checks our acknowledgement
     _CHILD_CPU_START[0] = time.process_time()
     control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
     protocol = _Echo()
-    ShmTransport(loop, segment, "client", protocol, control_transport, spin_us=spin_us)
+    ShmTransport(loop, segment, "client", protocol, control_transport, **_lane_options(kind))
     await protocol.lost
 
 
@@ -553,9 +565,8 @@ def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child = None
     try:
-        spin_us = SPIN_US if kind.endswith("-spin") else 0.0
-        child = _spawn({"kind": kind, "offer": _offer_to_json(offer), "fd": theirs.fileno(),
-                        "spin_us": spin_us}, pass_fds=(theirs.fileno(),))
+        child = _spawn({"kind": kind, "offer": _offer_to_json(offer), "fd": theirs.fileno()},
+                       pass_fds=(theirs.fileno(),))
         theirs.close()
         mine.settimeout(10)
         if mine.recv(1) != b"A":
@@ -566,14 +577,14 @@ def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
         cpu_start = time.process_time()
         try:
             samples, spin = loop.run_until_complete(asyncio.wait_for(
-                _lane_parent(segment, mine, spin_us, n, warmup, payload), 60))
+                _lane_parent(segment, mine, kind, n, warmup, payload), 60))
         finally:
             loop.close()
         parent_cpu = time.process_time() - cpu_start
         child_cpu = _stop_child(child)
         child = None
         result = _summary(kind, n, len(payload), same_cpu, samples)
-        if spin_us:
+        if spin.spins:
             result["spin_catch_rate"] = round(spin.catches / max(1, spin.spins), 3)
         return _with_cpu(result, parent_cpu, child_cpu, n + warmup)
     finally:
@@ -612,7 +623,7 @@ def _child_run(args: dict[str, Any]) -> None:
         loop = _new_loop(kind)
         try:
             loop.run_until_complete(
-                _lane_child(_offer_from_json(args["offer"]), control, args["spin_us"])
+                _lane_child(_offer_from_json(args["offer"]), control, kind)
             )
         finally:
             loop.close()

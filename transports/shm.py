@@ -38,6 +38,13 @@ side by side, the default cost 20-50% less CPU per round trip, had the lower p99
 was as fast or faster on one CPU, while on two it was faster in some rounds and slower
 in others (docs/shm-lane.md, "Wake-up strategy").
 
+On top of that, after a write (a request, a response) the loop itself polls the inbound
+ring for the answer, for up to ``loop_spin_us`` (100 us by default), with its
+``reader_waiting`` flag lowered, in 10 us slices between which other callbacks run; a
+catch costs no wake-up at all on either side, a miss raises the flag and re-checks (the
+same Dekker order) before sleeping. :class:`AdaptiveSpin` turns it off while it does not
+pay (one CPU, a slow peer); nothing spins without a write, so idle costs nothing.
+
 Only x86-64 Linux is supported: the rings rely on its store order (see
 :mod:`transports._ring`); elsewhere :class:`ShmUnavailable` tells the caller to stay on
 the Unix socket.
@@ -97,6 +104,10 @@ Side = Literal["server", "client"]
 DEFAULT_RING_CAPACITY = 1 << 20    # per direction; a 16 MiB message streams in 16 pieces
 IDLE_WAIT_SECONDS = 1.0            # a sleeping waiter re-checks its connection this often
 DEFAULT_SPIN_US = 50.0             # AdaptiveSpin's budget, when a transport spins at all
+DEFAULT_LOOP_SPIN_US = 100.0       # the loop's poll for an answer after a write (0: off)
+LOOP_SPIN_MAX_PROBE_GAP = 256      # backed off, the loop still spins after every 256th write
+LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
+_PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
 _NAME_PATTERN = re.compile(r"/lanerpc-[0-9a-f]{32,64}")
 NONCE_SIZE = 32
@@ -511,13 +522,20 @@ class AdaptiveSpin:
         "_score",
         "_skip",
         "_probe_gap",
+        "_max_probe_gap",
         "spins",
         "catches",
         "skipped",
     )
 
-    def __init__(self, max_spin_us: float = DEFAULT_SPIN_US, min_catch_rate: float = 0.3) -> None:
+    def __init__(
+        self,
+        max_spin_us: float = DEFAULT_SPIN_US,
+        min_catch_rate: float = 0.3,
+        max_probe_gap: int = 1024,
+    ) -> None:
         self.max_spin_ns = int(max_spin_us * 1000)
+        self._max_probe_gap = max(1, max_probe_gap)
         self.min_catch_rate = min_catch_rate
         self._score = 0.5      # start undecided: four misses in a row turn spinning off
         self._skip = 0
@@ -526,13 +544,23 @@ class AdaptiveSpin:
         self.catches = 0
         self.skipped = 0
 
-    def spin(self, ready: Callable[[], bool]) -> bool:
-        """Poll ``ready()`` for up to the current budget; True if it became true."""
+    def should_spin(self) -> bool:
+        """Whether this wait should spin at all (False while spinning is backed off).
+
+        A caller that spins by itself (in slices, say) asks this first, then reports
+        the outcome with :meth:`record`.
+        """
         if self.max_spin_ns <= 0:
             return False
         if self._skip:
             self._skip -= 1
             self.skipped += 1
+            return False
+        return True
+
+    def spin(self, ready: Callable[[], bool]) -> bool:
+        """Poll ``ready()`` for up to the current budget; True if it became true."""
+        if not self.should_spin():
             return False
         clock = time.perf_counter_ns
         deadline = clock() + self.max_spin_ns
@@ -544,10 +572,11 @@ class AdaptiveSpin:
                 break
             if clock() >= deadline:
                 break
-        self._record(caught)
+        self.record(caught)
         return caught
 
-    def _record(self, caught: bool) -> None:
+    def record(self, caught: bool) -> None:
+        """Count one spin that caught something (or not) and adapt."""
         self.spins += 1
         self._score = self._score * 0.875 + (0.125 if caught else 0.0)
         if caught:
@@ -555,7 +584,7 @@ class AdaptiveSpin:
             self._probe_gap = 1
         elif self._score < self.min_catch_rate:
             self._skip = self._probe_gap
-            self._probe_gap = min(self._probe_gap * 2, 1024)
+            self._probe_gap = min(self._probe_gap * 2, self._max_probe_gap)
 
 
 class _ControlChannelWatch(asyncio.Protocol):
@@ -594,7 +623,9 @@ class ShmTransport(asyncio.Transport):
     ``reader_waiting`` flag itself when it has drained the inbound ring, and
     ``writer_waiting`` when the outbound ring is full. With ``spin_us > 0`` the loop
     hands the watch to the waiter instead, which spins up to that long (adaptively)
-    before it raises the flag and blocks.
+    before it raises the flag and blocks. ``loop_spin_us`` (bell-waiter mode only; 0
+    turns it off) is how long the loop polls the inbound ring for an answer right after
+    a write before it goes back to sleeping on the doorbell.
 
     ``high_water``/``low_water`` bound the transport's own buffer (bytes that did not
     fit in the ring), as ``set_write_buffer_limits`` does.
@@ -611,6 +642,7 @@ class ShmTransport(asyncio.Transport):
         high_water: int = 64 * 1024,
         low_water: int | None = None,
         spin_us: float = 0.0,
+        loop_spin_us: float = DEFAULT_LOOP_SPIN_US,
     ) -> None:
         segment._check_owner()
         if side != segment.side:
@@ -654,6 +686,15 @@ class ShmTransport(asyncio.Transport):
         self._rearm = threading.Lock()
         self._rearm.acquire()
         self._waiter_armed = False
+        # loop_spin_us > 0 (bell-waiter mode only): after a write, the loop itself polls
+        # the inbound ring for an answer, with reader_waiting lowered, in slices of
+        # LOOP_SPIN_SLICE_US between which other callbacks run (`_loop_spin_slice`).
+        self._loop_spin_slice_ns = int(LOOP_SPIN_SLICE_US * 1000)
+        self._loop_spin = AdaptiveSpin(0.0 if self._handoff else loop_spin_us,
+                                       max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
+        self._loop_spin_ns = self._loop_spin.max_spin_ns
+        self._spinning = False        # a _loop_spin callback is queued
+        self._spin_deadline = 0
 
         self._control = control_transport
         if control_transport is not None:
@@ -699,6 +740,8 @@ class ShmTransport(asyncio.Transport):
         if written < size:
             self._enqueue(data, written)
             self._flush()
+        elif self._loop_spin_ns:
+            self._spin_for_answer()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -805,6 +848,70 @@ class ShmTransport(asyncio.Transport):
             written += more
             self._notify_reader()
         return written
+
+    def _spin_for_answer(self) -> None:
+        """We just wrote (a request, a response): the answer may come back within
+        microseconds. Poll for it on the loop rather than pay two wake-ups (waiter
+        thread, then the loop) for it. Nothing is spun without a write before it."""
+        if self._spinning:
+            # Already polling: the budget counts from the latest write.
+            self._spin_deadline = time.perf_counter_ns() + self._loop_spin_ns
+            return
+        if self._reading_paused or self._closing or self._inbound.has_data():
+            return   # nothing to wait for, or it is here already (a wake-up is due)
+        if not self._loop_spin.should_spin():
+            return   # spinning has not paid lately: sleep on the doorbell
+        self._spinning = True
+        self._spin_deadline = time.perf_counter_ns() + self._loop_spin_ns
+        # While we poll, the peer need not ring our bell: a post would only wake our
+        # waiter thread for nothing. (A post already on its way is a spurious wake-up.)
+        self._inbound.reader_waiting = False
+        # Not from inside write(): the caller may have more to do, and data_received
+        # must not run re-entrantly.
+        self._loop.call_soon(self._loop_spin_slice)
+
+    def _loop_spin_slice(self) -> None:
+        """Poll the inbound ring for one slice; then deliver, go on later, or sleep."""
+        if self._finished:
+            self._spinning = False
+            return
+        if self._closing or self._reading_paused:
+            self._spinning = False
+            self._on_wake()   # it knows what to do in those states
+            return
+        has_data = self._inbound.has_data
+        clock = time.perf_counter_ns
+        deadline = self._spin_deadline
+        now = clock()
+        slice_end = min(deadline, now + self._loop_spin_slice_ns)
+        caught = True
+        while True:
+            # Several polls per clock read: a poll is ~0.1 us, a clock read as much.
+            if has_data() or has_data() or has_data() or has_data():
+                break
+            before, now = now, clock()
+            if now - before > _PREEMPTED_NS:
+                # We were off the CPU: the peer (or something else) needed this one
+                # more than we needed to poll. Spinning does not pay here.
+                caught = False
+                break
+            if now >= slice_end:
+                if self._segment._is_closed(self._peer_side):
+                    break
+                if now < self._spin_deadline:
+                    # Let the loop run what else is ready (timers, other
+                    # connections), then poll on.
+                    self._loop.call_soon(self._loop_spin_slice)
+                    return
+                caught = False
+                break
+        self._spinning = False
+        self._loop_spin.record(caught)
+        if caught or has_data():
+            self._on_wake()
+        else:
+            # Nothing came: sleep on the doorbell (raise the flag, then re-check).
+            self._go_idle()
 
     def _notify_reader(self) -> None:
         self._fence()   # the published head must be visible before we read the flag
@@ -935,6 +1042,8 @@ class ShmTransport(asyncio.Transport):
             return
         if self._reading_paused:
             return   # we want no data; resume_reading() looks at the ring itself
+        if self._spinning:
+            return   # the loop is polling the ring; it goes idle itself when it stops
         ring = self._inbound
         ring.reader_waiting = True
         self._fence()   # our flag must be visible before we look at the ring again

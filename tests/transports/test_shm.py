@@ -137,6 +137,7 @@ async def open_pair(
     capacity: int = SMALL_RING,
     *,
     spin_us: float = 0.0,
+    loop_spin_us: float | None = None,
     controls: tuple[asyncio.BaseTransport | None, asyncio.BaseTransport | None] | None = None,
     before_client_opens: Callable[[ShmOffer], None] | None = None,
 ) -> tuple[ShmTransport, ShmTransport]:
@@ -151,11 +152,12 @@ async def open_pair(
         segment.close()
         raise
     server_control, client_control = controls or (None, None)
+    extra = {} if loop_spin_us is None else {"loop_spin_us": loop_spin_us}
     server_transport = ShmTransport(
-        loop, segment, "server", server, server_control, spin_us=spin_us
+        loop, segment, "server", server, server_control, spin_us=spin_us, **extra
     )
     client_transport = ShmTransport(
-        loop, client_segment, "client", client, client_control, spin_us=spin_us
+        loop, client_segment, "client", client, client_control, spin_us=spin_us, **extra
     )
     await within(asyncio.gather(server.made, client.made))
     return server_transport, client_transport
@@ -628,3 +630,125 @@ def test_exported_members_are_a_sorted_tuple_of_real_names() -> None:
         assert list(module.__all__) == sorted(module.__all__)
         for name in module.__all__:
             assert hasattr(module, name), name
+
+
+# -- the loop's spin after a write ---------------------------------------------------
+
+
+class SlowEcho(Peer):
+    """Echoes each message after a random delay (0 to a few hundred microseconds, or a
+    few milliseconds), so the other side's spin sometimes catches the answer and
+    sometimes gives up and sleeps on its doorbell."""
+
+    def __init__(self, rng: Any) -> None:
+        super().__init__()
+        self.rng = rng
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        loop = asyncio.get_running_loop()
+        pick = self.rng.random()
+        delay = 0.0 if pick < 0.4 else self.rng.uniform(0, 0.0003) if pick < 0.8 else (
+            self.rng.uniform(0.0005, 0.003))
+        assert self.transport is not None
+        if delay == 0.0:
+            self.transport.write(data)
+        else:
+            loop.call_later(delay, self.transport.write, data)
+
+
+async def test_loop_spin_catches_a_quick_answer() -> None:
+    server, client = Peer(echo=True), Peer()
+    _, client_transport = await open_pair(server, client, loop_spin_us=100_000.0)
+    sent = bytearray()
+    for i in range(50):
+        message = bytes([i]) * 10
+        sent += message
+        client_transport.write(message)
+        await client.received(len(sent))
+    spin = client_transport._loop_spin
+    # Both transports share this loop: the echo runs between the spin's slices and
+    # the spin delivers it, without the waiter thread. (A spin that lost the CPU to
+    # another process counts as a miss, so not all 50 on a busy machine.)
+    assert spin.catches >= 40
+    assert bytes(client.data) == bytes(sent)
+    await close_pair(client, server)
+
+
+async def test_loop_spin_that_gives_up_loses_no_wake_up() -> None:
+    import random
+
+    rng = random.Random(1234)
+    server = SlowEcho(rng)
+    client = Peer()
+    # A short budget, so many spins give up: the Dekker re-check must hand over to
+    # the waiter every time (a lost wake-up would stall past the 5 s limit: the
+    # waiter's safety-net timeout is 60 s in these tests).
+    _, client_transport = await open_pair(server, client, loop_spin_us=50.0)
+    expected = bytearray()
+    for i in range(400):
+        message = i.to_bytes(4, "little") * (1 + i % 7)
+        expected += message
+        client_transport.write(message)
+        await client.received(len(expected))
+    assert bytes(client.data) == bytes(expected)
+    spin = client_transport._loop_spin
+    assert spin.spins > 0
+    assert spin.spins + spin.skipped >= 300   # one decision per write that waited
+    await close_pair(client, server)
+
+
+async def test_loop_spin_off_means_the_waiter_does_everything() -> None:
+    server, client = Peer(echo=True), Peer()
+    _, client_transport = await open_pair(server, client, loop_spin_us=0.0)
+    client_transport.write(b"ping")
+    assert await client.received(4) == b"ping"
+    assert client_transport._loop_spin.spins == 0
+    await close_pair(client, server)
+
+
+async def test_loop_spin_backs_off_when_it_never_catches() -> None:
+    server, client = Peer(), Peer()   # the server never answers
+    _, client_transport = await open_pair(server, client, loop_spin_us=200.0)
+    for i in range(200):
+        client_transport.write(b"x")
+        await asyncio.sleep(0.0005)
+    spin = client_transport._loop_spin
+    assert spin.catches == 0
+    assert spin.spins < 40 and spin.skipped > 150
+    await server.received(200)
+    await close_pair(client, server)
+
+
+async def test_idle_after_writes_uses_no_cpu_with_loop_spin() -> None:
+    server, client = Peer(echo=True), Peer()
+    _, client_transport = await open_pair(server, client, loop_spin_us=500.0)
+    for _ in range(20):
+        client_transport.write(b"warm")
+        await asyncio.sleep(0.001)
+    await client.received(80)
+    await asyncio.sleep(0.05)
+    start = time.process_time()
+    await asyncio.sleep(1.2)   # nothing written: nothing spun
+    assert time.process_time() - start < 0.05
+    await close_pair(client, server)
+
+
+async def test_close_and_pause_during_a_loop_spin() -> None:
+    server, client = Peer(), Peer()
+    server_transport, client_transport = await open_pair(server, client, loop_spin_us=100_000.0)
+    client_transport.write(b"a")
+    await asyncio.sleep(0)          # the spin is under way
+    client_transport.pause_reading()
+    await asyncio.sleep(0.01)       # it noticed and stopped
+    assert not client_transport._spinning
+    server_transport.write(b"b")    # held back while paused
+    await asyncio.sleep(0.01)
+    assert bytes(client.data) == b""
+    client_transport.resume_reading()
+    assert await client.received(1) == b"b"
+    client_transport.write(b"c")
+    await asyncio.sleep(0)
+    client_transport.close()        # mid-spin
+    assert await within(client.lost) is None
+    assert await within(server.lost) is None
