@@ -5,10 +5,12 @@ shared segment, POSIX semaphores); this file only adapts it to the bench's regis
 It is a self-measuring subject (see tools/_bench_core.py): ``run_floor`` starts its own
 child process, because both sides must map the same segment.
 
-Kind: "thread" — each side runs an event loop and a waiter thread that blocks on the
-semaphore and wakes the loop with call_soon_threadsafe. That is what the shm lane does,
-so it is the floor the lane is compared with; "uvloop-thread" when uvloop is importable,
-as every other subject then runs on uvloop too.
+Kind "lane": each side runs an event loop over the lane's own ShmTransport and echoes
+bytes with no RPC layer: the same wake-up strategy as the lane (a spin in the loop after
+a write, else a waiter thread that blocks on the semaphore and wakes the loop), so it is
+the floor the lane is compared with; "uvloop-lane" when uvloop is importable, as every
+other subject then runs on uvloop too. floor-shm-block and floor-shm-spin are the bare
+two-process ping-pongs with no event loop at all.
 
 It measures unary round trips only (p50/p99); the other figures show as "-".
 """
@@ -20,7 +22,7 @@ import importlib.util
 
 from _bench_core import Config, Subject, register
 
-KIND = "uvloop-thread" if importlib.util.find_spec("uvloop") is not None else "thread"
+KIND = "uvloop-lane" if importlib.util.find_spec("uvloop") is not None else "lane"
 
 
 def _measure_kind(kind: str):
