@@ -209,9 +209,8 @@ class _Call:
             return
         try:
             sid = conn.start_request(self._method, timeout, self._metadata,
-                                     end_stream=self._unary_request and first is None)
-            if first is not None:
-                conn.send_message(sid, first, end_stream=True)
+                                     end_stream=self._unary_request and first is None,
+                                     message=first)
         except c.ConnectionClosed as exc:
             self._on_end(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), True)
             return

@@ -24,6 +24,7 @@ from rpc._wire import (
     FLAG_END_STREAM,
     FLAG_MORE,
     FLAG_NO_MESSAGE,
+    FLAG_WITH_MESSAGE,
     FLAG_NOT_STARTED,
     GOAWAY,
     HEADERS,
@@ -323,7 +324,7 @@ class Connection:
 
     @property
     def has_data_to_send(self) -> bool:
-        return bool(self._out) or self._recv_window_pending > 0
+        return bool(self._out) or self._recv_window_pending >= self.limits.connection_window // 4
 
     def _send_hello(self, versions: list[int]) -> None:
         hello = handshake_pb2.Hello()
@@ -355,7 +356,7 @@ class Connection:
                 elif ftype == HEADERS:
                     self._on_headers(flags, sid, payload, events)
                 elif ftype == TRAILERS:
-                    self._on_trailers(sid, payload, events)
+                    self._on_trailers(flags, sid, payload, events)
                 elif ftype == WINDOW_UPDATE:
                     self._on_window_update(sid, payload, events)
                 elif ftype == HELLO:
@@ -425,12 +426,21 @@ class Connection:
 
     def _on_headers(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
         self._require_handshake()
+        message = None
+        if flags & FLAG_WITH_MESSAGE:
+            if self.role is Role.CLIENT:
+                raise ProtocolError("HEADERS with a message from the server")
+            message, payload = _wire.split_message(payload)
+            # The message goes through _on_message below, which then ends the input.
+            end_after_message = bool(flags & FLAG_END_STREAM)
+            flags &= ~FLAG_END_STREAM
         if len(payload) > self.limits.max_metadata_size + 512:
             # The request can't be parsed for a reply; refuse the stream only.
             if self.role is Role.SERVER and sid > self._last_peer_stream:
                 self._last_peer_stream = sid
                 self._emit(_wire.frame(TRAILERS, 0, sid, _wire.encode_trailers(
                     RESOURCE_EXHAUSTED, "request metadata larger than the limit", None)))
+                self._discard_message(message)
                 return
         if self.role is Role.SERVER:
             if sid <= self._last_peer_stream or sid == 0:
@@ -440,10 +450,12 @@ class Connection:
             if self.goaway_sent:
                 self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
                     UNAVAILABLE, "server is shutting down")))
+                self._discard_message(message)
                 return
             if len(self.streams) >= self.limits.max_concurrent_streams:
                 self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
                     RESOURCE_EXHAUSTED, "too many concurrent streams on this connection")))
+                self._discard_message(message)
                 return
             stream = _Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
             stream.headers_received = True
@@ -453,6 +465,8 @@ class Connection:
             self.streams[sid] = stream
             events.append(RequestReceived(
                 sid, method, timeout_us / 1e6 if timeout_us else None, metadata, end))
+            if message is not None:
+                self._on_message(FLAG_END_STREAM if end_after_message else 0, sid, message, events)
         else:
             stream = self.streams.get(sid)
             if stream is None:
@@ -471,6 +485,14 @@ class Connection:
                 events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
                 return
             events.append(InitialMetadataReceived(sid, metadata))
+
+    def _discard_message(self, message: bytes | None) -> None:
+        """A message that came with a refused request still used connection window."""
+        if message:
+            if len(message) > self._recv_window:
+                raise ProtocolError("peer overran the connection's flow-control window")
+            self._recv_window -= len(message)
+            self._recv_window_pending += len(message)
 
     def _check_known(self, sid: int) -> None:
         """A frame for a stream we don't hold: fine if it was closed (frames
@@ -562,10 +584,13 @@ class Connection:
         if stream.state is StreamState.CLOSED:
             self._drop(stream)
 
-    def _on_trailers(self, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_trailers(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
         self._require_handshake()
         if self.role is Role.SERVER:
             raise ProtocolError("TRAILERS from a client")
+        if flags & FLAG_WITH_MESSAGE:
+            message, payload = _wire.split_message(payload)
+            self._on_message(0, sid, message, events)   # may end the stream (too large)
         stream = self.streams.get(sid)
         if stream is None:
             self._check_known(sid)
@@ -732,8 +757,10 @@ class Connection:
         if not self.handshake_done:
             raise RuntimeError("handshake not done")
 
-    def start_request(self, method: str, timeout: float | None, metadata, *, end_stream: bool = False) -> int:
-        """Client: open a stream. Returns its id."""
+    def start_request(self, method: str, timeout: float | None, metadata, *, end_stream: bool = False,
+                      message: bytes | None = None) -> int:
+        """Client: open a stream. Returns its id. With ``message``: the whole
+        request of a unary call, which also ends the input (one frame when it fits)."""
         self._check_can_send()
         if self.goaway_received is not None:
             raise ConnectionClosed("server sent GOAWAY")
@@ -754,9 +781,23 @@ class Connection:
             raise MetadataTooLarge(f"request headers of {len(payload)} bytes don't fit a frame")
         stream = _Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
         stream.headers_sent = True
+        self.streams[sid] = stream
+        if message is not None:
+            size = len(message)
+            if (size + len(payload) + 4 <= self.peer.max_frame_size  # type: ignore[union-attr]
+                    and size <= stream.send_window and size <= self.send_window):
+                stream.send_window -= size
+                self.send_window -= size
+                stream.state = StreamState.HALF_CLOSED_LOCAL
+                self._emit(_pack_header(len(payload) + 4 + size, HEADERS,
+                                        FLAG_END_STREAM | FLAG_WITH_MESSAGE, sid)
+                           + _wire.pack_u32(size) + message + payload)
+                return sid
+            self._emit(_pack_header(len(payload), HEADERS, 0, sid) + payload)
+            self.send_message(sid, message, end_stream=True)
+            return sid
         if end_stream:
             stream.state = StreamState.HALF_CLOSED_LOCAL
-        self.streams[sid] = stream
         self._emit(_pack_header(len(payload), HEADERS, FLAG_END_STREAM if end_stream else 0, sid) + payload)
         return sid
 
@@ -856,13 +897,27 @@ class Connection:
         stream.state = transition(stream.state, StreamInput.SEND_END)
         self._emit(_pack_header(0, MESSAGE, FLAG_END_STREAM | FLAG_NO_MESSAGE, stream_id))
 
-    def end_stream(self, stream_id: int, code: int, details: str = "", metadata=None) -> None:
-        """Server: send the final status and close the stream. Trailers the client
-        would refuse become RESOURCE_EXHAUSTED (long details are cut instead)."""
+    def end_stream(self, stream_id: int, code: int, details: str = "", metadata=None,
+                   message: bytes | None = None) -> None:
+        """Server: send the final status and close the stream; with ``message``, the
+        unary response goes first (in the same frame when it fits). Trailers the
+        client would refuse become RESOURCE_EXHAUSTED (long details are cut instead)."""
         stream = self.streams.get(stream_id)
         if stream is None:
             return
         payload = self._fitting_trailers(code, details, metadata)
+        if message is not None:
+            size = len(message)
+            if (not stream.outbox and size + len(payload) + 4 <= self.peer.max_frame_size  # type: ignore[union-attr]
+                    and size <= stream.send_window and size <= self.send_window):
+                stream.state = transition(stream.state, StreamInput.SEND_MESSAGE)
+                stream.send_window -= size
+                self.send_window -= size
+                self._emit(_pack_header(len(payload) + 4 + size, TRAILERS, FLAG_WITH_MESSAGE, stream_id)
+                           + _wire.pack_u32(size) + message + payload)
+                self._drop(stream)
+                return
+            self.send_message(stream_id, message)
         if not stream.outbox:
             self._emit(_pack_header(len(payload), TRAILERS, 0, stream_id) + payload)
             self._drop(stream)

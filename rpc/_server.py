@@ -397,8 +397,8 @@ class ServicerContext(aio.ServicerContext):
             self._end_with(_C.RESOURCE_EXHAUSTED.value[0],
                            f"Sent message larger than max ({len(data)} vs. {limit})")
             return
-        conn.send_message(self._sid, data)
-        self._end_ok()
+        code = self._code if self._code is not None else _OK
+        self._end_with(code, self._details or "", self._trailing, data)
 
     def _send_initial(self, conn: c.Connection) -> None:
         # Empty initial metadata needs no frame: the first MESSAGE (or the
@@ -415,7 +415,8 @@ class ServicerContext(aio.ServicerContext):
         code = self._code if self._code is not None else _OK
         self._end_with(code, self._details or "", self._trailing)
 
-    def _end_with(self, code: int, details: str, trailing: tuple = ()) -> None:
+    def _end_with(self, code: int, details: str, trailing: tuple = (), message: bytes | None = None) -> None:
+        """Send the final status (after ``message``, a unary response) and end the call."""
         if self._ended:
             return
         self._ended = True
@@ -424,7 +425,7 @@ class ServicerContext(aio.ServicerContext):
             self._timer = None
         link = self._link
         link.ping_strikes = 0
-        link.conn.end_stream(self._sid, code, details, trailing)
+        link.conn.end_stream(self._sid, code, details, trailing, message)
         calls = link.calls
         calls.pop(self._sid, None)
         if calls:

@@ -49,6 +49,8 @@ class FrameType(enum.IntEnum):
 FLAG_END_STREAM = 0x01   # HEADERS, MESSAGE from the client: no more messages follow
 FLAG_MORE = 0x02         # MESSAGE: more chunks of this message follow
 FLAG_NO_MESSAGE = 0x04   # MESSAGE: carries no message, only END_STREAM (a bare half-close)
+FLAG_WITH_MESSAGE = 0x08  # HEADERS (client) / TRAILERS (server): a whole message rides along,
+                          # first in the payload as u32 length + bytes (one frame per unary leg)
 FLAG_ACK = 0x01          # PING: this is the answer
 FLAG_NOT_STARTED = 0x01  # CANCEL from the server: the call never reached a handler
 
@@ -191,6 +193,16 @@ def decode_request_headers(payload: bytes) -> tuple[str, int, tuple]:
     return method, timeout_us, metadata
 
 
+def split_message(payload: bytes) -> tuple[bytes, bytes]:
+    """A WITH_MESSAGE payload -> (the message, the headers or trailers after it)."""
+    if len(payload) < 4:
+        raise ProtocolError("frame with a message too short for its length")
+    (size,) = _U32.unpack_from(payload, 0)
+    if size > len(payload) - 4:
+        raise ProtocolError("message length beyond the frame")
+    return payload[4:4 + size], payload[4 + size:]
+
+
 def encode_trailers(code: int, details: str, metadata: Metadata | None) -> bytes:
     db = details.encode("utf-8") if details else b""
     return _TRAILER_HEAD.pack(code, len(db)) + db + encode_metadata(metadata)
@@ -250,6 +262,9 @@ def decode_lane(payload: bytes) -> str:
     if lane not in LANES_SWITCHABLE:
         raise ProtocolError(f"LANE frame names an unknown lane {payload[:16]!r}")
     return lane
+
+
+pack_u32 = _U32.pack
 
 
 def encode_window_update(increment: int) -> bytes:
