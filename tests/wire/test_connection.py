@@ -32,8 +32,8 @@ from rpc._connection import (
     StreamWritable,
 )
 from rpc._proto import handshake_pb2
-from rpc._wire import GoAwayCode, ProtocolError
-from tests.wire.helpers import CLIENT, SERVER, ConnectionPair, drain_frames, events_of
+from rpc._wire import FrameDecoder, GoAwayCode, ProtocolError
+from tests.wire.helpers import CLIENT, SERVER, ConnectionPair, WireFrame, drain_frames, events_of
 
 OK, CANCELLED, RESOURCE_EXHAUSTED, UNAVAILABLE = 0, 1, 8, 14
 KIB = 1024
@@ -927,3 +927,65 @@ def test_ping_with_a_bad_payload_is_refused_locally():
         pair.client.ping(b"abc")
     pair.pump()
     _second_call_works(pair)
+
+
+# ------------------------------------------------------------------ one frame per unary leg
+
+def test_unary_request_and_response_each_travel_in_one_frame():
+    pair = ConnectionPair()
+    pair.handshake()
+    sid = pair.client.start_request("/svc/M", None, [("k", "v")], message=b"request")
+    request = pair.take(CLIENT)
+    assert [(f.type, f.flags) for f in _frames_of(request)] == [
+        (_wire.HEADERS, _wire.FLAG_END_STREAM | _wire.FLAG_WITH_MESSAGE)]
+    events = pair.feed(SERVER, request)
+    assert [type(e) for e in events] == [RequestReceived, MessageReceived]
+    assert events[0].metadata == (("k", "v"),) and events[1].data == b"request"
+    assert events[1].end_stream
+    pair.server.end_stream(sid, OK, "", [("t", "x")], b"response")
+    response = pair.take(SERVER)
+    assert [(f.type, f.flags) for f in _frames_of(response)] == [(_wire.TRAILERS, _wire.FLAG_WITH_MESSAGE)]
+    events = pair.feed(CLIENT, response)
+    assert [type(e) for e in events] == [MessageReceived, StreamEnded]
+    assert events[0].data == b"response"
+    assert (events[1].code, events[1].metadata) == (OK, (("t", "x"),))
+
+
+def _frames_of(data: bytes) -> list:
+    decoder = FrameDecoder(_wire.MAX_FRAME_SIZE_LIMIT, expect_magic=False)
+    decoder.feed(data)
+    return [WireFrame(*f) for f in decoder.frames()]
+
+
+def test_unary_message_too_big_for_one_frame_goes_separately():
+    pair = ConnectionPair()
+    pair.handshake()
+    big = b"b" * (_wire.DEFAULT_MAX_FRAME_SIZE + 10)
+    sid = pair.client.start_request("/svc/M", None, None, message=big)
+    _, server_events = pair.pump()
+    assert b"".join(e.data for e in events_of(server_events, MessageReceived)) == big
+    pair.server.end_stream(sid, OK, "", None, big)
+    client_events, _ = pair.pump()
+    assert b"".join(e.data for e in events_of(client_events, MessageReceived)) == big
+    assert [e.code for e in events_of(client_events, StreamEnded)] == [OK]
+
+
+def test_message_with_headers_is_counted_against_the_windows():
+    window = 4 * KIB
+    server = Connection(SERVER, Limits(stream_window=window, connection_window=window))
+    server.receive_data(_wire.MAGIC + _hello())
+    headers = _wire.encode_request_headers("/svc/M", 0, None)
+    body = b"z" * (window + 1)
+    frame = _wire.frame(_wire.HEADERS, _wire.FLAG_END_STREAM | _wire.FLAG_WITH_MESSAGE, 1,
+                        _wire.pack_u32(len(body)) + body + headers)
+    with pytest.raises(ProtocolError, match="window"):
+        server.receive_data(frame)
+
+
+def test_message_length_lying_beyond_the_frame_is_refused():
+    server = Connection(SERVER)
+    server.receive_data(_wire.MAGIC + _hello())
+    frame = _wire.frame(_wire.HEADERS, _wire.FLAG_END_STREAM | _wire.FLAG_WITH_MESSAGE, 1,
+                        _wire.pack_u32(2**32 - 1) + b"xx")
+    with pytest.raises(ProtocolError, match="beyond the frame"):
+        server.receive_data(frame)
