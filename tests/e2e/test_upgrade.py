@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import stat
 import subprocess
+import tempfile
 
 import pytest
 
@@ -159,17 +161,30 @@ async def test_stale_upgrade_directory_of_a_killed_server_is_swept(tmp_path, mon
 
 # ------------------------------------------------------------------ namespaces
 
-def _private_tmp(*argv: str) -> list[str]:
-    """argv run in a new mount namespace with its own /tmp and /dev/shm."""
-    script = ("mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && exec \"$@\"")
+@pytest.fixture
+def private_runtime_dir(monkeypatch):
+    """The server's runtime dir (where its upgrade socket lives), which the
+    namespaced client sees replaced by an empty tmpfs: what a container with its
+    own /tmp sees. (Not all of /tmp: the checkout and .venv may live there.)"""
+    directory = tempfile.mkdtemp(prefix="lrns-")
+    monkeypatch.setenv("LANERPC_RUNTIME_DIR", directory)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _private_tmp(runtime_dir: str, *argv: str) -> list[str]:
+    """argv in a new mount namespace with its own runtime dir and /dev/shm."""
+    script = (f"mount -t tmpfs tmpfs {runtime_dir} && mount -t tmpfs tmpfs /dev/shm && "
+              "exec \"$@\"")
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
 
 
-async def test_client_in_private_mount_namespace_stays_on_tcp():
+async def test_client_in_private_mount_namespace_stays_on_tcp(private_runtime_dir):
     need_root_and("unshare")
     server, port, greeter = await start_server()
     try:
         rc, out, err = await run_child(*_private_tmp(
+            private_runtime_dir,
             PYTHON, "-m", "tests.e2e._ns_client", f"127.0.0.1:{port}", "--calls", "10"))
         assert rc == 0, err
         result = last_json(out)
@@ -182,13 +197,14 @@ async def test_client_in_private_mount_namespace_stays_on_tcp():
 
 
 @pytest.mark.parametrize("kind", ["lanerpc", "silent"])
-async def test_decoy_at_the_advertised_path_is_never_used(kind):
+async def test_decoy_at_the_advertised_path_is_never_used(kind, private_runtime_dir):
     """Another process listening at the advertised path, unable to answer the
     challenge (a lanerpc server of its own, or one that never answers)."""
     need_root_and("unshare")
     server, port, greeter = await start_server()
     try:
         rc, out, err = await run_child(*_private_tmp(
+            private_runtime_dir,
             PYTHON, "-m", "tests.e2e._ns_client", f"127.0.0.1:{port}", "--calls", "10",
             "--decoy", server.upgrade_path, "--decoy-kind", kind))
         assert rc == 0, err
