@@ -164,27 +164,46 @@ class Link(asyncio.Protocol):
         self._write_pieces(data)
 
     def _write_pieces(self, data: list) -> None:
+        """Hand ``data`` to the transport about _BIG_WRITE bytes at a time (small
+        buffers grouped, big ones sliced), stopping while it is paused."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         step = self._BIG_WRITE
+        batch: list = []
+        batched = 0
         for i, buf in enumerate(data):
-            if self._write_paused:
-                self._backlog = data[i:]
-                return
             size = len(buf)
             if size <= step:
-                self.bytes_out += size
-                transport.write(buf)
-                continue
-            view = memoryview(buf)
-            for start in range(0, size, step):
+                batch.append(buf)
+                batched += size
+                if batched < step:
+                    continue
+                pieces, rest = batch, None
+            else:
+                pieces, rest = batch, memoryview(buf)
+            batch, batched = [], 0
+            if pieces:
                 if self._write_paused:
-                    self._backlog = [view[start:], *data[i + 1:]]
+                    self._backlog = pieces + ([rest] if rest is not None else []) + data[i + 1:]
                     return
-                piece = view[start:start + step]
-                self.bytes_out += len(piece)
-                transport.write(piece)
+                joined = b"".join(pieces)     # one copy beats thousands of iovecs
+                self.bytes_out += len(joined)
+                transport.write(joined)
+            if rest is not None:
+                for start in range(0, len(rest), step):
+                    if self._write_paused:
+                        self._backlog = [rest[start:], *data[i + 1:]]
+                        return
+                    piece = rest[start:start + step]
+                    self.bytes_out += len(piece)
+                    transport.write(piece)
+        if batch:
+            if self._write_paused:
+                self._backlog = batch
+                return
+            self.bytes_out += batched
+            transport.write(b"".join(batch))
 
     # ------------------------------------------------------------ lifecycle
 
