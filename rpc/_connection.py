@@ -598,7 +598,7 @@ class Connection:
         code, details, metadata = _wire.decode_trailers(payload)
         stream.state = transition(stream.state, StreamInput.CLOSE)
         self._drop(stream)
-        size = sum(len(k) + len(v) for k, v in metadata)
+        size = sum(len(k) + len(v) for k, v in metadata) if metadata else 0
         if size > self.limits.max_metadata_size:
             events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, (
                 f"CLIENT: trailing metadata of {size} bytes is over the limit of "
@@ -928,6 +928,8 @@ class Connection:
         stream.closing = True
 
     def _fitting_trailers(self, code: int, details: str, metadata) -> bytes:
+        if not details and not metadata:
+            return _wire.bare_trailers(code)      # the usual case: nothing to fit
         peer = self.peer
         block = _wire.encode_metadata(metadata)
         if len(block) > peer.max_metadata_size:  # type: ignore[union-attr]

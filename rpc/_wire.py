@@ -208,7 +208,20 @@ def encode_trailers(code: int, details: str, metadata: Metadata | None) -> bytes
     return _TRAILER_HEAD.pack(code, len(db)) + db + encode_metadata(metadata)
 
 
+_BARE_TRAILERS = tuple(_TRAILER_HEAD.pack(code, 0) + b"\x00\x00" for code in range(17))
+
+
+def bare_trailers(code: int) -> bytes:
+    """Trailers with no details and no metadata (precomputed: most calls end so)."""
+    return _BARE_TRAILERS[code] if 0 <= code <= 16 else encode_trailers(code, "", None)
+
+
 def decode_trailers(payload: bytes) -> tuple[int, str, tuple]:
+    if len(payload) == 10 and payload[4:] == b"\x00\x00\x00\x00\x00\x00":
+        (code,) = _U32.unpack_from(payload, 0)
+        if code > 16:
+            raise ProtocolError(f"status code {code} out of range")
+        return code, "", ()
     if len(payload) < _TRAILER_HEAD.size:
         raise ProtocolError("trailers truncated")
     code, dlen = _TRAILER_HEAD.unpack_from(payload, 0)
