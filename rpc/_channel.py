@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import logging
 import os
 import random
 import weakref
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import grpc
 from grpc import aio
@@ -22,7 +21,7 @@ from grpc import aio
 from rpc import _connection as c
 from rpc import _interceptors, _lanes, _options
 from rpc._link import Link
-from rpc._status import EMPTY_METADATA, rpc_error, status_code, to_metadata, validate_metadata
+from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._target import parse_target
 from rpc._wire import GoAwayCode
 
@@ -711,11 +710,11 @@ class Channel(aio.Channel):
         self._closed = True
         links = [link for link in (self._link, *self._old_links) if link is not None]
         if grace and any(link.calls for link in links):
-            pending = [link.closed for link in links]
+            # As grpc.aio: running calls get ``grace`` seconds, then are cancelled.
             waiters = [asyncio.ensure_future(self._calls_drained(link)) for link in links]
-            done, pending_w = await asyncio.wait(waiters, timeout=grace)
-            for w in pending_w:
-                w.cancel()
+            _, unfinished = await asyncio.wait(waiters, timeout=grace)
+            for waiter in unfinished:
+                waiter.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
         for link in links:

@@ -14,8 +14,7 @@ import inspect
 import logging
 import os
 import socket
-import time
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -23,7 +22,7 @@ from grpc import aio
 from rpc import _connection as c
 from rpc import _lanes, _options, _ports
 from rpc._link import Link
-from rpc._status import status_code, to_metadata, validate_metadata
+from rpc._status import status_code, validate_metadata
 from rpc._wire import GoAwayCode
 
 log = logging.getLogger("lanerpc")

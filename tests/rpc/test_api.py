@@ -3,7 +3,6 @@ the same assertions: plain (threaded) handlers, interceptors, metadata rules."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import grpc
