@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -52,3 +53,14 @@ def need_root_and(*tools: str) -> None:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def runtime_dir(monkeypatch):
+    """Upgrade sockets of this test's servers (children inherit the variable) in a
+    short directory of their own: a socket path has ~107 bytes, and concurrent
+    tests must not see each other's directories."""
+    path = tempfile.mkdtemp(prefix="lr-")
+    monkeypatch.setenv("LANERPC_RUNTIME_DIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -10,8 +10,6 @@ import asyncio
 import gc
 import random
 import resource
-import shutil
-import tempfile
 import time
 
 import grpc
@@ -24,15 +22,6 @@ _C = grpc.StatusCode
 LIMIT = 8
 CALLS = 10_000
 STORMERS = 4
-
-
-@pytest.fixture
-def runtime_dir(monkeypatch):
-    """Upgrade sockets in a short private directory (a socket path has ~107 bytes)."""
-    path = tempfile.mkdtemp(prefix="lrcs-")
-    monkeypatch.setenv("LANERPC_RUNTIME_DIR", path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def msg(payload: bytes) -> echo_pb2.EchoMessage:

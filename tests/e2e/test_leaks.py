@@ -12,13 +12,10 @@ import asyncio
 import gc
 import os
 import random
-import shutil
 import signal
-import tempfile
 import threading
 import time
 
-import pytest
 
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
@@ -88,14 +85,6 @@ async def settle(check, timeout: float = 3.0) -> bool:
 
 def lanerpc_dirs(base: str) -> list[str]:
     return sorted(n for n in os.listdir(base) if n.startswith("lanerpc-"))
-
-
-@pytest.fixture
-def runtime_dir(monkeypatch):
-    path = tempfile.mkdtemp(prefix="lrlk-")
-    monkeypatch.setenv("LANERPC_RUNTIME_DIR", path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def msg(payload: bytes) -> echo_pb2.EchoMessage:

@@ -11,10 +11,8 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
 
 import grpc
@@ -52,16 +50,6 @@ async def within(awaitable, seconds: float):
 
 async def code_of(call, seconds: float) -> grpc.StatusCode:
     return await within(call.code(), seconds)
-
-
-@pytest.fixture
-def runtime_dir(monkeypatch):
-    """Upgrade sockets of this test's servers (children inherit it) in a directory
-    of their own: short enough for a socket path, apart from concurrent tests."""
-    path = tempfile.mkdtemp(prefix="lrlc-")
-    monkeypatch.setenv("LANERPC_RUNTIME_DIR", path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def lane_args(lanes: str | None) -> list[str]:
