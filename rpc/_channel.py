@@ -222,6 +222,8 @@ class _Call:
         calls[sid] = self
         if len(calls) == 1:
             link.flush()          # the only call: don't wait a loop turn
+            if first is not None:
+                link.stay_awake()  # ...nor a CPU's wake-up for its answer
         else:
             link.flush_soon()     # others are in flight: batch with their writes
         opened = self._opened

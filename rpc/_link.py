@@ -16,6 +16,7 @@ from rpc import _connection as c
 from rpc._options import Options
 from rpc._wire import GoAwayCode, ProtocolError
 from transports import PeerInfo, peer_info
+from transports._spin import AdaptiveSpin
 
 log = logging.getLogger("lanerpc")
 
@@ -46,6 +47,10 @@ class Link(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._backlog: list = []      # frames waiting while the transport is paused
+        # Keep-awake after a write on the socket lanes (see _stay_awake).
+        self._awake = AdaptiveSpin(self._AWAKE_US, max_probe_gap=256) if self._AWAKE_US else None
+        self._awake_until = 0.0
+        self._awake_caught = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.calls: dict = {}
@@ -71,6 +76,8 @@ class Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self._awake_until:
+            self._awake_caught = True
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as exc:
@@ -137,6 +144,39 @@ class Link(asyncio.Protocol):
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
         self.flush()
+
+    # ------------------------------------------------------------ staying awake
+
+    # After a write that leaves this side idle but expecting an answer soon, keep
+    # the process on its CPU for up to this long (by letting the loop go round
+    # without blocking): waking a sleeping CPU costs tens of microseconds here,
+    # more than a whole call's work. Only then: while calls are many or streams
+    # flow, blocking lets frames batch. AdaptiveSpin stops it when answers don't
+    # come that fast (or the peer shares our core); the shm transport does the
+    # same with its rings.
+    _AWAKE_US = 50.0
+
+    def stay_awake(self) -> None:
+        """Called after the write that leaves this side waiting for one answer
+        (a lone unary request; a server's last response with nothing else to do)."""
+        awake = self._awake
+        if awake is None or self.lane not in ("tcp", "unix") or not awake.should_spin():
+            return
+        start = not self._awake_until
+        self._awake_until = self.loop.time() + awake.max_spin_ns / 1e9
+        self._awake_caught = False
+        if start:
+            self.loop.call_soon(self._awake_step)
+
+    def _awake_step(self) -> None:
+        if self._awake_caught or self.conn.closed:
+            self._awake_until = 0.0
+            self._awake.record(self._awake_caught)
+        elif self.loop.time() >= self._awake_until:
+            self._awake_until = 0.0
+            self._awake.record(False)
+        else:
+            self.loop.call_soon(self._awake_step)
 
     # Above this many bytes a flush is fed to the transport a piece at a time,
     # stopping while it is paused: handing it megabytes at once makes it copy

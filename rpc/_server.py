@@ -431,6 +431,7 @@ class ServicerContext(aio.ServicerContext):
             link.flush_soon()     # others are in flight: batch with their writes
         else:
             link.flush()          # the only call: don't wait a loop turn
+            link.stay_awake()     # ...nor a CPU's wake-up for the next request
         self._server._stats.call_ended(link.lane or "?", code)
 
     def _complete(self) -> None:

@@ -1,0 +1,110 @@
+"""The socket lanes' keep-awake: after the write of a lone unary call the loop keeps
+polling for the answer for a few tens of microseconds instead of sleeping, and stops
+doing so by itself when answers do not come that fast."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import rpc
+from examples.echo import echo_pb2, echo_pb2_grpc
+from rpc._link import Link
+
+# The budget is widened from its default (tens of µs) so that what is tested is the
+# mechanism, not whether this machine answers within it while other tests run.
+BUDGET_US = 5_000.0
+
+
+@pytest.fixture(autouse=True)
+def wide_budget(monkeypatch):
+    monkeypatch.setattr(Link, "_AWAKE_US", BUDGET_US)
+
+
+class Echo(echo_pb2_grpc.EchoServicer):
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    async def Unary(self, request, context):
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return request
+
+
+UNIX_ONLY = [("lanerpc.lanes", "unix")]   # not switched on to shm, which polls its own way
+
+
+async def serve(tmp_path, delay: float = 0.0):
+    server = rpc.server(options=UNIX_ONLY)
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(delay), server)
+    server.add_insecure_port(f"unix:{tmp_path}/echo.sock")
+    await server.start()
+    return server, f"unix:{tmp_path}/echo.sock"
+
+
+async def calls(stub, n: int) -> None:
+    for i in range(n):
+        reply = await stub.Unary(echo_pb2.EchoMessage(payload=b"%d" % i), timeout=5)
+        assert reply.payload == b"%d" % i
+
+
+async def test_quick_answers_are_caught_awake(tmp_path):
+    server, target = await serve(tmp_path)
+    try:
+        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
+            await calls(echo_pb2_grpc.EchoStub(channel), 50)
+            assert channel.lane == "unix"
+            awake = channel._link._awake
+            # Client and server share this loop, so the answer comes while the
+            # client polls: keep-awake pays and stays on.
+            assert awake.spins >= 45
+            assert awake.catches >= awake.spins - 2
+            assert awake.skipped == 0
+    finally:
+        await server.stop(0)
+
+
+async def test_slow_answers_turn_it_off(tmp_path):
+    server, target = await serve(tmp_path, delay=0.02)
+    try:
+        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
+            await calls(echo_pb2_grpc.EchoStub(channel), 30)
+            awake = channel._link._awake
+            # A 20 ms handler is never caught within the budget: after a few misses
+            # the client only probes now and then.
+            assert awake.catches == 0
+            assert awake.spins < 12
+            assert awake.skipped > 18
+    finally:
+        await server.stop(0)
+
+
+async def test_nothing_spins_once_the_calls_are_done(tmp_path):
+    server, target = await serve(tmp_path)
+    try:
+        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
+            await calls(echo_pb2_grpc.EchoStub(channel), 5)
+            await asyncio.sleep(0.01)
+            assert channel._link._awake_until == 0.0
+            (server_link,) = server._links
+            assert server_link._awake_until == 0.0
+            ready = len(asyncio.get_running_loop()._ready)  # type: ignore[attr-defined]
+            assert ready == 0
+    finally:
+        await server.stop(0)
+
+
+async def test_many_calls_at_once_do_not_spin(tmp_path):
+    server, target = await serve(tmp_path)
+    try:
+        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            await stub.Unary(echo_pb2.EchoMessage(), timeout=5)   # connected
+            before = channel._link._awake.spins
+            await asyncio.gather(*(stub.Unary(echo_pb2.EchoMessage(), timeout=5)
+                                   for _ in range(32)))
+            # Only a call that finds no other in flight keeps the loop awake.
+            assert channel._link._awake.spins - before <= 1
+    finally:
+        await server.stop(0)

@@ -1,0 +1,83 @@
+"""AdaptiveSpin: spins while spinning pays, backs off when it does not, comes back."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transports._spin import AdaptiveSpin
+
+
+def test_a_zero_budget_never_spins() -> None:
+    spin = AdaptiveSpin(0.0)
+    assert not spin.should_spin()
+    assert spin.spin(lambda: True) is False
+    assert spin.spins == 0
+
+
+def test_spin_reports_what_it_caught() -> None:
+    spin = AdaptiveSpin(1_000.0)
+    polls = iter([False, False, True])
+    assert spin.spin(lambda: next(polls)) is True
+    assert (spin.spins, spin.catches) == (1, 1)
+    assert spin.spin(lambda: False) is False     # runs out its 1 ms budget
+    assert (spin.spins, spin.catches) == (2, 1)
+
+
+def skip_runs(spin: AdaptiveSpin, waits: int, caught: bool = False) -> list[int]:
+    """Lengths of the runs of skipped waits between spins, over ``waits`` waits."""
+    runs, run = [], 0
+    for _ in range(waits):
+        if spin.should_spin():
+            if run:
+                runs.append(run)
+            run = 0
+            spin.record(caught)
+        else:
+            run += 1
+    return runs
+
+
+def test_misses_back_off_with_doubling_gaps_up_to_the_cap() -> None:
+    spin = AdaptiveSpin(10.0, max_probe_gap=8)
+    runs = skip_runs(spin, 200)
+    assert runs[:4] == [1, 2, 4, 8]
+    assert set(runs[4:]) == {8}
+    assert spin.catches == 0
+
+
+def test_answers_that_come_keep_it_spinning() -> None:
+    spin = AdaptiveSpin(10.0)
+    assert skip_runs(spin, 200, caught=True) == []
+    assert spin.spins == spin.catches == 200
+
+
+def test_one_catch_brings_probing_back_to_every_wait() -> None:
+    spin = AdaptiveSpin(10.0, max_probe_gap=64)
+    for _ in range(40):                # long run of misses: gaps grown to the cap
+        if spin.should_spin():
+            spin.record(False)
+    while not spin.should_spin():
+        pass
+    spin.record(True)
+    # The gap is back to 1: after one catch the next miss cannot skip more than one wait.
+    spin.record(False)
+    skipped = 0
+    while not spin.should_spin():
+        skipped += 1
+    assert skipped <= 1
+
+
+@given(st.lists(st.booleans(), max_size=300), st.integers(1, 1024))
+def test_skips_never_exceed_the_cap(outcomes: list[bool], cap: int) -> None:
+    spin = AdaptiveSpin(10.0, max_probe_gap=cap)
+    run = 0
+    for caught in outcomes:
+        if spin.should_spin():
+            run = 0
+            spin.record(caught)
+        else:
+            run += 1
+            assert run <= cap
+    assert spin.spins + spin.skipped == len(outcomes)
+    assert spin.catches <= spin.spins
