@@ -12,6 +12,7 @@ what lanerpc adds (``channel.lane``, the ``lanerpc.lanes`` option, ``rpc.serve``
 
 from grpc.aio import AioRpcError, EOF, Metadata
 
+from rpc import _grpc
 from rpc._channel import (
     Channel,
     StreamStreamCall,
@@ -19,6 +20,7 @@ from rpc._channel import (
     UnaryStreamCall,
     UnaryUnaryCall,
 )
+from rpc._grpc import GrpcChannel
 from rpc._serve import serve, serve_async
 from rpc._server import Server, ServicerContext
 from rpc._wire import ProtocolError
@@ -26,9 +28,25 @@ from rpc._wire import ProtocolError
 __version__ = "0.1.0"
 
 
-def insecure_channel(target: str, options=None, compression=None, interceptors=None) -> Channel:
-    """A channel to ``target`` (``host:port``, ``unix:/path``, ``dns:///name:port``, ...)."""
+def insecure_channel(target: str, options=None, compression=None, interceptors=None):
+    """A channel to ``target`` (``host:port``, ``unix:/path``, ``dns:///name:port``, ...).
+
+    ``grpc://target`` or the option ``("lanerpc.protocol", "grpc")`` dials a plain gRPC
+    server instead, through grpcio (a :class:`GrpcChannel`).
+    """
+    plain, rest = _grpc.strip_scheme(target)
+    if plain or _grpc.wants_grpc(options):
+        return _grpc.channel(rest, options, None, compression, interceptors)
     return Channel(target, options, interceptors)
+
+
+def secure_channel(target: str, credentials, options=None, compression=None,
+                   interceptors=None) -> GrpcChannel:
+    """A gRPC-over-TLS channel with grpc's ``credentials``
+    (``grpc.ssl_channel_credentials(...)``), through grpcio: to a lanerpc server's
+    ``add_secure_port`` or any gRPC server. It stays on TCP (see README, TLS)."""
+    return _grpc.channel(_grpc.strip_scheme(target)[1], options, credentials,
+                         compression, interceptors)
 
 
 def server(migration_thread_pool=None, handlers=None, interceptors=None, options=None,
@@ -42,6 +60,7 @@ __all__ = (
     "AioRpcError",
     "Channel",
     "EOF",
+    "GrpcChannel",
     "Metadata",
     "ProtocolError",
     "Server",
@@ -51,6 +70,7 @@ __all__ = (
     "UnaryStreamCall",
     "UnaryUnaryCall",
     "insecure_channel",
+    "secure_channel",
     "serve",
     "serve_async",
     "server",

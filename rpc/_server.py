@@ -20,7 +20,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _lanes, _options, _ports
+from rpc import _grpc, _lanes, _options, _ports
 from rpc._link import Link
 from rpc._status import status_code, validate_metadata
 from rpc._wire import GoAwayCode
@@ -728,6 +728,9 @@ class Server(aio.Server):
         self._executor = migration_thread_pool
         self._generic_handlers: list = list(handlers or ())
         self._registered: dict[str, Any] = {}
+        self._registered_services: dict[str, dict] = {}
+        self._compression = compression
+        self._grpc: _grpc.GrpcPorts | None = None   # grpc:// and secure ports, via grpcio
         self._interceptors = list(interceptors or ())
         for interceptor in self._interceptors:
             if not isinstance(interceptor, aio.ServerInterceptor):
@@ -768,6 +771,7 @@ class Server(aio.Server):
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
         for name, handler in method_handlers.items():
             self._registered[f"/{service_name}/{name}"] = handler
+        self._registered_services.setdefault(service_name, {}).update(method_handlers)
 
     def _find_handler(self, method: str, metadata: tuple):
         handler = self._registered.get(method)
@@ -784,24 +788,42 @@ class Server(aio.Server):
     # ------------------------------------------------------------ ports
 
     def add_insecure_port(self, address: str) -> int:
+        """Bind ``address`` (``host:port``, ``[v6]:port``, ``unix:path``) for lanerpc
+        clients; ``grpc://address`` serves plain gRPC there instead (through grpcio), for
+        gRPC clients in any language. Returns the port, as gRPC does."""
         if self._state != "new":
             raise RuntimeError("ports must be added before start()")
+        plain, rest = _grpc.strip_scheme(address)
+        if plain:
+            return self._grpc_ports().add_insecure_port(rest)
         kind, sockets, port = _ports.bind(
             address, mode=0o666 if self._options.allowed_uids else 0o600)
         self._pending_sockets.extend((kind, s) for s in sockets)
         return port
 
     def add_secure_port(self, address: str, server_credentials) -> int:
-        raise NotImplementedError(
-            "lanerpc serves TLS only through rpc.secure_server_port (not yet available); "
-            "use add_insecure_port")
+        """Serve gRPC over TLS at ``address`` with grpc's ``server_credentials``
+        (``grpc.ssl_server_credentials(...)``), through grpcio: for
+        ``rpc.secure_channel`` and any gRPC client. Returns the port."""
+        if self._state != "new":
+            raise RuntimeError("ports must be added before start()")
+        return self._grpc_ports().add_secure_port(_grpc.strip_scheme(address)[1],
+                                                  server_credentials)
+
+    def _grpc_ports(self) -> _grpc.GrpcPorts:
+        if self._grpc is None:
+            self._grpc = _grpc.GrpcPorts(
+                thread_pool=self._executor, interceptors=self._interceptors,
+                options=self._raw_options, maximum_concurrent_rpcs=self._max_rpcs,
+                compression=self._compression)
+        return self._grpc
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         if self._state != "new":
             raise RuntimeError("server already started")
-        if not self._pending_sockets:
+        if not self._pending_sockets and self._grpc is None:
             raise RuntimeError("add a port before start()")
         self._loop = asyncio.get_running_loop()
         self._terminated = asyncio.Event()
@@ -810,8 +832,11 @@ class Server(aio.Server):
                 max_workers=min(32, (os.cpu_count() or 1) + 4),
                 thread_name_prefix="lanerpc-handler")
             self._own_executor = True
-        await _lanes.start_listening(self, self._pending_sockets)
-        self._pending_sockets = []
+        if self._pending_sockets:
+            await _lanes.start_listening(self, self._pending_sockets)
+            self._pending_sockets = []
+        if self._grpc is not None:
+            await self._grpc.start(self._generic_handlers, self._registered_services)
         self._state = "serving"
 
     def _new_link(self, *, offer: bool = False, upgrade_side: bool = False) -> ServerLink:
@@ -827,8 +852,12 @@ class Server(aio.Server):
             self._state = "stopped"
             for _, sock in self._pending_sockets:
                 sock.close()
+            if self._grpc is not None:
+                await self._grpc.stop(None)   # releases the ports it bound
             return
         loop = asyncio.get_running_loop()
+        grpc_stop = (asyncio.ensure_future(self._grpc.stop(grace))
+                     if self._grpc is not None and self._state != "stopped" else None)
         deadline = loop.time() + (grace or 0)
         if self._stop_deadline is None or deadline < self._stop_deadline:
             self._stop_deadline = deadline
@@ -852,6 +881,8 @@ class Server(aio.Server):
                     continue
             self._cancel_everything()
             await asyncio.shield(self._stopping) if self._stopping.done() else None
+        if grpc_stop is not None:
+            await grpc_stop
         await self._finish_stop()
 
     async def _drain(self) -> None:

@@ -34,7 +34,10 @@ OpenChannel = Callable[[str, Options], Any]
 
 ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 
-DEFAULT_IMPLS: tuple[str, ...] = ("grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm")
+DEFAULT_IMPLS: tuple[str, ...] = (
+    "grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm",
+    "lanerpc-grpc-port", "lanerpc-grpc-dial",
+)
 # Defined and runnable through the environment variable; not yet on by default.
 LATER_IMPLS: tuple[str, ...] = ()
 
@@ -117,6 +120,25 @@ def _lanerpc_channel(lanes: str | None) -> OpenChannel:
     return channel
 
 
+# -- plain gRPC at the edges: a lanerpc server's grpc:// port, a lanerpc grpc:// channel
+
+
+async def _lanerpc_grpc_port_server(servicer: Any, options: Options) -> tuple[Any, str]:
+    import rpc
+
+    server = rpc.server(options=list(options))
+    conformance_pb2_grpc.add_TestServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("grpc://127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def _lanerpc_grpc_dial(target: str, options: Options) -> Any:
+    import rpc
+
+    return rpc.insecure_channel("grpc://" + target, options=list(options))
+
+
 # -- socket files --------------------------------------------------------------------
 # One private directory per test process, short enough for sun_path (108 bytes),
 # removed at exit; one socket name per server.
@@ -151,6 +173,10 @@ ALL_IMPLS: dict[str, Impl] = {
             _lanerpc_channel("shm,unix,tcp"),
             "shm",
         ),
+        # grpc.aio clients served by a lanerpc server's grpc:// port (interop, server side).
+        Impl("lanerpc-grpc-port", _lanerpc_grpc_port_server, _grpc_channel),
+        # A lanerpc channel dialing a plain grpc.aio server (interop, client side).
+        Impl("lanerpc-grpc-dial", _grpc_tcp_server, _lanerpc_grpc_dial, "tcp"),
     )
 }
 

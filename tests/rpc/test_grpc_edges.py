@@ -1,0 +1,208 @@
+"""Plain gRPC at the edges: a lanerpc server's grpc:// and TLS ports serve gRPC clients,
+and a lanerpc channel dials plain gRPC servers (grpc://, the option, secure_channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import grpc
+import pytest
+from grpc import aio
+
+import rpc
+from examples.echo import echo_pb2, echo_pb2_grpc
+
+
+class Echo(echo_pb2_grpc.EchoServicer):
+    async def Unary(self, request, context):
+        if request.payload == b"fail":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "asked to fail")
+        context.set_trailing_metadata((("served-by", type(context).__module__.split(".")[0]),))
+        return request
+
+    async def ServerStream(self, request, context):
+        for i in range(3):
+            yield echo_pb2.EchoMessage(payload=request.payload + b"%d" % i)
+
+    async def ClientStream(self, request_iterator, context):
+        return echo_pb2.EchoMessage(payload=b"".join([r.payload async for r in request_iterator]))
+
+    async def Bidi(self, request_iterator, context):
+        async for request in request_iterator:
+            yield request
+
+
+class Tag(aio.ServerInterceptor):
+    """Counts the calls it sees, on every port."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_service(self, continuation, handler_call_details):
+        self.methods.append(handler_call_details.method)
+        return await continuation(handler_call_details)
+
+
+async def every_call_kind(channel) -> None:
+    stub = echo_pb2_grpc.EchoStub(channel)
+    call = stub.Unary(echo_pb2.EchoMessage(payload=b"hi"), timeout=5)
+    assert (await call).payload == b"hi"
+    got = [r.payload async for r in stub.ServerStream(echo_pb2.EchoMessage(payload=b"s"), timeout=5)]
+    assert got == [b"s0", b"s1", b"s2"]
+    reqs = [echo_pb2.EchoMessage(payload=bytes([97 + i])) for i in range(3)]
+    assert (await stub.ClientStream(iter(reqs), timeout=5)).payload == b"abc"
+    assert [r.payload async for r in stub.Bidi(iter(reqs), timeout=5)] == [b"a", b"b", b"c"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Unary(echo_pb2.EchoMessage(payload=b"fail"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details() == "asked to fail"
+
+
+async def test_grpc_port_serves_grpc_clients_beside_the_lanerpc_port():
+    tag = Tag()
+    server = rpc.server(interceptors=[tag])
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
+    grpc_port = server.add_insecure_port("grpc://127.0.0.1:0")
+    assert grpc_port > 0 and grpc_port != lanerpc_port
+    await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            await every_call_kind(channel)
+            call = echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=5)
+            await call
+            # The handler ran on grpcio's server, with grpcio's context.
+            assert ("served-by", "grpc") in tuple(await call.trailing_metadata())
+        async with rpc.insecure_channel(f"127.0.0.1:{lanerpc_port}") as channel:
+            await every_call_kind(channel)
+            assert channel.lane in ("unix", "shm")
+        # The interceptor saw the calls of both ports.
+        assert tag.methods.count("/lanerpc.echo.Echo/Unary") == 5
+    finally:
+        await server.stop(0)
+
+
+async def test_a_server_with_only_a_grpc_port_starts_and_stops():
+    server = rpc.server()
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("grpc://127.0.0.1:0")
+    await server.start()
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        assert (await stub.Unary(echo_pb2.EchoMessage(payload=b"x"), timeout=5)).payload == b"x"
+        await asyncio.wait_for(server.stop(1), 5)
+        assert await asyncio.wait_for(server.wait_for_termination(), 5)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Unary(echo_pb2.EchoMessage(), timeout=1)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_stop_drains_calls_in_flight_on_the_grpc_port():
+    started = asyncio.Event()
+
+    class Slow(Echo):
+        async def Unary(self, request, context):
+            started.set()
+            await asyncio.sleep(0.2)
+            return request
+
+    server = rpc.server()
+    echo_pb2_grpc.add_EchoServicer_to_server(Slow(), server)
+    port = server.add_insecure_port("grpc://127.0.0.1:0")
+    await server.start()
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"late"), timeout=5)
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(server.stop(5), 10)
+        assert (await call).payload == b"late"
+
+
+@pytest.mark.parametrize("how", ["scheme", "option"])
+async def test_lanerpc_channel_dials_a_plain_grpc_server(how):
+    server = aio.server()
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        if how == "scheme":
+            channel = rpc.insecure_channel(f"grpc://127.0.0.1:{port}")
+        else:
+            channel = rpc.insecure_channel(f"127.0.0.1:{port}",
+                                           options=[("lanerpc.protocol", "grpc")])
+        async with channel:
+            assert isinstance(channel, rpc.GrpcChannel)
+            assert isinstance(channel, grpc.aio.Channel)
+            assert channel.lane is None
+            await every_call_kind(channel)
+            assert channel.lane == "tcp"
+    finally:
+        await server.stop(0)
+
+
+def test_bad_protocol_option_and_empty_scheme_are_refused():
+    with pytest.raises(ValueError, match="lanerpc.protocol"):
+        rpc.insecure_channel("127.0.0.1:1", options=[("lanerpc.protocol", "http3")])
+    with pytest.raises(ValueError, match="grpc://"):
+        rpc.insecure_channel("grpc://")
+
+
+async def test_secure_port_needs_grpc_server_credentials():
+    server = rpc.server()
+    with pytest.raises(TypeError, match="ssl_server_credentials"):
+        server.add_secure_port("127.0.0.1:0", object())
+    await server.stop(0)
+    with pytest.raises(TypeError, match="ssl_channel_credentials"):
+        rpc.secure_channel("127.0.0.1:1", object())
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+def make_certs(directory) -> dict[str, bytes]:
+    """A CA, and a server certificate for localhost signed by it (openssl)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True,
+                       timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", "server.key", "-out", "server.csr")
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+    return {name: (directory / name).read_bytes() for name in ("ca.pem", "server.key", "server.pem")}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+async def test_tls_port_and_secure_channel(certs):
+    server = rpc.server()
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    creds = grpc.ssl_server_credentials([(certs["server.key"], certs["server.pem"])])
+    port = server.add_secure_port("localhost:0", creds)
+    await server.start()
+    try:
+        trusted = grpc.ssl_channel_credentials(root_certificates=certs["ca.pem"])
+        async with rpc.secure_channel(f"localhost:{port}", trusted) as channel:
+            await every_call_kind(channel)
+            assert channel.lane == "tcp"
+        # A client that does not trust the CA gets nothing through.
+        async with aio.secure_channel(f"localhost:{port}",
+                                      grpc.ssl_channel_credentials()) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=3)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Plaintext to the TLS port fails too: TLS is not optional there.
+        async with aio.insecure_channel(f"localhost:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=3)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)
