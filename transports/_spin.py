@@ -9,12 +9,21 @@ it must stop by itself.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
-__all__ = ["AdaptiveSpin", "DEFAULT_SPIN_US"]
+__all__ = ["AdaptiveSpin", "DEFAULT_SPIN_US", "cpus_available"]
 
 DEFAULT_SPIN_US = 50.0             # AdaptiveSpin's budget, when a waiter spins at all
+
+
+def cpus_available() -> int:
+    """How many CPUs this process may run on (its affinity mask, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class AdaptiveSpin:
@@ -26,6 +35,10 @@ class AdaptiveSpin:
     spin). So: spin up to ``max_spin_ns``; keep a moving average of how often a spin
     caught something; while that is below ``min_catch_rate``, stop spinning and only
     probe again after 1, 2, 4, ... up to 1024 waits.
+
+    A process that may run on one CPU only never spins: whatever it waits for needs
+    that CPU, so a spin can only delay it (measured: p99 of a unary call ~1 ms instead
+    of ~130 us). The CPUs are counted when the spin is made.
     """
 
     __slots__ = (
@@ -46,6 +59,8 @@ class AdaptiveSpin:
         min_catch_rate: float = 0.3,
         max_probe_gap: int = 1024,
     ) -> None:
+        if max_spin_us > 0 and cpus_available() < 2:
+            max_spin_us = 0.0
         self.max_spin_ns = int(max_spin_us * 1000)
         self._max_probe_gap = max(1, max_probe_gap)
         self.min_catch_rate = min_catch_rate

@@ -11,6 +11,7 @@ import pytest
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
 from rpc._link import Link
+from transports import _spin
 
 # The budget is widened from its default (tens of µs) so that what is tested is the
 # mechanism, not whether this machine answers within it while other tests run.
@@ -20,6 +21,7 @@ BUDGET_US = 5_000.0
 @pytest.fixture(autouse=True)
 def wide_budget(monkeypatch):
     monkeypatch.setattr(Link, "_AWAKE_US", BUDGET_US)
+    monkeypatch.setattr(_spin, "cpus_available", lambda: 2)   # one CPU: never spins
 
 
 class Echo(echo_pb2_grpc.EchoServicer):

@@ -22,6 +22,7 @@ import pytest
 posix_ipc = pytest.importorskip("posix_ipc")
 
 import transports.shm as shm_module  # noqa: E402
+from transports import _spin  # noqa: E402
 from transports import PeerInfo  # noqa: E402
 from transports._ring import RingCorrupted  # noqa: E402
 from transports.shm import (  # noqa: E402
@@ -657,6 +658,13 @@ class SlowEcho(Peer):
             loop.call_later(delay, self.transport.write, data)
 
 
+@pytest.fixture
+def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spins are made as on a machine of two CPUs or more (on one they never spin)."""
+    monkeypatch.setattr(_spin, "cpus_available", lambda: 2)
+
+
+@pytest.mark.usefixtures("two_cpus")
 async def test_loop_spin_catches_a_quick_answer() -> None:
     server, client = Peer(echo=True), Peer()
     _, client_transport = await open_pair(server, client, loop_spin_us=100_000.0)
@@ -675,6 +683,7 @@ async def test_loop_spin_catches_a_quick_answer() -> None:
     await close_pair(client, server)
 
 
+@pytest.mark.usefixtures("two_cpus")
 async def test_loop_spin_that_gives_up_loses_no_wake_up() -> None:
     import random
 

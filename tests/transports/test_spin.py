@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from transports import _spin
 from transports._spin import AdaptiveSpin
+
+
+@pytest.fixture(autouse=True)
+def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine of two CPUs or more (the one-CPU rule has a test of its own)."""
+    monkeypatch.setattr(_spin, "cpus_available", lambda: 2)
+
+
+def test_one_cpu_never_spins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever we wait for needs our only CPU: spinning could only delay it.
+    monkeypatch.setattr(_spin, "cpus_available", lambda: 1)
+    spin = AdaptiveSpin(50.0)
+    assert spin.max_spin_ns == 0
+    assert not spin.should_spin()
+    assert spin.spin(lambda: True) is False
+
+
+def test_cpus_available_follows_the_affinity_mask() -> None:
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from transports._spin import cpus_available, AdaptiveSpin; "
+            "print(cpus_available(), AdaptiveSpin(50.0).max_spin_ns)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["1", "0"]
 
 
 def test_a_zero_budget_never_spins() -> None:
