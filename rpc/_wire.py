@@ -355,6 +355,8 @@ class FrameDecoder:
                 head = bytes(buf[self._pos:self._pos + 16])
                 if any(len(head) < len(known) and known.startswith(head) for known in _NAMED_PREFACES):
                     return
+                if head[:1] == b"\x00" and len(head) < _H2_FRAME_HEADER:
+                    return   # could be an HTTP/2 server's first frame header
                 raise ProtocolError(_describe_wrong_preface(bytes(buf[self._pos:self._pos + 24])))
             if have < len(MAGIC):
                 return
@@ -407,14 +409,23 @@ class FrameDecoder:
 
 
 _HTTP1_METHODS = (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE")
-_NAMED_PREFACES = (b"PRI * HTTP/2.0",) + _HTTP1_METHODS
+_NAMED_PREFACES = (b"PRI * HTTP/2.0", b"HTTP/1.") + _HTTP1_METHODS
+_H2_FRAME_HEADER = 9    # an HTTP/2 server speaks first with a SETTINGS frame
 
 
 def _describe_wrong_preface(head: bytes) -> str:
+    """Name the peer that sent ``head`` instead of lanerpc's magic, and what to do."""
     if head.startswith(b"PRI * HTTP/2.0"):
-        return "peer speaks HTTP/2 (a gRPC client?), not lanerpc"
-    if head[:1] == b"\x16":
-        return "peer started a TLS handshake on a plaintext lanerpc port"
+        return ("peer speaks HTTP/2 (a gRPC client?), not lanerpc; serve gRPC clients "
+                "on a grpc:// port (server.add_insecure_port('grpc://...'))")
+    if len(head) >= _H2_FRAME_HEADER and head[3] == 0x04 and head[5:9] == b"\x00" * 4:
+        return ("peer speaks HTTP/2 (a plain gRPC server?), not lanerpc; dial it as "
+                "grpc://host:port or with the option ('lanerpc.protocol', 'grpc')")
+    if head[:1] in (b"\x15", b"\x16"):
+        return ("peer speaks TLS, not lanerpc: a TLS port is served and dialed through "
+                "add_secure_port / rpc.secure_channel")
     if head[:4] in _HTTP1_METHODS:
         return "peer sent an HTTP/1 request, not lanerpc"
+    if head.startswith(b"HTTP/1."):
+        return "peer answered in HTTP/1, not lanerpc"
     return f"bad preface {head[:16]!r}: not a lanerpc peer"

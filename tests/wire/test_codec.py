@@ -339,6 +339,8 @@ def test_decoder_without_magic_starts_at_the_first_frame():
 _HTTP1 = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 _HTTP2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _TLS = bytes.fromhex("160301020001") + b"\x00" * 60   # a ClientHello record header
+# What a plain gRPC server sends first: an HTTP/2 SETTINGS frame (captured from grpcio).
+_H2_SETTINGS = bytes.fromhex("000018040000000000000400400000000500400000000600004000fe0300000001")
 
 
 @pytest.mark.parametrize("data, hint", [
@@ -347,6 +349,10 @@ _TLS = bytes.fromhex("160301020001") + b"\x00" * 60   # a ClientHello record hea
     pytest.param(_HTTP2, "HTTP/2", id="http2-preface"),
     pytest.param(_TLS, "TLS", id="tls-client-hello"),
     pytest.param(_TLS[:1], "TLS", id="tls-first-byte-only"),
+    pytest.param(_H2_SETTINGS, "grpc://", id="http2-server-settings"),
+    pytest.param(b"HTTP/1.1 400 Bad Request\r\n\r\n", "answered in HTTP/1", id="http1-response"),
+    pytest.param(b"\x15\x03\x03\x00\x02\x02\x46", "TLS", id="tls-alert"),
+    pytest.param(b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", "not a lanerpc peer", id="zeros"),
     pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", "not a lanerpc peer", id="ssh"),
     pytest.param(b"LNRPC\r\n\x01", "not a lanerpc peer", id="magic-wrong-last-byte"),
 ])
@@ -366,7 +372,9 @@ def test_partial_magic_waits_for_more():
     assert _all_frames(decoder) == [(_wire.PING, 0, 0, b"abcdefgh")]
 
 
-@pytest.mark.parametrize("data, hint", [(_HTTP1, "HTTP/1"), (_HTTP2, "HTTP/2")], ids=["http1", "http2"])
+@pytest.mark.parametrize("data, hint", [(_HTTP1, "HTTP/1"), (_HTTP2, "HTTP/2"),
+                                        (_H2_SETTINGS, "grpc://")],
+                         ids=["http1", "http2", "http2-server"])
 def test_wrong_preface_reason_does_not_depend_on_how_bytes_are_split(data, hint):
     decoder = FrameDecoder()
     with pytest.raises(ProtocolError) as info:
