@@ -153,7 +153,7 @@ class _Call:
     def __init__(self, channel: "Channel", method: str, serializer, deserializer,
                  timeout: float | None, metadata, wait_for_ready: bool | None) -> None:
         self._channel = channel
-        self._loop = loop = channel._loop
+        self._loop = loop = channel._current_loop()
         self._method = method
         self._serialize = serializer or _identity
         self._deserialize = deserializer or _identity
@@ -676,9 +676,9 @@ class Channel(aio.Channel):
         self._raw_options = tuple(options or ())
         self._credentials = credentials
         try:
-            self._loop = asyncio.get_running_loop()
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            self._loop = asyncio.get_event_loop_policy().get_event_loop()
+            self._loop = None    # made outside any loop: bound to the first one it is used in
         self._interceptors = _interceptors.sort_interceptors(interceptors)
         self._retry = RetryPolicy.parse(self._options.retry_policy)
         self._link: ClientLink | None = None
@@ -691,6 +691,25 @@ class Channel(aio.Channel):
         self._next_attempt = 0.0
         self._rr = 0
         _CHANNELS.add(self)
+
+    def _current_loop(self) -> asyncio.AbstractEventLoop:
+        """The channel's loop. A channel made before ``asyncio.run(...)`` (at import
+        time, say) moves to the loop it is first used in: nothing of it lives in the
+        old one yet. Once it has connected, it stays (as grpc.aio's channels do)."""
+        loop = self._loop
+        if loop is not None and (self._link is not None or self._old_links
+                                 or self._connecting is not None):
+            return loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            if loop is None:
+                raise RuntimeError("a lanerpc channel is used from an event loop: "
+                                   "make its calls inside a coroutine") from None
+            return loop
+        if running is not loop:
+            self._loop = loop = running
+        return loop
 
     # ------------------------------------------------------------ public
 
@@ -744,7 +763,8 @@ class Channel(aio.Channel):
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         while self._state == last_observed_state:
-            waiter = self._loop.create_future()
+            loop = self._current_loop()
+            waiter = loop.create_future()
             self._state_waiters.append(waiter)
             await waiter
 
@@ -796,7 +816,8 @@ class Channel(aio.Channel):
     def _start_connecting(self, wait: bool = False) -> asyncio.Task:
         task = self._connecting
         if task is None or task.done():
-            task = self._connecting = self._loop.create_task(self._connect(wait))
+            loop = self._current_loop()
+            task = self._connecting = loop.create_task(self._connect(wait))
             task.add_done_callback(_retrieve)
         return task
 
