@@ -31,6 +31,7 @@ class Options:
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
     min_connect_timeout: float = 20.0
+    so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
 
 
 def parse_lanes(text: str) -> tuple[str, ...]:
@@ -84,6 +85,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["keepalive_permit_without_calls"] = bool(int(value))
         elif name == "grpc.http2.min_ping_interval_without_data_ms":
             values["min_ping_interval"] = max(0, int(value)) / 1000
+        elif name == "grpc.so_reuseport":
+            values["so_reuseport"] = bool(int(value))
         elif name == "grpc.max_concurrent_streams":
             values["max_concurrent_streams"] = max(1, int(value))
         elif name == "lanerpc.allowed_uids":

@@ -8,8 +8,13 @@ import socket
 from rpc._target import parse_server_address
 
 
-def bind(address: str, *, mode: int = 0o600) -> tuple[str, list[socket.socket], int]:
-    """Bind ``address`` now; returns (lane, sockets, port). ``listen`` happens at start()."""
+def bind(address: str, *, mode: int = 0o600,
+         reuse_port: bool = True) -> tuple[str, list[socket.socket], int]:
+    """Bind ``address`` now; returns (lane, sockets, port). ``listen`` happens at start().
+
+    ``reuse_port`` (gRPC's ``grpc.so_reuseport``, on by default as there): TCP sockets
+    get SO_REUSEPORT, so several servers (processes of one uid) can share a port and
+    the kernel spreads connections among them."""
     try:
         endpoint = parse_server_address(address)
     except ValueError as exc:
@@ -30,6 +35,8 @@ def bind(address: str, *, mode: int = 0o600) -> tuple[str, list[socket.socket], 
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 # "[::]" serves IPv4 too, as gRPC's does; a named v6 address only v6.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr == "::" else 1)

@@ -797,7 +797,8 @@ class Server(aio.Server):
         if plain:
             return self._grpc_ports().add_insecure_port(rest)
         kind, sockets, port = _ports.bind(
-            address, mode=0o666 if self._options.allowed_uids else 0o600)
+            address, mode=0o666 if self._options.allowed_uids else 0o600,
+            reuse_port=self._options.so_reuseport)
         self._pending_sockets.extend((kind, s) for s in sockets)
         return port
 

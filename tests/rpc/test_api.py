@@ -196,3 +196,53 @@ async def test_binary_metadata_round_trips(impl):
             assert seen["k-bin"] == blob and seen["t"] == "v"
     finally:
         await server.stop(0)
+
+
+class Named(echo_pb2_grpc.EchoServicer):
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+
+    async def Unary(self, request, context):
+        return echo_pb2.EchoMessage(payload=self.name)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+async def test_servers_share_a_port_as_grpc_does(impl):
+    """grpc.so_reuseport is on by default: a second server (another worker process,
+    typically) can bind the same port, and both serve it."""
+    first = make_server(impl)
+    echo_pb2_grpc.add_EchoServicer_to_server(Named(b"first"), first)
+    port = first.add_insecure_port("127.0.0.1:0")
+    await first.start()
+    second = make_server(impl)
+    echo_pb2_grpc.add_EchoServicer_to_server(Named(b"second"), second)
+    try:
+        assert second.add_insecure_port(f"127.0.0.1:{port}") == port
+        await second.start()
+        seen = set()
+        for _ in range(40):   # new connections, spread by the kernel
+            async with make_channel(impl, f"127.0.0.1:{port}") as channel:
+                reply = await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=5)
+                seen.add(reply.payload)
+            if len(seen) == 2:
+                break
+        assert seen == {b"first", b"second"}
+    finally:
+        await second.stop(0)
+        await first.stop(0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+async def test_port_taken_without_reuseport_is_refused(impl):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        server = make_server(impl)
+        with pytest.raises(RuntimeError):
+            server.add_insecure_port(f"127.0.0.1:{holder.getsockname()[1]}")
+        await server.stop(0)
+    finally:
+        holder.close()
