@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from rpc import _connection as c
 from rpc._options import Options
@@ -49,7 +50,7 @@ class Link(asyncio.Protocol):
         self._backlog: list = []      # frames waiting while the transport is paused
         # Keep-awake after a write on the socket lanes (see _stay_awake).
         self._awake = AdaptiveSpin(self._AWAKE_US, max_probe_gap=256) if self._AWAKE_US else None
-        self._awake_until = 0.0
+        self._awake_until = 0         # perf_counter_ns deadline while awake, else 0
         self._awake_caught = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -163,17 +164,19 @@ class Link(asyncio.Protocol):
         if awake is None or self.lane not in ("tcp", "unix") or not awake.should_spin():
             return
         start = not self._awake_until
-        self._awake_until = self.loop.time() + awake.max_spin_ns / 1e9
+        # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds, which
+        # would stretch a 50 us budget to up to 1 ms.
+        self._awake_until = time.perf_counter_ns() + awake.max_spin_ns
         self._awake_caught = False
         if start:
             self.loop.call_soon(self._awake_step)
 
     def _awake_step(self) -> None:
         if self._awake_caught or self.conn.closed:
-            self._awake_until = 0.0
+            self._awake_until = 0
             self._awake.record(self._awake_caught)
-        elif self.loop.time() >= self._awake_until:
-            self._awake_until = 0.0
+        elif time.perf_counter_ns() >= self._awake_until:
+            self._awake_until = 0
             self._awake.record(False)
         else:
             self.loop.call_soon(self._awake_step)

@@ -110,3 +110,56 @@ async def test_many_calls_at_once_do_not_spin(tmp_path):
             assert channel._link._awake.spins - before <= 1
     finally:
         await server.stop(0)
+
+
+def test_budget_is_kept_on_uvloop(tmp_path, monkeypatch):
+    """uvloop's loop.time() ticks in milliseconds: the keep-awake must use a finer
+    clock, or a 50 us budget stretches to up to a millisecond of spinning."""
+    uvloop = pytest.importorskip("uvloop")
+    import statistics
+    import time
+
+    monkeypatch.setattr(Link, "_AWAKE_US", 50.0)
+    never = None
+
+    class Silent(echo_pb2_grpc.EchoServicer):
+        async def Unary(self, request, context):
+            await never.wait()
+
+    async def main():
+        nonlocal never
+        never = asyncio.Event()
+        server = rpc.server(options=UNIX_ONLY)
+        echo_pb2_grpc.add_EchoServicer_to_server(Silent(), server)
+        server.add_insecure_port(f"unix:{tmp_path}/silent.sock")
+        await server.start()
+        durations = []
+        try:
+            async with rpc.insecure_channel(f"unix:{tmp_path}/silent.sock",
+                                            options=UNIX_ONLY) as channel:
+                await channel.channel_ready()
+                stub = echo_pb2_grpc.EchoStub(channel)
+                for _ in range(9):
+                    link = channel._link
+                    link._awake = type(link._awake)(50.0)    # never backed off
+                    spins = link._awake.spins
+                    call = stub.Unary(echo_pb2.EchoMessage(), timeout=5)
+                    for _ in range(1000):                    # until the call opens
+                        if link._awake_until:
+                            break
+                        await asyncio.sleep(0)
+                    start = time.perf_counter()
+                    assert link._awake_until
+                    while link._awake_until:
+                        await asyncio.sleep(0)
+                    durations.append(time.perf_counter() - start)
+                    assert link._awake.spins == spins + 1 and link._awake.catches == 0
+                    call.cancel()
+                    await asyncio.sleep(0.002)
+        finally:
+            await server.stop(0)
+        return durations
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        durations = runner.run(main())
+    assert statistics.median(durations) < 0.0003, durations
