@@ -18,7 +18,10 @@ an insecure port, which is admitted by uid on the local lanes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -83,43 +86,90 @@ def channel(target: str, options, credentials, compression, interceptors) -> Grp
 
 
 class GrpcPorts:
-    """The inner ``grpc.aio`` server behind a lanerpc server's ``grpc://`` and secure ports."""
+    """The inner ``grpc.aio`` server behind a lanerpc server's ``grpc://`` and secure ports.
 
-    def __init__(self, *, thread_pool, interceptors, options, maximum_concurrent_rpcs,
-                 compression) -> None:
-        self.server = aio.server(
-            migration_thread_pool=thread_pool,
-            interceptors=interceptors or None,
-            options=grpc_options(options),
-            maximum_concurrent_rpcs=maximum_concurrent_rpcs,
-            compression=compression,
-        )
-        self.addresses: list[str] = []
+    grpcio ties a server to the event loop that runs when it is made, and a lanerpc
+    server is often made before any loop runs (``rpc.serve(server)``). So the inner
+    server is made in ``start()``; until then a TCP port is held by a socket of ours
+    bound with SO_REUSEPORT (which reports the port, refuses a port taken by others,
+    and keeps port 0's choice), released just before grpcio binds it.
+    """
+
+    def __init__(self, make_server: Callable[[], aio.Server]) -> None:
+        self._make_server = make_server
+        self.server: aio.Server | None = None
+        self._ports: list[tuple[str, Any, list[socket.socket]]] = []
+        self._generic: list = []
+        self._registered: dict[str, dict] = {}
+
+    @property
+    def bound(self) -> bool:
+        return bool(self._ports)
 
     def add_insecure_port(self, address: str) -> int:
-        port = self.server.add_insecure_port(address)
-        self._bound(address, port)
-        return port
+        return self._reserve(address, None)
 
     def add_secure_port(self, address: str, credentials) -> int:
         if not isinstance(credentials, grpc.ServerCredentials):
             raise TypeError(f"server_credentials must be grpc.ServerCredentials (from "
                             f"grpc.ssl_server_credentials() and friends); got {credentials!r}")
-        port = self.server.add_secure_port(address, credentials)
-        self._bound(address, port)
+        return self._reserve(address, credentials)
+
+    def _reserve(self, address: str, credentials) -> int:
+        from rpc import _ports, _target
+
+        endpoint = _target.parse_server_address(address)
+        if endpoint.lane == "unix":
+            directory = os.path.dirname(endpoint.path) or "."
+            if not os.path.isdir(directory):
+                raise RuntimeError(f"Failed to bind to {address}: no directory {directory}")
+            self._ports.append((address, credentials, []))
+            return 1                      # what grpcio answers for a unix: port
+        _, sockets, port = _ports.bind(address, reuse_port=True)
+        bind_to = str(dataclasses.replace(endpoint, port=port))
+        if endpoint.host in ("", "*"):
+            bind_to = f"[::]:{port}"
+        self._ports.append((bind_to, credentials, sockets))
         return port
 
-    def _bound(self, address: str, port: int) -> None:
-        if port == 0 and not address.startswith("unix"):
-            raise RuntimeError(f"could not bind a gRPC port at {address!r}")
-        self.addresses.append(address)
+    def add_handlers(self, generic_handlers=(), registered: dict[str, dict] | None = None) -> None:
+        """Handlers added to the lanerpc server, before or after start()."""
+        generic_handlers = tuple(generic_handlers)
+        self._generic.extend(generic_handlers)
+        for service, handlers in (registered or {}).items():
+            self._registered.setdefault(service, {}).update(handlers)
+        if self.server is not None:
+            if generic_handlers:
+                self.server.add_generic_rpc_handlers(generic_handlers)
+            for service, handlers in (registered or {}).items():
+                self.server.add_registered_method_handlers(service, handlers)
 
-    async def start(self, generic_handlers, registered: dict[str, dict]) -> None:
-        if generic_handlers:
-            self.server.add_generic_rpc_handlers(tuple(generic_handlers))
-        for service, handlers in registered.items():
-            self.server.add_registered_method_handlers(service, handlers)
-        await self.server.start()
+    async def start(self) -> None:
+        server = self.server = self._make_server()
+        if self._generic:
+            server.add_generic_rpc_handlers(tuple(self._generic))
+        for service, handlers in self._registered.items():
+            server.add_registered_method_handlers(service, handlers)
+        for address, credentials, sockets in self._ports:
+            for sock in sockets:
+                sock.close()
+            sockets.clear()
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+            if port == 0:
+                raise RuntimeError(f"Failed to bind to address {address} (grpc port)")
+        await server.start()
+
+    def release(self) -> None:
+        """Give back the ports held before start() (a server stopped before it started)."""
+        for _, _, sockets in self._ports:
+            for sock in sockets:
+                sock.close()
+            sockets.clear()
 
     async def stop(self, grace: float | None) -> None:
-        await self.server.stop(grace)
+        self.release()
+        if self.server is not None:
+            await self.server.stop(grace)

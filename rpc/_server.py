@@ -728,7 +728,6 @@ class Server(aio.Server):
         self._executor = migration_thread_pool
         self._generic_handlers: list = list(handlers or ())
         self._registered: dict[str, Any] = {}
-        self._registered_services: dict[str, dict] = {}
         self._compression = compression
         self._grpc: _grpc.GrpcPorts | None = None   # grpc:// and secure ports, via grpcio
         self._interceptors = list(interceptors or ())
@@ -744,6 +743,7 @@ class Server(aio.Server):
         self._links: set[ServerLink] = set()
         self._state = "new"
         self._stopping: asyncio.Future | None = None
+        self._stop_requested: asyncio.Future | None = None   # stop() waiting for start()
         self._stop_deadline: float | None = None
         self._terminated: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -763,15 +763,19 @@ class Server(aio.Server):
     # ------------------------------------------------------------ handlers
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers) -> None:
+        generic_rpc_handlers = tuple(generic_rpc_handlers)
         for handler in generic_rpc_handlers:
             if not hasattr(handler, "service"):
                 raise TypeError(f"{handler!r} is not a grpc.GenericRpcHandler")
-            self._generic_handlers.append(handler)
+        self._generic_handlers.extend(generic_rpc_handlers)
+        if self._grpc is not None:
+            self._grpc.add_handlers(generic_rpc_handlers)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
         for name, handler in method_handlers.items():
             self._registered[f"/{service_name}/{name}"] = handler
-        self._registered_services.setdefault(service_name, {}).update(method_handlers)
+        if self._grpc is not None:
+            self._grpc.add_handlers(registered={service_name: dict(method_handlers)})
 
     def _find_handler(self, method: str, metadata: tuple):
         handler = self._registered.get(method)
@@ -813,19 +817,32 @@ class Server(aio.Server):
 
     def _grpc_ports(self) -> _grpc.GrpcPorts:
         if self._grpc is None:
-            self._grpc = _grpc.GrpcPorts(
-                thread_pool=self._executor, interceptors=self._interceptors,
-                options=self._raw_options, maximum_concurrent_rpcs=self._max_rpcs,
-                compression=self._compression)
+            def make_server() -> aio.Server:   # called in start(), in the running loop
+                return aio.server(
+                    migration_thread_pool=self._executor,
+                    interceptors=self._interceptors or None,
+                    options=_grpc.grpc_options(self._raw_options),
+                    maximum_concurrent_rpcs=self._max_rpcs,
+                    compression=self._compression)
+            self._grpc = _grpc.GrpcPorts(make_server)
+            self._grpc.add_handlers(self._generic_handlers, self._registered_by_service())
         return self._grpc
+
+    def _registered_by_service(self) -> dict[str, dict]:
+        by_service: dict[str, dict] = {}
+        for path, handler in self._registered.items():
+            service, _, name = path[1:].rpartition("/")
+            by_service.setdefault(service, {})[name] = handler
+        return by_service
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         if self._state != "new":
             raise RuntimeError("server already started")
-        if not self._pending_sockets and self._grpc is None:
+        if not self._pending_sockets and (self._grpc is None or not self._grpc.bound):
             raise RuntimeError("add a port before start()")
+        self._state = "starting"
         self._loop = asyncio.get_running_loop()
         self._terminated = asyncio.Event()
         if self._executor is None:
@@ -833,12 +850,29 @@ class Server(aio.Server):
                 max_workers=min(32, (os.cpu_count() or 1) + 4),
                 thread_name_prefix="lanerpc-handler")
             self._own_executor = True
-        if self._pending_sockets:
-            await _lanes.start_listening(self, self._pending_sockets)
+        try:
+            if self._pending_sockets:
+                await _lanes.start_listening(self, self._pending_sockets)
+                self._pending_sockets = []
+            if self._grpc is not None:
+                await self._grpc.start()
+        except BaseException:
+            # Nothing half-started stays behind: listeners, upgrade socket, grpc ports.
+            for _, sock in self._pending_sockets:
+                sock.close()
             self._pending_sockets = []
-        if self._grpc is not None:
-            await self._grpc.start(self._generic_handlers, self._registered_services)
-        self._state = "serving"
+            for listener in self._listeners:
+                listener.close()
+            if self._grpc is not None:
+                await self._grpc.stop(None)
+            self._state = "stopping"
+            await self._finish_stop()
+            raise
+        else:
+            self._state = "serving"
+        finally:
+            if self._stop_requested is not None and not self._stop_requested.done():
+                self._stop_requested.set_result(None)
 
     def _new_link(self, *, offer: bool = False, upgrade_side: bool = False) -> ServerLink:
         upgrade = self._upgrade
@@ -854,9 +888,13 @@ class Server(aio.Server):
             for _, sock in self._pending_sockets:
                 sock.close()
             if self._grpc is not None:
-                await self._grpc.stop(None)   # releases the ports it bound
+                self._grpc.release()          # the ports held for it
             return
         loop = asyncio.get_running_loop()
+        if self._state == "starting":         # stop() while start() runs: let it finish
+            if self._stop_requested is None:
+                self._stop_requested = loop.create_future()
+            await asyncio.shield(self._stop_requested)
         grpc_stop = (asyncio.ensure_future(self._grpc.stop(grace))
                      if self._grpc is not None and self._state != "stopped" else None)
         deadline = loop.time() + (grace or 0)

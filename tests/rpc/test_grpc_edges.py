@@ -206,3 +206,104 @@ async def test_tls_port_and_secure_channel(certs):
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(0)
+
+
+# -- the inner server's life follows the lanerpc server's ------------------------------
+
+def test_grpc_port_of_a_server_made_outside_any_loop():
+    """rpc.serve(server) style: the server is built before a loop runs."""
+    server = rpc.server()
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("grpc://127.0.0.1:0")
+
+    async def main():
+        await server.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = await echo_pb2_grpc.EchoStub(channel).Unary(
+                    echo_pb2.EchoMessage(payload=b"early"), timeout=5)
+                assert reply.payload == b"early"
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+def can_bind(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_stop_before_start_gives_the_grpc_port_back():
+    server = rpc.server()
+    port = server.add_insecure_port("grpc://127.0.0.1:0")
+    assert not can_bind(port)          # held for the server meanwhile
+    await server.stop(0)
+    assert can_bind(port)
+
+
+async def test_handlers_added_after_start_reach_the_grpc_port():
+    server = rpc.server()
+    port = server.add_insecure_port("grpc://127.0.0.1:0")
+    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"late"),
+                                                                timeout=5)
+            assert reply.payload == b"late"
+        async with rpc.insecure_channel(f"127.0.0.1:{lanerpc_port}") as channel:
+            reply = await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"late"),
+                                                                timeout=5)
+            assert reply.payload == b"late"
+    finally:
+        await server.stop(0)
+
+
+async def test_refused_credentials_leave_no_port():
+    server = rpc.server()
+    with pytest.raises(TypeError):
+        server.add_secure_port("127.0.0.1:0", "not credentials")
+    with pytest.raises(RuntimeError, match="add a port"):
+        await server.start()
+    with pytest.raises(RuntimeError, match="no directory"):
+        server.add_insecure_port("grpc://unix:/nonexistent-dir/x.sock")
+
+
+async def test_a_start_that_fails_leaves_nothing_listening(monkeypatch, tmp_path):
+    from rpc import _grpc
+
+    monkeypatch.setenv("LANERPC_RUNTIME_DIR", str(tmp_path))   # where upgrade sockets go
+
+    async def broken_start(self):
+        raise RuntimeError("grpc port could not start")
+
+    monkeypatch.setattr(_grpc.GrpcPorts, "start", broken_start)
+    server = rpc.server()
+    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
+    grpc_port = server.add_insecure_port("grpc://127.0.0.1:0")
+    with pytest.raises(RuntimeError, match="could not start"):
+        await server.start()
+    assert can_bind(lanerpc_port) and can_bind(grpc_port)
+    assert list(tmp_path.iterdir()) == []      # the upgrade socket's directory is gone
+    assert await asyncio.wait_for(server.wait_for_termination(), 5)
+
+
+async def test_stop_while_start_runs_stops_everything():
+    server = rpc.server()
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
+    grpc_port = server.add_insecure_port("grpc://127.0.0.1:0")
+    starting = asyncio.ensure_future(server.start())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(server.stop(0), 10)
+    await asyncio.wait_for(starting, 10)
+    assert can_bind(lanerpc_port) and can_bind(grpc_port)
+    assert await asyncio.wait_for(server.wait_for_termination(), 5)
