@@ -1,18 +1,21 @@
-"""The lanerpc demo: one server, one client on this host, four ways to dial it.
+"""The lanerpc demo: one server, one client on this host, five ways to dial it.
 
     tools/demo                  (or: python -m examples.demo [--calls N])
 
 It starts examples/helloworld/server.py in a child process, listening on 127.0.0.1
-(a free port) and on a Unix socket, then calls SayHello over four channels:
+(a free port), on a Unix socket, and on a plain gRPC port (grpc://), then calls
+SayHello over five channels:
 
-1. dial 127.0.0.1:PORT, lanes "tcp" only: what a plain gRPC client gets;
-2. dial 127.0.0.1:PORT, lanes "unix,tcp": upgraded to the Unix socket;
-3. dial 127.0.0.1:PORT, default lanes: the same code, upgraded to the fastest same-host lane;
-4. dial the server's unix: path, default lanes.
+1. grpc.aio dials the plain gRPC port: what the same service costs over gRPC today;
+2. dial 127.0.0.1:PORT, lanes "tcp" only: lanerpc's own protocol, no upgrade;
+3. dial 127.0.0.1:PORT, lanes "unix,tcp": upgraded to the Unix socket;
+4. dial 127.0.0.1:PORT, default lanes: the same code, upgraded to the fastest same-host lane;
+5. dial the server's unix: path, default lanes.
 
 For each it prints the lane the channel is on (``channel.lane``; "tcp→shm" when it moved
-after the first call) and the median latency of N calls. The server is stopped by pid at
-the end, and on Ctrl-C; its socket directory is removed.
+after the first call), the median latency of N calls, and how many times faster than
+grpc.aio that is. The server is stopped by pid at the end, and on Ctrl-C; its socket
+directory is removed.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-WARMUP_CALLS = 20
+WARMUP_CALLS = 200
 
 
 async def start_server(addresses: list[str]) -> tuple[asyncio.subprocess.Process, list[str]]:
@@ -77,13 +80,14 @@ async def stop_server(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-async def try_channel(target: str, options: list[tuple[str, Any]], calls: int) -> tuple[str, float]:
-    """Open a channel, make calls; return the lane(s) it used and the median latency in µs."""
-    async with rpc.insecure_channel(target, options=options) as channel:
+async def try_channel(channel: Any, calls: int) -> tuple[str, float]:
+    """Make calls on ``channel`` (closed after); return the lane(s) it used and the median
+    latency in µs."""
+    async with channel:
         stub = helloworld_pb2_grpc.GreeterStub(channel)
         request = helloworld_pb2.HelloRequest(name="demo")
-        await stub.SayHello(request)
-        first_lane = channel.lane  # the lane of the first connection
+        await stub.SayHello(request, timeout=10)
+        first_lane = getattr(channel, "lane", "tcp")  # the lane of the first connection
         for _ in range(WARMUP_CALLS):  # the same-host upgrade, if any, happens meanwhile
             await stub.SayHello(request)
         times: list[float] = []
@@ -91,7 +95,7 @@ async def try_channel(target: str, options: list[tuple[str, Any]], calls: int) -
             start = time.perf_counter()
             await stub.SayHello(request)
             times.append(time.perf_counter() - start)
-        lane = channel.lane
+        lane = getattr(channel, "lane", "tcp")
     shown = str(lane) if lane == first_lane else f"{first_lane}→{lane}"
     return shown, statistics.median(times) * 1e6
 
@@ -101,30 +105,38 @@ async def demo(calls: int) -> int:
     sockdir = tempfile.mkdtemp(prefix="demo-lanerpc-")
     proc = None
     try:
-        proc, listening = await start_server(["127.0.0.1:0", f"unix:{os.path.join(sockdir, 'greeter.sock')}"])
-        print(f"server pid {proc.pid} listening on {' and '.join(listening)}")
-        tcp = next(a for a in listening if not a.startswith("unix:"))
-        unix = next((a for a in listening if a.startswith("unix:")), None)
+        proc, listening = await start_server([
+            "127.0.0.1:0", f"unix:{os.path.join(sockdir, 'greeter.sock')}", "grpc://127.0.0.1:0"])
+        print(f"server pid {proc.pid} listening on {', '.join(listening)}")
+        tcp = next(a for a in listening if a[0].isdigit())
+        unix = next(a for a in listening if a.startswith("unix:"))
+        plain = next(a for a in listening if a.startswith("grpc://"))
 
-        ways: list[tuple[str, str, list[tuple[str, Any]]]] = [
-            (tcp, "tcp", [("lanerpc.lanes", "tcp")]),
-            (tcp, "unix,tcp", [("lanerpc.lanes", "unix,tcp")]),
-            (tcp, "(default)", []),
+        ways: list[tuple[str, str, Any]] = [
+            # (what is dialed, who dials how, a function that opens the channel)
+            (plain, "grpc.aio", lambda: grpc.aio.insecure_channel(plain.removeprefix("grpc://"))),
+            (tcp, "lanes=tcp", lambda: rpc.insecure_channel(tcp, options=[("lanerpc.lanes", "tcp")])),
+            (tcp, "lanes=unix,tcp",
+             lambda: rpc.insecure_channel(tcp, options=[("lanerpc.lanes", "unix,tcp")])),
+            (tcp, "default", lambda: rpc.insecure_channel(tcp)),
+            (unix, "default", lambda: rpc.insecure_channel(unix)),
         ]
-        if unix is not None:
-            ways.append((unix, "(default)", []))
 
         width = max(len(target) for target, _, _ in ways) + 2
-        print(f"\n{'dial':<{width}}{'lanes option':<14}{'lane':<10}{f'p50 of {calls} calls':>18}")
+        print(f"\n{'dial':<{width}}{'client':<16}{'lane':<10}{f'p50 of {calls} calls':>18}"
+              f"{'vs grpc.aio':>13}")
         failed = 0
-        for target, lanes, options in ways:
+        baseline = None
+        for target, client, open_channel in ways:
             try:
-                lane, p50 = await try_channel(target, options, calls)
+                lane, p50 = await try_channel(open_channel(), calls)
             except grpc.RpcError as exc:  # show it and go on with the next way
                 failed += 1
-                print(f"{target:<{width}}{lanes:<14}failed: {exc.code().name}: {exc.details()}")
+                print(f"{target:<{width}}{client:<16}failed: {exc.code().name}: {exc.details()}")
                 continue
-            print(f"{target:<{width}}{lanes:<14}{lane:<10}{p50:>15,.0f} µs", flush=True)
+            baseline = baseline or p50
+            ratio = "" if p50 is baseline else f"{baseline / p50:.1f}x faster"
+            print(f"{target:<{width}}{client:<16}{lane:<10}{p50:>15,.0f} µs{ratio:>13}", flush=True)
         return 1 if failed else 0
     finally:
         if proc is not None:
@@ -134,7 +146,8 @@ async def demo(calls: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="tools/demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=200, help="timed calls per channel (default 200)")
+    parser.add_argument("--calls", type=int, default=1000,
+                        help="timed calls per channel (default 1000)")
     args = parser.parse_args()
     try:
         import uvloop  # the same loop as the server uses when it is installed

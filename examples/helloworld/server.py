@@ -1,11 +1,12 @@
 """The Greeter service, served by lanerpc exactly as a grpc.aio server would serve it.
 
     python -m examples.helloworld.server                      # 127.0.0.1:50051
-    python -m examples.helloworld.server 127.0.0.1:0 unix:/tmp/greeter.sock
+    python -m examples.helloworld.server 127.0.0.1:0 unix:/tmp/greeter.sock grpc://127.0.0.1:0
 
 Each argument is an address to listen on (port 0 picks a free port). Once listening,
 the server prints one "listening on ADDRESS" line per address, with the real port.
-Same-host clients that dial the TCP port are moved to a faster lane automatically.
+Same-host clients that dial the TCP port are moved to a faster lane automatically; a
+``grpc://`` address serves plain gRPC clients (any language) through grpcio.
 """
 
 from __future__ import annotations
