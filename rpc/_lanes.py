@@ -33,10 +33,10 @@ import tempfile
 import time
 
 from rpc._link import LaneAdapter
-from transports import shm
+from rpc.transports import shm
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
-from transports import tcp, unix
+from rpc.transports import tcp, unix
 
 log = logging.getLogger("lanerpc")
 

@@ -16,8 +16,8 @@ import time
 from rpc import _connection as c
 from rpc._options import Options
 from rpc._wire import GoAwayCode, ProtocolError
-from transports import PeerInfo, peer_info
-from transports._spin import AdaptiveSpin
+from rpc.transports import PeerInfo, peer_info
+from rpc.transports._spin import AdaptiveSpin
 
 log = logging.getLogger("lanerpc")
 

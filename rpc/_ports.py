@@ -52,7 +52,7 @@ def bind(address: str, *, mode: int = 0o600,
 
 
 def _bind_unix(path: str, mode: int) -> socket.socket:
-    from transports.unix import _claim_path
+    from rpc.transports.unix import _claim_path
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         raise RuntimeError(f"Failed to bind to unix:{path}: no directory {directory}")

@@ -54,8 +54,8 @@ if _ROOT not in sys.path:
 
 import posix_ipc  # noqa: E402
 
-from transports._ring import StoreLoadFence  # noqa: E402
-from transports.shm import AdaptiveSpin, ShmOffer, ShmSegment, ShmTransport  # noqa: E402
+from rpc.transports._ring import StoreLoadFence  # noqa: E402
+from rpc.transports.shm import AdaptiveSpin, ShmOffer, ShmSegment, ShmTransport  # noqa: E402
 
 __all__ = ("KINDS", "run_floor")
 

@@ -1,7 +1,7 @@
 """lanerpc's lanes: each module moves bytes between two processes and knows nothing of RPC.
 
 The seam every lane implements is asyncio's own Protocol/Transport pair, narrowed down
-(see :mod:`transports._seam`):
+(see :mod:`rpc.transports._seam`):
 
 * a lane *connects* or *listens* and hands each connection to an ``asyncio.Protocol``
   made by the caller's factory (``connection_made``, ``data_received``,
@@ -12,6 +12,6 @@ The seam every lane implements is asyncio's own Protocol/Transport pair, narrowe
   the peer's address and, on local lanes, its credentials.
 """
 
-from transports._seam import Listener, PeerInfo, peer_info
+from ._seam import Listener, PeerInfo, peer_info
 
 __all__ = ("Listener", "PeerInfo", "peer_info")

@@ -42,7 +42,7 @@ stores from Python are enough. glibc's ``memcpy`` ends its non-temporal-store pa
 an ``sfence``, so large copies keep that order too. A weakly ordered CPU (aarch64)
 would need a release barrier (``dmb ish`` / ``stlr``) between the data and the index,
 and an acquire barrier after loading it; Python cannot emit those, so the ``shm`` lane
-refuses to run on anything but x86-64 (see :mod:`transports.shm`).
+refuses to run on anything but x86-64 (see :mod:`rpc.transports.shm`).
 
 The waiting flags are a Dekker-style handshake (store my flag, then load your counter),
 which needs store->load ordering that even x86-64 does not give for free: a store can

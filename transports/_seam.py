@@ -34,7 +34,7 @@ from typing import Protocol as _TypingProtocol
 class PeerInfo:
     """Typed facts about the other end of one connection."""
 
-    lane: str                    # "tcp", "unix", "shm", "pipe", "memory"
+    lane: str                    # "tcp", "unix", "shm"
     address: str                 # gRPC's spelling: "ipv4:1.2.3.4:5", "ipv6:[::1]:5", "unix:/p"
     pid: int | None = None       # SO_PEERCRED, on local lanes
     uid: int | None = None

@@ -1,7 +1,7 @@
 """Spinning before sleeping, and learning when it does not pay.
 
 Used where a process waits for a peer that usually answers within microseconds: the
-shm lane's waiters (:mod:`transports.shm`) and the socket lanes' keep-awake after a
+shm lane's waiters (:mod:`rpc.transports.shm`) and the socket lanes' keep-awake after a
 lone call's write (:mod:`rpc._link`). Waking a sleeping CPU costs tens of microseconds
 on a VM, more than a whole call's work, so a short poll often pays; when it does not,
 it must stop by itself.

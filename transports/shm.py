@@ -7,7 +7,7 @@ server wrote in the segment and writes it back into the segment as its acknowled
 the server checks that acknowledgement (``confirm_attached``). Every name is unlinked as
 soon as both sides hold the objects open, so a process killed at any later moment leaves
 nothing in ``/dev/shm``. Then each side wraps its segment in a :class:`ShmTransport`,
-which implements the lanes' seam (:mod:`transports._seam`).
+which implements the lanes' seam (:mod:`rpc.transports._seam`).
 
 Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of two)::
 
@@ -18,7 +18,7 @@ Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of 
     128          8    client closed flag
     192          32   nonce, written by the server at creation
     256          32   acknowledgement, the client writes the nonce here once it has mapped
-    512          256 + cap   ring client -> server   (layout in transports._ring)
+    512          256 + cap   ring client -> server   (layout in rpc.transports._ring)
     768 + cap    256 + cap   ring server -> client
 
 Waking up. Each side has one *doorbell* semaphore it sleeps on; the other side posts it
@@ -46,7 +46,7 @@ same Dekker order) before sleeping. :class:`AdaptiveSpin` turns it off while it 
 pay (one CPU, a slow peer); nothing spins without a write, so idle costs nothing.
 
 Only x86-64 Linux is supported: the rings rely on its store order (see
-:mod:`transports._ring`); elsewhere :class:`ShmUnavailable` tells the caller to stay on
+:mod:`rpc.transports._ring`); elsewhere :class:`ShmUnavailable` tells the caller to stay on
 the Unix socket.
 """
 
@@ -69,7 +69,7 @@ import time
 import weakref
 from typing import Any, Literal
 
-from transports._ring import (
+from ._ring import (
     MAX_CAPACITY,
     MIN_CAPACITY,
     RECORD_HEADER_SIZE,
@@ -77,8 +77,8 @@ from transports._ring import (
     ShmRing,
     StoreLoadFence,
 )
-from transports._seam import PeerInfo, peer_info
-from transports._spin import DEFAULT_SPIN_US, AdaptiveSpin
+from ._seam import PeerInfo, peer_info
+from ._spin import DEFAULT_SPIN_US, AdaptiveSpin
 
 try:
     import posix_ipc
@@ -159,7 +159,7 @@ def _require_support() -> None:
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):
         # The rings publish with plain stores, which is only correct under x86-64's
-        # total store order; see transports._ring.
+        # total store order; see rpc.transports._ring.
         raise ShmUnavailable(f"the shm lane needs x86-64 memory ordering, not {machine}")
 
 

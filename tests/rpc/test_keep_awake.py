@@ -11,7 +11,7 @@ import pytest
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
 from rpc._link import Link
-from transports import _spin
+from rpc.transports import _spin
 
 # The budget is widened from its default (tens of µs) so that what is tested is the
 # mechanism, not whether this machine answers within it while other tests run.

@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from transports._ring import (
+from rpc.transports._ring import (
     HEADER_SIZE,
     RECORD_HEADER_SIZE,
     RingCorrupted,

@@ -21,11 +21,11 @@ import pytest
 
 posix_ipc = pytest.importorskip("posix_ipc")
 
-import transports.shm as shm_module  # noqa: E402
-from transports import _spin  # noqa: E402
-from transports import PeerInfo  # noqa: E402
-from transports._ring import RingCorrupted  # noqa: E402
-from transports.shm import (  # noqa: E402
+import rpc.transports.shm as shm_module  # noqa: E402
+from rpc.transports import _spin  # noqa: E402
+from rpc.transports import PeerInfo  # noqa: E402
+from rpc.transports._ring import RingCorrupted  # noqa: E402
+from rpc.transports.shm import (  # noqa: E402
     SegmentLayout,
     ShmForkError,
     ShmOffer,
@@ -452,7 +452,7 @@ def test_full_dev_shm_gives_shm_unavailable_not_sigbus() -> None:
         f"""
         import sys
         sys.path.insert(0, {ROOT!r})
-        from transports.shm import ShmSegment, ShmUnavailable
+        from rpc.transports.shm import ShmSegment, ShmUnavailable
         try:
             segment, offer = ShmSegment.create(1 << 20)
         except ShmUnavailable as exc:
@@ -550,7 +550,7 @@ _STREAMING_CHILD = textwrap.dedent(
     """
     import asyncio, json, socket, sys
     sys.path.insert(0, sys.argv[1])
-    from transports.shm import ShmOffer, ShmSegment, ShmTransport
+    from rpc.transports.shm import ShmOffer, ShmSegment, ShmTransport
 
     raw = json.loads(sys.argv[2])
     offer = ShmOffer(raw["segment"], tuple(raw["semaphores"]), raw["capacity"],
@@ -623,8 +623,8 @@ async def test_peer_killed_mid_stream_is_noticed_within_a_second() -> None:
 
 
 def test_exported_members_are_a_sorted_tuple_of_real_names() -> None:
-    import transports._ring as ring_module
-    import transports.shm as shm_module
+    import rpc.transports._ring as ring_module
+    import rpc.transports.shm as shm_module
 
     for module in (shm_module, ring_module):
         assert isinstance(module.__all__, tuple)

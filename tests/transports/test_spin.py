@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transports import _spin
-from transports._spin import AdaptiveSpin
+from rpc.transports import _spin
+from rpc.transports._spin import AdaptiveSpin
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def test_cpus_available_follows_the_affinity_mask() -> None:
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity on this platform")
     code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from transports._spin import cpus_available, AdaptiveSpin; "
+            "from rpc.transports._spin import cpus_available, AdaptiveSpin; "
             "print(cpus_available(), AdaptiveSpin(50.0).max_spin_ns)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()
