@@ -39,15 +39,12 @@ def _identity(x):
 class ClientLink(Link):
     role = c.Role.CLIENT
 
-    def __init__(self, channel: "Channel", options, **kwargs) -> None:
-        super().__init__(options, **kwargs)
+    def __init__(self, channel: "Channel", options, *, hello=None) -> None:
+        super().__init__(options, hello=hello)
         self.channel = channel
         self.calls: dict[int, _Call] = {}
         self.draining = False
-        self.hello = None
-        self.refusal: c.GoAwayReceived | None = None
         self.waiting: collections.deque = collections.deque()   # calls over the stream limit
-        self.lane_grant: asyncio.Future | None = None   # the server's answer to our LANE
 
     def _dispatch(self, events: list[c.Event]) -> None:
         calls = self.calls
@@ -72,12 +69,11 @@ class ClientLink(Link):
                 if call is not None:
                     call._on_writable()
             elif t is c.HandshakeDone:
-                self.hello = ev.hello
                 self.handshake_complete()
             elif t is c.GoAwayReceived:
                 if not self.ready.done():
                     # Refused during the handshake (e.g. a uid the server doesn't admit).
-                    self.refusal = ev
+                    self.refused = True
                     self.close_reason = f"server refused the connection: {ev.reason}"
                     self.close(self.close_reason)
                     continue
@@ -92,9 +88,7 @@ class ClientLink(Link):
             elif t is c.PingAcked:
                 self.keepalive_acked(ev.payload)
             elif t is c.LaneChange:
-                grant = self.lane_grant
-                if grant is not None and not grant.done():
-                    grant.set_result(ev.lane)
+                self.lane_answered(ev.lane)
 
     def _lost(self, reason: str) -> None:
         calls, self.calls = self.calls, {}
@@ -861,7 +855,7 @@ class Channel(aio.Channel):
         for i in range(len(endpoints)):
             endpoint = endpoints[(self._rr + i) % len(endpoints)]
             try:
-                link = await _lanes.connect(self, endpoint)
+                link = await _lanes.connect(endpoint, self._options, self._make_link)
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 errors.append(f"{endpoint}: {exc or type(exc).__name__}")
                 self._last_refused = isinstance(exc, PermissionError) and "refused" in str(exc)
@@ -886,6 +880,9 @@ class Channel(aio.Channel):
         self._set_state(_CONNECTIVITY.TRANSIENT_FAILURE)
         log.debug("lanerpc: connecting to %s failed: %s", self._target, self._last_error)
         return None
+
+    def _make_link(self, hello) -> ClientLink:
+        return ClientLink(self, self._options, hello=hello)
 
     def _link_draining(self, link: ClientLink) -> None:
         if self._link is link:

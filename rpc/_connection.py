@@ -14,7 +14,6 @@ import collections
 import enum
 import os
 from dataclasses import dataclass
-from typing import Callable
 
 from rpc import _wire
 from rpc._proto import handshake_pb2
@@ -105,7 +104,15 @@ class Event:
 
 
 @dataclass(slots=True)
+class HelloReceived(Event):
+    """Server: the client's HELLO, checked. Nothing more is read until the owner
+    answers with :meth:`Connection.accept` (or refuses)."""
+    hello: handshake_pb2.Hello
+
+
+@dataclass(slots=True)
 class HandshakeDone(Event):
+    """Client: the server's HELLO, checked; the connection carries calls now."""
     hello: handshake_pb2.Hello
 
 
@@ -273,9 +280,11 @@ class Connection:
         role: Role,
         limits: Limits | None = None,
         *,
-        hello_extra: handshake_pb2.Hello | None = None,
-        hello_reply: "Callable[[handshake_pb2.Hello], handshake_pb2.Hello | None] | None" = None,
+        hello: handshake_pb2.Hello | None = None,
     ) -> None:
+        """``hello``: client only, the fields its HELLO carries besides version and
+        settings (the lanes it takes, an upgrade claim). A server's are given to
+        :meth:`accept`."""
         self.role = role
         self.limits = limits or Limits()
         self.peer: PeerLimits | None = None
@@ -294,18 +303,17 @@ class Connection:
         self.goaway_sent = False
         self.goaway_received: GoAwayReceived | None = None
         self.closed = False
-        self._hello_extra = hello_extra
-        # Server: builds the fields of its HELLO that depend on the client's
-        # (the answer to an upgrade claim). A pure function; no I/O.
-        self._hello_reply = hello_reply
         self.handshake_done = False
+        self._accept_pending = False    # server: the client's HELLO awaits accept()
         self._lane_asked: str | None = None
         self._lane_answered = False
         # Both sides start with the magic, so even a refusal (GOAWAY before
         # HELLO) is readable by a lanerpc peer.
         self._emit(_wire.MAGIC)
         if role is Role.CLIENT:
-            self._send_hello([_wire.PROTOCOL_VERSION])
+            self._send_hello([_wire.PROTOCOL_VERSION], hello)
+        elif hello is not None:
+            raise ValueError("a server's HELLO fields are given to accept()")
 
     # ----------------------------------------------------------- plumbing
 
@@ -326,10 +334,10 @@ class Connection:
     def has_data_to_send(self) -> bool:
         return bool(self._out) or self._recv_window_pending >= self.limits.connection_window // 4
 
-    def _send_hello(self, versions: list[int]) -> None:
+    def _send_hello(self, versions: list[int], fields: handshake_pb2.Hello | None) -> None:
         hello = handshake_pb2.Hello()
-        if self._hello_extra is not None:
-            hello.CopyFrom(self._hello_extra)
+        if fields is not None:
+            hello.CopyFrom(fields)
         hello.versions[:] = versions
         hello.settings.CopyFrom(self.limits.to_settings())
         body = hello.SerializeToString()
@@ -349,6 +357,8 @@ class Connection:
         events: list[Event] = []
         decoder = self._decoder
         decoder.feed(data)
+        if self._accept_pending:
+            return events      # buffered until our HELLO has gone out (accept)
         try:
             for ftype, flags, sid, payload in decoder.frames():
                 if ftype == MESSAGE:
@@ -361,6 +371,8 @@ class Connection:
                     self._on_window_update(sid, payload, events)
                 elif ftype == HELLO:
                     self._on_hello(sid, payload, events)
+                    if self._accept_pending:
+                        break   # what follows waits for accept(): our HELLO goes first
                 elif ftype == CANCEL:
                     self._on_cancel(flags, sid, payload, events)
                 elif ftype == PING:
@@ -375,22 +387,46 @@ class Connection:
                             raise ProtocolError("bytes after a LANE switch on the old lane")
                         break
         except ProtocolError as exc:
-            self._fail(exc)
+            self.fail(exc)
             raise
         return events
 
-    def _fail(self, exc: ProtocolError) -> None:
+    def accept(self, hello: handshake_pb2.Hello | None = None) -> None:
+        """Server: answer the client's HELLO (after :class:`HelloReceived`) with ours,
+        carrying ``hello``'s fields (an upgrade offer or proof, an shm offer). Then call
+        ``receive_data(b"")``: frames that arrived behind the client's HELLO are read."""
+        if self.role is not Role.SERVER or not self._accept_pending:
+            raise RuntimeError("accept() answers a client's HELLO, once")
+        self._accept_pending = False
+        if self.closed:
+            return
+        assert self.version is not None
+        self._send_hello([self.version], hello)
+        self.handshake_done = True
+
+    def refuse(self, code: int, reason: str) -> None:
+        """Turn the peer away: a GOAWAY saying why, then nothing more either way."""
+        self.goaway(code, reason)
+        self.closed = True
+
+    def fail(self, exc: ProtocolError) -> None:
+        """The peer broke the protocol: a GOAWAY naming the violation, then closed."""
         if not self.closed:
             self._emit(_wire.frame(GOAWAY, 0, 0, _wire.encode_goaway(
                 self._last_peer_stream, exc.code, str(exc))))
             self.closed = True
+
+    def connection_lost(self) -> None:
+        """The transport is gone: nothing more is received or sent."""
+        self.closed = True
+        self._accept_pending = False
 
     def _require_handshake(self) -> None:
         if not self.handshake_done:
             raise ProtocolError("frame before HELLO")
 
     def _on_hello(self, sid: int, payload: bytes, events: list[Event]) -> None:
-        if self.handshake_done:
+        if self.handshake_done or self._accept_pending:
             raise ProtocolError("second HELLO")
         if sid != 0:
             raise ProtocolError("HELLO on a stream")
@@ -408,11 +444,7 @@ class Connection:
                     f"we speak {list(_wire.SUPPORTED_VERSIONS)})",
                     GoAwayCode.UNSUPPORTED_VERSION)
             self.version = max(common)
-            if self._hello_reply is not None:
-                extra = self._hello_reply(hello)
-                if extra is not None:
-                    self._hello_extra = extra
-            self._send_hello([self.version])
+            self._accept_pending = True
         else:
             if len(hello.versions) != 1 or hello.versions[0] not in _wire.SUPPORTED_VERSIONS:
                 raise ProtocolError(f"server chose an unknown version {list(hello.versions)}",
@@ -421,8 +453,11 @@ class Connection:
         self.peer = peer
         self.peer_hello = hello
         self.send_window = peer.connection_window
-        self.handshake_done = True
-        events.append(HandshakeDone(hello))
+        if self.role is Role.SERVER:
+            events.append(HelloReceived(hello))
+        else:
+            self.handshake_done = True
+            events.append(HandshakeDone(hello))
 
     def _on_headers(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
         self._require_handshake()

@@ -16,6 +16,10 @@ The upgrade (docs/wire-protocol.md, "Same-host upgrade"):
 
 The upgrade runs when a channel connects, before any call uses the connection,
 so no call is ever in flight across the switch.
+
+This module imports nothing above it: a client hands :func:`connect` a factory that
+makes its links; a server gets its listeners from :class:`ServerLanes` and, for each
+connection, a :class:`Negotiator` that answers the client's HELLO and LANE frames.
 """
 
 from __future__ import annotations
@@ -31,17 +35,24 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 
-from rpc._link import LaneAdapter
-from rpc.transports import shm
+from rpc._link import LaneAdapter, Link
+from rpc._options import Options
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
-from rpc.transports import tcp, unix
+from rpc.transports import shm, tcp, unix
 
 log = logging.getLogger("lanerpc")
 
 _DIR_PREFIX = "lanerpc-up-"   # specific: the sweep must never touch other programs' dirs
 _SOCKET_NAME = "up.sock"
+
+# Makes a client link whose HELLO carries these fields (the lanes it takes, a claim).
+ClientLinkFactory = Callable[[handshake_pb2.Hello | None], Link]
+# Makes a server link that negotiates its lanes through this negotiator.
+ServerLinkFactory = Callable[["Negotiator"], Link]
+Listener = asyncio.AbstractServer | unix.UnixListener
 
 
 def _answer(token: bytes, nonce: bytes) -> bytes:
@@ -50,18 +61,20 @@ def _answer(token: bytes, nonce: bytes) -> bytes:
 
 # ------------------------------------------------------------------ client side
 
-async def _dial(channel, endpoint: Endpoint, hello_extra=None, lanes=None):
-    from rpc._channel import ClientLink
-    options = channel._options
+async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory,
+                hello: handshake_pb2.Hello | None = None,
+                lanes: Sequence[str] | None = None) -> Link:
     if endpoint.lane == "unix":
         # Tell the server which lanes we take, so it offers shm only when we do.
-        hello_extra = hello_extra if hello_extra is not None else handshake_pb2.Hello()
-        hello_extra.lanes = ",".join(lanes if lanes is not None else options.lanes)
-    factory = lambda: ClientLink(channel, options, hello_extra=hello_extra)  # noqa: E731
+        hello = hello if hello is not None else handshake_pb2.Hello()
+        hello.lanes = ",".join(lanes if lanes is not None else options.lanes)
+    factory = lambda: make_link(hello)  # noqa: E731
     if endpoint.lane == "unix":
-        _, link = await unix.connect(endpoint.path, factory)
+        _, protocol = await unix.connect(endpoint.path, factory)
     else:
-        _, link = await tcp.connect(endpoint.host, endpoint.port, factory)
+        _, protocol = await tcp.connect(endpoint.host, endpoint.port, factory)
+    link = protocol
+    assert isinstance(link, Link)
     try:
         await asyncio.wait_for(asyncio.shield(link.ready), options.handshake_timeout)
     except BaseException:
@@ -70,32 +83,34 @@ async def _dial(channel, endpoint: Endpoint, hello_extra=None, lanes=None):
     return link
 
 
-async def connect(channel, endpoint: Endpoint):
+async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory) -> Link:
     """A ready link to ``endpoint``, on the fastest lane both sides allow."""
-    lanes = channel._options.lanes
+    lanes = options.lanes
     if endpoint.lane == "unix" and "unix" not in lanes:
         raise ConnectionError(f"{endpoint} is a unix: target but lanerpc.lanes excludes unix")
-    link = await _dial(channel, endpoint)
-    offer = link.hello.upgrade if link.hello is not None and link.hello.HasField("upgrade") else None
+    link = await _dial(endpoint, options, make_link)
+    hello = link.conn.peer_hello
+    offer = hello.upgrade if hello is not None and hello.HasField("upgrade") else None
     if endpoint.lane == "tcp" and offer is not None and "unix" in lanes:
-        upgraded = await _try_upgrade(channel, offer)
+        upgraded = await _try_upgrade(offer, options, make_link)
         if upgraded is not None:
             link.close("moved to the unix lane")
             link, endpoint = upgraded, Endpoint("unix", path=offer.unix_path)
-    if link.lane == "unix" and link.hello is not None and link.hello.HasField("shm"):
+    hello = link.conn.peer_hello
+    if link.lane == "unix" and hello is not None and hello.HasField("shm"):
         if "shm" in lanes:
-            link = await _try_shm(channel, link, endpoint)
+            link = await _try_shm(link, hello.shm, endpoint, options, make_link)
         else:
             link.conn.send_lane("unix")     # not ours to take: let the server drop it
             link.flush()
     return link
 
 
-async def _try_shm(channel, link, endpoint: Endpoint):
+async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoint,
+                   options: Options, make_link: ClientLinkFactory) -> Link:
     """Move a unix link to the shm lane the server offered: map the segment, check
     the server's nonce in it, ask with a LANE frame, switch on the server's grant.
     Declining is silent (DEBUG) and leaves the link on unix."""
-    offered = link.hello.shm
     offer = shm.ShmOffer(segment=offered.segment, semaphores=tuple(offered.semaphores),
                          ring_capacity=offered.ring_capacity, nonce=offered.nonce)
     try:
@@ -110,13 +125,11 @@ async def _try_shm(channel, link, endpoint: Endpoint):
         link.conn.send_lane("unix")
         link.flush()
         return link
-    loop = asyncio.get_running_loop()
-    link.lane_grant = loop.create_future()
+    grant = link.expect_lane_answer()
     link.conn.send_lane("shm")
     link.flush()
     try:
-        granted = await asyncio.wait_for(asyncio.shield(link.lane_grant),
-                                         channel._options.upgrade_timeout)
+        granted = await asyncio.wait_for(asyncio.shield(grant), options.upgrade_timeout)
     except (asyncio.TimeoutError, ConnectionError) as exc:
         # The server may or may not have switched: this connection can't be
         # trusted either way. Start again on unix, without shm.
@@ -124,13 +137,13 @@ async def _try_shm(channel, link, endpoint: Endpoint):
         link.abort("shm switch did not complete")
         log.debug("lanerpc: shm switch did not complete (%s); dialing unix again",
                   exc or type(exc).__name__)
-        return await _dial(channel, endpoint, lanes=[lane for lane in channel._options.lanes
-                                                    if lane != "shm"])
+        return await _dial(endpoint, options, make_link,
+                           lanes=[lane for lane in options.lanes if lane != "shm"])
     if granted != "shm":
         segment.close()
         return link
     try:
-        transport = shm.ShmTransport(loop, segment, "client", LaneAdapter(link),
+        transport = shm.ShmTransport(link.loop, segment, "client", LaneAdapter(link),
                                      control_transport=link.transport)
     except Exception:
         segment.close()
@@ -140,66 +153,8 @@ async def _try_shm(channel, link, endpoint: Endpoint):
     return link
 
 
-# ------------------------------------------------------------------ shm, server side
-
-def offer_shm(link, client_hello):
-    """Make a segment for this unix connection and the offer naming it, when the
-    client's and our lanes both list shm; None otherwise (no shm here: stay on unix)."""
-    server = link.server
-    if "shm" not in server._options.lanes or "shm" not in client_hello.lanes.split(","):
-        return None
-    try:
-        segment, offer = shm.ShmSegment.create()
-    except Exception as exc:    # ShmUnavailable: full /dev/shm, no posix_ipc, other CPU...
-        log.debug("lanerpc: no shm lane for this connection (%s)", exc)
-        return None
-    link.shm_segment = segment
-    # A client that never answers must not keep the names in /dev/shm.
-    link.loop.call_later(server._options.handshake_timeout, _expire_offer, link, segment)
-    return handshake_pb2.ShmOffer(segment=offer.segment, semaphores=list(offer.semaphores),
-                                  ring_capacity=offer.ring_capacity, nonce=offer.nonce)
-
-
-def _expire_offer(link, segment) -> None:
-    if link.shm_segment is segment:
-        link.shm_segment = None
-        segment.close()
-
-
-def server_lane_change(link, lane: str) -> None:
-    """The client asked for a lane: grant shm if its segment checks out."""
-    segment, link.shm_segment = link.shm_segment, None
-    if lane != "shm":
-        if segment is not None:
-            segment.close()          # declined
-        return
-    if segment is None:
-        link.conn.send_lane("unix")
-        link.flush()
-        return
-    try:
-        segment.confirm_attached()
-    except Exception as exc:
-        log.debug("lanerpc: client did not map the offered segment (%s); staying on unix", exc)
-        segment.close()
-        link.conn.send_lane("unix")
-        link.flush()
-        return
-    link.conn.send_lane("shm")
-    link.flush()                     # the last bytes on the unix socket
-    control = link.transport
-    try:
-        transport = shm.ShmTransport(link.loop, segment, "server", LaneAdapter(link),
-                                     control_transport=control)
-    except Exception as exc:
-        log.warning("lanerpc: could not start the shm transport: %s", exc)
-        segment.close()
-        link.abort(f"shm transport failed: {exc}")
-        return
-    link.switch_to(transport)
-
-
-async def _try_upgrade(channel, offer: handshake_pb2.UpgradeOffer):
+async def _try_upgrade(offer: handshake_pb2.UpgradeOffer, options: Options,
+                       make_link: ClientLinkFactory) -> Link | None:
     """The unix link the offer leads to, proven; None if it can't be had."""
     path = offer.unix_path
     token = offer.token
@@ -207,17 +162,19 @@ async def _try_upgrade(channel, offer: handshake_pb2.UpgradeOffer):
         log.debug("lanerpc: upgrade offer malformed; staying on tcp")
         return None
     nonce = os.urandom(32)
-    extra = handshake_pb2.Hello()
-    extra.claim.token_id = hashlib.sha256(token).digest()
-    extra.claim.nonce = nonce
+    claim = handshake_pb2.Hello()
+    claim.claim.token_id = hashlib.sha256(token).digest()
+    claim.claim.nonce = nonce
     try:
         link = await asyncio.wait_for(
-            _dial(channel, Endpoint("unix", path=path), extra), channel._options.upgrade_timeout)
+            _dial(Endpoint("unix", path=path), options, make_link, claim),
+            options.upgrade_timeout)
     except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
         log.debug("lanerpc: upgrade to unix:%s failed (%s); staying on tcp",
                   path, exc or type(exc).__name__)
         return None
-    answer = link.hello.claim_answer if link.hello is not None else b""
+    hello = link.conn.peer_hello
+    answer = hello.claim_answer if hello is not None else b""
     if not hmac.compare_digest(answer, _answer(token, nonce)):
         log.debug("lanerpc: unix:%s did not prove it is the same server; staying on tcp", path)
         link.abort("upgrade proof failed")
@@ -227,58 +184,208 @@ async def _try_upgrade(channel, offer: handshake_pb2.UpgradeOffer):
 
 # ------------------------------------------------------------------ server side
 
-class _PathListener:
-    """An asyncio server whose socket file is removed when it closes."""
+class ServerLanes:
+    """A server's side of the lanes: its listeners, the private upgrade socket when
+    TCP clients may move, and a :class:`Negotiator` for each connection."""
 
-    def __init__(self, server: asyncio.AbstractServer, path: str) -> None:
-        self._server = server
-        self.path = path
-        st = os.lstat(path)
-        self._inode = (st.st_dev, st.st_ino)
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._upgrade: _UpgradeSocket | None = None
+
+    @property
+    def upgrade_path(self) -> str | None:
+        return self._upgrade.path if self._upgrade is not None else None
+
+    async def listen(self, sockets: Sequence[tuple[str, socket.socket]],
+                     make_link: ServerLinkFactory) -> list[Listener]:
+        """Listen on the sockets bound by add_insecure_port (and, when a TCP port may
+        be upgraded, on the upgrade socket); returns the ports' listeners."""
+        lanes = self.options.lanes
+        if any(kind == "tcp" for kind, _ in sockets) and "unix" in lanes:
+            try:
+                self._upgrade = await _UpgradeSocket.start(
+                    lambda: make_link(Negotiator(self, upgrade_side=True)))
+            except OSError as exc:
+                log.debug("lanerpc: no upgrade socket (%s); tcp clients stay on tcp", exc)
+        listeners: list[Listener] = []
+        try:
+            for kind, sock in sockets:
+                if kind == "unix":
+                    listeners.append(await unix.listen(
+                        sock, lambda: make_link(Negotiator(self))))
+                else:
+                    listeners.append(await tcp.listen(
+                        sock, lambda: make_link(Negotiator(self, offer_upgrade=True))))
+        except BaseException:
+            for listener in listeners:
+                listener.close()
+            raise
+        return listeners
+
+    def admits(self, uid: int | None) -> bool:
+        """The unix and shm lanes admit our own uid, and those the option lists."""
+        if uid is None:
+            return False
+        return uid == os.geteuid() or uid in self.options.allowed_uids
 
     def close(self) -> None:
-        self._server.close()
+        """Stop the upgrade socket and remove its directory."""
+        if self._upgrade is not None:
+            self._upgrade.close()
+            self._upgrade = None
+
+
+class Negotiator:
+    """One server connection's part in the lanes: what its HELLO offers (the upgrade
+    on tcp, the proof on the upgrade socket, shm on unix), whether a LANE request is
+    granted, and what is cleaned up when the connection ends."""
+
+    def __init__(self, lanes: ServerLanes, *, offer_upgrade: bool = False,
+                 upgrade_side: bool = False) -> None:
+        self._lanes = lanes
+        self._offer_upgrade = offer_upgrade
+        self._upgrade_side = upgrade_side
+        self._token_id: bytes | None = None       # of the upgrade offer we made
+        self._segment: shm.ShmSegment | None = None   # offered, not yet taken or declined
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def admits(self, uid: int | None) -> bool:
+        return self._lanes.admits(uid)
+
+    def hello(self, link: Link, client_hello: handshake_pb2.Hello) -> handshake_pb2.Hello | None:
+        """The fields of our HELLO that depend on the lanes, or None."""
+        upgrade = self._lanes._upgrade
+        reply: handshake_pb2.Hello | None = None
+        if upgrade is not None and self._offer_upgrade:
+            reply = handshake_pb2.Hello()
+            self._token_id = upgrade.offer(reply.upgrade)
+        if upgrade is not None and self._upgrade_side and client_hello.HasField("claim"):
+            answer = upgrade.answer(client_hello.claim)
+            if answer is not None:
+                reply = reply or handshake_pb2.Hello()
+                reply.claim_answer = answer
+        if link.lane == "unix":
+            offer = self._offer_shm(link, client_hello)
+            if offer is not None:
+                reply = reply or handshake_pb2.Hello()
+                reply.shm.CopyFrom(offer)
+        return reply
+
+    def _offer_shm(self, link: Link,
+                   client_hello: handshake_pb2.Hello) -> handshake_pb2.ShmOffer | None:
+        """A segment for this unix connection and the offer naming it, when the
+        client's and our lanes both list shm; None otherwise (stay on unix)."""
+        if "shm" not in self._lanes.options.lanes or "shm" not in client_hello.lanes.split(","):
+            return None
         try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self._inode:   # still ours, not a successor's
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            segment, offer = shm.ShmSegment.create()
+        except Exception as exc:    # ShmUnavailable: full /dev/shm, no posix_ipc, other CPU...
+            log.debug("lanerpc: no shm lane for this connection (%s)", exc)
+            return None
+        self._segment = segment
+        # A client that never answers must not keep the names in /dev/shm.
+        self._expiry = link.loop.call_later(self._lanes.options.handshake_timeout,
+                                            self._drop_segment)
+        return handshake_pb2.ShmOffer(segment=offer.segment, semaphores=list(offer.semaphores),
+                                      ring_capacity=offer.ring_capacity, nonce=offer.nonce)
 
-    async def wait_closed(self) -> None:
-        await self._server.wait_closed()
+    def _take_segment(self) -> shm.ShmSegment | None:
+        segment, self._segment = self._segment, None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        return segment
+
+    def _drop_segment(self) -> None:
+        segment = self._take_segment()
+        if segment is not None:
+            segment.close()
+
+    def lane_change(self, link: Link, lane: str) -> None:
+        """The client asked for ``lane``: grant shm if its segment checks out."""
+        segment = self._take_segment()
+        if lane != "shm":
+            if segment is not None:
+                segment.close()          # declined
+            return
+        if segment is None:
+            link.conn.send_lane("unix")
+            link.flush()
+            return
+        try:
+            segment.confirm_attached()
+        except Exception as exc:
+            log.debug("lanerpc: client did not map the offered segment (%s); staying on unix", exc)
+            segment.close()
+            link.conn.send_lane("unix")
+            link.flush()
+            return
+        link.conn.send_lane("shm")
+        link.flush()                     # the last bytes on the unix socket
+        try:
+            transport = shm.ShmTransport(link.loop, segment, "server", LaneAdapter(link),
+                                         control_transport=link.transport)
+        except Exception as exc:
+            log.warning("lanerpc: could not start the shm transport: %s", exc)
+            segment.close()
+            link.abort(f"shm transport failed: {exc}")
+            return
+        link.switch_to(transport)
+
+    def close(self) -> None:
+        """The connection ended: its unused token and segment go."""
+        upgrade = self._lanes._upgrade
+        if upgrade is not None and self._token_id is not None:
+            upgrade.forget(self._token_id)
+        self._token_id = None
+        self._drop_segment()
 
 
-class UpgradeListener:
+class _UpgradeSocket:
     """The server's private upgrade socket and the tokens it has offered."""
 
-    def __init__(self, directory: str, listener: _PathListener) -> None:
+    def __init__(self, directory: str, listener: unix.UnixListener) -> None:
         self.directory = directory
         self.listener = listener
         self.path = listener.path
         self.tokens: dict[bytes, bytes] = {}   # sha256(token) -> token
 
-    def offer(self) -> handshake_pb2.Hello:
+    @classmethod
+    async def start(cls, factory: Callable[[], Link]) -> _UpgradeSocket:
+        base = runtime_dir()
+        sweep_stale(base)
+        directory = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=base)   # mode 0700
+        os.chmod(directory, 0o700)
+        try:
+            sock = unix.bind(os.path.join(directory, _SOCKET_NAME))
+            try:
+                listener = await unix.listen(sock, factory)
+            except BaseException:
+                sock.close()
+                raise
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return cls(directory, listener)
+
+    def offer(self, into: handshake_pb2.UpgradeOffer) -> bytes:
+        """Fill ``into`` with our path and a fresh token; returns the token's id."""
         token = os.urandom(32)
-        self.tokens[hashlib.sha256(token).digest()] = token
-        extra = handshake_pb2.Hello()
-        extra.upgrade.unix_path = self.path
-        extra.upgrade.token = token
-        return extra
+        token_id = hashlib.sha256(token).digest()
+        self.tokens[token_id] = token
+        into.unix_path = self.path
+        into.token = token
+        return token_id
 
-    def forget(self, hello_extra: handshake_pb2.Hello | None) -> None:
-        if hello_extra is not None and hello_extra.HasField("upgrade"):
-            self.tokens.pop(hashlib.sha256(hello_extra.upgrade.token).digest(), None)
+    def forget(self, token_id: bytes) -> None:
+        self.tokens.pop(token_id, None)
 
-    def answer(self, client_hello: handshake_pb2.Hello) -> handshake_pb2.Hello | None:
-        if not client_hello.HasField("claim"):
+    def answer(self, claim: handshake_pb2.UpgradeClaim) -> bytes | None:
+        """The proof for a client's claim, once per token; None for a bad claim."""
+        token = self.tokens.pop(claim.token_id, None)
+        if token is None or len(claim.nonce) < 16:
             return None
-        token = self.tokens.pop(client_hello.claim.token_id, None)   # one use only
-        if token is None or len(client_hello.claim.nonce) < 16:
-            return None
-        reply = handshake_pb2.Hello()
-        reply.claim_answer = _answer(token, client_hello.claim.nonce)
-        return reply
+        return _answer(token, claim.nonce)
 
     def close(self) -> None:
         self.listener.close()
@@ -334,62 +441,3 @@ def sweep_stale(base: str) -> int:
             shutil.rmtree(directory, ignore_errors=True)
             removed += 1
     return removed
-
-
-async def _start_upgrade_listener(server) -> UpgradeListener:
-    base = runtime_dir()
-    sweep_stale(base)
-    directory = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=base)   # mode 0700
-    os.chmod(directory, 0o700)
-    path = os.path.join(directory, _SOCKET_NAME)
-    try:
-        listener = await unix.listen(path, lambda: server._new_link(upgrade_side=True))
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    return UpgradeListener(directory, listener)
-
-
-async def start_listening(server, sockets) -> None:
-    """Listen on the sockets bound by add_insecure_port, and on the upgrade
-    socket when a TCP port may be upgraded."""
-    loop = asyncio.get_running_loop()
-    lanes = server._options.lanes
-    has_tcp = any(kind == "tcp" for kind, _ in sockets)
-    if has_tcp and "unix" in lanes:
-        try:
-            server._upgrade = await _start_upgrade_listener(server)
-        except OSError as exc:
-            log.debug("lanerpc: no upgrade socket (%s); tcp clients stay on tcp", exc)
-    for kind, sock in sockets:
-        sock.listen(1024)
-        if kind == "unix":
-            aserver = await loop.create_unix_server(server._new_link, sock=sock)
-            server._listeners.append(_PathListener(aserver, sock.getsockname()))
-        else:
-            aserver = await loop.create_server(
-                lambda: _nodelay_link(server._new_link(offer=True)), sock=sock)
-            server._listeners.append(aserver)
-
-
-def _nodelay_link(link):
-    made = link.connection_made
-
-    def connection_made(transport):
-        tcp._nodelay(transport)
-        made(transport)
-    link.connection_made = connection_made
-    return link
-
-
-def admitted_uid(server, uid: int | None) -> bool:
-    """The unix and shm lanes admit our own uid, and those the option lists."""
-    if uid is None:
-        return False
-    return uid == os.geteuid() or uid in server._options.allowed_uids
-
-
-def stop_upgrade(server) -> None:
-    if server._upgrade is not None:
-        server._upgrade.close()
-        server._upgrade = None

@@ -15,6 +15,7 @@ import time
 
 from rpc import _connection as c
 from rpc._options import Options
+from rpc._proto import handshake_pb2
 from rpc._wire import GoAwayCode, ProtocolError
 from rpc.transports import PeerInfo, peer_info
 from rpc.transports._spin import AdaptiveSpin
@@ -28,14 +29,14 @@ class Link(asyncio.Protocol):
 
     role: c.Role
 
-    def __init__(self, options: Options, *, hello_extra=None, hello_reply=None) -> None:
+    def __init__(self, options: Options, *, hello: handshake_pb2.Hello | None = None) -> None:
         self.options = options
         limits = c.Limits(
             max_metadata_size=options.max_metadata_size,
             max_receive_message_length=options.max_receive_message_length,
             max_concurrent_streams=options.max_concurrent_streams,
         )
-        self.conn = c.Connection(self.role, limits, hello_extra=hello_extra, hello_reply=hello_reply)
+        self.conn = c.Connection(self.role, limits, hello=hello)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: PeerInfo | None = None
@@ -43,6 +44,8 @@ class Link(asyncio.Protocol):
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.close_reason: str | None = None
+        self.refused = False          # the handshake ended in a refusal (either side's)
+        self._lane_answer: asyncio.Future[str] | None = None
         self._flush_scheduled = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
@@ -98,11 +101,11 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timers()
-        self.conn.closed = True
+        self.conn.connection_lost()
         if self.close_reason is None:
             self.close_reason = f"connection lost: {exc}" if exc else "connection closed by peer"
         if not self.ready.done():
-            error = PermissionError if getattr(self, "refusal", None) is not None else ConnectionError
+            error = PermissionError if self.refused else ConnectionError
             self.ready.set_exception(error(self.close_reason))
             self.ready.exception()   # mark retrieved; the owner reports it its own way
         if not self.closed.done():
@@ -111,6 +114,10 @@ class Link(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
         self._drain_waiters.clear()
+        if self._lane_answer is not None and not self._lane_answer.done():
+            self._lane_answer.set_exception(ConnectionError(self.close_reason))
+            self._lane_answer.exception()
+        self._lane_answer = None
         self._lost(self.close_reason)
 
     def pause_writing(self) -> None:
@@ -301,8 +308,7 @@ class Link(asyncio.Protocol):
             self.close_reason = f"protocol error: {exc}"
         peer = self.peer.address if self.peer else "?"
         log.warning("lanerpc: closing connection from %s: %s", peer, exc)
-        if not self.conn.closed:
-            self.conn._fail(exc)
+        self.conn.fail(exc)
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -321,6 +327,16 @@ class Link(asyncio.Protocol):
             self.transport.abort()
 
     # ------------------------------------------------------------ lane switch
+
+    def expect_lane_answer(self) -> asyncio.Future[str]:
+        """Client, before sending LANE: a future for the lane the server answers."""
+        self._lane_answer = self.loop.create_future()
+        return self._lane_answer
+
+    def lane_answered(self, lane: str) -> None:
+        answer, self._lane_answer = self._lane_answer, None
+        if answer is not None and not answer.done():
+            answer.set_result(lane)
 
     def switch_to(self, transport: asyncio.BaseTransport) -> None:
         """Carry on over another lane's transport (shm, after a LANE switch)."""

@@ -30,7 +30,6 @@ class Options:
     retry_policy: dict | None = None
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
-    min_connect_timeout: float = 20.0
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
 
 
@@ -98,8 +97,6 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
             values["max_reconnect_backoff"] = max(1, int(value)) / 1000
-        elif name == "grpc.min_reconnect_backoff_ms":
-            values["min_connect_timeout"] = max(1, int(value)) / 1000
     return Options(**values)
 
 

@@ -60,7 +60,7 @@ async def serve_async(server: Server, *, grace: float = DEFAULT_GRACE) -> None:
         loop.add_signal_handler(sig, on_stop, sig)
     loop.add_signal_handler(signal.SIGUSR1, on_stats)
     try:
-        if server._state == "new":
+        if not server.started:
             await server.start()
         log.info("lanerpc: serving")
         await server.wait_for_termination()

@@ -61,14 +61,11 @@ def _kind(fn) -> str:
 class ServerLink(Link):
     role = c.Role.SERVER
 
-    def __init__(self, server: "Server", options, *, hello_extra=None, upgrade_side: bool = False) -> None:
-        super().__init__(options, hello_extra=hello_extra, hello_reply=self._hello_reply)
+    def __init__(self, server: "Server", options, negotiator: _lanes.Negotiator) -> None:
+        super().__init__(options)
         self.server = server
+        self.negotiator = negotiator
         self.calls: dict = {}
-        self.offer = hello_extra
-        self.upgrade_side = upgrade_side
-        self.shm_segment = None      # offered, not yet taken or declined
-        self.refused = False
         self.ping_strikes = 0
         self.last_ping = -1e9
 
@@ -78,14 +75,13 @@ class ServerLink(Link):
         self.server._stats.connection_opened(self)
         peer = self.peer
         if peer is not None and peer.lane == "unix":
-            if not _lanes.admitted_uid(self.server, peer.uid):
+            if not self.negotiator.admits(peer.uid):
                 # Refused before the handshake: no call from this peer reaches a handler.
                 self.refused = True
                 reason = f"uid {peer.uid} is not admitted on this server's local lanes"
                 log.warning("lanerpc: refusing unix connection (pid %s): %s", peer.pid, reason)
                 self.close_reason = reason
-                self.conn.goaway(GoAwayCode.PERMISSION_DENIED, reason)
-                self.conn.closed = True
+                self.conn.refuse(GoAwayCode.PERMISSION_DENIED, reason)
                 self.flush()
                 # Half-close and keep reading until the peer hangs up: closing
                 # with its HELLO unread would reset the socket before it reads why.
@@ -94,21 +90,6 @@ class ServerLink(Link):
                     self.loop.call_later(2.0, transport.abort)
                 else:
                     transport.close()
-
-    def _hello_reply(self, client_hello):
-        """The parts of our HELLO that answer the client's: the upgrade proof,
-        and an shm offer when both sides allow the lane."""
-        server = self.server
-        reply = None
-        if self.upgrade_side and server._upgrade is not None:
-            reply = server._upgrade.answer(client_hello)
-        if self.lane == "unix":
-            offer = _lanes.offer_shm(self, client_hello)
-            if offer is not None:
-                if reply is None:
-                    reply = type(client_hello)()
-                reply.shm.CopyFrom(offer)
-        return reply
 
     def _switched(self, old_lane: str) -> None:
         stats = self.server._stats
@@ -140,14 +121,17 @@ class ServerLink(Link):
                 call = calls.get(ev.stream_id)
                 if call is not None:
                     call._on_writable()
-            elif t is c.HandshakeDone:
-                self.server._on_handshake(self, ev.hello)
+            elif t is c.HelloReceived:
+                # Our HELLO carries what the lanes offer this client; then read on.
+                self.conn.accept(self.negotiator.hello(self, ev.hello))
+                self.handshake_complete()
+                self._dispatch(self.conn.receive_data(b""))
             elif t is c.PingReceived:
                 self._on_ping()
             elif t is c.PingAcked:
                 self.keepalive_acked(ev.payload)
             elif t is c.LaneChange:
-                _lanes.server_lane_change(self, ev.lane)
+                self.negotiator.lane_change(self, ev.lane)
             elif t is c.GoAwayReceived:
                 pass
 
@@ -172,12 +156,7 @@ class ServerLink(Link):
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
         self.server._links.discard(self)
         self.server._stats.connection_closed(self)
-        if self.server._upgrade is not None:
-            self.server._upgrade.forget(self.offer)
-        if self.shm_segment is not None:
-            self.shm_segment.close()
-            self.shm_segment = None
-        self.server._check_idle()
+        self.negotiator.close()
 
 
 # ============================================================ context
@@ -726,6 +705,7 @@ class Server(aio.Server):
         self._options = _options.parse(options)
         self._raw_options = tuple(options or ())
         self._executor = migration_thread_pool
+        self._own_executor = False        # start() makes a pool when none was given
         self._generic_handlers: list = list(handlers or ())
         self._registered: dict[str, Any] = {}
         self._compression = compression
@@ -748,13 +728,17 @@ class Server(aio.Server):
         self._terminated: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = Stats()
-        self._upgrade = None   # rpc._lanes.UpgradeListener, when TCP is upgradable
-        self._pings: dict = {}
+        self._lanes = _lanes.ServerLanes(self._options)
+
+    @property
+    def started(self) -> bool:
+        """True once ``start()`` has been called (lanerpc's own; used by ``rpc.serve``)."""
+        return self._state != "new"
 
     @property
     def upgrade_path(self) -> str | None:
         """The private Unix socket same-host TCP clients are moved to, or None."""
-        return self._upgrade.path if self._upgrade is not None else None
+        return self._lanes.upgrade_path
 
     @property
     def stats(self) -> "Stats":
@@ -852,7 +836,7 @@ class Server(aio.Server):
             self._own_executor = True
         try:
             if self._pending_sockets:
-                await _lanes.start_listening(self, self._pending_sockets)
+                self._listeners = await self._lanes.listen(self._pending_sockets, self._new_link)
                 self._pending_sockets = []
             if self._grpc is not None:
                 await self._grpc.start()
@@ -874,13 +858,8 @@ class Server(aio.Server):
             if self._stop_requested is not None and not self._stop_requested.done():
                 self._stop_requested.set_result(None)
 
-    def _new_link(self, *, offer: bool = False, upgrade_side: bool = False) -> ServerLink:
-        upgrade = self._upgrade
-        return ServerLink(
-            self, self._options,
-            hello_extra=upgrade.offer() if offer and upgrade is not None else None,
-            upgrade_side=upgrade_side,
-        )
+    def _new_link(self, negotiator: _lanes.Negotiator) -> ServerLink:
+        return ServerLink(self, self._options, negotiator)
 
     async def stop(self, grace: float | None) -> None:
         if self._state == "new":
@@ -957,9 +936,9 @@ class Server(aio.Server):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
             except (asyncio.TimeoutError, Exception):
                 pass
-        _lanes.stop_upgrade(self)
+        self._lanes.close()
         self._state = "stopped"
-        if getattr(self, "_own_executor", False):
+        if self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._terminated is not None:
             self._terminated.set()
@@ -973,13 +952,7 @@ class Server(aio.Server):
             return False
         return True
 
-    def _check_idle(self) -> None:
-        pass
-
     # ------------------------------------------------------------ calls
-
-    def _on_handshake(self, link: ServerLink, hello) -> None:
-        link.handshake_complete()
 
     def _on_request(self, link: ServerLink, ev: c.RequestReceived) -> None:
         conn = link.conn

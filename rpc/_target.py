@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 from urllib.parse import unquote
 
@@ -75,14 +74,6 @@ def parse_target(target: str) -> list[Endpoint]:
             authority, _, rest = rest[2:].partition("/")
         return [_host_port(rest, 443, target)]
     return [_host_port(target, 443, target)]
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_server_address(address: str) -> Endpoint:

@@ -15,7 +15,6 @@ Round trips of a small payload (100 B) through shared memory, woken by POSIX sem
                         that the loop's selector watches: no waiter thread (not what the
                         lane does; measured to show what the semaphores cost)
 ``lane``                the real thing: two ShmTransports echoing (transports/shm.py)
-``lane-spin``           the same with ``spin_us=50``: the waiter spins before it sleeps
 ``lane-nospin``         the same with ``loop_spin_us=0``: no poll on the loop after a
                         write (``lane`` polls, the transport's default)
 
@@ -71,9 +70,7 @@ KINDS = (
     "sockbell",
     "uvloop-sockbell",
     "lane",
-    "lane-spin",
     "uvloop-lane",
-    "uvloop-lane-spin",
     "lane-nospin",
     "uvloop-lane-nospin",
 )
@@ -393,10 +390,7 @@ class _Echo(asyncio.Protocol):
 
 
 def _lane_options(kind: str) -> dict[str, float]:
-    options = {"spin_us": SPIN_US if kind.endswith("-spin") else 0.0}
-    if kind.endswith("-nospin"):
-        options["loop_spin_us"] = 0.0
-    return options
+    return {"loop_spin_us": 0.0} if kind.endswith("-nospin") else {}
 
 
 async def _lane_parent(segment: ShmSegment, control: socket.socket, kind: str,

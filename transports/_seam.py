@@ -27,7 +27,6 @@ import asyncio
 import dataclasses
 import socket
 import struct
-from typing import Protocol as _TypingProtocol
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,14 +38,6 @@ class PeerInfo:
     pid: int | None = None       # SO_PEERCRED, on local lanes
     uid: int | None = None
     gid: int | None = None
-
-
-class Listener(_TypingProtocol):
-    """What a lane's ``listen`` returns."""
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
 
 
 _UCRED = struct.Struct("3i")

@@ -31,12 +31,9 @@ publishes, fences, then reads the flag (a Dekker handshake; :class:`StoreLoadFen
 
 The event loop never blocks on a semaphore: a waiter thread per connection does, with
 a 1 s timeout (an idle connection costs no CPU), and wakes the loop with
-``call_soon_threadsafe``. By default the loop raises its ``reader_waiting`` flag itself
-when it has drained the inbound ring, and the waiter never polls. ``spin_us > 0`` makes
-the waiter spin first (:class:`AdaptiveSpin`), taking turns with the loop; measured
-side by side, the default cost 20-50% less CPU per round trip, had the lower p99, and
-was as fast or faster on one CPU, while on two it was faster in some rounds and slower
-in others (docs/shm-lane.md, "Wake-up strategy").
+``call_soon_threadsafe``. The loop raises its ``reader_waiting`` flag itself when it has
+drained the inbound ring, and the waiter never polls (docs/shm-lane.md, "Wake-up
+strategy").
 
 On top of that, after a write (a request, a response) the loop itself polls the inbound
 ring for the answer, for up to ``loop_spin_us`` (100 us by default), with its
@@ -78,7 +75,7 @@ from ._ring import (
     StoreLoadFence,
 )
 from ._seam import PeerInfo, peer_info
-from ._spin import DEFAULT_SPIN_US, AdaptiveSpin
+from ._spin import AdaptiveSpin
 
 try:
     import posix_ipc
@@ -538,9 +535,7 @@ class ShmTransport(asyncio.Transport):
     Threads: everything runs on the event loop except one waiter thread, which blocks
     on this side's doorbell and calls ``loop.call_soon_threadsafe``. The loop raises the
     ``reader_waiting`` flag itself when it has drained the inbound ring, and
-    ``writer_waiting`` when the outbound ring is full. With ``spin_us > 0`` the loop
-    hands the watch to the waiter instead, which spins up to that long (adaptively)
-    before it raises the flag and blocks. ``loop_spin_us`` (bell-waiter mode only; 0
+    ``writer_waiting`` when the outbound ring is full. ``loop_spin_us`` (0
     turns it off) is how long the loop polls the inbound ring for an answer right after
     a write before it goes back to sleeping on the doorbell.
 
@@ -558,7 +553,6 @@ class ShmTransport(asyncio.Transport):
         *,
         high_water: int = 64 * 1024,
         low_water: int | None = None,
-        spin_us: float = 0.0,
         loop_spin_us: float = DEFAULT_LOOP_SPIN_US,
     ) -> None:
         segment._check_owner()
@@ -592,22 +586,13 @@ class ShmTransport(asyncio.Transport):
 
         # One fence per thread (see StoreLoadFence).
         self._fence = StoreLoadFence()
-        self._waiter_fence = StoreLoadFence()
         self._stopping = False        # tells the waiter thread to end
         self._wake_scheduled = False  # a wake-up from the waiter is queued on the loop
-        # spin_us > 0: the waiter and the loop take turns. The loop hands the watch over
-        # (`_rearm`) when it has drained the ring; the waiter spins, then raises the flag
-        # and blocks, then hands back with call_soon_threadsafe.
-        self._handoff = spin_us > 0
-        self._spin = AdaptiveSpin(spin_us)
-        self._rearm = threading.Lock()
-        self._rearm.acquire()
-        self._waiter_armed = False
-        # loop_spin_us > 0 (bell-waiter mode only): after a write, the loop itself polls
+        # loop_spin_us > 0: after a write, the loop itself polls
         # the inbound ring for an answer, with reader_waiting lowered, in slices of
         # LOOP_SPIN_SLICE_US between which other callbacks run (`_loop_spin_slice`).
         self._loop_spin_slice_ns = int(LOOP_SPIN_SLICE_US * 1000)
-        self._loop_spin = AdaptiveSpin(0.0 if self._handoff else loop_spin_us,
+        self._loop_spin = AdaptiveSpin(loop_spin_us,
                                        max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
         self._loop_spin_ns = self._loop_spin.max_spin_ns
         self._spinning = False        # a _loop_spin callback is queued
@@ -623,7 +608,7 @@ class ShmTransport(asyncio.Transport):
         self._extra_info: dict[str, Any] = {"lanerpc_peer": self._peer}
 
         self._waiter = threading.Thread(
-            target=self._handoff_waiter_main if self._handoff else self._waiter_main,
+            target=self._waiter_main,
             name=f"lanerpc-shm-waiter-{side}",
             daemon=True,
         )
@@ -696,10 +681,6 @@ class ShmTransport(asyncio.Transport):
             self._reading_paused = False
             if not self._finished:
                 self._loop.call_soon(self._on_wake)
-                if self._handoff and self._waiter_armed:
-                    # It went to sleep without raising reader_waiting (we wanted no
-                    # data then): make it look again, or the next write goes unheard.
-                    self._ring_bell(self._my_bell)
 
     def is_reading(self) -> bool:
         return not self._reading_paused and not self._closing
@@ -952,11 +933,6 @@ class ShmTransport(asyncio.Transport):
 
     def _go_idle(self) -> None:
         """Nothing left to read: ask the peer to ring our bell when it writes."""
-        if self._handoff:
-            if not self._waiter_armed:
-                self._waiter_armed = True
-                self._rearm.release()   # the waiter watches (and raises the flag) now
-            return
         if self._reading_paused:
             return   # we want no data; resume_reading() looks at the ring itself
         if self._spinning:
@@ -1058,9 +1034,6 @@ class ShmTransport(asyncio.Transport):
         self._ring_bell(self._peer_bell)   # whatever its flags say: it must see we closed
         self._stopping = True
         self._ring_bell(self._my_bell)      # our waiter may be asleep on it
-        if self._handoff and not self._waiter_armed:
-            self._waiter_armed = True
-            self._rearm.release()           # ... or waiting for its turn
         if self._control is not None:
             self._control.close()
         self._loop.call_soon(self._call_connection_lost, exc)
@@ -1093,49 +1066,6 @@ class ShmTransport(asyncio.Transport):
                     return
         finally:
             self._release_segment_soon()
-
-    def _on_handoff(self) -> None:
-        """The waiter saw something and handed the watch back to us."""
-        if self._finished:
-            return
-        self._waiter_armed = False
-        self._on_wake()
-
-    def _handoff_waiter_main(self) -> None:
-        """The waiter when it takes turns with the loop: spin, raise the flag, block."""
-        try:
-            while True:
-                self._rearm.acquire()
-                if self._stopping or not self._watch():
-                    return
-                try:
-                    self._loop.call_soon_threadsafe(self._on_handoff)
-                except RuntimeError:   # the loop is closed: nobody left to wake
-                    return
-        finally:
-            self._release_segment_soon()
-
-    def _watch(self) -> bool:
-        """Wait until there is work (or we stop); False if the loop went away meanwhile."""
-
-        def ready() -> bool:
-            return self._stopping or self._has_work()
-
-        if ready() or self._spin.spin(ready):
-            return not self._stopping
-        ring = self._inbound
-        while True:
-            if not self._reading_paused:
-                ring.reader_waiting = True
-                self._waiter_fence()   # the flag must be visible before we look again
-            if ready():
-                ring.reader_waiting = False
-                return not self._stopping
-            self._sleep(IDLE_WAIT_SECONDS)
-            if ready():
-                return not self._stopping
-            if self._loop.is_closed():
-                return False
 
     def _has_work(self) -> bool:
         """Anything for the loop to do? Read-only hints, safe from the waiter thread."""

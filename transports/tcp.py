@@ -1,56 +1,81 @@
 """The tcp lane: asyncio's TCP transport with TCP_NODELAY (frames are written
-whole and batched per loop iteration, so Nagle's delay would only add latency)."""
+whole and batched per loop iteration, so Nagle's delay would only add latency).
+
+A server binds first (:func:`bind`, synchronous, so the caller learns the port at
+once, as gRPC's ``add_insecure_port`` returns it) and listens later, in its event
+loop (:func:`listen`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
+BACKLOG = 1024
 
-def _nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+
+def _nodelay(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
 
 
-async def connect(host: str, port: int, factory: ProtocolFactory) -> tuple[asyncio.Transport, asyncio.Protocol]:
+async def connect(host: str, port: int,
+                  factory: ProtocolFactory) -> tuple[asyncio.Transport, asyncio.Protocol]:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(factory, host, port)
-    _nodelay(transport)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        _nodelay(sock)
     return transport, protocol
 
 
-class _NoDelay(asyncio.Protocol):
-    pass
+def bind(host: str, port: int, *, reuse_port: bool = True) -> list[socket.socket]:
+    """Sockets bound to ``host:port``, one per address ``host`` resolves to; ``""``,
+    ``"::"`` or ``"*"``: every address, IPv4 included. Port 0 picks a free port, and
+    later addresses take the same one. ``reuse_port`` sets SO_REUSEPORT, so servers of
+    one uid can share a port (the kernel spreads connections among them).
+
+    Raises OSError; nothing stays bound then."""
+    if host in ("", "::", "*"):
+        addresses = [(socket.AF_INET6, "::")]
+    else:
+        addresses = []
+        for family, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            if (family, sockaddr[0]) not in addresses:
+                addresses.append((family, sockaddr[0]))
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                # "::" serves IPv4 too, as gRPC's does; a named v6 address only v6.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                                0 if address == "::" else 1)
+            # Accepted sockets inherit TCP_NODELAY from the listening one (Linux).
+            _nodelay(sock)
+            sock.bind((address, port))
+            port = sock.getsockname()[1]
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
-async def listen(host: str, port: int, factory: ProtocolFactory) -> asyncio.AbstractServer:
-    """Listen on host:port (port 0: any free port; read it from the server's sockets)."""
+async def listen(sock: socket.socket, factory: ProtocolFactory) -> asyncio.AbstractServer:
+    """Accept connections on a socket from :func:`bind`; each gets a protocol from
+    ``factory``. Closing the returned server closes the socket."""
     loop = asyncio.get_running_loop()
-
-    def make() -> asyncio.Protocol:
-        protocol = factory()
-        made = protocol.connection_made
-
-        def connection_made(transport: asyncio.BaseTransport) -> None:
-            _nodelay(transport)
-            made(transport)
-        protocol.connection_made = connection_made  # type: ignore[method-assign]
-        return protocol
-
-    host_arg: str | None = host
-    if host in ("", "[::]", "::", "0.0.0.0"):
-        host_arg = None if host in ("", "[::]", "::") else host
-    return await loop.create_server(make, host_arg, port, reuse_address=True, backlog=1024)
-
-
-def bound_port(server: asyncio.AbstractServer) -> int:
-    for sock in server.sockets:
-        return sock.getsockname()[1]
-    raise OSError("server has no sockets")
+    sock.listen(BACKLOG)
+    return await loop.create_server(factory, sock=sock)

@@ -1,8 +1,9 @@
 """The unix lane: asyncio's Unix socket transport.
 
-A listener creates its socket file with mode 0600 (owner only) and removes it on
-close; a stale file left by a killed process is replaced, a live listener's
-path is never taken over.
+A server's socket file is created with the mode it asks for (0600, owner only, by
+default) and removed when its listener closes; a stale file left by a killed process
+is replaced, a live listener's path is never taken over. As with tcp, :func:`bind`
+(synchronous) comes first and :func:`listen` (in the event loop) later.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import errno
 import os
 import socket
 import stat
-from typing import Callable
+from collections.abc import Callable
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
+BACKLOG = 1024
 
-async def connect(path: str, factory: ProtocolFactory) -> tuple[asyncio.Transport, asyncio.Protocol]:
+
+async def connect(path: str,
+                  factory: ProtocolFactory) -> tuple[asyncio.Transport, asyncio.Protocol]:
     loop = asyncio.get_running_loop()
     return await loop.create_unix_connection(factory, path)
 
@@ -44,6 +48,26 @@ def _claim_path(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"{path} is in use by a live server")
 
 
+def bind(path: str, *, mode: int = 0o600) -> socket.socket:
+    """A socket bound to the file ``path``, created with ``mode``. Raises OSError
+    (a live server there, a file that is not a socket, no such directory)."""
+    _claim_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Bind under a restrictive umask so the file is never briefly open to others.
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class UnixListener:
     """An asyncio server on a socket file that it removes when closed."""
 
@@ -65,23 +89,12 @@ class UnixListener:
         await self._server.wait_closed()
 
 
-async def listen(path: str, factory: ProtocolFactory, *, mode: int = 0o600) -> UnixListener:
+async def listen(sock: socket.socket, factory: ProtocolFactory) -> UnixListener:
+    """Accept connections on a socket from :func:`bind`; each gets a protocol from
+    ``factory``. Closing the listener closes the socket and removes its file."""
     loop = asyncio.get_running_loop()
-    _claim_path(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # Bind under a restrictive umask so the file is never briefly open to others.
-        old = os.umask(0o777 & ~mode)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, mode)
-        sock.listen(1024)
-        sock.setblocking(False)
-        st = os.lstat(path)
-        server = await loop.create_unix_server(factory, sock=sock)
-    except BaseException:
-        sock.close()
-        raise
+    path = sock.getsockname()
+    st = os.lstat(path)
+    sock.listen(BACKLOG)
+    server = await loop.create_unix_server(factory, sock=sock)
     return UnixListener(server, path, (st.st_dev, st.st_ino))

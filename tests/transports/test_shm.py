@@ -126,18 +126,11 @@ class Peer(asyncio.Protocol):
         return bytes(self.data)
 
 
-@pytest.fixture(params=[0.0, 50.0], ids=["bell-waiter", "spin-handoff"])
-def spin_us(request: pytest.FixtureRequest) -> float:
-    """Both ways of waiting the transport offers: the default (0) and the spinning one."""
-    return float(request.param)
-
-
 async def open_pair(
     server: Peer,
     client: Peer,
     capacity: int = SMALL_RING,
     *,
-    spin_us: float = 0.0,
     loop_spin_us: float | None = None,
     controls: tuple[asyncio.BaseTransport | None, asyncio.BaseTransport | None] | None = None,
     before_client_opens: Callable[[ShmOffer], None] | None = None,
@@ -155,10 +148,10 @@ async def open_pair(
     server_control, client_control = controls or (None, None)
     extra = {} if loop_spin_us is None else {"loop_spin_us": loop_spin_us}
     server_transport = ShmTransport(
-        loop, segment, "server", server, server_control, spin_us=spin_us, **extra
+        loop, segment, "server", server, server_control, **extra
     )
     client_transport = ShmTransport(
-        loop, client_segment, "client", client, client_control, spin_us=spin_us, **extra
+        loop, client_segment, "client", client, client_control, **extra
     )
     await within(asyncio.gather(server.made, client.made))
     return server_transport, client_transport
@@ -182,9 +175,9 @@ async def socket_pair_transports() -> tuple[asyncio.BaseTransport, asyncio.BaseT
 # -- moving bytes -------------------------------------------------------------------
 
 
-async def test_small_messages_echo_in_order(spin_us: float) -> None:
+async def test_small_messages_echo_in_order() -> None:
     server, client = Peer(echo=True), Peer()
-    _, client_transport = await open_pair(server, client, spin_us=spin_us)
+    _, client_transport = await open_pair(server, client)
     sent = bytearray()
     for i in range(300):
         message = bytes([i % 251]) * (1 + (i * 37) % 300)
@@ -196,9 +189,9 @@ async def test_small_messages_echo_in_order(spin_us: float) -> None:
     await close_pair(client, server)
 
 
-async def test_message_ten_times_the_ring_streams_through(spin_us: float) -> None:
+async def test_message_ten_times_the_ring_streams_through() -> None:
     server, client = Peer(echo=True), Peer()
-    _, client_transport = await open_pair(server, client, SMALL_RING, spin_us=spin_us)
+    _, client_transport = await open_pair(server, client, SMALL_RING)
     message = os.urandom(10 * SMALL_RING)
     client_transport.write(message)
     assert await client.received(len(message)) == message
@@ -220,9 +213,9 @@ async def test_writelines_and_memoryviews() -> None:
     await close_pair(client, server)
 
 
-async def test_backpressure_bounds_the_writer(spin_us: float) -> None:
+async def test_backpressure_bounds_the_writer() -> None:
     server, client = Peer(paused=True), Peer()   # a reader that does not read
-    server_transport, client_transport = await open_pair(server, client, spin_us=spin_us)
+    server_transport, client_transport = await open_pair(server, client)
     client_transport.set_write_buffer_limits(high=16 * 1024)
     chunk = b"z" * 3000
     sent = 0
@@ -256,9 +249,9 @@ async def test_backpressure_bounds_the_writer(spin_us: float) -> None:
 
 
 @pytest.mark.parametrize("closer", ["client", "server"])
-async def test_close_flushes_and_reaches_the_other_side(closer: str, spin_us: float) -> None:
+async def test_close_flushes_and_reaches_the_other_side(closer: str) -> None:
     server, client = Peer(), Peer()
-    await open_pair(server, client, spin_us=spin_us)
+    await open_pair(server, client)
     closing, other = (client, server) if closer == "client" else (server, client)
     assert closing.transport is not None
     message = os.urandom(5 * SMALL_RING)   # more than the ring: close must flush first
@@ -271,9 +264,9 @@ async def test_close_flushes_and_reaches_the_other_side(closer: str, spin_us: fl
     assert other.eof
 
 
-async def test_abort_drops_the_buffer_and_reaches_the_other_side(spin_us: float) -> None:
+async def test_abort_drops_the_buffer_and_reaches_the_other_side() -> None:
     server, client = Peer(paused=True), Peer()
-    await open_pair(server, client, spin_us=spin_us)
+    await open_pair(server, client)
     assert client.transport is not None
     client.transport.write(b"q" * (3 * SMALL_RING))
     assert client.transport.get_write_buffer_size() > 0
@@ -291,12 +284,12 @@ async def test_abort_drops_the_buffer_and_reaches_the_other_side(spin_us: float)
     assert 0 < len(server.data) <= SMALL_RING and set(server.data) == {ord("q")}
 
 
-async def test_control_channel_eof_means_the_peer_died(spin_us: float) -> None:
+async def test_control_channel_eof_means_the_peer_died() -> None:
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     server_control, _ = await loop.create_unix_connection(asyncio.Protocol, sock=a)
     server, client = Peer(), Peer()
-    await open_pair(server, client, controls=(server_control, None), spin_us=spin_us)
+    await open_pair(server, client, controls=(server_control, None))
     assert server.transport is not None and client.transport is not None
     info = server.transport.get_extra_info("lanerpc_peer")
     assert isinstance(info, PeerInfo)
@@ -367,14 +360,13 @@ class Hostile:
     ],
 )
 async def test_corrupted_ring_closes_the_connection(
-    head: int, record: bytes, message: str, spin_us: float
+    head: int, record: bytes, message: str
 ) -> None:
     hostile: list[Hostile] = []
     server, client = Peer(), Peer()
     await open_pair(
         server,
         client,
-        spin_us=spin_us,
         before_client_opens=lambda offer: hostile.append(Hostile(offer)),
     )
     evil = hostile[0]
@@ -510,9 +502,9 @@ async def test_forked_child_gets_a_clear_error() -> None:
         await close_pair(client, server)
 
 
-async def test_idle_connection_uses_no_cpu(spin_us: float) -> None:
+async def test_idle_connection_uses_no_cpu() -> None:
     server, client = Peer(), Peer()
-    _, client_transport = await open_pair(server, client, spin_us=spin_us)
+    _, client_transport = await open_pair(server, client)
     client_transport.write(b"wake everything up once")
     await server.received(23)
     await asyncio.sleep(0.05)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rpc import _wire
-from rpc._connection import Connection, Event, Limits, Role
+from rpc._connection import Connection, Event, HelloReceived, Limits, Role
 from rpc._wire import FrameDecoder
 
 CLIENT, SERVER = Role.CLIENT, Role.SERVER
@@ -94,9 +94,9 @@ class ConnectionPair:
         if self.byte_at_a_time:
             events: list[Event] = []
             for i in range(len(data)):
-                events.extend(conn.receive_data(data[i:i + 1]))
+                events.extend(receive(conn, data[i:i + 1]))
         else:
-            events = conn.receive_data(data)
+            events = receive(conn, data)
         self.events[receiver].extend(events)
         return events
 
@@ -126,6 +126,16 @@ class ConnectionPair:
     def handshake(self) -> None:
         self.pump()
         assert self.client.handshake_done and self.server.handshake_done
+
+
+def receive(conn: Connection, data: bytes) -> list[Event]:
+    """``conn.receive_data(data)``; a server answers the client's HELLO as a link that
+    offers nothing would (``accept()``), then reads what came behind it."""
+    events = conn.receive_data(data)
+    if any(type(e) is HelloReceived for e in events):
+        conn.accept()
+        events += conn.receive_data(b"")
+    return events
 
 
 def events_of(events: list[Event], kind: type) -> list:

@@ -20,6 +20,7 @@ from rpc._connection import (
     EndOfInput,
     GoAwayReceived,
     HandshakeDone,
+    HelloReceived,
     InitialMetadataReceived,
     Limits,
     MessageReceived,
@@ -33,7 +34,9 @@ from rpc._connection import (
 )
 from rpc._proto import handshake_pb2
 from rpc._wire import FrameDecoder, GoAwayCode, ProtocolError
-from tests.wire.helpers import CLIENT, SERVER, ConnectionPair, WireFrame, drain_frames, events_of
+from tests.wire.helpers import (
+    CLIENT, SERVER, ConnectionPair, WireFrame, drain_frames, events_of, receive,
+)
 
 OK, CANCELLED, RESOURCE_EXHAUSTED, UNAVAILABLE = 0, 1, 8, 14
 KIB = 1024
@@ -72,7 +75,7 @@ def test_handshake(byte_at_a_time):
     client_events, server_events = pair.pump()
 
     assert [type(e) for e in client_events] == [HandshakeDone]
-    assert [type(e) for e in server_events] == [HandshakeDone]
+    assert [type(e) for e in server_events] == [HelloReceived]
     assert list(client_events[0].hello.versions) == [_wire.PROTOCOL_VERSION]
     assert pair.client.version == pair.server.version == _wire.PROTOCOL_VERSION
     # The client learned the server's limits and uses them for what it sends.
@@ -89,15 +92,59 @@ def test_server_answers_with_the_highest_common_version():
     server = Connection(SERVER)
     server.data_to_send()
     events = server.receive_data(_wire.MAGIC + _hello(versions=(7, 1, 3)))
-    assert [type(e) for e in events] == [HandshakeDone]
+    assert [type(e) for e in events] == [HelloReceived]
+    assert drain_frames(server) == [], "the server's HELLO waits for accept()"
+    server.accept()
     (reply,) = drain_frames(server)
     hello = handshake_pb2.Hello.FromString(reply.payload)
     assert list(hello.versions) == [1]
 
 
+def test_frames_behind_the_clients_hello_wait_for_the_servers_answer():
+    server = Connection(SERVER)
+    server.data_to_send()
+    events = server.receive_data(_wire.MAGIC + _hello() + _headers(1))
+    assert [type(e) for e in events] == [HelloReceived]
+    assert server.receive_data(b"") == [], "read before the server answered"
+    assert drain_frames(server) == []
+    server.accept(handshake_pb2.Hello(claim_answer=b"p" * 32))
+    (reply,) = drain_frames(server)
+    assert reply.type == _wire.HELLO
+    assert handshake_pb2.Hello.FromString(reply.payload).claim_answer == b"p" * 32
+    assert [type(e) for e in server.receive_data(b"")] == [RequestReceived]
+    with pytest.raises(RuntimeError):
+        server.accept()
+
+
+def test_a_second_hello_while_the_first_awaits_its_answer_is_an_error():
+    server = Connection(SERVER)
+    server.data_to_send()
+    server.receive_data(_wire.MAGIC + _hello())
+    server.accept()
+    with pytest.raises(ProtocolError, match="second HELLO"):
+        server.receive_data(_hello())
+
+
+def test_a_refused_peer_gets_the_reason_and_nothing_more_is_read():
+    server = Connection(SERVER)
+    server.data_to_send()
+    server.refuse(GoAwayCode.PERMISSION_DENIED, "uid 7 is not admitted")
+    _, code, reason = _goaway_queued(server)
+    assert (code, reason) == (GoAwayCode.PERMISSION_DENIED, "uid 7 is not admitted")
+    assert server.receive_data(_wire.MAGIC + _hello() + _headers(1)) == []
+    assert drain_frames(server) == []
+
+
+def test_a_client_hello_belongs_to_the_client():
+    with pytest.raises(ValueError):
+        Connection(SERVER, hello=handshake_pb2.Hello())
+    with pytest.raises(RuntimeError):
+        Connection(CLIENT).accept()
+
+
 def test_settings_of_zero_mean_the_protocol_defaults():
     server = Connection(SERVER)
-    server.receive_data(_wire.MAGIC + _hello())
+    receive(server, _wire.MAGIC + _hello())
     assert server.peer.stream_window == _wire.DEFAULT_STREAM_WINDOW
     assert server.peer.max_frame_size == _wire.DEFAULT_MAX_FRAME_SIZE
 
@@ -249,7 +296,7 @@ def test_oversized_request_metadata_is_refused_before_sending():
 def test_oversized_request_metadata_from_a_peer_refuses_that_stream_only():
     """A client that ignores the server's announced limit gets that stream refused."""
     server = Connection(SERVER)
-    server.receive_data(_wire.MAGIC + _hello())
+    receive(server, _wire.MAGIC + _hello())
     server.data_to_send()
     big = [("big", "x" * (_wire.DEFAULT_MAX_METADATA_SIZE + 1024))]
     assert server.receive_data(_headers(1, metadata=big)) == []
@@ -877,7 +924,7 @@ def test_random_operations_give_the_same_events_one_byte_at_a_time(ops):
 def test_peer_that_ignores_the_window_is_refused():
     window = 4 * KIB
     server = Connection(SERVER, Limits(stream_window=window, connection_window=4 * window))
-    server.receive_data(_wire.MAGIC + _hello() + _headers(1))
+    receive(server, _wire.MAGIC + _hello() + _headers(1))
     message = _wire.frame(_wire.MESSAGE, 0, 1, b"z" * KIB)     # whole messages, never consumed
     held = 0
     with pytest.raises(ProtocolError):
@@ -973,7 +1020,7 @@ def test_unary_message_too_big_for_one_frame_goes_separately():
 def test_message_with_headers_is_counted_against_the_windows():
     window = 4 * KIB
     server = Connection(SERVER, Limits(stream_window=window, connection_window=window))
-    server.receive_data(_wire.MAGIC + _hello())
+    receive(server, _wire.MAGIC + _hello())
     headers = _wire.encode_request_headers("/svc/M", 0, None)
     body = b"z" * (window + 1)
     frame = _wire.frame(_wire.HEADERS, _wire.FLAG_END_STREAM | _wire.FLAG_WITH_MESSAGE, 1,
@@ -984,7 +1031,7 @@ def test_message_with_headers_is_counted_against_the_windows():
 
 def test_message_length_lying_beyond_the_frame_is_refused():
     server = Connection(SERVER)
-    server.receive_data(_wire.MAGIC + _hello())
+    receive(server, _wire.MAGIC + _hello())
     frame = _wire.frame(_wire.HEADERS, _wire.FLAG_END_STREAM | _wire.FLAG_WITH_MESSAGE, 1,
                         _wire.pack_u32(2**32 - 1) + b"xx")
     with pytest.raises(ProtocolError, match="beyond the frame"):
