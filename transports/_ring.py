@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import _thread
 import struct
+from typing import overload
 
 __all__ = (
     "HEADER_SIZE",
@@ -106,6 +107,38 @@ class StoreLoadFence:
 
 def _is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
+
+
+class _WaitingFlag:
+    """A waiting flag in a ring's control block. Read as a hint: any non-zero value
+    means "set"; a peer lying about it can only cause a spurious or a missed wake-up
+    of itself."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: int) -> None:
+        self._index = index
+
+    @overload
+    def __get__(self, ring: None, owner: type) -> _WaitingFlag: ...
+    @overload
+    def __get__(self, ring: ShmRing, owner: type | None = None) -> bool: ...
+
+    def __get__(self, ring: ShmRing | None, owner: type | None = None) -> bool | _WaitingFlag:
+        if ring is None:
+            return self        # on the class: the flag itself (for take())
+        return ring._ctl[self._index] != 0
+
+    def __set__(self, ring: ShmRing, waiting: bool) -> None:
+        ring._ctl[self._index] = 1 if waiting else 0
+
+    def take(self, ring: ShmRing) -> bool:
+        """Lower the flag; True if it was raised (the peer sleeps: ring its bell)."""
+        ctl, index = ring._ctl, self._index
+        if ctl[index]:
+            ctl[index] = 0
+            return True
+        return False
 
 
 class ShmRing:
@@ -328,21 +361,8 @@ class ShmRing:
     # Values read here are hints: any non-zero value means "set"; a peer lying about
     # them can only cause a spurious or a missed wake-up of itself.
 
-    @property
-    def reader_waiting(self) -> bool:
-        return self._ctl[_READER_WAITING] != 0
-
-    @reader_waiting.setter
-    def reader_waiting(self, waiting: bool) -> None:
-        self._ctl[_READER_WAITING] = 1 if waiting else 0
-
-    @property
-    def writer_waiting(self) -> bool:
-        return self._ctl[_WRITER_WAITING] != 0
-
-    @writer_waiting.setter
-    def writer_waiting(self, waiting: bool) -> None:
-        self._ctl[_WRITER_WAITING] = 1 if waiting else 0
+    reader_waiting = _WaitingFlag(_READER_WAITING)
+    writer_waiting = _WaitingFlag(_WRITER_WAITING)
 
     # -- for tests and diagnostics -------------------------------------------------
 

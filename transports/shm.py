@@ -220,23 +220,27 @@ class ShmOffer:
             raise ShmUnavailable(f"shm offer nonce must be {NONCE_SIZE} bytes")
 
 
+def _close_parts(mapping: mmap.mmap | None, bells: list[Any]) -> None:
+    """Close what a failed create() or open() had made so far."""
+    for bell in bells:
+        bell.close()
+    if mapping is not None:
+        mapping.close()
+
+
 def _unlink_names(segment: str, semaphores: tuple[str, ...]) -> None:
     """Remove the names (never the objects, which live while mapped/open). Idempotent."""
     if posix_ipc is None:
         return
-    try:
-        posix_ipc.unlink_shared_memory(segment)
-    except posix_ipc.ExistentialError:
-        pass
-    except posix_ipc.Error as exc:
-        _log.debug("cannot unlink shm segment %s: %s", segment, exc)
-    for name in semaphores:
+    names = [(posix_ipc.unlink_shared_memory, segment)]
+    names += [(posix_ipc.unlink_semaphore, name) for name in semaphores]
+    for unlink, name in names:
         try:
-            posix_ipc.unlink_semaphore(name)
+            unlink(name)
         except posix_ipc.ExistentialError:
             pass
         except posix_ipc.Error as exc:
-            _log.debug("cannot unlink semaphore %s: %s", name, exc)
+            _log.debug("cannot unlink %s: %s", name, exc)
 
 
 def _unlink_if_owner(owner_pid: int, segment: str, semaphores: tuple[str, ...]) -> None:
@@ -256,12 +260,10 @@ class ShmSegment:
 
     def __init__(
         self,
-        *,
         side: Side,
         offer: ShmOffer,
         mapping: mmap.mmap,
-        server_bell: Any,
-        client_bell: Any,
+        bells: list[Any],
     ) -> None:
         # Use create() or open(); this only assembles the parts they made.
         self.side: Side = side
@@ -279,8 +281,7 @@ class ShmSegment:
         self.s2c = ShmRing(
             self._view[layout.s2c_offset : layout.s2c_offset + ring_size], offer.ring_capacity
         )
-        self.server_bell = server_bell
-        self.client_bell = client_bell
+        self.server_bell, self.client_bell = bells
         self._unlinked = False
         self._closed = False
         self._finalizer = weakref.finalize(
@@ -334,19 +335,10 @@ class ShmSegment:
                     raise ShmUnavailable(f"cannot create a semaphore: {exc}") from exc
             _SEGMENT_HEADER.pack_into(mapping, 0, _MAGIC, _LAYOUT_VERSION, 0, ring_capacity)
             mapping[_NONCE_OFFSET : _NONCE_OFFSET + NONCE_SIZE] = offer.nonce
-            segment = cls(
-                side="server",
-                offer=offer,
-                mapping=mapping,
-                server_bell=bells[0],
-                client_bell=bells[1],
-            )
+            segment = cls("server", offer, mapping, bells)
         except BaseException:
             _unlink_names(offer.segment, offer.semaphores)
-            for bell in bells:
-                bell.close()
-            if mapping is not None:
-                mapping.close()
+            _close_parts(mapping, bells)
             raise
         return segment, offer
 
@@ -398,18 +390,9 @@ class ShmSegment:
             # The proof the server checks: only a process with this memory mapped can
             # write into it.
             mapping[_ACK_OFFSET : _ACK_OFFSET + NONCE_SIZE] = offer.nonce
-            segment = cls(
-                side="client",
-                offer=offer,
-                mapping=mapping,
-                server_bell=bells[0],
-                client_bell=bells[1],
-            )
+            segment = cls("client", offer, mapping, bells)
         except BaseException:
-            for bell in bells:
-                bell.close()
-            if mapping is not None:
-                mapping.close()
+            _close_parts(mapping, bells)
             raise
         # Both sides hold everything open now: the names have done their job.
         segment.unlink()
@@ -813,16 +796,12 @@ class ShmTransport(asyncio.Transport):
 
     def _notify_reader(self) -> None:
         self._fence()   # the published head must be visible before we read the flag
-        ring = self._outbound
-        if ring.reader_waiting:
-            ring.reader_waiting = False
+        if ShmRing.reader_waiting.take(self._outbound):
             self._ring_bell(self._peer_bell)
 
     def _notify_writer(self) -> None:
         self._fence()   # the published tail must be visible before we read the flag
-        ring = self._inbound
-        if ring.writer_waiting:
-            ring.writer_waiting = False
+        if ShmRing.writer_waiting.take(self._inbound):
             self._ring_bell(self._peer_bell)
 
     @staticmethod
