@@ -1,11 +1,12 @@
 """The lanerpc connection state machine: bytes in, events out. No I/O, no asyncio.
 
-``Connection.receive_data(data)`` returns a list of events; the ``send_*``
-methods queue frames; ``data_to_send()`` returns the bytes to write. Stream
-states and their transitions live in the table ``_TRANSITIONS`` below and
-nowhere else. Flow control (docs/wire-protocol.md, "Flow control") is done here
-too: a message is queued whole by the sender, released to the wire as the peer's
-windows allow, and :class:`StreamWritable` tells the owner when it has drained.
+``Connection.receive_data(data)`` returns a list of events (:mod:`rpc._events`); the
+``send_*`` methods queue frames; ``data_to_send()`` returns the bytes to write. Stream
+states and their transitions live in the table in :mod:`rpc._streams` and nowhere
+else; the limits each side announces in :mod:`rpc._settings`. Flow control
+(docs/wire-protocol.md, "Flow control") is done here: a message is queued whole by
+the sender, released to the wire as the peer's windows allow, and
+:class:`StreamWritable` tells the owner when it has drained.
 """
 
 from __future__ import annotations
@@ -13,10 +14,26 @@ from __future__ import annotations
 import collections
 import enum
 import os
-from dataclasses import dataclass
 
 from rpc import _wire
+from rpc._events import (
+    EndOfInput,
+    Event,
+    GoAwayReceived,
+    HandshakeDone,
+    HelloReceived,
+    InitialMetadataReceived,
+    LaneChange,
+    MessageReceived,
+    PingAcked,
+    PingReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamWritable,
+)
 from rpc._proto import handshake_pb2
+from rpc._settings import Limits, PeerLimits
+from rpc._streams import _TRANSITIONS, Stream, StreamInput, StreamState, transition
 from rpc._wire import (
     CANCEL,
     FLAG_ACK,
@@ -37,6 +54,15 @@ from rpc._wire import (
     ProtocolError,
 )
 
+__all__ = (
+    "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL", "OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
+    "UNKNOWN", "Connection", "ConnectionClosed", "EndOfInput", "Event", "GoAwayReceived",
+    "HandshakeDone", "HelloReceived", "InitialMetadataReceived", "LaneChange", "Limits",
+    "MessageReceived", "MetadataTooLarge", "PeerLimits", "PingAcked", "PingReceived",
+    "RequestReceived", "Role", "StreamClosed", "StreamEnded", "StreamInput", "StreamState",
+    "StreamWritable", "_TRANSITIONS", "transition",
+)
+
 _pack_header = _wire.HEADER.pack
 
 # grpc.StatusCode values as plain ints, so this module needs no grpc import.
@@ -47,229 +73,6 @@ RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE = 8, 13, 14
 class Role(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
-
-
-class StreamState(enum.Enum):
-    OPEN = "open"                       # both sides may send messages
-    HALF_CLOSED_LOCAL = "half-closed-local"    # we sent END_STREAM
-    HALF_CLOSED_REMOTE = "half-closed-remote"  # the peer sent END_STREAM
-    CLOSED = "closed"
-
-    # Members are singletons: identity hashing is correct and, unlike Enum's
-    # own __hash__, costs no Python call on the per-frame path.
-    __hash__ = object.__hash__
-
-
-class StreamInput(enum.Enum):
-    SEND_END = "send END_STREAM"
-    RECV_END = "receive END_STREAM"
-    SEND_MESSAGE = "send MESSAGE"
-    RECV_MESSAGE = "receive MESSAGE"
-    CLOSE = "send/receive TRAILERS or CANCEL"
-
-    __hash__ = object.__hash__
-
-
-S, I = StreamState, StreamInput
-# Everything that moves a stream from one state to another. A pair missing from
-# the table is a protocol violation (when the peer caused it) or a bug (when we did).
-_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
-    (S.OPEN, I.SEND_MESSAGE): S.OPEN,
-    (S.OPEN, I.RECV_MESSAGE): S.OPEN,
-    (S.OPEN, I.SEND_END): S.HALF_CLOSED_LOCAL,
-    (S.OPEN, I.RECV_END): S.HALF_CLOSED_REMOTE,
-    (S.OPEN, I.CLOSE): S.CLOSED,
-    (S.HALF_CLOSED_LOCAL, I.RECV_MESSAGE): S.HALF_CLOSED_LOCAL,
-    (S.HALF_CLOSED_LOCAL, I.RECV_END): S.CLOSED,
-    (S.HALF_CLOSED_LOCAL, I.CLOSE): S.CLOSED,
-    (S.HALF_CLOSED_REMOTE, I.SEND_MESSAGE): S.HALF_CLOSED_REMOTE,
-    (S.HALF_CLOSED_REMOTE, I.SEND_END): S.CLOSED,
-    (S.HALF_CLOSED_REMOTE, I.CLOSE): S.CLOSED,
-}
-del S, I
-
-
-def transition(state: StreamState, event: StreamInput) -> StreamState:
-    new = _TRANSITIONS.get((state, event))
-    if new is not None:
-        return new
-    else:
-        raise ProtocolError(f"{event.value} not allowed on a {state.value} stream")
-
-
-# ------------------------------------------------------------------- events
-
-class Event:
-    __slots__ = ()
-
-
-@dataclass(slots=True)
-class HelloReceived(Event):
-    """Server: the client's HELLO, checked. Nothing more is read until the owner
-    answers with :meth:`Connection.accept` (or refuses)."""
-    hello: handshake_pb2.Hello
-
-
-@dataclass(slots=True)
-class HandshakeDone(Event):
-    """Client: the server's HELLO, checked; the connection carries calls now."""
-    hello: handshake_pb2.Hello
-
-
-@dataclass(slots=True)
-class RequestReceived(Event):
-    stream_id: int
-    method: str
-    timeout: float | None     # seconds, relative, as sent
-    metadata: tuple
-    end_stream: bool
-
-
-@dataclass(slots=True)
-class InitialMetadataReceived(Event):
-    stream_id: int
-    metadata: tuple
-
-
-@dataclass(slots=True)
-class MessageReceived(Event):
-    stream_id: int
-    data: bytes
-    end_stream: bool
-
-
-@dataclass(slots=True)
-class EndOfInput(Event):
-    """The client half-closed with no message in the same frame."""
-    stream_id: int
-
-
-@dataclass(slots=True)
-class StreamEnded(Event):
-    """The stream is over. For a client: the call's final status. For a server:
-    the call was cancelled (``cancelled``) or, when a limit was broken, ended by
-    us with ``code`` already sent to the peer."""
-    stream_id: int
-    code: int
-    details: str
-    metadata: tuple = ()
-    not_started: bool = False
-    by_peer: bool = True
-
-
-@dataclass(slots=True)
-class StreamWritable(Event):
-    stream_id: int
-
-
-@dataclass(slots=True)
-class PingReceived(Event):
-    payload: bytes
-
-
-@dataclass(slots=True)
-class PingAcked(Event):
-    payload: bytes
-
-
-@dataclass(slots=True)
-class LaneChange(Event):
-    """Server: the client asks to move to ``lane``. Client: the server's answer."""
-    lane: str
-
-
-@dataclass(slots=True)
-class GoAwayReceived(Event):
-    last_stream_id: int
-    code: int
-    reason: str
-
-
-# ------------------------------------------------------------------- settings
-
-@dataclass(slots=True)
-class Limits:
-    """What this side accepts; announced in its HELLO."""
-    max_frame_size: int = _wire.DEFAULT_MAX_FRAME_SIZE
-    stream_window: int = _wire.DEFAULT_STREAM_WINDOW
-    connection_window: int = _wire.DEFAULT_CONNECTION_WINDOW
-    max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
-    max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
-    max_receive_message_length: int = 4 * 1024 * 1024
-
-    def to_settings(self) -> handshake_pb2.Settings:
-        return handshake_pb2.Settings(
-            max_frame_size=self.max_frame_size,
-            initial_stream_window=self.stream_window,
-            initial_connection_window=self.connection_window,
-            max_concurrent_streams=self.max_concurrent_streams,
-            max_metadata_size=self.max_metadata_size,
-        )
-
-
-@dataclass(slots=True)
-class PeerLimits:
-    max_frame_size: int = _wire.DEFAULT_MAX_FRAME_SIZE
-    stream_window: int = _wire.DEFAULT_STREAM_WINDOW
-    connection_window: int = _wire.DEFAULT_CONNECTION_WINDOW
-    max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
-    max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
-
-    @classmethod
-    def from_settings(cls, s: handshake_pb2.Settings) -> "PeerLimits":
-        def pick(value: int, default: int, low: int, high: int, name: str) -> int:
-            if value == 0:
-                return default
-            if not low <= value <= high:
-                raise ProtocolError(f"peer's {name} {value} outside [{low}, {high}]")
-            return value
-        return cls(
-            max_frame_size=pick(s.max_frame_size, _wire.DEFAULT_MAX_FRAME_SIZE, 1024,
-                                _wire.MAX_FRAME_SIZE_LIMIT, "max_frame_size"),
-            stream_window=pick(s.initial_stream_window, _wire.DEFAULT_STREAM_WINDOW, 1024,
-                               _wire.MAX_WINDOW, "stream window"),
-            connection_window=pick(s.initial_connection_window, _wire.DEFAULT_CONNECTION_WINDOW,
-                                   1024, _wire.MAX_WINDOW, "connection window"),
-            max_concurrent_streams=pick(s.max_concurrent_streams,
-                                        _wire.DEFAULT_MAX_CONCURRENT_STREAMS, 1, 2**31,
-                                        "max_concurrent_streams"),
-            max_metadata_size=pick(s.max_metadata_size, _wire.DEFAULT_MAX_METADATA_SIZE, 1024,
-                                   2**24, "max_metadata_size"),
-        )
-
-
-# ------------------------------------------------------------------- streams
-
-class _Stream:
-    __slots__ = (
-        "id", "state", "send_window", "outbox", "outbox_bytes", "partial", "partial_size",
-        "partial_credited", "held", "held_bytes", "headers_sent", "headers_received",
-        "discarding", "want_writable", "credit_pending", "trailers_pending", "recv_window",
-        "closing",
-    )
-
-    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
-        self.id = stream_id
-        self.state = StreamState.OPEN
-        self.send_window = send_window
-        self.recv_window = recv_window   # what the peer may still send before our credit
-        self.closing = False             # our TRAILERS wait behind the outbox; input is ignored
-        # Outbound: messages waiting for window, as (buffer, offset, end_stream).
-        self.outbox: collections.deque = collections.deque()
-        self.outbox_bytes = 0
-        # Inbound: chunks of a message being assembled.
-        self.partial: list[bytes] = []
-        self.partial_size = 0
-        self.partial_credited = 0
-        # Bytes of delivered but not yet consumed messages (credited on consume).
-        self.held = 0
-        self.held_bytes = 0
-        self.headers_sent = False
-        self.headers_received = False
-        self.discarding = False       # over the size limit: drop the rest of this message
-        self.want_writable = False
-        self.credit_pending = 0       # stream-level credit not yet sent
-        self.trailers_pending: bytes | None = None   # TRAILERS queued behind the outbox
 
 
 class Connection:
@@ -293,7 +96,7 @@ class Connection:
         self._decoder = _wire.FrameDecoder(self.limits.max_frame_size)
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, Stream] = {}
         self._last_peer_stream = 0      # server: highest stream id the client opened
         self._next_stream_id = 1        # client
         self.send_window = _wire.DEFAULT_CONNECTION_WINDOW  # until the peer's HELLO says
@@ -492,7 +295,7 @@ class Connection:
                     RESOURCE_EXHAUSTED, "too many concurrent streams on this connection")))
                 self._discard_message(message)
                 return
-            stream = _Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
+            stream = Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
             stream.headers_received = True
             end = bool(flags & FLAG_END_STREAM)
             if end:
@@ -612,7 +415,7 @@ class Connection:
             self._recv_end(stream)
         events.append(MessageReceived(sid, data, end))
 
-    def _recv_end(self, stream: _Stream) -> None:
+    def _recv_end(self, stream: Stream) -> None:
         if self.role is Role.CLIENT:
             raise ProtocolError("END_STREAM from the server; it ends streams with TRAILERS")
         stream.state = transition(stream.state, StreamInput.RECV_END)
@@ -735,7 +538,7 @@ class Connection:
 
     # ----------------------------------------------------------- flow control
 
-    def _credit(self, stream: _Stream, size: int) -> None:
+    def _credit(self, stream: Stream, size: int) -> None:
         """Give ``size`` bytes of window back to the peer, batched: a
         WINDOW_UPDATE goes out once a quarter of the window is owed."""
         self._recv_window_pending += size
@@ -814,7 +617,7 @@ class Connection:
         payload = _wire.encode_request_headers_block(method, timeout_us, block)
         if len(payload) > self.peer.max_frame_size:  # type: ignore[union-attr]
             raise MetadataTooLarge(f"request headers of {len(payload)} bytes don't fit a frame")
-        stream = _Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
+        stream = Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
         stream.headers_sent = True
         self.streams[sid] = stream
         if message is not None:
@@ -874,7 +677,7 @@ class Connection:
         self._pump(stream, None)
         return not stream.outbox
 
-    def _pump(self, stream: _Stream, events: list[Event] | None) -> None:
+    def _pump(self, stream: Stream, events: list[Event] | None) -> None:
         """Send as much of the stream's queued messages as the windows allow."""
         max_frame = self.peer.max_frame_size  # type: ignore[union-attr]
         outbox = stream.outbox
@@ -986,7 +789,7 @@ class Connection:
                                _wire.encode_cancel(code, details)))
         self._drop(stream)
 
-    def _drop(self, stream: _Stream) -> None:
+    def _drop(self, stream: Stream) -> None:
         stream.state = StreamState.CLOSED
         self.streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)

@@ -1,0 +1,94 @@
+"""What :class:`rpc._connection.Connection` tells its owner: the events that
+``receive_data`` returns. Plain data, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rpc._proto import handshake_pb2
+
+
+class Event:
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class HelloReceived(Event):
+    """Server: the client's HELLO, checked. Nothing more is read until the owner
+    answers with :meth:`Connection.accept` (or refuses)."""
+    hello: handshake_pb2.Hello
+
+
+@dataclass(slots=True)
+class HandshakeDone(Event):
+    """Client: the server's HELLO, checked; the connection carries calls now."""
+    hello: handshake_pb2.Hello
+
+
+@dataclass(slots=True)
+class RequestReceived(Event):
+    stream_id: int
+    method: str
+    timeout: float | None     # seconds, relative, as sent
+    metadata: tuple
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class InitialMetadataReceived(Event):
+    stream_id: int
+    metadata: tuple
+
+
+@dataclass(slots=True)
+class MessageReceived(Event):
+    stream_id: int
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class EndOfInput(Event):
+    """The client half-closed with no message in the same frame."""
+    stream_id: int
+
+
+@dataclass(slots=True)
+class StreamEnded(Event):
+    """The stream is over. For a client: the call's final status. For a server:
+    the call was cancelled (``cancelled``) or, when a limit was broken, ended by
+    us with ``code`` already sent to the peer."""
+    stream_id: int
+    code: int
+    details: str
+    metadata: tuple = ()
+    not_started: bool = False
+    by_peer: bool = True
+
+
+@dataclass(slots=True)
+class StreamWritable(Event):
+    stream_id: int
+
+
+@dataclass(slots=True)
+class PingReceived(Event):
+    payload: bytes
+
+
+@dataclass(slots=True)
+class PingAcked(Event):
+    payload: bytes
+
+
+@dataclass(slots=True)
+class LaneChange(Event):
+    """Server: the client asks to move to ``lane``. Client: the server's answer."""
+    lane: str
+
+
+@dataclass(slots=True)
+class GoAwayReceived(Event):
+    last_stream_id: int
+    code: int
+    reason: str
