@@ -21,12 +21,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 from grpc import aio
 from grpc.aio._channel import Channel as _AioChannel
+
+Options = Sequence[tuple[str, Any]]                  # gRPC's (name, value) option pairs
+ClientInterceptors = Sequence[aio.ClientInterceptor]
+ServerInterceptors = Sequence[aio.ServerInterceptor]
+GenericHandlers = Sequence[grpc.GenericRpcHandler]
+MethodHandlers = Mapping[str, "grpc.RpcMethodHandler[Any, Any]"]   # generic in the stubs only
 
 SCHEME = "grpc://"
 PROTOCOL_OPTION = "lanerpc.protocol"
@@ -43,7 +49,7 @@ def strip_scheme(target: str) -> tuple[bool, str]:
     return False, target
 
 
-def wants_grpc(options: Sequence[tuple[str, Any]] | None) -> bool:
+def wants_grpc(options: Options | None) -> bool:
     """Whether the options ask for plain gRPC (``("lanerpc.protocol", "grpc")``)."""
     chosen = "lanerpc"
     for item in options or ():
@@ -55,7 +61,7 @@ def wants_grpc(options: Sequence[tuple[str, Any]] | None) -> bool:
     return chosen == "grpc"
 
 
-def grpc_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+def grpc_options(options: Options | None) -> list[tuple[str, Any]]:
     """The options grpcio gets: ours (``lanerpc.*``) left out."""
     return [item for item in options or ()
             if not (isinstance(item, tuple) and str(item[0]).startswith("lanerpc."))]
@@ -66,11 +72,19 @@ class GrpcChannel(_AioChannel):
     ``lane`` attribute lanerpc's channels have: ``"unix"`` for a ``unix:`` target,
     ``"tcp"`` otherwise, once connected; None before."""
 
-    def __init__(self, target: str, options, credentials, compression, interceptors) -> None:
+    def __init__(self, target: str, options: Options | None,
+                 credentials: grpc.ChannelCredentials | None,
+                 compression: grpc.Compression | None,
+                 interceptors: ClientInterceptors | None) -> None:
         self._lane = "unix" if target.startswith("unix") else "tcp"
+        # grpcio's own aio.secure_channel hands its channel the same private
+        # `_credentials`. The stubs of grpc.aio (types-grpcio) and grpcio's annotated
+        # source name one ClientInterceptor class twice, so mypy takes them for two.
         super().__init__(target, grpc_options(options),
-                         credentials._credentials if credentials is not None else None,
-                         compression, interceptors)
+                         credentials._credentials  # type: ignore[attr-defined]  # private in the stubs
+                         if credentials is not None else None,
+                         compression,
+                         interceptors)  # type: ignore[arg-type]  # the same class, see above
 
     @property
     def lane(self) -> str | None:
@@ -78,7 +92,9 @@ class GrpcChannel(_AioChannel):
         return self._lane if ready else None
 
 
-def channel(target: str, options, credentials, compression, interceptors) -> GrpcChannel:
+def channel(target: str, options: Options | None, credentials: grpc.ChannelCredentials | None,
+            compression: grpc.Compression | None,
+            interceptors: ClientInterceptors | None) -> GrpcChannel:
     if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
         raise TypeError(f"credentials must be grpc.ChannelCredentials (from "
                         f"grpc.ssl_channel_credentials() and friends); got {credentials!r}")
@@ -98,9 +114,9 @@ class GrpcPorts:
     def __init__(self, make_server: Callable[[], aio.Server]) -> None:
         self._make_server = make_server
         self.server: aio.Server | None = None
-        self._ports: list[tuple[str, Any, list[socket.socket]]] = []
-        self._generic: list = []
-        self._registered: dict[str, dict] = {}
+        self._ports: list[tuple[str, grpc.ServerCredentials | None, list[socket.socket]]] = []
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._registered: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     @property
     def bound(self) -> bool:
@@ -109,13 +125,13 @@ class GrpcPorts:
     def add_insecure_port(self, address: str) -> int:
         return self._reserve(address, None)
 
-    def add_secure_port(self, address: str, credentials) -> int:
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
         if not isinstance(credentials, grpc.ServerCredentials):
             raise TypeError(f"server_credentials must be grpc.ServerCredentials (from "
                             f"grpc.ssl_server_credentials() and friends); got {credentials!r}")
         return self._reserve(address, credentials)
 
-    def _reserve(self, address: str, credentials) -> int:
+    def _reserve(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         from rpc import _ports, _target
 
         endpoint = _target.parse_server_address(address)
@@ -132,7 +148,8 @@ class GrpcPorts:
         self._ports.append((bind_to, credentials, sockets))
         return port
 
-    def add_handlers(self, generic_handlers=(), registered: dict[str, dict] | None = None) -> None:
+    def add_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler] = (),
+                     registered: Mapping[str, MethodHandlers] | None = None) -> None:
         """Handlers added to the lanerpc server, before or after start()."""
         generic_handlers = tuple(generic_handlers)
         self._generic.extend(generic_handlers)
