@@ -22,17 +22,62 @@ import dataclasses
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 from grpc import aio
-from grpc.aio._channel import Channel as _AioChannel
 
 Options = Sequence[tuple[str, Any]]                  # gRPC's (name, value) option pairs
 ClientInterceptors = Sequence[aio.ClientInterceptor]
 ServerInterceptors = Sequence[aio.ServerInterceptor]
 GenericHandlers = Sequence[grpc.GenericRpcHandler]
 MethodHandlers = Mapping[str, "grpc.RpcMethodHandler[Any, Any]"]   # generic in the stubs only
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+if TYPE_CHECKING:
+    class _AioChannel(aio.Channel):
+        """grpcio's concrete channel, as mypy should see it: a ``grpc.aio.Channel`` of the
+        stubs (what users and generated stubs expect), made by grpcio's constructor.
+        grpcio's own source types it against its private base classes instead, which
+        the stubs do not know, so a GrpcChannel would not pass for a grpc.aio.Channel."""
+
+        def __init__(self, target: str, options: Options, credentials: Any | None,
+                     compression: grpc.Compression | None,
+                     interceptors: ClientInterceptors | None) -> None: ...
+        async def close(self, grace: float | None = None) -> None: ...
+        def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity: ...
+        async def wait_for_state_change(
+            self, last_observed_state: grpc.ChannelConnectivity) -> None: ...
+        def unary_unary(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.UnaryUnaryMultiCallable[_Req, _Resp]: ...
+        def unary_stream(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.UnaryStreamMultiCallable[_Req, _Resp]: ...
+        def stream_unary(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.StreamUnaryMultiCallable[_Req, _Resp]: ...
+        def stream_stream(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.StreamStreamMultiCallable[_Req, _Resp]: ...
+        async def __aenter__(self) -> Self: ...
+        async def __aexit__(self, exc_type: type[BaseException] | None,
+                            exc_val: BaseException | None,
+                            exc_tb: TracebackType | None) -> bool | None: ...
+        async def channel_ready(self) -> None: ...
+else:
+    from grpc.aio._channel import Channel as _AioChannel
 
 SCHEME = "grpc://"
 PROTOCOL_OPTION = "lanerpc.protocol"
@@ -78,13 +123,11 @@ class GrpcChannel(_AioChannel):
                  interceptors: ClientInterceptors | None) -> None:
         self._lane = "unix" if target.startswith("unix") else "tcp"
         # grpcio's own aio.secure_channel hands its channel the same private
-        # `_credentials`. The stubs of grpc.aio (types-grpcio) and grpcio's annotated
-        # source name one ClientInterceptor class twice, so mypy takes them for two.
+        # `_credentials` (the stubs leave private attributes out).
         super().__init__(target, grpc_options(options),
-                         credentials._credentials  # type: ignore[attr-defined]  # private in the stubs
+                         credentials._credentials  # type: ignore[attr-defined]  # see above
                          if credentials is not None else None,
-                         compression,
-                         interceptors)  # type: ignore[arg-type]  # the same class, see above
+                         compression, interceptors)
 
     @property
     def lane(self) -> str | None:
