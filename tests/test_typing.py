@@ -23,9 +23,10 @@ PROGRAM = os.path.join("tests", "typing_program", "user_program.py")
 HELLO = "examples.helloworld.helloworld_pb2"
 CHANNEL = "rpc._channel.Channel | rpc._grpc.GrpcChannel"
 STUB_CALL = f"grpc.aio.UnaryUnaryCall[{HELLO}.HelloRequest, {HELLO}.HelloReply]"
-# channel.unary_unary with HelloRequest.SerializeToString: the request type is Message's.
-CHANNEL_CALL = (f"rpc._channel.UnaryUnaryCall[google.protobuf.message.Message, {HELLO}.HelloReply]"
-                f" | grpc.aio.UnaryUnaryCall[google.protobuf.message.Message, {HELLO}.HelloReply]")
+# channel.unary_unary(...)(request): grpc.aio's call type, on either channel (a lanerpc
+# call, or an interceptor's, is one). The request type is Message's, as the serializer
+# given is HelloRequest.SerializeToString (a method of Message).
+CHANNEL_CALL = f"grpc.aio.UnaryUnaryCall[google.protobuf.message.Message, {HELLO}.HelloReply]"
 
 NEEDS_CHANNEL_ANNOTATIONS = pytest.mark.xfail(
     strict=True,
