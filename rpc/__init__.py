@@ -8,8 +8,9 @@ Everything here behaves as its namesake in ``grpc.aio``; see README.md for
 what lanerpc adds (``channel.lane``, the ``lanerpc.lanes`` option, ``rpc.serve``).
 """
 
+from concurrent import futures
 
-
+import grpc
 from grpc.aio import AioRpcError, EOF, Metadata
 
 from rpc import _grpc
@@ -28,7 +29,9 @@ from rpc._wire import ProtocolError
 __version__ = "0.1.0"
 
 
-def insecure_channel(target: str, options=None, compression=None, interceptors=None):
+def insecure_channel(target: str, options: _grpc.Options | None = None,
+                     compression: grpc.Compression | None = None,
+                     interceptors: _grpc.ClientInterceptors | None = None) -> Channel | GrpcChannel:
     """A channel to ``target`` (``host:port``, ``unix:/path``, ``dns:///name:port``, ...).
 
     ``grpc://target`` or the option ``("lanerpc.protocol", "grpc")`` dials a plain gRPC
@@ -40,8 +43,9 @@ def insecure_channel(target: str, options=None, compression=None, interceptors=N
     return Channel(target, options, interceptors)
 
 
-def secure_channel(target: str, credentials, options=None, compression=None,
-                   interceptors=None) -> GrpcChannel:
+def secure_channel(target: str, credentials: grpc.ChannelCredentials,
+                   options: _grpc.Options | None = None, compression: grpc.Compression | None = None,
+                   interceptors: _grpc.ClientInterceptors | None = None) -> GrpcChannel:
     """A gRPC-over-TLS channel with grpc's ``credentials``
     (``grpc.ssl_channel_credentials(...)``), through grpcio: to a lanerpc server's
     ``add_secure_port`` or any gRPC server. It stays on TCP (see README, TLS)."""
@@ -49,8 +53,12 @@ def secure_channel(target: str, credentials, options=None, compression=None,
                          compression, interceptors)
 
 
-def server(migration_thread_pool=None, handlers=None, interceptors=None, options=None,
-           maximum_concurrent_rpcs=None, compression=None) -> Server:
+def server(migration_thread_pool: futures.Executor | None = None,
+           handlers: _grpc.GenericHandlers | None = None,
+           interceptors: _grpc.ServerInterceptors | None = None,
+           options: _grpc.Options | None = None,
+           maximum_concurrent_rpcs: int | None = None,
+           compression: grpc.Compression | None = None) -> Server:
     """A server; add servicers with the generated ``add_*Servicer_to_server``."""
     return Server(migration_thread_pool, handlers, interceptors, options,
                   maximum_concurrent_rpcs, compression)

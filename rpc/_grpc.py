@@ -21,12 +21,63 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 from grpc import aio
-from grpc.aio._channel import Channel as _AioChannel
+
+Options = Sequence[tuple[str, Any]]                  # gRPC's (name, value) option pairs
+ClientInterceptors = Sequence[aio.ClientInterceptor]
+ServerInterceptors = Sequence[aio.ServerInterceptor]
+GenericHandlers = Sequence[grpc.GenericRpcHandler]
+MethodHandlers = Mapping[str, "grpc.RpcMethodHandler[Any, Any]"]   # generic in the stubs only
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+if TYPE_CHECKING:
+    class _AioChannel(aio.Channel):
+        """grpcio's concrete channel, as mypy should see it: a ``grpc.aio.Channel`` of the
+        stubs (what users and generated stubs expect), made by grpcio's constructor.
+        grpcio's own source types it against its private base classes instead, which
+        the stubs do not know, so a GrpcChannel would not pass for a grpc.aio.Channel."""
+
+        def __init__(self, target: str, options: Options, credentials: Any | None,
+                     compression: grpc.Compression | None,
+                     interceptors: ClientInterceptors | None) -> None: ...
+        async def close(self, grace: float | None = None) -> None: ...
+        def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity: ...
+        async def wait_for_state_change(
+            self, last_observed_state: grpc.ChannelConnectivity) -> None: ...
+        def unary_unary(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.UnaryUnaryMultiCallable[_Req, _Resp]: ...
+        def unary_stream(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.UnaryStreamMultiCallable[_Req, _Resp]: ...
+        def stream_unary(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.StreamUnaryMultiCallable[_Req, _Resp]: ...
+        def stream_stream(
+            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+            response_deserializer: Callable[[bytes], _Resp] | None = None,
+            _registered_method: bool | None = False,
+        ) -> aio.StreamStreamMultiCallable[_Req, _Resp]: ...
+        async def __aenter__(self) -> Self: ...
+        async def __aexit__(self, exc_type: type[BaseException] | None,
+                            exc_val: BaseException | None,
+                            exc_tb: TracebackType | None) -> bool | None: ...
+        async def channel_ready(self) -> None: ...
+else:
+    from grpc.aio._channel import Channel as _AioChannel
 
 SCHEME = "grpc://"
 PROTOCOL_OPTION = "lanerpc.protocol"
@@ -43,7 +94,7 @@ def strip_scheme(target: str) -> tuple[bool, str]:
     return False, target
 
 
-def wants_grpc(options: Sequence[tuple[str, Any]] | None) -> bool:
+def wants_grpc(options: Options | None) -> bool:
     """Whether the options ask for plain gRPC (``("lanerpc.protocol", "grpc")``)."""
     chosen = "lanerpc"
     for item in options or ():
@@ -55,7 +106,7 @@ def wants_grpc(options: Sequence[tuple[str, Any]] | None) -> bool:
     return chosen == "grpc"
 
 
-def grpc_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+def grpc_options(options: Options | None) -> list[tuple[str, Any]]:
     """The options grpcio gets: ours (``lanerpc.*``) left out."""
     return [item for item in options or ()
             if not (isinstance(item, tuple) and str(item[0]).startswith("lanerpc."))]
@@ -66,10 +117,16 @@ class GrpcChannel(_AioChannel):
     ``lane`` attribute lanerpc's channels have: ``"unix"`` for a ``unix:`` target,
     ``"tcp"`` otherwise, once connected; None before."""
 
-    def __init__(self, target: str, options, credentials, compression, interceptors) -> None:
+    def __init__(self, target: str, options: Options | None,
+                 credentials: grpc.ChannelCredentials | None,
+                 compression: grpc.Compression | None,
+                 interceptors: ClientInterceptors | None) -> None:
         self._lane = "unix" if target.startswith("unix") else "tcp"
+        # grpcio's own aio.secure_channel hands its channel the same private
+        # `_credentials` (the stubs leave private attributes out).
         super().__init__(target, grpc_options(options),
-                         credentials._credentials if credentials is not None else None,
+                         credentials._credentials  # type: ignore[attr-defined]  # see above
+                         if credentials is not None else None,
                          compression, interceptors)
 
     @property
@@ -78,7 +135,9 @@ class GrpcChannel(_AioChannel):
         return self._lane if ready else None
 
 
-def channel(target: str, options, credentials, compression, interceptors) -> GrpcChannel:
+def channel(target: str, options: Options | None, credentials: grpc.ChannelCredentials | None,
+            compression: grpc.Compression | None,
+            interceptors: ClientInterceptors | None) -> GrpcChannel:
     if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
         raise TypeError(f"credentials must be grpc.ChannelCredentials (from "
                         f"grpc.ssl_channel_credentials() and friends); got {credentials!r}")
@@ -98,9 +157,9 @@ class GrpcPorts:
     def __init__(self, make_server: Callable[[], aio.Server]) -> None:
         self._make_server = make_server
         self.server: aio.Server | None = None
-        self._ports: list[tuple[str, Any, list[socket.socket]]] = []
-        self._generic: list = []
-        self._registered: dict[str, dict] = {}
+        self._ports: list[tuple[str, grpc.ServerCredentials | None, list[socket.socket]]] = []
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._registered: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     @property
     def bound(self) -> bool:
@@ -109,13 +168,13 @@ class GrpcPorts:
     def add_insecure_port(self, address: str) -> int:
         return self._reserve(address, None)
 
-    def add_secure_port(self, address: str, credentials) -> int:
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
         if not isinstance(credentials, grpc.ServerCredentials):
             raise TypeError(f"server_credentials must be grpc.ServerCredentials (from "
                             f"grpc.ssl_server_credentials() and friends); got {credentials!r}")
         return self._reserve(address, credentials)
 
-    def _reserve(self, address: str, credentials) -> int:
+    def _reserve(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         from rpc import _ports, _target
 
         endpoint = _target.parse_server_address(address)
@@ -132,7 +191,8 @@ class GrpcPorts:
         self._ports.append((bind_to, credentials, sockets))
         return port
 
-    def add_handlers(self, generic_handlers=(), registered: dict[str, dict] | None = None) -> None:
+    def add_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler] = (),
+                     registered: Mapping[str, MethodHandlers] | None = None) -> None:
         """Handlers added to the lanerpc server, before or after start()."""
         generic_handlers = tuple(generic_handlers)
         self._generic.extend(generic_handlers)

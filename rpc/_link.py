@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any, cast
 
 from rpc import _connection as c
 from rpc._options import Options
@@ -50,14 +52,14 @@ class Link(asyncio.Protocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._backlog: list = []      # frames waiting while the transport is paused
+        self._backlog: list[bytes | memoryview] = []   # frames waiting while the transport is paused
         # Keep-awake after a write on the socket lanes (see _stay_awake).
         self._awake = AdaptiveSpin(self._AWAKE_US, max_probe_gap=256) if self._AWAKE_US else None
         self._awake_until = 0         # perf_counter_ns deadline while awake, else 0
         self._awake_caught = False
         self.bytes_in = 0
         self.bytes_out = 0
-        self.calls: dict = {}
+        self.calls: dict[int, Any] = {}   # stream id -> the subclass's call object
         self._ka_timer: asyncio.TimerHandle | None = None
         self._ka_deadline: asyncio.TimerHandle | None = None
         self._ka_payload = b""
@@ -66,7 +68,8 @@ class Link(asyncio.Protocol):
     # ------------------------------------------------------------ transport side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # Every lane (tcp, unix, shm) hands a stream transport: it has write().
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_info(transport)
         self.lane = self.peer.lane
         self._handshake_timer = self.loop.call_later(
@@ -179,12 +182,14 @@ class Link(asyncio.Protocol):
             self.loop.call_soon(self._awake_step)
 
     def _awake_step(self) -> None:
+        awake = self._awake
+        assert awake is not None   # scheduled only by stay_awake, which has one
         if self._awake_caught or self.conn.closed:
             self._awake_until = 0
-            self._awake.record(self._awake_caught)
+            awake.record(self._awake_caught)
         elif time.perf_counter_ns() >= self._awake_until:
             self._awake_until = 0
-            self._awake.record(False)
+            awake.record(False)
         else:
             self.loop.call_soon(self._awake_step)
 
@@ -213,14 +218,14 @@ class Link(asyncio.Protocol):
             return
         self._write_pieces(data)
 
-    def _write_pieces(self, data: list) -> None:
+    def _write_pieces(self, data: Sequence[bytes | memoryview]) -> None:
         """Hand ``data`` to the transport about _BIG_WRITE bytes at a time (small
         buffers grouped, big ones sliced), stopping while it is paused."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         step = self._BIG_WRITE
-        batch: list = []
+        batch: list[bytes | memoryview] = []
         batched = 0
         for i, buf in enumerate(data):
             size = len(buf)
@@ -235,7 +240,7 @@ class Link(asyncio.Protocol):
             batch, batched = [], 0
             if pieces:
                 if self._write_paused:
-                    self._backlog = pieces + ([rest] if rest is not None else []) + data[i + 1:]
+                    self._backlog = [*pieces, *([rest] if rest is not None else []), *data[i + 1:]]
                     return
                 joined = b"".join(pieces)     # one copy beats thousands of iovecs
                 self.bytes_out += len(joined)
@@ -271,6 +276,8 @@ class Link(asyncio.Protocol):
     def _keepalive_tick(self) -> None:
         """Every keepalive_time: if nothing arrived since the last tick, PING and
         expect the answer within keepalive_timeout (gRPC's keepalive options)."""
+        interval = self.options.keepalive_time
+        assert interval is not None   # ticks are scheduled only with keepalive on
         if self.conn.closed:
             return
         idle = self.bytes_in == self._ka_seen
@@ -281,7 +288,7 @@ class Link(asyncio.Protocol):
             self._ka_deadline = self.loop.call_later(self.options.keepalive_timeout,
                                                      self._keepalive_expired)
         self._ka_seen = self.bytes_in
-        self._ka_timer = self.loop.call_later(self.options.keepalive_time, self._keepalive_tick)
+        self._ka_timer = self.loop.call_later(interval, self._keepalive_tick)
 
     def keepalive_acked(self, payload: bytes) -> None:
         if payload == self._ka_payload and self._ka_deadline is not None:
@@ -341,7 +348,7 @@ class Link(asyncio.Protocol):
     def switch_to(self, transport: asyncio.BaseTransport) -> None:
         """Carry on over another lane's transport (shm, after a LANE switch)."""
         old = self.lane
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)   # a stream transport, as above
         self.peer = peer_info(transport)
         self.lane = self.peer.lane
         self._write_paused = False

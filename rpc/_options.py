@@ -27,7 +27,7 @@ class Options:
     max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
     allowed_uids: frozenset[int] = frozenset()   # unix/shm: uids admitted besides our own
     upgrade_timeout: float = 1.0
-    retry_policy: dict | None = None
+    retry_policy: dict[str, Any] | None = None   # grpc.service_config's retryPolicy
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
@@ -43,12 +43,12 @@ def parse_lanes(text: str) -> tuple[str, ...]:
 
 
 def _length(value: Any, name: str) -> int:
-    value = int(value)
-    if value < 0:
+    length = int(value)
+    if length < 0:
         return _UNLIMITED
-    if value == 0 and name == "grpc.max_receive_message_length":
+    if length == 0 and name == "grpc.max_receive_message_length":
         raise ValueError(f"{name} must be positive or -1")
-    return min(value, _UNLIMITED)
+    return min(length, _UNLIMITED)
 
 
 def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
@@ -100,9 +100,9 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
     return Options(**values)
 
 
-def _retry_policy(config: dict) -> dict | None:
+def _retry_policy(config: dict[str, Any]) -> dict[str, Any] | None:
     for method_config in config.get("methodConfig", ()):
-        policy = method_config.get("retryPolicy")
+        policy: dict[str, Any] | None = method_config.get("retryPolicy")
         if policy:
             return policy
     return None

@@ -39,7 +39,7 @@ async def serve_async(server: Server, *, grace: float = DEFAULT_GRACE) -> None:
     """``serve`` for code that runs its own event loop (main thread only)."""
     loop = asyncio.get_running_loop()
     received = 0
-    stoppers: list[asyncio.Task] = []
+    stoppers: list[asyncio.Task[None]] = []
 
     def on_stop(signum: int) -> None:
         nonlocal received

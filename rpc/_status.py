@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
 from grpc import aio
+
+MetadataPairs = Iterable[tuple[str, "str | bytes"]]   # aio.Metadata is one too
 
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 EMPTY_METADATA = aio.Metadata()
@@ -13,7 +17,7 @@ def status_code(value: int) -> grpc.StatusCode:
     return CODES.get(value, grpc.StatusCode.UNKNOWN)
 
 
-def to_metadata(pairs) -> aio.Metadata:
+def to_metadata(pairs: MetadataPairs | None) -> aio.Metadata:
     if not pairs:
         return aio.Metadata()
     if isinstance(pairs, aio.Metadata):
@@ -21,7 +25,8 @@ def to_metadata(pairs) -> aio.Metadata:
     return aio.Metadata(*pairs)
 
 
-def rpc_error(code: grpc.StatusCode, details: str, initial=None, trailing=None) -> aio.AioRpcError:
+def rpc_error(code: grpc.StatusCode, details: str, initial: MetadataPairs | None = None,
+              trailing: MetadataPairs | None = None) -> aio.AioRpcError:
     return aio.AioRpcError(
         code,
         to_metadata(initial),
@@ -31,7 +36,7 @@ def rpc_error(code: grpc.StatusCode, details: str, initial=None, trailing=None) 
     )
 
 
-def validate_metadata(metadata) -> tuple[tuple[str, str | bytes], ...]:
+def validate_metadata(metadata: MetadataPairs | None) -> tuple[tuple[str, str | bytes], ...]:
     """Metadata as sent by a user: checked against gRPC's key rules."""
     if metadata is None:
         return ()
@@ -58,7 +63,7 @@ def validate_metadata(metadata) -> tuple[tuple[str, str | bytes], ...]:
     return items
 
 
-def _ascii(key: str, value: bytes) -> str:
+def _ascii(key: str, value: bytes | bytearray) -> str:
     try:
         return bytes(value).decode("ascii")
     except UnicodeDecodeError:

@@ -92,6 +92,7 @@ _GOAWAY_HEAD = struct.Struct(">II")    # last stream id, code
 _CANCEL_HEAD = struct.Struct(">I")     # status code
 
 Metadata = Sequence[tuple[str, "str | bytes"]]
+DecodedMetadata = tuple[tuple[str, "str | bytes"], ...]   # what decode_metadata returns
 
 
 def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -126,7 +127,7 @@ def encode_metadata(metadata: Metadata | None) -> bytes:
     return b"".join(parts)
 
 
-def decode_metadata(buf: bytes | memoryview, offset: int = 0) -> tuple[tuple[tuple[str, str | bytes], ...], int]:
+def decode_metadata(buf: bytes | memoryview, offset: int = 0) -> tuple[DecodedMetadata, int]:
     """Parse a metadata block at ``offset``; returns (entries, offset after it)."""
     end = len(buf)
     if offset + 2 == end and buf[offset] == 0 and buf[offset + 1] == 0:
@@ -174,7 +175,7 @@ def encode_request_headers_block(method: str, timeout_us: int, block: bytes) -> 
     return _REQUEST_HEAD.pack(timeout_us, len(mb)) + mb + block
 
 
-def decode_request_headers(payload: bytes) -> tuple[str, int, tuple]:
+def decode_request_headers(payload: bytes) -> tuple[str, int, DecodedMetadata]:
     if len(payload) < _REQUEST_HEAD.size:
         raise ProtocolError("request headers truncated")
     timeout_us, mlen = _REQUEST_HEAD.unpack_from(payload, 0)
@@ -216,7 +217,7 @@ def bare_trailers(code: int) -> bytes:
     return _BARE_TRAILERS[code] if 0 <= code <= 16 else encode_trailers(code, "", None)
 
 
-def decode_trailers(payload: bytes) -> tuple[int, str, tuple]:
+def decode_trailers(payload: bytes) -> tuple[int, str, DecodedMetadata]:
     if len(payload) == 10 and payload[4:] == b"\x00\x00\x00\x00\x00\x00":
         (code,) = _U32.unpack_from(payload, 0)
         if code > 16:
@@ -287,6 +288,7 @@ def encode_window_update(increment: int) -> bytes:
 def decode_window_update(payload: bytes) -> int:
     if len(payload) != 4:
         raise ProtocolError("window update must carry 4 bytes")
+    inc: int
     (inc,) = _U32.unpack(payload)
     if inc == 0 or inc > MAX_WINDOW:
         raise ProtocolError(f"window increment {inc} out of range")
@@ -319,7 +321,7 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._magic_pending = expect_magic
         self._big: tuple[int, int, int] | None = None   # (type, flags, stream) being collected
-        self._big_chunks: list = []
+        self._big_chunks: list[bytes | bytearray | memoryview] = []
         self._big_need = 0
 
     @property

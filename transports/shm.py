@@ -934,6 +934,8 @@ class ShmTransport(asyncio.Transport):
             return False
         self._notify_writer()
         try:
+            # A stream transport's protocol is an asyncio.Protocol; set_protocol must
+            # accept BaseProtocol (BaseTransport's signature), so it is stored as one.
             self._protocol.data_received(data)  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
             raise
@@ -959,7 +961,7 @@ class ShmTransport(asyncio.Transport):
             return
         if not self._closing:
             try:
-                self._protocol.eof_received()  # type: ignore[attr-defined]
+                self._protocol.eof_received()  # type: ignore[attr-defined]  # as data_received above
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -1019,6 +1021,7 @@ class ShmTransport(asyncio.Transport):
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         try:
+            # asyncio's own transports pass on whatever ended them, BaseException included.
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             self._control = None

@@ -42,13 +42,15 @@ def bind(host: str, port: int, *, reuse_port: bool = True) -> list[socket.socket
     one uid can share a port (the kernel spreads connections among them).
 
     Raises OSError; nothing stays bound then."""
+    addresses: list[tuple[socket.AddressFamily, str]]
     if host in ("", "::", "*"):
         addresses = [(socket.AF_INET6, "::")]
     else:
         addresses = []
-        for family, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-            if (family, sockaddr[0]) not in addresses:
-                addresses.append((family, sockaddr[0]))
+        for found, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            # An AF_INET/AF_INET6 sockaddr starts with the address as text.
+            if (found, str(sockaddr[0])) not in addresses:
+                addresses.append((found, str(sockaddr[0])))
     sockets: list[socket.socket] = []
     try:
         for family, address in addresses:
