@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import enum
+from typing import Any
 
 from rpc._wire import ProtocolError
 
@@ -72,8 +73,9 @@ class Stream:
         self.send_window = send_window
         self.recv_window = recv_window   # what the peer may still send before our credit
         self.closing = False             # our TRAILERS wait behind the outbox; input is ignored
-        # Outbound: messages waiting for window, as (buffer, offset, end_stream).
-        self.outbox: collections.deque = collections.deque()
+        # Outbound: messages waiting for window, as [buffer, offset, end_stream]
+        # (a list: the offset moves as pieces go out).
+        self.outbox: collections.deque[list[Any]] = collections.deque()
         self.outbox_bytes = 0
         # Inbound: chunks of a message being assembled.
         self.partial: list[bytes] = []
