@@ -22,6 +22,7 @@ from rpc import _connection as c
 from rpc import _interceptors, _lanes, _options
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
+from rpc._stream import Stream, too_large
 from rpc._target import parse_target
 from rpc._wire import GoAwayCode
 
@@ -122,8 +123,9 @@ class ClientLink(Link):
 
 # ============================================================ call objects
 
-class _Call:
-    """State shared by the four call kinds; implements grpc.aio.Call."""
+class _Call(Stream):
+    """State shared by the four call kinds; implements grpc.aio.Call. Its
+    stream's IO (sending, receiving, the write policy) is :class:`Stream`'s."""
 
     _unary_request = True
     _unary_response = True
@@ -132,7 +134,6 @@ class _Call:
     # what differs (fewer stores per call on the hot path).
     _deadline: float | None = None
     _link: "ClientLink | None" = None
-    _sid = 0
     _initial_md: tuple | None = None
     _trailing_md: tuple = ()
     _code: int | None = None
@@ -143,9 +144,7 @@ class _Call:
     _md_fut: asyncio.Future | None = None
     _callbacks: tuple | list = ()
     _timer: asyncio.TimerHandle | None = None
-    _reader: asyncio.Future | None = None
     _opened: asyncio.Future | None = None
-    _writable: asyncio.Future | None = None
     _task: asyncio.Task | None = None
     _response: Any = None
     _metadata: tuple = ()
@@ -160,7 +159,7 @@ class _Call:
         if metadata:
             self._metadata = validate_metadata(metadata)
         self._wait_for_ready = bool(wait_for_ready)
-        self._messages: collections.deque = collections.deque()
+        self._received: collections.deque[bytes] = collections.deque()
         if timeout is not None:
             self._deadline = loop.time() + timeout
             self._timer = loop.call_later(max(timeout, 0), self._on_deadline)
@@ -207,25 +206,14 @@ class _Call:
             link.waiting.append((self, first))
             return
         try:
-            sid = conn.start_request(self._method, timeout, self._metadata,
-                                     end_stream=self._unary_request and first is None,
-                                     message=first)
+            self._start_request(link, self._method, timeout, self._metadata, first,
+                                end=self._unary_request and first is None)
         except c.ConnectionClosed as exc:
             self._on_end(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), True)
             return
         except c.MetadataTooLarge as exc:
             self._finish(_C.RESOURCE_EXHAUSTED.value[0], str(exc), ())
             return
-        self._link = link
-        self._sid = sid
-        calls = link.calls
-        calls[sid] = self
-        if len(calls) == 1:
-            link.flush()          # the only call: don't wait a loop turn
-            if first is not None:
-                link.stay_awake()  # ...nor a CPU's wake-up for its answer
-        else:
-            link.flush_soon()     # others are in flight: batch with their writes
         opened = self._opened
         if opened is not None and not opened.done():
             opened.set_result(None)
@@ -241,15 +229,7 @@ class _Call:
     def _on_message(self, data: bytes) -> None:
         if self._initial_md is None:    # no HEADERS came first: empty initial metadata
             self._on_initial_metadata(())
-        self._messages.append(data)
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
-
-    def _on_writable(self) -> None:
-        waiter = self._writable
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._deliver(data)
 
     def _on_end(self, code: int, details: str, metadata: tuple, not_started: bool) -> None:
         self._link = None
@@ -305,6 +285,7 @@ class _Call:
         if self._code is not None:
             return
         self._code = code
+        self._recv_ended = True
         self._details = details
         self._trailing_md = metadata
         self._not_started = not_started
@@ -313,9 +294,10 @@ class _Call:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for fut in (self._done_fut, self._md_fut, self._reader, self._writable, self._opened):
+        for fut in (self._done_fut, self._md_fut, self._opened):
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        self._release_waiters()
         if self._callbacks:
             for cb in self._callbacks:
                 self._loop.call_soon(cb, self)
@@ -394,7 +376,7 @@ class _Call:
     async def wait_for_connection(self) -> None:
         if self._initial_md is None and self._code is None:
             await self.initial_metadata()
-        if self._code is not None and self._code != 0 and not self._messages:
+        if self._code is not None and self._code != 0 and not self._received:
             self._raise_for_status()
 
     @property
@@ -408,29 +390,13 @@ class _Call:
 
     # ------------------------------------------------------------ reading
 
-    async def _read_raw(self) -> bytes | None:
-        messages = self._messages
-        while not messages:
-            if self._code is not None:
-                return None
-            self._reader = self._loop.create_future()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
-            finally:
-                self._reader = None
-        data = messages.popleft()
-        link = self._link
-        if link is not None:
-            link.conn.consume(self._sid)
-        return data
+    def _read_cancelled(self) -> None:
+        self.cancel()
 
     async def read(self):
         if self._unary_response:
             raise RuntimeError("read() is for calls with a streaming response")
-        data = await self._read_raw()
+        data = await self._receive()
         if data is None:
             self._raise_for_status()
             return _EOF
@@ -445,7 +411,7 @@ class _Call:
 
     async def _iterate(self) -> AsyncIterator:
         while True:
-            data = await self._read_raw()
+            data = await self._receive()
             if data is None:
                 self._raise_for_status()
                 return
@@ -468,34 +434,22 @@ class _Call:
         if self._half_closed:
             raise asyncio.InvalidStateError("RPC is half closed after calling done_writing")
         data = self._serialize(request)
-        limit = self._channel._options.max_send_message_length
-        if len(data) > limit:
-            self._abandon(_C.RESOURCE_EXHAUSTED,
-                          f"Sent message larger than max ({len(data)} vs. {limit})")
+        error = too_large(len(data), self._channel._options.max_send_message_length)
+        if error is not None:
+            self._abandon(_C.RESOURCE_EXHAUSTED, error)
             raise self._error()
         if self._link is None and self._code is None:
             if self._opened is None:
                 self._opened = self._loop.create_future()
             await self._opened
-        link = self._link
-        if link is None:
+        if self._link is None:
             self._raise_for_status()
             raise asyncio.InvalidStateError("RPC already finished")
-        conn = link.conn
-        try:
-            sent = conn.send_message(self._sid, data)
-        except c.StreamClosed:
-            return
-        link.flush_soon()
-        if not sent and conn.wait_writable(self._sid):
-            self._writable = self._loop.create_future()
-            try:
-                await self._writable
-            finally:
-                self._writable = None
-            if self._code is not None and self._code != 0:
-                self._raise_for_status()
-        await link.drain()
+        await self._send(data)
+
+    def _window_waited(self) -> None:
+        if self._code is not None and self._code != 0:
+            self._raise_for_status()
 
     async def done_writing(self) -> None:
         if self._iterator_task is not None:
@@ -510,10 +464,7 @@ class _Call:
                 self._opened = self._loop.create_future()
             await self._opened
         self._half_closed = True
-        link = self._link
-        if link is not None:
-            link.conn.end_input(self._sid)
-            link.flush_soon()
+        self._half_close()
 
     def _consume_iterator(self, iterator) -> None:
         self._iterator_task = self._loop.create_task(self._feed(iterator))
@@ -552,10 +503,10 @@ class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
     def _result(self):
         if self._code == 0:
             if self._response is None:
-                if not self._messages:
+                if not self._received:
                     raise rpc_error(_C.INTERNAL, "server ended the call without a response",
                                     self._initial_md, self._trailing_md)
-                data = self._messages.popleft()
+                data = self._received.popleft()
                 self._response = self._decode(data)
             return self._response
         self._raise_for_status()
