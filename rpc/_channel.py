@@ -13,13 +13,14 @@ import logging
 import os
 import random
 import weakref
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Union
 
 import grpc
 from grpc import aio
 
 from rpc import _connection as c
 from rpc import _interceptors, _lanes, _options
+from rpc._interceptors import InterceptedCall
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
@@ -31,6 +32,10 @@ log = logging.getLogger("lanerpc")
 _C = grpc.StatusCode
 _EOF = aio.EOF
 _CONNECTIVITY = grpc.ChannelConnectivity
+
+Serializer = Callable[[Any], bytes]
+Deserializer = Callable[[bytes], Any]
+RequestIterator = Union[AsyncIterable[Any], Iterable[Any]]
 
 
 def _identity(x):
@@ -537,80 +542,95 @@ class StreamStreamCall(_Call, aio.StreamStreamCall):
 # ============================================================ multi-callables
 
 class _MultiCallable:
-    _call_class: type[_Call]
+    """What the four multi-callables share: make the call, through the
+    channel's interceptors of this kind when there are any."""
 
-    def __init__(self, channel: "Channel", method: str, serializer, deserializer) -> None:
+    _call_class: type[_Call]
+    _kind: str      # "unary_unary", ...: which of the channel's interceptors apply
+
+    def __init__(self, channel: "Channel", method: str, serializer: Serializer | None,
+                 deserializer: Deserializer | None) -> None:
         self._channel = channel
         self._method = method
         self._serializer = serializer
         self._deserializer = deserializer
 
-    def _make(self, timeout, metadata, wait_for_ready) -> _Call:
-        if self._channel._forked:
+    def _call(self, request: Any, timeout: float | None, metadata: Any,
+              wait_for_ready: bool | None) -> Any:
+        interceptors = self._channel._interceptors.get(self._kind)
+        if interceptors:
+            return _interceptors.intercept(self, self._kind, interceptors, request, timeout,
+                                           metadata, wait_for_ready)
+        return self._invoke(request, timeout, metadata, wait_for_ready)
+
+    def _invoke(self, request: Any, timeout: float | None, metadata: Any,
+                wait_for_ready: bool | None) -> _Call:
+        """The call itself; ``request`` is the request, or for a streaming request
+        the iterator of requests (or None: the caller writes them)."""
+        channel = self._channel
+        if channel._forked:
             raise RuntimeError(
                 "this lanerpc channel was created before os.fork(); its connections (and "
                 "shared-memory rings) belong to the parent. Create a new channel in the child.")
-        if self._channel._closed:
+        if channel._closed:
             raise aio.UsageError("Cannot invoke RPC: Channel closed!") if hasattr(aio, "UsageError") \
                 else grpc.RpcError("channel closed")
-        return self._call_class(self._channel, self._method, self._serializer, self._deserializer,
+        call = self._call_class(channel, self._method, self._serializer, self._deserializer,
                                 timeout, metadata, wait_for_ready)
+        if call._unary_request:
+            data = call._serialize(request)
+            error = too_large(len(data), channel._options.max_send_message_length)
+            if error is not None:
+                call._finish(_C.RESOURCE_EXHAUSTED.value[0], error, ())
+                return call
+            call._begin(data)
+        else:
+            call._begin(None)
+            if request is not None:
+                call._consume_iterator(request)
+        return call
 
 
 class UnaryUnaryMultiCallable(_MultiCallable, aio.UnaryUnaryMultiCallable):
     _call_class = UnaryUnaryCall
+    _kind = "unary_unary"
 
-    def __call__(self, request, *, timeout=None, metadata=None, credentials=None,
-                 wait_for_ready=None, compression=None):
-        interceptors = self._channel._interceptors.get("unary_unary")
-        if interceptors:
-            return _interceptors.intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
-        return self._invoke(request, timeout, metadata, wait_for_ready)
-
-    def _invoke(self, request, timeout, metadata, wait_for_ready) -> _Call:
-        call = self._make(timeout, metadata, wait_for_ready)
-        data = call._serialize(request)
-        limit = self._channel._options.max_send_message_length
-        if len(data) > limit:
-            call._finish(_C.RESOURCE_EXHAUSTED.value[0],
-                         f"Sent message larger than max ({len(data)} vs. {limit})", ())
-            return call
-        call._begin(data)
-        return call
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> UnaryUnaryCall | InterceptedCall:
+        return self._call(request, timeout, metadata, wait_for_ready)
 
 
-class UnaryStreamMultiCallable(UnaryUnaryMultiCallable, aio.UnaryStreamMultiCallable):
+class UnaryStreamMultiCallable(_MultiCallable, aio.UnaryStreamMultiCallable):
     _call_class = UnaryStreamCall
+    _kind = "unary_stream"
 
-    def __call__(self, request, *, timeout=None, metadata=None, credentials=None,
-                 wait_for_ready=None, compression=None):
-        interceptors = self._channel._interceptors.get("unary_stream")
-        if interceptors:
-            return _interceptors.intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
-        return self._invoke(request, timeout, metadata, wait_for_ready)
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> UnaryStreamCall | InterceptedCall:
+        return self._call(request, timeout, metadata, wait_for_ready)
 
 
 class StreamUnaryMultiCallable(_MultiCallable, aio.StreamUnaryMultiCallable):
     _call_class = StreamUnaryCall
+    _kind = "stream_unary"
 
-    def __call__(self, request_iterator=None, timeout=None, metadata=None, credentials=None,
-                 wait_for_ready=None, compression=None):
-        kind = "stream_unary" if self._call_class is StreamUnaryCall else "stream_stream"
-        interceptors = self._channel._interceptors.get(kind)
-        if interceptors:
-            return _interceptors.intercept(self, interceptors, request_iterator, timeout, metadata, wait_for_ready)
-        return self._invoke(request_iterator, timeout, metadata, wait_for_ready)
-
-    def _invoke(self, request_iterator, timeout, metadata, wait_for_ready) -> _Call:
-        call = self._make(timeout, metadata, wait_for_ready)
-        call._begin(None)
-        if request_iterator is not None:
-            call._consume_iterator(request_iterator)
-        return call
+    def __call__(self, request_iterator: RequestIterator | None = None,
+                 timeout: float | None = None, metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: bool | None = None,
+                 compression: Any = None) -> StreamUnaryCall | InterceptedCall:
+        return self._call(request_iterator, timeout, metadata, wait_for_ready)
 
 
-class StreamStreamMultiCallable(StreamUnaryMultiCallable, aio.StreamStreamMultiCallable):
+class StreamStreamMultiCallable(_MultiCallable, aio.StreamStreamMultiCallable):
     _call_class = StreamStreamCall
+    _kind = "stream_stream"
+
+    def __call__(self, request_iterator: RequestIterator | None = None,
+                 timeout: float | None = None, metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: bool | None = None,
+                 compression: Any = None) -> StreamStreamCall | InterceptedCall:
+        return self._call(request_iterator, timeout, metadata, wait_for_ready)
 
 
 # ============================================================ channel
@@ -731,20 +751,24 @@ class Channel(aio.Channel):
                 self._start_connecting(wait=True)
             await self.wait_for_state_change(state)
 
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None,
-                    _registered_method=False):
+    def unary_unary(self, method: str, request_serializer: Serializer | None = None,
+                    response_deserializer: Deserializer | None = None,
+                    _registered_method: bool = False) -> UnaryUnaryMultiCallable:
         return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):
+    def unary_stream(self, method: str, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None,
+                     _registered_method: bool = False) -> UnaryStreamMultiCallable:
         return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):
+    def stream_unary(self, method: str, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None,
+                     _registered_method: bool = False) -> StreamUnaryMultiCallable:
         return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None,
-                      _registered_method=False):
+    def stream_stream(self, method: str, request_serializer: Serializer | None = None,
+                      response_deserializer: Deserializer | None = None,
+                      _registered_method: bool = False) -> StreamStreamMultiCallable:
         return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
 
     # ------------------------------------------------------------ connections
