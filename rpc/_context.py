@@ -9,13 +9,14 @@ import asyncio
 import collections
 import inspect
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
 
 from rpc import _connection as c
 from rpc._status import status_code, validate_metadata
+from rpc._stream import Stream, too_large
 
 if TYPE_CHECKING:
     from rpc._server import Server, ServerLink
@@ -51,15 +52,14 @@ def _kind(fn) -> str:
     return kind
 
 
-class ServicerContext(aio.ServicerContext):
-    """One call on the server; what a grpc.aio handler receives as ``context``."""
+class ServicerContext(Stream, aio.ServicerContext):
+    """One call on the server; what a grpc.aio handler receives as ``context``.
+    Its stream's IO (sending, receiving, the write policy) is :class:`Stream`'s."""
 
     # Per-call state that most calls never change lives on the class: a call
     # sets only what differs (fewer stores per call on the hot path).
+    _link: ServerLink
     _deadline: float | None = None
-    _input_done = False
-    _reader: asyncio.Future | None = None
-    _writable: asyncio.Future | None = None
     _task: asyncio.Task | None = None
     _code: int | None = None            # set_code / abort
     _details: str | None = None
@@ -72,8 +72,8 @@ class ServicerContext(aio.ServicerContext):
     _timer: asyncio.TimerHandle | None = None
     _counted = False
 
-    def __init__(self, server: "Server", link: ServerLink, sid: int, method: str,
-                 timeout: float | None, metadata: tuple, handler) -> None:
+    def __init__(self, server: Server, link: ServerLink, sid: int, method: str,
+                 timeout: float | None, metadata: tuple, handler: grpc.RpcMethodHandler) -> None:
         self._server = server
         self._link = link
         self._loop = link.loop
@@ -81,7 +81,7 @@ class ServicerContext(aio.ServicerContext):
         self._method = method
         self._handler = handler
         self._metadata = metadata
-        self._requests: collections.deque = collections.deque()
+        self._received: collections.deque[bytes] = collections.deque()
         if timeout is not None:
             self._deadline = self._loop.time() + timeout
             self._timer = self._loop.call_later(timeout, self._on_deadline)
@@ -89,38 +89,31 @@ class ServicerContext(aio.ServicerContext):
     # ------------------------------------------------------------ events
 
     def _on_message(self, data: bytes, end: bool) -> None:
-        self._requests.append(data)
         if end:
-            self._input_done = True
-        if self._task is None:
-            if not self._handler.request_streaming:
-                if not end:
-                    # A unary request must be followed by END_STREAM; a second
-                    # message is a client bug.
-                    if len(self._requests) > 1:
-                        self._end_with(_C.INTERNAL.value[0], "more than one request message for a unary method")
-                    return
+            self._recv_ended = True
+        self._deliver(data)
+        if self._task is None and not self._handler.request_streaming:
+            if end:
                 self._start()
-            return
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
+            elif len(self._received) > 1:
+                # A unary request must be followed by END_STREAM; a second
+                # message is a client bug.
+                self._end_with(_C.INTERNAL.value[0], "more than one request message for a unary method")
 
     def _on_end_of_input(self) -> None:
-        self._input_done = True
+        self._recv_ended = True
         if self._task is None and not self._handler.request_streaming:
-            if self._requests:
+            if self._received:
                 self._start()
             else:
                 self._end_with(_C.INTERNAL.value[0], "unary method called without a request message")
             return
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
+        self._wake_reader()
 
     def _on_stream_ended(self, code: int, details: str, by_peer: bool) -> None:
         """The peer cancelled, the connection died, or we ended it for a limit."""
         self._ended = True
+        self._recv_ended = True
         self._cancelled = by_peer or code != _OK
         if self._timer is not None:
             self._timer.cancel()
@@ -131,14 +124,7 @@ class ServicerContext(aio.ServicerContext):
         elif task is None:
             self._complete()
             self._server._call_finished(self)
-        for fut in (self._reader, self._writable):
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-
-    def _on_writable(self) -> None:
-        waiter = self._writable
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._release_waiters()
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -168,8 +154,7 @@ class ServicerContext(aio.ServicerContext):
             if handler.request_streaming:
                 request = self._request_iterator()
             else:
-                request = self._decode(self._requests.popleft())
-                self._link.conn.consume(self._sid)
+                request = self._decode(self._take())
             if handler.response_streaming:
                 await self._run_streaming(handler, request)
                 self._end_ok()
@@ -256,26 +241,24 @@ class ServicerContext(aio.ServicerContext):
             raise _ResponseError(f"Failed to serialize response message: {exc}") from None
         if self._ended:
             return
-        conn = self._link.conn
-        self._send_initial(conn)
+        self._send_initial()
         if self._ended:
             return
-        limit = self._server._options.max_send_message_length
-        if len(data) > limit:
-            self._end_with(_C.RESOURCE_EXHAUSTED.value[0],
-                           f"Sent message larger than max ({len(data)} vs. {limit})")
+        error = too_large(len(data), self._server._options.max_send_message_length)
+        if error is not None:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], error)
             return
         code = self._code if self._code is not None else _OK
         self._end_with(code, self._details or "", self._trailing, data)
 
-    def _send_initial(self, conn: c.Connection) -> None:
+    def _send_initial(self) -> None:
         # Empty initial metadata needs no frame: the first MESSAGE (or the
         # TRAILERS) implies it. Set metadata goes out in a HEADERS frame.
         if not self._initial_sent:
             self._initial_sent = True
             if self._initial:
                 try:
-                    conn.send_initial_metadata(self._sid, self._initial)
+                    self._send_initial_metadata(self._initial)
                 except c.MetadataTooLarge as exc:
                     self._end_with(_C.RESOURCE_EXHAUSTED.value[0], str(exc))
 
@@ -288,19 +271,14 @@ class ServicerContext(aio.ServicerContext):
         if self._ended:
             return
         self._ended = True
+        self._recv_ended = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         link = self._link
         link.ping_strikes = 0
-        link.conn.end_stream(self._sid, code, details, trailing, message)
-        calls = link.calls
-        calls.pop(self._sid, None)
-        if calls:
-            link.flush_soon()     # others are in flight: batch with their writes
-        else:
-            link.flush()          # the only call: don't wait a loop turn
-            link.stay_awake()     # ...nor a CPU's wake-up for the next request
+        self._send_status(code, details, trailing, message)
+        link.calls.pop(self._sid, None)
         self._server._stats.call_ended(link.lane or "?", code)
 
     def _complete(self) -> None:
@@ -313,50 +291,32 @@ class ServicerContext(aio.ServicerContext):
 
     # ------------------------------------------------------------ reading/writing
 
-    async def read(self):
+    async def read(self) -> Any:
         if not self._handler.request_streaming:
             raise RuntimeError("read() is for methods with a streaming request")
-        while not self._requests:
-            if self._input_done or self._ended:
-                return _EOF
-            self._reader = self._loop.create_future()
-            try:
-                await self._reader
-            finally:
-                self._reader = None
-        data = self._requests.popleft()
-        self._link.conn.consume(self._sid)
+        data = await self._receive()
+        if data is None:
+            return _EOF
         return self._decode(data)
 
-    async def write(self, message) -> None:
+    async def write(self, message: Any) -> None:
         if self._ended:
             if self._cancelled:
                 raise asyncio.CancelledError()
             raise asyncio.InvalidStateError("the RPC has already finished")
         serializer = self._handler.response_serializer
         data = serializer(message) if serializer is not None else message
-        limit = self._server._options.max_send_message_length
-        if len(data) > limit:
-            self._end_with(_C.RESOURCE_EXHAUSTED.value[0],
-                           f"Sent message larger than max ({len(data)} vs. {limit})")
+        error = too_large(len(data), self._server._options.max_send_message_length)
+        if error is not None:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], error)
             raise asyncio.CancelledError()
-        link = self._link
-        link.ping_strikes = 0
-        conn = link.conn
-        self._send_initial(conn)
+        self._link.ping_strikes = 0
+        self._send_initial()
         if self._ended:
             raise asyncio.CancelledError()
-        sent = conn.send_message(self._sid, data)
-        link.flush_soon()
-        if not sent and conn.wait_writable(self._sid):
-            self._writable = self._loop.create_future()
-            try:
-                await self._writable
-            finally:
-                self._writable = None
-        await link.drain()
+        await self._send(data)
 
-    async def send_initial_metadata(self, initial_metadata) -> None:
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
         if self._initial_sent:
             raise aio.UsageError("initial metadata has already been sent") if hasattr(aio, "UsageError") \
                 else RuntimeError("initial metadata has already been sent")
@@ -364,11 +324,11 @@ class ServicerContext(aio.ServicerContext):
         if not self._ended:
             self._initial_sent = True
             try:
-                self._link.conn.send_initial_metadata(self._sid, self._initial)
+                self._send_initial_metadata(self._initial)
             except c.MetadataTooLarge as exc:
                 self._end_with(_C.RESOURCE_EXHAUSTED.value[0], str(exc))
                 raise asyncio.CancelledError() from None
-            self._link.flush_soon()
+            self._link.flush_soon()     # no response may follow soon
 
     # ------------------------------------------------------------ status
 

@@ -87,6 +87,14 @@ class Stream:
             link.conn.consume(self._sid)
         return data
 
+    def _take(self) -> bytes:
+        """The first buffered message (there must be one), credited back."""
+        data = self._received.popleft()
+        link = self._link
+        if link is not None:
+            link.conn.consume(self._sid)
+        return data
+
     def _read_cancelled(self) -> None:
         """The task waiting in :meth:`_receive` was cancelled."""
 
@@ -103,11 +111,11 @@ class Stream:
         self._flush(awaiting_answer=message is not None)
 
     def _send_initial_metadata(self, metadata: tuple) -> None:
-        """Server: the response's initial metadata. Raises MetadataTooLarge."""
+        """Server: the response's initial metadata, queued: it goes out with the
+        response or status that follows. Raises MetadataTooLarge (nothing sent)."""
         link = self._link
         assert link is not None
         link.conn.send_initial_metadata(self._sid, metadata)
-        link.flush_soon()
 
     async def _send(self, data: bytes) -> None:
         """Send one message; return once the peer's window and the transport
