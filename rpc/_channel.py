@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import weakref
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Union
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Generic, Iterable, TypeVar, Union
 
 import grpc
 from grpc import aio
@@ -134,6 +134,7 @@ class _Call(Stream):
 
     _unary_request = True
     _unary_response = True
+    _kind = "unary_unary"      # the channel's interceptors of this kind apply
 
     # State most calls never change lives on the class; a call stores only
     # what differs (fewer stores per call on the hot path).
@@ -519,6 +520,7 @@ class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
 
 class UnaryStreamCall(_Call, aio.UnaryStreamCall):
     _unary_response = False
+    _kind = "unary_stream"
 
     def __aiter__(self):
         return self._iterate()
@@ -526,6 +528,7 @@ class UnaryStreamCall(_Call, aio.UnaryStreamCall):
 
 class StreamUnaryCall(_Call, aio.StreamUnaryCall):
     _unary_request = False
+    _kind = "stream_unary"
 
     __await__ = UnaryUnaryCall.__await__
     _result = UnaryUnaryCall._result
@@ -534,6 +537,7 @@ class StreamUnaryCall(_Call, aio.StreamUnaryCall):
 class StreamStreamCall(_Call, aio.StreamStreamCall):
     _unary_request = False
     _unary_response = False
+    _kind = "stream_stream"
 
     def __aiter__(self):
         return self._iterate()
@@ -541,12 +545,15 @@ class StreamStreamCall(_Call, aio.StreamStreamCall):
 
 # ============================================================ multi-callables
 
-class _MultiCallable:
-    """What the four multi-callables share: make the call, through the
-    channel's interceptors of this kind when there are any."""
+CallT = TypeVar("CallT", bound=_Call)
 
-    _call_class: type[_Call]
-    _kind: str      # "unary_unary", ...: which of the channel's interceptors apply
+
+class _MultiCallable(Generic[CallT]):
+    """What the four multi-callables share: make the call, through the
+    channel's interceptors of this kind when there are any. The classes below
+    only give grpc.aio's two ``__call__`` signatures and name their call class."""
+
+    _call_class: type[CallT]
 
     def __init__(self, channel: "Channel", method: str, serializer: Serializer | None,
                  deserializer: Deserializer | None) -> None:
@@ -556,15 +563,16 @@ class _MultiCallable:
         self._deserializer = deserializer
 
     def _call(self, request: Any, timeout: float | None, metadata: Any,
-              wait_for_ready: bool | None) -> Any:
-        interceptors = self._channel._interceptors.get(self._kind)
+              wait_for_ready: bool | None) -> CallT | InterceptedCall:
+        kind = self._call_class._kind
+        interceptors = self._channel._interceptors.get(kind)
         if interceptors:
-            return _interceptors.intercept(self, self._kind, interceptors, request, timeout,
+            return _interceptors.intercept(self, kind, interceptors, request, timeout,
                                            metadata, wait_for_ready)
         return self._invoke(request, timeout, metadata, wait_for_ready)
 
     def _invoke(self, request: Any, timeout: float | None, metadata: Any,
-                wait_for_ready: bool | None) -> _Call:
+                wait_for_ready: bool | None) -> CallT:
         """The call itself; ``request`` is the request, or for a streaming request
         the iterator of requests (or None: the caller writes them)."""
         channel = self._channel
@@ -591,46 +599,35 @@ class _MultiCallable:
         return call
 
 
-class UnaryUnaryMultiCallable(_MultiCallable, aio.UnaryUnaryMultiCallable):
+class _UnaryRequest(_MultiCallable[CallT]):
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> CallT | InterceptedCall:
+        return self._call(request, timeout, metadata, wait_for_ready)
+
+
+class _StreamRequest(_MultiCallable[CallT]):
+    def __call__(self, request_iterator: RequestIterator | None = None,
+                 timeout: float | None = None, metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: bool | None = None,
+                 compression: Any = None) -> CallT | InterceptedCall:
+        return self._call(request_iterator, timeout, metadata, wait_for_ready)
+
+
+class UnaryUnaryMultiCallable(_UnaryRequest[UnaryUnaryCall], aio.UnaryUnaryMultiCallable):
     _call_class = UnaryUnaryCall
-    _kind = "unary_unary"
-
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: Any = None, wait_for_ready: bool | None = None,
-                 compression: Any = None) -> UnaryUnaryCall | InterceptedCall:
-        return self._call(request, timeout, metadata, wait_for_ready)
 
 
-class UnaryStreamMultiCallable(_MultiCallable, aio.UnaryStreamMultiCallable):
+class UnaryStreamMultiCallable(_UnaryRequest[UnaryStreamCall], aio.UnaryStreamMultiCallable):
     _call_class = UnaryStreamCall
-    _kind = "unary_stream"
-
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: Any = None, wait_for_ready: bool | None = None,
-                 compression: Any = None) -> UnaryStreamCall | InterceptedCall:
-        return self._call(request, timeout, metadata, wait_for_ready)
 
 
-class StreamUnaryMultiCallable(_MultiCallable, aio.StreamUnaryMultiCallable):
+class StreamUnaryMultiCallable(_StreamRequest[StreamUnaryCall], aio.StreamUnaryMultiCallable):
     _call_class = StreamUnaryCall
-    _kind = "stream_unary"
-
-    def __call__(self, request_iterator: RequestIterator | None = None,
-                 timeout: float | None = None, metadata: Any = None, credentials: Any = None,
-                 wait_for_ready: bool | None = None,
-                 compression: Any = None) -> StreamUnaryCall | InterceptedCall:
-        return self._call(request_iterator, timeout, metadata, wait_for_ready)
 
 
-class StreamStreamMultiCallable(_MultiCallable, aio.StreamStreamMultiCallable):
+class StreamStreamMultiCallable(_StreamRequest[StreamStreamCall], aio.StreamStreamMultiCallable):
     _call_class = StreamStreamCall
-    _kind = "stream_stream"
-
-    def __call__(self, request_iterator: RequestIterator | None = None,
-                 timeout: float | None = None, metadata: Any = None, credentials: Any = None,
-                 wait_for_ready: bool | None = None,
-                 compression: Any = None) -> StreamStreamCall | InterceptedCall:
-        return self._call(request_iterator, timeout, metadata, wait_for_ready)
 
 
 # ============================================================ channel
