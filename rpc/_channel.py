@@ -346,7 +346,7 @@ class _Call(Stream):
     def add_done_callback(self, callback) -> None:
         if self._code is not None:
             self._loop.call_soon(callback, self)
-        elif self._callbacks:
+        elif isinstance(self._callbacks, list):
             self._callbacks.append(callback)
         else:
             self._callbacks = [callback]
@@ -399,7 +399,7 @@ class _Call(Stream):
     def _read_cancelled(self) -> None:
         self.cancel()
 
-    async def read(self):
+    async def read(self) -> Any:
         if self._unary_response:
             raise RuntimeError("read() is for calls with a streaming response")
         data = await self._receive()
@@ -428,7 +428,7 @@ class _Call(Stream):
     _half_closed = False
     _iterator_task: asyncio.Task | None = None
 
-    async def write(self, request) -> None:
+    async def write(self, request: Any) -> None:
         if self._iterator_task is not None:
             raise grpc.UsageError("write() is not allowed when a request iterator was given")
         await self._write(request)

@@ -7,25 +7,49 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import (Any, Callable, Coroutine, Iterable, Mapping, NoReturn, Protocol, Sequence,
+                    Tuple, TypeVar, Union)
 
 import grpc
 from grpc import aio
 
 from rpc import _connection as c
+from rpc._options import Options
+from rpc._stats import Stats
 from rpc._status import status_code, validate_metadata
-from rpc._stream import Stream, too_large
-
-if TYPE_CHECKING:
-    from rpc._server import Server, ServerLink
+from rpc._stream import Stream, StreamLink, too_large
+from rpc.transports import PeerInfo
 
 log = logging.getLogger("lanerpc")
 
 _C = grpc.StatusCode
 _OK = 0
 _EOF = aio.EOF
+
+T = TypeVar("T")
+MetadataType = Union[aio.Metadata, Sequence[Tuple[str, Union[str, bytes]]]]
+
+
+# What a call uses of its server and its connection: rpc._server's Server and
+# ServerLink, which import this module.
+
+class Server(Protocol):
+    _executor: concurrent.futures.Executor | None
+    _options: Options
+    _stats: Stats
+
+    def _call_finished(self, call: ServicerContext) -> None:
+        """The call is over: forget it."""
+
+
+class ServerLink(StreamLink, Protocol):
+    loop: asyncio.AbstractEventLoop
+    lane: str | None
+    peer: PeerInfo | None
+    ping_strikes: int             # gRPC's ping policy: sending data clears them
 
 
 class _Abort(aio.AbortError):
@@ -36,7 +60,7 @@ _COROUTINE, _ASYNCGEN, _PLAIN = "coroutine", "async generator", "plain"
 _kinds: dict = {}
 
 
-def _kind(fn) -> str:
+def _kind(fn: Callable[..., Any]) -> str:
     """What a handler function is, remembered: inspect's checks cost microseconds."""
     kind = _kinds.get(fn)
     if kind is None:
@@ -72,6 +96,8 @@ class ServicerContext(Stream, aio.ServicerContext):
     _timer: asyncio.TimerHandle | None = None
     _counted = False
 
+    # The handler's functions are Any where they are called: grpc types them for
+    # its sync API (a grpc.ServicerContext, plain returns).
     def __init__(self, server: Server, link: ServerLink, sid: int, method: str,
                  timeout: float | None, metadata: tuple, handler: grpc.RpcMethodHandler) -> None:
         self._server = server
@@ -159,7 +185,7 @@ class ServicerContext(Stream, aio.ServicerContext):
                 await self._run_streaming(handler, request)
                 self._end_ok()
             else:
-                fn = handler.stream_unary if handler.request_streaming else handler.unary_unary
+                fn: Any = handler.stream_unary if handler.request_streaming else handler.unary_unary
                 if _kind(fn) is _COROUTINE:
                     response = await fn(request, self)
                 else:
@@ -188,8 +214,8 @@ class ServicerContext(Stream, aio.ServicerContext):
             code = self._code if self._code is not None and self._code != _OK else _C.UNKNOWN.value[0]
             self._end_with(code, f"Unexpected {type(exc)}: {exc}", self._trailing)
 
-    async def _run_streaming(self, handler, request) -> None:
-        fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
+    async def _run_streaming(self, handler: grpc.RpcMethodHandler, request: Any) -> None:
+        fn: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
         kind = _kind(fn)
         if kind is _ASYNCGEN:
             agen = fn(request, self)
@@ -214,17 +240,17 @@ class ServicerContext(Stream, aio.ServicerContext):
                         break
                     await self.write(response)
 
-    async def _in_thread(self, fn, *args):
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._loop.run_in_executor(self._server._executor, fn, *args)
 
-    def _request_iterator(self):
+    def _request_iterator(self) -> _RequestIterator | _BlockingRequestIterator:
         handler = self._handler
-        fn = handler.stream_stream if handler.response_streaming else handler.stream_unary
+        fn: Any = handler.stream_stream if handler.response_streaming else handler.stream_unary
         if _kind(fn) is not _PLAIN:
             return _RequestIterator(self)
         return _BlockingRequestIterator(self, self._loop)
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes) -> Any:
         deserializer = self._handler.request_deserializer
         if deserializer is None:
             return data
@@ -233,7 +259,7 @@ class ServicerContext(Stream, aio.ServicerContext):
         except Exception as exc:
             raise _ResponseError(f"Failed to deserialize request message: {exc}") from None
 
-    def _send_unary(self, response) -> None:
+    def _send_unary(self, response: Any) -> None:
         serializer = self._handler.response_serializer
         try:
             data = serializer(response) if serializer is not None else response
@@ -316,7 +342,7 @@ class ServicerContext(Stream, aio.ServicerContext):
             raise asyncio.CancelledError()
         await self._send(data)
 
-    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+    async def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
         if self._initial_sent:
             raise aio.UsageError("initial metadata has already been sent") if hasattr(aio, "UsageError") \
                 else RuntimeError("initial metadata has already been sent")
@@ -332,10 +358,11 @@ class ServicerContext(Stream, aio.ServicerContext):
 
     # ------------------------------------------------------------ status
 
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+    async def abort(self, code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: MetadataType = ()) -> NoReturn:
         self._abort(code, details, trailing_metadata)
 
-    def _abort(self, code: grpc.StatusCode, details: str, trailing_metadata) -> None:
+    def _abort(self, code: grpc.StatusCode, details: str, trailing_metadata: MetadataType) -> NoReturn:
         """Set the final status and raise out of the handler (sync and async abort)."""
         if code == _C.OK:
             raise ValueError("abort() needs a non-OK status code")
@@ -345,7 +372,7 @@ class ServicerContext(Stream, aio.ServicerContext):
             self._trailing = validate_metadata(trailing_metadata)
         raise _Abort()
 
-    async def abort_with_status(self, status) -> None:
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
         await self.abort(status.code, status.details, status.trailing_metadata)
 
     def set_code(self, code: grpc.StatusCode) -> None:
@@ -354,22 +381,23 @@ class ServicerContext(Stream, aio.ServicerContext):
     def set_details(self, details: str) -> None:
         self._details = details
 
-    def set_trailing_metadata(self, trailing_metadata) -> None:
+    def set_trailing_metadata(self, trailing_metadata: MetadataType) -> None:
         self._trailing = validate_metadata(trailing_metadata)
 
-    def trailing_metadata(self):
+    # grpc's stubs say Metadata; grpc.aio, like lanerpc, returns the tuple of pairs.
+    def trailing_metadata(self) -> tuple:   # type: ignore[override]
         return self._trailing
 
-    def code(self):
+    def code(self) -> grpc.StatusCode | None:   # type: ignore[override]  # None: not set yet
         return status_code(self._code) if self._code is not None else None
 
-    def details(self):
+    def details(self) -> str | None:   # type: ignore[override]  # None: not set yet
         return self._details
 
-    def invocation_metadata(self):
+    def invocation_metadata(self) -> tuple:   # type: ignore[override]  # as trailing_metadata
         return self._metadata
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:   # type: ignore[override]  # None: no deadline
         if self._deadline is None:
             return None
         return max(self._deadline - self._loop.time(), 0.0)
@@ -380,10 +408,10 @@ class ServicerContext(Stream, aio.ServicerContext):
     def done(self) -> bool:
         return self._ended and (self._task is None or self._task.done())
 
-    def add_done_callback(self, callback) -> None:
+    def add_done_callback(self, callback: Callable[[ServicerContext], None]) -> None:
         if self.done():
             callback(self)
-        elif self._callbacks:
+        elif isinstance(self._callbacks, list):
             self._callbacks.append(callback)
         else:
             self._callbacks = [callback]
@@ -392,16 +420,16 @@ class ServicerContext(Stream, aio.ServicerContext):
         peer = self._link.peer
         return peer.address if peer is not None else "unknown"
 
-    def peer_identities(self):
+    def peer_identities(self) -> Iterable[bytes] | None:
         return None
 
-    def peer_identity_key(self):
+    def peer_identity_key(self) -> str | None:
         return None
 
-    def auth_context(self):
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]:
         return {}
 
-    def set_compression(self, compression) -> None:
+    def set_compression(self, compression: grpc.Compression) -> None:
         pass   # lanerpc lanes don't compress; accepted for compatibility
 
     def disable_next_message_compression(self) -> None:
@@ -425,25 +453,26 @@ class _ThreadContext:
     def __init__(self, context: ServicerContext) -> None:
         self._context = context
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
-    def _run(self, coro):
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._context._loop).result()
 
-    def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+    def abort(self, code: grpc.StatusCode, details: str = "",
+              trailing_metadata: MetadataType = ()) -> NoReturn:
         self._context._abort(code, details, trailing_metadata)
 
-    def abort_with_status(self, status) -> None:
+    def abort_with_status(self, status: grpc.Status) -> NoReturn:
         self.abort(status.code, status.details, status.trailing_metadata)
 
-    def send_initial_metadata(self, initial_metadata) -> None:
+    def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
         self._run(self._context.send_initial_metadata(initial_metadata))
 
-    def read(self):
+    def read(self) -> Any:
         return self._run(self._context.read())
 
-    def write(self, message) -> None:
+    def write(self, message: Any) -> None:
         self._run(self._context.write(message))
 
 
@@ -473,10 +502,10 @@ class _RequestIterator:
     def __init__(self, context: ServicerContext) -> None:
         self._context = context
 
-    def __aiter__(self):
+    def __aiter__(self) -> _RequestIterator:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Any:
         message = await self._context.read()
         if message is _EOF:
             raise StopAsyncIteration
@@ -490,10 +519,10 @@ class _BlockingRequestIterator:
         self._context = context
         self._loop = loop
 
-    def __iter__(self):
+    def __iter__(self) -> _BlockingRequestIterator:
         return self
 
-    def __next__(self):
+    def __next__(self) -> Any:
         future = asyncio.run_coroutine_threadsafe(self._context.read(), self._loop)
         message = future.result()
         if message is _EOF:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Protocol
 
 from rpc import _connection as c
-from rpc._link import Link
 
 
 def too_large(size: int, limit: int) -> str | None:
@@ -35,6 +35,25 @@ def too_large(size: int, limit: int) -> str | None:
     return None
 
 
+class StreamLink(Protocol):
+    """What a stream uses of its connection (an :class:`rpc._link.Link`)."""
+
+    conn: c.Connection
+    calls: dict                   # the streams in flight on it, by id
+
+    def flush(self) -> None:
+        """Write what the connection has to send, now."""
+
+    def flush_soon(self) -> None:
+        """Write it at the end of this loop turn, with everyone else's."""
+
+    def stay_awake(self) -> None:
+        """Keep the process on its CPU a little, for an answer due soon."""
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is full."""
+
+
 class Stream:
     """One stream's IO. Subclasses set ``_loop`` and ``_received`` when made,
     ``_link`` and ``_sid`` once the stream exists, and ``_recv_ended`` when no
@@ -42,7 +61,7 @@ class Stream:
 
     # State most streams never change lives on the class: a stream stores
     # only what differs (fewer stores per call on the hot path).
-    _link: Link | None = None
+    _link: StreamLink | None = None
     _sid = 0
     _reader: asyncio.Future[None] | None = None      # a read waiting for a message
     _writable: asyncio.Future[None] | None = None    # a write waiting for window
@@ -100,7 +119,7 @@ class Stream:
 
     # ------------------------------------------------------------ sending
 
-    def _start_request(self, link: Link, method: str, timeout: float | None, metadata: tuple,
+    def _start_request(self, link: StreamLink, method: str, timeout: float | None, metadata: tuple,
                        message: bytes | None, end: bool) -> None:
         """Client: open the stream on ``link``, with ``message`` the whole request
         of a unary call. Raises ConnectionClosed or MetadataTooLarge (nothing sent)."""
