@@ -859,6 +859,10 @@ class Channel(aio.Channel):
         log.debug("lanerpc: connecting to %s failed: %s", self._target, self._last_error)
         return None
 
+    def _new_link(self, hello_extra: Any = None) -> ClientLink:
+        """A connection's protocol, for rpc._lanes to dial with."""
+        return ClientLink(self, self._options, hello_extra=hello_extra)
+
     def _link_draining(self, link: ClientLink) -> None:
         if self._link is link:
             self._link = None

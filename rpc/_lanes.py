@@ -51,13 +51,12 @@ def _answer(token: bytes, nonce: bytes) -> bytes:
 # ------------------------------------------------------------------ client side
 
 async def _dial(channel, endpoint: Endpoint, hello_extra=None, lanes=None):
-    from rpc._channel import ClientLink
     options = channel._options
     if endpoint.lane == "unix":
         # Tell the server which lanes we take, so it offers shm only when we do.
         hello_extra = hello_extra if hello_extra is not None else handshake_pb2.Hello()
         hello_extra.lanes = ",".join(lanes if lanes is not None else options.lanes)
-    factory = lambda: ClientLink(channel, options, hello_extra=hello_extra)  # noqa: E731
+    factory = lambda: channel._new_link(hello_extra)  # noqa: E731
     if endpoint.lane == "unix":
         _, link = await unix.connect(endpoint.path, factory)
     else:
