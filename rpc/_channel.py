@@ -300,10 +300,13 @@ class _Call(Stream):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for fut in (self._done_fut, self._md_fut, self._opened):
+        for fut in (self._done_fut, self._md_fut):
             if fut is not None and not fut.done():
                 fut.set_result(None)
         self._release_waiters()
+        opened = self._opened
+        if opened is not None and not opened.done():
+            opened.set_result(None)
         if self._callbacks:
             for cb in self._callbacks:
                 self._loop.call_soon(cb, self)
