@@ -21,9 +21,10 @@ from rpc._channel import (
     UnaryStreamCall,
     UnaryUnaryCall,
 )
+from rpc._context import ServicerContext
 from rpc._grpc import GrpcChannel
 from rpc._serve import serve, serve_async
-from rpc._server import Server, ServicerContext
+from rpc._server import Server
 from rpc._wire import ProtocolError
 
 __version__ = "0.1.0"

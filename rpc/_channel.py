@@ -13,15 +13,17 @@ import logging
 import os
 import random
 import weakref
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Generic, Iterable, TypeVar, Union
 
 import grpc
 from grpc import aio
 
 from rpc import _connection as c
 from rpc import _interceptors, _lanes, _options
+from rpc._interceptors import InterceptedCall
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
+from rpc._stream import Stream, too_large
 from rpc._target import parse_target
 from rpc._wire import GoAwayCode
 
@@ -30,6 +32,10 @@ log = logging.getLogger("lanerpc")
 _C = grpc.StatusCode
 _EOF = aio.EOF
 _CONNECTIVITY = grpc.ChannelConnectivity
+
+Serializer = Callable[[Any], bytes]
+Deserializer = Callable[[bytes], Any]
+RequestIterator = Union[AsyncIterable[Any], Iterable[Any]]
 
 
 def _identity(x):
@@ -116,17 +122,18 @@ class ClientLink(Link):
 
 # ============================================================ call objects
 
-class _Call:
-    """State shared by the four call kinds; implements grpc.aio.Call."""
+class _Call(Stream):
+    """State shared by the four call kinds; implements grpc.aio.Call. Its
+    stream's IO (sending, receiving, the write policy) is :class:`Stream`'s."""
 
     _unary_request = True
     _unary_response = True
+    _kind = "unary_unary"      # the channel's interceptors of this kind apply
 
     # State most calls never change lives on the class; a call stores only
     # what differs (fewer stores per call on the hot path).
     _deadline: float | None = None
     _link: "ClientLink | None" = None
-    _sid = 0
     _initial_md: tuple | None = None
     _trailing_md: tuple = ()
     _code: int | None = None
@@ -137,9 +144,7 @@ class _Call:
     _md_fut: asyncio.Future | None = None
     _callbacks: tuple | list = ()
     _timer: asyncio.TimerHandle | None = None
-    _reader: asyncio.Future | None = None
     _opened: asyncio.Future | None = None
-    _writable: asyncio.Future | None = None
     _task: asyncio.Task | None = None
     _response: Any = None
     _metadata: tuple = ()
@@ -154,7 +159,7 @@ class _Call:
         if metadata:
             self._metadata = validate_metadata(metadata)
         self._wait_for_ready = bool(wait_for_ready)
-        self._messages: collections.deque = collections.deque()
+        self._received: collections.deque[bytes] = collections.deque()
         if timeout is not None:
             self._deadline = loop.time() + timeout
             self._timer = loop.call_later(max(timeout, 0), self._on_deadline)
@@ -201,25 +206,14 @@ class _Call:
             link.waiting.append((self, first))
             return
         try:
-            sid = conn.start_request(self._method, timeout, self._metadata,
-                                     end_stream=self._unary_request and first is None,
-                                     message=first)
+            self._start_request(link, self._method, timeout, self._metadata, first,
+                                end=self._unary_request and first is None)
         except c.ConnectionClosed as exc:
             self._on_end(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), True)
             return
         except c.MetadataTooLarge as exc:
             self._finish(_C.RESOURCE_EXHAUSTED.value[0], str(exc), ())
             return
-        self._link = link
-        self._sid = sid
-        calls = link.calls
-        calls[sid] = self
-        if len(calls) == 1:
-            link.flush()          # the only call: don't wait a loop turn
-            if first is not None:
-                link.stay_awake()  # ...nor a CPU's wake-up for its answer
-        else:
-            link.flush_soon()     # others are in flight: batch with their writes
         opened = self._opened
         if opened is not None and not opened.done():
             opened.set_result(None)
@@ -235,15 +229,7 @@ class _Call:
     def _on_message(self, data: bytes) -> None:
         if self._initial_md is None:    # no HEADERS came first: empty initial metadata
             self._on_initial_metadata(())
-        self._messages.append(data)
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
-
-    def _on_writable(self) -> None:
-        waiter = self._writable
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._deliver(data)
 
     def _on_end(self, code: int, details: str, metadata: tuple, not_started: bool) -> None:
         self._link = None
@@ -299,6 +285,7 @@ class _Call:
         if self._code is not None:
             return
         self._code = code
+        self._recv_ended = True
         self._details = details
         self._trailing_md = metadata
         self._not_started = not_started
@@ -307,9 +294,13 @@ class _Call:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for fut in (self._done_fut, self._md_fut, self._reader, self._writable, self._opened):
+        for fut in (self._done_fut, self._md_fut):
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        self._release_waiters()
+        opened = self._opened
+        if opened is not None and not opened.done():
+            opened.set_result(None)
         if self._callbacks:
             for cb in self._callbacks:
                 self._loop.call_soon(cb, self)
@@ -352,7 +343,7 @@ class _Call:
     def add_done_callback(self, callback) -> None:
         if self._code is not None:
             self._loop.call_soon(callback, self)
-        elif self._callbacks:
+        elif isinstance(self._callbacks, list):
             self._callbacks.append(callback)
         else:
             self._callbacks = [callback]
@@ -388,7 +379,7 @@ class _Call:
     async def wait_for_connection(self) -> None:
         if self._initial_md is None and self._code is None:
             await self.initial_metadata()
-        if self._code is not None and self._code != 0 and not self._messages:
+        if self._code is not None and self._code != 0 and not self._received:
             self._raise_for_status()
 
     @property
@@ -402,29 +393,13 @@ class _Call:
 
     # ------------------------------------------------------------ reading
 
-    async def _read_raw(self) -> bytes | None:
-        messages = self._messages
-        while not messages:
-            if self._code is not None:
-                return None
-            self._reader = self._loop.create_future()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
-            finally:
-                self._reader = None
-        data = messages.popleft()
-        link = self._link
-        if link is not None:
-            link.conn.consume(self._sid)
-        return data
+    def _read_cancelled(self) -> None:
+        self.cancel()
 
-    async def read(self):
+    async def read(self) -> Any:
         if self._unary_response:
             raise RuntimeError("read() is for calls with a streaming response")
-        data = await self._read_raw()
+        data = await self._receive()
         if data is None:
             self._raise_for_status()
             return _EOF
@@ -439,7 +414,7 @@ class _Call:
 
     async def _iterate(self) -> AsyncIterator:
         while True:
-            data = await self._read_raw()
+            data = await self._receive()
             if data is None:
                 self._raise_for_status()
                 return
@@ -450,7 +425,7 @@ class _Call:
     _half_closed = False
     _iterator_task: asyncio.Task | None = None
 
-    async def write(self, request) -> None:
+    async def write(self, request: Any) -> None:
         if self._iterator_task is not None:
             raise grpc.UsageError("write() is not allowed when a request iterator was given")
         await self._write(request)
@@ -462,34 +437,22 @@ class _Call:
         if self._half_closed:
             raise asyncio.InvalidStateError("RPC is half closed after calling done_writing")
         data = self._serialize(request)
-        limit = self._channel._options.max_send_message_length
-        if len(data) > limit:
-            self._abandon(_C.RESOURCE_EXHAUSTED,
-                          f"Sent message larger than max ({len(data)} vs. {limit})")
+        error = too_large(len(data), self._channel._options.max_send_message_length)
+        if error is not None:
+            self._abandon(_C.RESOURCE_EXHAUSTED, error)
             raise self._error()
         if self._link is None and self._code is None:
             if self._opened is None:
                 self._opened = self._loop.create_future()
             await self._opened
-        link = self._link
-        if link is None:
+        if self._link is None:
             self._raise_for_status()
             raise asyncio.InvalidStateError("RPC already finished")
-        conn = link.conn
-        try:
-            sent = conn.send_message(self._sid, data)
-        except c.StreamClosed:
-            return
-        link.flush_soon()
-        if not sent and conn.wait_writable(self._sid):
-            self._writable = self._loop.create_future()
-            try:
-                await self._writable
-            finally:
-                self._writable = None
-            if self._code is not None and self._code != 0:
-                self._raise_for_status()
-        await link.drain()
+        await self._send(data)
+
+    def _window_waited(self) -> None:
+        if self._code is not None and self._code != 0:
+            self._raise_for_status()
 
     async def done_writing(self) -> None:
         if self._iterator_task is not None:
@@ -504,10 +467,7 @@ class _Call:
                 self._opened = self._loop.create_future()
             await self._opened
         self._half_closed = True
-        link = self._link
-        if link is not None:
-            link.conn.end_input(self._sid)
-            link.flush_soon()
+        self._half_close()
 
     def _consume_iterator(self, iterator) -> None:
         self._iterator_task = self._loop.create_task(self._feed(iterator))
@@ -546,10 +506,10 @@ class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
     def _result(self):
         if self._code == 0:
             if self._response is None:
-                if not self._messages:
+                if not self._received:
                     raise rpc_error(_C.INTERNAL, "server ended the call without a response",
                                     self._initial_md, self._trailing_md)
-                data = self._messages.popleft()
+                data = self._received.popleft()
                 self._response = self._decode(data)
             return self._response
         self._raise_for_status()
@@ -557,6 +517,7 @@ class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
 
 class UnaryStreamCall(_Call, aio.UnaryStreamCall):
     _unary_response = False
+    _kind = "unary_stream"
 
     def __aiter__(self):
         return self._iterate()
@@ -564,6 +525,7 @@ class UnaryStreamCall(_Call, aio.UnaryStreamCall):
 
 class StreamUnaryCall(_Call, aio.StreamUnaryCall):
     _unary_request = False
+    _kind = "stream_unary"
 
     __await__ = UnaryUnaryCall.__await__
     _result = UnaryUnaryCall._result
@@ -572,6 +534,7 @@ class StreamUnaryCall(_Call, aio.StreamUnaryCall):
 class StreamStreamCall(_Call, aio.StreamStreamCall):
     _unary_request = False
     _unary_response = False
+    _kind = "stream_stream"
 
     def __aiter__(self):
         return self._iterate()
@@ -579,80 +542,88 @@ class StreamStreamCall(_Call, aio.StreamStreamCall):
 
 # ============================================================ multi-callables
 
-class _MultiCallable:
-    _call_class: type[_Call]
+CallT = TypeVar("CallT", bound=_Call)
 
-    def __init__(self, channel: "Channel", method: str, serializer, deserializer) -> None:
+
+class _MultiCallable(Generic[CallT]):
+    """What the four multi-callables share: make the call, through the
+    channel's interceptors of this kind when there are any. The classes below
+    only give grpc.aio's two ``__call__`` signatures and name their call class."""
+
+    _call_class: type[CallT]
+
+    def __init__(self, channel: "Channel", method: str, serializer: Serializer | None,
+                 deserializer: Deserializer | None) -> None:
         self._channel = channel
         self._method = method
         self._serializer = serializer
         self._deserializer = deserializer
 
-    def _make(self, timeout, metadata, wait_for_ready) -> _Call:
-        if self._channel._forked:
+    def _call(self, request: Any, timeout: float | None, metadata: Any,
+              wait_for_ready: bool | None) -> CallT | InterceptedCall:
+        kind = self._call_class._kind
+        interceptors = self._channel._interceptors.get(kind)
+        if interceptors:
+            return _interceptors.intercept(self, kind, interceptors, request, timeout,
+                                           metadata, wait_for_ready)
+        return self._invoke(request, timeout, metadata, wait_for_ready)
+
+    def _invoke(self, request: Any, timeout: float | None, metadata: Any,
+                wait_for_ready: bool | None) -> CallT:
+        """The call itself; ``request`` is the request, or for a streaming request
+        the iterator of requests (or None: the caller writes them)."""
+        channel = self._channel
+        if channel._forked:
             raise RuntimeError(
                 "this lanerpc channel was created before os.fork(); its connections (and "
                 "shared-memory rings) belong to the parent. Create a new channel in the child.")
-        if self._channel._closed:
+        if channel._closed:
             raise aio.UsageError("Cannot invoke RPC: Channel closed!") if hasattr(aio, "UsageError") \
                 else grpc.RpcError("channel closed")
-        return self._call_class(self._channel, self._method, self._serializer, self._deserializer,
+        call = self._call_class(channel, self._method, self._serializer, self._deserializer,
                                 timeout, metadata, wait_for_ready)
+        if call._unary_request:
+            data = call._serialize(request)
+            error = too_large(len(data), channel._options.max_send_message_length)
+            if error is not None:
+                call._finish(_C.RESOURCE_EXHAUSTED.value[0], error, ())
+                return call
+            call._begin(data)
+        else:
+            call._begin(None)
+            if request is not None:
+                call._consume_iterator(request)
+        return call
 
 
-class UnaryUnaryMultiCallable(_MultiCallable, aio.UnaryUnaryMultiCallable):
+class _UnaryRequest(_MultiCallable[CallT]):
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> CallT | InterceptedCall:
+        return self._call(request, timeout, metadata, wait_for_ready)
+
+
+class _StreamRequest(_MultiCallable[CallT]):
+    def __call__(self, request_iterator: RequestIterator | None = None,
+                 timeout: float | None = None, metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: bool | None = None,
+                 compression: Any = None) -> CallT | InterceptedCall:
+        return self._call(request_iterator, timeout, metadata, wait_for_ready)
+
+
+class UnaryUnaryMultiCallable(_UnaryRequest[UnaryUnaryCall], aio.UnaryUnaryMultiCallable):
     _call_class = UnaryUnaryCall
 
-    def __call__(self, request, *, timeout=None, metadata=None, credentials=None,
-                 wait_for_ready=None, compression=None):
-        interceptors = self._channel._interceptors.get("unary_unary")
-        if interceptors:
-            return _interceptors.intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
-        return self._invoke(request, timeout, metadata, wait_for_ready)
 
-    def _invoke(self, request, timeout, metadata, wait_for_ready) -> _Call:
-        call = self._make(timeout, metadata, wait_for_ready)
-        data = call._serialize(request)
-        limit = self._channel._options.max_send_message_length
-        if len(data) > limit:
-            call._finish(_C.RESOURCE_EXHAUSTED.value[0],
-                         f"Sent message larger than max ({len(data)} vs. {limit})", ())
-            return call
-        call._begin(data)
-        return call
-
-
-class UnaryStreamMultiCallable(UnaryUnaryMultiCallable, aio.UnaryStreamMultiCallable):
+class UnaryStreamMultiCallable(_UnaryRequest[UnaryStreamCall], aio.UnaryStreamMultiCallable):
     _call_class = UnaryStreamCall
 
-    def __call__(self, request, *, timeout=None, metadata=None, credentials=None,
-                 wait_for_ready=None, compression=None):
-        interceptors = self._channel._interceptors.get("unary_stream")
-        if interceptors:
-            return _interceptors.intercept(self, interceptors, request, timeout, metadata, wait_for_ready)
-        return self._invoke(request, timeout, metadata, wait_for_ready)
 
-
-class StreamUnaryMultiCallable(_MultiCallable, aio.StreamUnaryMultiCallable):
+class StreamUnaryMultiCallable(_StreamRequest[StreamUnaryCall], aio.StreamUnaryMultiCallable):
     _call_class = StreamUnaryCall
 
-    def __call__(self, request_iterator=None, timeout=None, metadata=None, credentials=None,
-                 wait_for_ready=None, compression=None):
-        kind = "stream_unary" if self._call_class is StreamUnaryCall else "stream_stream"
-        interceptors = self._channel._interceptors.get(kind)
-        if interceptors:
-            return _interceptors.intercept(self, interceptors, request_iterator, timeout, metadata, wait_for_ready)
-        return self._invoke(request_iterator, timeout, metadata, wait_for_ready)
 
-    def _invoke(self, request_iterator, timeout, metadata, wait_for_ready) -> _Call:
-        call = self._make(timeout, metadata, wait_for_ready)
-        call._begin(None)
-        if request_iterator is not None:
-            call._consume_iterator(request_iterator)
-        return call
-
-
-class StreamStreamMultiCallable(StreamUnaryMultiCallable, aio.StreamStreamMultiCallable):
+class StreamStreamMultiCallable(_StreamRequest[StreamStreamCall], aio.StreamStreamMultiCallable):
     _call_class = StreamStreamCall
 
 
@@ -774,20 +745,24 @@ class Channel(aio.Channel):
                 self._start_connecting(wait=True)
             await self.wait_for_state_change(state)
 
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None,
-                    _registered_method=False):
+    def unary_unary(self, method: str, request_serializer: Serializer | None = None,
+                    response_deserializer: Deserializer | None = None,
+                    _registered_method: bool = False) -> UnaryUnaryMultiCallable:
         return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):
+    def unary_stream(self, method: str, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None,
+                     _registered_method: bool = False) -> UnaryStreamMultiCallable:
         return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None,
-                     _registered_method=False):
+    def stream_unary(self, method: str, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None,
+                     _registered_method: bool = False) -> StreamUnaryMultiCallable:
         return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None,
-                      _registered_method=False):
+    def stream_stream(self, method: str, request_serializer: Serializer | None = None,
+                      response_deserializer: Deserializer | None = None,
+                      _registered_method: bool = False) -> StreamStreamMultiCallable:
         return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
 
     # ------------------------------------------------------------ connections
@@ -881,7 +856,8 @@ class Channel(aio.Channel):
         log.debug("lanerpc: connecting to %s failed: %s", self._target, self._last_error)
         return None
 
-    def _make_link(self, hello) -> ClientLink:
+    def _make_link(self, hello: Any) -> ClientLink:
+        """A connection's protocol, for rpc._lanes to dial with."""
         return ClientLink(self, self._options, hello=hello)
 
     def _link_draining(self, link: ClientLink) -> None:

@@ -36,19 +36,10 @@ def sort_interceptors(interceptors) -> dict[str, list]:
     return by_kind
 
 
-def _kind_of(multicallable) -> str:
-    from rpc import _channel as ch
-    if isinstance(multicallable, ch.StreamStreamMultiCallable):
-        return "stream_stream"
-    if isinstance(multicallable, ch.StreamUnaryMultiCallable):
-        return "stream_unary"
-    if isinstance(multicallable, ch.UnaryStreamMultiCallable):
-        return "unary_stream"
-    return "unary_unary"
-
-
-def intercept(multicallable, interceptors, request, timeout, metadata, wait_for_ready):
-    kind = _kind_of(multicallable)
+def intercept(multicallable: Any, kind: str, interceptors: list, request: Any,
+              timeout: float | None, metadata: Any, wait_for_ready: bool | None) -> "InterceptedCall":
+    """Run ``interceptors`` (of ``kind``, "unary_unary", ...) around a call of
+    ``multicallable``, whose ``_invoke`` makes the call at the end of the chain."""
     details = aio.ClientCallDetails(
         method=multicallable._method.encode(), timeout=timeout,   # bytes, as grpc.aio passes it
         metadata=aio.Metadata(*metadata) if metadata and not isinstance(metadata, aio.Metadata)

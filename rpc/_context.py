@@ -1,0 +1,530 @@
+"""One call on the server: the ServicerContext a handler receives, and running
+the handler (coroutine, async generator, or a plain function/generator on the
+thread pool, as grpc.aio does) in the call's one task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import inspect
+import logging
+from typing import (Any, Callable, Coroutine, Iterable, Mapping, NoReturn, Protocol, Sequence,
+                    Tuple, TypeVar, Union)
+
+import grpc
+from grpc import aio
+
+from rpc import _connection as c
+from rpc._options import Options
+from rpc._stats import Stats
+from rpc._status import status_code, validate_metadata
+from rpc._stream import Stream, StreamLink, too_large
+from rpc.transports import PeerInfo
+
+log = logging.getLogger("lanerpc")
+
+_C = grpc.StatusCode
+_OK = 0
+_EOF = aio.EOF
+
+T = TypeVar("T")
+MetadataType = Union[aio.Metadata, Sequence[Tuple[str, Union[str, bytes]]]]
+
+
+# What a call uses of its server and its connection: rpc._server's Server and
+# ServerLink, which import this module.
+
+class Server(Protocol):
+    _executor: concurrent.futures.Executor | None
+    _options: Options
+    _stats: Stats
+
+    def _call_finished(self, call: ServicerContext) -> None:
+        """The call is over: forget it."""
+
+
+class ServerLink(StreamLink, Protocol):
+    loop: asyncio.AbstractEventLoop
+    lane: str | None
+    peer: PeerInfo | None
+    ping_strikes: int             # gRPC's ping policy: sending data clears them
+
+
+class _Abort(aio.AbortError):
+    pass
+
+
+_COROUTINE, _ASYNCGEN, _PLAIN = "coroutine", "async generator", "plain"
+_kinds: dict = {}
+
+
+def _kind(fn: Callable[..., Any]) -> str:
+    """What a handler function is, remembered: inspect's checks cost microseconds."""
+    kind = _kinds.get(fn)
+    if kind is None:
+        if inspect.iscoroutinefunction(fn):
+            kind = _COROUTINE
+        elif inspect.isasyncgenfunction(fn):
+            kind = _ASYNCGEN
+        else:
+            kind = _PLAIN
+        if len(_kinds) >= 4096:     # handlers made per call must not grow this forever
+            _kinds.clear()
+        _kinds[fn] = kind
+    return kind
+
+
+class ServicerContext(Stream, aio.ServicerContext):
+    """One call on the server; what a grpc.aio handler receives as ``context``.
+    Its stream's IO (sending, receiving, the write policy) is :class:`Stream`'s."""
+
+    # Per-call state that most calls never change lives on the class: a call
+    # sets only what differs (fewer stores per call on the hot path).
+    _link: ServerLink
+    _deadline: float | None = None
+    _task: asyncio.Task | None = None
+    _code: int | None = None            # set_code / abort
+    _details: str | None = None
+    _trailing: tuple = ()
+    _initial: tuple | None = None
+    _initial_sent = False
+    _ended = False                      # status sent or stream gone
+    _cancelled = False
+    _callbacks: tuple | list = ()
+    _timer: asyncio.TimerHandle | None = None
+    _counted = False
+
+    # The handler's functions are Any where they are called: grpc types them for
+    # its sync API (a grpc.ServicerContext, plain returns).
+    def __init__(self, server: Server, link: ServerLink, sid: int, method: str,
+                 timeout: float | None, metadata: tuple, handler: grpc.RpcMethodHandler) -> None:
+        self._server = server
+        self._link = link
+        self._loop = link.loop
+        self._sid = sid
+        self._method = method
+        self._handler = handler
+        self._metadata = metadata
+        self._received: collections.deque[bytes] = collections.deque()
+        if timeout is not None:
+            self._deadline = self._loop.time() + timeout
+            self._timer = self._loop.call_later(timeout, self._on_deadline)
+
+    # ------------------------------------------------------------ events
+
+    def _on_message(self, data: bytes, end: bool) -> None:
+        if end:
+            self._recv_ended = True
+        self._deliver(data)
+        if self._task is None and not self._handler.request_streaming:
+            if end:
+                self._start()
+            elif len(self._received) > 1:
+                # A unary request must be followed by END_STREAM; a second
+                # message is a client bug.
+                self._end_with(_C.INTERNAL.value[0], "more than one request message for a unary method")
+
+    def _on_end_of_input(self) -> None:
+        self._recv_ended = True
+        if self._task is None and not self._handler.request_streaming:
+            if self._received:
+                self._start()
+            else:
+                self._end_with(_C.INTERNAL.value[0], "unary method called without a request message")
+            return
+        self._wake_reader()
+
+    def _on_stream_ended(self, code: int, details: str, by_peer: bool) -> None:
+        """The peer cancelled, the connection died, or we ended it for a limit."""
+        self._ended = True
+        self._recv_ended = True
+        self._cancelled = by_peer or code != _OK
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        elif task is None:
+            self._complete()
+            self._server._call_finished(self)
+        self._release_waiters()
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        if not self._ended:
+            self._end_with(_C.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+            self._cancelled = True
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+    # ------------------------------------------------------------ running
+
+    def _start(self) -> None:
+        self._task = task = self._loop.create_task(self._run())
+        # Cleanup in a done callback, not in _run's finally: a task cancelled
+        # before its first step never enters _run at all.
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if not self._ended:
+            self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
+        self._complete()
+        self._server._call_finished(self)
+
+    async def _run(self) -> None:
+        handler = self._handler
+        try:
+            if handler.request_streaming:
+                request = self._request_iterator()
+            else:
+                request = self._decode(self._take())
+            if handler.response_streaming:
+                await self._run_streaming(handler, request)
+                self._end_ok()
+            else:
+                fn: Any = handler.stream_unary if handler.request_streaming else handler.unary_unary
+                if _kind(fn) is _COROUTINE:
+                    response = await fn(request, self)
+                else:
+                    response = await self._in_thread(fn, request, _ThreadContext(self))
+                if self._code is not None and self._code != _OK:
+                    self._end_with(self._code, self._details or "", self._trailing)
+                elif response is None:
+                    # grpc.aio: a handler that returns nothing without a status is a bug.
+                    self._end_with(_C.UNKNOWN.value[0] if self._code is None else self._code,
+                                   self._details or "Handler returned no response", self._trailing)
+                else:
+                    self._send_unary(response)
+        except asyncio.CancelledError:
+            if not self._ended:
+                self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
+        except aio.AbortError:
+            self._end_with(self._code if self._code is not None else _C.UNKNOWN.value[0],
+                           self._details or "", self._trailing)
+        except _ResponseError as exc:
+            self._end_with(_C.INTERNAL.value[0], str(exc))
+        except Exception as exc:
+            # As grpc.aio: a code set before the exception stays, the details
+            # name the exception.
+            if self._code is None or self._code == _OK:
+                log.exception("lanerpc: handler of %s raised", self._method)
+            code = self._code if self._code is not None and self._code != _OK else _C.UNKNOWN.value[0]
+            self._end_with(code, f"Unexpected {type(exc)}: {exc}", self._trailing)
+
+    async def _run_streaming(self, handler: grpc.RpcMethodHandler, request: Any) -> None:
+        fn: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        kind = _kind(fn)
+        if kind is _ASYNCGEN:
+            agen = fn(request, self)
+            try:
+                async for response in agen:
+                    await self.write(response)
+            finally:
+                await agen.aclose()
+        elif kind is _COROUTINE:
+            result = await fn(request, self)
+            if result is not None and hasattr(result, "__aiter__"):
+                async for response in result:
+                    await self.write(response)
+        else:
+            # A plain function or generator: run on the thread pool, as grpc.aio does.
+            result = await self._in_thread(fn, request, _ThreadContext(self))
+            if result is not None and hasattr(result, "__next__"):
+                sentinel = object()
+                while True:
+                    response = await self._in_thread(next, result, sentinel)
+                    if response is sentinel:
+                        break
+                    await self.write(response)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._loop.run_in_executor(self._server._executor, fn, *args)
+
+    def _request_iterator(self) -> _RequestIterator | _BlockingRequestIterator:
+        handler = self._handler
+        fn: Any = handler.stream_stream if handler.response_streaming else handler.stream_unary
+        if _kind(fn) is not _PLAIN:
+            return _RequestIterator(self)
+        return _BlockingRequestIterator(self, self._loop)
+
+    def _decode(self, data: bytes) -> Any:
+        deserializer = self._handler.request_deserializer
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            raise _ResponseError(f"Failed to deserialize request message: {exc}") from None
+
+    def _send_unary(self, response: Any) -> None:
+        serializer = self._handler.response_serializer
+        try:
+            data = serializer(response) if serializer is not None else response
+        except Exception as exc:
+            raise _ResponseError(f"Failed to serialize response message: {exc}") from None
+        if self._ended:
+            return
+        self._send_initial()
+        if self._ended:
+            return
+        error = too_large(len(data), self._server._options.max_send_message_length)
+        if error is not None:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], error)
+            return
+        code = self._code if self._code is not None else _OK
+        self._end_with(code, self._details or "", self._trailing, data)
+
+    def _send_initial(self) -> None:
+        # Empty initial metadata needs no frame: the first MESSAGE (or the
+        # TRAILERS) implies it. Set metadata goes out in a HEADERS frame.
+        if not self._initial_sent:
+            self._initial_sent = True
+            if self._initial:
+                try:
+                    self._send_initial_metadata(self._initial)
+                except c.MetadataTooLarge as exc:
+                    self._end_with(_C.RESOURCE_EXHAUSTED.value[0], str(exc))
+
+    def _end_ok(self) -> None:
+        code = self._code if self._code is not None else _OK
+        self._end_with(code, self._details or "", self._trailing)
+
+    def _end_with(self, code: int, details: str, trailing: tuple = (), message: bytes | None = None) -> None:
+        """Send the final status (after ``message``, a unary response) and end the call."""
+        if self._ended:
+            return
+        self._ended = True
+        self._recv_ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        link = self._link
+        link.ping_strikes = 0
+        self._send_status(code, details, trailing, message)
+        link.calls.pop(self._sid, None)
+        self._server._stats.call_ended(link.lane or "?", code)
+
+    def _complete(self) -> None:
+        callbacks, self._callbacks = self._callbacks, ()
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("lanerpc: done callback raised")
+
+    # ------------------------------------------------------------ reading/writing
+
+    async def read(self) -> Any:
+        if not self._handler.request_streaming:
+            raise RuntimeError("read() is for methods with a streaming request")
+        data = await self._receive()
+        if data is None:
+            return _EOF
+        return self._decode(data)
+
+    async def write(self, message: Any) -> None:
+        if self._ended:
+            if self._cancelled:
+                raise asyncio.CancelledError()
+            raise asyncio.InvalidStateError("the RPC has already finished")
+        serializer = self._handler.response_serializer
+        data = serializer(message) if serializer is not None else message
+        error = too_large(len(data), self._server._options.max_send_message_length)
+        if error is not None:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], error)
+            raise asyncio.CancelledError()
+        self._link.ping_strikes = 0
+        self._send_initial()
+        if self._ended:
+            raise asyncio.CancelledError()
+        await self._send(data)
+
+    async def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
+        if self._initial_sent:
+            raise aio.UsageError("initial metadata has already been sent") if hasattr(aio, "UsageError") \
+                else RuntimeError("initial metadata has already been sent")
+        self._initial = validate_metadata(initial_metadata)
+        if not self._ended:
+            self._initial_sent = True
+            try:
+                self._send_initial_metadata(self._initial)
+            except c.MetadataTooLarge as exc:
+                self._end_with(_C.RESOURCE_EXHAUSTED.value[0], str(exc))
+                raise asyncio.CancelledError() from None
+            self._link.flush_soon()     # no response may follow soon
+
+    # ------------------------------------------------------------ status
+
+    async def abort(self, code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: MetadataType = ()) -> NoReturn:
+        self._abort(code, details, trailing_metadata)
+
+    def _abort(self, code: grpc.StatusCode, details: str, trailing_metadata: MetadataType) -> NoReturn:
+        """Set the final status and raise out of the handler (sync and async abort)."""
+        if code == _C.OK:
+            raise ValueError("abort() needs a non-OK status code")
+        self._code = code.value[0]
+        self._details = details
+        if trailing_metadata:
+            self._trailing = validate_metadata(trailing_metadata)
+        raise _Abort()
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code.value[0]
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def set_trailing_metadata(self, trailing_metadata: MetadataType) -> None:
+        self._trailing = validate_metadata(trailing_metadata)
+
+    # grpc's stubs say Metadata; grpc.aio, like lanerpc, returns the tuple of pairs.
+    def trailing_metadata(self) -> tuple:   # type: ignore[override]
+        return self._trailing
+
+    def code(self) -> grpc.StatusCode | None:   # type: ignore[override]  # None: not set yet
+        return status_code(self._code) if self._code is not None else None
+
+    def details(self) -> str | None:   # type: ignore[override]  # None: not set yet
+        return self._details
+
+    def invocation_metadata(self) -> tuple:   # type: ignore[override]  # as trailing_metadata
+        return self._metadata
+
+    def time_remaining(self) -> float | None:   # type: ignore[override]  # None: no deadline
+        if self._deadline is None:
+            return None
+        return max(self._deadline - self._loop.time(), 0.0)
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def done(self) -> bool:
+        return self._ended and (self._task is None or self._task.done())
+
+    def add_done_callback(self, callback: Callable[[ServicerContext], None]) -> None:
+        if self.done():
+            callback(self)
+        elif isinstance(self._callbacks, list):
+            self._callbacks.append(callback)
+        else:
+            self._callbacks = [callback]
+
+    def peer(self) -> str:
+        peer = self._link.peer
+        return peer.address if peer is not None else "unknown"
+
+    def peer_identities(self) -> Iterable[bytes] | None:
+        return None
+
+    def peer_identity_key(self) -> str | None:
+        return None
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]:
+        return {}
+
+    def set_compression(self, compression: grpc.Compression) -> None:
+        pass   # lanerpc lanes don't compress; accepted for compatibility
+
+    def disable_next_message_compression(self) -> None:
+        pass
+
+    @property
+    def lane(self) -> str | None:
+        """The lane this call arrived on."""
+        return self._link.lane
+
+
+class _ResponseError(Exception):
+    pass
+
+
+class _ThreadContext:
+    """The context a plain (threaded) handler gets, as in grpc.aio: the same
+    object, but ``abort`` raises at once instead of being awaited, and the
+    coroutine methods block the handler's thread until the loop has run them."""
+
+    def __init__(self, context: ServicerContext) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._context._loop).result()
+
+    def abort(self, code: grpc.StatusCode, details: str = "",
+              trailing_metadata: MetadataType = ()) -> NoReturn:
+        self._context._abort(code, details, trailing_metadata)
+
+    def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        self.abort(status.code, status.details, status.trailing_metadata)
+
+    def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
+        self._run(self._context.send_initial_metadata(initial_metadata))
+
+    def read(self) -> Any:
+        return self._run(self._context.read())
+
+    def write(self, message: Any) -> None:
+        self._run(self._context.write(message))
+
+
+class _PendingCall:
+    """Stands in for a call while server interceptors choose its handler."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes | None, bool]] = []
+        self.ended = False
+
+    def _on_message(self, data: bytes, end: bool) -> None:
+        self.items.append((data, end))
+
+    def _on_end_of_input(self) -> None:
+        self.items.append((None, True))
+
+    def _on_stream_ended(self, code: int, details: str, by_peer: bool) -> None:
+        self.ended = True
+
+    def _on_writable(self) -> None:
+        pass
+
+
+class _RequestIterator:
+    """The ``request_iterator`` an async stream-request handler receives."""
+
+    def __init__(self, context: ServicerContext) -> None:
+        self._context = context
+
+    def __aiter__(self) -> _RequestIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self._context.read()
+        if message is _EOF:
+            raise StopAsyncIteration
+        return message
+
+
+class _BlockingRequestIterator:
+    """The ``request_iterator`` of a plain (threaded) stream-request handler."""
+
+    def __init__(self, context: ServicerContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+
+    def __iter__(self) -> _BlockingRequestIterator:
+        return self
+
+    def __next__(self) -> Any:
+        future = asyncio.run_coroutine_threadsafe(self._context.read(), self._loop)
+        message = future.result()
+        if message is _EOF:
+            raise StopIteration
+        return message

@@ -1,0 +1,206 @@
+"""The IO of one stream, shared by both ends of a call.
+
+:class:`Stream` is what a client call (:class:`rpc._channel._Call`) and a
+server call (:class:`rpc._context.ServicerContext`) have in common: sending
+messages with the write policy below, receiving them into a buffer a reader
+waits on, and ending. Each of them *is* a Stream (a base class, not an object
+it holds): the link dispatches events straight to the call, and a call costs
+no second object.
+
+Write policy, in one place:
+
+- a message goes out with the other streams' writes at the end of this loop
+  turn (``Link.flush_soon``): more writes usually follow in the same turn;
+- opening a request and ending a call flush at once when this stream is the
+  only one on its link (nothing to batch with; don't wait a loop turn), and
+  when that write leaves this side waiting for one answer, keep the process
+  awake for it (``Link.stay_awake``); with other streams in flight, they batch;
+- a writer waits for the peer's flow-control window (``StreamWritable``) and
+  then for the transport's buffer (``Link.drain``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Protocol
+
+from rpc import _connection as c
+
+
+def too_large(size: int, limit: int) -> str | None:
+    """The status details for a message over the send limit, or None if it fits."""
+    if size > limit:
+        return f"Sent message larger than max ({size} vs. {limit})"
+    return None
+
+
+class StreamLink(Protocol):
+    """What a stream uses of its connection (an :class:`rpc._link.Link`)."""
+
+    conn: c.Connection
+    calls: dict                   # the streams in flight on it, by id
+
+    def flush(self) -> None:
+        """Write what the connection has to send, now."""
+
+    def flush_soon(self) -> None:
+        """Write it at the end of this loop turn, with everyone else's."""
+
+    def stay_awake(self) -> None:
+        """Keep the process on its CPU a little, for an answer due soon."""
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is full."""
+
+
+class Stream:
+    """One stream's IO. Subclasses set ``_loop`` and ``_received`` when made,
+    ``_link`` and ``_sid`` once the stream exists, and ``_recv_ended`` when no
+    more messages will arrive."""
+
+    # State most streams never change lives on the class: a stream stores
+    # only what differs (fewer stores per call on the hot path).
+    _link: StreamLink | None = None
+    _sid = 0
+    _reader: asyncio.Future[None] | None = None      # a read waiting for a message
+    _writable: asyncio.Future[None] | None = None    # a write waiting for window
+    _recv_ended = False
+
+    _loop: asyncio.AbstractEventLoop
+    _received: collections.deque[bytes]              # messages not read yet
+
+    # ------------------------------------------------------------ receiving
+
+    def _deliver(self, data: bytes) -> None:
+        """A message arrived: buffer it and wake the reader."""
+        self._received.append(data)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def _wake_reader(self) -> None:
+        """Input ended (``_recv_ended`` is set): a waiting reader sees it."""
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    async def _receive(self) -> bytes | None:
+        """The next message, or None once input has ended and all were read.
+        Taking a message gives its bytes back to the peer's window."""
+        received = self._received
+        while not received:
+            if self._recv_ended:
+                return None
+            self._reader = reader = self._loop.create_future()
+            try:
+                await reader
+            except asyncio.CancelledError:
+                self._read_cancelled()
+                raise
+            finally:
+                self._reader = None
+        data = received.popleft()
+        link = self._link
+        if link is not None:
+            link.conn.consume(self._sid)
+        return data
+
+    def _take(self) -> bytes:
+        """The first buffered message (there must be one), credited back."""
+        data = self._received.popleft()
+        link = self._link
+        if link is not None:
+            link.conn.consume(self._sid)
+        return data
+
+    def _read_cancelled(self) -> None:
+        """The task waiting in :meth:`_receive` was cancelled."""
+
+    # ------------------------------------------------------------ sending
+
+    def _start_request(self, link: StreamLink, method: str, timeout: float | None, metadata: tuple,
+                       message: bytes | None, end: bool) -> None:
+        """Client: open the stream on ``link``, with ``message`` the whole request
+        of a unary call. Raises ConnectionClosed or MetadataTooLarge (nothing sent)."""
+        sid = link.conn.start_request(method, timeout, metadata, end_stream=end, message=message)
+        self._link = link
+        self._sid = sid
+        link.calls[sid] = self
+        self._flush(awaiting_answer=message is not None)
+
+    def _send_initial_metadata(self, metadata: tuple) -> None:
+        """Server: the response's initial metadata, queued: it goes out with the
+        response or status that follows. Raises MetadataTooLarge (nothing sent)."""
+        link = self._link
+        assert link is not None
+        link.conn.send_initial_metadata(self._sid, metadata)
+
+    async def _send(self, data: bytes) -> None:
+        """Send one message; return once the peer's window and the transport
+        can take more. Nothing is sent on a stream that is already over."""
+        link = self._link
+        assert link is not None
+        conn = link.conn
+        sid = self._sid
+        try:
+            sent = conn.send_message(sid, data)
+        except c.StreamClosed:
+            return
+        link.flush_soon()
+        if not sent and conn.wait_writable(sid):
+            self._writable = waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._writable = None
+            self._window_waited()
+        await link.drain()
+
+    def _window_waited(self) -> None:
+        """:meth:`_send` waited for window, and the wait is over (the window
+        opened or the stream ended)."""
+
+    def _on_writable(self) -> None:
+        waiter = self._writable
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------ ending
+
+    def _half_close(self) -> None:
+        """Client: no more requests."""
+        link = self._link
+        if link is not None:
+            link.conn.end_input(self._sid)
+            link.flush_soon()
+
+    def _send_status(self, code: int, details: str, trailing: tuple,
+                     message: bytes | None = None) -> None:
+        """Server: the final status, after ``message`` (a unary response), which
+        ends the stream; the call leaves this side waiting for the next request."""
+        link = self._link
+        assert link is not None
+        link.conn.end_stream(self._sid, code, details, trailing, message)
+        self._flush(awaiting_answer=True)
+
+    def _release_waiters(self) -> None:
+        """The stream is over: a waiting reader or writer goes on (and finds out)."""
+        for fut in (self._reader, self._writable):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    # ------------------------------------------------------------ policy
+
+    def _flush(self, awaiting_answer: bool) -> None:
+        """Write what this stream queued: at once if it is the only stream on its
+        link (and then stay awake if this side now only waits for an answer),
+        else with the other streams' writes at the end of this loop turn."""
+        link = self._link
+        assert link is not None
+        if len(link.calls) <= 1:
+            link.flush()
+            if awaiting_answer:
+                link.stay_awake()
+        else:
+            link.flush_soon()

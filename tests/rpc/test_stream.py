@@ -1,0 +1,145 @@
+"""rpc._stream.Stream without sockets: two sans-IO connections paired in memory,
+a link that only records what it is asked to do. The write policy (when to
+flush, batch, stay awake, wait) is checked here once for both sides."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from rpc._connection import MessageReceived, StreamWritable
+from rpc._stream import Stream, too_large
+from tests.wire.helpers import ConnectionPair, events_of
+
+
+class RecordingLink:
+    """A StreamLink that writes nothing and remembers what it was asked."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.calls: dict = {}
+        self.asked: list[str] = []
+
+    def flush(self) -> None:
+        self.asked.append("flush")
+
+    def flush_soon(self) -> None:
+        self.asked.append("flush_soon")
+
+    def stay_awake(self) -> None:
+        self.asked.append("stay_awake")
+
+    async def drain(self) -> None:
+        self.asked.append("drain")
+
+
+class Side(Stream):
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._received = collections.deque()
+
+
+def _pair() -> ConnectionPair:
+    pair = ConnectionPair()
+    pair.handshake()
+    return pair
+
+
+async def _opened(pair: ConnectionPair, message: bytes | None = None,
+                  end: bool = False) -> tuple[Side, RecordingLink]:
+    link = RecordingLink(pair.client)
+    side = Side()
+    side._start_request(link, "/svc/M", None, (), message, end)
+    return side, link
+
+
+async def test_a_lone_unary_request_flushes_at_once_and_stays_awake() -> None:
+    side, link = await _opened(_pair(), b"request")
+    assert link.asked == ["flush", "stay_awake"]
+    assert link.calls == {side._sid: side}
+
+
+async def test_a_lone_streaming_request_flushes_at_once_without_staying_awake() -> None:
+    _, link = await _opened(_pair())
+    assert link.asked == ["flush"]
+
+
+async def test_requests_batch_while_other_streams_are_in_flight() -> None:
+    link = RecordingLink(_pair().client)
+    link.calls[99] = object()
+    Side()._start_request(link, "/svc/M", None, (), b"request", False)
+    assert link.asked == ["flush_soon"]
+
+
+async def test_a_server_status_flushes_at_once_only_when_alone() -> None:
+    pair = _pair()
+    sid = pair.client.start_request("/svc/M", None, (), message=b"x")
+    pair.pump()
+    for others, expected in (({}, ["flush", "stay_awake"]), ({99: object()}, ["flush_soon"])):
+        link = RecordingLink(pair.server)
+        side = Side()
+        side._link, side._sid = link, sid
+        link.calls.update({sid: side, **others})
+        side._send_status(0, "", (), b"response")
+        assert link.asked == expected
+
+
+async def test_a_message_within_the_window_batches_and_does_not_wait() -> None:
+    pair = _pair()
+    side, link = await _opened(pair)
+    link.asked.clear()
+    await side._send(b"hello")
+    assert link.asked == ["flush_soon", "drain"]
+    _, server_events = pair.pump()
+    assert [e.data for e in events_of(server_events, MessageReceived)] == [b"hello"]
+
+
+async def test_a_message_over_the_window_waits_for_stream_writable() -> None:
+    pair = _pair()
+    side, link = await _opened(pair)
+    big = b"x" * (pair.client.peer.stream_window * 2)
+    sending = asyncio.ensure_future(side._send(big))
+    await asyncio.sleep(0)
+    assert not sending.done() and side._writable is not None
+    # The server takes what arrived until the client's outbox has drained.
+    writable = []
+    for _ in range(100):
+        client_events, _ = pair.pump()
+        for sid in list(pair.server.streams):
+            pair.server.consume(sid)
+        writable = events_of(client_events, StreamWritable)
+        if writable:
+            break
+    assert [e.stream_id for e in writable] == [side._sid]
+    side._on_writable()
+    await sending
+    assert link.asked[-1] == "drain" and side._writable is None
+
+
+async def test_receive_returns_buffered_messages_then_none_at_the_end() -> None:
+    side = Side()
+    side._deliver(b"a")
+    assert await side._receive() == b"a"
+    waiting = asyncio.ensure_future(side._receive())
+    await asyncio.sleep(0)
+    side._deliver(b"b")
+    assert await waiting == b"b"
+    waiting = asyncio.ensure_future(side._receive())
+    await asyncio.sleep(0)
+    side._recv_ended = True
+    side._wake_reader()
+    assert await waiting is None
+
+
+async def test_releasing_waiters_wakes_a_reader() -> None:
+    side = Side()
+    waiting = asyncio.ensure_future(side._receive())
+    await asyncio.sleep(0)
+    side._recv_ended = True
+    side._release_waiters()
+    assert await waiting is None
+
+
+def test_too_large() -> None:
+    assert too_large(10, 10) is None
+    assert too_large(11, 10) == "Sent message larger than max (11 vs. 10)"
