@@ -22,8 +22,7 @@ import dataclasses
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
@@ -34,48 +33,11 @@ ServerInterceptors = Sequence[aio.ServerInterceptor]
 GenericHandlers = Sequence[grpc.GenericRpcHandler]
 MethodHandlers = Mapping[str, "grpc.RpcMethodHandler[Any, Any]"]   # generic in the stubs only
 
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
 
 if TYPE_CHECKING:
-    class _AioChannel(aio.Channel):
-        """grpcio's concrete channel, as mypy should see it: a ``grpc.aio.Channel`` of the
-        stubs (what users and generated stubs expect), made by grpcio's constructor.
-        grpcio's own source types it against its private base classes instead, which
-        the stubs do not know, so a GrpcChannel would not pass for a grpc.aio.Channel."""
-
-        def __init__(self, target: str, options: Options, credentials: Any | None,
-                     compression: grpc.Compression | None,
-                     interceptors: ClientInterceptors | None) -> None: ...
-        async def close(self, grace: float | None = None) -> None: ...
-        def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity: ...
-        async def wait_for_state_change(
-            self, last_observed_state: grpc.ChannelConnectivity) -> None: ...
-        def unary_unary(
-            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
-            response_deserializer: Callable[[bytes], _Resp] | None = None,
-            _registered_method: bool | None = False,
-        ) -> aio.UnaryUnaryMultiCallable[_Req, _Resp]: ...
-        def unary_stream(
-            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
-            response_deserializer: Callable[[bytes], _Resp] | None = None,
-            _registered_method: bool | None = False,
-        ) -> aio.UnaryStreamMultiCallable[_Req, _Resp]: ...
-        def stream_unary(
-            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
-            response_deserializer: Callable[[bytes], _Resp] | None = None,
-            _registered_method: bool | None = False,
-        ) -> aio.StreamUnaryMultiCallable[_Req, _Resp]: ...
-        def stream_stream(
-            self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
-            response_deserializer: Callable[[bytes], _Resp] | None = None,
-            _registered_method: bool | None = False,
-        ) -> aio.StreamStreamMultiCallable[_Req, _Resp]: ...
-        async def __aenter__(self) -> Self: ...
-        async def __aexit__(self, exc_type: type[BaseException] | None,
-                            exc_val: BaseException | None,
-                            exc_tb: TracebackType | None) -> bool | None: ...
-        async def channel_ready(self) -> None: ...
+    # grpcio types its concrete channel against private classes the stubs don't know; to
+    # mypy it is the stubs' grpc.aio.Channel, which is what users and generated stubs expect.
+    _AioChannel = aio.Channel
 else:
     from grpc.aio._channel import Channel as _AioChannel
 
@@ -124,7 +86,8 @@ class GrpcChannel(_AioChannel):
         self._lane = "unix" if target.startswith("unix") else "tcp"
         # grpcio's own aio.secure_channel hands its channel the same private
         # `_credentials` (the stubs leave private attributes out).
-        super().__init__(target, grpc_options(options),
+        # (The stubs' abstract base takes no arguments; grpcio's concrete channel does.)
+        super().__init__(target, grpc_options(options),  # type: ignore[call-arg]
                          credentials._credentials  # type: ignore[attr-defined]  # see above
                          if credentials is not None else None,
                          compression, interceptors)
@@ -141,7 +104,9 @@ def channel(target: str, options: Options | None, credentials: grpc.ChannelCrede
     if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
         raise TypeError(f"credentials must be grpc.ChannelCredentials (from "
                         f"grpc.ssl_channel_credentials() and friends); got {credentials!r}")
-    return GrpcChannel(target, options, credentials, compression, interceptors)
+    # grpcio's channel implements what the stubs' base leaves abstract.
+    return GrpcChannel(  # type: ignore[abstract]
+        target, options, credentials, compression, interceptors)
 
 
 class GrpcPorts:

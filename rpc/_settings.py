@@ -10,14 +10,13 @@ from rpc._wire import ProtocolError
 
 
 @dataclass(slots=True)
-class Limits:
-    """What this side accepts; announced in its HELLO."""
+class PeerLimits:
+    """What a side accepts, as its HELLO announces it: what the peer obeys."""
     max_frame_size: int = _wire.DEFAULT_MAX_FRAME_SIZE
     stream_window: int = _wire.DEFAULT_STREAM_WINDOW
     connection_window: int = _wire.DEFAULT_CONNECTION_WINDOW
     max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
     max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
-    max_receive_message_length: int = 4 * 1024 * 1024
 
     def to_settings(self) -> handshake_pb2.Settings:
         return handshake_pb2.Settings(
@@ -27,15 +26,6 @@ class Limits:
             max_concurrent_streams=self.max_concurrent_streams,
             max_metadata_size=self.max_metadata_size,
         )
-
-
-@dataclass(slots=True)
-class PeerLimits:
-    max_frame_size: int = _wire.DEFAULT_MAX_FRAME_SIZE
-    stream_window: int = _wire.DEFAULT_STREAM_WINDOW
-    connection_window: int = _wire.DEFAULT_CONNECTION_WINDOW
-    max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
-    max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
 
     @classmethod
     def from_settings(cls, s: handshake_pb2.Settings) -> "PeerLimits":
@@ -58,3 +48,10 @@ class PeerLimits:
             max_metadata_size=pick(s.max_metadata_size, _wire.DEFAULT_MAX_METADATA_SIZE, 1024,
                                    2**24, "max_metadata_size"),
         )
+
+
+@dataclass(slots=True)
+class Limits(PeerLimits):
+    """What this side accepts: what its HELLO announces, and the largest message it
+    takes (not announced: a message over it ends that call, not the connection)."""
+    max_receive_message_length: int = 4 * 1024 * 1024
