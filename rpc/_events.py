@@ -27,6 +27,7 @@ class HandshakeDone(Event):
 
 @dataclass(slots=True)
 class RequestReceived(Event):
+    """Server: a client opened a stream (a call); ``end_stream``: its input ends here."""
     stream_id: int
     method: str
     timeout: float | None     # seconds, relative, as sent
@@ -36,12 +37,14 @@ class RequestReceived(Event):
 
 @dataclass(slots=True)
 class InitialMetadataReceived(Event):
+    """Client: the server's initial metadata for the call."""
     stream_id: int
     metadata: tuple
 
 
 @dataclass(slots=True)
 class MessageReceived(Event):
+    """A whole message; the owner credits it back with ``consume()`` once it took it."""
     stream_id: int
     data: bytes
     end_stream: bool
@@ -68,16 +71,20 @@ class StreamEnded(Event):
 
 @dataclass(slots=True)
 class StreamWritable(Event):
+    """Everything the stream had queued went out within the peer's windows: a writer
+    waiting for room may go on."""
     stream_id: int
 
 
 @dataclass(slots=True)
 class PingReceived(Event):
+    """The peer sent a PING; its answer is queued already."""
     payload: bytes
 
 
 @dataclass(slots=True)
 class PingAcked(Event):
+    """The peer answered one of our PINGs (keepalive compares the payload)."""
     payload: bytes
 
 
@@ -89,6 +96,8 @@ class LaneChange(Event):
 
 @dataclass(slots=True)
 class GoAwayReceived(Event):
+    """The peer takes no new streams. Streams above ``last_stream_id`` were never
+    seen by it; on a client they have ended (not started) in the same batch."""
     last_stream_id: int
     code: int
     reason: str
