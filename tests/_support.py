@@ -53,7 +53,7 @@ class Echo(echo_pb2_grpc.EchoServicer):
     * ``count:MS``: appends this process's pid to ``counter_file`` (flushed and
       fsynced: it survives SIGKILL), then sleeps MS ms;
     * ``trailer:N``: echoes, with trailing metadata ``big`` of N bytes;
-    * ``peer``: answers ``context.peer()|lane|pid``;
+    * ``peer``: answers ``context.peer()|lane|server library|pid``;
     * anything else: echoes, after ``delay`` seconds when one was given.
 
     ServerStream: ``stream:N:MS`` yields N messages ``0``, ``1``, ... MS ms apart;
@@ -115,7 +115,9 @@ class Echo(echo_pb2_grpc.EchoServicer):
             if payload == b"fail":
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "asked to fail")
             if payload == b"peer":
-                return msg(f"{context.peer()}|{getattr(context, 'lane', None)}|{os.getpid()}".encode())
+                served_by = type(context).__module__.split(".")[0]   # "rpc", or "grpc"
+                lane = getattr(context, "lane", None)
+                return msg(f"{context.peer()}|{lane}|{served_by}|{os.getpid()}".encode())
             if payload == b"wait" or payload.startswith((b"sleep:", b"count:")):
                 if payload.startswith(b"count:"):
                     self._count()
@@ -239,13 +241,15 @@ class Served:
 @contextlib.asynccontextmanager
 async def serve(*servicers: Any, address: str | Sequence[str] = "127.0.0.1:0", lanes: str | None = None,
                 options: Sequence[tuple[str, Any]] | None = None, plain_grpc: bool = False,
-                grace: float | None = 0, **server_kwargs: Any) -> AsyncIterator[Served]:
+                credentials: Any = None, grace: float | None = 0,
+                **server_kwargs: Any) -> AsyncIterator[Served]:
     """``async with serve(Echo()) as served:`` a started server, stopped at the end.
 
     ``servicers``: servicers or registering functions (see :func:`register`);
     ``address``: one address or several (``grpc://`` ones too); ``lanes``: the
     server's ``lanerpc.lanes`` option; ``plain_grpc``: a ``grpc.aio`` server instead
-    of a lanerpc one; other keywords go to the server's constructor. On the way out,
+    of a lanerpc one; ``credentials``: server credentials, making every port a TLS
+    one; other keywords go to the server's constructor. On the way out,
     whatever happened in the body, its channels are closed, then the server is
     stopped with ``grace``; each of those, and the start, is bounded.
     """
@@ -259,7 +263,10 @@ async def serve(*servicers: Any, address: str | Sequence[str] = "127.0.0.1:0", l
     try:
         for servicer in servicers:
             register(server, servicer)
-        ports = [server.add_insecure_port(a) for a in addresses]
+        if credentials is None:
+            ports = [server.add_insecure_port(a) for a in addresses]
+        else:
+            ports = [server.add_secure_port(a, credentials) for a in addresses]
         await asyncio.wait_for(server.start(), SETUP_TIMEOUT)
         served = Served(server, addresses, ports)
         yield served
