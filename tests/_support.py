@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -42,7 +42,51 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = SETUP_TIMEO
         await asyncio.sleep(every)
 
 
-class Echo(echo_pb2_grpc.EchoServicer):
+async def assert_pending(seconds: float, *futures: asyncio.Future) -> None:
+    """Assert that none of ``futures`` (tasks, futures) ends within ``seconds``; a
+    failure is seen as soon as one does. They are left running."""
+    done, _ = await asyncio.wait(futures, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    assert not done, f"ended within {seconds} s: {done}"
+
+
+class Tracked:
+    """A servicer's record of its handlers, for a test to watch instead of sleeping.
+
+    Handlers run inside ``with self._track():``. ``started_calls``, ``ended_calls``
+    (returned, raised or cancelled) and ``cancelled_calls`` (saw ``CancelledError``)
+    count them; ``running`` and ``peak`` are how many run now and at most. The events
+    ``started``, ``ended`` and ``cancelled`` are set by the first of each.
+    """
+
+    def __init__(self) -> None:
+        self.started_calls = 0
+        self.ended_calls = 0
+        self.cancelled_calls = 0
+        self.running = 0
+        self.peak = 0
+        self.started = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    @contextlib.contextmanager
+    def _track(self) -> Iterator[None]:
+        self.started_calls += 1
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.started.set()
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.cancelled_calls += 1
+            self.cancelled.set()
+            raise
+        finally:
+            self.running -= 1
+            self.ended_calls += 1
+            self.ended.set()
+
+
+class Echo(Tracked, echo_pb2_grpc.EchoServicer):
     """The test Echo service.
 
     By payload, Unary does:
@@ -64,42 +108,20 @@ class Echo(echo_pb2_grpc.EchoServicer):
 
     A handler that is going to take a while (the waiting Unary payloads, ``stream:``,
     and every ClientStream and Bidi) sends initial metadata ``started: 1`` first, so a
-    client can await ``call.initial_metadata()`` to know it runs. ``running``/``peak``
-    count handlers in progress, ``runs`` the handlers begun, ``cancelled`` those that
-    saw ``CancelledError``; ``seen_metadata`` has each Unary call's metadata; the events
-    ``started`` and ``cancelled_event`` are set by the first of each.
+    client can await ``call.initial_metadata()`` to know it runs. Every handler is
+    counted (see :class:`Tracked`); ``seen_metadata`` has each Unary call's metadata.
     """
 
     def __init__(self, delay: float = 0.0, counter_file: str | None = None) -> None:
+        super().__init__()
         self.delay = delay
         self.counter_file = counter_file
-        self.runs = 0
-        self.running = 0
-        self.peak = 0
-        self.cancelled = 0
         self.seen_metadata: list[tuple] = []
-        self.started = asyncio.Event()
-        self.cancelled_event = asyncio.Event()
         self._release = asyncio.Event()
 
     def release(self) -> None:
         """Let every ``wait`` call (running or to come) return."""
         self._release.set()
-
-    @contextlib.contextmanager
-    def _track(self):
-        self.runs += 1
-        self.running += 1
-        self.peak = max(self.peak, self.running)
-        self.started.set()
-        try:
-            yield
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            self.cancelled_event.set()
-            raise
-        finally:
-            self.running -= 1
 
     def _count(self) -> None:
         if self.counter_file is not None:
