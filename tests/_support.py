@@ -32,6 +32,11 @@ def msg(payload: bytes = b"") -> echo_pb2.EchoMessage:
     return echo_pb2.EchoMessage(payload=payload)
 
 
+async def within(awaitable: Awaitable[Any], seconds: float = SETUP_TIMEOUT) -> Any:
+    """Await with a bound: a hang is a test failure, not a stuck run."""
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = SETUP_TIMEOUT,
                      every: float = 0.005) -> None:
     """Wait for ``predicate()`` to hold; fail (AssertionError) after ``timeout`` seconds."""

@@ -20,7 +20,7 @@ import pytest
 
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
-from tests._support import Echo, assert_pending, serve, wait_until
+from tests._support import Echo, assert_pending, serve, wait_until, within
 from tests.e2e._server_proc import ServerProc
 
 _C = grpc.StatusCode
@@ -42,11 +42,6 @@ RETRY_CONFIG = json.dumps({"methodConfig": [{
 
 def msg(payload: bytes) -> echo_pb2.EchoMessage:
     return echo_pb2.EchoMessage(payload=payload)
-
-
-async def within(awaitable, seconds: float):
-    """Await with a bound; a hang is a test failure, not a stuck run."""
-    return await asyncio.wait_for(awaitable, seconds)
 
 
 async def code_of(call, seconds: float) -> grpc.StatusCode:

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -33,15 +33,10 @@ from rpc.transports.shm import (  # noqa: E402
     ShmTransport,
     ShmUnavailable,
 )
-from tests._support import assert_pending, wait_until  # noqa: E402
+from tests._support import assert_pending, wait_until, within  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_RING = 4096
-T = TypeVar("T")
-
-
-async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
-    return await asyncio.wait_for(awaitable, seconds)
 
 
 @pytest.fixture(autouse=True)
