@@ -193,9 +193,6 @@ class Echo(Tracked, echo_pb2_grpc.EchoServicer):
 
 # -- serve() -------------------------------------------------------------------------------
 
-Register = Callable[[Any], None]
-
-
 def register(server: Any, servicer: Any) -> None:
     """Add ``servicer`` to ``server``: an Echo, Greeter or conformance TestService
     servicer, or a function that registers what it likes on the server."""
@@ -260,9 +257,21 @@ class Served:
         return channel
 
     async def close_channels(self) -> None:
+        """Close the channels opened so far (each bounded; all tried, the first error raised)."""
         channels, self._channels = self._channels, []
-        for channel in reversed(channels):
-            await asyncio.wait_for(channel.close(), SETUP_TIMEOUT)
+        await _all_of([lambda c=c: asyncio.wait_for(c.close(), SETUP_TIMEOUT) for c in reversed(channels)])
+
+
+async def _all_of(steps: Sequence[Callable[[], Awaitable[Any]]]) -> None:
+    """Run every step, even after one fails; then raise the first failure."""
+    errors: list[Exception] = []
+    for step in steps:
+        try:
+            await step()
+        except Exception as exc:  # keep going, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @contextlib.asynccontextmanager
@@ -306,15 +315,6 @@ async def serve(*servicers: Any, address: str | Sequence[str] = "127.0.0.1:0", l
 
 async def _shut(served: Served | None, server: Any, grace: float | None) -> None:
     """Close the channels, then stop the server: both tried, the first error raised."""
-    errors: list[BaseException] = []
-    steps: list[Callable[[], Awaitable[Any]]] = [
-        lambda: asyncio.wait_for(server.stop(grace), SETUP_TIMEOUT + (grace or 0))]
-    if served is not None:
-        steps.insert(0, served.close_channels)
-    for step in steps:
-        try:
-            await step()
-        except Exception as exc:  # keep shutting down, then report
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+    steps = [] if served is None else [served.close_channels]
+    steps.append(lambda: asyncio.wait_for(server.stop(grace), SETUP_TIMEOUT + (grace or 0)))
+    await _all_of(steps)

@@ -3,8 +3,8 @@
 Every test is written against the ``grpc.aio`` API only; an :class:`Impl` hides the
 two things that differ between implementations: how a server is built and bound, and
 how a channel is opened. A test may serve any servicer on any implementation
-(``impl.serve``), not only the conformance TestService. ``grpc-tcp`` is the reference: a test that fails there is a
-wrong test.
+(``impl.serve``), not only the conformance TestService. ``grpc-tcp`` is the
+reference: a test that fails there is a wrong test.
 
 Which implementations run:
 
