@@ -1,20 +1,19 @@
-"""Fixtures: one server + channel per test, on every active implementation."""
+"""Fixtures: servers and channels on every active implementation, closed at teardown."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from tests._support import Served
 from tests.conformance import conformance_pb2_grpc
 from tests.conformance.impls import Impl, Options, active_impls
 from tests.conformance.servicer import ConformanceServicer
 
-# Upper bound for starting/stopping a server and closing a channel.
-SETUP_TIMEOUT = 5.0
-
+Start = Callable[..., Awaitable[Served]]
 Serve = Callable[..., Awaitable[tuple[ConformanceServicer, Any, Any]]]
 
 
@@ -24,32 +23,39 @@ def impl(request: pytest.FixtureRequest) -> Impl:
 
 
 @pytest.fixture
-async def serve(impl: Impl) -> AsyncIterator[Serve]:
+async def start(impl: Impl) -> AsyncIterator[Start]:
+    """A factory: ``await start(*servicers, options=(), **server_kwargs)`` serves any
+    servicers (or registering functions) on ``impl`` and returns the
+    :class:`~tests._support.Served`; open channels with ``connect``. Everything is
+    closed and stopped at teardown, bounded, channels first."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def start_(*servicers: Any, options: Options = (), **server_kwargs: Any) -> Served:
+            return await stack.enter_async_context(impl.serve(*servicers, options=options, **server_kwargs))
+
+        yield start_
+
+
+@pytest.fixture
+def connect(impl: Impl) -> Callable[..., Any]:
+    """``connect(served, options=(), **channel_kwargs)``: an ``impl`` channel to
+    ``served``, closed with it."""
+    def connect_(served: Served, options: Options = (), **kwargs: Any) -> Any:
+        return served.keep(impl.channel(served.target, options, **kwargs))
+
+    return connect_
+
+
+@pytest.fixture
+async def serve(start: Start, connect: Callable[..., Any]) -> Serve:
     """A factory: ``await serve(server_options=(), channel_options=())`` starts a server
     with a fresh :class:`ConformanceServicer` and opens a channel to it; returns
-    ``(servicer, stub, channel)``. Everything it opened is closed at teardown, bounded."""
-    cleanups: list[Callable[[], Awaitable[Any]]] = []
-
-    async def start(
-        server_options: Options = (), channel_options: Options = ()
-    ) -> tuple[ConformanceServicer, Any, Any]:
+    ``(servicer, stub, channel)``."""
+    async def serve_(server_options: Options = (), channel_options: Options = ()):
         servicer = ConformanceServicer()
-        server, target = await asyncio.wait_for(impl.start_server(servicer, server_options), SETUP_TIMEOUT)
-        cleanups.append(lambda: server.stop(0))
-        channel = impl.channel(target, channel_options)
-        cleanups.append(channel.close)
+        channel = connect(await start(servicer, options=server_options), channel_options)
         return servicer, conformance_pb2_grpc.TestServiceStub(channel), channel
 
-    yield start
-
-    errors = []
-    for cleanup in reversed(cleanups):  # channels first, then servers
-        try:
-            await asyncio.wait_for(cleanup(), SETUP_TIMEOUT)
-        except Exception as exc:  # keep closing the rest, then report
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+    return serve_
 
 
 @pytest.fixture

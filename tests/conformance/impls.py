@@ -2,8 +2,9 @@
 
 Every test is written against the ``grpc.aio`` API only; an :class:`Impl` hides the
 two things that differ between implementations: how a server is built and bound, and
-how a channel is opened. ``grpc-tcp`` is the reference: a test that fails there is a
-wrong test.
+how a channel is opened. A test may serve any servicer on any implementation
+(``impl.serve``), not only the conformance TestService. ``grpc-tcp`` is the
+reference: a test that fails there is a wrong test.
 
 Which implementations run:
 
@@ -21,16 +22,16 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
-from tests.conformance import conformance_pb2_grpc
+import rpc
+from tests._support import serve
 
 Options = Sequence[tuple[str, Any]]
-StartServer = Callable[[Any, Options], Awaitable[tuple[Any, str]]]
-OpenChannel = Callable[[str, Options], Any]
+OpenChannel = Callable[..., Any]
 
 ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 
@@ -46,97 +47,51 @@ LATER_IMPLS: tuple[str, ...] = ()
 class Impl:
     """One implementation under test.
 
-    ``start_server(servicer, options)`` builds a server with ``options``, registers the
-    TestService ``servicer``, binds it, starts it and returns ``(server, target)``.
-    ``channel(target, options)`` returns an unopened channel to ``target``.
-    ``expected_lane``: when set, the channel's ``lane`` attribute must name it once a
-    call has gone through (lanerpc only; None asserts nothing).
+    The server: a ``grpc.aio`` one (``grpc_server``) or a lanerpc one with the
+    ``server_lanes`` option, bound as ``bind`` says: ``"tcp"`` (a lanerpc or gRPC port on
+    127.0.0.1), ``"grpc"`` (a lanerpc server's ``grpc://`` port) or ``"unix"`` (a socket
+    file). ``channel(target, options, **kwargs)`` returns an unopened channel to
+    ``target``. ``lanerpc_channel``: the channel is lanerpc's own (not grpc.aio's, nor
+    lanerpc's plain-gRPC one). ``expected_lane``: when set, the channel's ``lane``
+    attribute must name it once a call has gone through (None asserts nothing).
     """
 
     name: str
-    start_server: StartServer
+    grpc_server: bool
+    server_lanes: str | None
+    bind: str
     channel: OpenChannel
     expected_lane: str | None = None
+    lanerpc_channel: bool = False
+
+    def address(self, port: int = 0) -> str:
+        """Where a server of this implementation binds (a fresh socket file for unix)."""
+        if self.bind == "unix":
+            return "unix:" + _socket_path()
+        return f"{'grpc://' if self.bind == 'grpc' else ''}127.0.0.1:{port}"
+
+    def serve(self, *servicers: Any, options: Options = (), address: str | None = None,
+              **server_kwargs: Any) -> Any:
+        """``async with impl.serve(servicer) as served``: see tests._support.serve; any
+        servicer, or a function that registers on the server, may be served."""
+        return serve(*servicers, address=address or self.address(), lanes=self.server_lanes,
+                     options=options, plain_grpc=self.grpc_server, **server_kwargs)
 
 
-# -- grpc.aio, the reference ---------------------------------------------------------
-
-
-async def _grpc_tcp_server(servicer: Any, options: Options) -> tuple[Any, str]:
-    server = grpc.aio.server(options=list(options))
-    conformance_pb2_grpc.add_TestServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
-
-
-async def _grpc_unix_server(servicer: Any, options: Options) -> tuple[Any, str]:
-    server = grpc.aio.server(options=list(options))
-    conformance_pb2_grpc.add_TestServiceServicer_to_server(servicer, server)
-    target = "unix:" + _socket_path()
-    server.add_insecure_port(target)
-    await server.start()
-    return server, target
-
-
-def _grpc_channel(target: str, options: Options) -> Any:
-    return grpc.aio.insecure_channel(target, options=list(options))
-
-
-# -- lanerpc -------------------------------------------------------------------------
-# `rpc` is imported when a lanerpc implementation is used, so a run limited to the
-# reference does not need the library to import.
-
-
-def _lanes(lanes: str | None, options: Options) -> list[tuple[str, Any]]:
-    head = [] if lanes is None else [("lanerpc.lanes", lanes)]
-    return head + list(options)
-
-
-def _lanerpc_server(lanes: str | None, unix: bool) -> StartServer:
-    async def start_server(servicer: Any, options: Options) -> tuple[Any, str]:
-        import rpc
-
-        server = rpc.server(options=_lanes(lanes, options))
-        conformance_pb2_grpc.add_TestServiceServicer_to_server(servicer, server)
-        if unix:
-            target = "unix:" + _socket_path()
-            server.add_insecure_port(target)
-        else:
-            port = server.add_insecure_port("127.0.0.1:0")
-            target = f"127.0.0.1:{port}"
-        await server.start()
-        return server, target
-
-    return start_server
+def _grpc_channel(target: str, options: Options, **kwargs: Any) -> Any:
+    return grpc.aio.insecure_channel(target, options=list(options), **kwargs)
 
 
 def _lanerpc_channel(lanes: str | None) -> OpenChannel:
-    def channel(target: str, options: Options) -> Any:
-        import rpc
-
-        return rpc.insecure_channel(target, options=_lanes(lanes, options))
+    def channel(target: str, options: Options, **kwargs: Any) -> Any:
+        head = [] if lanes is None else [("lanerpc.lanes", lanes)]
+        return rpc.insecure_channel(target, options=head + list(options), **kwargs)
 
     return channel
 
 
-# -- plain gRPC at the edges: a lanerpc server's grpc:// port, a lanerpc grpc:// channel
-
-
-async def _lanerpc_grpc_port_server(servicer: Any, options: Options) -> tuple[Any, str]:
-    import rpc
-
-    server = rpc.server(options=list(options))
-    conformance_pb2_grpc.add_TestServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("grpc://127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
-
-
-def _lanerpc_grpc_dial(target: str, options: Options) -> Any:
-    import rpc
-
-    return rpc.insecure_channel("grpc://" + target, options=list(options))
+def _lanerpc_grpc_dial(target: str, options: Options, **kwargs: Any) -> Any:
+    return rpc.insecure_channel("grpc://" + target, options=list(options), **kwargs)
 
 
 # -- socket files --------------------------------------------------------------------
@@ -154,29 +109,28 @@ def _socket_path() -> str:
     return os.path.join(_socket_dir, uuid.uuid4().hex[:12] + ".sock")
 
 
+def _lanerpc(name: str, lanes: str, bind: str, lane: str) -> Impl:
+    return Impl(name, False, lanes, bind, _lanerpc_channel(lanes), lane, lanerpc_channel=True)
+
+
 ALL_IMPLS: dict[str, Impl] = {
     impl.name: impl
     for impl in (
-        Impl("grpc-tcp", _grpc_tcp_server, _grpc_channel),
+        # grpc.aio, the reference.
+        Impl("grpc-tcp", True, None, "tcp", _grpc_channel),
         # The reference on a Unix socket; handy next to lanerpc-unix, off by default.
-        Impl("grpc-unix", _grpc_unix_server, _grpc_channel),
-        Impl("lanerpc-tcp", _lanerpc_server("tcp", unix=False), _lanerpc_channel("tcp"), "tcp"),
+        Impl("grpc-unix", True, None, "unix", _grpc_channel),
+        _lanerpc("lanerpc-tcp", "tcp", "tcp", "tcp"),
         # Lanes pinned to "unix": a unix: target could otherwise be moved on to shm.
-        Impl("lanerpc-unix", _lanerpc_server("unix", unix=True), _lanerpc_channel("unix"), "unix"),
+        _lanerpc("lanerpc-unix", "unix", "unix", "unix"),
         # A TCP target, upgraded to the unix lane (shm left out: lanerpc-shm covers it).
-        Impl("lanerpc-upgraded", _lanerpc_server("unix,tcp", unix=False),
-             _lanerpc_channel("unix,tcp"), "unix"),
-        Impl(
-            "lanerpc-shm",
-            # Dials TCP and must end up on shm (its control channel is a Unix socket).
-            _lanerpc_server("shm,unix,tcp", unix=False),
-            _lanerpc_channel("shm,unix,tcp"),
-            "shm",
-        ),
+        _lanerpc("lanerpc-upgraded", "unix,tcp", "tcp", "unix"),
+        # Dials TCP and must end up on shm (its control channel is a Unix socket).
+        _lanerpc("lanerpc-shm", "shm,unix,tcp", "tcp", "shm"),
         # grpc.aio clients served by a lanerpc server's grpc:// port (interop, server side).
-        Impl("lanerpc-grpc-port", _lanerpc_grpc_port_server, _grpc_channel),
+        Impl("lanerpc-grpc-port", False, None, "grpc", _grpc_channel),
         # A lanerpc channel dialing a plain grpc.aio server (interop, client side).
-        Impl("lanerpc-grpc-dial", _grpc_tcp_server, _lanerpc_grpc_dial, "tcp"),
+        Impl("lanerpc-grpc-dial", True, None, "tcp", _lanerpc_grpc_dial, "tcp"),
     )
 }
 

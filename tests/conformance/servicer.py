@@ -26,12 +26,12 @@ leaves a method out really serves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from tests._support import Tracked
 from tests.conformance import conformance_pb2 as pb
 from tests.conformance import conformance_pb2_grpc
 
@@ -53,16 +53,12 @@ def _status(echo: pb.EchoStatus) -> grpc.StatusCode:
     return _CODES.get(echo.code, grpc.StatusCode.UNKNOWN)
 
 
-class ConformanceServicer(conformance_pb2_grpc.TestServiceServicer):
-    """Interop-style TestService; one instance per server, so per test."""
+class ConformanceServicer(Tracked, conformance_pb2_grpc.TestServiceServicer):
+    """Interop-style TestService; one instance per server, so per test. Its handlers are
+    counted and can be waited for (see :class:`tests._support.Tracked`)."""
 
     def __init__(self) -> None:
-        self.started_calls = 0
-        self.ended_calls = 0
-        self.cancelled_calls = 0
-        self.started = asyncio.Event()  # a handler began
-        self.ended = asyncio.Event()  # a handler ended: returned, raised or was cancelled
-        self.cancelled = asyncio.Event()  # a handler saw asyncio.CancelledError
+        super().__init__()
         self.sleeping = asyncio.Event()  # a handler is in a sleep_ms / interval_us pause
 
     async def _sleep(self, seconds: float) -> None:
@@ -71,20 +67,6 @@ class ConformanceServicer(conformance_pb2_grpc.TestServiceServicer):
             await asyncio.sleep(seconds)
         finally:
             self.sleeping.clear()
-
-    @contextlib.contextmanager
-    def _track(self) -> Iterator[None]:
-        self.started_calls += 1
-        self.started.set()
-        try:
-            yield
-        except asyncio.CancelledError:
-            self.cancelled_calls += 1
-            self.cancelled.set()
-            raise
-        finally:
-            self.ended_calls += 1
-            self.ended.set()
 
     @staticmethod
     async def _echo_metadata(context: Any) -> None:

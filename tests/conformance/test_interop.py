@@ -2,18 +2,19 @@
 active implementation with the same assertions (see impls.py for which run).
 
 Written against the grpc.aio API only. Every await that could hang is bounded: RPCs carry
-``timeout=``, other awaits go through ``bounded()``.
+``timeout=``, other awaits go through ``within()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 
+from tests._support import wait_until, within
 from tests.conformance import conformance_pb2 as pb
 from tests.conformance import conformance_pb2_grpc
 from tests.conformance.impls import Impl
@@ -29,10 +30,6 @@ ECHO_METADATA = ((ECHO_INITIAL_KEY, ECHO_INITIAL_VALUE), (ECHO_TRAILING_KEY, ECH
 
 CLIENT_STREAMING_SIZES = (27182, 8, 1828, 45904)
 SERVER_STREAMING_SIZES = (31415, 9, 2653, 58979)
-
-
-async def bounded(awaitable: Any, timeout: float = RPC_TIMEOUT) -> Any:
-    return await asyncio.wait_for(awaitable, timeout)
 
 
 def values(metadata: Any, key: str) -> list[Any]:
@@ -53,13 +50,6 @@ def streaming_request(*sizes: int, request_size: int = 0) -> pb.StreamingOutputC
 
 def status_request(code: int, message: str) -> pb.SimpleRequest:
     return pb.SimpleRequest(response_size=1, response_status=pb.EchoStatus(code=code, message=message))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = OBSERVE_TIMEOUT) -> None:
-    """Wait for ``predicate()`` to hold; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 async def expect_rpc_error(call: Any) -> grpc.aio.AioRpcError:
@@ -232,15 +222,15 @@ async def test_cancel_after_begin(server_and_channel: Any) -> None:
     servicer, stub, _ = server_and_channel
     call = stub.StreamingInputCall(timeout=RPC_TIMEOUT)
     # The call has begun once the server runs its handler; no message was sent.
-    await bounded(servicer.started.wait())
+    await within(servicer.started.wait())
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await bounded(call)
+        await within(call)
     assert call.cancelled()
-    assert await bounded(call.code()) == grpc.StatusCode.CANCELLED
+    assert await within(call.code()) == grpc.StatusCode.CANCELLED
     # The handler was waiting on its request stream: it must end promptly, whether by
     # CancelledError or (as in grpc.aio) by that stream ending.
-    await wait_until(lambda: servicer.ended_calls == 1)
+    await wait_until(lambda: servicer.ended_calls == 1, OBSERVE_TIMEOUT)
 
 
 async def test_cancel_after_first_response(server_and_channel: Any) -> None:
@@ -251,10 +241,10 @@ async def test_cancel_after_first_response(server_and_channel: Any) -> None:
     assert len(response.payload.body) == 31415
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await bounded(call.read())
+        await within(call.read())
     assert call.cancelled()
-    assert await bounded(call.code()) == grpc.StatusCode.CANCELLED
-    await wait_until(lambda: servicer.ended_calls == 1)  # as in test_cancel_after_begin
+    assert await within(call.code()) == grpc.StatusCode.CANCELLED
+    await wait_until(lambda: servicer.ended_calls == 1, OBSERVE_TIMEOUT)  # as in test_cancel_after_begin
 
 
 async def test_cancel_while_handler_busy_full_duplex(server_and_channel: Any) -> None:
@@ -268,12 +258,12 @@ async def test_cancel_while_handler_busy_full_duplex(server_and_channel: Any) ->
     request.response_parameters.add(size=2, interval_us=60_000_000)
     await call.write(request)
     assert len((await call.read()).payload.body) == 1
-    await bounded(servicer.sleeping.wait())
+    await within(servicer.sleeping.wait())
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await bounded(call.read())
-    assert await bounded(call.code()) == grpc.StatusCode.CANCELLED
-    await bounded(servicer.cancelled.wait(), OBSERVE_TIMEOUT)
+        await within(call.read())
+    assert await within(call.code()) == grpc.StatusCode.CANCELLED
+    await within(servicer.cancelled.wait(), OBSERVE_TIMEOUT)
     assert servicer.cancelled_calls == servicer.ended_calls == 1
 
 
@@ -283,13 +273,13 @@ async def test_cancel_server_streaming_mid_stream(server_and_channel: Any) -> No
     request.response_parameters.add(size=2, interval_us=60_000_000)
     call = stub.StreamingOutputCall(request, timeout=RPC_TIMEOUT)
     assert len((await call.read()).payload.body) == 1
-    await bounded(servicer.sleeping.wait())  # as in the full-duplex case above
+    await within(servicer.sleeping.wait())  # as in the full-duplex case above
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await bounded(call.read())
+        await within(call.read())
     assert call.cancelled()
-    assert await bounded(call.code()) == grpc.StatusCode.CANCELLED
-    await bounded(servicer.cancelled.wait(), OBSERVE_TIMEOUT)
+    assert await within(call.code()) == grpc.StatusCode.CANCELLED
+    await within(servicer.cancelled.wait(), OBSERVE_TIMEOUT)
     assert servicer.cancelled_calls == servicer.ended_calls == 1
 
 
@@ -301,11 +291,11 @@ async def test_timeout_on_sleeping_server(server_and_channel: Any) -> None:
     servicer, stub, _ = server_and_channel
     call = stub.FullDuplexCall(timeout=0.001)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await bounded(call.read())
+        await within(call.read())
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await bounded(call.code()) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await within(call.code()) == grpc.StatusCode.DEADLINE_EXCEEDED
     # The server may never have seen the call; if it did, the handler ends promptly.
-    await wait_until(lambda: servicer.ended_calls == servicer.started_calls)
+    await wait_until(lambda: servicer.ended_calls == servicer.started_calls, OBSERVE_TIMEOUT)
 
 
 # -- message size limits ----------------------------------------------------------------
@@ -347,11 +337,11 @@ async def test_server_max_receive_message_length(serve: Any) -> None:
 
 async def test_client_max_receive_message_length(serve: Any) -> None:
     _, stub, _ = await serve(channel_options=[("grpc.max_receive_message_length", SMALL_LIMIT)])
-    # No deadline on these calls (it would change the response's size), so bounded().
+    # No deadline on these calls (it would change the response's size), so within().
     at_limit = unary_response_size_for(SMALL_LIMIT)
-    response = await bounded(stub.UnaryCall(pb.SimpleRequest(response_size=at_limit)))
+    response = await within(stub.UnaryCall(pb.SimpleRequest(response_size=at_limit)))
     assert len(response.payload.body) == at_limit
-    error = await expect_rpc_error(bounded(stub.UnaryCall(pb.SimpleRequest(response_size=at_limit + 1))))
+    error = await expect_rpc_error(within(stub.UnaryCall(pb.SimpleRequest(response_size=at_limit + 1))))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await stub.EmptyCall(pb.Empty(), timeout=RPC_TIMEOUT) == pb.Empty()
 
@@ -376,7 +366,7 @@ async def test_deadline_propagates_to_handler(server_and_channel: Any) -> None:
 
 async def test_no_deadline_reaches_handler_as_none(server_and_channel: Any) -> None:
     _, stub, _ = server_and_channel
-    response = await bounded(stub.UnaryCall(pb.SimpleRequest()))
+    response = await within(stub.UnaryCall(pb.SimpleRequest()))
     assert response.time_remaining == -1.0  # the servicer's encoding of None
 
 
@@ -385,11 +375,11 @@ async def test_deadline_cancels_handler(server_and_channel: Any) -> None:
     call = stub.UnaryCall(pb.SimpleRequest(sleep_ms=60_000), timeout=0.5)
     # The handler must be running when the deadline passes (one that has not begun
     # yet is never started at all).
-    await bounded(servicer.sleeping.wait())
-    error = await expect_rpc_error(bounded(call))
+    await within(servicer.sleeping.wait())
+    error = await expect_rpc_error(within(call))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert await bounded(call.code()) == grpc.StatusCode.DEADLINE_EXCEEDED
-    await bounded(servicer.cancelled.wait(), OBSERVE_TIMEOUT)
+    assert await within(call.code()) == grpc.StatusCode.DEADLINE_EXCEEDED
+    await within(servicer.cancelled.wait(), OBSERVE_TIMEOUT)
     assert servicer.cancelled_calls == servicer.ended_calls == 1
 
 
@@ -554,7 +544,7 @@ async def test_concurrent_unary_calls(server_and_channel: Any) -> None:
     calls = [
         stub.UnaryCall(pb.SimpleRequest(response_size=s, sleep_ms=s % 5), timeout=RPC_TIMEOUT) for s in sizes
     ]
-    responses = await bounded(asyncio.gather(*calls))
+    responses = await within(asyncio.gather(*calls))
     assert [len(r.payload.body) for r in responses] == sizes
 
 

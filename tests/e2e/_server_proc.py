@@ -8,18 +8,10 @@ prints one JSON line ``{"ready": true, "port": ..., "pid": ..., "upgrade_path": 
 on stdout once it accepts connections, then serves until a signal stops it
 (SIGTERM/SIGINT drain, a second one stops at once, SIGUSR1 logs stats on stderr).
 
-What the Echo methods do, by payload (``b"sleep:500"`` and friends):
-
-* Unary: ``sleep:MS`` sleeps MS ms then echoes; ``count:MS`` appends a line to the
-  counter file (flushed and fsynced: it survives SIGKILL), then sleeps MS ms;
-  ``peer`` answers ``context.peer()|lane|pid``; anything else is echoed.
-* ServerStream: ``stream:N:MS`` yields N messages, MS ms apart; else 3 echoes.
-* ClientStream: reads every message and answers their count; if the first
-  message is ``noread`` it stops reading (so the client's writes block on flow control).
-* Bidi: echoes each message as it comes.
-
-Every handler sends initial metadata ``started: 1`` first, so a client can
-await ``call.initial_metadata()`` to know the handler is running.
+The servicer is the tests' shared Echo (tests/_support.py): what it does by payload
+(``b"sleep:500"``, ``b"count:60000"``, ``b"peer"``, ``b"stream:N:MS"``, ``b"noread"``...)
+is written there. A handler that takes a while sends initial metadata first, so a
+client can await ``call.initial_metadata()`` to know the handler is running.
 
 With ``--client TARGET`` it is instead a client that calls TARGET in a loop
 forever (for the kill tests), printing ``{"ready": true, "pid": ...}`` first.
@@ -44,63 +36,7 @@ if _ROOT not in sys.path:
 
 import rpc  # noqa: E402
 from examples.echo import echo_pb2, echo_pb2_grpc  # noqa: E402
-
-STARTED = (("started", "1"),)
-
-
-class SlowEcho(echo_pb2_grpc.EchoServicer):
-    def __init__(self, counter_file: str | None = None) -> None:
-        self.counter_file = counter_file
-
-    def _count(self) -> None:
-        if self.counter_file is None:
-            return
-        with open(self.counter_file, "a") as f:
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    async def Unary(self, request, context):
-        payload = request.payload
-        if payload.startswith(b"count:"):
-            self._count()
-            await context.send_initial_metadata(STARTED)
-            await asyncio.sleep(int(payload[6:]) / 1000)
-            return echo_pb2.EchoMessage(payload=payload)
-        await context.send_initial_metadata(STARTED)
-        if payload.startswith(b"sleep:"):
-            await asyncio.sleep(int(payload[6:]) / 1000)
-        elif payload == b"peer":
-            text = f"{context.peer()}|{getattr(context, 'lane', None)}|{os.getpid()}"
-            return echo_pb2.EchoMessage(payload=text.encode())
-        return echo_pb2.EchoMessage(payload=payload)
-
-    async def ServerStream(self, request, context):
-        await context.send_initial_metadata(STARTED)
-        payload = request.payload
-        if payload.startswith(b"stream:"):
-            _, n, ms = payload.split(b":")
-            for i in range(int(n)):
-                yield echo_pb2.EchoMessage(payload=b"%d" % i)
-                await asyncio.sleep(int(ms) / 1000)
-            return
-        for _ in range(3):
-            yield echo_pb2.EchoMessage(payload=payload)
-
-    async def ClientStream(self, request_iterator, context):
-        await context.send_initial_metadata(STARTED)
-        count = 0
-        async for message in request_iterator:
-            if count == 0 and message.payload == b"noread":
-                await asyncio.sleep(3600)
-            count += 1
-        return echo_pb2.EchoMessage(payload=b"%d" % count)
-
-    async def Bidi(self, request_iterator, context):
-        await context.send_initial_metadata(STARTED)
-        async for message in request_iterator:
-            yield message
-
+from tests._support import Echo  # noqa: E402
 
 def _parse_option(text: str) -> tuple[str, object]:
     name, _, value = text.partition("=")
@@ -115,7 +51,7 @@ def _server_main(args: argparse.Namespace) -> None:
     if args.lanes:
         options.append(("lanerpc.lanes", args.lanes))
     server = rpc.server(options=options, maximum_concurrent_rpcs=args.max_rpcs)
-    echo_pb2_grpc.add_EchoServicer_to_server(SlowEcho(args.counter_file), server)
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(counter_file=args.counter_file), server)
     port = server.add_insecure_port(args.address)
     start = server.start
 

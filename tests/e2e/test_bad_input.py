@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import rpc
 from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
 from examples.helloworld.server import Greeter
 from rpc import _wire
 from rpc._connection import Connection, GoAwayReceived, Role
 from rpc._wire import GoAwayCode
+from tests._support import serve
 
 HANDSHAKE_TIMEOUT = 0.5
 MARGIN = 2.0                # scheduling slack on a loaded machine
@@ -42,21 +42,12 @@ class Greeted:
 
 @pytest.fixture
 async def greeter():
-    server = rpc.server(options=[("lanerpc.handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000))])
-    helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    channel = None
-    try:
-        await asyncio.wait_for(server.start(), SETUP_TIMEOUT)
-        channel = rpc.insecure_channel(f"127.0.0.1:{port}", options=[("lanerpc.lanes", "tcp")])
-        greeted = Greeted(helloworld_pb2_grpc.GreeterStub(channel), port)
+    options = [("lanerpc.handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000))]
+    async with serve(Greeter(), options=options) as served:
+        greeted = Greeted(helloworld_pb2_grpc.GreeterStub(served.channel(lanes="tcp")), served.port)
         await greeted.hello("before")                      # answered before any bad input
         yield greeted
         await greeted.hello("after")                       # and after it
-    finally:
-        if channel is not None:
-            await asyncio.wait_for(channel.close(), SETUP_TIMEOUT)
-        await asyncio.wait_for(server.stop(0), SETUP_TIMEOUT)
 
 
 # ------------------------------------------------------------------ bad peers

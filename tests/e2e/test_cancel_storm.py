@@ -7,6 +7,7 @@ honest client alongside keeps getting answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import random
 import resource
@@ -15,8 +16,8 @@ import time
 import grpc
 import pytest
 
-import rpc
-from examples.echo import echo_pb2, echo_pb2_grpc
+from examples.echo import echo_pb2_grpc
+from tests._support import Echo, msg, serve, wait_until
 
 _C = grpc.StatusCode
 LIMIT = 8
@@ -24,91 +25,23 @@ CALLS = 10_000
 STORMERS = 4
 
 
-def msg(payload: bytes) -> echo_pb2.EchoMessage:
-    return echo_pb2.EchoMessage(payload=payload)
-
-
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-class CountingEcho(echo_pb2_grpc.EchoServicer):
-    """Every handler counts itself while it runs; ``peak`` is the most at once."""
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.peak = 0
-        self.started = 0
-        self.cancelled = 0
-        self.honest = 0
-
-    def _enter(self) -> None:
-        self.running += 1
-        self.started += 1
-        self.peak = max(self.peak, self.running)
-
-    async def _work(self, payload: bytes) -> None:
-        if payload != b"honest":
-            await asyncio.sleep(random.choice((0, 0.001, 0.003, 0.01)))
-
-    async def Unary(self, request, context):
-        self._enter()
-        try:
-            await self._work(request.payload)
-            if request.payload == b"honest":
-                self.honest += 1
-            return request
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            self.running -= 1
-
-    async def ServerStream(self, request, context):
-        self._enter()
-        try:
-            for _ in range(4):
-                await self._work(request.payload)
-                yield request
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            self.running -= 1
-
-    async def ClientStream(self, request_iterator, context):
-        self._enter()
-        try:
-            n = 0
-            async for _ in request_iterator:
-                n += 1
-            return msg(b"%d" % n)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            self.running -= 1
-
-    async def Bidi(self, request_iterator, context):
-        self._enter()
-        try:
-            async for message in request_iterator:
-                await self._work(message.payload)
-                yield message
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            self.running -= 1
+def _work(rng: random.Random) -> int:
+    """How long a storm call's handler works, in ms (0 for most, so many are cancelled
+    before, during and after their handler)."""
+    return rng.choice((0, 1, 3, 10))
 
 
-def _start_call(stub, i: int):
+def _start_call(stub, i: int, rng: random.Random):
     kind = i % 4
     if kind == 0:
-        return stub.Unary(msg(b"u"), timeout=10)
+        return stub.Unary(msg(b"sleep:%d" % _work(rng)), timeout=10)
     if kind == 1:
-        return stub.ServerStream(msg(b"s"), timeout=10)
+        return stub.ServerStream(msg(b"stream:4:%d" % _work(rng)), timeout=10)
     if kind == 2:
         return stub.ClientStream(timeout=10)
     return stub.Bidi(timeout=10)
@@ -119,11 +52,11 @@ async def _storm(stub, n: int, rng: random.Random, codes: dict, batch: int = 16)
     and the limit is pressed), and cancel each: at once, after one loop turn, or
     after a short random delay (so some handlers are cancelled mid-run)."""
     for first in range(0, n, batch):
-        calls = [_start_call(stub, i) for i in range(first, min(n, first + batch))]
+        calls = [_start_call(stub, i, rng) for i in range(first, min(n, first + batch))]
         for j, call in enumerate(calls):
             if j % 4 == 3 and isinstance(call, grpc.aio.StreamStreamCall):
                 try:
-                    await asyncio.wait_for(call.write(msg(b"w")), 5)
+                    await asyncio.wait_for(call.write(msg(b"sleep:%d" % _work(rng))), 5)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                     pass   # already ended (refused with RESOURCE_EXHAUSTED)
             when = rng.random()
@@ -151,7 +84,7 @@ async def _honest(stub, stop: asyncio.Event, results: dict) -> None:
 
 class StormResult:
     codes: dict
-    servicer: CountingEcho
+    servicer: Echo
     honest: dict
     storm_time: float
     running_after: int
@@ -163,56 +96,48 @@ class StormResult:
 async def run_storm() -> StormResult:
     """The storm, against an in-process server; everything measured, nothing asserted."""
     result = StormResult()
-    servicer = result.servicer = CountingEcho()
-    server = rpc.server(maximum_concurrent_rpcs=LIMIT)
-    echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    target = f"127.0.0.1:{port}"
-    storm_channels = [rpc.insecure_channel(target) for _ in range(2)]
-    honest_channel = rpc.insecure_channel(target)
+    servicer = result.servicer = Echo()
     stop = asyncio.Event()
     result.honest = {"ok": 0}
     honest_task = None
-    try:
-        for channel in (*storm_channels, honest_channel):
-            await asyncio.wait_for(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"warm"), timeout=5), 6)
-        gc.collect()
-        rss_before = rss_bytes()
-        maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+    async with serve(servicer, maximum_concurrent_rpcs=LIMIT) as served:
+        storm_channels = [served.channel() for _ in range(2)]
+        honest_channel = served.channel()
+        try:
+            for channel in (*storm_channels, honest_channel):
+                await asyncio.wait_for(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"warm"), timeout=5), 6)
+            gc.collect()
+            rss_before = rss_bytes()
+            maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
 
-        honest_stub = echo_pb2_grpc.EchoStub(honest_channel)
-        honest_task = asyncio.create_task(_honest(honest_stub, stop, result.honest))
-        rng = random.Random(1234)
-        result.codes = {}
-        started = time.monotonic()
-        stubs = [echo_pb2_grpc.EchoStub(storm_channels[i % 2]) for i in range(STORMERS)]
-        await asyncio.wait_for(
-            asyncio.gather(*(_storm(stub, CALLS // STORMERS, rng, result.codes) for stub in stubs)), 40)
-        result.storm_time = time.monotonic() - started
-        stop.set()
-        await asyncio.wait_for(honest_task, 10)
+            honest_stub = echo_pb2_grpc.EchoStub(honest_channel)
+            honest_task = asyncio.create_task(_honest(honest_stub, stop, result.honest))
+            rng = random.Random(1234)
+            result.codes = {}
+            started = time.monotonic()
+            stubs = [echo_pb2_grpc.EchoStub(storm_channels[i % 2]) for i in range(STORMERS)]
+            await asyncio.wait_for(
+                asyncio.gather(*(_storm(stub, CALLS // STORMERS, rng, result.codes) for stub in stubs)), 40)
+            result.storm_time = time.monotonic() - started
+            stop.set()
+            await asyncio.wait_for(honest_task, 10)
 
-        # Nothing per call is left: handlers unwound, and (calls now sent at once) slots given back.
-        deadline = time.monotonic() + 3
-        while servicer.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        result.running_after = servicer.running
-        after = [honest_stub.Unary(msg(b"honest"), timeout=5) for _ in range(LIMIT)]
-        await asyncio.wait_for(asyncio.gather(*(c.code() for c in after)), 6)
-        result.after_codes = [await c.code() for c in after]
+            # Nothing per call is left: handlers unwound, and (calls now sent at once) slots given back.
+            with contextlib.suppress(AssertionError):
+                await wait_until(lambda: not servicer.running, 3)
+            result.running_after = servicer.running
+            after = [honest_stub.Unary(msg(b"honest"), timeout=5) for _ in range(LIMIT)]
+            await asyncio.wait_for(asyncio.gather(*(c.code() for c in after)), 6)
+            result.after_codes = [await c.code() for c in after]
 
-        gc.collect()
-        result.rss_grown = rss_bytes() - rss_before
-        result.maxrss_grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before
-        return result
-    finally:
-        stop.set()
-        if honest_task is not None and not honest_task.done():
-            honest_task.cancel()
-        for channel in (*storm_channels, honest_channel):
-            await channel.close()
-        await server.stop(0)
+            gc.collect()
+            result.rss_grown = rss_bytes() - rss_before
+            result.maxrss_grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before
+            return result
+        finally:
+            stop.set()
+            if honest_task is not None and not honest_task.done():
+                honest_task.cancel()
 
 
 async def test_cancel_storm_never_exceeds_the_limit_and_bounds_memory(runtime_dir):
@@ -232,7 +157,7 @@ async def test_cancel_storm_leaves_the_server_serving_an_honest_client(runtime_d
     storm = await run_storm()
     codes = storm.codes
     assert codes.get(_C.CANCELLED, 0) > CALLS // 10, codes
-    assert storm.servicer.cancelled > 100, storm.servicer.cancelled   # handlers cancelled mid-run
+    assert storm.servicer.cancelled_calls > 100, storm.servicer.cancelled_calls   # cancelled mid-run
     assert storm.honest["ok"] >= 20, (storm.honest, storm.storm_time)
     assert storm.after_codes == [_C.OK] * LIMIT, storm.after_codes   # all LIMIT slots free again
 
@@ -240,43 +165,24 @@ async def test_cancel_storm_leaves_the_server_serving_an_honest_client(runtime_d
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_limit_counts_running_handlers_not_cancelled_calls(limit, runtime_dir):
     """After any number of cancelled calls, exactly ``limit`` calls can run at once again."""
-    gate = asyncio.Event()
-    running = []
-
-    class Gated(echo_pb2_grpc.EchoServicer):
-        async def Unary(self, request, context):
-            running.append(1)
-            try:
-                if request.payload == b"wait":
-                    await gate.wait()
-                return request
-            finally:
-                running.pop()
-
-    server = rpc.server(maximum_concurrent_rpcs=limit)
-    echo_pb2_grpc.add_EchoServicer_to_server(Gated(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = echo_pb2_grpc.EchoStub(channel)
-            for _ in range(300):
-                call = stub.Unary(msg(b"wait"), timeout=5)
-                if random.random() < 0.5:
-                    await asyncio.sleep(0)
-                call.cancel()
-            await asyncio.sleep(0.05)
-            assert not running
-            holders = [stub.Unary(msg(b"wait"), timeout=5) for _ in range(limit)]
-            deadline = time.monotonic() + 1
-            while len(running) < limit and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert len(running) == limit
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await asyncio.wait_for(stub.Unary(msg(b"one more"), timeout=5), 6)
-            assert info.value.code() == _C.RESOURCE_EXHAUSTED
-            gate.set()
-            await asyncio.wait_for(asyncio.gather(*holders), 5)
-            assert (await asyncio.wait_for(stub.Unary(msg(b"x"), timeout=5), 6)).payload == b"x"
-    finally:
-        await server.stop(0)
+    servicer = Echo()
+    async with serve(servicer, maximum_concurrent_rpcs=limit) as served:
+        stub = echo_pb2_grpc.EchoStub(served.channel())
+        for _ in range(300):
+            call = stub.Unary(msg(b"wait"), timeout=5)
+            if random.random() < 0.5:
+                await asyncio.sleep(0)
+            call.cancel()
+        # The server frees a cancelled call's slot once it has read the CANCEL (a call
+        # cancelled early never starts a handler): nothing public shows that moment, so
+        # this one wait is a pause. After it, no handler may be left running.
+        await asyncio.sleep(0.05)
+        assert servicer.running == 0
+        holders = [stub.Unary(msg(b"wait"), timeout=5) for _ in range(limit)]
+        await wait_until(lambda: servicer.running == limit, 1)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(stub.Unary(msg(b"one more"), timeout=5), 6)
+        assert info.value.code() == _C.RESOURCE_EXHAUSTED
+        servicer.release()
+        await asyncio.wait_for(asyncio.gather(*holders), 5)
+        assert (await asyncio.wait_for(stub.Unary(msg(b"x"), timeout=5), 6)).payload == b"x"

@@ -19,7 +19,8 @@ import time
 
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
-from tests.e2e._server_proc import ServerProc, SlowEcho
+from tests._support import Echo, serve
+from tests.e2e._server_proc import ServerProc
 
 SHM = "/dev/shm"
 
@@ -101,7 +102,7 @@ async def cycle(target: str, i: int) -> None:
         stub = echo_pb2_grpc.EchoStub(channel)
         if i % 3 == 2:
             got = [m.payload async for m in stub.ServerStream(msg(b"s%d" % i), timeout=5)]
-            assert got == [b"s%d" % i] * 3
+            assert got == [b"s%d%d" % (i, k) for k in range(3)]
         else:
             assert (await asyncio.wait_for(stub.Unary(msg(b"u%d" % i), timeout=5), 6)).payload == b"u%d" % i
         assert channel.lane == {3: "tcp", 1: "unix"}.get(i % 4, "shm")
@@ -156,15 +157,9 @@ async def test_in_process_server_and_clients_leak_nothing(runtime_dir):
     upgrade listener and thread pool count here too."""
     shm_before = shm_entries()
     fds_start, threads_start = len(open_fds()), threading.active_count()
-    server = rpc.server()
-    echo_pb2_grpc.add_EchoServicer_to_server(SlowEcho(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with serve(Echo(), grace=1) as served:
         for i in range(100):
-            await cycle(f"127.0.0.1:{port}", i)
-    finally:
-        await asyncio.wait_for(server.stop(1), 5)
+            await cycle(served.target, i)
     assert await settle(lambda: len(open_fds()) == fds_start), fd_targets()
     assert await settle(lambda: threading.active_count() == threads_start), threading.enumerate()
     assert lanerpc_dirs(runtime_dir) == []
@@ -260,12 +255,7 @@ async def test_random_sigkills_of_servers_and_clients_leak_nothing(runtime_dir):
     assert left, "killed servers left no upgrade directory; was the upgrade on?"
     for name in left:
         os.utime(os.path.join(runtime_dir, name), (0, 0))   # past the sweep's grace period
-    sweeper = rpc.server()
-    sweeper.add_insecure_port("127.0.0.1:0")
-    await sweeper.start()
-    try:
-        assert lanerpc_dirs(runtime_dir) == [os.path.basename(os.path.dirname(sweeper.upgrade_path))]
-    finally:
-        await sweeper.stop(0)
+    async with serve() as sweeper:
+        assert lanerpc_dirs(runtime_dir) == [os.path.basename(os.path.dirname(sweeper.server.upgrade_path))]
     assert lanerpc_dirs(runtime_dir) == []
     assert elapsed < 30, elapsed

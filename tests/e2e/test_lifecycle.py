@@ -20,7 +20,8 @@ import pytest
 
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
-from tests.e2e._server_proc import ServerProc, SlowEcho
+from tests._support import Echo, assert_pending, serve, wait_until, within
+from tests.e2e._server_proc import ServerProc
 
 _C = grpc.StatusCode
 READY = grpc.ChannelConnectivity.READY
@@ -41,11 +42,6 @@ RETRY_CONFIG = json.dumps({"methodConfig": [{
 
 def msg(payload: bytes) -> echo_pb2.EchoMessage:
     return echo_pb2.EchoMessage(payload=payload)
-
-
-async def within(awaitable, seconds: float):
-    """Await with a bound; a hang is a test failure, not a stuck run."""
-    return await asyncio.wait_for(awaitable, seconds)
 
 
 async def code_of(call, seconds: float) -> grpc.StatusCode:
@@ -119,7 +115,7 @@ async def test_sigkill_ends_all_pending_calls_and_a_restart_serves_the_same_chan
         readers = [asyncio.create_task(_reader(c)) for c in server_streams]
         awaiters = [asyncio.create_task(_reader_unary(c)) for c in unary]
         tasks = writers + readers + awaiters
-        await asyncio.sleep(0.1)   # streams flowing, writes in progress
+        await assert_pending(0.1, *tasks)   # streams flowing, writes in progress
         assert not any(c.done() for c in calls)
 
         killed_at = time.monotonic()
@@ -212,16 +208,16 @@ async def test_a_second_signal_stops_at_once(second, runtime_dir):
         await within(long_call.initial_metadata(), 5)
         server.signal(signal.SIGTERM)
         await within(channel.wait_for_state_change(READY), 2)   # draining now
-        await asyncio.sleep(0.2)
-        assert not long_call.done()
-        assert server.proc.returncode is None
+        ending = asyncio.ensure_future(long_call.code())
+        exiting = asyncio.ensure_future(server.proc.wait())
+        await assert_pending(0.2, ending, exiting)   # the drain waits for the call
 
         signalled = time.monotonic()
         server.signal(second)
-        rc = await server.wait(5)
+        rc = await within(exiting, 5)
         assert rc == 0
         assert time.monotonic() - signalled < 2.0
-        code = await code_of(long_call, 2)
+        code = await within(ending, 2)
         assert code != _C.OK
         assert code in (_C.UNAVAILABLE, _C.CANCELLED)
     finally:
@@ -256,8 +252,7 @@ async def test_client_streaming_call_ends_when_the_server_dies(blocked, runtime_
                 pytest.fail("writes never blocked although the server reads nothing")
         else:
             pending = asyncio.ensure_future(_writer(call, b"m", 0.005))
-            await asyncio.sleep(0.1)
-            assert not pending.done()
+            await assert_pending(0.1, pending)
 
         killed_at = time.monotonic()
         server.signal(signal.SIGKILL)
@@ -347,27 +342,15 @@ async def test_frozen_server_is_detected_by_keepalive_and_the_next_call_reconnec
 
 # ============================================================ 5. pinging too often
 
-async def start_inproc(servicer=None, address="127.0.0.1:0", options=None, **kwargs):
-    server = rpc.server(options=options, **kwargs)
-    echo_pb2_grpc.add_EchoServicer_to_server(servicer or SlowEcho(), server)
-    port = server.add_insecure_port(address)
-    await server.start()
-    return server, port
-
-
 async def test_client_that_pings_too_often_gets_goaway_and_still_gets_answers(runtime_dir, caplog):
     caplog.set_level(logging.WARNING, logger="lanerpc")
-    server, port = await start_inproc()    # default ping policy
-    channel = None
-    try:
-        channel = rpc.insecure_channel(f"127.0.0.1:{port}", options=[
+    async with serve(Echo()) as served:    # default ping policy
+        server = served.server
+        channel = served.channel(options=[
             ("grpc.keepalive_time_ms", 50), ("grpc.keepalive_permit_without_calls", 1)])
         stub = echo_pb2_grpc.EchoStub(channel)
         assert (await within(stub.Unary(msg(b"a"), timeout=5), 6)).payload == b"a"
-        deadline = time.monotonic() + 3
-        while not any("ping too often" in r.getMessage() for r in caplog.records):
-            assert time.monotonic() < deadline, "no GOAWAY for pinging too often"
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: any("ping too often" in r.getMessage() for r in caplog.records), 3)
         warning = next(r for r in caplog.records if "ping too often" in r.getMessage())
         assert warning.name == "lanerpc"
         assert warning.levelno == logging.WARNING
@@ -376,45 +359,19 @@ async def test_client_that_pings_too_often_gets_goaway_and_still_gets_answers(ru
             reply = await within(stub.Unary(msg(b"after%d" % i), timeout=5), 6)
             assert reply.payload == b"after%d" % i
         assert sum(server.stats.connections_total.values()) > total_before   # a new connection
-    finally:
-        if channel is not None:
-            await channel.close()
-        await server.stop(0)
 
 
 # ============================================================ 6. Server.stop(grace) in-process
 
-class RecordingEcho(SlowEcho):
-    """SlowEcho that remembers which of its handlers were cancelled."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.runs = 0
-        self.cancelled = 0
-
-    async def Unary(self, request, context):
-        self.runs += 1
-        try:
-            return await super().Unary(request, context)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-
-
 async def test_stop_refuses_new_calls_at_once(runtime_dir):
-    server, port = await start_inproc()
-    target = f"127.0.0.1:{port}"
-    channel = other = None
-    stopping = None
-    try:
-        channel = rpc.insecure_channel(target)
+    async with serve(Echo()) as served:
+        channel = served.channel()
         stub = echo_pb2_grpc.EchoStub(channel)
         running = stub.Unary(msg(b"sleep:400"), timeout=10)
         await within(running.initial_metadata(), 5)
-        stopping = asyncio.create_task(server.stop(5))
+        stopping = asyncio.create_task(served.server.stop(5))
         await within(channel.wait_for_state_change(READY), 2)
-        other = rpc.insecure_channel(target)
-        for ch in (channel, other):
+        for ch in (channel, served.channel()):
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await within(echo_pb2_grpc.EchoStub(ch).Unary(msg(b"new"), timeout=5), 6)
@@ -422,40 +379,27 @@ async def test_stop_refuses_new_calls_at_once(runtime_dir):
             assert time.monotonic() - started < 0.5
         assert (await within(running, 5)).payload == b"sleep:400"   # within grace: completes
         await within(stopping, 5)
-    finally:
-        for ch in (channel, other):
-            if ch is not None:
-                await ch.close()
-        if stopping is not None and not stopping.done():
-            stopping.cancel()
-        await server.stop(0)
 
 
 async def test_calls_running_at_the_end_of_the_grace_are_aborted(runtime_dir):
-    servicer = RecordingEcho()
-    server, port = await start_inproc(servicer)
-    channel = rpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        stub = echo_pb2_grpc.EchoStub(channel)
+    servicer = Echo()
+    async with serve(servicer) as served:
+        stub = echo_pb2_grpc.EchoStub(served.channel())
         calls = [stub.Unary(msg(b"sleep:60000"), timeout=30) for _ in range(3)]
         await within(asyncio.gather(*(c.initial_metadata() for c in calls)), 5)
         started = time.monotonic()
-        await within(server.stop(0.3), 3)
+        await within(served.server.stop(0.3), 3)
         stopped_in = time.monotonic() - started
         assert 0.25 <= stopped_in < 1.5
         codes = await within(asyncio.gather(*(c.code() for c in calls)), 1)
         assert all(code not in (_C.OK, _C.DEADLINE_EXCEEDED) for code in codes), codes
-        assert servicer.cancelled == 3
-    finally:
-        await channel.close()
-        await server.stop(0)
+        assert servicer.cancelled_calls == 3
 
 
 async def test_stop_twice_and_concurrently_is_fine(runtime_dir):
-    server, port = await start_inproc()
-    async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = echo_pb2_grpc.EchoStub(channel)
-        await within(stub.Unary(msg(b"x"), timeout=5), 6)
+    async with serve(Echo()) as served:
+        server = served.server
+        await within(echo_pb2_grpc.EchoStub(served.channel()).Unary(msg(b"x"), timeout=5), 6)
         await within(asyncio.gather(server.stop(0.2), server.stop(0.2)), 3)
         await within(server.stop(0), 2)
         await within(server.stop(None), 2)
@@ -467,42 +411,31 @@ async def test_stop_twice_and_concurrently_is_fine(runtime_dir):
 
 
 async def test_the_smaller_grace_wins(runtime_dir):
-    servicer = RecordingEcho()
-    server, port = await start_inproc(servicer)
-    channel = rpc.insecure_channel(f"127.0.0.1:{port}")
-    long_stop = None
-    try:
-        stub = echo_pb2_grpc.EchoStub(channel)
-        call = stub.Unary(msg(b"sleep:60000"), timeout=30)
+    servicer = Echo()
+    async with serve(servicer) as served:
+        channel = served.channel()
+        call = echo_pb2_grpc.EchoStub(channel).Unary(msg(b"sleep:60000"), timeout=30)
         await within(call.initial_metadata(), 5)
-        long_stop = asyncio.create_task(server.stop(10))
-        await asyncio.sleep(0.1)
+        long_stop = asyncio.create_task(served.server.stop(10))
+        await within(channel.wait_for_state_change(READY), 2)    # the stop is under way
         assert not long_stop.done()
         started = time.monotonic()
-        await within(server.stop(0), 2)
+        await within(served.server.stop(0), 2)
         await within(long_stop, 1.5)          # stop(10) ends with it, not 10 s later
         assert time.monotonic() - started < 1.5
         assert await code_of(call, 1) != _C.OK
-        assert servicer.cancelled == 1
-    finally:
-        if long_stop is not None and not long_stop.done():
-            long_stop.cancel()
-        await channel.close()
-        await server.stop(0)
+        assert servicer.cancelled_calls == 1
 
 
 async def test_wait_for_termination_returns_after_stop(runtime_dir):
-    server, _ = await start_inproc()
-    try:
+    async with serve(Echo()) as served:
+        server = served.server
         assert await within(server.wait_for_termination(timeout=0.1), 1) is False
         waiter = asyncio.create_task(server.wait_for_termination())
-        await asyncio.sleep(0.05)
-        assert not waiter.done()
+        await assert_pending(0.05, waiter)
         await within(server.stop(0), 2)
         assert await within(waiter, 1) is True
         assert await within(server.wait_for_termination(timeout=0.1), 1) is True
-    finally:
-        await server.stop(0)
 
 
 # ============================================================ 7. channel connectivity
@@ -527,8 +460,7 @@ async def test_channel_state_through_a_server_death_and_restart(runtime_dir):
         await server.wait(5)
 
         ready_task = asyncio.create_task(channel.channel_ready())
-        await asyncio.sleep(0.3)
-        assert not ready_task.done()          # nothing to be ready with
+        await assert_pending(0.3, ready_task)          # nothing to be ready with
         assert channel.get_state() != READY
 
         restarted = ServerProc("--address", f"127.0.0.1:{port}")
@@ -552,68 +484,49 @@ def free_port() -> int:
 
 
 async def test_wait_for_ready_waits_for_a_late_server_and_without_it_fails_at_once(runtime_dir):
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    server = None
-    try:
-        async with rpc.insecure_channel(target) as channel:
-            started = time.monotonic()
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await within(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"x"), timeout=5), 6)
-            assert info.value.code() == _C.UNAVAILABLE
-            assert time.monotonic() - started < 0.5     # well before its 5 s deadline
+    target = f"127.0.0.1:{free_port()}"
+    async with rpc.insecure_channel(target) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await within(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"x"), timeout=5), 6)
+        assert info.value.code() == _C.UNAVAILABLE
+        assert time.monotonic() - started < 0.5     # well before its 5 s deadline
 
-        async with rpc.insecure_channel(target) as channel:
-            stub = echo_pb2_grpc.EchoStub(channel)
-            started = time.monotonic()
-            call = stub.Unary(msg(b"patient"), timeout=8, wait_for_ready=True)
-            await asyncio.sleep(0.3)
-            assert not call.done()
-            server, _ = await start_inproc(address=target)
+    async with rpc.insecure_channel(target) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        started = time.monotonic()
+        call = stub.Unary(msg(b"patient"), timeout=8, wait_for_ready=True)
+        ending = asyncio.ensure_future(call.code())
+        await assert_pending(0.3, ending)
+        async with serve(Echo(), address=target):
             reply = await within(call, 8)
             assert reply.payload == b"patient"
+            assert await within(ending, 1) == _C.OK
             assert time.monotonic() - started >= 0.3
-    finally:
-        if server is not None:
-            await server.stop(0)
 
 
 # ============================================================ 8. what is retried
 
 async def test_call_refused_by_a_draining_server_is_retried_on_the_next_server_at_that_address(runtime_dir):
-    first_servicer, next_servicer = RecordingEcho(), RecordingEcho()
-    first, port = await start_inproc(first_servicer)
-    following = None
-    channel = rpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.service_config", RETRY_CONFIG)])
-    stopping = None
-    try:
-        stub = echo_pb2_grpc.EchoStub(channel)
+    first_servicer, next_servicer = Echo(), Echo()
+    async with serve(first_servicer) as first:
+        stub = echo_pb2_grpc.EchoStub(first.channel(options=[("grpc.service_config", RETRY_CONFIG)]))
         await within(stub.Unary(msg(b"warm"), timeout=5), 6)
         draining_call = stub.Unary(msg(b"sleep:300"), timeout=10)   # keeps `first` draining
         await within(draining_call.initial_metadata(), 5)
-        runs_before = first_servicer.runs
+        runs_before = first_servicer.started_calls
 
         call = stub.Unary(msg(b"retry-me"), timeout=5)   # opened on first's connection...
-        stopping = asyncio.create_task(first.stop(5))    # ...which starts stopping before reading it
+        stopping = asyncio.create_task(first.server.stop(5))    # ...which starts stopping before reading it
         await asyncio.sleep(0)     # request sent; first's listener closed, GOAWAY sent
-        following = rpc.server(options=[("lanerpc.lanes", "tcp")])
-        echo_pb2_grpc.add_EchoServicer_to_server(next_servicer, following)
-        assert following.add_insecure_port(f"127.0.0.1:{port}") == port
-        await following.start()
-
-        reply = await within(call, 6)
-        assert reply.payload == b"retry-me"
-        assert first_servicer.runs == runs_before      # never ran on the draining server
-        assert next_servicer.runs == 1
-        assert (await within(draining_call, 5)).payload == b"sleep:300"
-        await within(stopping, 5)
-    finally:
-        if stopping is not None and not stopping.done():
-            stopping.cancel()
-        await channel.close()
-        await first.stop(0)
-        if following is not None:
-            await following.stop(0)
+        async with serve(next_servicer, address=first.target, lanes="tcp") as following:
+            assert following.port == first.port
+            reply = await within(call, 6)
+            assert reply.payload == b"retry-me"
+            assert first_servicer.started_calls == runs_before      # never ran on the draining server
+            assert next_servicer.started_calls == 1
+            assert (await within(draining_call, 5)).payload == b"sleep:300"
+            await within(stopping, 5)
 
 
 @pytest.mark.parametrize("kind", [
@@ -621,28 +534,20 @@ async def test_call_refused_by_a_draining_server_is_retried_on_the_next_server_a
     "unary",
 ])
 async def test_call_refused_by_a_stopping_server_is_unavailable_and_never_started(kind, runtime_dir):
-    servicer = RecordingEcho()
-    server, port = await start_inproc(servicer)
-    channel = rpc.insecure_channel(f"127.0.0.1:{port}")
-    stopping = None
-    try:
-        stub = echo_pb2_grpc.EchoStub(channel)
+    servicer = Echo()
+    async with serve(servicer) as served:
+        stub = echo_pb2_grpc.EchoStub(served.channel())
         await within(stub.Unary(msg(b"warm"), timeout=5), 6)
-        runs = servicer.runs
+        runs = servicer.started_calls
         if kind == "client_stream":
             call = stub.ClientStream(timeout=5)
         else:
             call = stub.Unary(msg(b"refused"), timeout=5)
-        stopping = asyncio.create_task(server.stop(2))
+        stopping = asyncio.create_task(served.server.stop(2))
         assert await code_of(call, 3) == _C.UNAVAILABLE
         assert call.never_started is True
-        assert servicer.runs == runs
+        assert servicer.started_calls == runs
         await within(stopping, 3)
-    finally:
-        if stopping is not None and not stopping.done():
-            stopping.cancel()
-        await channel.close()
-        await server.stop(0)
 
 
 async def test_call_that_may_have_run_is_never_retried(runtime_dir, tmp_path):
@@ -666,12 +571,13 @@ async def test_call_that_may_have_run_is_never_retried(runtime_dir, tmp_path):
             await within(call, 3)
         assert info.value.code() == _C.UNAVAILABLE
         assert call.never_started is False
-        await asyncio.sleep(0.5)     # time for a (wrong) retry to reach the new server
+        # The channel works. A (wrong) retry would have been sent before the call
+        # failed, so ahead of this call on the connection: it would be counted by now.
+        reply = await within(stub.Unary(msg(b"after"), timeout=5), 6)
+        assert reply.payload == b"after"
         with open(counter) as f:
             runs = f.read().split()
         assert runs == [str(server.pid)]
-        reply = await within(stub.Unary(msg(b"after"), timeout=5), 6)   # the channel works
-        assert reply.payload == b"after"
     finally:
         if channel is not None:
             await channel.close()

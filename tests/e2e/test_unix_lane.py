@@ -11,17 +11,14 @@ import pytest
 
 import rpc
 from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
+from tests._support import serve
 from tests.e2e._greeter import PidGreeter
 from tests.e2e.conftest import PYTHON, last_json, need_root_and, run_child
 
 
-async def start_unix_server(path: str, options=None):
-    greeter = PidGreeter()
-    server = rpc.server(options=options)
-    helloworld_pb2_grpc.add_GreeterServicer_to_server(greeter, server)
-    server.add_insecure_port("unix:" + path)
-    await server.start()
-    return server, greeter
+def serve_unix(path: str, greeter=None, options=None):
+    """A server of ``greeter`` (a fresh PidGreeter by default) on the socket file ``path``."""
+    return serve(greeter or PidGreeter(), address="unix:" + path, options=options)
 
 
 async def say(channel) -> str:
@@ -33,23 +30,16 @@ async def say(channel) -> str:
 async def test_target_spellings(tmp_path, monkeypatch, spelling):
     path = str(tmp_path / "greeter.sock")
     monkeypatch.chdir(tmp_path)
-    server, _ = await start_unix_server(path)
-    try:
-        target = spelling.format(abs=path, rel="greeter.sock")
-        async with rpc.insecure_channel(target, options=[("lanerpc.lanes", "unix")]) as channel:
-            assert await say(channel) == f"u@{os.getpid()}"
-            assert channel.lane == "unix"
-    finally:
-        await server.stop(0)
+    async with serve_unix(path) as served:
+        channel = served.channel(spelling.format(abs=path, rel="greeter.sock"), lanes="unix")
+        assert await say(channel) == f"u@{os.getpid()}"
+        assert channel.lane == "unix"
 
 
 async def test_socket_file_is_owner_only_and_removed_on_stop(tmp_path):
     path = str(tmp_path / "s.sock")
-    server, _ = await start_unix_server(path)
-    try:
+    async with serve_unix(path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    finally:
-        await server.stop(0)
     assert not os.path.exists(path)
 
 
@@ -59,37 +49,25 @@ async def test_stale_socket_file_does_not_stop_a_new_server(tmp_path):
     dead.bind(path)       # a socket file nobody listens on: what a killed server leaves
     dead.close()
     assert os.path.exists(path)
-    server, _ = await start_unix_server(path)
-    try:
-        async with rpc.insecure_channel("unix:" + path) as channel:
-            await say(channel)
-    finally:
-        await server.stop(0)
+    async with serve_unix(path) as served:
+        assert await say(served.channel()) == f"u@{os.getpid()}"
 
 
 async def test_a_live_servers_path_is_never_taken(tmp_path):
     path = str(tmp_path / "s.sock")
-    server, _ = await start_unix_server(path)
-    try:
-        second = rpc.server()
+    async with serve_unix(path) as served:
         with pytest.raises(RuntimeError, match="in use"):
-            second.add_insecure_port("unix:" + path)
-        async with rpc.insecure_channel("unix:" + path) as channel:
-            assert await say(channel) == f"u@{os.getpid()}"
-    finally:
-        await server.stop(0)
+            async with serve_unix(path):
+                pass
+        assert await say(served.channel()) == f"u@{os.getpid()}"
 
 
 async def test_unix_target_refused_when_lanes_exclude_unix(tmp_path):
     path = str(tmp_path / "s.sock")
-    server, _ = await start_unix_server(path)
-    try:
-        async with rpc.insecure_channel("unix:" + path, options=[("lanerpc.lanes", "tcp")]) as ch:
-            with pytest.raises(rpc.AioRpcError) as info:
-                await say(ch)
-            assert "excludes unix" in info.value.details()
-    finally:
-        await server.stop(0)
+    async with serve_unix(path) as served:
+        with pytest.raises(rpc.AioRpcError) as info:
+            await say(served.channel(lanes="tcp"))
+        assert "excludes unix" in info.value.details()
 
 
 @pytest.fixture
@@ -109,10 +87,10 @@ async def test_only_admitted_uids_reach_handlers(shared_dir, admitted):
     other = 65534
     path = os.path.join(shared_dir, "s.sock")
     allowed = str(other) if admitted else "12345"
-    server, greeter = await start_unix_server(path, options=[("lanerpc.allowed_uids", allowed)])
-    try:
+    greeter = PidGreeter()
+    async with serve_unix(path, greeter, options=[("lanerpc.allowed_uids", allowed)]) as served:
         rc, out, err = await run_child(
-            PYTHON, "-m", "tests.e2e._as_uid_client", str(other), "unix:" + path)
+            PYTHON, "-m", "tests.e2e._as_uid_client", str(other), served.target)
         assert rc == 0, err
         result = last_json(out)
         if admitted:
@@ -122,5 +100,3 @@ async def test_only_admitted_uids_reach_handlers(shared_dir, admitted):
             assert result["code"] == "PERMISSION_DENIED"
             assert f"uid {other}" in result["details"]
             assert greeter.calls == 0
-    finally:
-        await server.stop(0)

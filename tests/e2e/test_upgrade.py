@@ -20,18 +20,10 @@ import pytest
 
 import rpc
 from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
+from tests._support import serve
 from tests.e2e._greeter import PidGreeter
 from tests.e2e.conftest import PYTHON, last_json, need_root_and, run_child
 
-
-
-async def start_server(address: str = "127.0.0.1:0", options=None):
-    greeter = PidGreeter()
-    server = rpc.server(options=options)
-    helloworld_pb2_grpc.add_GreeterServicer_to_server(greeter, server)
-    port = server.add_insecure_port(address)
-    await server.start()
-    return server, port, greeter
 
 
 async def say(channel, name: str = "x") -> str:
@@ -42,59 +34,44 @@ async def say(channel, name: str = "x") -> str:
 
 @pytest.mark.parametrize("lanes,lane", [("unix,tcp", "unix"), (None, "shm")])
 async def test_loopback_client_is_moved_to_a_local_lane(lanes, lane):
-    server, port, _ = await start_server()
-    try:
-        options = [("lanerpc.lanes", lanes)] if lanes else None
-        async with rpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            assert channel.lane is None
-            assert await say(channel) == f"x@{os.getpid()}"
-            assert channel.lane == lane
-            results = await asyncio.gather(*(say(channel, str(i)) for i in range(50)))
-            assert results == [f"{i}@{os.getpid()}" for i in range(50)]
-            assert channel.lane == lane
-        assert server.stats.connections_total[lane] == 1
-    finally:
-        await server.stop(0)
+    async with serve(PidGreeter()) as served:
+        channel = served.channel(lanes=lanes)
+        assert channel.lane is None
+        assert await say(channel) == f"x@{os.getpid()}"
+        assert channel.lane == lane
+        results = await asyncio.gather(*(say(channel, str(i)) for i in range(50)))
+        assert results == [f"{i}@{os.getpid()}" for i in range(50)]
+        assert channel.lane == lane
+        await served.close_channels()
+        assert served.server.stats.connections_total[lane] == 1
 
 
 async def test_localhost_name_is_moved_to_unix():
-    server, port, _ = await start_server("localhost:0")
-    try:
-        async with rpc.insecure_channel(f"localhost:{port}") as channel:
-            await say(channel)
-            assert channel.lane == "shm"
-    finally:
-        await server.stop(0)
+    async with serve(PidGreeter(), address="localhost:0") as served:
+        assert served.target.startswith("localhost:")
+        channel = served.channel()
+        await say(channel)
+        assert channel.lane == "shm"
 
 
 @pytest.mark.parametrize("side", ["client", "server"])
 async def test_lanes_tcp_turns_the_upgrade_off(side):
-    opts = [("lanerpc.lanes", "tcp")]
-    server, port, _ = await start_server(options=opts if side == "server" else None)
-    try:
+    tcp = "tcp"
+    async with serve(PidGreeter(), lanes=tcp if side == "server" else None) as served:
         if side == "server":
-            assert server.upgrade_path is None
-        async with rpc.insecure_channel(f"127.0.0.1:{port}",
-                                        options=opts if side == "client" else None) as channel:
-            await say(channel)
-            assert channel.lane == "tcp"
-    finally:
-        await server.stop(0)
+            assert served.server.upgrade_path is None
+        channel = served.channel(lanes=tcp if side == "client" else None)
+        await say(channel)
+        assert channel.lane == "tcp"
 
 
 async def test_environment_variable_sets_lanes(monkeypatch):
-    server, port, _ = await start_server()
-    try:
-        monkeypatch.setenv("LANERPC_LANES", "tcp")
-        async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with serve(PidGreeter()) as served:
+        for lanes, lane in (("tcp", "tcp"), ("unix,tcp", "unix")):
+            monkeypatch.setenv("LANERPC_LANES", lanes)
+            channel = served.channel()
             await say(channel)
-            assert channel.lane == "tcp"
-        monkeypatch.setenv("LANERPC_LANES", "unix,tcp")
-        async with rpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await say(channel)
-            assert channel.lane == "unix"
-    finally:
-        await server.stop(0)
+            assert channel.lane == lane
 
 
 def test_bad_lanes_option_is_a_clear_error():
@@ -103,33 +80,24 @@ def test_bad_lanes_option_is_a_clear_error():
 
 
 async def test_upgrade_socket_is_private_and_removed_on_stop():
-    server, port, _ = await start_server()
-    path = server.upgrade_path
-    assert path is not None
-    directory = os.path.dirname(path)
-    try:
+    async with serve(PidGreeter()) as served:
+        path = served.server.upgrade_path
+        assert path is not None
+        directory = os.path.dirname(path)
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_ISSOCK(os.stat(path).st_mode)
-    finally:
-        await server.stop(0)
     assert not os.path.exists(path)
     assert not os.path.exists(directory)
 
 
 async def test_a_second_server_gets_its_own_upgrade_socket():
-    first, port1, _ = await start_server()
-    second, port2, _ = await start_server()
-    try:
-        assert first.upgrade_path != second.upgrade_path
-        async with rpc.insecure_channel(f"127.0.0.1:{port1}") as a, \
-                rpc.insecure_channel(f"127.0.0.1:{port2}") as b:
-            await say(a)
-            await say(b)
-            assert (a.lane, b.lane) == ("shm", "shm")
-    finally:
-        await first.stop(0)
-        await second.stop(0)
+    async with serve(PidGreeter()) as first, serve(PidGreeter()) as second:
+        assert first.server.upgrade_path != second.server.upgrade_path
+        a, b = first.channel(), second.channel()
+        await say(a)
+        await say(b)
+        assert (a.lane, b.lane) == ("shm", "shm")
 
 
 async def test_stale_upgrade_directory_of_a_killed_server_is_swept(tmp_path, monkeypatch):
@@ -149,14 +117,12 @@ async def test_stale_upgrade_directory_of_a_killed_server_is_swept(tmp_path, mon
     finally:
         proc.kill()
         proc.wait(10)
+        proc.stdout.close()
     stale_dir = os.path.dirname(stale_path)
     os.utime(stale_dir, (0, 0))     # older than the sweep's grace period
-    server, _, _ = await start_server()
-    try:
+    async with serve(PidGreeter()) as served:
         assert not os.path.exists(stale_dir)
-        assert os.path.dirname(server.upgrade_path) != stale_dir
-    finally:
-        await server.stop(0)
+        assert os.path.dirname(served.server.upgrade_path) != stale_dir
 
 
 # ------------------------------------------------------------------ namespaces
@@ -172,28 +138,34 @@ def private_runtime_dir(monkeypatch):
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _private_tmp(runtime_dir: str, *argv: str) -> list[str]:
-    """argv in a new mount namespace with its own runtime dir and /dev/shm."""
+def _private_tmp(runtime_dir: str) -> list[str]:
+    """A command prefix: what follows runs in a new mount namespace with its own runtime
+    dir and /dev/shm."""
     script = (f"mount -t tmpfs tmpfs {runtime_dir} && mount -t tmpfs tmpfs /dev/shm && "
               "exec \"$@\"")
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+async def ns_client(prefix: list[str], target: str, *args: str) -> dict:
+    """Run tests/e2e/_ns_client.py (ten calls to ``target``) behind the command
+    ``prefix``; check it got ten answers from this process, without an error; return
+    its result."""
+    rc, out, err = await run_child(*prefix, PYTHON, "-m", "tests.e2e._ns_client", target,
+                                   "--calls", "10", *args)
+    assert rc == 0, err
+    result = last_json(out)
+    assert result["errors"] == []
+    assert result["replies"] == [f"{i}@{os.getpid()}" for i in range(10)]
+    return result
 
 
 async def test_client_in_private_mount_namespace_stays_on_tcp(private_runtime_dir):
     need_root_and("unshare")
-    server, port, greeter = await start_server()
-    try:
-        rc, out, err = await run_child(*_private_tmp(
-            private_runtime_dir,
-            PYTHON, "-m", "tests.e2e._ns_client", f"127.0.0.1:{port}", "--calls", "10"))
-        assert rc == 0, err
-        result = last_json(out)
-        assert result["errors"] == []
-        assert result["replies"] == [f"{i}@{os.getpid()}" for i in range(10)]
+    greeter = PidGreeter()
+    async with serve(greeter) as served:
+        result = await ns_client(_private_tmp(private_runtime_dir), served.target)
         assert result["lane"] == "tcp"
         assert greeter.calls == 10
-    finally:
-        await server.stop(0)
 
 
 @pytest.mark.parametrize("kind", ["lanerpc", "silent"])
@@ -201,21 +173,13 @@ async def test_decoy_at_the_advertised_path_is_never_used(kind, private_runtime_
     """Another process listening at the advertised path, unable to answer the
     challenge (a lanerpc server of its own, or one that never answers)."""
     need_root_and("unshare")
-    server, port, greeter = await start_server()
-    try:
-        rc, out, err = await run_child(*_private_tmp(
-            private_runtime_dir,
-            PYTHON, "-m", "tests.e2e._ns_client", f"127.0.0.1:{port}", "--calls", "10",
-            "--decoy", server.upgrade_path, "--decoy-kind", kind))
-        assert rc == 0, err
-        result = last_json(out)
-        assert result["errors"] == []
+    greeter = PidGreeter()
+    async with serve(greeter) as served:
+        result = await ns_client(_private_tmp(private_runtime_dir), served.target,
+                                 "--decoy", served.server.upgrade_path, "--decoy-kind", kind)
         assert result["lane"] == "tcp"
         assert result["decoy_calls"] == 0
-        assert result["replies"] == [f"{i}@{os.getpid()}" for i in range(10)]
         assert greeter.calls == 10
-    finally:
-        await server.stop(0)
 
 
 class _NetNamespace:
@@ -258,19 +222,10 @@ async def test_client_in_another_network_namespace_same_filesystem_is_upgraded()
     except (subprocess.CalledProcessError, OSError) as exc:
         pytest.skip(f"can't make a network namespace here: {exc}")
     try:
-        server, port, greeter = await start_server("0.0.0.0:0")
-        try:
-            rc, out, err = await run_child(
-                "ip", "netns", "exec", netns.name,
-                PYTHON, "-m", "tests.e2e._ns_client", f"{netns.host_ip}:{port}", "--calls", "10")
-            assert rc == 0, err
-            result = last_json(out)
-            assert result["errors"] == []
-            assert result["replies"] == [f"{i}@{os.getpid()}" for i in range(10)]
+        async with serve(PidGreeter(), address="0.0.0.0:0") as served:
+            result = await ns_client(["ip", "netns", "exec", netns.name], f"{netns.host_ip}:{served.port}")
             assert result["lane"] == "shm"       # same /dev/shm too: the fastest lane
-            assert server.stats.connections_total["shm"] == 1
-        finally:
-            await server.stop(0)
+            assert served.server.stats.connections_total["shm"] == 1
     finally:
         netns.__exit__()
 
@@ -282,8 +237,5 @@ async def test_sweep_leaves_other_directories_alone(tmp_path, monkeypatch):
         directory.mkdir()
         (directory / "data").write_text("not ours to remove")
         os.utime(directory, (0, 0))
-    server, _, _ = await start_server()
-    try:
+    async with serve(PidGreeter()):
         assert all((directory / "data").exists() for directory in keep)
-    finally:
-        await server.stop(0)

@@ -12,26 +12,8 @@ import pytest
 from grpc import aio
 
 import rpc
-from examples.echo import echo_pb2, echo_pb2_grpc
-
-
-class Echo(echo_pb2_grpc.EchoServicer):
-    async def Unary(self, request, context):
-        if request.payload == b"fail":
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "asked to fail")
-        context.set_trailing_metadata((("served-by", type(context).__module__.split(".")[0]),))
-        return request
-
-    async def ServerStream(self, request, context):
-        for i in range(3):
-            yield echo_pb2.EchoMessage(payload=request.payload + b"%d" % i)
-
-    async def ClientStream(self, request_iterator, context):
-        return echo_pb2.EchoMessage(payload=b"".join([r.payload async for r in request_iterator]))
-
-    async def Bidi(self, request_iterator, context):
-        async for request in request_iterator:
-            yield request
+from examples.echo import echo_pb2_grpc
+from tests._support import Echo, msg, serve
 
 
 class Tag(aio.ServerInterceptor):
@@ -47,98 +29,68 @@ class Tag(aio.ServerInterceptor):
 
 async def every_call_kind(channel) -> None:
     stub = echo_pb2_grpc.EchoStub(channel)
-    call = stub.Unary(echo_pb2.EchoMessage(payload=b"hi"), timeout=5)
+    call = stub.Unary(msg(b"hi"), timeout=5)
     assert (await call).payload == b"hi"
-    got = [r.payload async for r in stub.ServerStream(echo_pb2.EchoMessage(payload=b"s"), timeout=5)]
+    got = [r.payload async for r in stub.ServerStream(msg(b"s"), timeout=5)]
     assert got == [b"s0", b"s1", b"s2"]
-    reqs = [echo_pb2.EchoMessage(payload=bytes([97 + i])) for i in range(3)]
+    reqs = [msg(bytes([97 + i])) for i in range(3)]
     assert (await stub.ClientStream(iter(reqs), timeout=5)).payload == b"abc"
     assert [r.payload async for r in stub.Bidi(iter(reqs), timeout=5)] == [b"a", b"b", b"c"]
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Unary(echo_pb2.EchoMessage(payload=b"fail"), timeout=5)
+        await stub.Unary(msg(b"fail"), timeout=5)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert info.value.details() == "asked to fail"
 
 
 async def test_grpc_port_serves_grpc_clients_beside_the_lanerpc_port():
     tag = Tag()
-    server = rpc.server(interceptors=[tag])
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
-    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
-    grpc_port = server.add_insecure_port("grpc://127.0.0.1:0")
-    assert grpc_port > 0 and grpc_port != lanerpc_port
-    await server.start()
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            await every_call_kind(channel)
-            call = echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=5)
-            await call
-            # The handler ran on grpcio's server, with grpcio's context.
-            assert ("served-by", "grpc") in tuple(await call.trailing_metadata())
-        async with rpc.insecure_channel(f"127.0.0.1:{lanerpc_port}") as channel:
-            await every_call_kind(channel)
-            assert channel.lane in ("unix", "shm")
+    async with serve(Echo(), address=["127.0.0.1:0", "grpc://127.0.0.1:0"], interceptors=[tag]) as served:
+        lanerpc_target, grpc_target = served.targets
+        assert lanerpc_target != grpc_target
+        channel = served.channel(grpc_target, plain_grpc=True)
+        await every_call_kind(channel)
+        reply = await echo_pb2_grpc.EchoStub(channel).Unary(msg(b"peer"), timeout=5)
+        # The handler ran on grpcio's server, with grpcio's context.
+        assert reply.payload.split(b"|")[1:3] == [b"None", b"grpc"]
+        channel = served.channel(lanerpc_target)
+        await every_call_kind(channel)
+        assert channel.lane in ("unix", "shm")
         # The interceptor saw the calls of both ports.
         assert tag.methods.count("/lanerpc.echo.Echo/Unary") == 5
-    finally:
-        await server.stop(0)
 
 
 async def test_a_server_with_only_a_grpc_port_starts_and_stops():
-    server = rpc.server()
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
-    port = server.add_insecure_port("grpc://127.0.0.1:0")
-    await server.start()
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = echo_pb2_grpc.EchoStub(channel)
-        assert (await stub.Unary(echo_pb2.EchoMessage(payload=b"x"), timeout=5)).payload == b"x"
-        await asyncio.wait_for(server.stop(1), 5)
-        assert await asyncio.wait_for(server.wait_for_termination(), 5)
+    async with serve(Echo(), address="grpc://127.0.0.1:0") as served:
+        stub = echo_pb2_grpc.EchoStub(served.channel(plain_grpc=True))
+        assert (await stub.Unary(msg(b"x"), timeout=5)).payload == b"x"
+        await asyncio.wait_for(served.server.stop(1), 5)
+        assert await asyncio.wait_for(served.server.wait_for_termination(), 5)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Unary(echo_pb2.EchoMessage(), timeout=1)
+            await stub.Unary(msg(), timeout=1)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_stop_drains_calls_in_flight_on_the_grpc_port():
-    started = asyncio.Event()
-
-    class Slow(Echo):
-        async def Unary(self, request, context):
-            started.set()
-            await asyncio.sleep(0.2)
-            return request
-
-    server = rpc.server()
-    echo_pb2_grpc.add_EchoServicer_to_server(Slow(), server)
-    port = server.add_insecure_port("grpc://127.0.0.1:0")
-    await server.start()
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"late"), timeout=5)
-        await asyncio.wait_for(started.wait(), 5)
-        await asyncio.wait_for(server.stop(5), 10)
-        assert (await call).payload == b"late"
+    servicer = Echo()
+    async with serve(servicer, address="grpc://127.0.0.1:0") as served:
+        call = echo_pb2_grpc.EchoStub(served.channel(plain_grpc=True)).Unary(msg(b"sleep:200"), timeout=5)
+        await asyncio.wait_for(servicer.started.wait(), 5)
+        await asyncio.wait_for(served.server.stop(5), 10)
+        assert (await call).payload == b"sleep:200"
 
 
 @pytest.mark.parametrize("how", ["scheme", "option"])
 async def test_lanerpc_channel_dials_a_plain_grpc_server(how):
-    server = aio.server()
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with serve(Echo(), plain_grpc=True) as served:
         if how == "scheme":
-            channel = rpc.insecure_channel(f"grpc://127.0.0.1:{port}")
+            channel = served.channel(f"grpc://{served.target}")
         else:
-            channel = rpc.insecure_channel(f"127.0.0.1:{port}",
-                                           options=[("lanerpc.protocol", "grpc")])
-        async with channel:
-            assert isinstance(channel, rpc.GrpcChannel)
-            assert isinstance(channel, grpc.aio.Channel)
-            assert channel.lane is None
-            await every_call_kind(channel)
-            assert channel.lane == "tcp"
-    finally:
-        await server.stop(0)
+            channel = served.channel(options=[("lanerpc.protocol", "grpc")])
+        assert isinstance(channel, rpc.GrpcChannel)
+        assert isinstance(channel, grpc.aio.Channel)
+        assert channel.lane is None
+        await every_call_kind(channel)
+        assert channel.lane == "tcp"
 
 
 def test_bad_protocol_option_and_empty_scheme_are_refused():
@@ -183,51 +135,25 @@ def certs(tmp_path_factory):
 
 
 async def test_tls_port_and_secure_channel(certs):
-    server = rpc.server()
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
     creds = grpc.ssl_server_credentials([(certs["server.key"], certs["server.pem"])])
-    port = server.add_secure_port("localhost:0", creds)
-    await server.start()
-    try:
+    async with serve(Echo(), address="localhost:0", credentials=creds) as served:
         trusted = grpc.ssl_channel_credentials(root_certificates=certs["ca.pem"])
-        async with rpc.secure_channel(f"localhost:{port}", trusted) as channel:
-            await every_call_kind(channel)
-            assert channel.lane == "tcp"
-        # A client that does not trust the CA gets nothing through.
-        async with aio.secure_channel(f"localhost:{port}",
-                                      grpc.ssl_channel_credentials()) as channel:
+        channel = served.keep(rpc.secure_channel(served.target, trusted))
+        await every_call_kind(channel)
+        assert channel.lane == "tcp"
+        for refused in (
+            # A client that does not trust the CA gets nothing through.
+            aio.secure_channel(served.target, grpc.ssl_channel_credentials()),
+            # Plaintext to the TLS port fails too: TLS is not optional there.
+            aio.insecure_channel(served.target),
+        ):
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=3)
+                await echo_pb2_grpc.EchoStub(served.keep(refused)).Unary(msg(), timeout=3)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        # Plaintext to the TLS port fails too: TLS is not optional there.
-        async with aio.insecure_channel(f"localhost:{port}") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=3)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        await server.stop(0)
 
 
 # -- the inner server's life follows the lanerpc server's ------------------------------
-
-def test_grpc_port_of_a_server_made_outside_any_loop():
-    """rpc.serve(server) style: the server is built before a loop runs."""
-    server = rpc.server()
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
-    port = server.add_insecure_port("grpc://127.0.0.1:0")
-
-    async def main():
-        await server.start()
-        try:
-            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                reply = await echo_pb2_grpc.EchoStub(channel).Unary(
-                    echo_pb2.EchoMessage(payload=b"early"), timeout=5)
-                assert reply.payload == b"early"
-        finally:
-            await server.stop(0)
-
-    asyncio.run(main())
-
+# (A server made before any loop runs: tests/rpc/test_loops.py.)
 
 def can_bind(port: int) -> bool:
     import socket
@@ -249,22 +175,12 @@ async def test_stop_before_start_gives_the_grpc_port_back():
 
 
 async def test_handlers_added_after_start_reach_the_grpc_port():
-    server = rpc.server()
-    port = server.add_insecure_port("grpc://127.0.0.1:0")
-    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
-        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"late"),
-                                                                timeout=5)
+    async with serve(address=["grpc://127.0.0.1:0", "127.0.0.1:0"]) as served:
+        echo_pb2_grpc.add_EchoServicer_to_server(Echo(), served.server)
+        grpc_target, lanerpc_target = served.targets
+        for channel in (served.channel(grpc_target, plain_grpc=True), served.channel(lanerpc_target)):
+            reply = await echo_pb2_grpc.EchoStub(channel).Unary(msg(b"late"), timeout=5)
             assert reply.payload == b"late"
-        async with rpc.insecure_channel(f"127.0.0.1:{lanerpc_port}") as channel:
-            reply = await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"late"),
-                                                                timeout=5)
-            assert reply.payload == b"late"
-    finally:
-        await server.stop(0)
 
 
 async def test_refused_credentials_leave_no_port():

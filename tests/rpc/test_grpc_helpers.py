@@ -13,8 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
+from tests._support import msg, serve
 
 
 @pytest.fixture(params=["tcp", "unix,tcp", "shm,unix,tcp"], ids=["tcp", "unix", "shm"])
@@ -23,59 +23,43 @@ def lanes(request):
     return request.param
 
 
-async def start(servicers, lanes: str):
-    server = rpc.server(options=[("lanerpc.lanes", lanes)])
-    for add in servicers:
-        add(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = rpc.insecure_channel(f"127.0.0.1:{port}", options=[("lanerpc.lanes", lanes)])
-    return server, channel
-
-
 async def test_health_check_and_watch(lanes):
     servicer = health.aio.HealthServicer()
-    server, channel = await start(
-        [lambda s: health_pb2_grpc.add_HealthServicer_to_server(servicer, s)], lanes)
-    try:
-        async with channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            await servicer.set("echo", health_pb2.HealthCheckResponse.SERVING)
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service="echo"), timeout=5)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
-            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    async with serve(lambda s: health_pb2_grpc.add_HealthServicer_to_server(servicer, s),
+                     lanes=lanes) as served:
+        channel = served.channel(lanes=lanes)
+        stub = health_pb2_grpc.HealthStub(channel)
+        await servicer.set("echo", health_pb2.HealthCheckResponse.SERVING)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service="echo"), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
-            watch = stub.Watch(health_pb2.HealthCheckRequest(service="echo"), timeout=5)
-            first = await asyncio.wait_for(watch.read(), 5)
-            assert first.status == health_pb2.HealthCheckResponse.SERVING
-            await servicer.set("echo", health_pb2.HealthCheckResponse.NOT_SERVING)
-            second = await asyncio.wait_for(watch.read(), 5)
-            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            watch.cancel()
-            assert channel.lane == lanes.split(",")[0]
-    finally:
-        await server.stop(0)
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service="echo"), timeout=5)
+        first = await asyncio.wait_for(watch.read(), 5)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        await servicer.set("echo", health_pb2.HealthCheckResponse.NOT_SERVING)
+        second = await asyncio.wait_for(watch.read(), 5)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        assert channel.lane == lanes.split(",")[0]
 
 
 async def test_reflection_lists_and_describes_services(lanes):
     names = (echo_pb2.DESCRIPTOR.services_by_name["Echo"].full_name, reflection.SERVICE_NAME)
-    server, channel = await start([lambda s: reflection.enable_server_reflection(names, s)], lanes)
-    try:
-        async with channel:
-            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-            requests = [
-                reflection_pb2.ServerReflectionRequest(list_services=""),
-                reflection_pb2.ServerReflectionRequest(file_containing_symbol=names[0]),
-            ]
-            replies = [r async for r in stub.ServerReflectionInfo(iter(requests), timeout=5)]
-            listed = {s.name for s in replies[0].list_services_response.service}
-            assert listed == set(names)
-            files = replies[1].file_descriptor_response.file_descriptor_proto
-            assert files and b"Echo" in files[0]
-    finally:
-        await server.stop(0)
+    async with serve(lambda s: reflection.enable_server_reflection(names, s), lanes=lanes) as served:
+        channel = served.channel(lanes=lanes)
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=names[0]),
+        ]
+        replies = [r async for r in stub.ServerReflectionInfo(iter(requests), timeout=5)]
+        listed = {s.name for s in replies[0].list_services_response.service}
+        assert listed == set(names)
+        files = replies[1].file_descriptor_response.file_descriptor_proto
+        assert files and b"Echo" in files[0]
 
 
 class RichErrors(echo_pb2_grpc.EchoServicer):
@@ -88,19 +72,15 @@ class RichErrors(echo_pb2_grpc.EchoServicer):
 
 
 async def test_rich_error_details_round_trip(lanes):
-    server, channel = await start(
-        [lambda s: echo_pb2_grpc.add_EchoServicer_to_server(RichErrors(), s)], lanes)
-    try:
-        async with channel:
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(), timeout=5)
-            error = info.value
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert error.details() == "payload is empty"
-            status = rpc_status.from_call(error)
-            assert status is not None and status.message == "payload is empty"
-            bad = error_details_pb2.BadRequest()
-            assert status.details[0].Unpack(bad)
-            assert bad.field_violations[0].field == "payload"
-    finally:
-        await server.stop(0)
+    async with serve(RichErrors(), lanes=lanes) as served:
+        channel = served.channel(lanes=lanes)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5)
+        error = info.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == "payload is empty"
+        status = rpc_status.from_call(error)
+        assert status is not None and status.message == "payload is empty"
+        bad = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(bad)
+        assert bad.field_violations[0].field == "payload"

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
-import rpc
-from examples.echo import echo_pb2, echo_pb2_grpc
+from examples.echo import echo_pb2_grpc
 from rpc._link import Link
 from rpc.transports import _spin
+from tests._support import Echo, msg, serve, wait_until
 
 # The budget is widened from its default (tens of µs) so that what is tested is the
 # mechanism, not whether this machine answers within it while other tests run.
@@ -24,92 +25,66 @@ def wide_budget(monkeypatch):
     monkeypatch.setattr(_spin, "cpus_available", lambda: 2)   # one CPU: never spins
 
 
-class Echo(echo_pb2_grpc.EchoServicer):
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-
-    async def Unary(self, request, context):
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return request
-
-
 UNIX_ONLY = [("lanerpc.lanes", "unix")]   # not switched on to shm, which polls its own way
 
 
-async def serve(tmp_path, delay: float = 0.0):
-    server = rpc.server(options=UNIX_ONLY)
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(delay), server)
-    server.add_insecure_port(f"unix:{tmp_path}/echo.sock")
-    await server.start()
-    return server, f"unix:{tmp_path}/echo.sock"
+def serve_unix(tmp_path, delay: float = 0.0):
+    """A unix-lane server whose Echo answers after ``delay`` seconds."""
+    return serve(Echo(delay), address=f"unix:{tmp_path}/echo.sock", options=UNIX_ONLY)
 
 
 async def calls(stub, n: int) -> None:
     for i in range(n):
-        reply = await stub.Unary(echo_pb2.EchoMessage(payload=b"%d" % i), timeout=5)
+        reply = await stub.Unary(msg(b"%d" % i), timeout=5)
         assert reply.payload == b"%d" % i
 
 
 async def test_quick_answers_are_caught_awake(tmp_path):
-    server, target = await serve(tmp_path)
-    try:
-        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
-            await calls(echo_pb2_grpc.EchoStub(channel), 50)
-            assert channel.lane == "unix"
-            awake = channel._link._awake
-            # Client and server share this loop, so the answer comes while the
-            # client polls: keep-awake pays and stays on.
-            assert awake.spins >= 45
-            assert awake.catches >= awake.spins - 2
-            assert awake.skipped == 0
-    finally:
-        await server.stop(0)
+    async with serve_unix(tmp_path) as served:
+        channel = served.channel(options=UNIX_ONLY)
+        await calls(echo_pb2_grpc.EchoStub(channel), 50)
+        assert channel.lane == "unix"
+        awake = channel._link._awake
+        # Client and server share this loop, so the answer comes while the
+        # client polls: keep-awake pays and stays on.
+        assert awake.spins >= 45
+        assert awake.catches >= awake.spins - 2
+        assert awake.skipped == 0
 
 
 async def test_slow_answers_turn_it_off(tmp_path):
-    server, target = await serve(tmp_path, delay=0.02)
-    try:
-        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
-            await calls(echo_pb2_grpc.EchoStub(channel), 30)
-            awake = channel._link._awake
-            # A 20 ms handler is never caught within the budget: after a few misses
-            # the client only probes now and then.
-            assert awake.catches == 0
-            assert awake.spins < 12
-            assert awake.skipped > 18
-    finally:
-        await server.stop(0)
+    async with serve_unix(tmp_path, delay=0.02) as served:
+        channel = served.channel(options=UNIX_ONLY)
+        await calls(echo_pb2_grpc.EchoStub(channel), 30)
+        awake = channel._link._awake
+        # A 20 ms handler is never caught within the budget: after a few misses
+        # the client only probes now and then.
+        assert awake.catches == 0
+        assert awake.spins < 12
+        assert awake.skipped > 18
 
 
 async def test_nothing_spins_once_the_calls_are_done(tmp_path):
-    server, target = await serve(tmp_path)
-    try:
-        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
-            await calls(echo_pb2_grpc.EchoStub(channel), 5)
-            await asyncio.sleep(0.01)
-            assert channel._link._awake_until == 0.0
-            (server_link,) = server._links
-            assert server_link._awake_until == 0.0
-            ready = len(asyncio.get_running_loop()._ready)  # type: ignore[attr-defined]
-            assert ready == 0
-    finally:
-        await server.stop(0)
+    async with serve_unix(tmp_path) as served:
+        channel = served.channel(options=UNIX_ONLY)
+        await calls(echo_pb2_grpc.EchoStub(channel), 5)
+        (server_link,) = served.server._links
+        # Both ends stop polling within the budget (twice over, for the loop's turns).
+        await wait_until(lambda: channel._link._awake_until == server_link._awake_until == 0.0,
+                         timeout=2 * BUDGET_US / 1e6)
+        ready = len(asyncio.get_running_loop()._ready)  # type: ignore[attr-defined]
+        assert ready == 0
 
 
 async def test_many_calls_at_once_do_not_spin(tmp_path):
-    server, target = await serve(tmp_path)
-    try:
-        async with rpc.insecure_channel(target, options=UNIX_ONLY) as channel:
-            stub = echo_pb2_grpc.EchoStub(channel)
-            await stub.Unary(echo_pb2.EchoMessage(), timeout=5)   # connected
-            before = channel._link._awake.spins
-            await asyncio.gather(*(stub.Unary(echo_pb2.EchoMessage(), timeout=5)
-                                   for _ in range(32)))
-            # Only a call that finds no other in flight keeps the loop awake.
-            assert channel._link._awake.spins - before <= 1
-    finally:
-        await server.stop(0)
+    async with serve_unix(tmp_path) as served:
+        channel = served.channel(options=UNIX_ONLY)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await stub.Unary(msg(), timeout=5)   # connected
+        before = channel._link._awake.spins
+        await asyncio.gather(*(stub.Unary(msg(), timeout=5) for _ in range(32)))
+        # Only a call that finds no other in flight keeps the loop awake.
+        assert channel._link._awake.spins - before <= 1
 
 
 def test_budget_is_kept_on_uvloop(tmp_path, monkeypatch):
@@ -120,44 +95,32 @@ def test_budget_is_kept_on_uvloop(tmp_path, monkeypatch):
     import time
 
     monkeypatch.setattr(Link, "_AWAKE_US", 50.0)
-    never = None
-
-    class Silent(echo_pb2_grpc.EchoServicer):
-        async def Unary(self, request, context):
-            await never.wait()
 
     async def main():
-        nonlocal never
-        never = asyncio.Event()
-        server = rpc.server(options=UNIX_ONLY)
-        echo_pb2_grpc.add_EchoServicer_to_server(Silent(), server)
-        server.add_insecure_port(f"unix:{tmp_path}/silent.sock")
-        await server.start()
         durations = []
-        try:
-            async with rpc.insecure_channel(f"unix:{tmp_path}/silent.sock",
-                                            options=UNIX_ONLY) as channel:
-                await channel.channel_ready()
-                stub = echo_pb2_grpc.EchoStub(channel)
-                for _ in range(9):
-                    link = channel._link
-                    link._awake = type(link._awake)(50.0)    # never backed off
-                    spins = link._awake.spins
-                    call = stub.Unary(echo_pb2.EchoMessage(), timeout=5)
-                    for _ in range(1000):                    # until the call opens
-                        if link._awake_until:
-                            break
-                        await asyncio.sleep(0)
-                    start = time.perf_counter()
-                    assert link._awake_until
-                    while link._awake_until:
-                        await asyncio.sleep(0)
-                    durations.append(time.perf_counter() - start)
-                    assert link._awake.spins == spins + 1 and link._awake.catches == 0
-                    call.cancel()
-                    await asyncio.sleep(0.002)
-        finally:
-            await server.stop(0)
+        # An Echo that answers after a minute: never within the budget.
+        async with serve(Echo(delay=60), address=f"unix:{tmp_path}/silent.sock",
+                         options=UNIX_ONLY) as served:
+            channel = served.channel(options=UNIX_ONLY)
+            await asyncio.wait_for(channel.channel_ready(), 5)
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for _ in range(9):
+                link = channel._link
+                link._awake = type(link._awake)(50.0)    # never backed off
+                spins = link._awake.spins
+                call = stub.Unary(msg(), timeout=5)
+                for _ in range(1000):                    # until the call opens
+                    if link._awake_until:
+                        break
+                    await asyncio.sleep(0)
+                start = time.perf_counter()
+                assert link._awake_until
+                while link._awake_until:
+                    await asyncio.sleep(0)
+                durations.append(time.perf_counter() - start)
+                assert link._awake.spins == spins + 1 and link._awake.catches == 0
+                call.cancel()
+                assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.CANCELLED
         return durations
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import threading
 import tracemalloc
 
 import pytest
@@ -296,7 +297,21 @@ def test_region_size_must_match() -> None:
         ShmRing(buffer, 32)
 
 
-def test_fence_is_reusable() -> None:
+def test_fence_can_be_called_again_and_again() -> None:
+    """The shm transport fences on every write and every wake-up check, with one fence
+    per thread. A fence that stayed held after a call would block the next one for
+    good: called here from a thread of its own, so that is a failure, not a hung run."""
     fence = StoreLoadFence()
-    for _ in range(3):
-        fence()
+    calls = 0
+
+    def run() -> None:
+        nonlocal calls
+        for _ in range(10_000):
+            fence()
+            calls += 1
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), f"the fence blocked after {calls} calls"
+    assert calls == 10_000

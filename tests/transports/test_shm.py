@@ -14,8 +14,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -33,14 +33,10 @@ from rpc.transports.shm import (  # noqa: E402
     ShmTransport,
     ShmUnavailable,
 )
+from tests._support import assert_pending, wait_until, within  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_RING = 4096
-T = TypeVar("T")
-
-
-async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
-    return await asyncio.wait_for(awaitable, seconds)
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +75,7 @@ class Peer(asyncio.Protocol):
         self.resumes = 0
         self.writing_paused = False
         self._more = asyncio.Event()
+        self._watch: asyncio.Future[int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, ShmTransport)
@@ -93,6 +90,8 @@ class Peer(asyncio.Protocol):
         self.data += data
         self.chunks.append(len(data))
         self._more.set()
+        if self._watch is not None and not self._watch.done():
+            self._watch.set_result(len(data))
         if self.echo:
             assert self.transport is not None
             self.transport.write(data)
@@ -113,6 +112,14 @@ class Peer(asyncio.Protocol):
         self.resumes += 1
         self.writing_paused = False
         self._more.set()
+
+    async def nothing_arrives(self, seconds: float) -> None:
+        """Assert that no data arrives within ``seconds`` (failing as soon as some does)."""
+        self._watch = asyncio.get_running_loop().create_future()
+        try:
+            await assert_pending(seconds, self._watch)
+        finally:
+            self._watch = None
 
     async def received(self, size: int, seconds: float = 5.0) -> bytes:
         async def wait() -> None:
@@ -228,7 +235,7 @@ async def test_backpressure_bounds_the_writer() -> None:
     # past the high-water mark.
     assert client_transport.get_write_buffer_size() <= 16 * 1024 + len(chunk)
     assert sent <= SMALL_RING + 16 * 1024 + len(chunk)
-    await asyncio.sleep(0.05)
+    await server.nothing_arrives(0.05)
     assert not server.data
 
     server_transport.resume_reading()
@@ -275,8 +282,7 @@ async def test_abort_drops_the_buffer_and_reaches_the_other_side() -> None:
     assert await within(client.lost) is None
     client.transport.write(b"dropped")   # writes after close are ignored
     # A reader that paused sees the end only when it reads again, as with a socket.
-    await asyncio.sleep(0.05)
-    assert not server.lost.done()
+    await assert_pending(0.05, server.lost)
     assert server.transport is not None
     server.transport.resume_reading()
     assert await within(server.lost) is None
@@ -741,10 +747,9 @@ async def test_close_and_pause_during_a_loop_spin() -> None:
     client_transport.write(b"a")
     await asyncio.sleep(0)          # the spin is under way
     client_transport.pause_reading()
-    await asyncio.sleep(0.01)       # it noticed and stopped
-    assert not client_transport._spinning
+    await wait_until(lambda: not client_transport._spinning, 0.01)   # it noticed and stopped
     server_transport.write(b"b")    # held back while paused
-    await asyncio.sleep(0.01)
+    await client.nothing_arrives(0.01)
     assert bytes(client.data) == b""
     client_transport.resume_reading()
     assert await client.received(1) == b"b"
