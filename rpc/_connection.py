@@ -596,8 +596,8 @@ class Connection:
         if not self.handshake_done:
             raise RuntimeError("handshake not done")
 
-    def start_request(self, method: str, timeout: float | None, metadata: _wire.Metadata | None, *, end_stream: bool = False,
-                      message: bytes | None = None) -> int:
+    def start_request(self, method: str, timeout: float | None, metadata: _wire.Metadata | None, *,
+                      end_stream: bool = False, message: bytes | None = None) -> int:
         """Client: open a stream. Returns its id. With ``message``: the whole
         request of a unary call, which also ends the input (one frame when it fits)."""
         self._check_can_send()

@@ -294,7 +294,8 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         code = self._code if self._code is not None else _OK
         self._end_with(code, self._details or "", self._trailing)
 
-    def _end_with(self, code: int, details: str, trailing: DecodedMetadata = (), message: bytes | None = None) -> None:
+    def _end_with(self, code: int, details: str, trailing: DecodedMetadata = (),
+                  message: bytes | None = None) -> None:
         """Send the final status (after ``message``, a unary response) and end the call."""
         if self._ended:
             return
