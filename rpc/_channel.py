@@ -13,7 +13,10 @@ import logging
 import os
 import random
 import weakref
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Generic, Iterable, TypeVar, Union
+from collections.abc import Generator, Sequence
+from types import TracebackType
+from typing import (TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Callable, Generic, Iterable,
+                    Self, TypeVar, Union, cast)
 
 import grpc
 from grpc import aio
@@ -25,7 +28,11 @@ from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
 from rpc._target import parse_target
-from rpc._wire import GoAwayCode
+from rpc._options import Options
+from rpc._wire import DecodedMetadata, GoAwayCode
+
+if TYPE_CHECKING:
+    from rpc import _grpc
 
 log = logging.getLogger("lanerpc")
 
@@ -36,24 +43,32 @@ _CONNECTIVITY = grpc.ChannelConnectivity
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
 RequestIterator = Union[AsyncIterable[Any], Iterable[Any]]
+# What a call's metadata may be given as (grpc.aio's stubs say the same).
+MetadataArg = Union[aio.Metadata, Sequence[tuple[str, Union[str, bytes]]], None]
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
 
 
-def _identity(x):
+def _identity(x: Any) -> Any:
     return x
 
 
 class ClientLink(Link):
     role = c.Role.CLIENT
 
-    def __init__(self, channel: "Channel", options, *, hello=None) -> None:
+    def __init__(self, channel: "Channel", options: Options, *, hello: Any = None) -> None:
         super().__init__(options, hello=hello)
         self.channel = channel
-        self.calls: dict[int, _Call] = {}
+        self.calls: dict[int, _Call[Any, Any]] = {}
         self.draining = False
-        self.waiting: collections.deque = collections.deque()   # calls over the stream limit
+        # calls over the stream limit, with their first message
+        self.waiting: collections.deque[tuple[_Call[Any, Any], bytes | None]] = collections.deque()
 
     def _dispatch(self, events: list[c.Event]) -> None:
         calls = self.calls
+        # Any: the checks below are on type(ev), which mypy does not narrow by.
+        ev: Any
         for ev in events:
             t = type(ev)
             if t is c.MessageReceived:
@@ -113,7 +128,7 @@ class ClientLink(Link):
             self.close("server sent GOAWAY")
 
     def _start_waiting(self) -> None:
-        limit = self.conn.peer.max_concurrent_streams
+        limit = self.conn.peer.max_concurrent_streams  # type: ignore[union-attr]  # set by the handshake
         while self.waiting and len(self.calls) < limit and not self.conn.closed:
             call, first = self.waiting.popleft()
             if call._code is None:
@@ -122,7 +137,7 @@ class ClientLink(Link):
 
 # ============================================================ call objects
 
-class _Call(Stream):
+class _Call(Stream, Generic[_Req, _Resp]):
     """State shared by the four call kinds; implements grpc.aio.Call. Its
     stream's IO (sending, receiving, the write policy) is :class:`Stream`'s."""
 
@@ -134,28 +149,29 @@ class _Call(Stream):
     # what differs (fewer stores per call on the hot path).
     _deadline: float | None = None
     _link: "ClientLink | None" = None
-    _initial_md: tuple | None = None
-    _trailing_md: tuple = ()
+    _initial_md: DecodedMetadata | None = None
+    _trailing_md: DecodedMetadata = ()
     _code: int | None = None
     _details = ""
     _locally_cancelled = False
     _not_started = False
-    _done_fut: asyncio.Future | None = None
-    _md_fut: asyncio.Future | None = None
-    _callbacks: tuple | list = ()
+    _done_fut: asyncio.Future[None] | None = None
+    _md_fut: asyncio.Future[None] | None = None
+    _callbacks: tuple[()] | list[Callable[[Any], None]] = ()
     _timer: asyncio.TimerHandle | None = None
-    _opened: asyncio.Future | None = None
-    _task: asyncio.Task | None = None
-    _response: Any = None
-    _metadata: tuple = ()
+    _opened: asyncio.Future[None] | None = None
+    _task: asyncio.Task[None] | None = None
+    _response: _Resp | None = None
+    _metadata: DecodedMetadata = ()
 
-    def __init__(self, channel: "Channel", method: str, serializer, deserializer,
-                 timeout: float | None, metadata, wait_for_ready: bool | None) -> None:
+    def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
+                 deserializer: Callable[[bytes], _Resp] | None,
+                 timeout: float | None, metadata: MetadataArg, wait_for_ready: bool | None) -> None:
         self._channel = channel
         self._loop = loop = channel._current_loop()
         self._method = method
-        self._serialize = serializer or _identity
-        self._deserialize = deserializer or _identity
+        self._serialize: Callable[[_Req], bytes] = serializer or _identity
+        self._deserialize: Callable[[bytes], _Resp] = deserializer or _identity
         if metadata:
             self._metadata = validate_metadata(metadata)
         self._wait_for_ready = bool(wait_for_ready)
@@ -200,7 +216,7 @@ class _Call(Stream):
                 self._on_deadline()
                 return
         conn = link.conn
-        if len(link.calls) >= conn.peer.max_concurrent_streams:
+        if len(link.calls) >= conn.peer.max_concurrent_streams:  # type: ignore[union-attr]  # handshake done
             # The server takes no more streams on this connection now: wait
             # for one to end (ClientLink.forget starts the next).
             link.waiting.append((self, first))
@@ -220,7 +236,7 @@ class _Call(Stream):
 
     # ------------------------------------------------------------ events from the link
 
-    def _on_initial_metadata(self, metadata: tuple) -> None:
+    def _on_initial_metadata(self, metadata: DecodedMetadata) -> None:
         self._initial_md = metadata
         fut = self._md_fut
         if fut is not None and not fut.done():
@@ -231,7 +247,7 @@ class _Call(Stream):
             self._on_initial_metadata(())
         self._deliver(data)
 
-    def _on_end(self, code: int, details: str, metadata: tuple, not_started: bool) -> None:
+    def _on_end(self, code: int, details: str, metadata: DecodedMetadata, not_started: bool) -> None:
         self._link = None
         if not_started and self._code is None and self._first is not None and self._retry(code):
             return
@@ -281,7 +297,8 @@ class _Call(Stream):
             self._task.cancel()
         self._finish(code.value[0], details, ())
 
-    def _finish(self, code: int, details: str, metadata: tuple, *, not_started: bool = False) -> None:
+    def _finish(self, code: int, details: str, metadata: DecodedMetadata, *,
+                not_started: bool = False) -> None:
         if self._code is not None:
             return
         self._code = code
@@ -340,7 +357,7 @@ class _Call(Stream):
     def done(self) -> bool:
         return self._code is not None
 
-    def add_done_callback(self, callback) -> None:
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._code is not None:
             self._loop.call_soon(callback, self)
         elif isinstance(self._callbacks, list):
@@ -396,7 +413,7 @@ class _Call(Stream):
     def _read_cancelled(self) -> None:
         self.cancel()
 
-    async def read(self) -> Any:
+    async def read(self) -> _Resp | object:   # object: aio.EOF
         if self._unary_response:
             raise RuntimeError("read() is for calls with a streaming response")
         data = await self._receive()
@@ -405,14 +422,14 @@ class _Call(Stream):
             return _EOF
         return self._decode(data)
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes) -> _Resp:
         try:
             return self._deserialize(data)
         except Exception as exc:
             self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
             raise self._error() from exc
 
-    async def _iterate(self) -> AsyncIterator:
+    async def _iterate(self) -> AsyncIterator[_Resp]:
         while True:
             data = await self._receive()
             if data is None:
@@ -423,14 +440,16 @@ class _Call(Stream):
     # ------------------------------------------------------------ writing
 
     _half_closed = False
-    _iterator_task: asyncio.Task | None = None
+    _iterator_task: asyncio.Task[None] | None = None
 
-    async def write(self, request: Any) -> None:
+    async def write(self, request: _Req) -> None:
         if self._iterator_task is not None:
-            raise grpc.UsageError("write() is not allowed when a request iterator was given")
+            # Not in grpc's stubs, nor in grpc at run time (grpc.aio has UsageError).
+            raise grpc.UsageError(  # type: ignore[attr-defined]
+                "write() is not allowed when a request iterator was given")
         await self._write(request)
 
-    async def _write(self, request) -> None:
+    async def _write(self, request: _Req) -> None:
         if self._code is not None:
             self._raise_for_status()
             raise asyncio.InvalidStateError("RPC already finished")
@@ -456,7 +475,8 @@ class _Call(Stream):
 
     async def done_writing(self) -> None:
         if self._iterator_task is not None:
-            raise grpc.UsageError("done_writing() is not allowed when a request iterator was given")
+            raise grpc.UsageError(  # type: ignore[attr-defined]  # see write()
+                "done_writing() is not allowed when a request iterator was given")
         await self._done_writing()
 
     async def _done_writing(self) -> None:
@@ -469,10 +489,10 @@ class _Call(Stream):
         self._half_closed = True
         self._half_close()
 
-    def _consume_iterator(self, iterator) -> None:
+    def _consume_iterator(self, iterator: AsyncIterable[_Req] | Iterable[_Req]) -> None:
         self._iterator_task = self._loop.create_task(self._feed(iterator))
 
-    async def _feed(self, iterator) -> None:
+    async def _feed(self, iterator: AsyncIterable[_Req] | Iterable[_Req]) -> None:
         try:
             if hasattr(iterator, "__aiter__"):
                 async for request in iterator:
@@ -491,8 +511,8 @@ class _Call(Stream):
             self._abandon(_C.UNKNOWN, f"Exception iterating requests: {exc!r}")
 
 
-class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
-    def __await__(self):
+class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
+    def __await__(self) -> Generator[Any, None, _Resp]:
         if self._code is None:
             if self._done_fut is None:
                 self._done_fut = self._loop.create_future()
@@ -503,7 +523,7 @@ class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
                 raise
         return self._result()
 
-    def _result(self):
+    def _result(self) -> _Resp:  # type: ignore[return]  # not OK: _raise_for_status raises
         if self._code == 0:
             if self._response is None:
                 if not self._received:
@@ -515,52 +535,53 @@ class UnaryUnaryCall(_Call, aio.UnaryUnaryCall):
         self._raise_for_status()
 
 
-class UnaryStreamCall(_Call, aio.UnaryStreamCall):
+class UnaryStreamCall(_Call[_Req, _Resp], aio.UnaryStreamCall[_Req, _Resp]):
     _unary_response = False
     _kind = "unary_stream"
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[_Resp]:
         return self._iterate()
 
 
-class StreamUnaryCall(_Call, aio.StreamUnaryCall):
+class StreamUnaryCall(_Call[_Req, _Resp], aio.StreamUnaryCall[_Req, _Resp]):
     _unary_request = False
     _kind = "stream_unary"
 
-    __await__ = UnaryUnaryCall.__await__
-    _result = UnaryUnaryCall._result
+    if TYPE_CHECKING:   # UnaryUnaryCall's two, typed for this class
+        def __await__(self) -> Generator[Any, None, _Resp]: ...
+        def _result(self) -> _Resp: ...
+    else:
+        __await__ = UnaryUnaryCall.__await__
+        _result = UnaryUnaryCall._result
 
 
-class StreamStreamCall(_Call, aio.StreamStreamCall):
+class StreamStreamCall(_Call[_Req, _Resp], aio.StreamStreamCall[_Req, _Resp]):
     _unary_request = False
     _unary_response = False
     _kind = "stream_stream"
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[_Resp]:
         return self._iterate()
 
 
 # ============================================================ multi-callables
 
-CallT = TypeVar("CallT", bound=_Call)
-
-
-class _MultiCallable(Generic[CallT]):
+class _MultiCallable(Generic[_Req, _Resp]):
     """What the four multi-callables share: make the call, through the
     channel's interceptors of this kind when there are any. The classes below
     only give grpc.aio's two ``__call__`` signatures and name their call class."""
 
-    _call_class: type[CallT]
+    _call_class: type[_Call[Any, Any]]
 
-    def __init__(self, channel: "Channel", method: str, serializer: Serializer | None,
-                 deserializer: Deserializer | None) -> None:
+    def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
+                 deserializer: Callable[[bytes], _Resp] | None) -> None:
         self._channel = channel
         self._method = method
         self._serializer = serializer
         self._deserializer = deserializer
 
-    def _call(self, request: Any, timeout: float | None, metadata: Any,
-              wait_for_ready: bool | None) -> CallT | InterceptedCall:
+    def _call(self, request: Any, timeout: float | None, metadata: MetadataArg,
+              wait_for_ready: bool | None) -> _Call[_Req, _Resp] | InterceptedCall:
         kind = self._call_class._kind
         interceptors = self._channel._interceptors.get(kind)
         if interceptors:
@@ -568,8 +589,8 @@ class _MultiCallable(Generic[CallT]):
                                            metadata, wait_for_ready)
         return self._invoke(request, timeout, metadata, wait_for_ready)
 
-    def _invoke(self, request: Any, timeout: float | None, metadata: Any,
-                wait_for_ready: bool | None) -> CallT:
+    def _invoke(self, request: Any, timeout: float | None, metadata: MetadataArg,
+                wait_for_ready: bool | None) -> _Call[_Req, _Resp]:
         """The call itself; ``request`` is the request, or for a streaming request
         the iterator of requests (or None: the caller writes them)."""
         channel = self._channel
@@ -580,8 +601,9 @@ class _MultiCallable(Generic[CallT]):
         if channel._closed:
             raise aio.UsageError("Cannot invoke RPC: Channel closed!") if hasattr(aio, "UsageError") \
                 else grpc.RpcError("channel closed")
-        call = self._call_class(channel, self._method, self._serializer, self._deserializer,
-                                timeout, metadata, wait_for_ready)
+        call: _Call[_Req, _Resp] = self._call_class(
+            channel, self._method, self._serializer, self._deserializer, timeout, metadata,
+            wait_for_ready)
         if call._unary_request:
             data = call._serialize(request)
             error = too_large(len(data), channel._options.max_send_message_length)
@@ -596,35 +618,68 @@ class _MultiCallable(Generic[CallT]):
         return call
 
 
-class _UnaryRequest(_MultiCallable[CallT]):
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: Any = None, wait_for_ready: bool | None = None,
-                 compression: Any = None) -> CallT | InterceptedCall:
+# The call a multi-callable returns is its own kind of call, or with interceptors an
+# InterceptedCall: both are the grpc.aio call type each class below declares. The
+# shared __call__ returns Any so that each class can say which.
+
+class _UnaryRequest(_MultiCallable[_Req, _Resp]):
+    def __call__(self, request: _Req, *, timeout: float | None = None,
+                 metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
+                 wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
         return self._call(request, timeout, metadata, wait_for_ready)
 
 
-class _StreamRequest(_MultiCallable[CallT]):
-    def __call__(self, request_iterator: RequestIterator | None = None,
-                 timeout: float | None = None, metadata: Any = None, credentials: Any = None,
+class _StreamRequest(_MultiCallable[_Req, _Resp]):
+    def __call__(self, request_iterator: AsyncIterable[_Req] | Iterable[_Req] | None = None,
+                 timeout: float | None = None, metadata: MetadataArg = None,
+                 credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
-                 compression: Any = None) -> CallT | InterceptedCall:
+                 compression: grpc.Compression | None = None) -> Any:
         return self._call(request_iterator, timeout, metadata, wait_for_ready)
 
 
-class UnaryUnaryMultiCallable(_UnaryRequest[UnaryUnaryCall], aio.UnaryUnaryMultiCallable):
+class UnaryUnaryMultiCallable(_UnaryRequest[_Req, _Resp], aio.UnaryUnaryMultiCallable[_Req, _Resp]):
     _call_class = UnaryUnaryCall
 
+    if TYPE_CHECKING:
+        def __call__(self, request: _Req, *, timeout: float | None = None,
+                     metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
+                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
+                     ) -> aio.UnaryUnaryCall[_Req, _Resp]: ...
 
-class UnaryStreamMultiCallable(_UnaryRequest[UnaryStreamCall], aio.UnaryStreamMultiCallable):
+
+class UnaryStreamMultiCallable(_UnaryRequest[_Req, _Resp], aio.UnaryStreamMultiCallable[_Req, _Resp]):
     _call_class = UnaryStreamCall
 
+    if TYPE_CHECKING:
+        def __call__(self, request: _Req, *, timeout: float | None = None,
+                     metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
+                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
+                     ) -> aio.UnaryStreamCall[_Req, _Resp]: ...
 
-class StreamUnaryMultiCallable(_StreamRequest[StreamUnaryCall], aio.StreamUnaryMultiCallable):
+
+class StreamUnaryMultiCallable(_StreamRequest[_Req, _Resp], aio.StreamUnaryMultiCallable[_Req, _Resp]):
     _call_class = StreamUnaryCall
 
+    if TYPE_CHECKING:
+        def __call__(self, request_iterator: AsyncIterable[_Req] | Iterable[_Req] | None = None,
+                     timeout: float | None = None, metadata: MetadataArg = None,
+                     credentials: grpc.CallCredentials | None = None,
+                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
+                     ) -> aio.StreamUnaryCall[_Req, _Resp]: ...
 
-class StreamStreamMultiCallable(_StreamRequest[StreamStreamCall], aio.StreamStreamMultiCallable):
+
+class StreamStreamMultiCallable(_StreamRequest[_Req, _Resp],
+                                aio.StreamStreamMultiCallable[_Req, _Resp]):
     _call_class = StreamStreamCall
+
+    if TYPE_CHECKING:
+        def __call__(self, request_iterator: AsyncIterable[_Req] | Iterable[_Req] | None = None,
+                     timeout: float | None = None, metadata: MetadataArg = None,
+                     credentials: grpc.CallCredentials | None = None,
+                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
+                     ) -> aio.StreamStreamCall[_Req, _Resp]: ...
 
 
 # ============================================================ channel
@@ -634,7 +689,9 @@ class Channel(aio.Channel):
 
     _forked = False
 
-    def __init__(self, target: str, options=None, interceptors=None, *, credentials=None) -> None:
+    def __init__(self, target: str, options: _grpc.Options | None = None,
+                 interceptors: _grpc.ClientInterceptors | None = None, *,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self._target = target
         self._endpoints = parse_target(target)
         self._options = _options.parse(options)
@@ -648,9 +705,9 @@ class Channel(aio.Channel):
         self._retry = RetryPolicy.parse(self._options.retry_policy)
         self._link: ClientLink | None = None
         self._old_links: set[ClientLink] = set()
-        self._connecting: asyncio.Task | None = None
+        self._connecting: asyncio.Task[ClientLink | None] | None = None
         self._state = _CONNECTIVITY.IDLE
-        self._state_waiters: list[asyncio.Future] = []
+        self._state_waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self._failures = 0
         self._next_attempt = 0.0
@@ -684,10 +741,11 @@ class Channel(aio.Channel):
         link = self._link
         return link.lane if link is not None else None
 
-    async def __aenter__(self) -> "Channel":
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type, exc_val, exc_tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
+                        exc_tb: TracebackType | None) -> None:
         await self.close()
 
     async def close(self, grace: float | None = None) -> None:
@@ -745,24 +803,24 @@ class Channel(aio.Channel):
                 self._start_connecting(wait=True)
             await self.wait_for_state_change(state)
 
-    def unary_unary(self, method: str, request_serializer: Serializer | None = None,
-                    response_deserializer: Deserializer | None = None,
-                    _registered_method: bool = False) -> UnaryUnaryMultiCallable:
+    def unary_unary(self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+                    response_deserializer: Callable[[bytes], _Resp] | None = None,
+                    _registered_method: bool | None = False) -> UnaryUnaryMultiCallable[_Req, _Resp]:
         return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def unary_stream(self, method: str, request_serializer: Serializer | None = None,
-                     response_deserializer: Deserializer | None = None,
-                     _registered_method: bool = False) -> UnaryStreamMultiCallable:
+    def unary_stream(self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+                     response_deserializer: Callable[[bytes], _Resp] | None = None,
+                     _registered_method: bool | None = False) -> UnaryStreamMultiCallable[_Req, _Resp]:
         return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def stream_unary(self, method: str, request_serializer: Serializer | None = None,
-                     response_deserializer: Deserializer | None = None,
-                     _registered_method: bool = False) -> StreamUnaryMultiCallable:
+    def stream_unary(self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+                     response_deserializer: Callable[[bytes], _Resp] | None = None,
+                     _registered_method: bool | None = False) -> StreamUnaryMultiCallable[_Req, _Resp]:
         return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def stream_stream(self, method: str, request_serializer: Serializer | None = None,
-                      response_deserializer: Deserializer | None = None,
-                      _registered_method: bool = False) -> StreamStreamMultiCallable:
+    def stream_stream(self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
+                      response_deserializer: Callable[[bytes], _Resp] | None = None,
+                      _registered_method: bool | None = False) -> StreamStreamMultiCallable[_Req, _Resp]:
         return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
 
     # ------------------------------------------------------------ connections
@@ -782,7 +840,7 @@ class Channel(aio.Channel):
             return link
         return None
 
-    def _start_connecting(self, wait: bool = False) -> asyncio.Task:
+    def _start_connecting(self, wait: bool = False) -> asyncio.Task[ClientLink | None]:
         task = self._connecting
         if task is None or task.done():
             loop = self._current_loop()
@@ -793,6 +851,7 @@ class Channel(aio.Channel):
     async def _get_link(self, deadline: float | None, wait_for_ready: bool) -> ClientLink:
         """A ready connection, made if needed. Raises AioRpcError(UNAVAILABLE) when
         the server can't be reached (or, with wait_for_ready, DEADLINE_EXCEEDED)."""
+        assert self._loop is not None   # the call asking has bound the channel to its loop
         while True:
             if self._closed:
                 raise rpc_error(_C.CANCELLED, "Channel closed!")
@@ -819,6 +878,7 @@ class Channel(aio.Channel):
 
     async def _connect(self, wait: bool) -> ClientLink | None:
         """One connection attempt (after the backoff the last failures earned)."""
+        assert self._loop is not None   # set by _current_loop() before this task was made
         delay = self._next_attempt - self._loop.time()
         if delay > 0:
             if not wait:
@@ -830,7 +890,8 @@ class Channel(aio.Channel):
         for i in range(len(endpoints)):
             endpoint = endpoints[(self._rr + i) % len(endpoints)]
             try:
-                link = await _lanes.connect(endpoint, self._options, self._make_link)
+                # A ClientLink: _make_link made it.
+                link = cast(ClientLink, await _lanes.connect(endpoint, self._options, self._make_link))
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 errors.append(f"{endpoint}: {exc or type(exc).__name__}")
                 self._last_refused = isinstance(exc, PermissionError) and "refused" in str(exc)
@@ -889,7 +950,7 @@ class RetryPolicy:
     maxBackoff, backoffMultiplier, retryableStatusCodes)."""
 
     def __init__(self, max_attempts: int, initial: float, maximum: float, multiplier: float,
-                 codes: frozenset) -> None:
+                 codes: frozenset[grpc.StatusCode]) -> None:
         self.max_attempts = max_attempts
         self.initial = initial
         self.maximum = maximum
@@ -897,7 +958,7 @@ class RetryPolicy:
         self.codes = codes
 
     @classmethod
-    def parse(cls, policy: dict | None) -> "RetryPolicy | None":
+    def parse(cls, policy: dict[str, Any] | None) -> "RetryPolicy | None":
         if not policy:
             return None
         try:
@@ -906,7 +967,7 @@ class RetryPolicy:
             maximum = _seconds(policy["maxBackoff"])
             multiplier = float(policy["backoffMultiplier"])
             codes = frozenset(
-                _C[name.upper()] if isinstance(name, str) else status_code(int(name))
+                grpc.StatusCode[name.upper()] if isinstance(name, str) else status_code(int(name))
                 for name in policy["retryableStatusCodes"])
         except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"bad retryPolicy in grpc.service_config: {exc!r}") from None
@@ -936,6 +997,6 @@ def _mark_forked() -> None:
 os.register_at_fork(after_in_child=_mark_forked)
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()

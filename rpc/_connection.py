@@ -94,7 +94,7 @@ class Connection:
         self.peer_hello: handshake_pb2.Hello | None = None
         self.version: int | None = None
         self._decoder = _wire.FrameDecoder(self.limits.max_frame_size)
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._out_bytes = 0
         self.streams: dict[int, Stream] = {}
         self._last_peer_stream = 0      # server: highest stream id the client opened
@@ -124,7 +124,7 @@ class Connection:
         self._out.append(data)
         self._out_bytes += len(data)
 
-    def data_to_send(self) -> list[bytes]:
+    def data_to_send(self) -> list[bytes | memoryview]:
         """The buffers to write, in order (may be empty)."""
         self._flush_credit()
         out = self._out
@@ -280,6 +280,7 @@ class Connection:
                     RESOURCE_EXHAUSTED, "request metadata larger than the limit", None)))
                 self._discard_message(message)
                 return
+        stream: Stream | None     # a new stream (server) or a known one (client)
         if self.role is Role.SERVER:
             if sid <= self._last_peer_stream or sid == 0:
                 raise ProtocolError(f"HEADERS reuse stream id {sid}")
@@ -313,8 +314,8 @@ class Connection:
             if stream.headers_received:
                 raise ProtocolError(f"second HEADERS on stream {sid}")
             stream.headers_received = True
-            metadata, end = _wire.decode_metadata(payload)
-            if end != len(payload):
+            metadata, size = _wire.decode_metadata(payload)
+            if size != len(payload):
                 raise ProtocolError("trailing bytes after response headers")
             if len(payload) > self.limits.max_metadata_size:
                 detail = (f"CLIENT: initial metadata of {len(payload)} bytes is over the limit "
@@ -595,8 +596,8 @@ class Connection:
         if not self.handshake_done:
             raise RuntimeError("handshake not done")
 
-    def start_request(self, method: str, timeout: float | None, metadata, *, end_stream: bool = False,
-                      message: bytes | None = None) -> int:
+    def start_request(self, method: str, timeout: float | None, metadata: _wire.Metadata | None, *,
+                      end_stream: bool = False, message: bytes | None = None) -> int:
         """Client: open a stream. Returns its id. With ``message``: the whole
         request of a unary call, which also ends the input (one frame when it fits)."""
         self._check_can_send()
@@ -639,7 +640,7 @@ class Connection:
         self._emit(_pack_header(len(payload), HEADERS, FLAG_END_STREAM if end_stream else 0, sid) + payload)
         return sid
 
-    def send_initial_metadata(self, stream_id: int, metadata) -> None:
+    def send_initial_metadata(self, stream_id: int, metadata: _wire.Metadata | None) -> None:
         """Server: the response's initial metadata (once, before any message)."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.headers_sent:
@@ -735,7 +736,7 @@ class Connection:
         stream.state = transition(stream.state, StreamInput.SEND_END)
         self._emit(_pack_header(0, MESSAGE, FLAG_END_STREAM | FLAG_NO_MESSAGE, stream_id))
 
-    def end_stream(self, stream_id: int, code: int, details: str = "", metadata=None,
+    def end_stream(self, stream_id: int, code: int, details: str = "", metadata: _wire.Metadata | None = None,
                    message: bytes | None = None) -> None:
         """Server: send the final status and close the stream; with ``message``, the
         unary response goes first (in the same frame when it fits). Trailers the
@@ -765,7 +766,7 @@ class Connection:
         stream.trailers_pending = payload
         stream.closing = True
 
-    def _fitting_trailers(self, code: int, details: str, metadata) -> bytes:
+    def _fitting_trailers(self, code: int, details: str, metadata: _wire.Metadata | None) -> bytes:
         if not details and not metadata:
             return _wire.bare_trailers(code)      # the usual case: nothing to fit
         peer = self.peer

@@ -21,6 +21,7 @@ from rpc._options import Options
 from rpc._stats import Stats
 from rpc._status import status_code, validate_metadata
 from rpc._stream import Stream, StreamLink, too_large
+from rpc._wire import DecodedMetadata
 from rpc.transports import PeerInfo
 
 log = logging.getLogger("lanerpc")
@@ -57,7 +58,7 @@ class _Abort(aio.AbortError):
 
 
 _COROUTINE, _ASYNCGEN, _PLAIN = "coroutine", "async generator", "plain"
-_kinds: dict = {}
+_kinds: dict[Callable[..., Any], str] = {}
 
 
 def _kind(fn: Callable[..., Any]) -> str:
@@ -76,7 +77,7 @@ def _kind(fn: Callable[..., Any]) -> str:
     return kind
 
 
-class ServicerContext(Stream, aio.ServicerContext):
+class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     """One call on the server; what a grpc.aio handler receives as ``context``.
     Its stream's IO (sending, receiving, the write policy) is :class:`Stream`'s."""
 
@@ -84,22 +85,23 @@ class ServicerContext(Stream, aio.ServicerContext):
     # sets only what differs (fewer stores per call on the hot path).
     _link: ServerLink
     _deadline: float | None = None
-    _task: asyncio.Task | None = None
+    _task: asyncio.Task[None] | None = None
     _code: int | None = None            # set_code / abort
     _details: str | None = None
-    _trailing: tuple = ()
-    _initial: tuple | None = None
+    _trailing: DecodedMetadata = ()
+    _initial: DecodedMetadata | None = None
     _initial_sent = False
     _ended = False                      # status sent or stream gone
     _cancelled = False
-    _callbacks: tuple | list = ()
+    _callbacks: tuple[()] | list[Callable[[ServicerContext], None]] = ()
     _timer: asyncio.TimerHandle | None = None
     _counted = False
 
     # The handler's functions are Any where they are called: grpc types them for
     # its sync API (a grpc.ServicerContext, plain returns).
     def __init__(self, server: Server, link: ServerLink, sid: int, method: str,
-                 timeout: float | None, metadata: tuple, handler: grpc.RpcMethodHandler) -> None:
+                 timeout: float | None, metadata: DecodedMetadata,
+                 handler: grpc.RpcMethodHandler[Any, Any]) -> None:
         self._server = server
         self._link = link
         self._loop = link.loop
@@ -168,7 +170,7 @@ class ServicerContext(Stream, aio.ServicerContext):
         # before its first step never enters _run at all.
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         if not self._ended:
             self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
         self._complete()
@@ -214,7 +216,7 @@ class ServicerContext(Stream, aio.ServicerContext):
             code = self._code if self._code is not None and self._code != _OK else _C.UNKNOWN.value[0]
             self._end_with(code, f"Unexpected {type(exc)}: {exc}", self._trailing)
 
-    async def _run_streaming(self, handler: grpc.RpcMethodHandler, request: Any) -> None:
+    async def _run_streaming(self, handler: grpc.RpcMethodHandler[Any, Any], request: Any) -> None:
         fn: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
         kind = _kind(fn)
         if kind is _ASYNCGEN:
@@ -292,7 +294,8 @@ class ServicerContext(Stream, aio.ServicerContext):
         code = self._code if self._code is not None else _OK
         self._end_with(code, self._details or "", self._trailing)
 
-    def _end_with(self, code: int, details: str, trailing: tuple = (), message: bytes | None = None) -> None:
+    def _end_with(self, code: int, details: str, trailing: DecodedMetadata = (),
+                  message: bytes | None = None) -> None:
         """Send the final status (after ``message``, a unary response) and end the call."""
         if self._ended:
             return
@@ -385,7 +388,7 @@ class ServicerContext(Stream, aio.ServicerContext):
         self._trailing = validate_metadata(trailing_metadata)
 
     # grpc's stubs say Metadata; grpc.aio, like lanerpc, returns the tuple of pairs.
-    def trailing_metadata(self) -> tuple:   # type: ignore[override]
+    def trailing_metadata(self) -> DecodedMetadata:   # type: ignore[override]
         return self._trailing
 
     def code(self) -> grpc.StatusCode | None:   # type: ignore[override]  # None: not set yet
@@ -394,7 +397,7 @@ class ServicerContext(Stream, aio.ServicerContext):
     def details(self) -> str | None:   # type: ignore[override]  # None: not set yet
         return self._details
 
-    def invocation_metadata(self) -> tuple:   # type: ignore[override]  # as trailing_metadata
+    def invocation_metadata(self) -> DecodedMetadata:   # type: ignore[override]  # as trailing_metadata
         return self._metadata
 
     def time_remaining(self) -> float | None:   # type: ignore[override]  # None: no deadline

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rpc._proto import handshake_pb2
+from rpc._wire import DecodedMetadata
 
 
 class Event:
@@ -31,7 +32,7 @@ class RequestReceived(Event):
     stream_id: int
     method: str
     timeout: float | None     # seconds, relative, as sent
-    metadata: tuple
+    metadata: DecodedMetadata
     end_stream: bool
 
 
@@ -39,7 +40,7 @@ class RequestReceived(Event):
 class InitialMetadataReceived(Event):
     """Client: the server's initial metadata for the call."""
     stream_id: int
-    metadata: tuple
+    metadata: DecodedMetadata
 
 
 @dataclass(slots=True)
@@ -64,7 +65,7 @@ class StreamEnded(Event):
     stream_id: int
     code: int
     details: str
-    metadata: tuple = ()
+    metadata: DecodedMetadata = ()
     not_started: bool = False
     by_peer: bool = True
 

@@ -8,10 +8,14 @@ continuation, or a plain response (a unary interceptor may answer itself).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc import aio
+
+_T = TypeVar("_T")
+_Continuation = Callable[[aio.ClientCallDetails, Any], Coroutine[Any, Any, Any]]
 
 _KINDS = {
     "unary_unary": (aio.UnaryUnaryClientInterceptor, "intercept_unary_unary"),
@@ -21,8 +25,9 @@ _KINDS = {
 }
 
 
-def sort_interceptors(interceptors) -> dict[str, list]:
-    by_kind: dict[str, list] = {}
+def sort_interceptors(
+        interceptors: Iterable[aio.ClientInterceptor] | None) -> dict[str, list[aio.ClientInterceptor]]:
+    by_kind: dict[str, list[aio.ClientInterceptor]] = {}
     for interceptor in interceptors or ():
         matched = False
         for kind, (cls, _) in _KINDS.items():
@@ -36,7 +41,7 @@ def sort_interceptors(interceptors) -> dict[str, list]:
     return by_kind
 
 
-def intercept(multicallable: Any, kind: str, interceptors: list, request: Any,
+def intercept(multicallable: Any, kind: str, interceptors: list[aio.ClientInterceptor], request: Any,
               timeout: float | None, metadata: Any, wait_for_ready: bool | None) -> "InterceptedCall":
     """Run ``interceptors`` (of ``kind``, "unary_unary", ...) around a call of
     ``multicallable``, whose ``_invoke`` makes the call at the end of the chain."""
@@ -47,8 +52,8 @@ def intercept(multicallable: Any, kind: str, interceptors: list, request: Any,
         credentials=None, wait_for_ready=wait_for_ready)
     method_name = _KINDS[kind][1]
 
-    def continuation_at(index: int):
-        async def continuation(call_details, req):
+    def continuation_at(index: int) -> _Continuation:
+        async def continuation(call_details: aio.ClientCallDetails, req: Any) -> Any:
             if index == len(interceptors):
                 method = call_details.method
                 if isinstance(method, bytes):
@@ -68,40 +73,41 @@ def intercept(multicallable: Any, kind: str, interceptors: list, request: Any,
     return InterceptedCall(task, streaming_response=kind in ("unary_stream", "stream_stream"))
 
 
-class InterceptedCall(aio.UnaryUnaryCall, aio.UnaryStreamCall, aio.StreamUnaryCall,
-                      aio.StreamStreamCall):
+class InterceptedCall(aio.UnaryUnaryCall[Any, Any], aio.UnaryStreamCall[Any, Any],
+                      aio.StreamUnaryCall[Any, Any], aio.StreamStreamCall[Any, Any]):
     """The call returned when interceptors are installed."""
 
-    def __init__(self, task: asyncio.Task, streaming_response: bool) -> None:
+    def __init__(self, task: asyncio.Task[Any], streaming_response: bool) -> None:
         self._task = task
         self._streaming = streaming_response
 
     async def _inner(self) -> Any:
         return await self._task
 
-    async def _call(self):
+    async def _call(self) -> Any:
         result = await self._inner()
         return result if isinstance(result, aio.Call) else None
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         result = yield from self._task.__await__()
         if isinstance(result, aio.Call):
-            return (yield from result.__await__())
+            # Every aio call object is awaitable; aio.Call does not say so.
+            return (yield from result.__await__())  # type: ignore[attr-defined]
         return result
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
-    async def _iterate(self):
+    async def _iterate(self) -> AsyncIterator[Any]:
         result = await self._inner()
         async for item in result:
             yield item
 
-    async def read(self):
+    async def read(self) -> Any:
         result = await self._inner()
         return await result.read()
 
-    async def write(self, request) -> None:
+    async def write(self, request: Any) -> None:
         call = await self._call()
         await call.write(request)
 
@@ -121,7 +127,7 @@ class InterceptedCall(aio.UnaryUnaryCall, aio.UnaryStreamCall, aio.StreamUnaryCa
         call = self._done_call()
         return call.cancelled() if call else False
 
-    def _done_call(self):
+    def _done_call(self) -> aio.Call | None:
         if self._task.done() and not self._task.cancelled() and self._task.exception() is None:
             result = self._task.result()
             if isinstance(result, aio.Call):
@@ -134,8 +140,8 @@ class InterceptedCall(aio.UnaryUnaryCall, aio.UnaryStreamCall, aio.StreamUnaryCa
         call = self._done_call()
         return call.done() if call else True
 
-    def add_done_callback(self, callback) -> None:
-        def relay(_task):
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        def relay(_task: asyncio.Task[Any]) -> None:
             call = self._done_call()
             if call is not None:
                 call.add_done_callback(lambda _c: callback(self))
@@ -143,29 +149,29 @@ class InterceptedCall(aio.UnaryUnaryCall, aio.UnaryStreamCall, aio.StreamUnaryCa
                 callback(self)
         self._task.add_done_callback(relay)
 
-    def time_remaining(self):
+    def time_remaining(self) -> float | None:
         call = self._done_call()
         return call.time_remaining() if call else None
 
-    async def _status(self, name: str, default):
+    async def _status(self, name: str, default: _T) -> _T:
         try:
             call = await self._call()
         except aio.AioRpcError as err:
-            return getattr(err, name)()
+            return cast(_T, getattr(err, name)())
         if call is None:
             return default
-        return await getattr(call, name)()
+        return cast(_T, await getattr(call, name)())
 
-    async def initial_metadata(self):
+    async def initial_metadata(self) -> aio.Metadata:
         return await self._status("initial_metadata", aio.Metadata())
 
-    async def trailing_metadata(self):
+    async def trailing_metadata(self) -> aio.Metadata:
         return await self._status("trailing_metadata", aio.Metadata())
 
-    async def code(self):
+    async def code(self) -> grpc.StatusCode:
         return await self._status("code", grpc.StatusCode.OK)
 
-    async def details(self):
+    async def details(self) -> str:
         return await self._status("details", "")
 
     async def wait_for_connection(self) -> None:

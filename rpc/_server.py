@@ -12,7 +12,8 @@ import concurrent.futures
 import logging
 import os
 import socket
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -22,7 +23,8 @@ from rpc import _grpc, _lanes, _options, _ports
 from rpc._context import ServicerContext, _PendingCall
 from rpc._link import Link
 from rpc._stats import Stats
-from rpc._wire import GoAwayCode
+from rpc._options import Options
+from rpc._wire import DecodedMetadata, GoAwayCode
 
 log = logging.getLogger("lanerpc")
 
@@ -34,15 +36,15 @@ _C = grpc.StatusCode
 class ServerLink(Link):
     role = c.Role.SERVER
 
-    def __init__(self, server: "Server", options, negotiator: _lanes.Negotiator) -> None:
+    def __init__(self, server: "Server", options: Options, negotiator: _lanes.Negotiator) -> None:
         super().__init__(options)
         self.server = server
         self.negotiator = negotiator
-        self.calls: dict = {}
+        self.calls: dict[int, Any] = {}
         self.ping_strikes = 0
         self.last_ping = -1e9
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.server._links.add(self)
         self.server._stats.connection_opened(self)
@@ -56,6 +58,7 @@ class ServerLink(Link):
                 self.close_reason = reason
                 self.conn.refuse(GoAwayCode.PERMISSION_DENIED, reason)
                 self.flush()
+                transport = cast(asyncio.Transport, transport)   # as Link.connection_made says
                 # Half-close and keep reading until the peer hangs up: closing
                 # with its HELLO unread would reset the socket before it reads why.
                 if transport.can_write_eof():
@@ -74,6 +77,8 @@ class ServerLink(Link):
         if self.refused:
             return
         calls = self.calls
+        # Any: the checks below are on type(ev), which mypy does not narrow by.
+        ev: Any
         for ev in events:
             t = type(ev)
             if t is c.MessageReceived:
@@ -137,14 +142,18 @@ class ServerLink(Link):
 class Server(aio.Server):
     """A grpc.aio-compatible server."""
 
-    def __init__(self, migration_thread_pool=None, handlers=None, interceptors=None,
-                 options=None, maximum_concurrent_rpcs=None, compression=None) -> None:
+    def __init__(self, migration_thread_pool: concurrent.futures.Executor | None = None,
+                 handlers: _grpc.GenericHandlers | None = None,
+                 interceptors: _grpc.ServerInterceptors | None = None,
+                 options: _grpc.Options | None = None,
+                 maximum_concurrent_rpcs: int | None = None,
+                 compression: grpc.Compression | None = None) -> None:
         self._options = _options.parse(options)
         self._raw_options = tuple(options or ())
         self._executor = migration_thread_pool
         self._own_executor = False        # start() makes a pool when none was given
-        self._generic_handlers: list = list(handlers or ())
-        self._registered: dict[str, Any] = {}
+        self._generic_handlers: list[grpc.GenericRpcHandler] = list(handlers or ())
+        self._registered: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._compression = compression
         self._grpc: _grpc.GrpcPorts | None = None   # grpc:// and secure ports, via grpcio
         self._interceptors = list(interceptors or ())
@@ -156,11 +165,11 @@ class Server(aio.Server):
         self._max_rpcs = maximum_concurrent_rpcs
         self._active = 0
         self._pending_sockets: list[tuple[str, socket.socket]] = []
-        self._listeners: list = []
+        self._listeners: list[_lanes.Listener] = []
         self._links: set[ServerLink] = set()
         self._state = "new"
-        self._stopping: asyncio.Future | None = None
-        self._stop_requested: asyncio.Future | None = None   # stop() waiting for start()
+        self._stopping: asyncio.Future[None] | None = None
+        self._stop_requested: asyncio.Future[None] | None = None   # stop() waiting for start()
         self._stop_deadline: float | None = None
         self._terminated: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -183,7 +192,7 @@ class Server(aio.Server):
 
     # ------------------------------------------------------------ handlers
 
-    def add_generic_rpc_handlers(self, generic_rpc_handlers) -> None:
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         generic_rpc_handlers = tuple(generic_rpc_handlers)
         for handler in generic_rpc_handlers:
             if not hasattr(handler, "service"):
@@ -192,13 +201,15 @@ class Server(aio.Server):
         if self._grpc is not None:
             self._grpc.add_handlers(generic_rpc_handlers)
 
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
+    def add_registered_method_handlers(
+            self, service_name: str,
+            method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
         for name, handler in method_handlers.items():
             self._registered[f"/{service_name}/{name}"] = handler
         if self._grpc is not None:
             self._grpc.add_handlers(registered={service_name: dict(method_handlers)})
 
-    def _find_handler(self, method: str, metadata: tuple):
+    def _find_handler(self, method: str, metadata: DecodedMetadata) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = self._registered.get(method)
         if handler is not None:
             return handler
@@ -227,7 +238,7 @@ class Server(aio.Server):
         self._pending_sockets.extend((kind, s) for s in sockets)
         return port
 
-    def add_secure_port(self, address: str, server_credentials) -> int:
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
         """Serve gRPC over TLS at ``address`` with grpc's ``server_credentials``
         (``grpc.ssl_server_credentials(...)``), through grpcio: for
         ``rpc.secure_channel`` and any gRPC client. Returns the port."""
@@ -249,8 +260,8 @@ class Server(aio.Server):
             self._grpc.add_handlers(self._generic_handlers, self._registered_by_service())
         return self._grpc
 
-    def _registered_by_service(self) -> dict[str, dict]:
-        by_service: dict[str, dict] = {}
+    def _registered_by_service(self) -> dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]:
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
         for path, handler in self._registered.items():
             service, _, name = path[1:].rpartition("/")
             by_service.setdefault(service, {})[name] = handler
@@ -376,6 +387,7 @@ class Server(aio.Server):
         self._lanes.close()
         self._state = "stopped"
         if self._own_executor:
+            assert self._executor is not None   # start() made it
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._terminated is not None:
             self._terminated.set()
@@ -400,6 +412,7 @@ class Server(aio.Server):
             return
         if self._interceptors:
             link.calls[sid] = _PendingCall()   # holds messages while interceptors run
+            assert self._loop is not None   # set by start(), before "serving"
             self._loop.create_task(self._intercepted_request(link, ev))
             return
         handler = self._find_handler(ev.method, ev.metadata)
@@ -408,7 +421,8 @@ class Server(aio.Server):
     async def _intercepted_request(self, link: ServerLink, ev: c.RequestReceived) -> None:
         details = _HandlerCallDetails(ev.method, ev.metadata)
 
-        async def lookup_at(index: int, call_details):
+        async def lookup_at(index: int, call_details: grpc.HandlerCallDetails
+                            ) -> grpc.RpcMethodHandler[Any, Any] | None:
             if index == len(self._interceptors):
                 return self._find_handler(call_details.method, call_details.invocation_metadata)
             return await self._interceptors[index].intercept_service(
@@ -434,7 +448,8 @@ class Server(aio.Server):
                 else:
                     call._on_message(data, end)
 
-    def _accept(self, link: ServerLink, ev: c.RequestReceived, handler) -> None:
+    def _accept(self, link: ServerLink, ev: c.RequestReceived,
+                handler: grpc.RpcMethodHandler[Any, Any] | None) -> None:
         conn = link.conn
         sid = ev.stream_id
         if handler is None:
@@ -468,6 +483,6 @@ class Server(aio.Server):
 class _HandlerCallDetails(grpc.HandlerCallDetails):
     __slots__ = ("method", "invocation_metadata")
 
-    def __init__(self, method: str, invocation_metadata: tuple) -> None:
+    def __init__(self, method: str, invocation_metadata: DecodedMetadata) -> None:
         self.method = method
         self.invocation_metadata = invocation_metadata

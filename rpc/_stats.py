@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING, Any
 
 from rpc._status import status_code
+
+if TYPE_CHECKING:
+    from rpc._link import Link
 
 
 class Stats:
     """Counters for the SIGUSR1 snapshot: per lane, bytes, and errors by code."""
 
     def __init__(self) -> None:
-        self.connections: collections.Counter = collections.Counter()
-        self.connections_total: collections.Counter = collections.Counter()
-        self.calls: collections.Counter = collections.Counter()
-        self.codes: collections.Counter = collections.Counter()
+        self.connections: collections.Counter[str] = collections.Counter()
+        self.connections_total: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.codes: collections.Counter[str] = collections.Counter()
         self._closed_bytes = [0, 0]
-        self._live: set = set()
+        self._live: set[Link] = set()
 
-    def connection_opened(self, link) -> None:
+    def connection_opened(self, link: Link) -> None:
         lane = link.lane or "?"
         self.connections[lane] += 1
         self.connections_total[lane] += 1
         self._live.add(link)
 
-    def connection_closed(self, link) -> None:
+    def connection_closed(self, link: Link) -> None:
         if link in self._live:
             self._live.discard(link)
             self.connections[link.lane or "?"] -= 1
@@ -36,7 +40,7 @@ class Stats:
         if code:
             self.codes[status_code(code).name] += 1
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         bytes_in = self._closed_bytes[0] + sum(link.bytes_in for link in self._live)
         bytes_out = self._closed_bytes[1] + sum(link.bytes_out for link in self._live)
         return {

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Protocol
+from typing import Any, Protocol
 
 from rpc import _connection as c
+from rpc import _wire
 
 
 def too_large(size: int, limit: int) -> str | None:
@@ -39,7 +40,7 @@ class StreamLink(Protocol):
     """What a stream uses of its connection (an :class:`rpc._link.Link`)."""
 
     conn: c.Connection
-    calls: dict                   # the streams in flight on it, by id
+    calls: dict[int, Any]         # the streams in flight on it, by id
 
     def flush(self) -> None:
         """Write what the connection has to send, now."""
@@ -119,7 +120,7 @@ class Stream:
 
     # ------------------------------------------------------------ sending
 
-    def _start_request(self, link: StreamLink, method: str, timeout: float | None, metadata: tuple,
+    def _start_request(self, link: StreamLink, method: str, timeout: float | None, metadata: _wire.Metadata,
                        message: bytes | None, end: bool) -> None:
         """Client: open the stream on ``link``, with ``message`` the whole request
         of a unary call. Raises ConnectionClosed or MetadataTooLarge (nothing sent)."""
@@ -129,7 +130,7 @@ class Stream:
         link.calls[sid] = self
         self._flush(awaiting_answer=message is not None)
 
-    def _send_initial_metadata(self, metadata: tuple) -> None:
+    def _send_initial_metadata(self, metadata: _wire.Metadata) -> None:
         """Server: the response's initial metadata, queued: it goes out with the
         response or status that follows. Raises MetadataTooLarge (nothing sent)."""
         link = self._link
@@ -175,7 +176,7 @@ class Stream:
             link.conn.end_input(self._sid)
             link.flush_soon()
 
-    def _send_status(self, code: int, details: str, trailing: tuple,
+    def _send_status(self, code: int, details: str, trailing: _wire.Metadata,
                      message: bytes | None = None) -> None:
         """Server: the final status, after ``message`` (a unary response), which
         ends the stream; the call leaves this side waiting for the next request."""

@@ -28,11 +28,6 @@ STUB_CALL = f"grpc.aio.UnaryUnaryCall[{HELLO}.HelloRequest, {HELLO}.HelloReply]"
 # given is HelloRequest.SerializeToString (a method of Message).
 CHANNEL_CALL = f"grpc.aio.UnaryUnaryCall[google.protobuf.message.Message, {HELLO}.HelloReply]"
 
-NEEDS_CHANNEL_ANNOTATIONS = pytest.mark.xfail(
-    strict=True,
-    reason="needs Channel.unary_unary, UnaryUnaryMultiCallable (generic) and its __call__ "
-           "annotated in rpc/_channel.py (its override in pyproject.toml goes then)")
-
 EXPECTED = [
     pytest.param("server", "rpc._server.Server"),
     pytest.param("port", "int"),
@@ -43,8 +38,8 @@ EXPECTED = [
     pytest.param("stub reply", f"{HELLO}.HelloReply"),
     pytest.param("secure channel", "rpc._grpc.GrpcChannel"),
     pytest.param("secure stub call", STUB_CALL),
-    pytest.param("channel call", CHANNEL_CALL, marks=NEEDS_CHANNEL_ANNOTATIONS),
-    pytest.param("channel reply", f"{HELLO}.HelloReply", marks=NEEDS_CHANNEL_ANNOTATIONS),
+    pytest.param("channel call", CHANNEL_CALL),
+    pytest.param("channel reply", f"{HELLO}.HelloReply"),
 ]
 
 _REVEALED = re.compile(r'^(?P<path>[^:]+):(?P<line>\d+): note: Revealed type is "(?P<type>.*)"$')
