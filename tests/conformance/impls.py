@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 import rpc
+from tests._memory import served_in_memory
 from tests._support import serve
 
 Options = Sequence[tuple[str, Any]]
@@ -37,7 +38,7 @@ ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 
 DEFAULT_IMPLS: tuple[str, ...] = (
     "grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm",
-    "lanerpc-grpc-port", "lanerpc-grpc-dial",
+    "lanerpc-grpc-port", "lanerpc-grpc-dial", "lanerpc-memory",
 )
 # Defined and runnable through the environment variable; not yet on by default.
 LATER_IMPLS: tuple[str, ...] = ()
@@ -66,7 +67,7 @@ class Impl:
 
     def address(self, port: int = 0) -> str:
         """Where a server of this implementation binds (a fresh socket file for unix)."""
-        if self.bind == "unix":
+        if self.bind in ("unix", "memory"):
             return "unix:" + _socket_path()
         return f"{'grpc://' if self.bind == 'grpc' else ''}127.0.0.1:{port}"
 
@@ -74,8 +75,9 @@ class Impl:
               **server_kwargs: Any) -> Any:
         """``async with impl.serve(servicer) as served``: see tests._support.serve; any
         servicer, or a function that registers on the server, may be served."""
-        return serve(*servicers, address=address or self.address(), lanes=self.server_lanes,
-                     options=options, plain_grpc=self.grpc_server, **server_kwargs)
+        serving = serve(*servicers, address=address or self.address(), lanes=self.server_lanes,
+                        options=options, plain_grpc=self.grpc_server, **server_kwargs)
+        return served_in_memory(serving) if self.bind == "memory" else serving
 
 
 def _grpc_channel(target: str, options: Options, **kwargs: Any) -> Any:
@@ -131,6 +133,9 @@ ALL_IMPLS: dict[str, Impl] = {
         Impl("lanerpc-grpc-port", False, None, "grpc", _grpc_channel),
         # A lanerpc channel dialing a plain grpc.aio server (interop, client side).
         Impl("lanerpc-grpc-dial", True, None, "tcp", _lanerpc_grpc_dial, "tcp"),
+        # lanerpc's channel and server connected in memory: the calls' and contexts'
+        # logic with no socket under it (the server binds a socket file it never uses).
+        _lanerpc("lanerpc-memory", "unix", "memory", "memory"),
     )
 }
 
