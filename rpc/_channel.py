@@ -65,51 +65,40 @@ class ClientLink(Link):
         # calls over the stream limit, with their first message
         self.waiting: collections.deque[tuple[_Call[Any, Any], bytes | None]] = collections.deque()
 
-    def _dispatch(self, events: list[c.Event]) -> None:
-        calls = self.calls
-        # Any: the checks below are on type(ev), which mypy does not narrow by.
-        ev: Any
-        for ev in events:
-            t = type(ev)
-            if t is c.MessageReceived:
-                call = calls.get(ev.stream_id)
-                if call is not None:
-                    call._on_message(ev.data)
-            elif t is c.StreamEnded:
-                call = calls.pop(ev.stream_id, None)
-                if call is not None:
-                    call._on_end(ev.code, ev.details, ev.metadata, ev.not_started)
-                if self.waiting:
-                    self._start_waiting()
-            elif t is c.InitialMetadataReceived:
-                call = calls.get(ev.stream_id)
-                if call is not None:
-                    call._on_initial_metadata(ev.metadata)
-            elif t is c.StreamWritable:
-                call = calls.get(ev.stream_id)
-                if call is not None:
-                    call._on_writable()
-            elif t is c.HandshakeDone:
-                self.handshake_complete()
-            elif t is c.GoAwayReceived:
-                if not self.ready.done():
-                    # Refused during the handshake (e.g. a uid the server doesn't admit).
-                    self.refused = True
-                    self.close_reason = f"server refused the connection: {ev.reason}"
-                    self.close(self.close_reason)
-                    continue
-                if ev.code == GoAwayCode.ENHANCE_YOUR_CALM:
-                    log.warning("lanerpc: server %s says we ping too often (%s); "
-                                "raise grpc.keepalive_time_ms", self.peer.address if self.peer
-                                else "?", ev.reason)
-                self.draining = True
-                self.channel._link_draining(self)
-                if not calls:
-                    self.close("server sent GOAWAY")
-            elif t is c.PingAcked:
-                self.keepalive_acked(ev.payload)
-            elif t is c.LaneChange:
-                self.lane_answered(ev.lane)
+    def _on_event(self, ev: Any) -> None:
+        t = type(ev)
+        if t is c.StreamEnded:
+            call = self.calls.pop(ev.stream_id, None)
+            if call is not None:
+                call._on_end(ev.code, ev.details, ev.metadata, ev.not_started)
+            if self.waiting:
+                self._start_waiting()
+        elif t is c.InitialMetadataReceived:
+            call = self.calls.get(ev.stream_id)
+            if call is not None:
+                call._on_initial_metadata(ev.metadata)
+        elif t is c.HandshakeDone:
+            self.handshake_complete()
+        elif t is c.GoAwayReceived:
+            self._on_goaway(ev)
+        elif t is c.LaneChange:
+            self.lane_answered(ev.lane)
+
+    def _on_goaway(self, ev: c.GoAwayReceived) -> None:
+        if not self.ready.done():
+            # Refused during the handshake (e.g. a uid the server doesn't admit).
+            self.refused = True
+            self.close_reason = f"server refused the connection: {ev.reason}"
+            self.close(self.close_reason)
+            return
+        if ev.code == GoAwayCode.ENHANCE_YOUR_CALM:
+            log.warning("lanerpc: server %s says we ping too often (%s); "
+                        "raise grpc.keepalive_time_ms", self.peer.address if self.peer
+                        else "?", ev.reason)
+        self.draining = True
+        self.channel._link_draining(self)
+        if not self.calls:
+            self.close("server sent GOAWAY")
 
     def _lost(self, reason: str) -> None:
         calls, self.calls = self.calls, {}
@@ -242,7 +231,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _on_message(self, data: bytes) -> None:
+    def _on_message(self, data: bytes, end: bool) -> None:
+        # (end: the server's messages never end the stream; its TRAILERS do.)
         if self._initial_md is None:    # no HEADERS came first: empty initial metadata
             self._on_initial_metadata(())
         self._deliver(data)

@@ -360,6 +360,28 @@ class Link(asyncio.Protocol):
     # ------------------------------------------------------------ subclass hooks
 
     def _dispatch(self, events: list[c.Event]) -> None:
+        """Hand each event to the call it is for, or to ``_on_event``. The events of
+        every stream (a message, room to write) go the same way on both sides."""
+        calls = self.calls
+        # Any: the checks below are on type(ev), which mypy does not narrow by.
+        ev: Any
+        for ev in events:
+            t = type(ev)
+            if t is c.MessageReceived:
+                call = calls.get(ev.stream_id)
+                if call is not None:
+                    call._on_message(ev.data, ev.end_stream)
+            elif t is c.StreamWritable:
+                call = calls.get(ev.stream_id)
+                if call is not None:
+                    call._on_writable()
+            elif t is c.PingAcked:
+                self.keepalive_acked(ev.payload)
+            else:
+                self._on_event(ev)
+
+    def _on_event(self, ev: Any) -> None:
+        """The events only one side has, or handles its own way."""
         raise NotImplementedError
 
     def _lost(self, reason: str) -> None:

@@ -74,44 +74,30 @@ class ServerLink(Link):
         stats.connections_total[self.lane or "?"] += 1
 
     def _dispatch(self, events: list[c.Event]) -> None:
-        if self.refused:
-            return
-        calls = self.calls
-        # Any: the checks below are on type(ev), which mypy does not narrow by.
-        ev: Any
-        for ev in events:
-            t = type(ev)
-            if t is c.MessageReceived:
-                call = calls.get(ev.stream_id)
-                if call is not None:
-                    call._on_message(ev.data, ev.end_stream)
-            elif t is c.RequestReceived:
-                self.server._on_request(self, ev)
-            elif t is c.EndOfInput:
-                call = calls.get(ev.stream_id)
-                if call is not None:
-                    call._on_end_of_input()
-            elif t is c.StreamEnded:
-                call = calls.pop(ev.stream_id, None)
-                if call is not None:
-                    call._on_stream_ended(ev.code, ev.details, ev.by_peer)
-            elif t is c.StreamWritable:
-                call = calls.get(ev.stream_id)
-                if call is not None:
-                    call._on_writable()
-            elif t is c.HelloReceived:
-                # Our HELLO carries what the lanes offer this client; then read on.
-                self.conn.accept(self.negotiator.hello(self, ev.hello))
-                self.handshake_complete()
-                self._dispatch(self.conn.receive_data(b""))
-            elif t is c.PingReceived:
-                self._on_ping()
-            elif t is c.PingAcked:
-                self.keepalive_acked(ev.payload)
-            elif t is c.LaneChange:
-                self.negotiator.lane_change(self, ev.lane)
-            elif t is c.GoAwayReceived:
-                pass
+        if not self.refused:
+            super()._dispatch(events)
+
+    def _on_event(self, ev: Any) -> None:
+        t = type(ev)
+        if t is c.RequestReceived:
+            self.server._on_request(self, ev)
+        elif t is c.EndOfInput:
+            call = self.calls.get(ev.stream_id)
+            if call is not None:
+                call._on_end_of_input()
+        elif t is c.StreamEnded:
+            call = self.calls.pop(ev.stream_id, None)
+            if call is not None:
+                call._on_stream_ended(ev.code, ev.details, ev.by_peer)
+        elif t is c.HelloReceived:
+            # Our HELLO carries what the lanes offer this client; then read on.
+            self.conn.accept(self.negotiator.hello(self, ev.hello))
+            self.handshake_complete()
+            self._dispatch(self.conn.receive_data(b""))
+        elif t is c.PingReceived:
+            self._on_ping()
+        elif t is c.LaneChange:
+            self.negotiator.lane_change(self, ev.lane)
 
     _MAX_PING_STRIKES = 2
 
