@@ -23,7 +23,6 @@ from grpc import aio
 
 from rpc import _connection as c
 from rpc import _interceptors, _lanes, _options
-from rpc._interceptors import InterceptedCall
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
@@ -571,7 +570,9 @@ class _MultiCallable(Generic[_Req, _Resp]):
         self._deserializer = deserializer
 
     def _call(self, request: Any, timeout: float | None, metadata: MetadataArg,
-              wait_for_ready: bool | None) -> _Call[_Req, _Resp] | InterceptedCall:
+              wait_for_ready: bool | None) -> Any:
+        """The call: a ``_call_class`` or, with interceptors, an InterceptedCall; Any,
+        because each multi-callable types it as its grpc.aio call type (_CallT)."""
         kind = self._call_class._kind
         interceptors = self._channel._interceptors.get(kind)
         if interceptors:
@@ -609,67 +610,47 @@ class _MultiCallable(Generic[_Req, _Resp]):
 
 
 # The call a multi-callable returns is its own kind of call, or with interceptors an
-# InterceptedCall: both are the grpc.aio call type each class below declares. The
-# shared __call__ returns Any so that each class can say which.
+# InterceptedCall: both are the grpc.aio call type (_CallT) each class below names.
+_CallT = TypeVar("_CallT")
 
-class _UnaryRequest(_MultiCallable[_Req, _Resp]):
+
+class _UnaryRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
     def __call__(self, request: _Req, *, timeout: float | None = None,
                  metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._call(request, timeout, metadata, wait_for_ready)
+                 compression: grpc.Compression | None = None) -> _CallT:
+        call: _CallT = self._call(request, timeout, metadata, wait_for_ready)
+        return call
 
 
-class _StreamRequest(_MultiCallable[_Req, _Resp]):
+class _StreamRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
     def __call__(self, request_iterator: AsyncIterable[_Req] | Iterable[_Req] | None = None,
                  timeout: float | None = None, metadata: MetadataArg = None,
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._call(request_iterator, timeout, metadata, wait_for_ready)
+                 compression: grpc.Compression | None = None) -> _CallT:
+        call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready)
+        return call
 
 
-class UnaryUnaryMultiCallable(_UnaryRequest[_Req, _Resp], aio.UnaryUnaryMultiCallable[_Req, _Resp]):
+class UnaryUnaryMultiCallable(_UnaryRequest[_Req, _Resp, aio.UnaryUnaryCall[_Req, _Resp]],
+                              aio.UnaryUnaryMultiCallable[_Req, _Resp]):
     _call_class = UnaryUnaryCall
 
-    if TYPE_CHECKING:
-        def __call__(self, request: _Req, *, timeout: float | None = None,
-                     metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
-                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
-                     ) -> aio.UnaryUnaryCall[_Req, _Resp]: ...
 
-
-class UnaryStreamMultiCallable(_UnaryRequest[_Req, _Resp], aio.UnaryStreamMultiCallable[_Req, _Resp]):
+class UnaryStreamMultiCallable(_UnaryRequest[_Req, _Resp, aio.UnaryStreamCall[_Req, _Resp]],
+                               aio.UnaryStreamMultiCallable[_Req, _Resp]):
     _call_class = UnaryStreamCall
 
-    if TYPE_CHECKING:
-        def __call__(self, request: _Req, *, timeout: float | None = None,
-                     metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
-                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
-                     ) -> aio.UnaryStreamCall[_Req, _Resp]: ...
 
-
-class StreamUnaryMultiCallable(_StreamRequest[_Req, _Resp], aio.StreamUnaryMultiCallable[_Req, _Resp]):
+class StreamUnaryMultiCallable(_StreamRequest[_Req, _Resp, aio.StreamUnaryCall[_Req, _Resp]],
+                               aio.StreamUnaryMultiCallable[_Req, _Resp]):
     _call_class = StreamUnaryCall
 
-    if TYPE_CHECKING:
-        def __call__(self, request_iterator: AsyncIterable[_Req] | Iterable[_Req] | None = None,
-                     timeout: float | None = None, metadata: MetadataArg = None,
-                     credentials: grpc.CallCredentials | None = None,
-                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
-                     ) -> aio.StreamUnaryCall[_Req, _Resp]: ...
 
-
-class StreamStreamMultiCallable(_StreamRequest[_Req, _Resp],
+class StreamStreamMultiCallable(_StreamRequest[_Req, _Resp, aio.StreamStreamCall[_Req, _Resp]],
                                 aio.StreamStreamMultiCallable[_Req, _Resp]):
     _call_class = StreamStreamCall
-
-    if TYPE_CHECKING:
-        def __call__(self, request_iterator: AsyncIterable[_Req] | Iterable[_Req] | None = None,
-                     timeout: float | None = None, metadata: MetadataArg = None,
-                     credentials: grpc.CallCredentials | None = None,
-                     wait_for_ready: bool | None = None, compression: grpc.Compression | None = None
-                     ) -> aio.StreamStreamCall[_Req, _Resp]: ...
 
 
 # ============================================================ channel
