@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import enum
 import os
+from collections.abc import Callable
 
 from rpc import _wire
 from rpc._events import (
@@ -162,33 +163,11 @@ class Connection:
         decoder.feed(data)
         if self._accept_pending:
             return events      # buffered until our HELLO has gone out (accept)
+        handlers = self._FRAME_HANDLERS     # the decoder lets only known types through
         try:
             for ftype, flags, sid, payload in decoder.frames():
-                if ftype == MESSAGE:
-                    self._on_message(flags, sid, payload, events)
-                elif ftype == HEADERS:
-                    self._on_headers(flags, sid, payload, events)
-                elif ftype == TRAILERS:
-                    self._on_trailers(flags, sid, payload, events)
-                elif ftype == WINDOW_UPDATE:
-                    self._on_window_update(sid, payload, events)
-                elif ftype == HELLO:
-                    self._on_hello(sid, payload, events)
-                    if self._accept_pending:
-                        break   # what follows waits for accept(): our HELLO goes first
-                elif ftype == CANCEL:
-                    self._on_cancel(flags, sid, payload, events)
-                elif ftype == PING:
-                    self._on_ping(flags, sid, payload, events)
-                elif ftype == GOAWAY:
-                    self._on_goaway(sid, payload, events)
-                elif ftype == LANE:
-                    if self._on_lane(sid, payload, events):
-                        # The bytes that follow travel on the new lane: nothing
-                        # may follow the switch on this one.
-                        if decoder.buffered:
-                            raise ProtocolError("bytes after a LANE switch on the old lane")
-                        break
+                if handlers[ftype](self, flags, sid, payload, events):
+                    break   # the frames behind this one wait (HELLO) or go elsewhere (LANE)
         except ProtocolError as exc:
             self.fail(exc)
             raise
@@ -228,7 +207,8 @@ class Connection:
         if not self.handshake_done:
             raise ProtocolError("frame before HELLO")
 
-    def _on_hello(self, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_hello(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> bool:
+        """True on a server: what follows waits for accept(), our HELLO goes first."""
         if self.handshake_done or self._accept_pending:
             raise ProtocolError("second HELLO")
         if sid != 0:
@@ -258,9 +238,10 @@ class Connection:
         self.send_window = peer.connection_window
         if self.role is Role.SERVER:
             events.append(HelloReceived(hello))
-        else:
-            self.handshake_done = True
-            events.append(HandshakeDone(hello))
+            return True
+        self.handshake_done = True
+        events.append(HandshakeDone(hello))
+        return False
 
     def _on_headers(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
         self._require_handshake()
@@ -457,7 +438,7 @@ class Connection:
         not_started = bool(flags & FLAG_NOT_STARTED) and self.role is Role.CLIENT
         events.append(StreamEnded(sid, code, details, (), not_started))
 
-    def _on_window_update(self, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_window_update(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
         self._require_handshake()
         inc = _wire.decode_window_update(payload)
         if sid == 0:
@@ -486,7 +467,7 @@ class Connection:
             self._emit(_wire.frame(PING, FLAG_ACK, 0, payload))
             events.append(PingReceived(payload))
 
-    def _on_lane(self, sid: int, payload: bytes, events: list[Event]) -> bool:
+    def _on_lane(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> bool:
         """A lane switch (docs/wire-protocol.md, "Lane switch"). Returns True when
         the frames after this one arrive on another lane."""
         self._require_handshake()
@@ -506,6 +487,9 @@ class Connection:
             self._lane_answered = True
             switching = lane != "unix"
         events.append(LaneChange(lane))
+        if switching and self._decoder.buffered:
+            # The bytes that follow travel on the new lane: none may follow on this one.
+            raise ProtocolError("bytes after a LANE switch on the old lane")
         return switching
 
     def send_lane(self, lane: str) -> None:
@@ -521,7 +505,7 @@ class Connection:
                 self._lane_answered = True      # a decline needs no answer
         self._emit(_wire.frame(LANE, 0, 0, lane.encode("ascii")))
 
-    def _on_goaway(self, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_goaway(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
         if sid != 0:
             raise ProtocolError("GOAWAY on a stream")
         last, code, reason = _wire.decode_goaway(payload)
@@ -818,6 +802,20 @@ class Connection:
     def outbox_bytes(self, stream_id: int) -> int:
         stream = self.streams.get(stream_id)
         return stream.outbox_bytes if stream is not None else 0
+
+
+    # The frame types the decoder lets through, and who reads each.
+    _FRAME_HANDLERS: dict[int, Callable[[Connection, int, int, bytes, list[Event]], bool | None]] = {
+        MESSAGE: _on_message,
+        HEADERS: _on_headers,
+        TRAILERS: _on_trailers,
+        WINDOW_UPDATE: _on_window_update,
+        HELLO: _on_hello,
+        CANCEL: _on_cancel,
+        PING: _on_ping,
+        GOAWAY: _on_goaway,
+        LANE: _on_lane,
+    }
 
 
 class ConnectionClosed(Exception):

@@ -1036,3 +1036,7 @@ def test_message_length_lying_beyond_the_frame_is_refused():
                         _wire.pack_u32(2**32 - 1) + b"xx")
     with pytest.raises(ProtocolError, match="beyond the frame"):
         server.receive_data(frame)
+
+
+def test_every_frame_type_the_decoder_passes_has_a_reader():
+    assert set(Connection._FRAME_HANDLERS) == {int(t) for t in _wire.FrameType}
