@@ -73,14 +73,9 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
         _, protocol = await unix.connect(endpoint.path, factory)
     else:
         _, protocol = await tcp.connect(endpoint.host, endpoint.port, factory)
-    link = protocol
-    assert isinstance(link, Link)
-    try:
-        await asyncio.wait_for(asyncio.shield(link.ready), options.handshake_timeout)
-    except BaseException:
-        link.abort("handshake failed")
-        raise
-    return link
+    assert isinstance(protocol, Link)
+    await protocol.handshake(options.handshake_timeout)
+    return protocol
 
 
 async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory) -> Link:

@@ -262,6 +262,15 @@ class Link(asyncio.Protocol):
 
     # ------------------------------------------------------------ lifecycle
 
+    async def handshake(self, timeout: float) -> None:
+        """Wait until the handshake is done (raising what ended it, if it failed);
+        a handshake that fails or takes longer than ``timeout`` aborts the connection."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.ready), timeout)
+        except BaseException:
+            self.abort("handshake failed")
+            raise
+
     def handshake_complete(self) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()

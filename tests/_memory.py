@@ -129,11 +129,7 @@ async def _connect(endpoint: Endpoint, options: Options,
     client_end.set_protocol(client_link)
     server_link.connection_made(server_end)
     client_link.connection_made(client_end)
-    try:
-        await asyncio.wait_for(asyncio.shield(client_link.ready), options.handshake_timeout)
-    except BaseException:
-        client_link.abort("handshake failed")
-        raise
+    await client_link.handshake(options.handshake_timeout)
     return client_link
 
 
