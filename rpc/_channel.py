@@ -38,6 +38,8 @@ log = logging.getLogger("lanerpc")
 _C = grpc.StatusCode
 _EOF = aio.EOF
 _CONNECTIVITY = grpc.ChannelConnectivity
+# grpc.aio's words when write()/done_writing() meet a call made with a request iterator.
+_API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
 
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
@@ -433,9 +435,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
 
     async def write(self, request: _Req) -> None:
         if self._iterator_task is not None:
-            # Not in grpc's stubs, nor in grpc at run time (grpc.aio has UsageError).
-            raise grpc.UsageError(  # type: ignore[attr-defined]
-                "write() is not allowed when a request iterator was given")
+            raise aio.UsageError(_API_STYLE_ERROR)
         await self._write(request)
 
     async def _write(self, request: _Req) -> None:
@@ -464,8 +464,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
 
     async def done_writing(self) -> None:
         if self._iterator_task is not None:
-            raise grpc.UsageError(  # type: ignore[attr-defined]  # see write()
-                "done_writing() is not allowed when a request iterator was given")
+            raise aio.UsageError(_API_STYLE_ERROR)
         await self._done_writing()
 
     async def _done_writing(self) -> None:
@@ -590,8 +589,7 @@ class _MultiCallable(Generic[_Req, _Resp]):
                 "this lanerpc channel was created before os.fork(); its connections (and "
                 "shared-memory rings) belong to the parent. Create a new channel in the child.")
         if channel._closed:
-            raise aio.UsageError("Cannot invoke RPC: Channel closed!") if hasattr(aio, "UsageError") \
-                else grpc.RpcError("channel closed")
+            raise aio.UsageError("Cannot invoke RPC: Channel closed!")
         call: _Call[_Req, _Resp] = self._call_class(
             channel, self._method, self._serializer, self._deserializer, timeout, metadata,
             wait_for_ready)
@@ -768,8 +766,7 @@ class Channel(aio.Channel):
             if state is _CONNECTIVITY.READY:
                 return
             if state is _CONNECTIVITY.SHUTDOWN:
-                raise aio.UsageError("Channel is closed") if hasattr(aio, "UsageError") \
-                    else RuntimeError("Channel is closed")
+                raise aio.UsageError("Channel is closed")
             if state is _CONNECTIVITY.TRANSIENT_FAILURE or state is _CONNECTIVITY.IDLE:
                 self._start_connecting(wait=True)
             await self.wait_for_state_change(state)

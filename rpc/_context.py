@@ -347,8 +347,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
 
     async def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
         if self._initial_sent:
-            raise aio.UsageError("initial metadata has already been sent") if hasattr(aio, "UsageError") \
-                else RuntimeError("initial metadata has already been sent")
+            raise aio.UsageError("initial metadata has already been sent")
         self._initial = validate_metadata(initial_metadata)
         if not self._ended:
             self._initial_sent = True

@@ -122,6 +122,18 @@ async def test_empty_stream_async_for(server_and_channel: Any) -> None:
     assert await call.code() == grpc.StatusCode.OK
 
 
+async def test_write_on_a_call_fed_by_an_iterator_is_a_usage_error(
+        server_and_channel: Any) -> None:
+    _, stub, _ = server_and_channel
+    requests = [pb.StreamingInputCallRequest(payload=payload(3))]
+    call = stub.StreamingInputCall(iter(requests), timeout=RPC_TIMEOUT)
+    with pytest.raises(grpc.aio.UsageError):
+        await call.write(pb.StreamingInputCallRequest(payload=payload(1)))
+    with pytest.raises(grpc.aio.UsageError):
+        await call.done_writing()
+    assert (await within(call)).aggregated_payload_size == 3
+
+
 async def test_custom_metadata_unary(server_and_channel: Any) -> None:
     _, stub, _ = server_and_channel
     request = pb.SimpleRequest(response_size=314159, payload=payload(271828))
