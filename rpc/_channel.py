@@ -445,9 +445,9 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if self._half_closed:
             raise asyncio.InvalidStateError("RPC is half closed after calling done_writing")
         data = self._serialize(request)
-        error = too_large(len(data), self._channel._options.max_send_message_length)
-        if error is not None:
-            self._abandon(_C.RESOURCE_EXHAUSTED, error)
+        limit = self._channel._options.max_send_message_length
+        if len(data) > limit:
+            self._abandon(_C.RESOURCE_EXHAUSTED, too_large(len(data), limit))
             raise self._error()
         if self._link is None and self._code is None:
             if self._opened is None:
@@ -595,9 +595,9 @@ class _MultiCallable(Generic[_Req, _Resp]):
             wait_for_ready)
         if call._unary_request:
             data = call._serialize(request)
-            error = too_large(len(data), channel._options.max_send_message_length)
-            if error is not None:
-                call._finish(_C.RESOURCE_EXHAUSTED.value[0], error, ())
+            limit = channel._options.max_send_message_length
+            if len(data) > limit:
+                call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit), ())
                 return call
             call._begin(data)
         else:

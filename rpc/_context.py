@@ -272,9 +272,9 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         self._send_initial()
         if self._ended:
             return
-        error = too_large(len(data), self._server._options.max_send_message_length)
-        if error is not None:
-            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], error)
+        limit = self._server._options.max_send_message_length
+        if len(data) > limit:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
             return
         code = self._code if self._code is not None else _OK
         self._end_with(code, self._details or "", self._trailing, data)
@@ -335,9 +335,9 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             raise asyncio.InvalidStateError("the RPC has already finished")
         serializer = self._handler.response_serializer
         data = serializer(message) if serializer is not None else message
-        error = too_large(len(data), self._server._options.max_send_message_length)
-        if error is not None:
-            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], error)
+        limit = self._server._options.max_send_message_length
+        if len(data) > limit:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
             raise asyncio.CancelledError()
         self._link.ping_strikes = 0
         self._send_initial()

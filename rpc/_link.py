@@ -370,7 +370,10 @@ class Link(asyncio.Protocol):
 
     def _dispatch(self, events: list[c.Event]) -> None:
         """Hand each event to the call it is for, or to ``_on_event``. The events of
-        every stream (a message, room to write) go the same way on both sides."""
+        every stream (a message, room to write) go the same way on both sides. A
+        refused connection reads nothing more."""
+        if self.refused:
+            return
         calls = self.calls
         # Any: the checks below are on type(ev), which mypy does not narrow by.
         ev: Any

@@ -73,10 +73,6 @@ class ServerLink(Link):
         stats.connections[self.lane or "?"] += 1
         stats.connections_total[self.lane or "?"] += 1
 
-    def _dispatch(self, events: list[c.Event]) -> None:
-        if not self.refused:
-            super()._dispatch(events)
-
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
         if t is c.RequestReceived:

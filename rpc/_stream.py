@@ -29,11 +29,10 @@ from rpc import _connection as c
 from rpc import _wire
 
 
-def too_large(size: int, limit: int) -> str | None:
-    """The status details for a message over the send limit, or None if it fits."""
-    if size > limit:
-        return f"Sent message larger than max ({size} vs. {limit})"
-    return None
+def too_large(size: int, limit: int) -> str:
+    """The status details for a message of ``size`` bytes over the send ``limit``
+    (callers compare first: this runs only for a message that does not fit)."""
+    return f"Sent message larger than max ({size} vs. {limit})"
 
 
 class StreamLink(Protocol):

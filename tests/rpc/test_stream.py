@@ -140,6 +140,5 @@ async def test_releasing_waiters_wakes_a_reader() -> None:
     assert await waiting is None
 
 
-def test_too_large() -> None:
-    assert too_large(10, 10) is None
+def test_too_large_names_the_size_and_the_limit_as_grpc_does() -> None:
     assert too_large(11, 10) == "Sent message larger than max (11 vs. 10)"
