@@ -675,6 +675,7 @@ class Channel(aio.Channel):
         self._link: ClientLink | None = None
         self._old_links: set[ClientLink] = set()
         self._connecting: asyncio.Task[ClientLink | None] | None = None
+        self._tried_to_connect = False     # bound to its loop from the first attempt on
         self._state = _CONNECTIVITY.IDLE
         self._state_waiters: list[asyncio.Future[None]] = []
         self._closed = False
@@ -689,7 +690,7 @@ class Channel(aio.Channel):
         old one yet. Once it has connected, it stays (as grpc.aio's channels do)."""
         loop = self._loop
         if loop is not None and (self._link is not None or self._old_links
-                                 or self._connecting is not None):
+                                 or self._tried_to_connect):
             return loop
         try:
             running = asyncio.get_running_loop()
@@ -812,9 +813,17 @@ class Channel(aio.Channel):
         task = self._connecting
         if task is None or task.done():
             loop = self._current_loop()
+            self._tried_to_connect = True
             task = self._connecting = loop.create_task(self._connect(wait))
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(self._connect_done)
         return task
+
+    def _connect_done(self, task: asyncio.Task[ClientLink | None]) -> None:
+        _retrieve(task)
+        if self._connecting is task:
+            # The task's result is the link: held here it would keep a lost link (and
+            # its buffers) alive in a cycle channel -> task -> link -> channel.
+            self._connecting = None
 
     async def _get_link(self, deadline: float | None, wait_for_ready: bool) -> ClientLink:
         """A ready connection, made if needed. Raises AioRpcError(UNAVAILABLE) when

@@ -484,6 +484,10 @@ class ShmSegment:
         return self._flags[self._closed_flag_index(side)] != 0
 
 
+# What a finished transport points to instead of its protocol.
+_DETACHED = asyncio.BaseProtocol()
+
+
 class _ControlChannelWatch(asyncio.Protocol):
     """Takes over the control channel after the upgrade: its EOF means the peer is gone."""
 
@@ -1024,7 +1028,10 @@ class ShmTransport(asyncio.Transport):
             # asyncio's own transports pass on whatever ended them, BaseException included.
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
+            # Let go of the protocol (as asyncio's transports do): it holds us too, and
+            # the cycle would keep both, rings and buffers included, until a full gc.
             self._control = None
+            self._protocol = _DETACHED
 
     # -- the waiter thread ---------------------------------------------------------
 
