@@ -135,6 +135,11 @@ class Connection:
         return out
 
     @property
+    def bytes_to_send(self) -> int:
+        """How many bytes of frames are queued (what ``data_to_send()`` would return)."""
+        return self._out_bytes
+
+    @property
     def has_data_to_send(self) -> bool:
         return bool(self._out) or self._recv_window_pending >= self.limits.connection_window // 4
 

@@ -139,7 +139,12 @@ class Link(asyncio.Protocol):
                 waiter.set_result(None)
 
     async def drain(self) -> None:
-        """Wait while the transport's own buffer is above its high-water mark."""
+        """Wait while the transport's own buffer is above its high-water mark. Frames
+        the connection has queued past _BIG_WRITE bytes are written first: a writer
+        that never yields to the loop would otherwise pile them up (up to the peer's
+        windows, which a peer may announce at 2 GiB) before any flush ran."""
+        if self.conn.bytes_to_send >= self._BIG_WRITE:
+            self.flush()
         if (self._write_paused or self._backlog) and not self.conn.closed:
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
