@@ -14,6 +14,13 @@ The upgrade (docs/wire-protocol.md, "Same-host upgrade"):
    server) can't. The client checks the answer in constant time.
 4. Any failing or slow step leaves the channel on TCP, logged at DEBUG.
 
+With ``lanerpc.server_uids`` set, every unix socket a client dials (a ``unix:``
+target, the upgrade path, a redial after a failed shm switch) is checked by
+:func:`_server_uid_check` once connected and before a byte is sent: a server whose
+SO_PEERCRED uid is not listed is dropped. On a ``unix:`` target that fails the
+connection (UNAVAILABLE); on an upgrade it leaves the channel on TCP, like any
+failed step.
+
 The upgrade runs when a channel connects, before any call uses the connection,
 so no call is ever in flight across the switch.
 
@@ -42,6 +49,7 @@ from rpc._options import Options
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
 from rpc.transports import shm, tcp, unix
+from rpc.transports import peer_credentials
 
 log = logging.getLogger("lanerpc")
 
@@ -61,6 +69,22 @@ def _answer(token: bytes, nonce: bytes) -> bytes:
 
 # ------------------------------------------------------------------ client side
 
+class UntrustedServer(ConnectionError):
+    """The unix socket's server runs as a uid that ``lanerpc.server_uids`` does not list."""
+
+
+def _server_uid_check(path: str, allowed: frozenset[int]) -> unix.ConnectCheck:
+    def check(sock: socket.socket) -> None:
+        creds = peer_credentials(sock)
+        found = "unknown" if creds is None else str(creds[1])
+        if creds is None or creds[1] not in allowed:
+            expected = ",".join(str(uid) for uid in sorted(allowed))
+            raise UntrustedServer(
+                f"server at unix:{path} runs as uid {found}, not one of lanerpc.server_uids "
+                f"({expected}); disconnected before sending anything")
+    return check
+
+
 async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory,
                 hello: handshake_pb2.Hello | None = None,
                 lanes: Sequence[str] | None = None) -> Link:
@@ -70,7 +94,9 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
         hello.lanes = ",".join(lanes if lanes is not None else options.lanes)
     factory = lambda: make_link(hello)  # noqa: E731
     if endpoint.lane == "unix":
-        _, protocol = await unix.connect(endpoint.path, factory)
+        allowed = options.server_uids
+        check = None if allowed is None else _server_uid_check(endpoint.path, allowed)
+        _, protocol = await unix.connect(endpoint.path, factory, check=check)
     else:
         _, protocol = await tcp.connect(endpoint.host, endpoint.port, factory)
     assert isinstance(protocol, Link)
