@@ -192,3 +192,11 @@ async def test_listener_of_another_uid_is_refused_before_any_byte(sock_dir):
         if proc.returncode is None:
             proc.kill()
             await within(proc.wait())
+
+
+@pytest.mark.parametrize("target", ["grpc://unix:/nonexistent.sock", "unix:/nonexistent.sock"])
+def test_plain_grpc_channel_to_a_unix_target_refuses_the_option(target):
+    """grpcio does not check it: better a clear error than a check silently dropped."""
+    options = [("lanerpc.server_uids", "0"), ("lanerpc.protocol", "grpc")]
+    with pytest.raises(ValueError, match="lanerpc.server_uids is checked by lanerpc channels only"):
+        rpc.insecure_channel(target, options=options)
