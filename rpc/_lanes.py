@@ -4,7 +4,10 @@ carries a channel. Decides first (from the target and the options), then does I/
 The upgrade (docs/wire-protocol.md, "Same-host upgrade"):
 
 1. A server that listens on TCP also listens on a private Unix socket
-   (``<runtime dir>/lanerpc-<random>/up.sock``, directory 0700, socket 0600).
+   (``<runtime dir>/lanerpc-up-<random>/up.sock``, directory 0700, socket 0600).
+   The directory also holds ``lock``, flock()ed by the server for its lifetime: the
+   kernel drops the lock when the process dies, SIGKILL included, so the next
+   server's :func:`sweep_stale` knows at once that the directory is a leftover.
    Its HELLO on every TCP connection carries an :class:`UpgradeOffer`: that path
    and a fresh 32-byte token.
 2. The client dials the path and sends an ``UpgradeClaim``: SHA-256 of the token
@@ -13,6 +16,13 @@ The upgrade (docs/wire-protocol.md, "Same-host upgrade"):
    token can; a decoy at the same path (another mount namespace, another
    server) can't. The client checks the answer in constant time.
 4. Any failing or slow step leaves the channel on TCP, logged at DEBUG.
+
+With ``lanerpc.server_uids`` set, every unix socket a client dials (a ``unix:``
+target, the upgrade path, a redial after a failed shm switch) is checked by
+:func:`_server_uid_check` once connected and before a byte is sent: a server whose
+SO_PEERCRED uid is not listed is dropped. On a ``unix:`` target that fails the
+connection (UNAVAILABLE); on an upgrade it leaves the channel on TCP, like any
+failed step.
 
 The upgrade runs when a channel connects, before any call uses the connection,
 so no call is ever in flight across the switch.
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -42,11 +53,15 @@ from rpc._options import Options
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
 from rpc.transports import shm, tcp, unix
+from rpc.transports import peer_credentials
 
 log = logging.getLogger("lanerpc")
 
 _DIR_PREFIX = "lanerpc-up-"   # specific: the sweep must never touch other programs' dirs
 _SOCKET_NAME = "up.sock"
+_LOCK_NAME = "lock"           # flock()ed by the live server
+_NEW_LOCK_NAME = "lock.new"   # the same file before it is locked and renamed
+_YOUNG = 5.0                  # seconds: directories without a lock this young are left alone
 
 # Makes a client link whose HELLO carries these fields (the lanes it takes, a claim).
 ClientLinkFactory = Callable[[handshake_pb2.Hello | None], Link]
@@ -61,6 +76,22 @@ def _answer(token: bytes, nonce: bytes) -> bytes:
 
 # ------------------------------------------------------------------ client side
 
+class UntrustedServer(ConnectionError):
+    """The unix socket's server runs as a uid that ``lanerpc.server_uids`` does not list."""
+
+
+def _server_uid_check(path: str, allowed: frozenset[int]) -> unix.ConnectCheck:
+    def check(sock: socket.socket) -> None:
+        creds = peer_credentials(sock)
+        found = "unknown" if creds is None else str(creds[1])
+        if creds is None or creds[1] not in allowed:
+            expected = ",".join(str(uid) for uid in sorted(allowed))
+            raise UntrustedServer(
+                f"server at unix:{path} runs as uid {found}, not one of lanerpc.server_uids "
+                f"({expected}); disconnected before sending anything")
+    return check
+
+
 async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory,
                 hello: handshake_pb2.Hello | None = None,
                 lanes: Sequence[str] | None = None) -> Link:
@@ -70,7 +101,9 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
         hello.lanes = ",".join(lanes if lanes is not None else options.lanes)
     factory = lambda: make_link(hello)  # noqa: E731
     if endpoint.lane == "unix":
-        _, protocol = await unix.connect(endpoint.path, factory)
+        allowed = options.server_uids
+        check = None if allowed is None else _server_uid_check(endpoint.path, allowed)
+        _, protocol = await unix.connect(endpoint.path, factory, check=check)
     else:
         _, protocol = await tcp.connect(endpoint.host, endpoint.port, factory)
     assert isinstance(protocol, Link)
@@ -339,8 +372,9 @@ class Negotiator:
 class _UpgradeSocket:
     """The server's private upgrade socket and the tokens it has offered."""
 
-    def __init__(self, directory: str, listener: unix.UnixListener) -> None:
+    def __init__(self, directory: str, lock_fd: int, listener: unix.UnixListener) -> None:
         self.directory = directory
+        self.lock_fd: int | None = lock_fd
         self.listener = listener
         self.path = listener.path
         self.tokens: dict[bytes, bytes] = {}   # sha256(token) -> token
@@ -352,16 +386,21 @@ class _UpgradeSocket:
         directory = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=base)   # mode 0700
         os.chmod(directory, 0o700)
         try:
-            sock = unix.bind(os.path.join(directory, _SOCKET_NAME))
+            lock_fd = _hold_lock(directory)
             try:
-                listener = await unix.listen(sock, factory)
+                sock = unix.bind(os.path.join(directory, _SOCKET_NAME))
+                try:
+                    listener = await unix.listen(sock, factory)
+                except BaseException:
+                    sock.close()
+                    raise
             except BaseException:
-                sock.close()
+                os.close(lock_fd)
                 raise
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        return cls(directory, listener)
+        return cls(directory, lock_fd, listener)
 
     def offer(self, into: handshake_pb2.UpgradeOffer) -> bytes:
         """Fill ``into`` with our path and a fresh token; returns the token's id."""
@@ -385,6 +424,44 @@ class _UpgradeSocket:
     def close(self) -> None:
         self.listener.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self.lock_fd is not None:     # last: the directory is ours until it is gone
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _hold_lock(directory: str) -> int:
+    """Create ``directory``/lock and hold an exclusive flock on it; returns its fd
+    (O_CLOEXEC: a child that execs does not keep our directory alive). The file is
+    locked under another name and renamed, so a sweep never finds ``lock`` unlocked
+    while its server lives."""
+    new = os.path.join(directory, _NEW_LOCK_NAME)
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(new, os.path.join(directory, _LOCK_NAME))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lock_is_free(path: str) -> bool | None:
+    """Whether the lock file at ``path`` can be taken now (its server is gone): True,
+    False (held: a live server), or None (no such regular file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True          # closing the fd below releases it again
+    finally:
+        os.close(fd)
 
 
 def runtime_dir() -> str:
@@ -397,8 +474,12 @@ def runtime_dir() -> str:
 
 def sweep_stale(base: str) -> int:
     """Remove upgrade directories of ours whose server is gone (killed with
-    SIGKILL, say). A directory is stale when its socket file exists and nothing
-    accepts on it; anything else (no socket yet, not ours) is left alone."""
+    SIGKILL, say). A directory with a lock file is stale as soon as its lock can be
+    taken, whatever its age, and never while it is held. One without (made by an
+    older version, or a server killed while starting) is stale when it is older
+    than a few seconds and its socket file exists with nothing accepting on it (or,
+    for a server killed while starting, its unlocked ``lock.new`` is all there is);
+    anything else (not ours, no socket yet) is left alone."""
     removed = 0
     uid = os.geteuid()
     try:
@@ -413,11 +494,28 @@ def sweep_stale(base: str) -> int:
             st = os.lstat(directory)
         except OSError:
             continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or time.time() - st.st_mtime < 5:
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            continue
+        free = _lock_is_free(os.path.join(directory, _LOCK_NAME))
+        if free is not None:
+            if free:
+                shutil.rmtree(directory, ignore_errors=True)
+                removed += 1
+            continue
+        if time.time() - st.st_mtime < _YOUNG:
+            continue
+        try:
+            contents = set(os.listdir(directory))
+        except OSError:
+            continue
+        if contents == {_NEW_LOCK_NAME}:
+            if _lock_is_free(os.path.join(directory, _NEW_LOCK_NAME)):
+                shutil.rmtree(directory, ignore_errors=True)
+                removed += 1
             continue
         path = os.path.join(directory, _SOCKET_NAME)
         try:
-            if not stat.S_ISSOCK(os.lstat(path).st_mode) or set(os.listdir(directory)) != {_SOCKET_NAME}:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode) or contents != {_SOCKET_NAME}:
                 continue
         except OSError:
             continue

@@ -26,6 +26,7 @@ class Options:
     min_ping_interval: float = 300.0         # server: pings closer than this are "too many"
     max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
     allowed_uids: frozenset[int] = frozenset()   # unix/shm: uids admitted besides our own
+    server_uids: frozenset[int] | None = None    # client: the only uids a unix server may run as
     upgrade_timeout: float = 1.0
     retry_policy: dict[str, Any] | None = None   # grpc.service_config's retryPolicy
     initial_reconnect_backoff: float = 1.0
@@ -40,6 +41,25 @@ def parse_lanes(text: str) -> tuple[str, ...]:
         raise ValueError(
             f"lanerpc.lanes must list some of {', '.join(ALL_LANES)}; got {text!r}")
     return lanes
+
+
+def parse_uids(value: Any, name: str) -> frozenset[int]:
+    """Uids from ``"0,1000"``, a list/tuple of ints or one int; ValueError for anything else."""
+    bad = ValueError(f"{name} must be uids (integers >= 0), comma-separated or a list/tuple "
+                     f"of ints; got {value!r}")
+    if isinstance(value, str):
+        parts: list[Any] = [part.strip() for part in value.split(",")]
+        if not value.strip() or any(not (part.isascii() and part.isdigit()) for part in parts):
+            raise bad
+        uids = [int(part) for part in parts]
+    elif isinstance(value, (int, list, tuple)):
+        value = [value] if isinstance(value, int) else value
+        if not value or any(isinstance(u, bool) or not isinstance(u, int) or u < 0 for u in value):
+            raise bad
+        uids = list(value)
+    else:
+        raise bad
+    return frozenset(uids)
 
 
 def _length(value: Any, name: str) -> int:
@@ -91,6 +111,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "lanerpc.allowed_uids":
             uids = value if isinstance(value, (list, tuple, set, frozenset)) else str(value).split(",")
             values["allowed_uids"] = frozenset(int(u) for u in uids if str(u).strip())
+        elif name == "lanerpc.server_uids":
+            values["server_uids"] = parse_uids(value, name)
         elif name == "grpc.service_config":
             values["retry_policy"] = _retry_policy(json.loads(value) if isinstance(value, str) else value)
         elif name == "grpc.initial_reconnect_backoff_ms":

@@ -16,14 +16,29 @@ import stat
 from collections.abc import Callable
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+# Called with the connected socket before any protocol exists; raising ends the attempt.
+ConnectCheck = Callable[[socket.socket], None]
 
 BACKLOG = 1024
 
 
-async def connect(path: str,
-                  factory: ProtocolFactory) -> tuple[asyncio.Transport, asyncio.Protocol]:
+async def connect(path: str, factory: ProtocolFactory, *,
+                  check: ConnectCheck | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """Connect to ``path``. With ``check``, the socket is connected first and handed to
+    ``check`` before the protocol is made, so nothing is written when it raises (the
+    socket is closed and its exception propagates)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_unix_connection(factory, path)
+    if check is None:
+        return await loop.create_unix_connection(factory, path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, path)
+        check(sock)
+        return await loop.create_unix_connection(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _claim_path(path: str) -> None:

@@ -4,6 +4,7 @@ implementation (see impls.py) with the same assertions."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 
@@ -181,3 +182,17 @@ async def test_port_taken_without_reuseport_is_refused(impl):
         with pytest.raises(RuntimeError):
             async with impl.serve(Echo(), address=impl.address(holder.getsockname()[1])):
                 pass
+
+
+@pytest.mark.parametrize("server_uids", [None, "own", "own-int"])
+async def test_server_uids_listing_the_servers_uid_changes_nothing(start, connect, server_uids):
+    """lanerpc.server_uids unset, or listing the server's uid: the same answers on every
+    implementation (grpc.aio ignores a name it does not know)."""
+    options = {None: (), "own": (("lanerpc.server_uids", str(os.geteuid())),),
+               "own-int": (("lanerpc.server_uids", os.geteuid()),)}[server_uids]
+    served = await start(Echo())
+    stub = echo_pb2_grpc.EchoStub(connect(served, options))
+    reply = await stub.Unary(msg(b"x"), metadata=(("k", "v"),), timeout=TIMEOUT)
+    assert reply.payload == b"x"
+    replies = [r.payload async for r in stub.ServerStream(msg(b"y"), timeout=TIMEOUT)]
+    assert replies and all(r.startswith(b"y") for r in replies)

@@ -12,6 +12,8 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -19,9 +21,12 @@ import tempfile
 import pytest
 
 import rpc
+from rpc import _lanes
+from examples.echo import echo_pb2, echo_pb2_grpc
 from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
 from tests._support import serve
 from tests.e2e._greeter import PidGreeter
+from tests.e2e._server_proc import ServerProc
 from tests.e2e.conftest import PYTHON, last_json, need_root_and, run_child
 
 
@@ -123,6 +128,52 @@ async def test_stale_upgrade_directory_of_a_killed_server_is_swept(tmp_path, mon
     async with serve(PidGreeter()) as served:
         assert not os.path.exists(stale_dir)
         assert os.path.dirname(served.server.upgrade_path) != stale_dir
+
+
+async def test_directory_of_a_server_killed_just_now_is_swept_at_once(runtime_dir):
+    """Its lock died with it: a server restarted at once in the same runtime dir
+    removes the directory, young as it is."""
+    async with ServerProc("--address", "127.0.0.1:0") as killed:
+        old_dir = os.path.dirname(killed.info["upgrade_path"])
+        assert sorted(os.listdir(old_dir)) == ["lock", "up.sock"]
+        killed.signal(signal.SIGKILL)
+        assert await killed.wait(10) == -signal.SIGKILL
+    assert os.path.exists(old_dir)
+    async with serve(PidGreeter()) as served:
+        assert not os.path.exists(old_dir)
+        assert os.listdir(runtime_dir) == [os.path.basename(os.path.dirname(served.server.upgrade_path))]
+    assert os.listdir(runtime_dir) == []
+
+
+async def test_directory_of_a_live_server_is_never_swept(runtime_dir):
+    """Held locks, in another process and in this one, whatever the directories' age."""
+    async with ServerProc("--address", "127.0.0.1:0") as other, serve(PidGreeter()) as ours:
+        live = [os.path.dirname(other.info["upgrade_path"]),
+                os.path.dirname(ours.server.upgrade_path)]
+        for directory in live:
+            os.utime(directory, (0, 0))
+        assert _lanes.sweep_stale(runtime_dir) == 0
+        async with serve(PidGreeter()):
+            assert all(os.path.exists(directory) for directory in live)
+        channel = ours.keep(rpc.insecure_channel(f"127.0.0.1:{other.port}"))
+        stub = echo_pb2_grpc.EchoStub(channel)
+        reply = await asyncio.wait_for(stub.Unary(echo_pb2.EchoMessage(payload=b"x"), timeout=5), 6)
+        assert reply.payload == b"x"
+        assert channel.lane == "shm"      # the other server's upgrade socket still works
+
+
+def test_directory_without_a_lock_file_keeps_the_age_rule(tmp_path):
+    """What an older version leaves: swept only once a few seconds old and dead."""
+    directory = tmp_path / "lanerpc-up-old"
+    directory.mkdir(mode=0o700)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(directory / "up.sock"))
+    sock.close()                         # the file stays; nothing accepts on it
+    assert _lanes.sweep_stale(str(tmp_path)) == 0
+    assert directory.exists()
+    os.utime(directory, (0, 0))
+    assert _lanes.sweep_stale(str(tmp_path)) == 1
+    assert not directory.exists()
 
 
 # ------------------------------------------------------------------ namespaces
