@@ -31,6 +31,7 @@ class Options:
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
+    max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
 
 
 def parse_lanes(text: str) -> tuple[str, ...]:
@@ -97,6 +98,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
             values["max_reconnect_backoff"] = max(1, int(value)) / 1000
+        elif name in ("grpc.max_allowed_incoming_connections", "lanerpc.max_connections"):
+            values["max_connections"] = max(0, int(value))
     return Options(**values)
 
 

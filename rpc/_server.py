@@ -43,29 +43,49 @@ class ServerLink(Link):
         self.calls: dict[int, Any] = {}
         self.ping_strikes = 0
         self.last_ping = -1e9
+        self.counted = False          # counts against max_connections (not refused by it)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.server._links.add(self)
-        self.server._stats.connection_opened(self)
+        server = self.server
+        server._links.add(self)
+        server._stats.connection_opened(self)
+        limit = self.options.max_connections
+        if limit and server._counted_links >= limit:
+            # Over the limit: turned away before the handshake, the reason in a GOAWAY
+            # a lanerpc client reports (UNAVAILABLE); logged at most once an interval.
+            self._stop_timers()
+            reason = (f"too many connections: this server serves at most {limit} at once "
+                      "(grpc.max_allowed_incoming_connections)")
+            server._note_refusal(self.peer.address if self.peer else "?", reason)
+            self._turn_away(GoAwayCode.ENHANCE_YOUR_CALM, reason, linger=1.0)
+            return
+        self.counted = True
+        server._counted_links += 1
         peer = self.peer
         if peer is not None and peer.lane == "unix":
             if not self.negotiator.admits(peer.uid):
                 # Refused before the handshake: no call from this peer reaches a handler.
-                self.refused = True
                 reason = f"uid {peer.uid} is not admitted on this server's local lanes"
                 log.warning("lanerpc: refusing unix connection (pid %s): %s", peer.pid, reason)
-                self.close_reason = reason
-                self.conn.refuse(GoAwayCode.PERMISSION_DENIED, reason)
-                self.flush()
-                transport = cast(asyncio.Transport, transport)   # as Link.connection_made says
-                # Half-close and keep reading until the peer hangs up: closing
-                # with its HELLO unread would reset the socket before it reads why.
-                if transport.can_write_eof():
-                    transport.write_eof()
-                    self.loop.call_later(2.0, transport.abort)
-                else:
-                    transport.close()
+                self._turn_away(GoAwayCode.PERMISSION_DENIED, reason, linger=2.0)
+
+    def _turn_away(self, code: int, reason: str, *, linger: float) -> None:
+        """Refuse the peer before its HELLO is read: a GOAWAY saying why, then close."""
+        self.refused = True
+        self.close_reason = reason
+        self.conn.refuse(code, reason)
+        self.flush()
+        transport = self.transport
+        assert transport is not None   # called from connection_made
+        # Half-close and keep reading until the peer hangs up (at most ``linger``
+        # seconds): closing with its HELLO unread would reset the socket before it
+        # reads why.
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(linger, transport.abort)
+        else:
+            transport.close()
 
     def _switched(self, old_lane: str) -> None:
         stats = self.server._stats
@@ -115,6 +135,9 @@ class ServerLink(Link):
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
         self.server._links.discard(self)
+        if self.counted:
+            self.counted = False
+            self.server._counted_links -= 1
         self.server._stats.connection_closed(self)
         self.negotiator.close()
 
@@ -149,6 +172,11 @@ class Server(aio.Server):
         self._pending_sockets: list[tuple[str, socket.socket]] = []
         self._listeners: list[_lanes.Listener] = []
         self._links: set[ServerLink] = set()
+        self._counted_links = 0           # links counted against max_connections
+        self._refusals = 0                # over the limit since the last log line
+        self._refusal_reason = ""
+        self._refusal_logged_at = -1e9
+        self._refusal_timer: asyncio.TimerHandle | None = None
         self._state = "new"
         self._stopping: asyncio.Future[None] | None = None
         self._stop_requested: asyncio.Future[None] | None = None   # stop() waiting for start()
@@ -291,6 +319,37 @@ class Server(aio.Server):
     def _new_link(self, negotiator: _lanes.Negotiator) -> ServerLink:
         return ServerLink(self, self._options, negotiator)
 
+    # Connections refused over max_connections are logged at most once this often:
+    # the first at once, then one line counting those refused meanwhile.
+    REFUSAL_LOG_INTERVAL = 5.0
+
+    def _note_refusal(self, peer: str, reason: str) -> None:
+        self._refusals += 1
+        self._refusal_reason = reason
+        if self._refusal_timer is not None:
+            return                        # a line counting this one is due
+        assert self._loop is not None     # connections come only once started
+        wait = self._refusal_logged_at + self.REFUSAL_LOG_INTERVAL - self._loop.time()
+        if wait <= 0:
+            self._log_refusals(peer)
+        else:
+            self._refusal_timer = self._loop.call_later(wait, self._log_refusals, None)
+
+    def _log_refusals(self, peer: str | None) -> None:
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+            self._refusal_timer = None
+        count, self._refusals = self._refusals, 0
+        if not count:
+            return
+        if self._loop is not None:
+            self._refusal_logged_at = self._loop.time()
+        if peer is not None:
+            log.warning("lanerpc: refusing connection from %s: %s", peer, self._refusal_reason)
+        else:
+            log.warning("lanerpc: refused %d more connection(s) since the last line: %s",
+                        count, self._refusal_reason)
+
     async def stop(self, grace: float | None) -> None:
         if self._state == "new":
             self._state = "stopped"
@@ -367,6 +426,8 @@ class Server(aio.Server):
             except (asyncio.TimeoutError, Exception):
                 pass
         self._lanes.close()
+        if self._refusal_timer is not None:
+            self._log_refusals(None)      # the count so far, rather than never
         self._state = "stopped"
         if self._own_executor:
             assert self._executor is not None   # start() made it
