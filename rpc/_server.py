@@ -44,6 +44,8 @@ class ServerLink(Link):
         self.ping_strikes = 0
         self.last_ping = -1e9
         self.counted = False          # counts against max_connections (not refused by it)
+        self.idle_timer: asyncio.TimerHandle | None = None   # with max_connection_idle
+        self.idle_since = 0.0         # loop time the last call ended (or the handshake)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -109,11 +111,46 @@ class ServerLink(Link):
             # Our HELLO carries what the lanes offer this client; then read on.
             self.conn.accept(self.negotiator.hello(self, ev.hello))
             self.handshake_complete()
+            idle = self.options.max_connection_idle
+            if idle is not None:
+                self.idle_since = self.loop.time()
+                self.idle_timer = self.loop.call_later(idle, self._idle_tick)
             self._dispatch(self.conn.receive_data(b""))
         elif t is c.PingReceived:
             self._on_ping()
         elif t is c.LaneChange:
             self.negotiator.lane_change(self, ev.lane)
+
+    def _idle_tick(self) -> None:
+        """gRPC's max_connection_idle: a connection with no call in flight for that
+        long since its last call ended (or its handshake) gets GOAWAY NO_ERROR
+        "max_connection_idle"; its client closes it and reconnects on its next call.
+        Requests that cross the GOAWAY are refused as never started (retried)."""
+        self.idle_timer = None
+        idle = self.options.max_connection_idle
+        if idle is None or self.conn.closed or self.conn.goaway_sent:
+            return
+        now = self.loop.time()
+        if self.calls:
+            self.idle_since = now     # busy now; the call's end moves this on
+            wait = idle
+        else:
+            wait = self.idle_since + idle - now
+            if wait <= 0:
+                log.info("lanerpc: closing connection from %s: idle for %g s "
+                         "(grpc.max_connection_idle_ms)",
+                         self.peer.address if self.peer else "?", idle)
+                self.conn.goaway(GoAwayCode.NO_ERROR, "max_connection_idle")
+                self.flush()
+                # A lanerpc client hangs up on the GOAWAY; close anyway after a
+                # moment, enough for a request in flight to get its refusal.
+                self.idle_timer = self.loop.call_later(1.0, self.close, "max_connection_idle")
+                return
+        self.idle_timer = self.loop.call_later(wait, self._idle_tick)
+
+    def call_ended(self) -> None:
+        if self.idle_timer is not None and not self.calls:
+            self.idle_since = self.loop.time()
 
     _MAX_PING_STRIKES = 2
 
@@ -131,6 +168,9 @@ class ServerLink(Link):
         self.last_ping = now
 
     def _lost(self, reason: str) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
@@ -521,6 +561,7 @@ class Server(aio.Server):
             call._counted = False
             self._active -= 1
         call._link.calls.pop(call._sid, None)
+        call._link.call_ended()
 
 
 class _HandlerCallDetails(grpc.HandlerCallDetails):

@@ -125,3 +125,57 @@ async def test_the_upgrade_socket_counts_too(caplog):
         assert served.server._counted_links == 1
         assert len(_refusal_lines(caplog)) == 1
 
+
+# ------------------------------------------------------------------ idle connections
+
+IDLE = 0.2
+
+
+def _links(served) -> set:
+    return set(served.server._links)
+
+
+async def test_an_idle_connection_is_closed_and_the_channel_reconnects(caplog):
+    caplog.set_level(logging.INFO, logger="lanerpc")
+    async with serve(Echo(), options=[("grpc.max_connection_idle_ms", int(IDLE * 1000))]) as served:
+        channel = served.channel(lanes="tcp")
+        loop = asyncio.get_running_loop()
+        assert await _echo(channel) == b"hi"
+        answered = loop.time()
+        (link,) = _links(served)
+        await within(asyncio.shield(link.closed))
+        assert loop.time() - answered >= IDLE * 0.9
+        assert link.conn.goaway_sent and not _links(served)
+        # The next call on the same channel opens a new connection.
+        assert await _echo(channel) == b"hi"
+        (second,) = _links(served)
+        assert second is not link
+    assert any("idle for 0.2 s" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_connection_with_a_call_in_flight_is_not_idle():
+    async with serve(Echo(), options=[("grpc.max_connection_idle_ms", int(IDLE * 1000))]) as served:
+        channel = served.channel(lanes="tcp")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        call = asyncio.ensure_future(stub.Unary(msg(b"sleep:900"), timeout=CALL_TIMEOUT))
+        await wait_until(lambda: any(link.calls for link in _links(served)))
+        (link,) = _links(served)
+        await asyncio.sleep(IDLE * 3)
+        assert not link.conn.goaway_sent and not link.closed.done()
+        reply = await within(call)
+        assert reply.payload == b"sleep:900"
+        # Idle from the call's end on: closed after that.
+        ended = asyncio.get_running_loop().time()
+        await within(asyncio.shield(link.closed))
+        assert asyncio.get_running_loop().time() - ended >= IDLE * 0.9
+        assert await _echo(channel) == b"hi"
+
+
+async def test_idle_is_off_by_default():
+    async with serve(Echo()) as served:
+        channel = served.channel(lanes="tcp")
+        assert await _echo(channel) == b"hi"
+        (link,) = _links(served)
+        assert link.idle_timer is None
+        await asyncio.sleep(IDLE * 2)
+        assert not link.conn.goaway_sent
