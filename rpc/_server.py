@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -182,6 +183,50 @@ class ServerLink(Link):
         self.negotiator.close()
 
 
+# ============================================================ accept errors
+
+class AcceptErrorFilter(logging.Filter):
+    """Out of file descriptors, asyncio's selector loops log every failed accept()
+    with a traceback: on Linux up to one per pending connection (its accept loop
+    goes on after the error), hundreds of lines a second. This lets one through
+    per interval, counting those held back. uvloop logs none (libuv accepts and
+    drops the connection), so it needs nothing."""
+
+    MESSAGE = "socket.accept() out of system resource"
+    INTERVAL = 5.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logged_at = -1e9
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.MESSAGE):
+            return True
+        now = time.monotonic()
+        if now - self._logged_at < self.INTERVAL:
+            self._held += 1
+            return False
+        held, self._held = self._held, 0
+        self._logged_at = now
+        first, _, rest = record.msg.partition("\n")
+        more = f"; {held} more since the last such line" if held else ""
+        record.msg = (f"{first} (lanerpc: out of file descriptors? raise the limit or set "
+                      f"grpc.max_allowed_incoming_connections; logged at most once every "
+                      f"{self.INTERVAL:g} s{more})" + (f"\n{rest}" if rest else ""))
+        return True
+
+
+_accept_error_filter = AcceptErrorFilter()
+
+
+def _quiet_accept_errors() -> None:
+    """Install the filter on asyncio's logger, once per process."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _accept_error_filter not in asyncio_log.filters:
+        asyncio_log.addFilter(_accept_error_filter)
+
+
 # ============================================================ server
 
 class Server(aio.Server):
@@ -326,6 +371,7 @@ class Server(aio.Server):
             raise RuntimeError("add a port before start()")
         self._state = "starting"
         self._loop = asyncio.get_running_loop()
+        _quiet_accept_errors()
         self._terminated = asyncio.Event()
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
