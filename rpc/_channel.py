@@ -87,8 +87,10 @@ class ClientLink(Link):
 
     def _on_goaway(self, ev: c.GoAwayReceived) -> None:
         if not self.ready.done():
-            # Refused during the handshake (e.g. a uid the server doesn't admit).
-            self.refused = True
+            # Refused during the handshake (e.g. a uid the server doesn't admit). A
+            # server over its connection limit (ENHANCE_YOUR_CALM) is unavailable for
+            # now, not a denial: the call ends UNAVAILABLE and the channel tries again.
+            self.refused = ev.code != GoAwayCode.ENHANCE_YOUR_CALM
             self.close_reason = f"server refused the connection: {ev.reason}"
             self.close(self.close_reason)
             return

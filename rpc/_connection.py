@@ -94,7 +94,8 @@ class Connection:
         self.peer: PeerLimits | None = None
         self.peer_hello: handshake_pb2.Hello | None = None
         self.version: int | None = None
-        self._decoder = _wire.FrameDecoder(self.limits.max_frame_size)
+        self._decoder = _wire.FrameDecoder(self.limits.max_frame_size,
+                                           handshake_limit=_wire.MAX_HANDSHAKE_FRAME_SIZE)
         self._out: list[bytes | memoryview] = []
         self._out_bytes = 0
         self.streams: dict[int, Stream] = {}
@@ -241,6 +242,7 @@ class Connection:
         self.peer = peer
         self.peer_hello = hello
         self.send_window = peer.connection_window
+        self._decoder.handshake_limit = None     # the peer said who it is: full-size frames
         if self.role is Role.SERVER:
             events.append(HelloReceived(hello))
             return True

@@ -52,6 +52,9 @@ class ServerLink(StreamLink, Protocol):
     peer: PeerInfo | None
     ping_strikes: int             # gRPC's ping policy: sending data clears them
 
+    def call_ended(self) -> None:
+        """A call on this connection is over (it may now be idle)."""
+
 
 class _Abort(aio.AbortError):
     pass

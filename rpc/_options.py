@@ -32,6 +32,8 @@ class Options:
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
+    max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
+    max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
 
 
 def parse_lanes(text: str) -> tuple[str, ...]:
@@ -119,6 +121,11 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
             values["max_reconnect_backoff"] = max(1, int(value)) / 1000
+        elif name in ("grpc.max_allowed_incoming_connections", "lanerpc.max_connections"):
+            values["max_connections"] = max(0, int(value))
+        elif name == "grpc.max_connection_idle_ms":
+            idle_ms = int(value)
+            values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
     return Options(**values)
 
 

@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -43,29 +44,51 @@ class ServerLink(Link):
         self.calls: dict[int, Any] = {}
         self.ping_strikes = 0
         self.last_ping = -1e9
+        self.counted = False          # counts against max_connections (not refused by it)
+        self.idle_timer: asyncio.TimerHandle | None = None   # with max_connection_idle
+        self.idle_since = 0.0         # loop time the last call ended (or the handshake)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.server._links.add(self)
-        self.server._stats.connection_opened(self)
+        server = self.server
+        server._links.add(self)
+        server._stats.connection_opened(self)
+        limit = self.options.max_connections
+        if limit and server._counted_links >= limit:
+            # Over the limit: turned away before the handshake, the reason in a GOAWAY
+            # a lanerpc client reports (UNAVAILABLE); logged at most once an interval.
+            self._stop_timers()
+            reason = (f"too many connections: this server serves at most {limit} at once "
+                      "(grpc.max_allowed_incoming_connections)")
+            server._note_refusal(self.peer.address if self.peer else "?", reason)
+            self._turn_away(GoAwayCode.ENHANCE_YOUR_CALM, reason, linger=1.0)
+            return
+        self.counted = True
+        server._counted_links += 1
         peer = self.peer
         if peer is not None and peer.lane == "unix":
             if not self.negotiator.admits(peer.uid):
                 # Refused before the handshake: no call from this peer reaches a handler.
-                self.refused = True
                 reason = f"uid {peer.uid} is not admitted on this server's local lanes"
                 log.warning("lanerpc: refusing unix connection (pid %s): %s", peer.pid, reason)
-                self.close_reason = reason
-                self.conn.refuse(GoAwayCode.PERMISSION_DENIED, reason)
-                self.flush()
-                transport = cast(asyncio.Transport, transport)   # as Link.connection_made says
-                # Half-close and keep reading until the peer hangs up: closing
-                # with its HELLO unread would reset the socket before it reads why.
-                if transport.can_write_eof():
-                    transport.write_eof()
-                    self.loop.call_later(2.0, transport.abort)
-                else:
-                    transport.close()
+                self._turn_away(GoAwayCode.PERMISSION_DENIED, reason, linger=2.0)
+
+    def _turn_away(self, code: int, reason: str, *, linger: float) -> None:
+        """Refuse the peer before its HELLO is read: a GOAWAY saying why, then close."""
+        self.refused = True
+        self.close_reason = reason
+        self.conn.refuse(code, reason)
+        self.flush()
+        transport = self.transport
+        assert transport is not None   # called from connection_made
+        # Half-close and keep reading until the peer hangs up (at most ``linger``
+        # seconds): closing with its HELLO unread would reset the socket before it
+        # reads why.
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(linger, transport.abort)
+        else:
+            transport.close()
 
     def _switched(self, old_lane: str) -> None:
         stats = self.server._stats
@@ -89,11 +112,46 @@ class ServerLink(Link):
             # Our HELLO carries what the lanes offer this client; then read on.
             self.conn.accept(self.negotiator.hello(self, ev.hello))
             self.handshake_complete()
+            idle = self.options.max_connection_idle
+            if idle is not None:
+                self.idle_since = self.loop.time()
+                self.idle_timer = self.loop.call_later(idle, self._idle_tick)
             self._dispatch(self.conn.receive_data(b""))
         elif t is c.PingReceived:
             self._on_ping()
         elif t is c.LaneChange:
             self.negotiator.lane_change(self, ev.lane)
+
+    def _idle_tick(self) -> None:
+        """gRPC's max_connection_idle: a connection with no call in flight for that
+        long since its last call ended (or its handshake) gets GOAWAY NO_ERROR
+        "max_connection_idle"; its client closes it and reconnects on its next call.
+        Requests that cross the GOAWAY are refused as never started (retried)."""
+        self.idle_timer = None
+        idle = self.options.max_connection_idle
+        if idle is None or self.conn.closed or self.conn.goaway_sent:
+            return
+        now = self.loop.time()
+        if self.calls:
+            self.idle_since = now     # busy now; the call's end moves this on
+            wait = idle
+        else:
+            wait = self.idle_since + idle - now
+            if wait <= 0:
+                log.info("lanerpc: closing connection from %s: idle for %g s "
+                         "(grpc.max_connection_idle_ms)",
+                         self.peer.address if self.peer else "?", idle)
+                self.conn.goaway(GoAwayCode.NO_ERROR, "max_connection_idle")
+                self.flush()
+                # A lanerpc client hangs up on the GOAWAY; close anyway after a
+                # moment, enough for a request in flight to get its refusal.
+                self.idle_timer = self.loop.call_later(1.0, self.close, "max_connection_idle")
+                return
+        self.idle_timer = self.loop.call_later(wait, self._idle_tick)
+
+    def call_ended(self) -> None:
+        if self.idle_timer is not None and not self.calls:
+            self.idle_since = self.loop.time()
 
     _MAX_PING_STRIKES = 2
 
@@ -111,12 +169,62 @@ class ServerLink(Link):
         self.last_ping = now
 
     def _lost(self, reason: str) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
         self.server._links.discard(self)
+        if self.counted:
+            self.counted = False
+            self.server._counted_links -= 1
         self.server._stats.connection_closed(self)
         self.negotiator.close()
+
+
+# ============================================================ accept errors
+
+class AcceptErrorFilter(logging.Filter):
+    """Out of file descriptors, asyncio's selector loops log every failed accept()
+    with a traceback: on Linux up to one per pending connection (its accept loop
+    goes on after the error), hundreds of lines a second. This lets one through
+    per interval, counting those held back. uvloop logs none (libuv accepts and
+    drops the connection), so it needs nothing."""
+
+    MESSAGE = "socket.accept() out of system resource"
+    INTERVAL = 5.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logged_at = -1e9
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.MESSAGE):
+            return True
+        now = time.monotonic()
+        if now - self._logged_at < self.INTERVAL:
+            self._held += 1
+            return False
+        held, self._held = self._held, 0
+        self._logged_at = now
+        first, _, rest = record.msg.partition("\n")
+        more = f"; {held} more since the last such line" if held else ""
+        record.msg = (f"{first} (lanerpc: out of file descriptors? raise the limit or set "
+                      f"grpc.max_allowed_incoming_connections; logged at most once every "
+                      f"{self.INTERVAL:g} s{more})" + (f"\n{rest}" if rest else ""))
+        return True
+
+
+_accept_error_filter = AcceptErrorFilter()
+
+
+def _quiet_accept_errors() -> None:
+    """Install the filter on asyncio's logger, once per process."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _accept_error_filter not in asyncio_log.filters:
+        asyncio_log.addFilter(_accept_error_filter)
 
 
 # ============================================================ server
@@ -149,6 +257,11 @@ class Server(aio.Server):
         self._pending_sockets: list[tuple[str, socket.socket]] = []
         self._listeners: list[_lanes.Listener] = []
         self._links: set[ServerLink] = set()
+        self._counted_links = 0           # links counted against max_connections
+        self._refusals = 0                # over the limit since the last log line
+        self._refusal_reason = ""
+        self._refusal_logged_at = -1e9
+        self._refusal_timer: asyncio.TimerHandle | None = None
         self._state = "new"
         self._stopping: asyncio.Future[None] | None = None
         self._stop_requested: asyncio.Future[None] | None = None   # stop() waiting for start()
@@ -258,6 +371,7 @@ class Server(aio.Server):
             raise RuntimeError("add a port before start()")
         self._state = "starting"
         self._loop = asyncio.get_running_loop()
+        _quiet_accept_errors()
         self._terminated = asyncio.Event()
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -290,6 +404,37 @@ class Server(aio.Server):
 
     def _new_link(self, negotiator: _lanes.Negotiator) -> ServerLink:
         return ServerLink(self, self._options, negotiator)
+
+    # Connections refused over max_connections are logged at most once this often:
+    # the first at once, then one line counting those refused meanwhile.
+    REFUSAL_LOG_INTERVAL = 5.0
+
+    def _note_refusal(self, peer: str, reason: str) -> None:
+        self._refusals += 1
+        self._refusal_reason = reason
+        if self._refusal_timer is not None:
+            return                        # a line counting this one is due
+        assert self._loop is not None     # connections come only once started
+        wait = self._refusal_logged_at + self.REFUSAL_LOG_INTERVAL - self._loop.time()
+        if wait <= 0:
+            self._log_refusals(peer)
+        else:
+            self._refusal_timer = self._loop.call_later(wait, self._log_refusals, None)
+
+    def _log_refusals(self, peer: str | None) -> None:
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+            self._refusal_timer = None
+        count, self._refusals = self._refusals, 0
+        if not count:
+            return
+        if self._loop is not None:
+            self._refusal_logged_at = self._loop.time()
+        if peer is not None:
+            log.warning("lanerpc: refusing connection from %s: %s", peer, self._refusal_reason)
+        else:
+            log.warning("lanerpc: refused %d more connection(s) since the last line: %s",
+                        count, self._refusal_reason)
 
     async def stop(self, grace: float | None) -> None:
         if self._state == "new":
@@ -367,6 +512,8 @@ class Server(aio.Server):
             except (asyncio.TimeoutError, Exception):
                 pass
         self._lanes.close()
+        if self._refusal_timer is not None:
+            self._log_refusals(None)      # the count so far, rather than never
         self._state = "stopped"
         if self._own_executor:
             assert self._executor is not None   # start() made it
@@ -460,6 +607,7 @@ class Server(aio.Server):
             call._counted = False
             self._active -= 1
         call._link.calls.pop(call._sid, None)
+        call._link.call_ended()
 
 
 class _HandlerCallDetails(grpc.HandlerCallDetails):

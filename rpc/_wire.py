@@ -28,6 +28,10 @@ DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 1024
 DEFAULT_MAX_METADATA_SIZE = 16 * 1024   # gRPC's default soft limit is 8 KiB; hard 16 KiB
+# Until the peer's HELLO has been read, no frame may be longer than this: a HELLO
+# is tiny (the largest, a server's with an upgrade offer and an shm offer, is under
+# 1 KiB), so a peer that has not yet said who it is can't make us hold a full frame.
+MAX_HANDSHAKE_FRAME_SIZE = 16 * 1024
 MAX_WINDOW = 2**31 - 1
 MAX_STREAM_ID = 2**32 - 1
 MAX_TIMEOUT_US = 2**63 - 1
@@ -303,7 +307,8 @@ class FrameDecoder:
     ``feed(data)`` then iterate ``frames()``: yields ``(type, flags, stream_id,
     payload)`` tuples. The magic preface is checked first. A header whose length
     exceeds ``max_frame_size`` raises before the payload is buffered, so a
-    2**32-1 length costs nothing.
+    2**32-1 length costs nothing. While ``handshake_limit`` is set (the owner clears
+    it once the peer's HELLO has been read), a header longer than it raises too.
 
     Small frames are cut out of one bytearray. A large payload still arriving
     is collected as a list of the received pieces and joined once when whole,
@@ -311,14 +316,16 @@ class FrameDecoder:
     """
 
     __slots__ = ("_buf", "_pos", "max_frame_size", "_magic_pending", "_big", "_big_chunks",
-                 "_big_need")
+                 "_big_need", "handshake_limit")
 
     BIG = 64 * 1024
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, expect_magic: bool = True) -> None:
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, expect_magic: bool = True,
+                 handshake_limit: int | None = None) -> None:
         self._buf = bytearray()
         self._pos = 0
         self.max_frame_size = max_frame_size
+        self.handshake_limit = handshake_limit
         self._magic_pending = expect_magic
         self._big: tuple[int, int, int] | None = None   # (type, flags, stream) being collected
         self._big_chunks: list[bytes | bytearray | memoryview] = []
@@ -375,12 +382,23 @@ class FrameDecoder:
         pos = self._pos
         end = len(buf)
         limit = self.max_frame_size
+        if self.handshake_limit is not None:
+            limit = min(limit, self.handshake_limit)
         unpack = HEADER.unpack_from
         try:
             while end - pos >= HEADER_SIZE:
                 length, ftype, flags, sid = unpack(buf, pos)
                 if length > limit:
-                    raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+                    # Checked again here, off the hot path: the owner may have
+                    # cleared handshake_limit since the loop began (a client that
+                    # reads on past the server's HELLO).
+                    early = self.handshake_limit
+                    if early is not None and length > early:
+                        raise ProtocolError(f"frame of {length} bytes before the handshake; "
+                                            f"at most {early}")
+                    limit = self.max_frame_size
+                    if length > limit:
+                        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
                 if ftype not in _KNOWN_TYPES:
                     raise ProtocolError(f"unknown frame type {ftype}")
                 start = pos + HEADER_SIZE

@@ -76,6 +76,10 @@ BAD_INPUTS = {
     "half-hello-then-silence": (_magic_and_half_a_hello(), GoAwayCode.HANDSHAKE_TIMEOUT,
                                 "handshake timeout"),
     "handshake-then-4GiB-frame": (None, GoAwayCode.PROTOCOL_ERROR, "exceeds the limit"),
+    # A 1 MiB HELLO announced and begun: refused from the header, not waited for.
+    "1MiB-hello-before-the-handshake": (
+        _wire.MAGIC + _wire.frame_header(_wire.HELLO, 0, 0, 2**20) + bytes(1000),
+        GoAwayCode.PROTOCOL_ERROR, "before the handshake; at most 16384"),
 }
 
 
