@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from grpc import aio
