@@ -161,7 +161,72 @@ def _require_support() -> None:
 
 
 def _random_name() -> str:
-    return NAME_PREFIX + secrets.token_hex(16)   # 128 random bits
+    # The creator's pid (8 hex digits), then 128 random bits: sweep_orphans() can tell
+    # whose a name is, and the name still matches what any client accepts.
+    return f"{NAME_PREFIX}{os.getpid() & 0xFFFFFFFF:08x}{secrets.token_hex(16)}"
+
+
+SHM_DIR = "/dev/shm"               # where Linux keeps POSIX named segments and semaphores
+_SWEEP_INTERVAL = 1.0              # seconds: create() looks for orphans at most this often
+_last_sweep = -_SWEEP_INTERVAL
+
+
+def sweep_orphans(directory: str = SHM_DIR) -> int:
+    """Unlink this lane's names whose creator is dead; returns how many.
+
+    A server killed (SIGKILL: nothing runs) between making a segment and the client
+    opening it leaves its names behind: both sides unlink them as soon as both hold
+    them, so only that window can leak. Names carry the creator's pid; a name of our
+    uid whose pid is gone is removed. Names of other uids, of live pids and of the
+    older format (no pid) are left alone. A creator in another pid namespace that
+    shares this ``/dev/shm`` can look dead: its pending offer then fails and that one
+    connection stays on the Unix socket (the names live only for the handshake)."""
+    prefix = NAME_PREFIX.lstrip("/")
+    uid = os.geteuid()
+    removed = 0
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry[4:] if entry.startswith("sem.") else entry
+        digits = name[len(prefix):]
+        if not name.startswith(prefix) or len(digits) != 40 or not _NAME_PATTERN.fullmatch("/" + name):
+            continue
+        pid = int(digits[:8], 16)
+        if pid == os.getpid() or _alive(pid):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            if os.lstat(path).st_uid != uid:
+                continue
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            continue
+    if removed:
+        _log.info("removed %d shared-memory name(s) left by dead processes", removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True          # not a pid we could have written: leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True          # exists, another uid's
+    return True
+
+
+def _sweep_now_and_then() -> None:
+    global _last_sweep
+    now = time.monotonic()
+    if now - _last_sweep >= _SWEEP_INTERVAL:
+        _last_sweep = now
+        sweep_orphans()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -299,6 +364,7 @@ class ShmSegment:
         is not a power of two in range.
         """
         _require_support()
+        _sweep_now_and_then()      # what killed servers left in their setup window
         layout = SegmentLayout.for_capacity(ring_capacity)
         offer = ShmOffer(
             segment=_random_name(),

@@ -41,13 +41,14 @@ SMALL_RING = 4096
 
 @pytest.fixture(autouse=True)
 def dev_shm_unchanged() -> Any:
-    """Every test leaves /dev/shm exactly as it found it."""
-    before = sorted(os.listdir("/dev/shm"))
+    """Every test leaves nothing new in /dev/shm (a name that was there may go: a
+    segment made here sweeps what dead processes left)."""
+    before = set(os.listdir("/dev/shm"))
     yield
     deadline = time.monotonic() + 1.0   # closing is asynchronous; names go at once
-    while sorted(os.listdir("/dev/shm")) != before and time.monotonic() < deadline:
+    while set(os.listdir("/dev/shm")) - before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert sorted(os.listdir("/dev/shm")) == before
+    assert set(os.listdir("/dev/shm")) - before == set()
 
 
 @pytest.fixture(autouse=True)
@@ -758,3 +759,32 @@ async def test_close_and_pause_during_a_loop_spin() -> None:
     client_transport.close()        # mid-spin
     assert await within(client.lost) is None
     assert await within(server.lost) is None
+
+
+def test_names_left_by_a_dead_creator_are_swept(tmp_path: Any) -> None:
+    """sweep_orphans() removes names of our uid whose creator pid is gone, and nothing
+    else (a live creator's, the old format without a pid, other programs' files)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    dead_pid = int(dead.stdout)
+    live_pid = os.getppid()
+
+    def name(pid: int) -> str:
+        return f"lanerpc-{pid:08x}{os.urandom(16).hex()}"
+
+    orphans = [name(dead_pid), "sem." + name(dead_pid)]
+    kept = [name(live_pid), "sem." + name(live_pid), "lanerpc-" + os.urandom(16).hex(),
+            "someone-else", name(os.getpid())]
+    for entry in orphans + kept:
+        (tmp_path / entry).write_bytes(b"")
+    assert shm_module.sweep_orphans(str(tmp_path)) == len(orphans)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
+def test_new_names_carry_their_creator_and_pass_the_offer_check() -> None:
+    name = shm_module._random_name()
+    assert int(name[len("/lanerpc-"):][:8], 16) == os.getpid()
+    offer = ShmOffer(segment=name, semaphores=(shm_module._random_name(),
+                                               shm_module._random_name()),
+                     ring_capacity=SMALL_RING, nonce=os.urandom(shm_module.NONCE_SIZE))
+    offer.check()
