@@ -96,6 +96,11 @@ class ServerLink(Link):
         stats.connections[self.lane or "?"] += 1
         stats.connections_total[self.lane or "?"] += 1
 
+    def _dispatch(self, events: list[c.Event]) -> None:
+        if len(events) > 2:
+            events = _without_requests_cancelled_unseen(events)
+        super()._dispatch(events)
+
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
         if t is c.RequestReceived:
@@ -225,6 +230,21 @@ def _quiet_accept_errors() -> None:
     asyncio_log = logging.getLogger("asyncio")
     if _accept_error_filter not in asyncio_log.filters:
         asyncio_log.addFilter(_accept_error_filter)
+
+
+def _without_requests_cancelled_unseen(events: list[c.Event]) -> list[c.Event]:
+    """``events`` less the requests the client cancelled in the same bytes that opened
+    them (and their messages): no handler is started only to be stopped. After an
+    overload the backlog of stale calls in the socket then costs little more than its
+    parsing, and a fresh call gets through sooner."""
+    opened = {ev.stream_id for ev in events if type(ev) is c.RequestReceived}
+    if not opened:
+        return events
+    gone = {ev.stream_id for ev in events
+            if type(ev) is c.StreamEnded and ev.by_peer and ev.stream_id in opened}
+    if not gone:
+        return events
+    return [ev for ev in events if getattr(ev, "stream_id", None) not in gone]
 
 
 # ============================================================ server
