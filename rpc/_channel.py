@@ -913,16 +913,6 @@ class Channel(aio.Channel):
             if not self._closed:
                 self._set_state(_CONNECTIVITY.IDLE)
 
-    def _replace_link(self, old: ClientLink, new: ClientLink) -> None:
-        """Move new calls to ``new``; ``old`` finishes what it carries, then closes."""
-        if self._link is old:
-            self._link = new
-            old.draining = True
-            if old.calls:
-                self._old_links.add(old)
-            else:
-                old.close("moved to a faster lane")
-
 
 class RetryPolicy:
     """gRPC's service-config retryPolicy (maxAttempts, initialBackoff,
