@@ -46,7 +46,8 @@ def parse_lanes(text: str) -> tuple[str, ...]:
 
 
 def parse_uids(value: Any, name: str) -> frozenset[int]:
-    """Uids from ``"0,1000"``, a list/tuple of ints or one int; ValueError for anything else."""
+    """Uids from ``"0,1000"``, a list, tuple or set of ints, or one int; ValueError for
+    anything else."""
     bad = ValueError(f"{name} must be uids (integers >= 0), comma-separated or a list/tuple "
                      f"of ints; got {value!r}")
     if isinstance(value, str):
@@ -54,7 +55,7 @@ def parse_uids(value: Any, name: str) -> frozenset[int]:
         if not value.strip() or any(not (part.isascii() and part.isdigit()) for part in parts):
             raise bad
         uids = [int(part) for part in parts]
-    elif isinstance(value, (int, list, tuple)):
+    elif isinstance(value, (int, list, tuple, set, frozenset)):
         value = [value] if isinstance(value, int) else value
         if not value or any(isinstance(u, bool) or not isinstance(u, int) or u < 0 for u in value):
             raise bad
@@ -111,8 +112,7 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "grpc.max_concurrent_streams":
             values["max_concurrent_streams"] = max(1, int(value))
         elif name == "lanerpc.allowed_uids":
-            uids = value if isinstance(value, (list, tuple, set, frozenset)) else str(value).split(",")
-            values["allowed_uids"] = frozenset(int(u) for u in uids if str(u).strip())
+            values["allowed_uids"] = parse_uids(value, name)
         elif name == "lanerpc.server_uids":
             values["server_uids"] = parse_uids(value, name)
         elif name == "grpc.service_config":
