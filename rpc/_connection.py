@@ -33,7 +33,7 @@ from rpc._events import (
     StreamWritable,
 )
 from rpc._proto import handshake_pb2
-from rpc._settings import Limits, PeerLimits
+from rpc._settings import Limits, MemoryBudget, PeerLimits
 from rpc._streams import _TRANSITIONS, Stream, StreamInput, StreamState, transition
 from rpc._wire import (
     CANCEL,
@@ -85,10 +85,12 @@ class Connection:
         limits: Limits | None = None,
         *,
         hello: handshake_pb2.Hello | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         """``hello``: client only, the fields its HELLO carries besides version and
         settings (the lanes it takes, an upgrade claim). A server's are given to
-        :meth:`accept`."""
+        :meth:`accept`. ``budget``: shared with the other connections of a server; what
+        this one buffers is charged to it."""
         self.role = role
         self.limits = limits or Limits()
         self.peer: PeerLimits | None = None
@@ -104,6 +106,14 @@ class Connection:
         self.send_window = _wire.DEFAULT_CONNECTION_WINDOW  # until the peer's HELLO says
         self._recv_window = self.limits.connection_window   # what the peer may still send
         self._recv_window_pending = 0   # connection-level credit not yet sent
+        # Bytes of incoming messages held here: pieces of unfinished messages and whole
+        # ones not consumed yet. Their connection credit goes back only as they are
+        # consumed (or dropped), so the connection window bounds them.
+        self.buffered = 0
+        self._held_messages = 0         # whole messages delivered, not yet consumed
+        self.budget = budget
+        if budget is not None:
+            budget.connections += 1
         self._blocked: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.goaway_sent = False
         self.goaway_received: GoAwayReceived | None = None
@@ -142,7 +152,15 @@ class Connection:
 
     @property
     def has_data_to_send(self) -> bool:
-        return bool(self._out) or self._recv_window_pending >= self.limits.connection_window // 4
+        return bool(self._out) or self._credit_due
+
+    @property
+    def _credit_due(self) -> bool:
+        """Connection credit goes out in batches of a quarter window, or at once when
+        the peer is nearly out of window (it may be waiting for exactly this)."""
+        pending = self._recv_window_pending
+        quarter = self.limits.connection_window // 4
+        return bool(pending) and (pending >= quarter or self._recv_window < quarter)
 
     def _send_hello(self, versions: list[int], fields: handshake_pb2.Hello | None) -> None:
         hello = handshake_pb2.Hello()
@@ -205,9 +223,17 @@ class Connection:
             self.closed = True
 
     def connection_lost(self) -> None:
-        """The transport is gone: nothing more is received or sent."""
+        """The transport is gone: nothing more is received or sent, and what was
+        buffered is let go at once (and given back to the budget)."""
         self.closed = True
         self._accept_pending = False
+        for stream in self.streams.values():
+            stream.partial.clear()
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.used -= self.buffered
+            budget.connections -= 1
+        self.buffered = 0
 
     def _require_handshake(self) -> None:
         if not self.handshake_done:
@@ -282,6 +308,14 @@ class Connection:
             if len(self.streams) >= self.limits.max_concurrent_streams:
                 self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
                     RESOURCE_EXHAUSTED, "too many concurrent streams on this connection")))
+                self._discard_message(message)
+                return
+            if self.budget is not None and self.budget.exhausted and self.buffered:
+                # Only connections that hold some of it; never started, so the client
+                # may retry it elsewhere or later.
+                self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
+                    RESOURCE_EXHAUSTED, "the server's memory budget for incoming messages "
+                    "is spent")))
                 self._discard_message(message)
                 return
             stream = Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
@@ -363,30 +397,24 @@ class Connection:
             return
         total = stream.partial_size + size
         if total > self.limits.max_receive_message_length:
-            self._recv_window_pending += size + stream.partial_size - stream.partial_credited
             limit = self.limits.max_receive_message_length
-            stream.partial.clear()
-            stream.partial_size = 0
-            stream.partial_credited = 0
-            stream.discarding = bool(more)
-            if self.role is Role.SERVER:
-                detail = f"SERVER: Received message larger than max ({total} vs. {limit})"
-                self.end_stream(sid, RESOURCE_EXHAUSTED, detail)
-                events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
-            else:
-                detail = f"CLIENT: Received message larger than max ({total} vs. {limit})"
-                self.cancel(sid, CANCELLED, "response too large")
-                events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
+            side = "SERVER" if self.role is Role.SERVER else "CLIENT"
+            self._recv_window_pending += size
+            self._reject_message(stream, bool(more), RESOURCE_EXHAUSTED,
+                                 f"{side}: Received message larger than max ({total} vs. {limit})",
+                                 events)
             return
+        self._charge(size)
         if more:
             stream.partial.append(payload)
             stream.partial_size = total
             if not stream.held:
-                # Nothing queued ahead of this message: the reader is waiting for
-                # it, so its bytes are credited at once (a message larger than the
-                # window can't deadlock). Otherwise they wait for consume().
+                # Nothing queued ahead of this message: the reader is waiting for it,
+                # so the stream (not the connection) credits its pieces at once: a
+                # message larger than the stream window can't deadlock.
                 stream.partial_credited += size
-                self._credit(stream, size)
+                self._credit_stream(stream, size)
+            self._relieve(stream, events)
             return
         if stream.partial:
             stream.partial.append(payload)
@@ -394,15 +422,74 @@ class Connection:
             stream.partial.clear()
         else:
             data = payload
-        uncredited = total - stream.partial_credited
+        stream.held += 1
+        stream.held_bytes += total
+        stream.held_credited += stream.partial_credited
         stream.partial_size = 0
         stream.partial_credited = 0
-        stream.held += 1
-        stream.held_bytes += uncredited
+        self._held_messages += 1
         end = bool(flags & FLAG_END_STREAM)
         if end:
             self._recv_end(stream)
         events.append(MessageReceived(sid, data, end))
+
+    def _reject_message(self, stream: Stream, more: bool, code: int, detail: str,
+                        events: list[Event]) -> None:
+        """End the stream over the message being received (too large, or over the
+        memory budget): its pieces are let go and credited back, the rest of it is
+        discarded as it comes."""
+        self._let_go_partial(stream)
+        stream.discarding = more
+        if self.role is Role.SERVER:
+            self.end_stream(stream.id, code, detail)
+        else:
+            self.cancel(stream.id, CANCELLED, "response not accepted")
+        events.append(StreamEnded(stream.id, code, detail, by_peer=False))
+
+    # ----------------------------------------------------------- memory budget
+
+    def _let_go_partial(self, stream: Stream) -> None:
+        """Forget the pieces of the message being received, crediting them back."""
+        if stream.partial_size:
+            self._recv_window_pending += stream.partial_size
+            self._release(stream.partial_size)
+        stream.partial.clear()
+        stream.partial_size = 0
+        stream.partial_credited = 0
+
+    def _charge(self, size: int) -> None:
+        self.buffered += size
+        if self.budget is not None:
+            self.budget.used += size
+
+    def _release(self, size: int) -> None:
+        self.buffered -= size
+        if self.budget is not None:
+            self.budget.used -= size
+
+    def _relieve(self, stream: Stream, events: list[Event]) -> None:
+        """After a piece of an unfinished message came in: make sure the connection
+        can go on, and that it is not the one holding the budget over its limit.
+
+        Pieces of unfinished messages hold connection window until their message is
+        consumed. When they alone have used it all (no whole message waits to be
+        consumed, so no credit will come), the peer can't finish any of them: the
+        largest is refused. The same happens while the server-wide budget is spent
+        and this connection holds more than its share: the connection that holds
+        the most is the one that gives up memory."""
+        if self._recv_window <= 0:
+            if self._recv_window_pending or self._held_messages:
+                return    # credit is on its way, or comes as the application consumes
+            reason = "unfinished messages fill the connection's window"
+        elif self.budget is not None and self.budget.exhausted and self.buffered > self.budget.fair_share:
+            reason = "the server's memory budget is spent"
+        else:
+            return
+        largest = max((s for s in self.streams.values() if s.partial_size),
+                      key=lambda s: s.partial_size, default=None)
+        if largest is not None:
+            self._reject_message(largest, True, RESOURCE_EXHAUSTED,
+                                 f"message not accepted: {reason}", events)
 
     def _recv_end(self, stream: Stream) -> None:
         if self.role is Role.CLIENT:
@@ -442,6 +529,8 @@ class Connection:
             return
         stream.state = transition(stream.state, StreamInput.CLOSE)
         self._drop(stream)
+        if stream.closing:
+            return    # we ended it already (our status waits behind its messages)
         not_started = bool(flags & FLAG_NOT_STARTED) and self.role is Role.CLIENT
         events.append(StreamEnded(sid, code, details, (), not_started))
 
@@ -530,10 +619,9 @@ class Connection:
 
     # ----------------------------------------------------------- flow control
 
-    def _credit(self, stream: Stream, size: int) -> None:
-        """Give ``size`` bytes of window back to the peer, batched: a
+    def _credit_stream(self, stream: Stream, size: int) -> None:
+        """Give ``size`` bytes of the stream's window back to the peer, batched: a
         WINDOW_UPDATE goes out once a quarter of the window is owed."""
-        self._recv_window_pending += size
         # Per-stream credit matters only while the peer can still send on it.
         if stream.state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
             pending = stream.credit_pending + size
@@ -545,28 +633,34 @@ class Connection:
                 stream.credit_pending = pending
 
     def consume(self, stream_id: int) -> None:
-        """The owner took one delivered message off the stream: credit it back."""
+        """The owner took one delivered message off the stream: once it holds none
+        any more, credit them back (the connection's window and the budget too)."""
         stream = self.streams.get(stream_id)
         if stream is None:
             return  # stream gone: _drop() already credited what it held
         if stream.held <= 0:
             return
         stream.held -= 1
+        self._held_messages -= 1
         if stream.held == 0:
             size = stream.held_bytes
+            stream_size = size - stream.held_credited
             stream.held_bytes = 0
+            stream.held_credited = 0
+            self._release(size)
+            self._recv_window_pending += size
             # Nothing left queued: chunks already in of the next message are now
             # the head, the reader waits for them.
             extra = stream.partial_size - stream.partial_credited
             if extra:
                 stream.partial_credited = stream.partial_size
-                size += extra
-            if size:
-                self._credit(stream, size)
+                stream_size += extra
+            if stream_size:
+                self._credit_stream(stream, stream_size)
 
     def _flush_credit(self) -> None:
-        pending = self._recv_window_pending
-        if pending and pending >= self.limits.connection_window // 4:
+        if self._credit_due:
+            pending = self._recv_window_pending
             self._recv_window_pending = 0
             self._recv_window += pending
             self._emit(_wire.frame(WINDOW_UPDATE, 0, 0, _wire.encode_window_update(pending)))
@@ -756,6 +850,7 @@ class Connection:
         # nothing more is taken from the peer on this stream.
         stream.trailers_pending = payload
         stream.closing = True
+        self._let_go_partial(stream)
 
     def _fitting_trailers(self, code: int, details: str, metadata: _wire.Metadata | None) -> bytes:
         if not details and not metadata:
@@ -785,12 +880,15 @@ class Connection:
         stream.state = StreamState.CLOSED
         self.streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)
-        # Bytes the owner will never consume now still count for the connection.
-        leftover = stream.held_bytes + (stream.partial_size - stream.partial_credited)
-        if leftover:
-            self._recv_window_pending += leftover
+        # Bytes the owner will never consume: let go, and credited to the connection.
+        self._let_go_partial(stream)
+        if stream.held_bytes:
+            self._recv_window_pending += stream.held_bytes
+            self._release(stream.held_bytes)
+        self._held_messages -= stream.held
         stream.held = 0
         stream.held_bytes = 0
+        stream.held_credited = 0
 
     def ping(self, payload: bytes | None = None) -> bytes:
         payload = payload if payload is not None else os.urandom(8)

@@ -41,6 +41,8 @@ class Server(Protocol):
     _executor: concurrent.futures.Executor | None
     _options: Options
     _stats: Stats
+    _thread_calls: int            # plain handlers started on the pool, not yet returned
+    _thread_capacity: int         # how many of those may be at once (threads + queue)
 
     def _call_finished(self, call: ServicerContext) -> None:
         """The call is over: forget it."""
@@ -194,7 +196,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
                 if _kind(fn) is _COROUTINE:
                     response = await fn(request, self)
                 else:
-                    response = await self._in_thread(fn, request, _ThreadContext(self))
+                    response = await self._start_in_thread(fn, request)
                 if self._code is not None and self._code != _OK:
                     self._end_with(self._code, self._details or "", self._trailing)
                 elif response is None:
@@ -236,7 +238,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
                     await self.write(response)
         else:
             # A plain function or generator: run on the thread pool, as grpc.aio does.
-            result = await self._in_thread(fn, request, _ThreadContext(self))
+            result = await self._start_in_thread(fn, request)
             if result is not None and hasattr(result, "__next__"):
                 sentinel = object()
                 while True:
@@ -244,6 +246,21 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
                     if response is sentinel:
                         break
                     await self.write(response)
+
+    async def _start_in_thread(self, fn: Callable[..., Any], request: Any) -> Any:
+        """Run a plain handler on the thread pool. The calls waiting there for a thread
+        are bounded (``lanerpc.max_queued_calls``): past that the call ends
+        RESOURCE_EXHAUSTED before its handler runs, instead of waiting in a queue that
+        only grows while the server is overloaded."""
+        server = self._server
+        if server._thread_calls >= server._thread_capacity:
+            await self.abort(_C.RESOURCE_EXHAUSTED,
+                             "server overloaded: too many calls waiting for a handler thread")
+        server._thread_calls += 1
+        try:
+            return await self._in_thread(fn, request, _ThreadContext(self))
+        finally:
+            server._thread_calls -= 1
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._loop.run_in_executor(self._server._executor, fn, *args)

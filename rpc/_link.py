@@ -17,7 +17,9 @@ from typing import Any, cast
 
 from rpc import _connection as c
 from rpc._options import Options
+from rpc import _wire
 from rpc._proto import handshake_pb2
+from rpc._settings import MemoryBudget
 from rpc._wire import GoAwayCode, ProtocolError
 from rpc.transports import PeerInfo, peer_info
 from rpc.transports._spin import AdaptiveSpin
@@ -31,14 +33,20 @@ class Link(asyncio.Protocol):
 
     role: c.Role
 
-    def __init__(self, options: Options, *, hello: handshake_pb2.Hello | None = None) -> None:
+    def __init__(self, options: Options, *, hello: handshake_pb2.Hello | None = None,
+                 budget: MemoryBudget | None = None) -> None:
         self.options = options
         limits = c.Limits(
             max_metadata_size=options.max_metadata_size,
             max_receive_message_length=options.max_receive_message_length,
             max_concurrent_streams=options.max_concurrent_streams,
+            # The connection window bounds what a connection buffers (pieces of a
+            # message are credited as it is consumed), so the largest message fits.
+            connection_window=min(_wire.MAX_WINDOW, max(
+                _wire.DEFAULT_CONNECTION_WINDOW,
+                options.max_receive_message_length + _wire.DEFAULT_MAX_FRAME_SIZE)),
         )
-        self.conn = c.Connection(self.role, limits, hello=hello)
+        self.conn = c.Connection(self.role, limits, hello=hello, budget=budget)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: PeerInfo | None = None

@@ -34,6 +34,18 @@ class Options:
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
     max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
+    memory_budget: int = dataclasses.field(default_factory=lambda: default_memory_budget())
+    max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
+
+
+def default_memory_budget() -> int:
+    """A server's budget for incoming messages it holds: 256 MiB, or a quarter of the
+    machine's memory when that is less."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        ram = 0
+    return min(256 * 1024 * 1024, ram // 4) if ram > 0 else 256 * 1024 * 1024
 
 
 def parse_lanes(text: str) -> tuple[str, ...]:
@@ -123,6 +135,16 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["max_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name in ("grpc.max_allowed_incoming_connections", "lanerpc.max_connections"):
             values["max_connections"] = max(0, int(value))
+        elif name == "lanerpc.memory_budget_bytes":
+            budget = int(value)
+            if budget < 1024 * 1024:
+                raise ValueError(f"{name} must be at least 1 MiB (1048576); got {value!r}")
+            values["memory_budget"] = budget
+        elif name == "lanerpc.max_queued_calls":
+            queued = int(value)
+            if queued < 0:
+                raise ValueError(f"{name} must be 0 or more; got {value!r}")
+            values["max_queued_calls"] = queued
         elif name == "grpc.max_connection_idle_ms":
             idle_ms = int(value)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000

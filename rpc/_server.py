@@ -25,6 +25,7 @@ from rpc._context import ServicerContext, _PendingCall
 from rpc._link import Link
 from rpc._stats import Stats
 from rpc._options import Options
+from rpc._settings import MemoryBudget
 from rpc._wire import DecodedMetadata, GoAwayCode
 
 log = logging.getLogger("lanerpc")
@@ -38,7 +39,7 @@ class ServerLink(Link):
     role = c.Role.SERVER
 
     def __init__(self, server: "Server", options: Options, negotiator: _lanes.Negotiator) -> None:
-        super().__init__(options)
+        super().__init__(options, budget=server._budget)
         self.server = server
         self.negotiator = negotiator
         self.calls: dict[int, Any] = {}
@@ -274,6 +275,8 @@ class Server(aio.Server):
             raise ValueError("maximum_concurrent_rpcs must be at least 1")
         self._max_rpcs = maximum_concurrent_rpcs
         self._active = 0
+        self._thread_calls = 0            # plain handlers on the pool, not yet returned
+        self._thread_capacity = 0         # threads + lanerpc.max_queued_calls; set by start()
         self._pending_sockets: list[tuple[str, socket.socket]] = []
         self._listeners: list[_lanes.Listener] = []
         self._links: set[ServerLink] = set()
@@ -289,6 +292,7 @@ class Server(aio.Server):
         self._terminated: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = Stats()
+        self._budget = MemoryBudget(self._options.memory_budget)
         self._lanes = _lanes.ServerLanes(self._options)
 
     @property
@@ -398,6 +402,8 @@ class Server(aio.Server):
                 max_workers=min(32, (os.cpu_count() or 1) + 4),
                 thread_name_prefix="lanerpc-handler")
             self._own_executor = True
+        threads = getattr(self._executor, "_max_workers", None)
+        self._thread_capacity = (threads if isinstance(threads, int) else 0) + self._options.max_queued_calls
         try:
             if self._pending_sockets:
                 self._listeners = await self._lanes.listen(self._pending_sockets, self._new_link)

@@ -55,3 +55,29 @@ class Limits(PeerLimits):
     """What this side accepts: what its HELLO announces, and the largest message it
     takes (not announced: a message over it ends that call, not the connection)."""
     max_receive_message_length: int = 4 * 1024 * 1024
+
+
+class MemoryBudget:
+    """The bytes of incoming messages a server holds, counted over all its connections:
+    pieces of messages still arriving and whole messages the application has not taken
+    yet. Each :class:`~rpc._connection.Connection` charges what it buffers and releases
+    it as the application consumes it (or the stream ends). Over ``limit``, new streams
+    are refused and a connection holding more than its share gives up its largest
+    unfinished message (see ``Connection._relieve``)."""
+
+    __slots__ = ("limit", "used", "connections")
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"a memory budget must be positive; got {limit}")
+        self.limit = limit
+        self.used = 0
+        self.connections = 0      # connections charging this budget
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.limit
+
+    @property
+    def fair_share(self) -> int:
+        return self.limit // max(1, self.connections)

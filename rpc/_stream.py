@@ -100,18 +100,18 @@ class Stream:
                 raise
             finally:
                 self._reader = None
-        data = received.popleft()
-        link = self._link
-        if link is not None:
-            link.conn.consume(self._sid)
-        return data
+        return self._take()
 
     def _take(self) -> bytes:
-        """The first buffered message (there must be one), credited back."""
+        """The first buffered message (there must be one), credited back: the credit
+        goes out with this loop turn's writes, so a peer waiting for it goes on."""
         data = self._received.popleft()
         link = self._link
         if link is not None:
-            link.conn.consume(self._sid)
+            conn = link.conn
+            conn.consume(self._sid)
+            if conn.has_data_to_send:
+                link.flush_soon()
         return data
 
     def _read_cancelled(self) -> None:

@@ -62,7 +62,7 @@ def transition(state: StreamState, event: StreamInput) -> StreamState:
 class Stream:
     __slots__ = (
         "id", "state", "send_window", "outbox", "outbox_bytes", "partial", "partial_size",
-        "partial_credited", "held", "held_bytes", "headers_sent", "headers_received",
+        "partial_credited", "held", "held_bytes", "held_credited", "headers_sent", "headers_received",
         "discarding", "want_writable", "credit_pending", "trailers_pending", "recv_window",
         "closing",
     )
@@ -81,9 +81,11 @@ class Stream:
         self.partial: list[bytes] = []
         self.partial_size = 0
         self.partial_credited = 0
-        # Bytes of delivered but not yet consumed messages (credited on consume).
+        # Delivered but not yet consumed messages and their bytes (credited on
+        # consume); of those bytes, how many the stream credited as they came in.
         self.held = 0
         self.held_bytes = 0
+        self.held_credited = 0
         self.headers_sent = False
         self.headers_received = False
         self.discarding = False       # over the size limit: drop the rest of this message

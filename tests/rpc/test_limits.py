@@ -33,3 +33,11 @@ async def test_oversized_metadata_fails_that_call_only(payload, metadata, then):
             await stub.Unary(msg(payload), metadata=metadata, timeout=5)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert (await stub.Unary(msg(then), timeout=5)).payload == then
+
+
+def test_memory_budget_option_is_checked() -> None:
+    import rpc
+    with pytest.raises(ValueError, match="lanerpc.memory_budget_bytes"):
+        rpc.server(options=[("lanerpc.memory_budget_bytes", 1000)])
+    server = rpc.server(options=[("lanerpc.memory_budget_bytes", 64 * 2**20)])
+    assert server._budget.limit == 64 * 2**20
