@@ -267,8 +267,9 @@ class _Call(Stream, Generic[_Req, _Resp]):
             committed=self._initial_md is not None, not_started=not_started)
         if delay is None or self._first is None:
             return False
-        if self._deadline is not None and self._loop.time() + delay >= self._deadline:
-            return False
+        # A backoff past the deadline is waited all the same: the deadline ends the
+        # call (DEADLINE_EXCEEDED), as in grpc.aio. The server is told the count.
+        self._metadata = _service_config.with_previous_attempts(self._metadata, self._attempts)
         self._attempts += 1
         self._task = self._loop.create_task(self._open_later(delay))
         return True

@@ -35,6 +35,7 @@ log = logging.getLogger("lanerpc")
 
 MAX_ATTEMPTS_CAP = 5                   # gRFC A6: larger maxAttempts are clamped to this
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 _DURATION = re.compile(r"(\d+)(\.\d{1,9})?s")
 _MAX_DURATION_SECONDS = 315_576_000_000
 _CODES_BY_NAME = {code.name: code.value[0] for code in grpc.StatusCode}
@@ -164,6 +165,14 @@ class Retries:
         if not_started and not committed and attempts == 1:
             return 0.0
         return None
+
+
+def with_previous_attempts(metadata: tuple[tuple[str, str | bytes], ...],
+                           attempts: int) -> tuple[tuple[str, str | bytes], ...]:
+    """A retry's request metadata: the call's, with ``grpc-previous-rpc-attempts``
+    telling the server how many attempts came before (gRFC A6's header)."""
+    kept = tuple(item for item in metadata if item[0] != PREVIOUS_ATTEMPTS_KEY)
+    return kept + ((PREVIOUS_ATTEMPTS_KEY, str(attempts)),)
 
 
 def _pushback(trailing: Any) -> float | None:
