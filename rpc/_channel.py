@@ -156,6 +156,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
     _response: _Resp | None = None
     _metadata: DecodedMetadata = ()
     _config = _service_config.NO_CONFIG    # this method's part of the channel's service config
+    _replay: _service_config.ReplayBuffer | None = None   # a streaming request's, for retries
 
     def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
                  deserializer: Callable[[bytes], _Resp] | None,
@@ -172,6 +173,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._config = config
             timeout = config.deadline_timeout(timeout)
             wait_for_ready = config.wait_for_ready if wait_for_ready is None else wait_for_ready
+            if not self._unary_request:
+                self._replay = channel._retries.replay_buffer(config, channel._options)
         self._wait_for_ready = bool(wait_for_ready)
         self._received: collections.deque[bytes] = collections.deque()
         if timeout is not None:
@@ -228,6 +231,9 @@ class _Call(Stream, Generic[_Req, _Resp]):
         except c.MetadataTooLarge as exc:
             self._finish(_C.RESOURCE_EXHAUSTED.value[0], str(exc), ())
             return
+        if self._replay is not None and self._attempts > 1:   # a retry: the requests again
+            self._replay.resend(link.conn, self._sid, end=self._half_closed)
+            link.flush_soon()
         opened = self._opened
         if opened is not None and not opened.done():
             opened.set_result(None)
@@ -265,13 +271,25 @@ class _Call(Stream, Generic[_Req, _Resp]):
         delay = self._channel._retries.delay(
             self._config, code, metadata, self._attempts,
             committed=self._initial_md is not None, not_started=not_started)
-        if delay is None or self._first is None:
+        if delay is None or (self._first is None and not self._prepare_replay()):
             return False
         # A backoff past the deadline is waited all the same: the deadline ends the
         # call (DEADLINE_EXCEEDED), as in grpc.aio. The server is told the count.
         self._metadata = _service_config.with_previous_attempts(self._metadata, self._attempts)
         self._attempts += 1
         self._task = self._loop.create_task(self._open_later(delay))
+        return True
+
+    def _prepare_replay(self) -> bool:
+        """Make ready to send a streaming request again, if all of it was kept (gRPC
+        commits a call whose requests outgrow its retry buffer). Writers wait for
+        the new attempt's stream; one waiting for window on the old one goes on
+        (what it wrote is kept, and sent again)."""
+        replay = self._replay
+        if replay is None or replay.overflowed:
+            return False
+        self._opened = None
+        self._on_writable()
         return True
 
     async def _open_later(self, delay: float) -> None:
@@ -466,6 +484,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if self._link is None:
             self._raise_for_status()
             raise asyncio.InvalidStateError("RPC already finished")
+        if self._replay is not None:
+            self._replay.keep(data)
         await self._send(data)
 
     def _window_waited(self) -> None:

@@ -38,6 +38,7 @@ class Options:
     service_config: _service_config.ServiceConfig | None = None   # grpc.service_config
     service_config_error: str | None = None   # why grpc.service_config is invalid: calls fail
     enable_retries: bool = True              # grpc.enable_retries
+    retry_buffer_size: int = 256 * 1024      # grpc.per_rpc_retry_buffer_size
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
@@ -129,6 +130,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values.update(_parse_service_config(value))
         elif name == "grpc.enable_retries":
             values["enable_retries"] = bool(int(value))
+        elif name == "grpc.per_rpc_retry_buffer_size":
+            values["retry_buffer_size"] = max(0, int(value))
         elif name == "grpc.initial_reconnect_backoff_ms":
             values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
@@ -151,6 +154,7 @@ IMPLEMENTED = frozenset({
     "grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.keepalive_permit_without_calls",
     "grpc.http2.min_ping_interval_without_data_ms", "grpc.so_reuseport",
     "grpc.max_concurrent_streams", "grpc.service_config", "grpc.enable_retries",
+    "grpc.per_rpc_retry_buffer_size",
     "grpc.initial_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms",
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",

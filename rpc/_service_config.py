@@ -140,6 +140,12 @@ class Retries:
         config = self.config
         return NO_CONFIG if config is None else config.lookup(path)
 
+    def replay_buffer(self, method: MethodConfig, options: Any) -> ReplayBuffer | None:
+        """A buffer for a streaming request's messages, if the method may be retried."""
+        if method.retry is None or not self.enabled:
+            return None
+        return ReplayBuffer(options.retry_buffer_size)
+
     def delay(self, method: MethodConfig, code: int, trailing: Any, attempts: int, *,
               committed: bool, not_started: bool) -> float | None:
         """Seconds to wait before trying a call again that ended with ``code``
@@ -165,6 +171,36 @@ class Retries:
         if not_started and not committed and attempts == 1:
             return 0.0
         return None
+
+
+class ReplayBuffer:
+    """A streaming request's messages, kept so that a retry can send them again. Past
+    ``limit`` bytes (``grpc.per_rpc_retry_buffer_size``, 256 KiB as in gRPC) the
+    messages are dropped and the call can no longer be retried (it is committed)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.messages: list[bytes] = []
+        self.size = 0
+        self.overflowed = False
+
+    def keep(self, data: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.overflowed = True
+            self.messages.clear()
+        else:
+            self.messages.append(data)
+
+    def resend(self, conn: Any, stream_id: int, *, end: bool) -> None:
+        """Queue every kept message on a new attempt's stream (the connection holds
+        what its window can't take yet), then its half-close if the caller had."""
+        for data in self.messages:
+            conn.send_message(stream_id, data)
+        if end:
+            conn.end_input(stream_id)
 
 
 def with_previous_attempts(metadata: tuple[tuple[str, str | bytes], ...],

@@ -81,6 +81,44 @@ class Flaky(echo_pb2_grpc.EchoServicer):
             yield request
 
 
+class FlakyStreams(echo_pb2_grpc.EchoServicer):
+    """Streaming requests: fails its first ``fails`` calls UNAVAILABLE (after reading
+    all requests, or the first one for Bidi; at once, reading nothing, when ``read``
+    is False), then echoes. Records what each attempt read."""
+
+    def __init__(self, fails: int, *, read: bool = True) -> None:
+        self.fails = fails
+        self.read = read
+        self.attempts = 0
+        self.seen: list[list[bytes]] = []
+
+    async def ClientStream(self, request_iterator, context):
+        self.attempts += 1
+        failing = self.attempts <= self.fails
+        got = [] if failing and not self.read else [r.payload async for r in request_iterator]
+        self.seen.append(got)
+        if self.attempts <= self.fails:
+            await context.abort(_C.UNAVAILABLE, f"failure {self.attempts}")
+        return echo_pb2.EchoMessage(payload=b"".join(got))
+
+    async def Bidi(self, request_iterator, context):
+        self.attempts += 1
+        first = await request_iterator.__anext__()
+        self.seen.append([first.payload])
+        if self.attempts <= self.fails:
+            await context.abort(_C.UNAVAILABLE, f"failure {self.attempts}")
+        yield first
+        async for request in request_iterator:
+            yield request
+
+
+async def requests(count: int, size: int = 1, pause: float = 0.0):
+    for i in range(count):
+        if pause:
+            await asyncio.sleep(pause)
+        yield echo_pb2.EchoMessage(payload=bytes([97 + i]) * size)
+
+
 class FlakyGreeter(helloworld_pb2_grpc.GreeterServicer):
     """Always UNAVAILABLE: counts the attempts a config lets through."""
 
@@ -231,6 +269,51 @@ async def test_retry_throttling_stops_retries_once_tokens_run_low(start, connect
         assert (await fails_with(stub.Unary(msg(), timeout=TIMEOUT))).code() is _C.UNAVAILABLE
         attempts.append(servicer.attempts - before)
     assert attempts == [2, 1, 1]
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.03])
+async def test_client_streaming_call_retried_with_every_request_again(start, connect, pause):
+    servicer = FlakyStreams(2)
+    stub = echo_pb2_grpc.EchoStub(connect(await start(servicer), retrying()))
+    reply = await within(stub.ClientStream(requests(3, pause=pause), timeout=TIMEOUT))
+    assert reply.payload == b"abc"
+    assert servicer.seen == [[b"a", b"b", b"c"]] * 3
+
+
+async def test_client_streaming_retried_while_the_caller_still_writes(start, connect):
+    servicer = FlakyStreams(2, read=False)     # fails before reading: the writes go on
+    stub = echo_pb2_grpc.EchoStub(connect(await start(servicer), retrying()))
+    call = stub.ClientStream(timeout=TIMEOUT)
+    for payload in (b"a", b"b", b"c"):
+        await within(call.write(msg(payload)))
+        await asyncio.sleep(0.02)
+    await within(call.done_writing())
+    assert (await within(call)).payload == b"abc"
+    assert servicer.seen == [[], [], [b"a", b"b", b"c"]]
+
+
+async def test_bidi_call_retried_before_any_response(start, connect):
+    servicer = FlakyStreams(2)
+    stub = echo_pb2_grpc.EchoStub(connect(await start(servicer), retrying()))
+    call = stub.Bidi(timeout=TIMEOUT)
+    await within(call.write(msg(b"x")))
+    assert (await within(call.read())).payload == b"x"
+    await within(call.write(msg(b"y")))
+    assert (await within(call.read())).payload == b"y"
+    await within(call.done_writing())
+    assert servicer.seen == [[b"x"]] * 3
+
+
+@pytest.mark.parametrize("size, options", [
+    (100_000, []),                                          # 300 kB: over the default 256 KiB
+    (600, [("grpc.per_rpc_retry_buffer_size", 1000)]),      # over a buffer set smaller
+])
+async def test_requests_larger_than_the_retry_buffer_commit_the_call(start, connect, size, options):
+    servicer = FlakyStreams(1)
+    stub = echo_pb2_grpc.EchoStub(connect(await start(servicer), retrying() + options))
+    error = await fails_with(stub.ClientStream(requests(3, size=size), timeout=TIMEOUT))
+    assert error.code() is _C.UNAVAILABLE
+    assert servicer.attempts == 1
 
 
 # ============================================================ which methodConfig applies
