@@ -293,8 +293,13 @@ class _Call(Stream, Generic[_Req, _Resp]):
         return True
 
     async def _open_later(self, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
+        retrying = self._channel._retrying     # closing the channel ends a backoff too
+        retrying.add(self)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            retrying.discard(self)
         await self._connect_and_open(self._first)
 
     def _on_deadline(self) -> None:
@@ -703,6 +708,7 @@ class Channel(aio.Channel):
         self._interceptors = _interceptors.sort_interceptors(interceptors)
         self._retries = _service_config.Retries(self._options.service_config,
                                                 self._options.enable_retries)
+        self._retrying: set[_Call[Any, Any]] = set()   # calls waiting out a retry's backoff
         self._link: ClientLink | None = None
         self._old_links: set[ClientLink] = set()
         self._connecting: asyncio.Task[ClientLink | None] | None = None
@@ -766,6 +772,8 @@ class Channel(aio.Channel):
             for call in list(link.calls.values()):
                 call._abandon(_C.CANCELLED, "Channel closed!")
             link.close("channel closed")
+        for call in list(self._retrying):    # between attempts: on no link
+            call._abandon(_C.CANCELLED, "Channel closed!")
         self._set_state(_CONNECTIVITY.SHUTDOWN)
         for link in links:
             if link.transport is not None:

@@ -239,6 +239,47 @@ async def test_a_backoff_longer_than_the_deadline_ends_in_deadline_exceeded(star
     assert set(codes) <= {_C.DEADLINE_EXCEEDED, _C.UNAVAILABLE}
 
 
+def _slow_retries() -> list[tuple[str, Any]]:
+    return retrying(initialBackoff="20s", maxBackoff="20s", backoffMultiplier=1)
+
+
+async def _in_backoff(stub: Any, servicer: Flaky) -> Any:
+    """A call whose first attempt failed and whose retry waits (for up to 20 s)."""
+    call = stub.Unary(msg(), timeout=60)
+    while servicer.attempts < 1:
+        await within(asyncio.sleep(0.01))
+    await asyncio.sleep(0.05)
+    assert not call.done()
+    return call
+
+
+async def test_cancelling_a_call_between_attempts_ends_it_at_once(start, connect):
+    servicer = Flaky(100)
+    stub = echo_pb2_grpc.EchoStub(connect(await start(servicer), _slow_retries()))
+    call = await _in_backoff(stub, servicer)
+    assert call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(call, 2)
+    assert call.cancelled()
+    assert servicer.attempts == 1
+
+
+async def test_closing_the_channel_ends_a_call_between_attempts(start, connect):
+    servicer = Flaky(100)
+    channel = connect(await start(servicer), _slow_retries())
+    call = await _in_backoff(echo_pb2_grpc.EchoStub(channel), servicer)
+    await within(channel.close(), 2)
+    try:
+        await within(call, 2)
+    except aio.AioRpcError as error:     # how a closed channel's calls end, on either
+        assert error.code() is _C.CANCELLED
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("a call on a closed channel succeeded")
+    assert servicer.attempts == 1
+
+
 async def test_server_pushback_that_is_negative_stops_retries(start, connect):
     servicer = Flaky(2, trailing=(("grpc-retry-pushback-ms", "-1"),))
     stub = echo_pb2_grpc.EchoStub(connect(await start(servicer), retrying()))
