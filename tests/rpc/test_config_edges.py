@@ -31,11 +31,11 @@ def _fresh_warnings(monkeypatch):
 
 def test_an_unimplemented_grpc_option_is_logged_once_by_name(caplog):
     with caplog.at_level(logging.WARNING, LOGGER):
-        _options.parse([("grpc.primary_user_agent", "me/1"), ("grpc.max_receive_message_length", 10)])
-        _options.parse([("grpc.primary_user_agent", "me/2")])
+        _options.parse([("grpc.optimization_target", "latency"), ("grpc.max_receive_message_length", 10)])
+        _options.parse([("grpc.optimization_target", "throughput")])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "'grpc.primary_user_agent'" in warnings[0]
+    assert "'grpc.optimization_target'" in warnings[0]
 
 
 def test_an_unknown_lanerpc_option_is_logged(caplog):
@@ -53,11 +53,11 @@ def test_implemented_and_foreign_names_are_not_logged(caplog):
 
 async def test_a_channel_and_a_server_log_unimplemented_options(caplog):
     with caplog.at_level(logging.WARNING, LOGGER):
-        channel = rpc.insecure_channel("127.0.0.1:1", options=[("grpc.default_authority", "x")])
+        channel = rpc.insecure_channel("127.0.0.1:1", options=[("grpc.enable_http_proxy", 0)])
         rpc.server(options=[("grpc.max_connection_age_ms", 1000)])
         await channel.close()
     text = caplog.text
-    assert "grpc.default_authority" in text and "grpc.max_connection_age_ms" in text
+    assert "grpc.enable_http_proxy" in text and "grpc.max_connection_age_ms" in text
 
 
 # ============================================================ service config
