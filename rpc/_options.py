@@ -184,6 +184,6 @@ def _parse_service_config(value: Any) -> dict[str, Any]:
     try:
         return {"service_config": _service_config.parse(value), "service_config_error": None}
     except _service_config.ServiceConfigError as exc:
-        log.error("lanerpc: grpc.service_config is invalid; every call on this channel "
-                  "will fail INVALID_ARGUMENT: %s", exc)
+        log.error("lanerpc: grpc.service_config is invalid; every call on a channel "
+                  "made with it fails INVALID_ARGUMENT: %s", exc)
         return {"service_config": None, "service_config_error": str(exc)}

@@ -26,11 +26,11 @@ def bind(address: str, *, mode: int = 0o600,
         path = endpoint.path
         directory = os.path.dirname(path) or "."
         if not os.path.isdir(directory):
-            raise RuntimeError(f"Failed to bind to unix:{path}: no directory {directory}")
+            raise RuntimeError(f"Failed to bind to address unix:{path}: no directory {directory}")
         try:
             return "unix", [unix.bind(path, mode=mode)], 0
         except OSError as exc:
-            raise RuntimeError(f"Failed to bind to unix:{path}: {exc.strerror or exc}") from exc
+            raise RuntimeError(f"Failed to bind to address unix:{path}: {exc.strerror or exc}") from exc
     try:
         sockets = tcp.bind(endpoint.host, endpoint.port, reuse_port=reuse_port)
     except OSError as exc:
@@ -45,4 +45,4 @@ def claim_unix(address: str, path: str) -> None:
     try:
         unix.claim_path(path)
     except OSError as exc:
-        raise RuntimeError(f"Failed to bind to {address}: {exc.strerror or exc}") from exc
+        raise RuntimeError(f"Failed to bind to address {address}: {exc.strerror or exc}") from exc
