@@ -22,7 +22,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _interceptors, _lanes, _options
+from rpc import _interceptors, _lanes, _options, _service_config
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
@@ -155,6 +155,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
     _task: asyncio.Task[None] | None = None
     _response: _Resp | None = None
     _metadata: DecodedMetadata = ()
+    _config = _service_config.NO_CONFIG    # this method's part of the channel's service config
+    _replay: _service_config.ReplayBuffer | None = None   # a streaming request's, for retries
 
     def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
                  deserializer: Callable[[bytes], _Resp] | None,
@@ -166,6 +168,13 @@ class _Call(Stream, Generic[_Req, _Resp]):
         self._deserialize: Callable[[bytes], _Resp] = deserializer or _identity
         if metadata:
             self._metadata = validate_metadata(metadata)
+        config = channel._retries.method(method)
+        if config is not _service_config.NO_CONFIG:   # the service config's say (see there)
+            self._config = config
+            timeout = config.deadline_timeout(timeout)
+            wait_for_ready = config.wait_for_ready if wait_for_ready is None else wait_for_ready
+            if not self._unary_request:
+                self._replay = channel._retries.replay_buffer(config, channel._options)
         self._wait_for_ready = bool(wait_for_ready)
         self._received: collections.deque[bytes] = collections.deque()
         if timeout is not None:
@@ -222,6 +231,9 @@ class _Call(Stream, Generic[_Req, _Resp]):
         except c.MetadataTooLarge as exc:
             self._finish(_C.RESOURCE_EXHAUSTED.value[0], str(exc), ())
             return
+        if self._replay is not None and self._attempts > 1:   # a retry: the requests again
+            self._replay.resend(link.conn, self._sid, end=self._half_closed)
+            link.flush_soon()
         opened = self._opened
         if opened is not None and not opened.done():
             opened.set_result(None)
@@ -238,37 +250,56 @@ class _Call(Stream, Generic[_Req, _Resp]):
         # (end: the server's messages never end the stream; its TRAILERS do.)
         if self._initial_md is None:    # no HEADERS came first: empty initial metadata
             self._on_initial_metadata(())
+        limit = self._config.max_response_bytes
+        if limit is not None and len(data) > limit:     # the service config's, per method
+            self._abandon(_C.RESOURCE_EXHAUSTED,
+                          f"CLIENT: Received message larger than max ({len(data)} vs. {limit})")
+            return
         self._deliver(data)
 
     def _on_end(self, code: int, details: str, metadata: DecodedMetadata, not_started: bool) -> None:
         self._link = None
-        if not_started and self._code is None and self._first is not None and self._retry(code):
+        if self._code is None and self._retry(code, metadata, not_started):
             return
         self._finish(code, details, metadata, not_started=not_started)
 
-    def _retry(self, code: int) -> bool:
-        """Start again a call the server never started (refused while draining,
-        or above a GOAWAY's last stream): once transparently, as gRPC does, and
-        up to maxAttempts under the channel's retryPolicy. A call that may have
-        run is never retried."""
-        policy = self._channel._retry
-        if policy is not None and status_code(code) in policy.codes:
-            if self._attempts >= policy.max_attempts:
-                return False
-            delay = policy.backoff(self._attempts)
-        elif self._attempts == 1:
-            delay = 0.0
-        else:
+    def _retry(self, code: int, metadata: DecodedMetadata, not_started: bool) -> bool:
+        """Start the call again if the channel's retry rules say so (see
+        rpc._service_config.Retries.delay): under its retryPolicy, or once when the
+        server never started it. Only calls whose whole request is at hand (unary
+        requests) are made again; never one whose response reached the application."""
+        delay = self._channel._retries.delay(
+            self._config, code, metadata, self._attempts,
+            committed=self._initial_md is not None, not_started=not_started)
+        if delay is None or (self._first is None and not self._prepare_replay()):
             return False
-        if self._deadline is not None and self._loop.time() + delay >= self._deadline:
-            return False
+        # A backoff past the deadline is waited all the same: the deadline ends the
+        # call (DEADLINE_EXCEEDED), as in grpc.aio. The server is told the count.
+        self._metadata = _service_config.with_previous_attempts(self._metadata, self._attempts)
         self._attempts += 1
         self._task = self._loop.create_task(self._open_later(delay))
         return True
 
+    def _prepare_replay(self) -> bool:
+        """Make ready to send a streaming request again, if all of it was kept (gRPC
+        commits a call whose requests outgrow its retry buffer). Writers wait for
+        the new attempt's stream; one waiting for window on the old one goes on
+        (what it wrote is kept, and sent again)."""
+        replay = self._replay
+        if replay is None or replay.overflowed:
+            return False
+        self._opened = None
+        self._on_writable()
+        return True
+
     async def _open_later(self, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
+        retrying = self._channel._retrying     # closing the channel ends a backoff too
+        retrying.add(self)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            retrying.discard(self)
         await self._connect_and_open(self._first)
 
     def _on_deadline(self) -> None:
@@ -447,7 +478,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if self._half_closed:
             raise asyncio.InvalidStateError("RPC is half closed after calling done_writing")
         data = self._serialize(request)
-        limit = self._channel._options.max_send_message_length
+        limit = self._config.send_limit(self._channel._options.max_send_message_length)
         if len(data) > limit:
             self._abandon(_C.RESOURCE_EXHAUSTED, too_large(len(data), limit))
             raise self._error()
@@ -458,6 +489,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if self._link is None:
             self._raise_for_status()
             raise asyncio.InvalidStateError("RPC already finished")
+        if self._replay is not None:
+            self._replay.keep(data)
         await self._send(data)
 
     def _window_waited(self) -> None:
@@ -597,7 +630,7 @@ class _MultiCallable(Generic[_Req, _Resp]):
             wait_for_ready)
         if call._unary_request:
             data = call._serialize(request)
-            limit = channel._options.max_send_message_length
+            limit = call._config.send_limit(channel._options.max_send_message_length)
             if len(data) > limit:
                 call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit), ())
                 return call
@@ -673,7 +706,9 @@ class Channel(aio.Channel):
         except RuntimeError:
             self._loop = None    # made outside any loop: bound to the first one it is used in
         self._interceptors = _interceptors.sort_interceptors(interceptors)
-        self._retry = RetryPolicy.parse(self._options.retry_policy)
+        self._retries = _service_config.Retries(self._options.service_config,
+                                                self._options.enable_retries)
+        self._retrying: set[_Call[Any, Any]] = set()   # calls waiting out a retry's backoff
         self._link: ClientLink | None = None
         self._old_links: set[ClientLink] = set()
         self._connecting: asyncio.Task[ClientLink | None] | None = None
@@ -737,6 +772,8 @@ class Channel(aio.Channel):
             for call in list(link.calls.values()):
                 call._abandon(_C.CANCELLED, "Channel closed!")
             link.close("channel closed")
+        for call in list(self._retrying):    # between attempts: on no link
+            call._abandon(_C.CANCELLED, "Channel closed!")
         self._set_state(_CONNECTIVITY.SHUTDOWN)
         for link in links:
             if link.transport is not None:
@@ -834,6 +871,9 @@ class Channel(aio.Channel):
         while True:
             if self._closed:
                 raise rpc_error(_C.CANCELLED, "Channel closed!")
+            if self._options.service_config_error:   # as grpc.aio: every call fails
+                raise rpc_error(_C.INVALID_ARGUMENT, f"Failed to create channel to "
+                                f"'{self._target}': {self._options.service_config_error}")
             link = self._ready_link()
             if link is not None:
                 return link
@@ -912,47 +952,6 @@ class Channel(aio.Channel):
             self._link = None
             if not self._closed:
                 self._set_state(_CONNECTIVITY.IDLE)
-
-
-class RetryPolicy:
-    """gRPC's service-config retryPolicy (maxAttempts, initialBackoff,
-    maxBackoff, backoffMultiplier, retryableStatusCodes)."""
-
-    def __init__(self, max_attempts: int, initial: float, maximum: float, multiplier: float,
-                 codes: frozenset[grpc.StatusCode]) -> None:
-        self.max_attempts = max_attempts
-        self.initial = initial
-        self.maximum = maximum
-        self.multiplier = multiplier
-        self.codes = codes
-
-    @classmethod
-    def parse(cls, policy: dict[str, Any] | None) -> "RetryPolicy | None":
-        if not policy:
-            return None
-        try:
-            attempts = int(policy["maxAttempts"])
-            initial = _seconds(policy["initialBackoff"])
-            maximum = _seconds(policy["maxBackoff"])
-            multiplier = float(policy["backoffMultiplier"])
-            codes = frozenset(
-                grpc.StatusCode[name.upper()] if isinstance(name, str) else status_code(int(name))
-                for name in policy["retryableStatusCodes"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"bad retryPolicy in grpc.service_config: {exc!r}") from None
-        if attempts < 2 or initial <= 0 or maximum <= 0 or multiplier <= 0 or not codes:
-            raise ValueError("retryPolicy needs maxAttempts >= 2, positive backoffs and "
-                             "multiplier, and some retryableStatusCodes")
-        return cls(min(attempts, 5), initial, maximum, multiplier, codes)   # gRPC caps at 5
-
-    def backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.initial * self.multiplier ** (attempt - 1), self.maximum))
-
-
-def _seconds(text: str) -> float:
-    if not isinstance(text, str) or not text.endswith("s"):
-        raise ValueError(f"duration {text!r} must look like '0.5s'")
-    return float(text[:-1])
 
 
 _CHANNELS: "weakref.WeakSet[Channel]" = weakref.WeakSet()

@@ -151,7 +151,8 @@ class GrpcPorts:
         if endpoint.lane == "unix":
             directory = os.path.dirname(endpoint.path) or "."
             if not os.path.isdir(directory):
-                raise RuntimeError(f"Failed to bind to {address}: no directory {directory}")
+                raise RuntimeError(f"Failed to bind to address {address}: no directory {directory}")
+            _ports.claim_unix(address, endpoint.path)
             self._ports.append((address, credentials, []))
             return 1                      # what grpcio answers for a unix: port
         _, sockets, port = _ports.bind(address, reuse_port=True)

@@ -114,6 +114,8 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
 async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory) -> Link:
     """A ready link to ``endpoint``, on the fastest lane both sides allow."""
     lanes = options.lanes
+    if endpoint.refused:      # a target lanerpc can't resolve (xds:, say): see rpc._target
+        raise ConnectionError(endpoint.refused)
     if endpoint.lane == "unix" and "unix" not in lanes:
         raise ConnectionError(f"{endpoint} is a unix: target but lanerpc.lanes excludes unix")
     link = await _dial(endpoint, options, make_link)

@@ -1,12 +1,19 @@
-"""Channel and server options: gRPC's names where gRPC has one, ``lanerpc.*`` for ours."""
+"""Channel and server options: gRPC's names where gRPC has one, ``lanerpc.*`` for ours.
+
+A ``grpc.*`` or ``lanerpc.*`` name this module does not know is logged once at WARNING
+(gRPC ignores names it does not know without a word; a typo, or a gRPC feature lanerpc
+lacks, should not pass unseen). :data:`IMPLEMENTED` lists the names it knows."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Sequence
 
-from rpc import _wire
+from rpc import _service_config, _wire
+
+log = logging.getLogger("lanerpc")
 
 ALL_LANES = ("shm", "unix", "tcp")
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
@@ -28,7 +35,10 @@ class Options:
     allowed_uids: frozenset[int] = frozenset()   # unix/shm: uids admitted besides our own
     server_uids: frozenset[int] | None = None    # client: the only uids a unix server may run as
     upgrade_timeout: float = 1.0
-    retry_policy: dict[str, Any] | None = None   # grpc.service_config's retryPolicy
+    service_config: _service_config.ServiceConfig | None = None   # grpc.service_config
+    service_config_error: str | None = None   # why grpc.service_config is invalid: calls fail
+    enable_retries: bool = True              # grpc.enable_retries
+    retry_buffer_size: int = 256 * 1024      # grpc.per_rpc_retry_buffer_size
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
@@ -87,13 +97,14 @@ def _length(value: Any, name: str) -> int:
 
 
 def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
-    """Options from gRPC-style (name, value) pairs. Unknown names are ignored,
-    as gRPC does; known names with bad values raise ValueError."""
+    """Options from gRPC-style (name, value) pairs. Known names with bad values raise
+    ValueError; unknown ``grpc.*`` and ``lanerpc.*`` names are logged once (see the
+    module's docstring); an invalid ``grpc.service_config`` is kept as an error for
+    the channel's calls to report, as grpc.aio does."""
     values: dict[str, Any] = {}
     env_lanes = os.environ.get("LANERPC_LANES")
     if env_lanes:
         values["lanes"] = parse_lanes(env_lanes)
-    import json
     for item in options or ():
         try:
             name, value = item
@@ -128,7 +139,11 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "lanerpc.server_uids":
             values["server_uids"] = parse_uids(value, name)
         elif name == "grpc.service_config":
-            values["retry_policy"] = _retry_policy(json.loads(value) if isinstance(value, str) else value)
+            values.update(_parse_service_config(value))
+        elif name == "grpc.enable_retries":
+            values["enable_retries"] = bool(int(value))
+        elif name == "grpc.per_rpc_retry_buffer_size":
+            values["retry_buffer_size"] = max(0, int(value))
         elif name == "grpc.initial_reconnect_backoff_ms":
             values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
@@ -148,12 +163,49 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "grpc.max_connection_idle_ms":
             idle_ms = int(value)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
+        elif name not in IMPLEMENTED:
+            _warn_unknown(name)
     return Options(**values)
 
 
-def _retry_policy(config: dict[str, Any]) -> dict[str, Any] | None:
-    for method_config in config.get("methodConfig", ()):
-        policy: dict[str, Any] | None = method_config.get("retryPolicy")
-        if policy:
-            return policy
-    return None
+# The grpc.* and lanerpc.* names lanerpc applies (lanerpc.protocol is read where a
+# channel is made, rpc.insecure_channel). Any other name under those prefixes is
+# logged once by _warn_unknown.
+IMPLEMENTED = frozenset({
+    "grpc.max_receive_message_length", "grpc.max_send_message_length", "grpc.max_metadata_size",
+    "grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.keepalive_permit_without_calls",
+    "grpc.http2.min_ping_interval_without_data_ms", "grpc.so_reuseport",
+    "grpc.max_concurrent_streams", "grpc.service_config", "grpc.enable_retries",
+    "grpc.per_rpc_retry_buffer_size",
+    "grpc.initial_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms",
+    "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
+    "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
+    "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
+    "lanerpc.protocol",
+})
+
+_warned: set[str] = set()
+
+
+def _warn_unknown(name: Any) -> None:
+    """Log, once per process, a gRPC or lanerpc option name that nothing here applies:
+    gRPC would ignore it silently, and a typo or a missing feature should show."""
+    if not isinstance(name, str) or not name.startswith(("grpc.", "lanerpc.")):
+        return      # not a name of either: an application's own key, as gRPC allows
+    if name in _warned:
+        return
+    _warned.add(name)
+    what = "an unknown lanerpc option" if name.startswith("lanerpc.") else \
+        "a gRPC option lanerpc does not implement"
+    log.warning("lanerpc: option %r is %s; it has no effect on lanerpc lanes", name, what)
+
+
+def _parse_service_config(value: Any) -> dict[str, Any]:
+    """The fields for a ``grpc.service_config`` value: the parsed config, or its error
+    (logged here once; each call on the channel then fails INVALID_ARGUMENT with it)."""
+    try:
+        return {"service_config": _service_config.parse(value), "service_config_error": None}
+    except _service_config.ServiceConfigError as exc:
+        log.error("lanerpc: grpc.service_config is invalid; every call on a channel "
+                  "made with it fails INVALID_ARGUMENT: %s", exc)
+        return {"service_config": None, "service_config_error": str(exc)}

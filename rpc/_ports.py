@@ -26,13 +26,23 @@ def bind(address: str, *, mode: int = 0o600,
         path = endpoint.path
         directory = os.path.dirname(path) or "."
         if not os.path.isdir(directory):
-            raise RuntimeError(f"Failed to bind to unix:{path}: no directory {directory}")
+            raise RuntimeError(f"Failed to bind to address unix:{path}: no directory {directory}")
         try:
             return "unix", [unix.bind(path, mode=mode)], 0
         except OSError as exc:
-            raise RuntimeError(f"Failed to bind to unix:{path}: {exc.strerror or exc}") from exc
+            raise RuntimeError(f"Failed to bind to address unix:{path}: {exc.strerror or exc}") from exc
     try:
         sockets = tcp.bind(endpoint.host, endpoint.port, reuse_port=reuse_port)
     except OSError as exc:
         raise RuntimeError(f"Failed to bind to address {address}: {exc}") from exc
     return "tcp", sockets, sockets[0].getsockname()[1]
+
+
+def claim_unix(address: str, path: str) -> None:
+    """Refuse a ``grpc://unix:`` port whose socket file a live server holds, at once:
+    grpcio, binding it at start(), would unlink and replace it (as grpc.aio does),
+    taking the path from under that server. lanerpc's own unix ports refuse it too."""
+    try:
+        unix.claim_path(path)
+    except OSError as exc:
+        raise RuntimeError(f"Failed to bind to address {address}: {exc.strerror or exc}") from exc

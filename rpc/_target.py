@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from urllib.parse import unquote
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
-    lane: str          # "tcp" or "unix"
+    lane: str          # "tcp", "unix", or "unsupported" (then ``refused`` says why)
     host: str = ""     # tcp: a name or an address
     port: int = 0
-    path: str = ""     # unix: the socket file
+    path: str = ""     # unix: the socket file; unsupported: the target
+    refused: str = ""  # unsupported: why no connection is tried
 
     def __str__(self) -> str:
+        if self.lane == "unsupported":
+            return self.path
         if self.lane == "unix":
             return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -48,12 +52,50 @@ def _host_port(text: str, default_port: int | None, original: str, *, server: bo
     return Endpoint("tcp", host=host, port=port)
 
 
+# A URI scheme before the target's first colon (RFC 3986).
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_KNOWN_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract"})
+# Resolvers gRPC has that lanerpc does not: such a target is never read as host:port.
+_UNSUPPORTED_SCHEMES = {
+    "xds": "xDS (xds:) targets need an xDS control plane, which lanerpc does not implement",
+    "google-c2p": "google-c2p: targets need Google's directpath resolver, which lanerpc "
+                  "does not implement",
+}
+
+
+def _unsupported(target: str) -> list[Endpoint] | None:
+    """A target whose scheme lanerpc can't resolve, as an endpoint that fails every
+    connection attempt with the reason. grpc.aio makes such a channel too and fails
+    each call UNAVAILABLE (TRANSIENT_FAILURE); lanerpc does the same, saying why."""
+    match = _SCHEME.match(target)
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    if scheme in _KNOWN_SCHEMES:
+        return None
+    reason = _UNSUPPORTED_SCHEMES.get(scheme)
+    if reason is None:
+        try:
+            if not target[match.end():].startswith("/"):
+                _host_port(target, 443, target)  # "localhost:50051" looks like a scheme too
+                return None
+        except ValueError:
+            pass
+        reason = (f"no resolver for the target's scheme {scheme!r}: lanerpc resolves "
+                      f"host:port, dns:, ipv4:, ipv6: and unix: targets")
+    return [Endpoint("unsupported", path=target,
+                     refused=f"target {target!r} is not supported: {reason}")]
+
+
 def parse_target(target: str) -> list[Endpoint]:
     """Endpoints for a gRPC target: ``host:port``, ``ipv4:a:p,b:p``, ``ipv6:[a]:p``,
-    ``dns:///name:port``, ``unix:path``, ``unix:///abs/path``, ``unix-abstract:`` is not
-    supported (raises)."""
+    ``dns:///name:port``, ``unix:path``, ``unix:///abs/path``. ``unix-abstract:``
+    raises; another scheme (``xds:``, say) gives one endpoint that refuses to connect."""
     if not isinstance(target, str) or not target:
         raise ValueError(f"target must be a non-empty string; got {target!r}")
+    unsupported = _unsupported(target)
+    if unsupported is not None:
+        return unsupported
     if target.startswith("unix://"):
         path = unquote(target[len("unix://"):])
         if not path.startswith("/"):

@@ -41,6 +41,13 @@ async def connect(path: str, factory: ProtocolFactory, *,
         raise
 
 
+def claim_path(path: str) -> None:
+    """Make ``path`` free for a socket someone else binds (grpcio, for a ``grpc://``
+    unix port): a stale socket file is removed; OSError if a live server owns it or
+    it is not a socket."""
+    _claim_path(path)
+
+
 def _claim_path(path: str) -> None:
     """Remove a stale socket file at ``path``; refuse if a live server owns it."""
     try:
