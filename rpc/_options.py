@@ -181,6 +181,7 @@ IMPLEMENTED = frozenset({
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
+    "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls",
     "lanerpc.protocol",
 })
 
