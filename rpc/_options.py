@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Sequence
 
 from rpc import _wire
+
+VERSION = "0.1.0"             # rpc.__version__
+# What a lanerpc client names itself in every connection's HELLO; a server's handlers
+# see it as the calls' user-agent metadata (grpc's own: "grpc-python-asyncio/<v> ...").
+USER_AGENT = f"lanerpc-python/{VERSION} ({sys.platform})"
 
 ALL_LANES = ("shm", "unix", "tcp")
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
@@ -34,6 +40,7 @@ class Options:
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
     max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
+    user_agent: str = USER_AGENT             # client: grpc.primary/secondary_user_agent around ours
 
 
 def parse_lanes(text: str) -> tuple[str, ...]:
@@ -126,7 +133,20 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "grpc.max_connection_idle_ms":
             idle_ms = int(value)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
+    agent = _user_agent(options or ())
+    if agent != USER_AGENT:
+        values["user_agent"] = agent
     return Options(**values)
+
+
+def _user_agent(options: Sequence[tuple[str, Any]]) -> str:
+    """As grpc builds it: ``grpc.primary_user_agent`` before the library's own name,
+    ``grpc.secondary_user_agent`` after it."""
+    parts = dict(item for item in options if isinstance(item, tuple) and len(item) == 2
+                 and item[0] in ("grpc.primary_user_agent", "grpc.secondary_user_agent"))
+    primary = parts.get("grpc.primary_user_agent")
+    secondary = parts.get("grpc.secondary_user_agent")
+    return " ".join(str(part) for part in (primary, USER_AGENT, secondary) if part)
 
 
 def _retry_policy(config: dict[str, Any]) -> dict[str, Any] | None:
