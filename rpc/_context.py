@@ -336,12 +336,14 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     async def read(self) -> Any:
         if not self._handler.request_streaming:
             raise RuntimeError("read() is for methods with a streaming request")
+        self._raise_if_aborted()
         data = await self._receive()
         if data is None:
             return _EOF
         return self._decode(data)
 
     async def write(self, message: Any) -> None:
+        self._raise_if_aborted()
         if self._ended:
             if self._cancelled:
                 raise asyncio.CancelledError()
@@ -359,6 +361,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         await self._send(data)
 
     async def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
+        self._raise_if_aborted()
         if self._initial_sent:
             raise aio.UsageError("initial metadata has already been sent")
         self._initial = validate_metadata(initial_metadata)
@@ -399,6 +402,12 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             self._details = details
         self._aborted = True
         self._code, self._py_code = value, code
+
+    def _raise_if_aborted(self) -> None:
+        """As grpc.aio: after abort(), reading, writing or sending metadata raises the
+        AbortError again, so a handler that swallowed it still stops."""
+        if self._aborted:
+            raise _Abort()
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:
         await self.abort(status.code, status.details, status.trailing_metadata)

@@ -129,6 +129,34 @@ class Corners(echo_pb2_grpc.EchoServicer):
         return request
 
 
+    async def ServerStream(self, request, context):
+        # abort-then-write: the write after a swallowed abort raises AbortError again.
+        try:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, "stream aborted")
+        except aio.AbortError:
+            pass
+        for name, attempt in (("write", lambda: context.write(request)),
+                              ("send_initial_metadata", lambda: context.send_initial_metadata(()))):
+            try:
+                await attempt()
+                self.seen[name] = "no error"
+            except BaseException as exc:
+                self.seen[name] = type(exc)
+        yield request
+
+    async def Bidi(self, request_iterator, context):
+        try:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, "bidi aborted")
+        except aio.AbortError:
+            pass
+        try:
+            await context.read()
+            self.seen["read"] = "no error"
+        except BaseException as exc:
+            self.seen["read"] = type(exc)
+        yield msg(b"never sent")
+
+
 class ThreadedCorners(echo_pb2_grpc.EchoServicer):
     """A plain (threaded) handler: its context's abort takes an int code too."""
 
@@ -256,6 +284,19 @@ async def test_abort_is_sent_at_once_even_when_caught(start, connect):
     finally:
         servicer.release.set()
     assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, "caught")
+
+
+async def test_after_a_swallowed_abort_io_raises_abort_again(start, connect):
+    servicer, stub, _ = await corners(start, connect)
+    with pytest.raises(aio.AioRpcError) as info:
+        [r async for r in stub.ServerStream(msg(b"x"), timeout=TIMEOUT)]
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.OUT_OF_RANGE, "stream aborted")
+    with pytest.raises(aio.AioRpcError) as info:
+        [r async for r in stub.Bidi(iter([msg(b"a")]), timeout=TIMEOUT)]
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.OUT_OF_RANGE, "bidi aborted")
+    for name in ("write", "send_initial_metadata", "read"):
+        assert isinstance(servicer.seen[name], type) and issubclass(servicer.seen[name], aio.AbortError), \
+            (name, servicer.seen[name])
 
 
 async def test_abort_keeps_details_and_trailing_set_before(start, connect):
