@@ -356,6 +356,20 @@ async def test_peer_is_spelled_as_grpc_does(impl, start, connect):
         assert peer
 
 
+@pytest.mark.parametrize("dial", ["127.0.0.1", "[::1]"])
+async def test_peer_of_a_dual_stack_port(impl, start, dial):
+    """A server on ``[::]``: an IPv4 client is ``ipv4:`` (not the v4-mapped IPv6
+    address), an IPv6 one ``ipv6:`` with the brackets percent-encoded, as grpc says it."""
+    if impl.bind not in ("tcp", "grpc"):
+        pytest.skip(f"{impl.name} serves on no TCP port")
+    servicer = Corners()
+    served = await start(servicer, address=f"{'grpc://' if impl.bind == 'grpc' else ''}[::]:0")
+    channel = served.keep(impl.channel(f"{dial}:{served.port}", ()))
+    await echo_pb2_grpc.EchoStub(channel).Unary(msg(b"identity"), timeout=TIMEOUT)
+    pattern = r"ipv4:127\.0\.0\.1:\d+" if dial == "127.0.0.1" else r"ipv6:%5B::1%5D:\d+"
+    assert re.fullmatch(pattern, servicer.seen["peer"]), servicer.seen["peer"]
+
+
 async def test_auth_context_has_grpc_shape_and_local_credentials(impl, start, connect):
     servicer, stub, _ = await corners(start, connect)
     await stub.Unary(msg(b"identity"), timeout=TIMEOUT)
