@@ -470,7 +470,13 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         if link.dialled_as is not None:
             return link.dialled_as
         peer = link.peer
-        return peer.address if peer is not None else "unknown"
+        if peer is None:
+            return "unknown"
+        if peer.lane in ("unix", "shm"):
+            # grpc names a Unix socket peer by the client's own socket name, which a
+            # client that never bound its socket (every lanerpc client) doesn't have.
+            return "unix:"
+        return peer.address
 
     # On the local lanes, what grpc's local credentials give: the identity is the
     # transport security type, "local".

@@ -351,7 +351,7 @@ async def test_peer_is_spelled_as_grpc_does(impl, start, connect):
         assert match, peer
         assert 0 < int(match.group(1)) < 65536 and int(match.group(1)) != served.port
     elif impl.bind == "unix":
-        assert peer.startswith("unix:")
+        assert peer == "unix:"    # the client's socket has no name
     else:
         assert peer
 
