@@ -13,7 +13,7 @@ from concurrent import futures
 import grpc
 from grpc.aio import AioRpcError, EOF, Metadata
 
-from rpc import _grpc
+from rpc import _grpc, _options
 from rpc._channel import (
     Channel,
     StreamStreamCall,
@@ -27,7 +27,7 @@ from rpc._serve import serve, serve_async
 from rpc._server import Server
 from rpc._wire import ProtocolError
 
-__version__ = "0.1.0"
+__version__ = _options.VERSION
 
 
 def insecure_channel(target: str, options: _grpc.Options | None = None,

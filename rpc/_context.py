@@ -19,7 +19,9 @@ from grpc import aio
 from rpc import _connection as c
 from rpc._options import Options
 from rpc._stats import Stats
-from rpc._status import status_code, validate_metadata
+from rpc._lanes import auth_properties
+from rpc._status import (_Metadatum, check_trailing_shape, invocation_items, validate_metadata,
+                         wire_code)
 from rpc._stream import Stream, StreamLink, too_large
 from rpc._wire import DecodedMetadata
 from rpc.transports import PeerInfo
@@ -52,6 +54,8 @@ class ServerLink(StreamLink, Protocol):
     loop: asyncio.AbstractEventLoop
     lane: str | None
     peer: PeerInfo | None
+    dialled_as: str | None        # the tcp peer address of a connection upgraded from tcp
+    invocation_head: tuple[_Metadatum, ...]   # the client's user-agent, from its HELLO
     ping_strikes: int             # gRPC's ping policy: sending data clears them
 
     def call_ended(self) -> None:
@@ -91,7 +95,10 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     _link: ServerLink
     _deadline: float | None = None
     _task: asyncio.Task[None] | None = None
-    _code: int | None = None            # set_code / abort
+    _code: int | None = None            # set_code / abort: the status sent
+    _py_code: Any = None                # ... and what the handler gave, as code() returns it
+    _aborted = False
+    _invocation: tuple[_Metadatum, ...] | None = None
     _details: str | None = None
     _trailing: DecodedMetadata = ()
     _initial: DecodedMetadata | None = None
@@ -331,24 +338,29 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         self._server._stats.call_ended(link.lane or "?", code)
 
     def _complete(self) -> None:
+        """Run the done callbacks in order. As grpc.aio: the first one that raises is
+        logged and ends the round, the callbacks after it are not run."""
         callbacks, self._callbacks = self._callbacks, ()
-        for cb in callbacks:
-            try:
+        try:
+            for cb in callbacks:
                 cb(self)
-            except Exception:
-                log.exception("lanerpc: done callback raised")
+        except Exception:
+            log.exception("lanerpc: done callback of %s raised; the callbacks after it "
+                          "were not run", self._method)
 
     # ------------------------------------------------------------ reading/writing
 
     async def read(self) -> Any:
         if not self._handler.request_streaming:
             raise RuntimeError("read() is for methods with a streaming request")
+        self._raise_if_aborted()
         data = await self._receive()
         if data is None:
             return _EOF
         return self._decode(data)
 
     async def write(self, message: Any) -> None:
+        self._raise_if_aborted()
         if self._ended:
             if self._cancelled:
                 raise asyncio.CancelledError()
@@ -366,6 +378,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         await self._send(data)
 
     async def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
+        self._raise_if_aborted()
         if self._initial_sent:
             raise aio.UsageError("initial metadata has already been sent")
         self._initial = validate_metadata(initial_metadata)
@@ -380,44 +393,72 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
 
     # ------------------------------------------------------------ status
 
-    async def abort(self, code: grpc.StatusCode, details: str = "",
+    async def abort(self, code: grpc.StatusCode | int, details: str = "",
                     trailing_metadata: MetadataType = ()) -> NoReturn:
-        self._abort(code, details, trailing_metadata)
-
-    def _abort(self, code: grpc.StatusCode, details: str, trailing_metadata: MetadataType) -> NoReturn:
-        """Set the final status and raise out of the handler (sync and async abort)."""
-        if code == _C.OK:
-            raise ValueError("abort() needs a non-OK status code")
-        self._code = code.value[0]
-        self._details = details
-        if trailing_metadata:
-            self._trailing = validate_metadata(trailing_metadata)
+        """End the call with a non-OK status, sent at once (as grpc.aio: a handler
+        that catches the AbortError cannot delay or change it), and raise out of the
+        handler. ``code`` may be a plain int, as grpc.aio allows. Empty ``details``
+        or ``trailing_metadata`` keep what set_details / set_trailing_metadata gave.
+        A second abort raises UsageError and the first status stands."""
+        self._record_abort(code, details, trailing_metadata)
+        self._end_with(self._code if self._code is not None else _C.UNKNOWN.value[0],
+                       self._details or "", self._trailing)
         raise _Abort()
+
+    def _record_abort(self, code: grpc.StatusCode | int, details: str,
+                      trailing_metadata: MetadataType) -> None:
+        if self._aborted:
+            raise aio.UsageError("Abort already called!")
+        value = wire_code(code)
+        if value == _OK:
+            # grpc.aio asserts on this and leaves the call hanging; a clear error is better.
+            raise ValueError("abort() needs a non-OK status code")
+        if not (isinstance(trailing_metadata, tuple) and not trailing_metadata and self._trailing):
+            self._trailing = validate_metadata(check_trailing_shape(trailing_metadata))
+        if details or not self._details:
+            self._details = details
+        self._aborted = True
+        self._code, self._py_code = value, code
+
+    def _raise_if_aborted(self) -> None:
+        """As grpc.aio: after abort(), reading, writing or sending metadata raises the
+        AbortError again, so a handler that swallowed it still stops."""
+        if self._aborted:
+            raise _Abort()
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:
         await self.abort(status.code, status.details, status.trailing_metadata)
 
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._code = code.value[0]
+    def set_code(self, code: grpc.StatusCode | int) -> None:
+        """The status the call ends with; a plain int is taken as grpc.aio takes it
+        (see :func:`rpc._status.wire_code`)."""
+        self._code, self._py_code = wire_code(code), code
 
     def set_details(self, details: str) -> None:
         self._details = details
 
     def set_trailing_metadata(self, trailing_metadata: MetadataType) -> None:
-        self._trailing = validate_metadata(trailing_metadata)
+        """As grpc.aio, only pairs are taken: a dict or None raises TypeError."""
+        self._trailing = validate_metadata(check_trailing_shape(trailing_metadata))
 
     # grpc's stubs say Metadata; grpc.aio, like lanerpc, returns the tuple of pairs.
     def trailing_metadata(self) -> DecodedMetadata:   # type: ignore[override]
         return self._trailing
 
-    def code(self) -> grpc.StatusCode | None:   # type: ignore[override]  # None: not set yet
-        return status_code(self._code) if self._code is not None else None
+    # What set_code / abort were given, as given (an int stays an int), as grpc.aio.
+    def code(self) -> Any:
+        return self._py_code
 
     def details(self) -> str | None:   # type: ignore[override]  # None: not set yet
         return self._details
 
-    def invocation_metadata(self) -> DecodedMetadata:   # type: ignore[override]  # as trailing_metadata
-        return self._metadata
+    # grpc.aio's: a tuple of (key, value) items that also have .key and .value, the
+    # client's user-agent first.
+    def invocation_metadata(self) -> tuple[_Metadatum, ...]:   # type: ignore[override]
+        items = self._invocation
+        if items is None:
+            items = self._invocation = invocation_items(self._link.invocation_head, self._metadata)
+        return items
 
     def time_remaining(self) -> float | None:   # type: ignore[override]  # None: no deadline
         if self._deadline is None:
@@ -439,17 +480,38 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             self._callbacks = [callback]
 
     def peer(self) -> str:
-        peer = self._link.peer
-        return peer.address if peer is not None else "unknown"
+        """gRPC's spelling of the client's address. A client that dialled TCP and was
+        moved to a local lane is reported by the address of that TCP connection
+        (``ipv4:127.0.0.1:<port>``), as grpc would; the lane is in auth_context()."""
+        link = self._link
+        if link.dialled_as is not None:
+            return link.dialled_as
+        peer = link.peer
+        if peer is None:
+            return "unknown"
+        if peer.lane in ("unix", "shm"):
+            # grpc names a Unix socket peer by the client's own socket name, which a
+            # client that never bound its socket (every lanerpc client) doesn't have.
+            return "unix:"
+        return peer.address
 
+    # On the local lanes, what grpc's local credentials give: the identity is the
+    # transport security type, "local".
     def peer_identities(self) -> Iterable[bytes] | None:
-        return None
+        return self.auth_context().get("transport_security_type") if self._is_local() else None
 
     def peer_identity_key(self) -> str | None:
-        return None
+        return "transport_security_type" if self._is_local() else None
+
+    def _is_local(self) -> bool:
+        peer = self._link.peer
+        return peer is not None and peer.uid is not None
 
     def auth_context(self) -> Mapping[str, Iterable[bytes]]:
-        return {}
+        """grpc's keys (``transport_security_type``, ``security_level``) as grpc's
+        insecure or local credentials set them, plus lanerpc's: the lane, and on the
+        local lanes the client's pid, uid and gid (SO_PEERCRED). See README."""
+        return auth_properties(self._link.peer, self._link.lane)
 
     def set_compression(self, compression: grpc.Compression) -> None:
         pass   # lanerpc lanes don't compress; accepted for compatibility
@@ -481,9 +543,10 @@ class _ThreadContext:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._context._loop).result()
 
-    def abort(self, code: grpc.StatusCode, details: str = "",
+    def abort(self, code: grpc.StatusCode | int, details: str = "",
               trailing_metadata: MetadataType = ()) -> NoReturn:
-        self._context._abort(code, details, trailing_metadata)
+        # On the loop, as grpc.aio does: the status goes out before this thread goes on.
+        self._run(self._context.abort(code, details, trailing_metadata))
 
     def abort_with_status(self, status: grpc.Status) -> NoReturn:
         self.abort(status.code, status.details, status.trailing_metadata)

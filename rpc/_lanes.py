@@ -52,7 +52,7 @@ from rpc._link import LaneAdapter, Link
 from rpc._options import Options
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
-from rpc.transports import shm, tcp, unix
+from rpc.transports import PeerInfo, shm, tcp, unix
 from rpc.transports import peer_credentials
 
 log = logging.getLogger("lanerpc")
@@ -214,6 +214,30 @@ async def _try_upgrade(offer: handshake_pb2.UpgradeOffer, options: Options,
 
 # ------------------------------------------------------------------ server side
 
+# grpc's auth context keys and the values its insecure and local credentials give.
+_INSECURE = {"transport_security_type": b"insecure", "security_level": b"TSI_SECURITY_NONE"}
+_LOCAL = {"transport_security_type": b"local", "security_level": b"TSI_PRIVACY_AND_INTEGRITY"}
+
+
+def auth_properties(peer: PeerInfo | None, lane: str | None) -> dict[str, list[bytes]]:
+    """A call's ``auth_context()``: values are lists of bytes, as in grpc.
+
+    A connection whose peer the kernel vouches for (SO_PEERCRED: the unix and shm
+    lanes) is what grpc calls local: ``transport_security_type`` ``local``, and
+    lanerpc adds the client's ``lanerpc_peer_pid``, ``lanerpc_peer_uid`` and
+    ``lanerpc_peer_gid``. TCP is grpc's insecure. ``lanerpc_lane`` names the lane
+    the call came on, on every lanerpc connection."""
+    local = peer is not None and peer.uid is not None
+    props = {key: [value] for key, value in (_LOCAL if local else _INSECURE).items()}
+    if peer is not None and local:
+        for key, number in (("pid", peer.pid), ("uid", peer.uid), ("gid", peer.gid)):
+            if number is not None:
+                props[f"lanerpc_peer_{key}"] = [str(number).encode()]
+    if lane is not None:
+        props["lanerpc_lane"] = [lane.encode()]
+    return props
+
+
 class ServerLanes:
     """A server's side of the lanes: its listeners, the private upgrade socket when
     TCP clients may move, and a :class:`Negotiator` for each connection."""
@@ -288,12 +312,12 @@ class Negotiator:
         reply: handshake_pb2.Hello | None = None
         if upgrade is not None and self._offer_upgrade:
             reply = handshake_pb2.Hello()
-            self._token_id = upgrade.offer(reply.upgrade)
+            self._token_id = upgrade.offer(reply.upgrade, link.peer.address if link.peer else None)
         if upgrade is not None and self._upgrade_side and client_hello.HasField("claim"):
-            answer = upgrade.answer(client_hello.claim)
-            if answer is not None:
+            answered = upgrade.answer(client_hello.claim)
+            if answered is not None:
                 reply = reply or handshake_pb2.Hello()
-                reply.claim_answer = answer
+                reply.claim_answer, link.dialled_as = answered
         if link.lane == "unix":
             offer = self._offer_shm(link, client_hello)
             if offer is not None:
@@ -379,7 +403,8 @@ class _UpgradeSocket:
         self.lock_fd: int | None = lock_fd
         self.listener = listener
         self.path = listener.path
-        self.tokens: dict[bytes, bytes] = {}   # sha256(token) -> token
+        # sha256(token) -> the token, and the address of the tcp peer it was offered to
+        self.tokens: dict[bytes, tuple[bytes, str | None]] = {}
 
     @classmethod
     async def start(cls, factory: Callable[[], Link]) -> _UpgradeSocket:
@@ -404,11 +429,12 @@ class _UpgradeSocket:
             raise
         return cls(directory, lock_fd, listener)
 
-    def offer(self, into: handshake_pb2.UpgradeOffer) -> bytes:
-        """Fill ``into`` with our path and a fresh token; returns the token's id."""
+    def offer(self, into: handshake_pb2.UpgradeOffer, peer_address: str | None) -> bytes:
+        """Fill ``into`` with our path and a fresh token for the tcp peer at
+        ``peer_address``; returns the token's id."""
         token = os.urandom(32)
         token_id = hashlib.sha256(token).digest()
-        self.tokens[token_id] = token
+        self.tokens[token_id] = (token, peer_address)
         into.unix_path = self.path
         into.token = token
         return token_id
@@ -416,12 +442,15 @@ class _UpgradeSocket:
     def forget(self, token_id: bytes) -> None:
         self.tokens.pop(token_id, None)
 
-    def answer(self, claim: handshake_pb2.UpgradeClaim) -> bytes | None:
-        """The proof for a client's claim, once per token; None for a bad claim."""
-        token = self.tokens.pop(claim.token_id, None)
-        if token is None or len(claim.nonce) < 16:
+    def answer(self, claim: handshake_pb2.UpgradeClaim) -> tuple[bytes, str | None] | None:
+        """The proof for a client's claim, once per token, and the tcp address the
+        token was offered to (the peer's address as calls report it); None for a
+        bad claim."""
+        offered = self.tokens.pop(claim.token_id, None)
+        if offered is None or len(claim.nonce) < 16:
             return None
-        return _answer(token, claim.nonce)
+        token, peer_address = offered
+        return _answer(token, claim.nonce), peer_address
 
     def close(self) -> None:
         self.listener.close()

@@ -32,6 +32,9 @@ class Link(asyncio.Protocol):
     flushing, keepalive. Subclasses implement ``_dispatch(events)``."""
 
     role: c.Role
+    # Server: the client's address on the TCP connection it dialled, when it then
+    # moved to a local lane (set by the lanes' negotiator); context.peer() reports it.
+    dialled_as: str | None = None
 
     def __init__(self, options: Options, *, hello: handshake_pb2.Hello | None = None,
                  budget: MemoryBudget | None = None) -> None:
@@ -46,6 +49,8 @@ class Link(asyncio.Protocol):
                 _wire.DEFAULT_CONNECTION_WINDOW,
                 options.max_receive_message_length + _wire.DEFAULT_MAX_FRAME_SIZE)),
         )
+        if self.role is c.Role.CLIENT:
+            hello = _with_user_agent(hello, options.user_agent)
         self.conn = c.Connection(self.role, limits, hello=hello, budget=budget)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -438,3 +443,14 @@ class LaneAdapter(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.link.resume_writing()
+
+
+def _with_user_agent(hello: handshake_pb2.Hello | None, user_agent: str) -> handshake_pb2.Hello:
+    """The client's HELLO fields with its user agent: sent once per connection, the
+    server hands it to every call's handler as the ``user-agent`` metadata gRPC
+    clients send (so no call carries it)."""
+    fields = handshake_pb2.Hello()
+    if hello is not None:
+        fields.CopyFrom(hello)
+    fields.user_agent = user_agent
+    return fields

@@ -9,11 +9,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from typing import Any, Sequence
 
 from rpc import _service_config, _wire
 
 log = logging.getLogger("lanerpc")
+
+VERSION = "0.1.0"             # rpc.__version__
+# What a lanerpc client names itself in every connection's HELLO; a server's handlers
+# see it as the calls' user-agent metadata (grpc's own: "grpc-python-asyncio/<v> ...").
+USER_AGENT = f"lanerpc-python/{VERSION} ({sys.platform})"
 
 ALL_LANES = ("shm", "unix", "tcp")
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
@@ -46,6 +52,7 @@ class Options:
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
     memory_budget: int = dataclasses.field(default_factory=lambda: default_memory_budget())
     max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
+    user_agent: str = USER_AGENT             # client: grpc.primary/secondary_user_agent around ours
 
 
 def default_memory_budget() -> int:
@@ -165,6 +172,9 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
         elif name not in IMPLEMENTED:
             _warn_unknown(name)
+    agent = _user_agent(options or ())
+    if agent != USER_AGENT:
+        values["user_agent"] = agent
     return Options(**values)
 
 
@@ -182,7 +192,7 @@ IMPLEMENTED = frozenset({
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
     "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls",
-    "lanerpc.protocol",
+    "lanerpc.protocol", "grpc.primary_user_agent", "grpc.secondary_user_agent",
 })
 
 _warned: set[str] = set()
@@ -210,3 +220,13 @@ def _parse_service_config(value: Any) -> dict[str, Any]:
         log.error("lanerpc: grpc.service_config is invalid; every call on a channel "
                   "made with it fails INVALID_ARGUMENT: %s", exc)
         return {"service_config": None, "service_config_error": str(exc)}
+
+
+def _user_agent(options: Sequence[tuple[str, Any]]) -> str:
+    """As grpc builds it: ``grpc.primary_user_agent`` before the library's own name,
+    ``grpc.secondary_user_agent`` after it."""
+    parts = dict(item for item in options if isinstance(item, tuple) and len(item) == 2
+                 and item[0] in ("grpc.primary_user_agent", "grpc.secondary_user_agent"))
+    primary = parts.get("grpc.primary_user_agent")
+    secondary = parts.get("grpc.secondary_user_agent")
+    return " ".join(str(part) for part in (primary, USER_AGENT, secondary) if part)

@@ -26,6 +26,7 @@ from rpc._link import Link
 from rpc._stats import Stats
 from rpc._options import Options
 from rpc._settings import MemoryBudget
+from rpc._status import _Metadatum, invocation_items
 from rpc._wire import DecodedMetadata, GoAwayCode
 
 log = logging.getLogger("lanerpc")
@@ -48,6 +49,7 @@ class ServerLink(Link):
         self.counted = False          # counts against max_connections (not refused by it)
         self.idle_timer: asyncio.TimerHandle | None = None   # with max_connection_idle
         self.idle_since = 0.0         # loop time the last call ended (or the handshake)
+        self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -115,6 +117,8 @@ class ServerLink(Link):
             if call is not None:
                 call._on_stream_ended(ev.code, ev.details, ev.by_peer)
         elif t is c.HelloReceived:
+            if ev.hello.user_agent:
+                self.invocation_head = (_Metadatum("user-agent", ev.hello.user_agent),)
             # Our HELLO carries what the lanes offer this client; then read on.
             self.conn.accept(self.negotiator.hello(self, ev.hello))
             self.handshake_complete()
@@ -570,11 +574,16 @@ class Server(aio.Server):
             assert self._loop is not None   # set by start(), before "serving"
             self._loop.create_task(self._intercepted_request(link, ev))
             return
-        handler = self._find_handler(ev.method, ev.metadata)
-        self._accept(link, ev, handler)
+        if self._generic_handlers and ev.method not in self._registered:
+            # A generic handler reads the metadata in grpc.aio's form.
+            items = invocation_items(link.invocation_head, ev.metadata)
+            self._accept(link, ev, self._find_handler(ev.method, items), items)
+        else:
+            self._accept(link, ev, self._find_handler(ev.method, ev.metadata))
 
     async def _intercepted_request(self, link: ServerLink, ev: c.RequestReceived) -> None:
-        details = _HandlerCallDetails(ev.method, ev.metadata)
+        items = invocation_items(link.invocation_head, ev.metadata)
+        details = _HandlerCallDetails(ev.method, items)
 
         async def lookup_at(index: int, call_details: grpc.HandlerCallDetails
                             ) -> grpc.RpcMethodHandler[Any, Any] | None:
@@ -594,7 +603,7 @@ class Server(aio.Server):
         pending = link.calls.pop(ev.stream_id, None)
         if not isinstance(pending, _PendingCall) or pending.ended:
             return   # cancelled, or the connection died, meanwhile
-        self._accept(link, ev, handler)
+        self._accept(link, ev, handler, items)
         call = link.calls.get(ev.stream_id)
         if call is not None:
             for data, end in pending.items:
@@ -604,7 +613,10 @@ class Server(aio.Server):
                     call._on_message(data, end)
 
     def _accept(self, link: ServerLink, ev: c.RequestReceived,
-                handler: grpc.RpcMethodHandler[Any, Any] | None) -> None:
+                handler: grpc.RpcMethodHandler[Any, Any] | None,
+                items: tuple[_Metadatum, ...] | None = None) -> None:
+        """Start the call ``handler`` serves (or refuse it); ``items``: its invocation
+        metadata when already made for the interceptors or generic handlers."""
         conn = link.conn
         sid = ev.stream_id
         if handler is None:
@@ -620,6 +632,8 @@ class Server(aio.Server):
         self._active += 1
         call = ServicerContext(self, link, sid, ev.method, ev.timeout, ev.metadata, handler)
         call._counted = True
+        if items is not None:
+            call._invocation = items
         link.calls[sid] = call
         if handler.request_streaming:
             call._start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import grpc
 from grpc import aio
@@ -15,6 +16,65 @@ EMPTY_METADATA = aio.Metadata()
 
 def status_code(value: int) -> grpc.StatusCode:
     return CODES.get(value, grpc.StatusCode.UNKNOWN)
+
+
+_LAST_INT_CODE = grpc.StatusCode.DATA_LOSS.value[0]
+
+
+def wire_code(code: Any) -> int:
+    """The status a server sends for what a handler gave ``set_code``/``abort``.
+
+    As grpc.aio: a ``grpc.StatusCode``, or a plain int (gRPC's interop server passes
+    ints). An int outside 0..DATA_LOSS (15) becomes UNKNOWN, UNAUTHENTICATED (16)
+    included, exactly as grpc.aio maps it; anything else unreadable is UNKNOWN too."""
+    if isinstance(code, int):
+        return code if 0 <= code <= _LAST_INT_CODE else grpc.StatusCode.UNKNOWN.value[0]
+    try:
+        value = code.value[0]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return grpc.StatusCode.UNKNOWN.value[0]
+    return value if isinstance(value, int) else grpc.StatusCode.UNKNOWN.value[0]
+
+
+class _Metadatum(NamedTuple):
+    """One item of a server call's invocation metadata, as grpc.aio's server gives it:
+    a ``(key, value)`` tuple (it unpacks and compares like one) that also has ``.key``
+    and ``.value``, which some server interceptors (OpenTelemetry's) read."""
+
+    key: str
+    value: str | bytes
+
+
+_METADATA_SHAPE = "Tuple[Tuple[str, Union[str, bytes]]...]"
+
+
+def check_trailing_shape(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
+    """grpc.aio's check on trailing metadata a handler sets: an iterable (not a dict,
+    not None) of 2-tuples ``(str, str | bytes)``; TypeError, worded as grpc.aio's,
+    otherwise. Returns the items; the key and value rules are :func:`validate_metadata`'s."""
+    if not hasattr(metadata, "__iter__") or isinstance(metadata, dict):
+        raise _bad_shape(metadata)
+    items = tuple(metadata)
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str) \
+                or not isinstance(item[1], (str, bytes)):
+            raise _bad_shape(metadata)
+    return items
+
+
+def _bad_shape(metadata: Any) -> TypeError:
+    return TypeError(f"Invalid trailing metadata type, expected {_METADATA_SHAPE}: {metadata}")
+
+
+def invocation_items(head: tuple[_Metadatum, ...],
+                     metadata: Iterable[tuple[str, str | bytes]]) -> tuple[_Metadatum, ...]:
+    """A server call's invocation metadata as grpc.aio gives it: ``head`` (the
+    connection's ``user-agent``) first, then the call's own items. A ``user-agent``
+    the call sent itself is dropped when the connection named one, as gRPC does
+    (its transport sets the header, a call's metadata can't)."""
+    if head:
+        return head + tuple(_Metadatum(k, v) for k, v in metadata if k != "user-agent")
+    return tuple(_Metadatum(k, v) for k, v in metadata)
 
 
 def to_metadata(pairs: MetadataPairs | None) -> aio.Metadata:

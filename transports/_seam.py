@@ -34,7 +34,7 @@ class PeerInfo:
     """Typed facts about the other end of one connection."""
 
     lane: str                    # "tcp", "unix", "shm"
-    address: str                 # gRPC's spelling: "ipv4:1.2.3.4:5", "ipv6:[::1]:5", "unix:/p"
+    address: str                 # gRPC's spelling: "ipv4:1.2.3.4:5", "ipv6:%5B::1%5D:5", "unix:/p"
     pid: int | None = None       # SO_PEERCRED, on local lanes
     uid: int | None = None
     gid: int | None = None
@@ -69,8 +69,20 @@ def peer_info(transport: asyncio.BaseTransport) -> PeerInfo:
         return PeerInfo("unix", f"unix:{path}")
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        if ":" in host:
-            return PeerInfo("tcp", f"ipv6:[{host}]:{port}")
-        return PeerInfo("tcp", f"ipv4:{host}:{port}")
+        return PeerInfo("tcp", ip_peer(peer[0], peer[1]))
     return PeerInfo("unknown", "unknown")
+
+
+_V4_MAPPED = "::ffff:"
+
+
+def ip_peer(host: str, port: int) -> str:
+    """A TCP peer as grpc spells it: ``ipv4:127.0.0.1:5`` (an IPv4 client of a
+    dual-stack socket, ``::ffff:a.b.c.d``, included), and for IPv6 a URI with the
+    brackets percent-encoded, ``ipv6:%5B::1%5D:5``, exactly as grpc reports it."""
+    if ":" not in host:
+        return f"ipv4:{host}:{port}"
+    if host.lower().startswith(_V4_MAPPED) and "." in host:
+        return f"ipv4:{host[len(_V4_MAPPED):]}:{port}"
+    quoted = host.replace("%", "%25")
+    return f"ipv6:%5B{quoted}%5D:{port}"
