@@ -918,7 +918,9 @@ class Channel(aio.Channel):
         the server can't be reached (or, with wait_for_ready, DEADLINE_EXCEEDED)."""
         assert self._loop is not None   # the call asking has bound the channel to its loop
         while True:
-            if self._closed:
+            # (Closing, the channel still connects for the calls it has: they have
+            # the grace period to run.)
+            if self._state is _CONNECTIVITY.SHUTDOWN:
                 raise rpc_error(_C.CANCELLED, "Channel closed!")
             link = self._ready_link()
             if link is not None:
