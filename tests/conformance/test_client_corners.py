@@ -285,6 +285,64 @@ async def test_cancelled_call_code_is_cancelled(start, connect, intercepted, whe
         await within(call)
 
 
+async def awaits_the_call(continuation: Any, details: aio.ClientCallDetails, request: Any) -> Any:
+    """Awaits the call inside the chain: a failing call raises out of the interceptor."""
+    call = await continuation(details, request)
+    await call
+    return call
+
+
+async def test_interceptor_that_raises_gives_the_status_of_its_error(start, connect):
+    _, stub, _ = await open_stub(start, connect, *every_kind(awaits_the_call))
+    request = pb.SimpleRequest()
+    request.response_status.code = grpc.StatusCode.NOT_FOUND.value[0]
+    request.response_status.message = "nowhere"
+    call = stub.UnaryCall(request, timeout=RPC_TIMEOUT)
+    with pytest.raises(aio.AioRpcError) as err:
+        await within(call)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await within(call.code()) == grpc.StatusCode.NOT_FOUND
+    assert await within(call.details()) == "nowhere"
+    assert call.done() and not call.cancelled()
+
+
+async def retries_once(continuation: Any, details: aio.ClientCallDetails, request: Any) -> Any:
+    """Makes the call again when the first one fails: the second call is the call."""
+    first = await continuation(details, request)
+    if await first.code() == grpc.StatusCode.OK:
+        return first
+    return await continuation(details, pb.SimpleRequest(response_size=2))
+
+
+async def test_interceptor_may_make_the_call_twice(start, connect):
+    servicer, stub, _ = await open_stub(start, connect, *every_kind(retries_once)[:1])
+    request = pb.SimpleRequest(response_size=1)
+    request.response_status.code = grpc.StatusCode.UNAVAILABLE.value[0]
+    call = stub.UnaryCall(request, timeout=RPC_TIMEOUT)
+    assert len((await within(call)).payload.body) == 2
+    assert await within(call.code()) == grpc.StatusCode.OK
+    assert servicer.started_calls == 2
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_intercepted_call_runs_done_callbacks(start, connect, when):
+    _, stub, _ = await open_stub(start, connect, *every_kind(pass_through))
+    ended = asyncio.Event()
+    seen: list[Any] = []
+
+    def done(call: Any) -> None:
+        seen.append(call)
+        ended.set()
+
+    call = stub.UnaryCall(pb.SimpleRequest(), timeout=RPC_TIMEOUT)
+    if when == "after":
+        await within(call)
+    call.add_done_callback(done)
+    await within(call)
+    await within(ended.wait())
+    assert seen == [call]
+
+
 # ------------------------------------------------------------------ call credentials
 
 
@@ -331,7 +389,7 @@ async def test_cancel_cancels_the_request_iterator(start, connect, intercepted, 
 
 async def test_cancelling_a_wait_for_code_leaves_the_rpc_running(start, connect):
     servicer, stub, _ = await stub_for(start, connect, False)
-    call = stub.UnaryCall(pb.SimpleRequest(sleep_ms=300), timeout=RPC_TIMEOUT)
+    call = stub.UnaryCall(pb.SimpleRequest(sleep_ms=600), timeout=RPC_TIMEOUT)
     waiting = asyncio.ensure_future(call.code())
     await within(servicer.sleeping.wait())
     waiting.cancel()
@@ -450,7 +508,7 @@ async def test_wait_for_connection_on_streaming_calls_does_not_wait_for_the_answ
     await within(bidi.done_writing())
     assert await within(bidi.read()) is aio.EOF
 
-    server_stream = stub.StreamingOutputCall(output_request(1, interval_ms=500), timeout=RPC_TIMEOUT)
+    server_stream = stub.StreamingOutputCall(output_request(1, interval_ms=1000), timeout=RPC_TIMEOUT)
     await within(server_stream.wait_for_connection(), 2)
     assert not server_stream.done()
     server_stream.cancel()
