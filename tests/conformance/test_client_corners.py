@@ -583,6 +583,8 @@ async def test_closed_channel_refuses_calls_and_state_waits(start, connect):
     for state in (grpc.ChannelConnectivity.SHUTDOWN, grpc.ChannelConnectivity.READY):
         with pytest.raises(aio.UsageError):
             await within(channel.wait_for_state_change(state), 2)
+    with pytest.raises(aio.UsageError):
+        await within(channel.channel_ready(), 2)
 
 
 async def test_close_refuses_a_negative_grace(start, connect):
