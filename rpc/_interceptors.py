@@ -120,7 +120,7 @@ class AnsweredCall(aio.UnaryUnaryCall[Any, Any]):
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._response
-        yield  # noqa: unreachable: makes this a generator, as __await__ must be
+        yield  # never reached: it makes this a generator, as __await__ must be
 
 
 class ResponseIteratorCall(aio.UnaryStreamCall[Any, Any], aio.StreamStreamCall[Any, Any]):
@@ -193,6 +193,7 @@ class InterceptedCall:
 
     _method_name = "intercept_unary_unary"
     _stream_response = False
+    _wraps_answers = False      # unary-unary: a plain response becomes an AnsweredCall
     _call_type: type[Any] = aio.UnaryUnaryCall
 
     def __init__(self, interceptors: list[aio.ClientInterceptor], invoke: Invoke,
@@ -217,7 +218,7 @@ class InterceptedCall:
         if index == len(self._interceptors):
             call = self._final = self._invoke(details, request)
             if self._queue is not None:
-                call.add_done_callback(self._set_ended)
+                call.add_done_callback(self._final_ended)
             self._last = call
             return call
         continuation: _Continuation = functools.partial(self._run, index + 1)
@@ -232,7 +233,7 @@ class InterceptedCall:
                 result = ResponseIteratorCall(self._last, result)
             self._last = result
             return result
-        if self._method_name == "intercept_unary_unary" and not isinstance(result, aio.UnaryUnaryCall):
+        if self._wraps_answers and not isinstance(result, aio.UnaryUnaryCall):
             return AnsweredCall(result)
         return result
 
@@ -245,6 +246,11 @@ class InterceptedCall:
         ended = self._ended
         if ended is not None and not ended.done():
             ended.set_result(None)
+
+    def _final_ended(self, call: Any) -> None:
+        # (An interceptor that made the call again ends with the later call.)
+        if call is self._final:
+            self._set_ended()
 
     def _chain_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() or task.exception() is not None or self._final is None:
@@ -384,7 +390,6 @@ class _StreamResponse(InterceptedCall):
 class _StreamRequest(InterceptedCall):
     """write() and done_writing(): the write queue's end."""
 
-
     def _requests(self, request: Any) -> Any:
         """With no request iterator from the caller, the chain gets one that
         yields what write() puts in the queue, until done_writing()."""
@@ -429,6 +434,12 @@ class _StreamRequest(InterceptedCall):
     async def done_writing(self) -> None:
         if self._queue is None:
             raise aio.UsageError(API_STYLE_ERROR)
+        task = self._task
+        if task.cancelled():
+            raise asyncio.InvalidStateError(FINISHED)
+        error = task.exception() if task.done() else None
+        if isinstance(error, aio.AioRpcError):
+            raise error
         if self._writes_done:
             return
         self._writes_done = True
@@ -440,7 +451,7 @@ _DONE_WRITING = object()
 
 
 class InterceptedUnaryUnaryCall(_UnaryResponse, aio.UnaryUnaryCall[Any, Any]):
-    pass
+    _wraps_answers = True
 
 
 class InterceptedUnaryStreamCall(_StreamResponse, aio.UnaryStreamCall[Any, Any]):
