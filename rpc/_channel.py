@@ -726,7 +726,10 @@ class Channel(aio.Channel):
         self._endpoints = parse_target(target)
         self._options = _options.parse(options)
         self._raw_options = tuple(options or ())
-        self._credentials = credentials
+        if credentials is not None:
+            # Not to be dropped silently: lanerpc's own wire has no TLS.
+            raise ValueError("a lanerpc Channel is insecure: for TLS use rpc.secure_channel(target, "
+                             "credentials), a grpcio channel")
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
