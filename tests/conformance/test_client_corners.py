@@ -480,6 +480,13 @@ async def test_async_for_then_read_raises_usage_error(start, connect):
     call.cancel()
 
 
+async def test_read_after_the_call_ended_is_not_mixing(start, connect):
+    _, stub, _ = await stub_for(start, connect, False)
+    call = stub.StreamingOutputCall(output_request(1), timeout=RPC_TIMEOUT)
+    assert [len(r.payload.body) async for r in call] == [1]
+    assert await within(call.read()) is aio.EOF
+
+
 async def test_intercepted_call_reads_either_way(start, connect):
     """grpc.aio reads an intercepted call through one iterator: mixing is allowed."""
     _, stub, _ = await stub_for(start, connect, True)
