@@ -38,8 +38,13 @@ log = logging.getLogger("lanerpc")
 _C = grpc.StatusCode
 _EOF = aio.EOF
 _CONNECTIVITY = grpc.ChannelConnectivity
-# grpc.aio's words when write()/done_writing() meet a call made with a request iterator.
-_API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
+# grpc.aio's words for misuse of a call (code may match on them).
+_API_STYLE_ERROR = _interceptors.API_STYLE_ERROR
+_FINISHED = _interceptors.FINISHED
+_HALF_CLOSED = _interceptors.HALF_CLOSED
+# How a streaming response is being read: one way per call (mixing is grpc.aio's UsageError).
+_BY_ITERATOR = 1
+_BY_READ = 2
 
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
@@ -193,6 +198,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._open(link, first)
         else:
             self._task = self._loop.create_task(self._connect_and_open(first))
+            self._channel._pending.add(self)
 
     async def _connect_and_open(self, first: bytes | None) -> None:
         try:
@@ -278,6 +284,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
         self._metadata = _service_config.with_previous_attempts(self._metadata, self._attempts)
         self._attempts += 1
         self._task = self._loop.create_task(self._open_later(delay))
+        self._channel._pending.add(self)
         return True
 
     def _prepare_replay(self) -> bool:
@@ -335,6 +342,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._task is not None:     # it may have waited for a connection
+            self._channel._pending.discard(self)
         for fut in (self._done_fut, self._md_fut):
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -357,14 +366,20 @@ class _Call(Stream, Generic[_Req, _Resp]):
             raise self._error()
 
     async def _wait_done(self) -> None:
+        """Wait for the call to end. Shielded: a task that gives up waiting for the
+        status (cancelled in ``await call.code()``) leaves the RPC running, as in
+        grpc.aio; only awaiting the call itself, or reading it, cancels it."""
         if self._code is None:
             if self._done_fut is None:
                 self._done_fut = self._loop.create_future()
-            try:
-                await asyncio.shield(self._done_fut)
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
+            await asyncio.shield(self._done_fut)
+
+    async def _wait_opened(self) -> None:
+        """Wait until the request is on its way (its stream open), or the call over."""
+        if self._link is None and self._code is None:
+            if self._opened is None:
+                self._opened = self._loop.create_future()
+            await asyncio.shield(self._opened)
 
     # ------------------------------------------------------------ grpc.aio.Call
 
@@ -372,7 +387,11 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if self._code is not None:
             return False
         self._locally_cancelled = True
-        self._abandon(_C.CANCELLED, "Locally cancelled by application!")
+        self._abandon(_C.CANCELLED, _interceptors.LOCALLY_CANCELLED)
+        feeder = self._iterator_task
+        if feeder is not None and not feeder.done():
+            # The caller's request iterator sees CancelledError, as in grpc.aio.
+            feeder.cancel()
         return True
 
     def cancelled(self) -> bool:
@@ -418,9 +437,15 @@ class _Call(Stream, Generic[_Req, _Resp]):
         return f"lanerpc: {status_code(self._code or 0).name}: {self._details}"
 
     async def wait_for_connection(self) -> None:
-        if self._initial_md is None and self._code is None:
-            await self.initial_metadata()
-        if self._code is not None and self._code != 0 and not self._received:
+        """As grpc.aio: a unary-unary call waits for its end; the others until the
+        request is on its way (not for the server's answer: a streaming-request call
+        whose server reads before it answers would wait forever). Raises the status
+        of a call that has ended with one."""
+        if self._unary_request and self._unary_response:
+            await self._wait_done()
+        else:
+            await self._wait_opened()
+        if self._code is not None:
             self._raise_for_status()
 
     @property
@@ -437,9 +462,27 @@ class _Call(Stream, Generic[_Req, _Resp]):
     def _read_cancelled(self) -> None:
         self.cancel()
 
+    _response_style = 0
+    _responses: AsyncIterator[_Resp] | None = None
+
+    def _reading_by(self, style: int) -> None:
+        """One call is read one way: ``read()`` or ``async for`` (grpc.aio's rule)."""
+        if self._response_style == 0:
+            self._response_style = style
+        elif self._response_style != style:
+            raise aio.UsageError(_API_STYLE_ERROR)
+
+    def _response_iterator(self) -> AsyncIterator[_Resp]:
+        self._reading_by(_BY_ITERATOR)
+        if self._responses is None:
+            self._responses = self._iterate()
+        return self._responses
+
     async def read(self) -> _Resp | object:   # object: aio.EOF
         if self._unary_response:
             raise RuntimeError("read() is for calls with a streaming response")
+        if self._code is None or self._received:
+            self._reading_by(_BY_READ)     # (grpc.aio lets anyone read an ended call)
         data = await self._receive()
         if data is None:
             self._raise_for_status()
@@ -473,22 +516,18 @@ class _Call(Stream, Generic[_Req, _Resp]):
 
     async def _write(self, request: _Req) -> None:
         if self._code is not None:
-            self._raise_for_status()
-            raise asyncio.InvalidStateError("RPC already finished")
+            raise asyncio.InvalidStateError(_FINISHED)
         if self._half_closed:
-            raise asyncio.InvalidStateError("RPC is half closed after calling done_writing")
+            raise asyncio.InvalidStateError(_HALF_CLOSED)
         data = self._serialize(request)
         limit = self._config.send_limit(self._channel._options.max_send_message_length)
         if len(data) > limit:
             self._abandon(_C.RESOURCE_EXHAUSTED, too_large(len(data), limit))
             raise self._error()
-        if self._link is None and self._code is None:
-            if self._opened is None:
-                self._opened = self._loop.create_future()
-            await self._opened
+        await self._wait_opened()
         if self._link is None:
             self._raise_for_status()
-            raise asyncio.InvalidStateError("RPC already finished")
+            raise asyncio.InvalidStateError(_FINISHED)
         if self._replay is not None:
             self._replay.keep(data)
         await self._send(data)
@@ -505,11 +544,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
     async def _done_writing(self) -> None:
         if self._half_closed or self._code is not None:
             return
-        if self._link is None:
-            if self._opened is None:
-                self._opened = self._loop.create_future()
-            await self._opened
-        self._half_closed = True
+        self._half_closed = True      # a write() from now on is refused at once
+        await self._wait_opened()
         self._half_close()
 
     def _consume_iterator(self, iterator: AsyncIterable[_Req] | Iterable[_Req]) -> None:
@@ -563,7 +599,7 @@ class UnaryStreamCall(_Call[_Req, _Resp], aio.UnaryStreamCall[_Req, _Resp]):
     _kind = "unary_stream"
 
     def __aiter__(self) -> AsyncIterator[_Resp]:
-        return self._iterate()
+        return self._response_iterator()
 
 
 class StreamUnaryCall(_Call[_Req, _Resp], aio.StreamUnaryCall[_Req, _Resp]):
@@ -584,7 +620,7 @@ class StreamStreamCall(_Call[_Req, _Resp], aio.StreamStreamCall[_Req, _Resp]):
     _kind = "stream_stream"
 
     def __aiter__(self) -> AsyncIterator[_Resp]:
-        return self._iterate()
+        return self._response_iterator()
 
 
 # ============================================================ multi-callables
@@ -604,18 +640,37 @@ class _MultiCallable(Generic[_Req, _Resp]):
         self._deserializer = deserializer
 
     def _call(self, request: Any, timeout: float | None, metadata: MetadataArg,
-              wait_for_ready: bool | None) -> Any:
-        """The call: a ``_call_class`` or, with interceptors, an InterceptedCall; Any,
+              wait_for_ready: bool | None, credentials: grpc.CallCredentials | None) -> Any:
+        """The call: a ``_call_class`` or, with interceptors, an intercepted call; Any,
         because each multi-callable types it as its grpc.aio call type (_CallT)."""
         kind = self._call_class._kind
         interceptors = self._channel._interceptors.get(kind)
         if interceptors:
-            return _interceptors.intercept(self, kind, interceptors, request, timeout,
-                                           metadata, wait_for_ready)
-        return self._invoke(request, timeout, metadata, wait_for_ready)
+            details = aio.ClientCallDetails(
+                # bytes, as grpc.aio passes it (its stubs say str)
+                self._method.encode(),  # type: ignore[arg-type]
+                timeout,
+                _interceptors.as_metadata(metadata), credentials, wait_for_ready)
+            call = _interceptors.intercept(kind, interceptors, self._invoke_details, details, request)
+            self._channel._track(call)
+            return call
+        return self._invoke(request, timeout, metadata, wait_for_ready, credentials)
+
+    def _invoke_details(self, details: aio.ClientCallDetails, request: Any) -> _Call[_Req, _Resp]:
+        """The call at the end of an interceptor chain, as its details now say
+        (an interceptor may have changed any of them, the method too)."""
+        method = details.method
+        if isinstance(method, bytes):
+            method = method.decode()
+        target = self
+        if method != self._method:
+            target = type(self)(self._channel, method, self._serializer, self._deserializer)
+        return target._invoke(request, details.timeout, details.metadata, details.wait_for_ready,
+                              details.credentials)
 
     def _invoke(self, request: Any, timeout: float | None, metadata: MetadataArg,
-                wait_for_ready: bool | None) -> _Call[_Req, _Resp]:
+                wait_for_ready: bool | None,
+                credentials: grpc.CallCredentials | None = None) -> _Call[_Req, _Resp]:
         """The call itself; ``request`` is the request, or for a streaming request
         the iterator of requests (or None: the caller writes them)."""
         channel = self._channel
@@ -624,7 +679,11 @@ class _MultiCallable(Generic[_Req, _Resp]):
                 "this lanerpc channel was created before os.fork(); its connections (and "
                 "shared-memory rings) belong to the parent. Create a new channel in the child.")
         if channel._closed:
-            raise aio.UsageError("Cannot invoke RPC: Channel closed!")
+            raise aio.UsageError("Channel is closed.")
+        if credentials is not None:
+            # A lanerpc channel is never a secure one (rpc.secure_channel is grpcio's):
+            # grpc.aio refuses call credentials on an insecure channel, so do we.
+            raise aio.UsageError("Call credentials are only valid on secure channels")
         call: _Call[_Req, _Resp] = self._call_class(
             channel, self._method, self._serializer, self._deserializer, timeout, metadata,
             wait_for_ready)
@@ -643,7 +702,7 @@ class _MultiCallable(Generic[_Req, _Resp]):
 
 
 # The call a multi-callable returns is its own kind of call, or with interceptors an
-# InterceptedCall: both are the grpc.aio call type (_CallT) each class below names.
+# intercepted one: both are the grpc.aio call type (_CallT) each class below names.
 _CallT = TypeVar("_CallT")
 
 
@@ -652,7 +711,7 @@ class _UnaryRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
-        call: _CallT = self._call(request, timeout, metadata, wait_for_ready)
+        call: _CallT = self._call(request, timeout, metadata, wait_for_ready, credentials)
         return call
 
 
@@ -662,7 +721,7 @@ class _StreamRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
-        call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready)
+        call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready, credentials)
         return call
 
 
@@ -700,7 +759,10 @@ class Channel(aio.Channel):
         self._endpoints = parse_target(target)
         self._options = _options.parse(options)
         self._raw_options = tuple(options or ())
-        self._credentials = credentials
+        if credentials is not None:
+            # Not to be dropped silently: lanerpc's own wire has no TLS.
+            raise ValueError("a lanerpc Channel is insecure: for TLS use rpc.secure_channel(target, "
+                             "credentials), a grpcio channel")
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -711,6 +773,8 @@ class Channel(aio.Channel):
         self._retrying: set[_Call[Any, Any]] = set()   # calls waiting out a retry's backoff
         self._link: ClientLink | None = None
         self._old_links: set[ClientLink] = set()
+        self._pending: set[_Call[Any, Any]] = set()     # calls waiting for a connection
+        self._intercepted: set[Any] = set()             # intercepted calls not over
         self._connecting: asyncio.Task[ClientLink | None] | None = None
         self._tried_to_connect = False     # bound to its loop from the first attempt on
         self._state = _CONNECTIVITY.IDLE
@@ -756,24 +820,26 @@ class Channel(aio.Channel):
         await self.close()
 
     async def close(self, grace: float | None = None) -> None:
+        """As grpc.aio: new calls are refused at once; running calls (those still
+        waiting for a connection too) get ``grace`` seconds to end, then are
+        cancelled. Every call has ended when this returns."""
         if self._closed:
             return
+        if grace is not None and grace < 0:
+            raise ValueError(f"grace must be non-negative, got {grace}.")
         self._closed = True
         links = [link for link in (self._link, *self._old_links) if link is not None]
-        if grace and any(link.calls for link in links):
-            # As grpc.aio: running calls get ``grace`` seconds, then are cancelled.
-            waiters = [asyncio.ensure_future(self._calls_drained(link)) for link in links]
-            _, unfinished = await asyncio.wait(waiters, timeout=grace)
-            for waiter in unfinished:
-                waiter.cancel()
+        calls = self._active_calls(links)
+        if grace:
+            await self._let_end(calls, grace)
+        for call in calls:
+            call.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
         for link in links:
-            for call in list(link.calls.values()):
-                call._abandon(_C.CANCELLED, "Channel closed!")
             link.close("channel closed")
         for call in list(self._retrying):    # between attempts: on no link
-            call._abandon(_C.CANCELLED, "Channel closed!")
+            call.cancel()
         self._set_state(_CONNECTIVITY.SHUTDOWN)
         for link in links:
             if link.transport is not None:
@@ -784,9 +850,30 @@ class Channel(aio.Channel):
         self._link = None
         self._old_links.clear()
 
-    async def _calls_drained(self, link: ClientLink) -> None:
-        while link.calls and not link.closed.done():
-            await asyncio.sleep(0.01)
+    def _active_calls(self, links: list[ClientLink]) -> list[Any]:
+        """Every call not over: on a connection, queued for one, waiting for one to
+        be made, or still in its interceptors."""
+        calls: list[Any] = [*self._intercepted, *self._pending]
+        for link in links:
+            calls.extend(link.calls.values())
+            calls.extend(call for call, _ in link.waiting)
+        return calls
+
+    @staticmethod
+    async def _let_end(calls: list[Any], grace: float) -> None:
+        """Wait up to ``grace`` seconds for ``calls`` to end (however they end)."""
+        waiters = [asyncio.ensure_future(_ended(call)) for call in calls if not call.done()]
+        if not waiters:
+            return
+        _, unfinished = await asyncio.wait(waiters, timeout=grace)
+        for waiter in unfinished:
+            waiter.cancel()
+
+    def _track(self, call: Any) -> None:
+        """Hold an intercepted call until it ends, for close() to cancel: its chain
+        may not have made the call it will end with yet."""
+        self._intercepted.add(call)
+        call.add_done_callback(self._intercepted.discard)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         if try_to_connect and self._state is _CONNECTIVITY.IDLE and not self._closed:
@@ -794,6 +881,8 @@ class Channel(aio.Channel):
         return self._state
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        if self._closed:
+            raise aio.UsageError("Channel is closed.")
         while self._state == last_observed_state:
             loop = self._current_loop()
             waiter = loop.create_future()
@@ -806,7 +895,7 @@ class Channel(aio.Channel):
             if state is _CONNECTIVITY.READY:
                 return
             if state is _CONNECTIVITY.SHUTDOWN:
-                raise aio.UsageError("Channel is closed")
+                raise aio.UsageError("Channel is closed.")
             if state is _CONNECTIVITY.TRANSIENT_FAILURE or state is _CONNECTIVITY.IDLE:
                 self._start_connecting(wait=True)
             await self.wait_for_state_change(state)
@@ -869,7 +958,9 @@ class Channel(aio.Channel):
         the server can't be reached (or, with wait_for_ready, DEADLINE_EXCEEDED)."""
         assert self._loop is not None   # the call asking has bound the channel to its loop
         while True:
-            if self._closed:
+            # (Closing, the channel still connects for the calls it has: they have
+            # the grace period to run.)
+            if self._state is _CONNECTIVITY.SHUTDOWN:
                 raise rpc_error(_C.CANCELLED, "Channel closed!")
             if self._options.service_config_error:   # as grpc.aio: every call fails
                 raise rpc_error(_C.INVALID_ARGUMENT, f"Failed to create channel to "
@@ -963,6 +1054,14 @@ def _mark_forked() -> None:
 
 
 os.register_at_fork(after_in_child=_mark_forked)
+
+
+async def _ended(call: Any) -> None:
+    """Wait for ``call`` to end, whichever way it ends."""
+    try:
+        await call.code()
+    except Exception:   # the call's caller sees how it failed; ending is all this waits for
+        pass
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -1,20 +1,35 @@
-"""Client interceptors with grpc.aio's interfaces.
+"""Client interceptors, built the way grpc.aio builds them.
 
-``intercept`` runs the chain in one task and returns a call object that
-forwards to whatever the chain produced: the call made by the last
-continuation, or a plain response (a unary interceptor may answer itself).
+A call made through interceptors runs the chain in one task; the object the
+caller holds (an ``Intercepted*Call``) answers from what the chain produced
+once that task is done: the call the last continuation made, a call an
+interceptor made, or what grpc.aio wraps an interceptor's plain answer in (a
+unary response, or a response iterator in place of the call's own).
+
+Streaming requests: when the caller passes no request iterator, the chain is
+given one fed by a queue that ``write()`` and ``done_writing()`` fill. So the
+caller's writes reach the server whatever the interceptors do with the
+iterator (pass it on, wrap it, replace it), as in grpc.aio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import grpc
 from grpc import aio
 
-_T = TypeVar("_T")
+# grpc.aio's words, so that code matching on them behaves the same.
+API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
+FINISHED = "RPC already finished."
+HALF_CLOSED = 'RPC is half closed after calling "done_writing".'
+LOCALLY_CANCELLED = "Locally cancelled by application!"
+
+# Makes the call at the end of the chain, from the details the chain ends with.
+Invoke = Callable[[aio.ClientCallDetails, Any], Any]
 _Continuation = Callable[[aio.ClientCallDetails, Any], Coroutine[Any, Any, Any]]
 
 _KINDS = {
@@ -41,140 +56,421 @@ def sort_interceptors(
     return by_kind
 
 
-def intercept(multicallable: Any, kind: str, interceptors: list[aio.ClientInterceptor], request: Any,
-              timeout: float | None, metadata: Any, wait_for_ready: bool | None) -> "InterceptedCall":
-    """Run ``interceptors`` (of ``kind``, "unary_unary", ...) around a call of
-    ``multicallable``, whose ``_invoke`` makes the call at the end of the chain."""
-    details = aio.ClientCallDetails(
-        method=multicallable._method.encode(), timeout=timeout,   # bytes, as grpc.aio passes it
-        metadata=aio.Metadata(*metadata) if metadata and not isinstance(metadata, aio.Metadata)
-        else metadata,
-        credentials=None, wait_for_ready=wait_for_ready)
-    method_name = _KINDS[kind][1]
-
-    def continuation_at(index: int) -> _Continuation:
-        async def continuation(call_details: aio.ClientCallDetails, req: Any) -> Any:
-            if index == len(interceptors):
-                method = call_details.method
-                if isinstance(method, bytes):
-                    method = method.decode()
-                target = multicallable
-                if method != target._method:
-                    target = type(target)(target._channel, method, target._serializer,
-                                          target._deserializer)
-                return target._invoke(
-                    req, call_details.timeout, call_details.metadata, call_details.wait_for_ready)
-            return await getattr(interceptors[index], method_name)(
-                continuation_at(index + 1), call_details, req)
-        return continuation
-
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(continuation_at(0)(details, request))
-    return InterceptedCall(task, streaming_response=kind in ("unary_stream", "stream_stream"))
+def as_metadata(metadata: Any) -> aio.Metadata:
+    """A call's metadata as interceptors see it: always an ``aio.Metadata``
+    (empty when the call has none), so ``Metadata(*details.metadata, ...)`` works."""
+    if not metadata:
+        return aio.Metadata()
+    if isinstance(metadata, aio.Metadata):
+        return metadata
+    return aio.Metadata(*metadata)
 
 
-class InterceptedCall(aio.UnaryUnaryCall[Any, Any], aio.UnaryStreamCall[Any, Any],
-                      aio.StreamUnaryCall[Any, Any], aio.StreamStreamCall[Any, Any]):
-    """The call returned when interceptors are installed."""
+def intercept(kind: str, interceptors: list[aio.ClientInterceptor], invoke: Invoke,
+              details: aio.ClientCallDetails, request: Any) -> "InterceptedCall":
+    """Run ``interceptors`` (of ``kind``, "unary_unary", ...) around the call that
+    ``invoke`` makes; ``request`` is the request, or for a streaming request the
+    caller's request iterator (None: the caller writes)."""
+    return _CALL_CLASSES[kind](interceptors, invoke, details, request)
 
-    def __init__(self, task: asyncio.Task[Any], streaming_response: bool) -> None:
-        self._task = task
-        self._streaming = streaming_response
 
-    async def _inner(self) -> Any:
-        return await self._task
+# ============================================================ what the chain may produce
 
-    async def _call(self) -> Any:
-        result = await self._inner()
-        return result if isinstance(result, aio.Call) else None
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        result = yield from self._task.__await__()
-        if isinstance(result, aio.Call):
-            # Every aio call object is awaitable; aio.Call does not say so.
-            return (yield from result.__await__())  # type: ignore[attr-defined]
-        return result
+class AnsweredCall(aio.UnaryUnaryCall[Any, Any]):
+    """A unary interceptor that answered with a plain response: the outer
+    interceptors and the caller still get a finished call to await."""
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        result = await self._inner()
-        async for item in result:
-            yield item
-
-    async def read(self) -> Any:
-        result = await self._inner()
-        return await result.read()
-
-    async def write(self, request: Any) -> None:
-        call = await self._call()
-        await call.write(request)
-
-    async def done_writing(self) -> None:
-        call = await self._call()
-        await call.done_writing()
+    def __init__(self, response: Any) -> None:
+        self._response = response
 
     def cancel(self) -> bool:
-        if not self._task.done():
-            return self._task.cancel()
-        result = self._task.result() if not self._task.cancelled() and not self._task.exception() else None
-        return result.cancel() if isinstance(result, aio.Call) else False
+        return False
 
     def cancelled(self) -> bool:
-        if self._task.cancelled():
-            return True
-        call = self._done_call()
-        return call.cancelled() if call else False
-
-    def _done_call(self) -> aio.Call | None:
-        if self._task.done() and not self._task.cancelled() and self._task.exception() is None:
-            result = self._task.result()
-            if isinstance(result, aio.Call):
-                return result
-        return None
+        return False
 
     def done(self) -> bool:
-        if not self._task.done():
-            return False
-        call = self._done_call()
-        return call.done() if call else True
+        return True
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        def relay(_task: asyncio.Task[Any]) -> None:
-            call = self._done_call()
-            if call is not None:
-                call.add_done_callback(lambda _c: callback(self))
-            else:
-                callback(self)
-        self._task.add_done_callback(relay)
+        # As grpc.aio's answered call: there is no RPC to watch.
+        raise NotImplementedError()
 
     def time_remaining(self) -> float | None:
-        call = self._done_call()
-        return call.time_remaining() if call else None
+        return None
 
-    async def _status(self, name: str, default: _T) -> _T:
+    async def initial_metadata(self) -> aio.Metadata:
+        return aio.Metadata()
+
+    async def trailing_metadata(self) -> aio.Metadata:
+        return aio.Metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    async def details(self) -> str:
+        return ""
+
+    async def debug_error_string(self) -> str:
+        return ""
+
+    async def wait_for_connection(self) -> None:
+        return None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._response
+        yield  # never reached: it makes this a generator, as __await__ must be
+
+
+class ResponseIteratorCall(aio.UnaryStreamCall[Any, Any], aio.StreamStreamCall[Any, Any]):
+    """A streaming-response interceptor that returned an iterator of its own
+    (wrapping the call's responses, say): the responses come from that
+    iterator, everything else (status, metadata, cancel) from the call."""
+
+    def __init__(self, call: Any, responses: Any) -> None:
+        self._call = call
+        self._responses = responses
+        self._iterator: AsyncIterator[Any] | None = None
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(callback)
+
+    def time_remaining(self) -> float | None:
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    async def initial_metadata(self) -> aio.Metadata:
+        return await self._call.initial_metadata()  # type: ignore[no-any-return]
+
+    async def trailing_metadata(self) -> aio.Metadata:
+        return await self._call.trailing_metadata()  # type: ignore[no-any-return]
+
+    async def code(self) -> grpc.StatusCode:
+        return await self._call.code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        return await self._call.details()  # type: ignore[no-any-return]
+
+    async def debug_error_string(self) -> str:
+        return await self._call.debug_error_string()  # type: ignore[no-any-return]
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if self._iterator is None:
+            self._iterator = self._responses.__aiter__()
+        return self._iterator
+
+    async def read(self) -> Any:
+        try:
+            return await self.__aiter__().__anext__()
+        except StopAsyncIteration:
+            return aio.EOF
+
+    async def write(self, request: Any) -> None:
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+
+# ============================================================ the intercepted calls
+
+
+class InterceptedCall:
+    """What the four intercepted call kinds share: the chain's task, and the
+    status, metadata, cancellation and callbacks answered from its result."""
+
+    _method_name = "intercept_unary_unary"
+    _stream_response = False
+    _wraps_answers = False      # unary-unary: a plain response becomes an AnsweredCall
+    _call_type: type[Any] = aio.UnaryUnaryCall
+
+    def __init__(self, interceptors: list[aio.ClientInterceptor], invoke: Invoke,
+                 details: aio.ClientCallDetails, request: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._interceptors = interceptors
+        self._invoke = invoke
+        self._pending_callbacks: list[Callable[[Any], None]] = []
+        self._final: Any = None                   # the call the chain's end made
+        self._last: Any = None                    # the call last returned up the chain
+        self._responses: AsyncIterator[Any] | None = None
+        self._queue: asyncio.Queue[Any] | None = None
+        self._ended: asyncio.Future[None] | None = None
+        self._writes_done = False
+        request = self._requests(request)
+        self._task: asyncio.Task[Any] = self._loop.create_task(self._run(0, details, request))
+        self._task.add_done_callback(self._chain_done)
+
+    # ------------------------------------------------------------ the chain
+
+    async def _run(self, index: int, details: aio.ClientCallDetails, request: Any) -> Any:
+        if index == len(self._interceptors):
+            call = self._final = self._invoke(details, request)
+            if self._queue is not None:
+                call.add_done_callback(self._final_ended)
+            self._last = call
+            return call
+        continuation: _Continuation = functools.partial(self._run, index + 1)
+        result = await getattr(self._interceptors[index], self._method_name)(
+            continuation, details, request)
+        return self._adopt(result)
+
+    def _adopt(self, result: Any) -> Any:
+        """What an interceptor returned, as the call the next one out gets."""
+        if self._stream_response:
+            if not isinstance(result, self._call_type):
+                result = ResponseIteratorCall(self._last, result)
+            self._last = result
+            return result
+        if self._wraps_answers and not isinstance(result, aio.UnaryUnaryCall):
+            return AnsweredCall(result)
+        return result
+
+    def _requests(self, request: Any) -> Any:
+        """The request (or request iterator) the chain starts with."""
+        return request
+
+    def _set_ended(self, _call: Any = None) -> None:
+        """The RPC is over (or will never start): pending writes give up."""
+        ended = self._ended
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+
+    def _final_ended(self, call: Any) -> None:
+        # (An interceptor that made the call again ends with the later call.)
+        if call is self._final:
+            self._set_ended()
+
+    def _chain_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None or self._final is None:
+            self._set_ended()
+        callbacks, self._pending_callbacks = self._pending_callbacks, []
+        for callback in callbacks:
+            self._add_done_callback(callback)
+
+    async def _call(self) -> Any:
+        """The chain's call. Waiting for it is shielded: a caller that gives up
+        waiting (its task cancelled) does not cancel the chain, and so the RPC."""
+        return await asyncio.shield(self._task)
+
+    def _chain_cancelled(self) -> bool:
+        return self._task.cancelled()
+
+    # ------------------------------------------------------------ grpc.aio.Call
+
+    def cancel(self) -> bool:
+        task = self._task
+        if task.cancelled():
+            return False
+        if not task.done():
+            return task.cancel()
+        if task.exception() is not None:
+            return False
+        return bool(task.result().cancel())
+
+    def cancelled(self) -> bool:
+        task = self._task
+        if task.cancelled():
+            return True
+        if not task.done():
+            return False
+        exc = task.exception()
+        if exc is not None:
+            return isinstance(exc, aio.AioRpcError) and exc.code() is grpc.StatusCode.CANCELLED
+        return bool(task.result().cancelled())
+
+    def done(self) -> bool:
+        task = self._task
+        if not task.done():
+            return False
+        if task.cancelled() or task.exception() is not None:
+            return True
+        return bool(task.result().done())
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if not self._task.done():
+            self._pending_callbacks.append(callback)
+        else:
+            self._add_done_callback(callback)
+
+    def _add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        task = self._task
+        if task.cancelled() or task.exception() is not None or task.result().done():
+            callback(self)
+        else:
+            task.result().add_done_callback(lambda _call: callback(self))
+
+    def time_remaining(self) -> float | None:
+        call = self._final
+        return call.time_remaining() if call is not None else None
+
+    async def _ask(self, name: str, on_error: Callable[[aio.AioRpcError], Any],
+                   on_cancelled: Any) -> Any:
+        """``await call.<name>()`` once the chain is done; what the chain's
+        error or cancellation says instead when it ended without a call."""
         try:
             call = await self._call()
         except aio.AioRpcError as err:
-            return cast(_T, getattr(err, name)())
-        if call is None:
-            return default
-        return cast(_T, await getattr(call, name)())
+            return on_error(err)
+        except asyncio.CancelledError:
+            if self._chain_cancelled():
+                return on_cancelled
+            raise
+        return await getattr(call, name)()
 
+    # A chain cancelled before it made a call has no metadata: empty, as a
+    # cancelled call's is (grpc.aio says None here).
     async def initial_metadata(self) -> aio.Metadata:
-        return await self._status("initial_metadata", aio.Metadata())
+        return await self._ask(  # type: ignore[no-any-return]
+            "initial_metadata", aio.AioRpcError.initial_metadata, aio.Metadata())
 
     async def trailing_metadata(self) -> aio.Metadata:
-        return await self._status("trailing_metadata", aio.Metadata())
+        return await self._ask(  # type: ignore[no-any-return]
+            "trailing_metadata", aio.AioRpcError.trailing_metadata, aio.Metadata())
 
     async def code(self) -> grpc.StatusCode:
-        return await self._status("code", grpc.StatusCode.OK)
+        return await self._ask(  # type: ignore[no-any-return]
+            "code", aio.AioRpcError.code, grpc.StatusCode.CANCELLED)
 
     async def details(self) -> str:
-        return await self._status("details", "")
+        return await self._ask(  # type: ignore[no-any-return]
+            "details", aio.AioRpcError.details, LOCALLY_CANCELLED)
+
+    async def debug_error_string(self) -> str:
+        return await self._ask(  # type: ignore[no-any-return]
+            "debug_error_string", aio.AioRpcError.debug_error_string, "")
 
     async def wait_for_connection(self) -> None:
-        call = await self._call()
-        if call is not None:
-            await call.wait_for_connection()
+        call = await self._task
+        await call.wait_for_connection()
+
+
+class _UnaryResponse(InterceptedCall):
+    """Awaiting the call: the chain's call's response."""
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        call = yield from self._task.__await__()
+        return (yield from call.__await__())
+
+
+class _StreamResponse(InterceptedCall):
+    """``async for`` and ``read()`` share one iterator over the chain's call
+    (as in grpc.aio, mixing them on an intercepted call is allowed)."""
+
+    _stream_response = True
+
+    async def _all_responses(self) -> AsyncIterator[Any]:
+        call = await self._task
+        async for response in call:
+            yield response
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if self._responses is None:
+            self._responses = self._all_responses()
+        return self._responses
+
+    async def read(self) -> Any:
+        try:
+            return await self.__aiter__().__anext__()
+        except StopAsyncIteration:
+            return aio.EOF
+
+
+class _StreamRequest(InterceptedCall):
+    """write() and done_writing(): the write queue's end."""
+
+    def _requests(self, request: Any) -> Any:
+        """With no request iterator from the caller, the chain gets one that
+        yields what write() puts in the queue, until done_writing()."""
+        if request is not None:
+            return request
+        self._queue = asyncio.Queue(maxsize=1)
+        self._ended = self._loop.create_future()
+        return self._queued_requests(self._queue)
+
+    @staticmethod
+    async def _queued_requests(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+        while True:
+            request = await queue.get()
+            if request is _DONE_WRITING:
+                return
+            yield request
+
+    def _is_over(self) -> bool:
+        return self._ended is not None and self._ended.done()
+
+    async def _put(self, item: Any) -> None:
+        """Queue ``item`` for the chain's iterator, unless the RPC ends first."""
+        assert self._queue is not None and self._ended is not None
+        put = self._loop.create_task(self._queue.put(item))
+        try:
+            await asyncio.wait((put, self._ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not put.done():
+                put.cancel()
+
+    async def write(self, request: Any) -> None:
+        if self._queue is None:
+            raise aio.UsageError(API_STYLE_ERROR)
+        if self._is_over():
+            raise asyncio.InvalidStateError(FINISHED)
+        if self._writes_done:
+            raise asyncio.InvalidStateError(HALF_CLOSED)
+        await self._put(request)
+        if self._is_over():
+            raise asyncio.InvalidStateError(FINISHED)
+
+    async def done_writing(self) -> None:
+        if self._queue is None:
+            raise aio.UsageError(API_STYLE_ERROR)
+        task = self._task
+        if task.cancelled():
+            raise asyncio.InvalidStateError(FINISHED)
+        error = task.exception() if task.done() else None
+        if isinstance(error, aio.AioRpcError):
+            raise error
+        if self._writes_done:
+            return
+        self._writes_done = True
+        if not self._is_over():
+            await self._put(_DONE_WRITING)
+
+
+_DONE_WRITING = object()
+
+
+class InterceptedUnaryUnaryCall(_UnaryResponse, aio.UnaryUnaryCall[Any, Any]):
+    _wraps_answers = True
+
+
+class InterceptedUnaryStreamCall(_StreamResponse, aio.UnaryStreamCall[Any, Any]):
+    _method_name = "intercept_unary_stream"
+    _call_type = aio.UnaryStreamCall
+
+
+class InterceptedStreamUnaryCall(_UnaryResponse, _StreamRequest, aio.StreamUnaryCall[Any, Any]):
+    _method_name = "intercept_stream_unary"
+
+
+class InterceptedStreamStreamCall(_StreamResponse, _StreamRequest, aio.StreamStreamCall[Any, Any]):
+    _method_name = "intercept_stream_stream"
+    _call_type = aio.StreamStreamCall
+
+
+_CALL_CLASSES: dict[str, type[InterceptedCall]] = {
+    "unary_unary": InterceptedUnaryUnaryCall,
+    "unary_stream": InterceptedUnaryStreamCall,
+    "stream_unary": InterceptedStreamUnaryCall,
+    "stream_stream": InterceptedStreamStreamCall,
+}

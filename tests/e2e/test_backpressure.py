@@ -83,12 +83,15 @@ async def test_a_peer_that_never_reads_stalls_its_own_stream_only(method: str) -
                     break
                 previous = flood.written
             assert 0 < flood.written * MESSAGE <= BOUND, flood.written
-            # The server still answers others at once.
+            # The server still answers others at once, every time.
             loop = asyncio.get_running_loop()
-            started = loop.time()
-            reply = await within(stub.Unary(msg(b"honest")), 2)
-            assert reply.payload == b"honest"
-            assert loop.time() - started < 0.5
+            latencies = []
+            for _ in range(20):
+                started = loop.time()
+                reply = await within(stub.Unary(msg(b"honest")), 2)
+                latencies.append(loop.time() - started)
+                assert reply.payload == b"honest"
+            assert max(latencies) < 0.1, [f"{t * 1000:.1f} ms" for t in latencies]
             assert flood.written * MESSAGE <= BOUND
         finally:
             writer.close()
