@@ -41,6 +41,7 @@ def insecure_channel(target: str, options: _grpc.Options | None = None,
     plain, rest = _grpc.strip_scheme(target)
     if plain or _grpc.wants_grpc(options):
         return _grpc.channel(rest, options, None, compression, interceptors)
+    _options.warn_uncompressed(compression, "insecure_channel(compression)")
     return Channel(target, options, interceptors)
 
 

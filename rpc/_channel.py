@@ -27,7 +27,7 @@ from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
 from rpc._target import parse_target
-from rpc._options import Options
+from rpc._options import Options, warn_uncompressed
 from rpc._wire import DecodedMetadata, GoAwayCode
 
 if TYPE_CHECKING:
@@ -711,6 +711,7 @@ class _UnaryRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
+        warn_uncompressed(compression, "call(compression)")
         call: _CallT = self._call(request, timeout, metadata, wait_for_ready, credentials)
         return call
 
@@ -721,6 +722,7 @@ class _StreamRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
+        warn_uncompressed(compression, "call(compression)")
         call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready, credentials)
         return call
 

@@ -17,7 +17,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc._options import Options
+from rpc._options import Options, warn_uncompressed
 from rpc._stats import Stats
 from rpc._lanes import auth_properties
 from rpc._status import (_Metadatum, check_trailing_shape, invocation_items, validate_metadata,
@@ -514,7 +514,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         return auth_properties(self._link.peer, self._link.lane)
 
     def set_compression(self, compression: grpc.Compression) -> None:
-        pass   # lanerpc lanes don't compress; accepted for compatibility
+        warn_uncompressed(compression, "context.set_compression")
 
     def disable_next_message_compression(self) -> None:
         pass

@@ -211,6 +211,21 @@ def _warn_unknown(name: Any) -> None:
     log.warning("lanerpc: option %r is %s; it has no effect on lanerpc lanes", name, what)
 
 
+def warn_uncompressed(compression: Any, where: str) -> None:
+    """Log, once per place, that a compression asked for is not applied: lanerpc's own
+    lanes carry messages uncompressed (``grpc://`` ports and channels, being grpcio's,
+    do compress). The result of a call is the same either way, so it is not refused."""
+    if compression is None or getattr(compression, "name", None) == "NoCompression":
+        return
+    key = f"compression:{where}"
+    if key in _warned:
+        return
+    _warned.add(key)
+    log.warning("lanerpc: %s=%s is not applied on lanerpc lanes: they carry messages "
+                "uncompressed (grpc:// ports and channels compress)", where,
+                getattr(compression, "name", compression))
+
+
 def _parse_service_config(value: Any) -> dict[str, Any]:
     """The fields for a ``grpc.service_config`` value: the parsed config, or its error
     (logged here once; each call on the channel then fails INVALID_ARGUMENT with it)."""

@@ -269,7 +269,8 @@ class Server(aio.Server):
         self._own_executor = False        # start() makes a pool when none was given
         self._generic_handlers: list[grpc.GenericRpcHandler] = list(handlers or ())
         self._registered: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        self._compression = compression
+        self._compression = compression     # applied by the grpc:// ports' grpcio server
+        _options.warn_uncompressed(compression, "server(compression)")
         self._grpc: _grpc.GrpcPorts | None = None   # grpc:// and secure ports, via grpcio
         self._interceptors = list(interceptors or ())
         for interceptor in self._interceptors:
