@@ -31,9 +31,6 @@ from tests.conformance.servicer import ConformanceServicer  # noqa: E402
 
 RPC_TIMEOUT = 5.0
 SERVICE = "/lanerpc.conformance.TestService/"
-# What the server interceptor fails with while a lanerpc server hands out plain tuples from
-# invocation_metadata() (grpc.aio: items with .key and .value, which OpenTelemetry reads).
-NEEDS_METADATUM = "'tuple' object has no attribute 'key'"
 
 
 @pytest.fixture
@@ -106,13 +103,7 @@ async def test_client_and_server_spans_are_linked(start, connect, impl, provider
         pytest.skip("the in-memory test transport's peer address (memory:NAME) has no gRPC "
                     "peer form (ipv4:, ipv6:, unix:), which OpenTelemetry's server span parses")
     stub = await traced_stub(start, connect, provider)
-    try:
-        await kind(stub, impl)
-    except aio.AioRpcError as err:
-        if NEEDS_METADATUM in (err.details() or ""):
-            pytest.xfail("the server's invocation_metadata() items lack .key/.value: "
-                         "the server-side fix for that is not in this tree yet")
-        raise
+    await kind(stub, impl)
     await wait_until(lambda: len(exporter.get_finished_spans()) >= 2)
     spans = exporter.get_finished_spans()
     assert len(spans) == 2, spans
