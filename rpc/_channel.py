@@ -265,7 +265,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
 
     def _on_end(self, code: int, details: str, metadata: DecodedMetadata, not_started: bool) -> None:
         self._link = None
-        if self._code is None and self._retry(code, metadata, not_started):
+        if code and self._code is None and self._retry(code, metadata, not_started):
             return
         self._finish(code, details, metadata, not_started=not_started)
 
@@ -711,7 +711,8 @@ class _UnaryRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
-        warn_uncompressed(compression, "call(compression)")
+        if compression is not None:
+            warn_uncompressed(compression, "call(compression)")
         call: _CallT = self._call(request, timeout, metadata, wait_for_ready, credentials)
         return call
 
@@ -722,7 +723,8 @@ class _StreamRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
-        warn_uncompressed(compression, "call(compression)")
+        if compression is not None:
+            warn_uncompressed(compression, "call(compression)")
         call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready, credentials)
         return call
 

@@ -106,6 +106,7 @@ class Connection:
         self.send_window = _wire.DEFAULT_CONNECTION_WINDOW  # until the peer's HELLO says
         self._recv_window = self.limits.connection_window   # what the peer may still send
         self._recv_window_pending = 0   # connection-level credit not yet sent
+        self._credit_quarter = self.limits.connection_window // 4
         # Bytes of incoming messages held here: pieces of unfinished messages and whole
         # ones not consumed yet. Their connection credit goes back only as they are
         # consumed (or dropped), so the connection window bounds them.
@@ -152,15 +153,13 @@ class Connection:
 
     @property
     def has_data_to_send(self) -> bool:
-        return bool(self._out) or self._credit_due
-
-    @property
-    def _credit_due(self) -> bool:
-        """Connection credit goes out in batches of a quarter window, or at once when
-        the peer is nearly out of window (it may be waiting for exactly this)."""
+        if self._out:
+            return True
+        # Connection credit goes out in batches of a quarter window, or at once when the
+        # peer is nearly out of window (it may be waiting for exactly this).
         pending = self._recv_window_pending
-        quarter = self.limits.connection_window // 4
-        return bool(pending) and (pending >= quarter or self._recv_window < quarter)
+        quarter = self._credit_quarter
+        return pending > 0 and (pending >= quarter or self._recv_window < quarter)
 
     def _send_hello(self, versions: list[int], fields: handshake_pb2.Hello | None) -> None:
         hello = handshake_pb2.Hello()
@@ -310,7 +309,7 @@ class Connection:
                     RESOURCE_EXHAUSTED, "too many concurrent streams on this connection")))
                 self._discard_message(message)
                 return
-            if self.budget is not None and self.budget.exhausted and self.buffered:
+            if self.buffered and self.budget is not None and self.budget.exhausted:
                 # Only connections that hold some of it; never started, so the client
                 # may retry it elsewhere or later.
                 self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
@@ -404,7 +403,9 @@ class Connection:
                                  f"{side}: Received message larger than max ({total} vs. {limit})",
                                  events)
             return
-        self._charge(size)
+        self.buffered += size               # charged to the connection and the budget
+        if self.budget is not None:
+            self.budget.used += size
         if more:
             stream.partial.append(payload)
             stream.partial_size = total
@@ -456,11 +457,6 @@ class Connection:
         stream.partial.clear()
         stream.partial_size = 0
         stream.partial_credited = 0
-
-    def _charge(self, size: int) -> None:
-        self.buffered += size
-        if self.budget is not None:
-            self.budget.used += size
 
     def _release(self, size: int) -> None:
         self.buffered -= size
@@ -647,7 +643,9 @@ class Connection:
             stream_size = size - stream.held_credited
             stream.held_bytes = 0
             stream.held_credited = 0
-            self._release(size)
+            self.buffered -= size
+            if self.budget is not None:
+                self.budget.used -= size
             self._recv_window_pending += size
             # Nothing left queued: chunks already in of the next message are now
             # the head, the reader waits for them.
@@ -659,8 +657,9 @@ class Connection:
                 self._credit_stream(stream, stream_size)
 
     def _flush_credit(self) -> None:
-        if self._credit_due:
-            pending = self._recv_window_pending
+        pending = self._recv_window_pending
+        quarter = self._credit_quarter
+        if pending > 0 and (pending >= quarter or self._recv_window < quarter):
             self._recv_window_pending = 0
             self._recv_window += pending
             self._emit(_wire.frame(WINDOW_UPDATE, 0, 0, _wire.encode_window_update(pending)))
@@ -881,7 +880,8 @@ class Connection:
         self.streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)
         # Bytes the owner will never consume: let go, and credited to the connection.
-        self._let_go_partial(stream)
+        if stream.partial_size:
+            self._let_go_partial(stream)
         if stream.held_bytes:
             self._recv_window_pending += stream.held_bytes
             self._release(stream.held_bytes)
