@@ -8,6 +8,7 @@ Everything here behaves as its namesake in ``grpc.aio``; see README.md for
 what lanerpc adds (``channel.lane``, the ``lanerpc.lanes`` option, ``rpc.serve``).
 """
 
+import logging
 from concurrent import futures
 
 import grpc
@@ -22,12 +23,19 @@ from rpc._channel import (
     UnaryUnaryCall,
 )
 from rpc._context import ServicerContext
+from rpc._credentials import (
+    SslChannelCredentials,
+    SslServerCredentials,
+    ssl_channel_credentials,
+    ssl_server_credentials,
+)
 from rpc._grpc import GrpcChannel
 from rpc._serve import serve, serve_async
 from rpc._server import Server
 from rpc._wire import ProtocolError
 
 __version__ = _options.VERSION
+_log = logging.getLogger("lanerpc")
 
 
 def insecure_channel(target: str, options: _grpc.Options | None = None,
@@ -47,12 +55,24 @@ def insecure_channel(target: str, options: _grpc.Options | None = None,
 
 def secure_channel(target: str, credentials: grpc.ChannelCredentials,
                    options: _grpc.Options | None = None, compression: grpc.Compression | None = None,
-                   interceptors: _grpc.ClientInterceptors | None = None) -> GrpcChannel:
-    """A gRPC-over-TLS channel with grpc's ``credentials``
-    (``grpc.ssl_channel_credentials(...)``), through grpcio: to a lanerpc server's
-    ``add_secure_port`` or any gRPC server. It stays on TCP (see README, TLS)."""
-    return _grpc.channel(_grpc.strip_scheme(target)[1], options, credentials,
-                         compression, interceptors)
+                   interceptors: _grpc.ClientInterceptors | None = None) -> Channel | GrpcChannel:
+    """A TLS channel to ``target``.
+
+    With ``rpc.ssl_channel_credentials(...)``: a lanerpc :class:`Channel` whose TCP
+    connections use TLS (to a lanerpc server's ``add_secure_port`` with
+    ``rpc.ssl_server_credentials``); it stays on TLS, never moving to the unix or shm
+    lanes. With grpc's own credentials objects, or a ``grpc://`` target or the option
+    ``("lanerpc.protocol", "grpc")``: gRPC over TLS through grpcio (a :class:`GrpcChannel`),
+    to any gRPC server. See README, TLS."""
+    plain, rest = _grpc.strip_scheme(target)
+    if plain or _grpc.wants_grpc(options) or not isinstance(credentials, SslChannelCredentials):
+        if not plain and not _grpc.wants_grpc(options):
+            _log.debug("lanerpc: secure_channel(%s) with grpc's credentials: a grpcio channel "
+                       "(gRPC over TLS); rpc.ssl_channel_credentials gives lanerpc's TLS lane",
+                       target)
+        return _grpc.channel(rest, options, credentials, compression, interceptors)
+    _options.warn_uncompressed(compression, "secure_channel(compression)")
+    return Channel(target, options, interceptors, credentials=credentials)
 
 
 def server(migration_thread_pool: futures.Executor | None = None,
@@ -75,6 +95,8 @@ __all__ = (
     "ProtocolError",
     "Server",
     "ServicerContext",
+    "SslChannelCredentials",
+    "SslServerCredentials",
     "StreamStreamCall",
     "StreamUnaryCall",
     "UnaryStreamCall",
@@ -84,4 +106,6 @@ __all__ = (
     "serve",
     "serve_async",
     "server",
+    "ssl_channel_credentials",
+    "ssl_server_credentials",
 )

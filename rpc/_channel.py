@@ -22,6 +22,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
+from rpc import _credentials
 from rpc import _interceptors, _lanes, _options, _service_config
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
@@ -764,9 +765,8 @@ class Channel(aio.Channel):
         self._options = _options.parse(options)
         self._raw_options = tuple(options or ())
         if credentials is not None:
-            # Not to be dropped silently: lanerpc's own wire has no TLS.
-            raise ValueError("a lanerpc Channel is insecure: for TLS use rpc.secure_channel(target, "
-                             "credentials), a grpcio channel")
+            self._options = _credentials.channel_options(self._options, credentials,
+                                                         self._endpoints)
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

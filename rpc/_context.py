@@ -19,6 +19,7 @@ from grpc import aio
 from rpc import _connection as c
 from rpc._options import Options, warn_uncompressed
 from rpc._stats import Stats
+from rpc._credentials import identity_key
 from rpc._lanes import auth_properties
 from rpc._status import (_Metadatum, check_trailing_shape, invocation_items, validate_metadata,
                          wire_code)
@@ -55,6 +56,7 @@ class ServerLink(StreamLink, Protocol):
     lane: str | None
     peer: PeerInfo | None
     dialled_as: str | None        # the tcp peer address of a connection upgraded from tcp
+    tls: dict[str, list[bytes]] | None   # a TLS connection's peer properties (rpc._credentials)
     invocation_head: tuple[_Metadatum, ...]   # the client's user-agent, from its HELLO
     ping_strikes: int             # gRPC's ping policy: sending data clears them
 
@@ -495,12 +497,17 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             return "unix:"
         return peer.address
 
-    # On the local lanes, what grpc's local credentials give: the identity is the
-    # transport security type, "local".
+    # On TLS, what grpc's ssl credentials give: the verified client certificate's
+    # SANs, else its common name (None without a client certificate). On the local
+    # lanes, what grpc's local credentials give: the transport security type, "local".
     def peer_identities(self) -> Iterable[bytes] | None:
-        return self.auth_context().get("transport_security_type") if self._is_local() else None
+        key = self.peer_identity_key()
+        return self.auth_context().get(key) if key is not None else None
 
     def peer_identity_key(self) -> str | None:
+        tls = self._link.tls
+        if tls is not None:
+            return identity_key(tls)
         return "transport_security_type" if self._is_local() else None
 
     def _is_local(self) -> bool:
@@ -511,7 +518,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         """grpc's keys (``transport_security_type``, ``security_level``) as grpc's
         insecure or local credentials set them, plus lanerpc's: the lane, and on the
         local lanes the client's pid, uid and gid (SO_PEERCRED). See README."""
-        return auth_properties(self._link.peer, self._link.lane)
+        return auth_properties(self._link.peer, self._link.lane, self._link.tls)
 
     def set_compression(self, compression: grpc.Compression) -> None:
         warn_uncompressed(compression, "context.set_compression")

@@ -43,11 +43,13 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 
+from rpc import _credentials
 from rpc._link import LaneAdapter, Link
 from rpc._options import Options
 from rpc._proto import handshake_pb2
@@ -104,10 +106,38 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
         allowed = options.server_uids
         check = None if allowed is None else _server_uid_check(endpoint.path, allowed)
         _, protocol = await unix.connect(endpoint.path, factory, check=check)
+    elif options.tls is not None:
+        protocol = await _dial_tls(endpoint, options, factory)
     else:
         _, protocol = await tcp.connect(endpoint.host, endpoint.port, factory)
     assert isinstance(protocol, Link)
-    await protocol.handshake(options.handshake_timeout)
+    try:
+        await protocol.handshake(options.handshake_timeout)
+    except ConnectionError as exc:
+        if options.tls is None or isinstance(exc, PermissionError) or protocol.conn.peer_hello:
+            raise
+        raise ConnectionError(f"{exc}: {_credentials.refusal_reason(options.tls)}") from exc
+    return protocol
+
+
+async def _dial_tls(endpoint: Endpoint, options: Options,
+                    factory: Callable[[], Link]) -> asyncio.Protocol:
+    """A TLS connection to a lanerpc TLS port: the server's certificate checked against
+    the target's host (or ``grpc.ssl_target_name_override``), and ALPN agreed on
+    lanerpc's protocol (a gRPC/HTTP2 TLS port is told apart here, not by a hang)."""
+    assert options.tls is not None
+    name = options.ssl_target_name_override or endpoint.host
+    try:
+        transport, protocol = await tcp.connect(
+            endpoint.host, endpoint.port, factory, ssl=options.tls, server_hostname=name,
+            handshake_timeout=options.handshake_timeout)
+    except ssl.SSLError as exc:
+        raise ConnectionError(f"TLS handshake with {endpoint} failed: {exc}") from exc
+    try:
+        _credentials.check_alpn(transport.get_extra_info("ssl_object"), str(endpoint))
+    except ConnectionError:
+        transport.abort()
+        raise
     return protocol
 
 
@@ -121,7 +151,8 @@ async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFac
     link = await _dial(endpoint, options, make_link)
     hello = link.conn.peer_hello
     offer = hello.upgrade if hello is not None and hello.HasField("upgrade") else None
-    if endpoint.lane == "tcp" and offer is not None and "unix" in lanes:
+    # A TLS connection stays on TLS: its server offers no upgrade (README, TLS).
+    if endpoint.lane == "tcp" and offer is not None and "unix" in lanes and options.tls is None:
         upgraded = await _try_upgrade(offer, options, make_link)
         if upgraded is not None:
             link.close("moved to the unix lane")
@@ -219,16 +250,20 @@ _INSECURE = {"transport_security_type": b"insecure", "security_level": b"TSI_SEC
 _LOCAL = {"transport_security_type": b"local", "security_level": b"TSI_PRIVACY_AND_INTEGRITY"}
 
 
-def auth_properties(peer: PeerInfo | None, lane: str | None) -> dict[str, list[bytes]]:
+def auth_properties(peer: PeerInfo | None, lane: str | None,
+                    tls: dict[str, list[bytes]] | None = None) -> dict[str, list[bytes]]:
     """A call's ``auth_context()``: values are lists of bytes, as in grpc.
 
     A connection whose peer the kernel vouches for (SO_PEERCRED: the unix and shm
     lanes) is what grpc calls local: ``transport_security_type`` ``local``, and
     lanerpc adds the client's ``lanerpc_peer_pid``, ``lanerpc_peer_uid`` and
     ``lanerpc_peer_gid``. TCP is grpc's insecure. ``lanerpc_lane`` names the lane
-    the call came on, on every lanerpc connection."""
+    the call came on, on every lanerpc connection. A TLS connection's properties
+    (``tls``, from :func:`rpc._credentials.peer_properties`) are grpc's ssl ones."""
     local = peer is not None and peer.uid is not None
     props = {key: [value] for key, value in (_LOCAL if local else _INSECURE).items()}
+    if tls is not None:
+        props = {key: list(values) for key, values in tls.items()}
     if peer is not None and local:
         for key, number in (("pid", peer.pid), ("uid", peer.uid), ("gid", peer.gid)):
             if number is not None:
@@ -245,6 +280,13 @@ class ServerLanes:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._upgrade: _UpgradeSocket | None = None
+        self._tls: dict[socket.socket, ssl.SSLContext] = {}   # TLS ports' sockets
+
+    def use_tls(self, sockets: Sequence[socket.socket], context: ssl.SSLContext) -> None:
+        """Serve these bound TCP sockets (add_secure_port's) with TLS. Their clients
+        are not offered the same-host upgrade: a TLS connection stays on TLS."""
+        for sock in sockets:
+            self._tls[sock] = context
 
     @property
     def upgrade_path(self) -> str | None:
@@ -255,7 +297,8 @@ class ServerLanes:
         """Listen on the sockets bound by add_insecure_port (and, when a TCP port may
         be upgraded, on the upgrade socket); returns the ports' listeners."""
         lanes = self.options.lanes
-        if any(kind == "tcp" for kind, _ in sockets) and "unix" in lanes:
+        if any(kind == "tcp" and sock not in self._tls for kind, sock in sockets) \
+                and "unix" in lanes:
             try:
                 self._upgrade = await _UpgradeSocket.start(
                     lambda: make_link(Negotiator(self, upgrade_side=True)))
@@ -267,6 +310,10 @@ class ServerLanes:
                 if kind == "unix":
                     listeners.append(await unix.listen(
                         sock, lambda: make_link(Negotiator(self))))
+                elif sock in self._tls:
+                    listeners.append(await tcp.listen(
+                        sock, lambda: make_link(Negotiator(self, tls=True)),
+                        ssl=self._tls[sock], handshake_timeout=self.options.handshake_timeout))
                 else:
                     listeners.append(await tcp.listen(
                         sock, lambda: make_link(Negotiator(self, offer_upgrade=True))))
@@ -295,8 +342,9 @@ class Negotiator:
     granted, and what is cleaned up when the connection ends."""
 
     def __init__(self, lanes: ServerLanes, *, offer_upgrade: bool = False,
-                 upgrade_side: bool = False) -> None:
+                 upgrade_side: bool = False, tls: bool = False) -> None:
         self._lanes = lanes
+        self.tls = tls                  # a TLS port's connection: see tls_properties
         self._offer_upgrade = offer_upgrade
         self._upgrade_side = upgrade_side
         self._token_id: bytes | None = None       # of the upgrade offer we made
@@ -305,6 +353,16 @@ class Negotiator:
 
     def admits(self, uid: int | None) -> bool:
         return self._lanes.admits(uid)
+
+    def tls_properties(self, transport: asyncio.BaseTransport) -> dict[str, list[bytes]] | None:
+        """On a TLS port: the peer's auth properties, once its ALPN is checked (a
+        ConnectionError for a client that did not ask for lanerpc's protocol). None
+        on the other ports."""
+        if not self.tls:
+            return None
+        ssl_object = transport.get_extra_info("ssl_object")
+        _credentials.check_alpn(ssl_object, str(transport.get_extra_info("peername")))
+        return _credentials.peer_properties(ssl_object)
 
     def hello(self, link: Link, client_hello: handshake_pb2.Hello) -> handshake_pb2.Hello | None:
         """The fields of our HELLO that depend on the lanes, or None."""

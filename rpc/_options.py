@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import ssl
 import sys
 from typing import Any, Sequence
 
@@ -53,6 +54,10 @@ class Options:
     memory_budget: int = dataclasses.field(default_factory=lambda: default_memory_budget())
     max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
     user_agent: str = USER_AGENT             # client: grpc.primary/secondary_user_agent around ours
+    # client TLS (rpc.secure_channel with rpc.ssl_channel_credentials): the context, and
+    # the name the server's certificate must carry when not the target's host (also SNI)
+    tls: ssl.SSLContext | None = None
+    ssl_target_name_override: str | None = None
 
 
 def default_memory_budget() -> int:
@@ -170,6 +175,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "grpc.max_connection_idle_ms":
             idle_ms = int(value)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
+        elif name == "grpc.ssl_target_name_override":
+            values["ssl_target_name_override"] = str(value)
         elif name not in IMPLEMENTED:
             _warn_unknown(name)
     agent = _user_agent(options or ())
@@ -193,6 +200,7 @@ IMPLEMENTED = frozenset({
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
     "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls",
     "lanerpc.protocol", "grpc.primary_user_agent", "grpc.secondary_user_agent",
+    "grpc.ssl_target_name_override",
 })
 
 _warned: set[str] = set()

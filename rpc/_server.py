@@ -20,7 +20,8 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _grpc, _lanes, _options, _ports
+from rpc import _credentials, _grpc, _lanes, _options, _ports
+from rpc._target import parse_server_address
 from rpc._context import ServicerContext, _PendingCall
 from rpc._link import Link
 from rpc._stats import Stats
@@ -50,12 +51,20 @@ class ServerLink(Link):
         self.idle_timer: asyncio.TimerHandle | None = None   # with max_connection_idle
         self.idle_since = 0.0         # loop time the last call ended (or the handshake)
         self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
+        self.tls: dict[str, list[bytes]] | None = None      # on a TLS port: the peer's properties
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         server = self.server
         server._links.add(self)
         server._stats.connection_opened(self)
+        try:
+            self.tls = self.negotiator.tls_properties(transport)
+        except ConnectionError as exc:
+            # A TLS client that did not ask for lanerpc's protocol (an HTTP/2 one).
+            log.debug("lanerpc: refusing TLS connection: %s", exc)
+            self._turn_away(GoAwayCode.PROTOCOL_ERROR, str(exc), linger=1.0)
+            return
         limit = self.options.max_connections
         if limit and server._counted_links >= limit:
             # Over the limit: turned away before the handshake, the reason in a GOAWAY
@@ -363,13 +372,33 @@ class Server(aio.Server):
         return port
 
     def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        """Serve gRPC over TLS at ``address`` with grpc's ``server_credentials``
-        (``grpc.ssl_server_credentials(...)``), through grpcio: for
-        ``rpc.secure_channel`` and any gRPC client. Returns the port."""
+        """TLS at ``address``. With ``rpc.ssl_server_credentials(...)``: lanerpc's own
+        protocol over TLS on TCP (for ``rpc.secure_channel`` with
+        ``rpc.ssl_channel_credentials``). With grpc's credentials objects (whose keys
+        grpcio keeps to itself), or a ``grpc://`` address: gRPC over TLS through
+        grpcio, for any gRPC client. Returns the port."""
         if self._state != "new":
             raise RuntimeError("ports must be added before start()")
-        return self._grpc_ports().add_secure_port(_grpc.strip_scheme(address)[1],
-                                                  server_credentials)
+        plain, rest = _grpc.strip_scheme(address)
+        if plain or not isinstance(server_credentials, _credentials.SslServerCredentials):
+            if not plain:
+                log.debug("lanerpc: add_secure_port(%s) with grpc's credentials: served by "
+                          "grpcio (gRPC over TLS); rpc.ssl_server_credentials serves "
+                          "lanerpc's TLS lane", address)
+            return self._grpc_ports().add_secure_port(rest, server_credentials)
+        try:
+            lane = parse_server_address(address).lane
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        if lane != "tcp":
+            raise RuntimeError(f"Failed to bind to address {address}: lanerpc's TLS lane is "
+                               "TCP; a unix: port is served with add_insecure_port (its "
+                               "clients are admitted by uid), or grpc://unix:... for gRPC TLS")
+        context = server_credentials.server_context()
+        _, sockets, port = _ports.bind(address, reuse_port=self._options.so_reuseport)
+        self._lanes.use_tls(sockets, context)
+        self._pending_sockets.extend(("tcp", s) for s in sockets)
+        return port
 
     def _grpc_ports(self) -> _grpc.GrpcPorts:
         if self._grpc is None:

@@ -4,12 +4,17 @@ whole and batched per loop iteration, so Nagle's delay would only add latency).
 A server binds first (:func:`bind`, synchronous, so the caller learns the port at
 once, as gRPC's ``add_insecure_port`` returns it) and listens later, in its event
 loop (:func:`listen`).
+
+TLS is the event loop's own (``ssl=`` of ``create_connection``/``create_server``, which
+asyncio and uvloop both implement): the protocol's ``connection_made`` runs only after
+the handshake succeeded, so a peer refused there never reaches the protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl as _ssl
 from collections.abc import Callable
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
@@ -25,10 +30,19 @@ def _nodelay(sock: socket.socket) -> None:
             pass
 
 
-async def connect(host: str, port: int,
-                  factory: ProtocolFactory) -> tuple[asyncio.Transport, asyncio.Protocol]:
+async def connect(host: str, port: int, factory: ProtocolFactory, *,
+                  ssl: _ssl.SSLContext | None = None, server_hostname: str | None = None,
+                  handshake_timeout: float | None = None,
+                  ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """Dial ``host:port``; with ``ssl``, a TLS connection whose certificate is checked
+    against ``server_hostname`` (also sent as SNI)."""
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_connection(factory, host, port)
+    if ssl is None:
+        transport, protocol = await loop.create_connection(factory, host, port)
+    else:
+        transport, protocol = await loop.create_connection(
+            factory, host, port, ssl=ssl, server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout)
     sock = transport.get_extra_info("socket")
     if sock is not None:
         _nodelay(sock)
@@ -75,9 +89,15 @@ def bind(host: str, port: int, *, reuse_port: bool = True) -> list[socket.socket
     return sockets
 
 
-async def listen(sock: socket.socket, factory: ProtocolFactory) -> asyncio.AbstractServer:
+async def listen(sock: socket.socket, factory: ProtocolFactory, *,
+                 ssl: _ssl.SSLContext | None = None,
+                 handshake_timeout: float | None = None) -> asyncio.AbstractServer:
     """Accept connections on a socket from :func:`bind`; each gets a protocol from
-    ``factory``. Closing the returned server closes the socket."""
+    ``factory`` (with ``ssl``: after its TLS handshake, within ``handshake_timeout``).
+    Closing the returned server closes the socket."""
     loop = asyncio.get_running_loop()
     sock.listen(BACKLOG)
-    return await loop.create_server(factory, sock=sock)
+    if ssl is None:
+        return await loop.create_server(factory, sock=sock)
+    return await loop.create_server(factory, sock=sock, ssl=ssl,
+                                    ssl_handshake_timeout=handshake_timeout)

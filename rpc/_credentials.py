@@ -1,0 +1,285 @@
+"""TLS credentials that serve both lanerpc's own TCP lane and grpcio's ``grpc://`` ports.
+
+grpc's credentials objects keep their keys inside grpcio's C core: nothing in Python
+can read them back to build an ``ssl.SSLContext``. So ``rpc.ssl_channel_credentials``
+and ``rpc.ssl_server_credentials`` (grpc's signatures) keep the PEM bytes themselves
+and are also grpc credentials objects (subclasses carrying the same inner object grpc
+would make): one object configures a lanerpc TLS port or channel and a grpcio one.
+
+The contexts built here:
+
+- allow TLS 1.2 and later only;
+- name lanerpc's protocol in ALPN (:data:`ALPN`), so neither side mistakes the other
+  for an HTTP/2 (gRPC) peer: a gRPC client refuses a server that does not select
+  ``h2``, and a lanerpc client or server refuses a peer that did not agree on ours;
+- verify the server's name (SNI and the certificate's names: the target's host, or
+  ``grpc.ssl_target_name_override``) and, with ``require_client_auth``, the client's
+  certificate against the given roots, during the handshake: a refused client never
+  gets a connection, so no handler runs for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from rpc._options import Options
+from rpc._target import Endpoint
+
+ALPN = "lanerpc"
+
+# grpc's auth context keys for a TLS peer (grpc's ssl transport security).
+SECURITY_TYPE = "transport_security_type"
+COMMON_NAME = "x509_common_name"
+SUBJECT_ALT_NAME = "x509_subject_alternative_name"
+PEM_CERT = "x509_pem_cert"
+SECURITY_LEVEL = "security_level"
+
+CertificateChainPairs = Sequence[tuple[bytes, bytes]]
+
+
+def _pem(value: bytes | str | None, what: str) -> bytes | None:
+    """PEM text as bytes (grpc takes bytes; str is forgiven), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes):
+        raise TypeError(f"{what} must be PEM bytes; got {type(value).__name__}")
+    if b"-----BEGIN" not in value:
+        raise ValueError(f"{what} is not PEM (no -----BEGIN line)")
+    return value
+
+
+def _memfds(*contents: bytes) -> list[int] | None:
+    """Anonymous in-memory files holding ``contents``; None where there are none."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        return None
+    fds: list[int] = []
+    try:
+        for data in contents:
+            fd = os.memfd_create("lanerpc-tls", os.MFD_CLOEXEC)
+            fds.append(fd)
+            os.write(fd, data)
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds
+
+
+@contextlib.contextmanager
+def _pem_files(certificate_chain: bytes, private_key: bytes) -> Iterator[tuple[str, str]]:
+    """Paths holding the chain and the key, for ``SSLContext.load_cert_chain`` (which
+    reads files only). In memory (memfd) where the kernel has it, so the key never
+    touches a disk; else in a private 0700 directory removed at once."""
+    fds = _memfds(certificate_chain, private_key)
+    if fds is not None:
+        try:
+            yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="lanerpc-tls-") as directory:
+        paths = []
+        for name, data in (("chain.pem", certificate_chain), ("key.pem", private_key)):
+            path = os.path.join(directory, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                out.write(data)
+            paths.append(path)
+        yield paths[0], paths[1]
+
+
+def _load_pair(context: ssl.SSLContext, certificate_chain: bytes, private_key: bytes,
+               what: str) -> None:
+    with _pem_files(certificate_chain, private_key) as (chain_path, key_path):
+        try:
+            context.load_cert_chain(chain_path, key_path)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{what}: the private key and certificate chain can't be "
+                             f"loaded ({exc})") from exc
+
+
+def _base(context: ssl.SSLContext, roots: bytes | None, what: str) -> ssl.SSLContext:
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols([ALPN])
+    if roots is not None:
+        try:
+            context.load_verify_locations(cadata=roots.decode())
+        except (ssl.SSLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{what}: root_certificates can't be loaded ({exc})") from exc
+    return context
+
+
+class SslChannelCredentials(grpc.ChannelCredentials):
+    """``rpc.ssl_channel_credentials(...)``: grpc's ssl channel credentials (usable with
+    grpcio, grpc:// targets) that also build lanerpc's client ``ssl.SSLContext``."""
+
+    def __init__(self, root_certificates: bytes | None = None, private_key: bytes | None = None,
+                 certificate_chain: bytes | None = None) -> None:
+        self.root_certificates = _pem(root_certificates, "root_certificates")
+        self.private_key = _pem(private_key, "private_key")
+        self.certificate_chain = _pem(certificate_chain, "certificate_chain")
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("ssl_channel_credentials: private_key and certificate_chain "
+                             "go together (a client certificate needs its key)")
+        inner = grpc.ssl_channel_credentials(self.root_certificates, self.private_key,
+                                             self.certificate_chain)
+        # grpc's own ChannelCredentials wraps its core object the same way.
+        super().__init__(inner._credentials)  # type: ignore[attr-defined]  # private in the stubs
+        self._context: ssl.SSLContext | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        """The client's context, built once: roots given, else the system's."""
+        if self._context is None:
+            context = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self.root_certificates,
+                            "ssl_channel_credentials")
+            if self.root_certificates is None:
+                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            if self.private_key is not None and self.certificate_chain is not None:
+                _load_pair(context, self.certificate_chain, self.private_key,
+                           "ssl_channel_credentials")
+                context.lanerpc_has_client_cert = True  # type: ignore[attr-defined]  # for refusal_reason
+            self._context = context
+        return self._context
+
+
+class SslServerCredentials(grpc.ServerCredentials):
+    """``rpc.ssl_server_credentials(...)``: grpc's ssl server credentials (usable with
+    grpcio's ports, ``grpc://`` addresses) that also build lanerpc's server context."""
+
+    def __init__(self, private_key_certificate_chain_pairs: CertificateChainPairs,
+                 root_certificates: bytes | None = None,
+                 require_client_auth: bool = False) -> None:
+        pairs = [(_pem(key, "private key"), _pem(chain, "certificate chain"))
+                 for key, chain in private_key_certificate_chain_pairs]
+        self.pairs: list[tuple[bytes, bytes]] = [(key, chain) for key, chain in pairs
+                                                 if key is not None and chain is not None]
+        if len(self.pairs) != len(pairs):
+            raise ValueError("ssl_server_credentials: every pair needs a private key and "
+                             "a certificate chain")
+        self.root_certificates = _pem(root_certificates, "root_certificates")
+        self.require_client_auth = bool(require_client_auth)
+        # grpc checks its arguments here (no pairs, client auth without roots).
+        inner = grpc.ssl_server_credentials(self.pairs, self.root_certificates,
+                                            self.require_client_auth)
+        super().__init__(inner._credentials)  # type: ignore[attr-defined]  # private in the stubs
+        self._context: ssl.SSLContext | None = None
+
+    def server_context(self) -> ssl.SSLContext:
+        """The server's context, built once. lanerpc's TLS lane serves one certificate
+        chain: more than one (grpc picks among them by SNI) is refused, not half-used."""
+        if self._context is None:
+            if len(self.pairs) != 1:
+                raise ValueError(
+                    f"a lanerpc TLS port serves one certificate chain; these credentials "
+                    f"have {len(self.pairs)}: serve them on a grpc:// port, or use one pair")
+            context = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), self.root_certificates,
+                            "ssl_server_credentials")
+            # As grpc: without require_client_auth no client certificate is asked for.
+            context.verify_mode = (ssl.CERT_REQUIRED if self.require_client_auth
+                                   else ssl.CERT_NONE)
+            key, chain = self.pairs[0]
+            _load_pair(context, chain, key, "ssl_server_credentials")
+            self._context = context
+        return self._context
+
+
+def ssl_channel_credentials(root_certificates: bytes | None = None,
+                            private_key: bytes | None = None,
+                            certificate_chain: bytes | None = None) -> SslChannelCredentials:
+    """grpc's ``ssl_channel_credentials``, for lanerpc TLS channels and grpcio's alike."""
+    return SslChannelCredentials(root_certificates, private_key, certificate_chain)
+
+
+def ssl_server_credentials(private_key_certificate_chain_pairs: CertificateChainPairs,
+                           root_certificates: bytes | None = None,
+                           require_client_auth: bool = False) -> SslServerCredentials:
+    """grpc's ``ssl_server_credentials``, for lanerpc TLS ports and ``grpc://`` ports alike."""
+    return SslServerCredentials(private_key_certificate_chain_pairs, root_certificates,
+                                require_client_auth)
+
+
+def refusal_reason(context: ssl.SSLContext) -> str:
+    """Why a TLS server most likely closed a connection right after the handshake,
+    before its first frame: it refused our client certificate. (The loop's TLS closes a
+    connection whose handshake failed without sending the alert, and with TLS 1.3 the
+    client's side of the handshake is done before the server checks the certificate;
+    so the client names the likely problem itself.)"""
+    if not getattr(context, "lanerpc_has_client_cert", False):
+        return ("certificate required: the server closed the TLS connection before "
+                "answering; it requires a client certificate and none was sent")
+    return ("bad certificate: the server closed the TLS connection before answering; it "
+            "refused this client's certificate (not signed by the server's "
+            "root_certificates, expired or not yet valid, or not for client auth)")
+
+
+def check_alpn(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, peer: str) -> None:
+    """Raise ConnectionError unless the TLS peer agreed on lanerpc's protocol."""
+    chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+    if chosen != ALPN:
+        raise ConnectionError(
+            f"TLS peer {peer} did not agree on ALPN {ALPN!r} (selected: {chosen}); it is not "
+            f"a lanerpc TLS endpoint (a gRPC/HTTP2 one is dialled with grpc://)")
+
+
+def _pairs(items: object) -> list[tuple[str, object]]:
+    """The (name, value) pairs of a part of ``getpeercert()``'s dict (typed loosely)."""
+    if not isinstance(items, tuple):
+        return []
+    return [(str(item[0]), item[1]) for item in items
+            if isinstance(item, tuple) and len(item) == 2]
+
+
+def peer_properties(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, list[bytes]]:
+    """A TLS connection's auth context, with grpc's keys: ``transport_security_type``
+    ``ssl``, ``security_level``, and for a verified client certificate its common
+    name, subject alternative names and PEM."""
+    props: dict[str, list[bytes]] = {
+        SECURITY_TYPE: [b"ssl"],
+        SECURITY_LEVEL: [b"TSI_PRIVACY_AND_INTEGRITY"],
+    }
+    cert = ssl_object.getpeercert()      # a dict only when the peer's cert was verified
+    if not cert:
+        return props
+    names = [str(value).encode() for kind, value in _pairs(cert.get("subjectAltName", ()))
+             if kind in ("DNS", "IP Address", "URI", "email")]
+    for rdn in cert.get("subject", ()):
+        for key, value in _pairs(rdn):
+            if key == "commonName":
+                props[COMMON_NAME] = [str(value).encode()]
+    if names:
+        props[SUBJECT_ALT_NAME] = names
+    der = ssl_object.getpeercert(binary_form=True)
+    if der:
+        props[PEM_CERT] = [ssl.DER_cert_to_PEM_cert(der).encode()]
+    return props
+
+
+def identity_key(props: dict[str, list[bytes]]) -> str | None:
+    """Which key names the peer, as grpc chooses: the SANs, else the common name."""
+    for key in (SUBJECT_ALT_NAME, COMMON_NAME):
+        if props.get(key):
+            return key
+    return None
+
+
+def channel_options(options: Options, credentials: grpc.ChannelCredentials,
+                    endpoints: Sequence[Endpoint]) -> Options:
+    """A lanerpc channel's options with its TLS context. Credentials lanerpc can't
+    read (grpc's own) and TLS to a ``unix:`` target are refused, not dropped."""
+    if not isinstance(credentials, SslChannelCredentials):
+        raise ValueError("a lanerpc Channel takes rpc.ssl_channel_credentials(...) (grpc's "
+                         "credentials keep their keys inside grpcio: rpc.secure_channel "
+                         "gives those a grpcio channel)")
+    if any(endpoint.lane == "unix" for endpoint in endpoints):
+        raise ValueError("lanerpc's TLS lane is TCP: a unix: target is dialled with "
+                         "rpc.insecure_channel (the server admits its clients by uid)")
+    return dataclasses.replace(options, tls=credentials.client_context())

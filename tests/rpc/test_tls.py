@@ -1,0 +1,275 @@
+"""TLS and mTLS on lanerpc's own TCP lane (rpc.ssl_*_credentials, add_secure_port,
+secure_channel), each compared with grpc.aio under the same certificates where
+grpc.aio has the feature."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import grpc
+import pytest
+
+import rpc
+from examples.echo import echo_pb2_grpc
+from tests._support import Echo, msg, serve
+from tests._tls import CLIENT_SANS, Pem, certs
+from tests.rpc.test_grpc_edges import every_call_kind
+
+# The auth properties lanerpc's TLS lane sets, by grpc's names.
+TLS_KEYS = ("transport_security_type", "security_level", "x509_common_name",
+            "x509_subject_alternative_name", "x509_pem_cert")
+
+
+class Identity(Echo):
+    """Echo whose Unary answers with what the handler sees of its peer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[dict[str, list[bytes]], str | None, list[bytes] | None]] = []
+
+    async def Unary(self, request, context):
+        with self._track():
+            props = {key: list(values) for key, values in context.auth_context().items()}
+            identities = context.peer_identities()
+            self.seen.append((props, context.peer_identity_key(),
+                              None if identities is None else list(identities)))
+            return msg(b"ok")
+
+
+def server_creds(module, *, mtls: bool):
+    c = certs()
+    return module.ssl_server_credentials([(c.server.key, c.server.cert)],
+                                         c.ca if mtls else None, mtls)
+
+
+def channel_creds(module, client: Pem | None = None, roots: bytes | None = None):
+    return module.ssl_channel_credentials(roots or certs().ca, client and client.key,
+                                          client and client.cert)
+
+
+def secure(served, creds, *, plain_grpc: bool = False, target: str | None = None, **kwargs):
+    make = grpc.aio.secure_channel if plain_grpc else rpc.secure_channel
+    return served.keep(make(target or served.target, creds, **kwargs))
+
+
+@pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls"])
+async def test_every_call_kind_over_tls_on_the_tcp_lane(mtls):
+    client = certs().client if mtls else None
+    async with serve(Echo(), credentials=server_creds(rpc, mtls=mtls)) as served:
+        channel = secure(served, channel_creds(rpc, client))
+        assert isinstance(channel, rpc.Channel)
+        await every_call_kind(channel)
+        assert channel.lane == "tcp"
+    async with serve(Echo(), plain_grpc=True, credentials=server_creds(grpc, mtls=mtls)) as served:
+        await every_call_kind(secure(served, channel_creds(grpc, client), plain_grpc=True))
+
+
+def test_tls_runs_on_uvloop():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        async with serve(Echo(), credentials=server_creds(rpc, mtls=True)) as served:
+            await every_call_kind(secure(served, channel_creds(rpc, certs().client)))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(main(), 20))
+
+
+@pytest.mark.parametrize("client,reason", [
+    ("none", "certificate required"),
+    ("stranger", "bad certificate"),
+    ("expired", "bad certificate"),
+])
+async def test_refused_client_certificates_never_reach_a_handler(client, reason):
+    c = certs()
+    pem = None if client == "none" else getattr(c, client)
+    for plain in (False, True):
+        module = grpc if plain else rpc
+        echo = Echo()
+        async with serve(echo, plain_grpc=plain, credentials=server_creds(module, mtls=True)) as served:
+            stub = echo_pb2_grpc.EchoStub(secure(served, channel_creds(module, pem), plain_grpc=plain))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Unary(msg(b"x"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (plain, info.value)
+            if not plain:
+                assert reason in info.value.details()
+            assert echo.started_calls == 0
+
+
+async def test_auth_context_as_grpc_shows_it():
+    c = certs()
+    seen = {}
+    for plain in (False, True):
+        module = grpc if plain else rpc
+        identity = Identity()
+        async with serve(identity, plain_grpc=plain, credentials=server_creds(module, mtls=True)) as served:
+            for client in (c.client, c.client_cn_only):
+                stub = echo_pb2_grpc.EchoStub(secure(served, channel_creds(module, client),
+                                                     plain_grpc=plain))
+                await stub.Unary(msg(), timeout=5)
+        seen[plain] = identity.seen
+    for ours, theirs in zip(seen[False], seen[True], strict=True):
+        props, key, identities = ours
+        assert {k: props[k] for k in TLS_KEYS if k in props} == \
+            {k: theirs[0][k] for k in TLS_KEYS if k in theirs[0]}
+        assert (key, identities) == theirs[1:]
+        assert props["lanerpc_lane"] == [b"tcp"]
+    props, key, identities = seen[False][0]
+    assert props["transport_security_type"] == [b"ssl"]
+    assert props["x509_common_name"] == [b"client"]
+    assert props["x509_subject_alternative_name"] == list(CLIENT_SANS)
+    assert props["x509_pem_cert"][0].decode().strip() == c.client.cert.decode().strip()
+    assert (key, identities) == ("x509_subject_alternative_name", list(CLIENT_SANS))
+    assert seen[False][1][1:] == ("x509_common_name", [b"cn-only"])
+
+
+async def test_server_only_tls_has_no_peer_identity():
+    seen = {}
+    for plain in (False, True):
+        module = grpc if plain else rpc
+        identity = Identity()
+        async with serve(identity, plain_grpc=plain, credentials=server_creds(module, mtls=False)) as served:
+            await echo_pb2_grpc.EchoStub(secure(served, channel_creds(module), plain_grpc=plain)
+                                         ).Unary(msg(), timeout=5)
+        seen[plain] = identity.seen[0]
+    assert seen[False][1:] == seen[True][1:] == (None, None)
+    for key in ("transport_security_type", "security_level"):
+        assert seen[False][0][key] == seen[True][0][key]
+
+
+async def test_one_credentials_object_serves_lanerpc_and_grpc_ports():
+    creds = server_creds(rpc, mtls=True)
+    assert isinstance(creds, grpc.ServerCredentials)
+    client = channel_creds(rpc, certs().client)
+    assert isinstance(client, grpc.ChannelCredentials)
+    async with serve(Echo(), address=["127.0.0.1:0", "grpc://127.0.0.1:0"], credentials=creds) as served:
+        lanerpc_target, grpc_target = served.targets
+        # grpc.aio's own channel, with rpc's credentials, on the grpc:// port
+        await every_call_kind(secure(served, client, plain_grpc=True, target=grpc_target))
+        # and rpc's secure_channel with grpc:// picks grpcio
+        assert isinstance(secure(served, client, target=f"grpc://{grpc_target}"), rpc.GrpcChannel)
+        await every_call_kind(secure(served, client, target=lanerpc_target))
+
+
+async def test_grpc_and_lanerpc_tls_ports_tell_each_other_apart():
+    """A gRPC client at a lanerpc TLS port and a lanerpc client at a gRPC TLS port fail
+    at once, naming ALPN, instead of hanging."""
+    creds = server_creds(rpc, mtls=False)
+    client = channel_creds(rpc)
+    echo = Echo()
+    async with serve(echo, address=["127.0.0.1:0", "grpc://127.0.0.1:0"], credentials=creds) as served:
+        lanerpc_target, grpc_target = served.targets
+        for target, plain in ((lanerpc_target, True), (grpc_target, False)):
+            stub = echo_pb2_grpc.EchoStub(secure(served, client, plain_grpc=plain, target=target))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(stub.Unary(msg(), timeout=5), 3)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "ALPN" in info.value.details()
+        assert echo.started_calls == 0
+
+
+async def test_server_name_checks_and_override():
+    for plain in (False, True):
+        module = grpc if plain else rpc
+        async with serve(Echo(), plain_grpc=plain, credentials=server_creds(module, mtls=False)) as served:
+            creds = channel_creds(module)
+            good = secure(served, creds, plain_grpc=plain,
+                          options=[("grpc.ssl_target_name_override", "localhost")])
+            assert (await echo_pb2_grpc.EchoStub(good).Unary(msg(b"a"), timeout=5)).payload == b"a"
+            bad = secure(served, creds, plain_grpc=plain,
+                         options=[("grpc.ssl_target_name_override", "elsewhere.test")])
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await echo_pb2_grpc.EchoStub(bad).Unary(msg(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            if not plain:
+                assert "elsewhere.test" in info.value.details()
+                untrusting = secure(served, channel_creds(rpc, roots=certs().other_ca))
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await echo_pb2_grpc.EchoStub(untrusting).Unary(msg(), timeout=5)
+                assert "certificate verify failed" in info.value.details()
+
+
+async def test_a_tls_connection_stays_on_tls_on_one_host():
+    """A same-host TLS client is not moved to unix/shm (that would drop TLS): the server
+    offers no upgrade on its TLS ports and makes no upgrade socket for them."""
+    identity = Identity()
+    async with serve(identity, credentials=server_creds(rpc, mtls=True)) as served:
+        assert served.server.upgrade_path is None
+        channel = secure(served, channel_creds(rpc, certs().client))
+        await echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5)
+        assert channel.lane == "tcp"
+    assert identity.seen[0][0]["transport_security_type"] == [b"ssl"]
+    assert identity.seen[0][0]["lanerpc_lane"] == [b"tcp"]
+
+
+async def test_plaintext_and_tls_ports_side_by_side():
+    """One server, a TLS port and a plain one: each connection gets its own properties."""
+    identity = Identity()
+    server = rpc.server()
+    try:
+        echo_pb2_grpc.add_EchoServicer_to_server(identity, server)
+        tls_port = server.add_secure_port("127.0.0.1:0", server_creds(rpc, mtls=True))
+        plain_port = server.add_insecure_port("127.0.0.1:0")
+        await asyncio.wait_for(server.start(), 5)
+        tls = rpc.secure_channel(f"127.0.0.1:{tls_port}", channel_creds(rpc, certs().client))
+        plain = rpc.insecure_channel(f"127.0.0.1:{plain_port}", options=[("lanerpc.lanes", "tcp")])
+        for channel in (tls, plain):
+            async with channel:
+                await echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5)
+    finally:
+        await asyncio.wait_for(server.stop(0), 5)
+    assert [seen[0]["transport_security_type"] for seen in identity.seen] == [[b"ssl"], [b"insecure"]]
+
+
+def test_contexts_are_tls_1_2_or_later_with_lanerpc_alpn():
+    c = certs()
+    client = rpc.ssl_channel_credentials(c.ca, c.client.key, c.client.cert).client_context()
+    server = server_creds(rpc, mtls=True).server_context()
+    for context in (client, server):
+        assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert server.verify_mode == ssl.CERT_REQUIRED
+    assert client.check_hostname and client.verify_mode == ssl.CERT_REQUIRED
+
+
+async def test_bad_input_is_refused_clearly():
+    c = certs()
+    with pytest.raises(ValueError, match="go together"):
+        rpc.ssl_channel_credentials(c.ca, private_key=c.client.key)
+    with pytest.raises(ValueError, match="not PEM"):
+        rpc.ssl_channel_credentials(b"not a certificate")
+    with pytest.raises(ValueError):        # grpc's own check: client auth needs roots
+        rpc.ssl_server_credentials([(c.server.key, c.server.cert)], None, True)
+    with pytest.raises(ValueError, match="can't be loaded"):
+        rpc.ssl_server_credentials([(c.client.key, c.server.cert)]).server_context()
+    two = rpc.ssl_server_credentials([(c.server.key, c.server.cert), (c.client.key, c.client.cert)])
+    server = rpc.server()
+    try:
+        with pytest.raises(ValueError, match="one certificate chain"):
+            server.add_secure_port("127.0.0.1:0", two)
+        with pytest.raises(RuntimeError, match="TLS lane is TCP"):
+            server.add_secure_port("unix:/tmp/never-made.sock", server_creds(rpc, mtls=False))
+    finally:
+        await server.stop(0)
+    with pytest.raises(ValueError, match="rpc.ssl_channel_credentials"):
+        rpc.Channel("127.0.0.1:1", credentials=grpc.ssl_channel_credentials())
+    with pytest.raises(ValueError, match="TLS lane is TCP"):
+        rpc.secure_channel("unix:/tmp/never-made.sock", channel_creds(rpc))
+
+
+async def test_grpc_credentials_keep_the_grpcio_path_and_say_so(caplog):
+    c = certs()
+    server = rpc.server()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="lanerpc"):
+            server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+                [(c.server.key, c.server.cert)]))
+            channel = rpc.secure_channel("127.0.0.1:1", grpc.ssl_channel_credentials(c.ca))
+        assert isinstance(channel, rpc.GrpcChannel)
+        await channel.close()
+    finally:
+        await server.stop(0)
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "add_secure_port(127.0.0.1:0) with grpc's credentials: served by grpcio" in messages
+    assert "secure_channel(127.0.0.1:1) with grpc's credentials: a grpcio channel" in messages
