@@ -124,6 +124,9 @@ class Subject:
     # ... or a subject that measures itself (see "Self-measuring subjects" above).
     measure: Callable[[Config], Awaitable[dict[str, float]]] | None = None
     lane: str | None = None      # the lane it uses, when fixed (None: ask the client)
+    # A second row its ratios are also taken against, when the main reference is not
+    # its like (lanerpc over TLS is compared with grpc.aio over TLS).
+    reference: str | None = None
 
 
 FAMILIES = ("grpc", "lanerpc", "floor")

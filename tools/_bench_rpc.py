@@ -75,6 +75,35 @@ async def serve_lanerpc(args: dict[str, Any]) -> ServeResult:
     return {"port": port, "unix_path": unix_path}, lambda: server.stop(None)
 
 
+def _tls_server_pems() -> tuple[bytes, bytes, bytes]:
+    """(CA, server key, server chain): test certificates made now (needs the
+    ``cryptography`` package of the dev extras)."""
+    from tests._tls import certs
+
+    made = certs()
+    return made.ca, made.server.key, made.server.cert
+
+
+async def serve_grpc_tls(args: dict[str, Any]) -> ServeResult:
+    ca, key, chain = _tls_server_pems()
+    server = grpc.aio.server(options=SIZE_OPTIONS)
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, chain)]))
+    await server.start()
+    return {"target": f"127.0.0.1:{port}", "ca": ca.decode()}, lambda: server.stop(None)
+
+
+async def serve_lanerpc_tls(args: dict[str, Any]) -> ServeResult:
+    import rpc  # see serve_lanerpc
+
+    ca, key, chain = _tls_server_pems()
+    server = rpc.server(options=SIZE_OPTIONS)
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", rpc.ssl_server_credentials([(key, chain)]))
+    await server.start()
+    return {"target": f"127.0.0.1:{port}", "ca": ca.decode()}, lambda: server.stop(None)
+
+
 # ---------------------------------------------------------------------------- clients
 
 
@@ -153,6 +182,18 @@ async def connect_grpc_unix(ready: Ready) -> StubClient:
     return await _connect_grpc(ready, "unix")
 
 
+async def connect_grpc_tls(ready: Ready) -> StubClient:
+    creds = grpc.ssl_channel_credentials(str(ready["ca"]).encode())
+    return StubClient(grpc.aio.secure_channel(ready["target"], creds, options=SIZE_OPTIONS), "tcp")
+
+
+async def connect_lanerpc_tls(ready: Ready) -> StubClient:
+    import rpc  # see serve_lanerpc
+
+    creds = rpc.ssl_channel_credentials(str(ready["ca"]).encode())
+    return StubClient(rpc.secure_channel(ready["target"], creds, options=SIZE_OPTIONS), lane=None)
+
+
 def _lanerpc_connector(dial: str, lanes: str | None) -> Any:
     """A connect function for one lanerpc row.
 
@@ -205,4 +246,13 @@ register(Subject(
 register(Subject(
     name="lanerpc-shm", label="lanerpc, lanes=shm,unix,tcp, dial unix:", family="lanerpc", lane="shm",
     server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "shm,unix,tcp"),
+))
+# TLS on TCP: grpc.aio's (grpcio's TLS) and lanerpc's own TLS lane, same certificates.
+register(Subject(
+    name="grpc-tls", label="grpc.aio, TLS over TCP 127.0.0.1", family="grpc", lane="tcp",
+    server="_bench_rpc:serve_grpc_tls", connect=connect_grpc_tls,
+))
+register(Subject(
+    name="lanerpc-tls", label="lanerpc, TLS lane, dial 127.0.0.1", family="lanerpc", lane="tcp",
+    server="_bench_rpc:serve_lanerpc_tls", connect=connect_lanerpc_tls, reference="grpc-tls",
 ))

@@ -453,6 +453,10 @@ def ratios(row: Row, rows: dict[str, Row]) -> dict[str, Any]:
     reference = rows.get(REFERENCE)
     if reference is not None and reference is not row and not reference.unavailable:
         out[f"vs_{REFERENCE}"] = {m: ratio(m, row.median(m), reference.median(m)) for m in RATIO_METRICS}
+    own = rows.get(row.subject.reference or "")
+    if own is not None and own is not row and not own.unavailable:
+        out[f"vs_{own.subject.name}"] = {m: ratio(m, row.median(m), own.median(m))
+                                         for m in RATIO_METRICS}
     floor = floor_for(row, rows)
     if floor is not None:
         out["vs_floor"] = {"floor": floor.subject.name,
@@ -537,6 +541,12 @@ def render_table(rows: dict[str, Row], cfg: Config, machine: dict[str, Any]) -> 
         elif row.subject.family == "lanerpc":
             right = f"(no floor measured for lane {row.lane})"
         out.append(f"{name:<{name_w}}{left}    {right}".rstrip())
+    for name, row, r in table:
+        own = row.subject.reference
+        if own and r.get(f"vs_{own}"):
+            vs_own = r[f"vs_{own}"]
+            out.append(f"{name} vs {own}: " + ", ".join(
+                f"{c} {_x(vs_own[m])}" for c, m in zip(cols, RATIO_METRICS)))
     return "\n".join(out)
 
 
