@@ -1,19 +1,20 @@
-"""Plain gRPC at the edges: serving lanerpc's servicers to any gRPC client, dialing any
-gRPC server, and TLS — all carried by grpcio itself.
+"""Plain gRPC at the edges: serving lanerpc's servicers to any gRPC client, and dialing
+any gRPC server, with or without TLS, all carried by grpcio itself.
 
-- ``server.add_insecure_port("grpc://host:port")`` and ``server.add_secure_port(address,
-  credentials)`` bind ports of an inner ``grpc.aio`` server that runs beside the lanerpc
-  listeners: the same handlers, interceptors, thread pool and options, started and stopped
-  with the lanerpc server. Clients in any language reach the same servicers there.
+- ``server.add_insecure_port("grpc://host:port")`` and ``server.add_secure_port(...)``
+  with a ``grpc://`` address or grpc's own credentials bind ports of an inner
+  ``grpc.aio`` server that runs beside the lanerpc listeners: the same handlers,
+  interceptors, thread pool and options, started and stopped with the lanerpc server.
+  Clients in any language reach the same servicers there.
 - ``rpc.insecure_channel("grpc://target")``, the option ``("lanerpc.protocol", "grpc")``,
-  and ``rpc.secure_channel(target, credentials)`` return a :class:`GrpcChannel`: a
-  ``grpc.aio`` channel (HTTP/2, TLS when asked) that also answers ``channel.lane``.
+  and ``rpc.secure_channel`` with a ``grpc://`` target or grpc's own credentials return a
+  :class:`GrpcChannel`: a ``grpc.aio`` channel (HTTP/2, TLS when asked) that also
+  answers ``channel.lane``.
 
-TLS goes through grpcio because its credentials objects are opaque: a
-``grpc.ssl_server_credentials(...)`` object does not hand its keys back to Python, so the
-only way to honour it unchanged is to give it to grpcio. A secure channel is therefore
-never moved to the unix or shm lanes; a same-host deployment that wants those lanes uses
-an insecure port, which is admitted by uid on the local lanes.
+grpc's own credentials objects are opaque (a ``grpc.ssl_server_credentials(...)`` object
+does not hand its keys back to Python), so the only way to honour one unchanged is to
+give it to grpcio. lanerpc's own TLS lane takes ``rpc.ssl_*_credentials``, which keep
+their PEM bytes (see :mod:`rpc._credentials`).
 """
 
 from __future__ import annotations

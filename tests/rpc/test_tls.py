@@ -273,3 +273,25 @@ async def test_grpc_credentials_keep_the_grpcio_path_and_say_so(caplog):
     messages = " ".join(record.getMessage() for record in caplog.records)
     assert "add_secure_port(127.0.0.1:0) with grpc's credentials: served by grpcio" in messages
     assert "secure_channel(127.0.0.1:1) with grpc's credentials: a grpcio channel" in messages
+
+
+async def test_a_tls_client_without_alpn_is_told_why():
+    """A TLS client that does not ask for lanerpc's protocol gets a GOAWAY naming ALPN
+    (readable inside TLS), and no handler runs."""
+    echo = Echo()
+    async with serve(echo, credentials=server_creds(rpc, mtls=False)) as served:
+        context = ssl.create_default_context(cadata=certs().ca.decode())
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", served.port, ssl=context, server_hostname="localhost"), 5)
+        try:
+            received = b""
+            while b"ALPN" not in received:
+                chunk = await asyncio.wait_for(reader.read(4096), 5)
+                if not chunk:
+                    break
+                received += chunk
+        finally:
+            writer.close()
+        assert received.startswith(b"LNRPC\r\n\0")
+        assert b"did not agree on ALPN 'lanerpc'" in received
+        assert echo.started_calls == 0
