@@ -38,7 +38,7 @@ ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 
 DEFAULT_IMPLS: tuple[str, ...] = (
     "grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm",
-    "lanerpc-grpc-port", "lanerpc-grpc-dial", "lanerpc-memory",
+    "lanerpc-grpc-port", "lanerpc-grpc-dial", "lanerpc-memory", "lanerpc-tls",
 )
 # Defined and runnable through the environment variable; not yet on by default.
 LATER_IMPLS: tuple[str, ...] = ()
@@ -64,6 +64,7 @@ class Impl:
     channel: OpenChannel
     expected_lane: str | None = None
     lanerpc_channel: bool = False
+    tls: bool = False      # the server's ports are TLS ones (lanerpc-tls: rpc's credentials)
 
     def address(self, port: int = 0) -> str:
         """Where a server of this implementation binds (a fresh socket file for unix)."""
@@ -75,6 +76,8 @@ class Impl:
               **server_kwargs: Any) -> Any:
         """``async with impl.serve(servicer) as served``: see tests._support.serve; any
         servicer, or a function that registers on the server, may be served."""
+        if self.tls:
+            server_kwargs.setdefault("credentials", _tls_server_credentials())
         serving = serve(*servicers, address=address or self.address(), lanes=self.server_lanes,
                         options=options, plain_grpc=self.grpc_server, **server_kwargs)
         return served_in_memory(serving) if self.bind == "memory" else serving
@@ -90,6 +93,20 @@ def _lanerpc_channel(lanes: str | None) -> OpenChannel:
         return rpc.insecure_channel(target, options=head + list(options), **kwargs)
 
     return channel
+
+
+def _tls_server_credentials() -> Any:
+    from tests._tls import certs
+
+    made = certs()
+    return rpc.ssl_server_credentials([(made.server.key, made.server.cert)])
+
+
+def _lanerpc_tls_channel(target: str, options: Options, **kwargs: Any) -> Any:
+    from tests._tls import certs
+
+    return rpc.secure_channel(target, rpc.ssl_channel_credentials(certs().ca),
+                              options=list(options), **kwargs)
 
 
 def _lanerpc_grpc_dial(target: str, options: Options, **kwargs: Any) -> Any:
@@ -136,6 +153,10 @@ ALL_IMPLS: dict[str, Impl] = {
         # lanerpc's channel and server connected in memory: the calls' and contexts'
         # logic with no socket under it (the server binds a socket file it never uses).
         _lanerpc("lanerpc-memory", "unix", "memory", "memory"),
+        # lanerpc's TLS lane: a TLS port (rpc.ssl_server_credentials) and a secure
+        # channel; a TLS connection stays on tcp.
+        Impl("lanerpc-tls", False, None, "tcp", _lanerpc_tls_channel, "tcp",
+             lanerpc_channel=True, tls=True),
     )
 }
 

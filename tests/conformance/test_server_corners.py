@@ -385,6 +385,11 @@ async def test_auth_context_has_grpc_shape_and_local_credentials(impl, start, co
         assert auth["lanerpc_peer_uid"] == [str(os.geteuid()).encode()]
         assert auth["lanerpc_peer_gid"] == [str(os.getegid()).encode()]
         assert servicer.seen["identities"] == ([b"local"], "transport_security_type")
+    elif impl.tls:
+        # grpc's ssl credentials without a client certificate.
+        assert grpc_keys == {"transport_security_type": [b"ssl"],
+                             "security_level": [b"TSI_PRIVACY_AND_INTEGRITY"]}
+        assert servicer.seen["identities"] == (None, None)
     else:
         # grpc.aio's insecure credentials, and lanerpc's tcp lane alike.
         assert grpc_keys == {"transport_security_type": [b"insecure"],
