@@ -22,6 +22,46 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 BACKLOG = 1024
 
 
+class _TlsReader(asyncio.BufferedProtocol):
+    """Feeds a TLS connection's protocol through a buffer of its own.
+
+    Given a plain Protocol, the loop's TLS (asyncio's and uvloop's alike) decrypts each
+    arrival into a fresh 256 KiB bytes object: an mmap, a shrinking mremap and a munmap
+    per read, which doubled the round trip of a small call. Given a BufferedProtocol it
+    decrypts into the buffer we lend, reused; the protocol gets the bytes read (a copy
+    of just those). Everything else passes through to the protocol."""
+
+    _START = 64 * 1024
+    _MAX = 256 * 1024
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        self.protocol = protocol
+        self._buffer = memoryview(bytearray(self._START))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if sizehint > len(self._buffer) and len(self._buffer) < self._MAX:
+            self._buffer = memoryview(bytearray(self._MAX))   # a big message is coming
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.protocol.data_received(bytes(self._buffer[:nbytes]))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.protocol.eof_received()
+
+    def pause_writing(self) -> None:
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.protocol.resume_writing()
+
+
 def _nodelay(sock: socket.socket) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
@@ -40,9 +80,10 @@ async def connect(host: str, port: int, factory: ProtocolFactory, *,
     if ssl is None:
         transport, protocol = await loop.create_connection(factory, host, port)
     else:
-        transport, protocol = await loop.create_connection(
-            factory, host, port, ssl=ssl, server_hostname=server_hostname,
+        transport, reader = await loop.create_connection(
+            lambda: _TlsReader(factory()), host, port, ssl=ssl, server_hostname=server_hostname,
             ssl_handshake_timeout=handshake_timeout)
+        protocol = reader.protocol
     sock = transport.get_extra_info("socket")
     if sock is not None:
         _nodelay(sock)
@@ -99,5 +140,5 @@ async def listen(sock: socket.socket, factory: ProtocolFactory, *,
     sock.listen(BACKLOG)
     if ssl is None:
         return await loop.create_server(factory, sock=sock)
-    return await loop.create_server(factory, sock=sock, ssl=ssl,
+    return await loop.create_server(lambda: _TlsReader(factory()), sock=sock, ssl=ssl,
                                     ssl_handshake_timeout=handshake_timeout)
