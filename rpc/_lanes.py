@@ -65,6 +65,8 @@ _LOCK_NAME = "lock"           # flock()ed by the live server
 _NEW_LOCK_NAME = "lock.new"   # the same file before it is locked and renamed
 _YOUNG = 5.0                  # seconds: directories without a lock this young are left alone
 
+TlsProperties = dict[str, list[bytes]]   # a TLS peer's auth properties (rpc._credentials)
+
 # Makes a client link whose HELLO carries these fields (the lanes it takes, a claim).
 ClientLinkFactory = Callable[[handshake_pb2.Hello | None], Link]
 # Makes a server link that negotiates its lanes through this negotiator.
@@ -114,7 +116,8 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
     try:
         await protocol.handshake(options.handshake_timeout)
     except ConnectionError as exc:
-        if options.tls is None or isinstance(exc, PermissionError) or protocol.conn.peer_hello:
+        if (options.tls is None or endpoint.lane != "tcp" or isinstance(exc, PermissionError)
+                or protocol.conn.peer_hello):
             raise
         raise ConnectionError(f"{exc}: {_credentials.refusal_reason(options.tls)}") from exc
     return protocol
@@ -151,8 +154,10 @@ async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFac
     link = await _dial(endpoint, options, make_link)
     hello = link.conn.peer_hello
     offer = hello.upgrade if hello is not None and hello.HasField("upgrade") else None
-    # A TLS connection stays on TLS: its server offers no upgrade (README, TLS).
-    if endpoint.lane == "tcp" and offer is not None and "unix" in lanes and options.tls is None:
+    # A TLS connection upgrades too: the offer came inside TLS from the server whose
+    # certificate was checked, and the server's proof of its token shows the unix
+    # socket is that server's. (lanerpc.lanes=tcp keeps a channel on TLS.)
+    if endpoint.lane == "tcp" and offer is not None and "unix" in lanes:
         upgraded = await _try_upgrade(offer, options, make_link)
         if upgraded is not None:
             link.close("moved to the unix lane")
@@ -284,7 +289,8 @@ class ServerLanes:
 
     def use_tls(self, sockets: Sequence[socket.socket], context: ssl.SSLContext) -> None:
         """Serve these bound TCP sockets (add_secure_port's) with TLS. Their clients
-        are not offered the same-host upgrade: a TLS connection stays on TLS."""
+        are offered the same-host upgrade like any TCP client's, inside TLS; the
+        upgraded connection keeps the TLS peer's identity (see _UpgradeSocket)."""
         for sock in sockets:
             self._tls[sock] = context
 
@@ -297,8 +303,7 @@ class ServerLanes:
         """Listen on the sockets bound by add_insecure_port (and, when a TCP port may
         be upgraded, on the upgrade socket); returns the ports' listeners."""
         lanes = self.options.lanes
-        if any(kind == "tcp" and sock not in self._tls for kind, sock in sockets) \
-                and "unix" in lanes:
+        if any(kind == "tcp" for kind, _ in sockets) and "unix" in lanes:
             try:
                 self._upgrade = await _UpgradeSocket.start(
                     lambda: make_link(Negotiator(self, upgrade_side=True)))
@@ -312,7 +317,7 @@ class ServerLanes:
                         sock, lambda: make_link(Negotiator(self))))
                 elif sock in self._tls:
                     listeners.append(await tcp.listen(
-                        sock, lambda: make_link(Negotiator(self, tls=True)),
+                        sock, lambda: make_link(Negotiator(self, offer_upgrade=True, tls=True)),
                         ssl=self._tls[sock], handshake_timeout=self.options.handshake_timeout))
                 else:
                     listeners.append(await tcp.listen(
@@ -370,12 +375,13 @@ class Negotiator:
         reply: handshake_pb2.Hello | None = None
         if upgrade is not None and self._offer_upgrade:
             reply = handshake_pb2.Hello()
-            self._token_id = upgrade.offer(reply.upgrade, link.peer.address if link.peer else None)
+            self._token_id = upgrade.offer(reply.upgrade, link.peer.address if link.peer else None,
+                                           link.tls)
         if upgrade is not None and self._upgrade_side and client_hello.HasField("claim"):
             answered = upgrade.answer(client_hello.claim)
             if answered is not None:
                 reply = reply or handshake_pb2.Hello()
-                reply.claim_answer, link.dialled_as = answered
+                reply.claim_answer, link.dialled_as, link.tls = answered
         if link.lane == "unix":
             offer = self._offer_shm(link, client_hello)
             if offer is not None:
@@ -462,7 +468,8 @@ class _UpgradeSocket:
         self.listener = listener
         self.path = listener.path
         # sha256(token) -> the token, and the address of the tcp peer it was offered to
-        self.tokens: dict[bytes, tuple[bytes, str | None]] = {}
+        # and, on a TLS port, that peer's TLS properties (its verified identity)
+        self.tokens: dict[bytes, tuple[bytes, str | None, TlsProperties | None]] = {}
 
     @classmethod
     async def start(cls, factory: Callable[[], Link]) -> _UpgradeSocket:
@@ -487,12 +494,15 @@ class _UpgradeSocket:
             raise
         return cls(directory, lock_fd, listener)
 
-    def offer(self, into: handshake_pb2.UpgradeOffer, peer_address: str | None) -> bytes:
+    def offer(self, into: handshake_pb2.UpgradeOffer, peer_address: str | None,
+              tls: TlsProperties | None = None) -> bytes:
         """Fill ``into`` with our path and a fresh token for the tcp peer at
-        ``peer_address``; returns the token's id."""
+        ``peer_address`` (with ``tls``, its TLS properties, when it came over TLS: the
+        token then travels inside TLS, and whoever claims it is that peer); returns
+        the token's id."""
         token = os.urandom(32)
         token_id = hashlib.sha256(token).digest()
-        self.tokens[token_id] = (token, peer_address)
+        self.tokens[token_id] = (token, peer_address, tls)
         into.unix_path = self.path
         into.token = token
         return token_id
@@ -500,15 +510,16 @@ class _UpgradeSocket:
     def forget(self, token_id: bytes) -> None:
         self.tokens.pop(token_id, None)
 
-    def answer(self, claim: handshake_pb2.UpgradeClaim) -> tuple[bytes, str | None] | None:
-        """The proof for a client's claim, once per token, and the tcp address the
-        token was offered to (the peer's address as calls report it); None for a
-        bad claim."""
+    def answer(self, claim: handshake_pb2.UpgradeClaim
+               ) -> tuple[bytes, str | None, TlsProperties | None] | None:
+        """The proof for a client's claim, once per token, the tcp address the token
+        was offered to (the peer's address as calls report it) and that connection's
+        TLS properties (None if it was plaintext); None for a bad claim."""
         offered = self.tokens.pop(claim.token_id, None)
         if offered is None or len(claim.nonce) < 16:
             return None
-        token, peer_address = offered
-        return _answer(token, claim.nonce), peer_address
+        token, peer_address, tls = offered
+        return _answer(token, claim.nonce), peer_address, tls
 
     def close(self) -> None:
         self.listener.close()

@@ -51,7 +51,6 @@ class ServerLink(Link):
         self.idle_timer: asyncio.TimerHandle | None = None   # with max_connection_idle
         self.idle_since = 0.0         # loop time the last call ended (or the handshake)
         self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
-        self.tls: dict[str, list[bytes]] | None = None      # on a TLS port: the peer's properties
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -59,7 +58,8 @@ class ServerLink(Link):
         server._links.add(self)
         server._stats.connection_opened(self)
         try:
-            self.tls = self.negotiator.tls_properties(transport)
+            if self.negotiator.tls:
+                self.tls = self.negotiator.tls_properties(transport)
         except ConnectionError as exc:
             # A TLS client that did not ask for lanerpc's protocol (an HTTP/2 one).
             log.debug("lanerpc: refusing TLS connection: %s", exc)

@@ -41,7 +41,7 @@ DEFAULT_IMPLS: tuple[str, ...] = (
     "lanerpc-grpc-port", "lanerpc-grpc-dial", "lanerpc-memory", "lanerpc-tls",
 )
 # Defined and runnable through the environment variable; not yet on by default.
-LATER_IMPLS: tuple[str, ...] = ()
+LATER_IMPLS: tuple[str, ...] = ("lanerpc-tls-upgraded",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +102,14 @@ def _tls_server_credentials() -> Any:
     return rpc.ssl_server_credentials([(made.server.key, made.server.cert)])
 
 
-def _lanerpc_tls_channel(target: str, options: Options, **kwargs: Any) -> Any:
-    from tests._tls import certs
+def _lanerpc_tls_channel(lanes: str) -> OpenChannel:
+    def channel(target: str, options: Options, **kwargs: Any) -> Any:
+        from tests._tls import certs
 
-    return rpc.secure_channel(target, rpc.ssl_channel_credentials(certs().ca),
-                              options=list(options), **kwargs)
+        return rpc.secure_channel(target, rpc.ssl_channel_credentials(certs().ca),
+                                  options=[("lanerpc.lanes", lanes), *options], **kwargs)
+
+    return channel
 
 
 def _lanerpc_grpc_dial(target: str, options: Options, **kwargs: Any) -> Any:
@@ -154,9 +157,12 @@ ALL_IMPLS: dict[str, Impl] = {
         # logic with no socket under it (the server binds a socket file it never uses).
         _lanerpc("lanerpc-memory", "unix", "memory", "memory"),
         # lanerpc's TLS lane: a TLS port (rpc.ssl_server_credentials) and a secure
-        # channel; a TLS connection stays on tcp.
-        Impl("lanerpc-tls", False, None, "tcp", _lanerpc_tls_channel, "tcp",
+        # channel kept on it (lanes=tcp).
+        Impl("lanerpc-tls", False, None, "tcp", _lanerpc_tls_channel("tcp"), "tcp",
              lanerpc_channel=True, tls=True),
+        # The same, upgraded on this host to the unix lane, keeping the TLS identity.
+        Impl("lanerpc-tls-upgraded", False, None, "tcp", _lanerpc_tls_channel("unix,tcp"),
+             "unix", lanerpc_channel=True, tls=True),
     )
 }
 

@@ -377,7 +377,13 @@ async def test_auth_context_has_grpc_shape_and_local_credentials(impl, start, co
     assert all(isinstance(key, str) and isinstance(values, list)
                and all(isinstance(v, bytes) for v in values) for key, values in auth.items())
     grpc_keys = {key: auth[key] for key in ("transport_security_type", "security_level")}
-    if is_local_lane(impl):
+    if impl.tls:
+        # grpc's ssl credentials without a client certificate, on whichever lane the
+        # TLS connection ended on (upgraded, it keeps its TLS properties).
+        assert grpc_keys == {"transport_security_type": [b"ssl"],
+                             "security_level": [b"TSI_PRIVACY_AND_INTEGRITY"]}
+        assert servicer.seen["identities"] == (None, None)
+    elif is_local_lane(impl):
         # What grpc's local credentials say, plus the client's credentials and the lane.
         assert grpc_keys == {"transport_security_type": [b"local"],
                              "security_level": [b"TSI_PRIVACY_AND_INTEGRITY"]}
@@ -385,11 +391,6 @@ async def test_auth_context_has_grpc_shape_and_local_credentials(impl, start, co
         assert auth["lanerpc_peer_uid"] == [str(os.geteuid()).encode()]
         assert auth["lanerpc_peer_gid"] == [str(os.getegid()).encode()]
         assert servicer.seen["identities"] == ([b"local"], "transport_security_type")
-    elif impl.tls:
-        # grpc's ssl credentials without a client certificate.
-        assert grpc_keys == {"transport_security_type": [b"ssl"],
-                             "security_level": [b"TSI_PRIVACY_AND_INTEGRITY"]}
-        assert servicer.seen["identities"] == (None, None)
     else:
         # grpc.aio's insecure credentials, and lanerpc's tcp lane alike.
         assert grpc_keys == {"transport_security_type": [b"insecure"],

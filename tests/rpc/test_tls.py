@@ -50,8 +50,12 @@ def channel_creds(module, client: Pem | None = None, roots: bytes | None = None)
 
 
 def secure(served, creds, *, plain_grpc: bool = False, target: str | None = None, **kwargs):
-    make = grpc.aio.secure_channel if plain_grpc else rpc.secure_channel
-    return served.keep(make(target or served.target, creds, **kwargs))
+    """A secure channel to ``served``; a lanerpc one is kept on the TLS lane (lanes=tcp)
+    unless ``options`` say otherwise (the same-host upgrade has its own tests)."""
+    if plain_grpc:
+        return served.keep(grpc.aio.secure_channel(target or served.target, creds, **kwargs))
+    kwargs.setdefault("options", [("lanerpc.lanes", "tcp")])
+    return served.keep(rpc.secure_channel(target or served.target, creds, **kwargs))
 
 
 @pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls"])
@@ -191,17 +195,57 @@ async def test_server_name_checks_and_override():
                 assert "certificate verify failed" in info.value.details()
 
 
-async def test_a_tls_connection_stays_on_tls_on_one_host():
-    """A same-host TLS client is not moved to unix/shm (that would drop TLS): the server
-    offers no upgrade on its TLS ports and makes no upgrade socket for them."""
+@pytest.mark.parametrize("lanes,lane", [(None, "shm"), ("unix,tcp", "unix"), ("tcp", "tcp")])
+async def test_a_tls_connection_upgrades_on_one_host_and_keeps_its_identity(lanes, lane):
+    """On one host a TLS client moves to the unix or shm lane as a plaintext one does
+    (the offer and the server's token travel inside TLS), and its handlers see the same
+    TLS identity there; lanerpc.lanes=tcp keeps it on TLS."""
     identity = Identity()
+    options = [] if lanes is None else [("lanerpc.lanes", lanes)]
     async with serve(identity, credentials=server_creds(rpc, mtls=True)) as served:
-        assert served.server.upgrade_path is None
-        channel = secure(served, channel_creds(rpc, certs().client))
-        await echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5)
-        assert channel.lane == "tcp"
-    assert identity.seen[0][0]["transport_security_type"] == [b"ssl"]
-    assert identity.seen[0][0]["lanerpc_lane"] == [b"tcp"]
+        assert served.server.upgrade_path is not None
+        channel = secure(served, channel_creds(rpc, certs().client), options=options)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await stub.Unary(msg(), timeout=5)
+        assert [r.payload async for r in stub.Bidi(iter([msg(b"a"), msg(b"b")]), timeout=5)] \
+            == [b"a", b"b"]
+        assert channel.lane == lane
+        on_tcp = secure(served, channel_creds(rpc, certs().client),
+                        options=[("lanerpc.lanes", "tcp")])
+        await echo_pb2_grpc.EchoStub(on_tcp).Unary(msg(), timeout=5)
+    (moved, key, identities), (stayed, *tcp_identity) = identity.seen
+    assert moved["lanerpc_lane"] == [lane.encode()]
+    assert {k: v for k, v in moved.items() if not k.startswith("lanerpc_")} == \
+        {k: v for k, v in stayed.items() if not k.startswith("lanerpc_")}
+    assert moved["transport_security_type"] == [b"ssl"]
+    assert (key, identities) == tuple(tcp_identity) == ("x509_subject_alternative_name",
+                                                        list(CLIENT_SANS))
+
+
+async def test_an_upgrade_token_is_not_a_tls_identity_for_another_client():
+    """The identity travels with the token of the connection it was offered on: a
+    plaintext client of the same server, upgraded, is not given a TLS identity."""
+    identity = Identity()
+    server = rpc.server()
+    try:
+        echo_pb2_grpc.add_EchoServicer_to_server(identity, server)
+        tls_port = server.add_secure_port("127.0.0.1:0", server_creds(rpc, mtls=True))
+        plain_port = server.add_insecure_port("127.0.0.1:0")
+        await asyncio.wait_for(server.start(), 5)
+        tls = rpc.secure_channel(f"127.0.0.1:{tls_port}", channel_creds(rpc, certs().client),
+                                 options=[("lanerpc.lanes", "unix,tcp")])
+        plain = rpc.insecure_channel(f"127.0.0.1:{plain_port}", options=[("lanerpc.lanes", "unix,tcp")])
+        for channel in (tls, plain):
+            async with channel:
+                await echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5)
+                assert channel.lane == "unix"
+    finally:
+        await asyncio.wait_for(server.stop(0), 5)
+    (with_tls, *_), (without, key, identities) = identity.seen
+    assert with_tls["transport_security_type"] == [b"ssl"]
+    assert without["transport_security_type"] == [b"local"]
+    assert "x509_common_name" not in without
+    assert (key, identities) == ("transport_security_type", [b"local"])
 
 
 async def test_plaintext_and_tls_ports_side_by_side():
@@ -213,7 +257,8 @@ async def test_plaintext_and_tls_ports_side_by_side():
         tls_port = server.add_secure_port("127.0.0.1:0", server_creds(rpc, mtls=True))
         plain_port = server.add_insecure_port("127.0.0.1:0")
         await asyncio.wait_for(server.start(), 5)
-        tls = rpc.secure_channel(f"127.0.0.1:{tls_port}", channel_creds(rpc, certs().client))
+        tls = rpc.secure_channel(f"127.0.0.1:{tls_port}", channel_creds(rpc, certs().client),
+                                 options=[("lanerpc.lanes", "tcp")])
         plain = rpc.insecure_channel(f"127.0.0.1:{plain_port}", options=[("lanerpc.lanes", "tcp")])
         for channel in (tls, plain):
             async with channel:
