@@ -60,8 +60,8 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
 
     With ``rpc.ssl_channel_credentials(...)``: a lanerpc :class:`Channel` whose TCP
     connections use TLS (to a lanerpc server's ``add_secure_port`` with
-    ``rpc.ssl_server_credentials``); it stays on TLS, never moving to the unix or shm
-    lanes. With grpc's own credentials objects, or a ``grpc://`` target or the option
+    ``rpc.ssl_server_credentials``); on the server's host it moves to the unix or shm
+    lane, keeping its TLS identity, unless ``lanerpc.lanes`` is ``tcp``. With grpc's own credentials objects, or a ``grpc://`` target or the option
     ``("lanerpc.protocol", "grpc")``: gRPC over TLS through grpcio (a :class:`GrpcChannel`),
     to any gRPC server. See README, TLS."""
     plain, rest = _grpc.strip_scheme(target)
