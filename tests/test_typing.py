@@ -36,7 +36,7 @@ EXPECTED = [
     pytest.param("async with channel", CHANNEL),
     pytest.param("stub call", STUB_CALL),
     pytest.param("stub reply", f"{HELLO}.HelloReply"),
-    pytest.param("secure channel", "rpc._grpc.GrpcChannel"),
+    pytest.param("secure channel", CHANNEL),   # lanerpc's TLS lane or grpcio's, by credentials
     pytest.param("secure stub call", STUB_CALL),
     pytest.param("channel call", CHANNEL_CALL),
     pytest.param("channel reply", f"{HELLO}.HelloReply"),
