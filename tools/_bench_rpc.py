@@ -187,11 +187,20 @@ async def connect_grpc_tls(ready: Ready) -> StubClient:
     return StubClient(grpc.aio.secure_channel(ready["target"], creds, options=SIZE_OPTIONS), "tcp")
 
 
-async def connect_lanerpc_tls(ready: Ready) -> StubClient:
-    import rpc  # see serve_lanerpc
+def _lanerpc_tls_connector(lanes: str | None) -> Any:
+    """A connect function for a lanerpc TLS row: ``lanes`` "tcp" keeps it on the TLS
+    lane; None lets it upgrade on this host (keeping its TLS identity)."""
 
-    creds = rpc.ssl_channel_credentials(str(ready["ca"]).encode())
-    return StubClient(rpc.secure_channel(ready["target"], creds, options=SIZE_OPTIONS), lane=None)
+    async def connect(ready: Ready) -> StubClient:
+        import rpc  # see serve_lanerpc
+
+        creds = rpc.ssl_channel_credentials(str(ready["ca"]).encode())
+        options = list(SIZE_OPTIONS)
+        if lanes is not None:
+            options.append(("lanerpc.lanes", lanes))
+        return StubClient(rpc.secure_channel(ready["target"], creds, options=options), lane=None)
+
+    return connect
 
 
 def _lanerpc_connector(dial: str, lanes: str | None) -> Any:
@@ -253,6 +262,13 @@ register(Subject(
     server="_bench_rpc:serve_grpc_tls", connect=connect_grpc_tls,
 ))
 register(Subject(
-    name="lanerpc-tls", label="lanerpc, TLS lane, dial 127.0.0.1", family="lanerpc", lane="tcp",
-    server="_bench_rpc:serve_lanerpc_tls", connect=connect_lanerpc_tls, reference="grpc-tls",
+    name="lanerpc-tls", label="lanerpc, TLS lane (lanes=tcp), dial 127.0.0.1", family="lanerpc",
+    lane="tcp", server="_bench_rpc:serve_lanerpc_tls", connect=_lanerpc_tls_connector("tcp"),
+    reference="grpc-tls",
+))
+# A TLS channel on the server's host upgrades like any other (to shm by default).
+register(Subject(
+    name="lanerpc-tls-upgraded", label="lanerpc, TLS, default lanes, dial 127.0.0.1",
+    family="lanerpc", server="_bench_rpc:serve_lanerpc_tls",
+    connect=_lanerpc_tls_connector(None), reference="grpc-tls",
 ))
