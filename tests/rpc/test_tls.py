@@ -340,3 +340,20 @@ async def test_a_tls_client_without_alpn_is_told_why():
         assert received.startswith(b"LNRPC\r\n\0")
         assert b"did not agree on ALPN 'lanerpc'" in received
         assert echo.started_calls == 0
+
+
+async def test_a_client_that_never_starts_tls_is_dropped_at_the_handshake_timeout():
+    """A TCP connection to a TLS port that sends nothing is closed after
+    lanerpc.handshake_timeout_ms, as a silent plaintext one is; no handler runs."""
+    echo = Echo()
+    async with serve(echo, credentials=server_creds(rpc, mtls=False),
+                     options=[("lanerpc.handshake_timeout_ms", 300)]) as served:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", served.port), 5)
+        try:
+            started = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(reader.read(1), 5) == b""
+            assert asyncio.get_running_loop().time() - started < 3
+        finally:
+            writer.close()
+        assert echo.started_calls == 0
