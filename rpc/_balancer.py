@@ -74,6 +74,7 @@ class Subchannel:
         self._current = balancer.backoff.initial   # the backoff grown so far
         self._wait = self._current                 # the next attempt's, jittered
         self._shut = False
+        self._made: list[Link] = []                # what the attempt under way has made
 
     def connect(self) -> None:
         """Start an attempt if idle (not while one runs or a backoff is waited).
@@ -87,6 +88,7 @@ class Subchannel:
         if self.state is CONNECTING and self._task is not None:
             self._task.cancel()
             self._task = None
+            _abort(self._made, None, "another address connected first")
             self.state = IDLE
 
     def shutdown(self) -> Link | None:
@@ -95,6 +97,7 @@ class Subchannel:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        _abort(self._made, self.link, "channel closed")
         link, self.link = self.link, None
         self.state = SHUTDOWN
         return link
@@ -112,6 +115,7 @@ class Subchannel:
         deadline = start + self._wait
         timeout = max(self._wait, backoff.min_connect_timeout)
         made: list[Link] = []
+        self._made = made
 
         def make_link(hello: Any) -> Link:
             link = self._balancer.make_link(hello)
@@ -345,7 +349,7 @@ class RoundRobin(Policy):
         if self._ready:
             state = READY
         elif not self._active:
-            state = IDLE
+            return                        # IDLE until a call wants a connection
         elif self.balancer.state is TRANSIENT_FAILURE:
             state = TRANSIENT_FAILURE     # sticky until one is READY, as gRPC's
         elif any(s is CONNECTING or s is IDLE for s in states):

@@ -287,3 +287,15 @@ async def test_shutdown_stops_every_attempt():
     assert b.shutdown() == []
     await within(asyncio.sleep(0))
     await wait_until(lambda: all(made.conn.closed for made in b.made))
+
+
+@pytest.mark.parametrize("policy", ["pick_first", "round_robin"])
+async def test_a_name_goes_connecting_then_ready_with_no_idle_in_between(policy):
+    async def lookup(host: str, port: int):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", port))]
+
+    backends = Backends(**{"10.0.0.1": "ok"})
+    b = balancer(backends, "", policy, resolver=Resolver("backends.example:1", lookup=lookup))
+    await ready(b)
+    assert b.states == [S.CONNECTING, S.READY]
+    b.shutdown()
