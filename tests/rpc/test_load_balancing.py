@@ -206,3 +206,48 @@ async def test_each_subchannel_has_its_own_lane_and_local_first_prefers_the_loca
                     assert channel.lane == lane
                     seen.add(lane)
                 assert seen == lanes_wanted, policy
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("policy, after", [
+    ("pick_first", {grpc.ChannelConnectivity.IDLE}),
+    ("round_robin", {grpc.ChannelConnectivity.CONNECTING,
+                     grpc.ChannelConnectivity.TRANSIENT_FAILURE}),
+])
+async def test_the_state_when_the_only_server_goes_away(impl, policy, after):
+    """pick_first goes IDLE (the next call connects again); round_robin reconnects at
+    once, so it is CONNECTING or, refused, TRANSIENT_FAILURE."""
+    async with _backends(impl, 1) as (servicers, target):
+        channel = _channel(impl, target, [("grpc.lb_policy_name", policy)])
+        assert channel.get_state() is grpc.ChannelConnectivity.IDLE
+        await within(channel.channel_ready())
+    try:
+        await within(_until_state(channel, after))
+    finally:
+        await within(channel.close())
+
+
+async def _until_state(channel, states) -> None:
+    state = channel.get_state()
+    while state not in states:
+        await channel.wait_for_state_change(state)
+        state = channel.get_state()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("form", ["dns:///localhost:{}", "localhost:{}"])
+async def test_a_name_is_resolved_and_its_addresses_tried(impl, form):
+    """localhost has 127.0.0.1 (and often ::1, where nothing listens here): a call
+    gets through whichever record comes first."""
+    async with _backends(impl, 1) as (servicers, target):
+        port = target.rsplit(":", 1)[1]
+        async with _channel(impl, form.format(port), [("grpc.lb_policy_name", "round_robin")]) \
+                as channel:
+            for _ in range(3):
+                await within(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"x"), timeout=5))
+    assert len(servicers[0].seen_metadata) == 3
+
+
+async def test_a_dns_server_in_the_target_is_refused_when_the_channel_is_made():
+    with pytest.raises(ValueError, match="names a DNS server"):
+        rpc.insecure_channel("dns://8.8.8.8/localhost:1")
