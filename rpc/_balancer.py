@@ -89,6 +89,7 @@ class Subchannel:
             self._task.cancel()
             self._task = None
             _abort(self._made, None, "another address connected first")
+            self._made = []
             self.state = IDLE
 
     def shutdown(self) -> Link | None:
@@ -98,6 +99,7 @@ class Subchannel:
             self._task.cancel()
             self._task = None
         _abort(self._made, self.link, "channel closed")
+        self._made = []
         link, self.link = self.link, None
         self.state = SHUTDOWN
         return link
@@ -137,6 +139,7 @@ class Subchannel:
             self._failed(made, f"{self.address}: {type(exc).__name__}: {exc}", False)
         else:
             _abort(made, link, "superseded")
+            self._made = []     # (held, closed links would wait for the gc in a cycle)
             self._current = self._wait = backoff.initial
             self.link = link
             self.error = ""
@@ -152,6 +155,7 @@ class Subchannel:
 
     def _failed(self, made: list[Link], error: str, refused: bool) -> None:
         _abort(made, None, "connection attempt failed")
+        self._made = []
         self.error = error
         self.refused = refused
         log.debug("lanerpc: connecting to %s failed: %s", self.address, error)
@@ -205,6 +209,10 @@ class Policy:
 
     def peek(self) -> Link | None:
         return self.pick()
+
+    def stop(self) -> None:
+        """Drop every subchannel (shut down already) and link: nothing is kept."""
+        self.subchannels = []
 
     def errors(self) -> tuple[str, bool]:
         """The subchannels' last errors, and whether every one was a refusal."""
@@ -304,6 +312,13 @@ class PickFirst(Policy):
         elif sc.state is IDLE and self._sticky:
             sc.connect()
 
+    def stop(self) -> None:
+        super().stop()
+        self.selected = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def pick(self) -> Link | None:
         sc = self.selected
         return sc.link if sc is not None else None
@@ -358,6 +373,10 @@ class RoundRobin(Policy):
             state = TRANSIENT_FAILURE
         self.balancer.set_state(state)
 
+    def stop(self) -> None:
+        super().stop()
+        self._ready = []
+
     def pick(self) -> Link | None:
         ready = self._ready
         if not ready:
@@ -393,6 +412,18 @@ def make_policy(name: str, balancer: "Balancer", config: dict[str, Any]) -> Poli
 
 
 # ============================================================ the balancer
+
+async def _closed_dial(address: Endpoint, make_link: LinkFactory) -> Link:
+    raise ConnectionError("channel closed")
+
+
+def _closed_link(hello: Any) -> Link:
+    raise ConnectionError("channel closed")
+
+
+def _ignore(_: Any) -> None:
+    pass
+
 
 class Balancer:
     """A channel's resolver, subchannels and policy. The channel asks it for a link
@@ -473,12 +504,13 @@ class Balancer:
         if self._resolving is not None:
             self._resolving.cancel()
             self._resolving = None
-        timer = getattr(self.policy, "_timer", None)
-        if timer is not None:
-            timer.cancel()
         links = [link for sc in self.policy.subchannels
                  if (link := sc.shutdown()) is not None]
+        self.policy.stop()
         self._wake()
+        # The channel's callbacks go too: no cycle keeps a closed channel for the gc.
+        self.dial, self.make_link = _closed_dial, _closed_link
+        self._on_state, self._retire = _ignore, _ignore
         return links
 
     # ------------------------------------------------------------ the policy's side
