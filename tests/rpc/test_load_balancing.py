@@ -251,3 +251,21 @@ async def test_a_name_is_resolved_and_its_addresses_tried(impl, form):
 async def test_a_dns_server_in_the_target_is_refused_when_the_channel_is_made():
     with pytest.raises(ValueError, match="names a DNS server"):
         rpc.insecure_channel("dns://8.8.8.8/localhost:1")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+async def test_a_wait_for_ready_call_waits_out_the_backoff_until_the_server_is_up(impl):
+    """The first attempt is refused; the address is tried again after
+    grpc.initial_reconnect_backoff_ms, by then the server is up and the call goes."""
+    async with _silent_server() as port:
+        pass
+    options = [("grpc.initial_reconnect_backoff_ms", 300)]
+    async with _channel(impl, f"127.0.0.1:{port}", options) as channel:
+        call = echo_pb2_grpc.EchoStub(channel).Unary(msg(b"x"), timeout=5, wait_for_ready=True)
+        await within(_until_state(channel, {grpc.ChannelConnectivity.TRANSIENT_FAILURE}))
+        async with serve(Echo(), address=f"127.0.0.1:{port}", plain_grpc=impl == "grpc.aio"):
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            assert (await within(call)).payload == b"x"
+            assert loop.time() - start < 1.0
+            assert channel.get_state() is grpc.ChannelConnectivity.READY
