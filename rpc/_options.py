@@ -47,6 +47,9 @@ class Options:
     retry_buffer_size: int = 256 * 1024      # grpc.per_rpc_retry_buffer_size
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
+    min_connect_timeout: float = 20.0        # grpc.min_reconnect_backoff_ms: an attempt's least time
+    lb_policy: str = "pick_first"            # grpc.lb_policy_name (the service config's come first)
+    dns_min_interval: float = 30.0           # grpc.dns_min_time_between_resolutions_ms
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
     max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
@@ -155,6 +158,12 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
             values["max_reconnect_backoff"] = max(1, int(value)) / 1000
+        elif name == "grpc.min_reconnect_backoff_ms":
+            values["min_connect_timeout"] = max(1, int(value)) / 1000
+        elif name == "grpc.dns_min_time_between_resolutions_ms":
+            values["dns_min_interval"] = max(0, int(value)) / 1000
+        elif name == "grpc.lb_policy_name":
+            values["lb_policy"] = _lb_policy_name(value)
         elif name in ("grpc.max_allowed_incoming_connections", "lanerpc.max_connections"):
             values["max_connections"] = max(0, int(value))
         elif name == "lanerpc.memory_budget_bytes":
@@ -188,6 +197,8 @@ IMPLEMENTED = frozenset({
     "grpc.max_concurrent_streams", "grpc.service_config", "grpc.enable_retries",
     "grpc.per_rpc_retry_buffer_size",
     "grpc.initial_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms",
+    "grpc.min_reconnect_backoff_ms", "grpc.dns_min_time_between_resolutions_ms",
+    "grpc.lb_policy_name",
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
@@ -224,6 +235,17 @@ def warn_uncompressed(compression: Any, where: str) -> None:
     log.warning("lanerpc: %s=%s is not applied on lanerpc lanes: they carry messages "
                 "uncompressed (grpc:// ports and channels compress)", where,
                 getattr(compression, "name", compression))
+
+
+def _lb_policy_name(value: Any) -> str:
+    """``grpc.lb_policy_name``: a policy lanerpc has. As gRPC does with a name it does not
+    know, an unknown one is logged at ERROR and pick_first is used."""
+    if value in _service_config.LB_POLICIES:
+        return str(value)
+    log.error("lanerpc: LB policy %r passed through grpc.lb_policy_name does not exist "
+              "(lanerpc has %s); using pick_first instead", value,
+              ", ".join(_service_config.LB_POLICIES))
+    return "pick_first"
 
 
 def _parse_service_config(value: Any) -> dict[str, Any]:

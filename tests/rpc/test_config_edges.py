@@ -62,13 +62,14 @@ async def test_a_channel_and_a_server_log_unimplemented_options(caplog):
 
 # ============================================================ service config
 
-def test_hedging_policy_and_lb_config_are_logged_as_not_applied(caplog):
+def test_hedging_policy_is_logged_as_not_applied_and_lb_config_is_applied(caplog):
     with caplog.at_level(logging.WARNING, LOGGER):
-        _service_config.parse(json.dumps({
+        config = _service_config.parse(json.dumps({
             "methodConfig": [{"name": [{}], "hedgingPolicy": {"maxAttempts": 2}}],
             "loadBalancingConfig": [{"round_robin": {}}]}))
     assert "hedgingPolicy is not implemented" in caplog.text
-    assert "loadBalancingConfig is not applied" in caplog.text
+    assert "loadBalancingConfig" not in caplog.text
+    assert config.lb_policy == ("round_robin", {})
 
 
 def test_max_attempts_over_five_is_clamped_and_logged(caplog):
