@@ -13,7 +13,7 @@ from concurrent import futures
 import grpc
 from grpc.aio import AioRpcError, EOF, Metadata
 
-from rpc import _grpc, _options
+from rpc import _compression, _grpc, _options
 from rpc._channel import (
     Channel,
     StreamStreamCall,
@@ -41,8 +41,7 @@ def insecure_channel(target: str, options: _grpc.Options | None = None,
     plain, rest = _grpc.strip_scheme(target)
     if plain or _grpc.wants_grpc(options):
         return _grpc.channel(rest, options, None, compression, interceptors)
-    _options.warn_uncompressed(compression, "insecure_channel(compression)")
-    return Channel(target, options, interceptors)
+    return Channel(target, _compression.as_option(options, compression), interceptors)
 
 
 def secure_channel(target: str, credentials: grpc.ChannelCredentials,

@@ -21,12 +21,12 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _balancer, _interceptors, _lanes, _options, _resolver, _service_config
+from rpc import _balancer, _compression, _interceptors, _lanes, _options, _resolver, _service_config
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
 from rpc._target import Endpoint
-from rpc._options import Options, warn_uncompressed
+from rpc._options import Options
 from rpc._wire import DecodedMetadata, GoAwayCode
 
 if TYPE_CHECKING:
@@ -172,6 +172,10 @@ class _Call(Stream, Generic[_Req, _Resp]):
         self._deserialize: Callable[[bytes], _Resp] = deserializer or _identity
         if metadata:
             self._metadata = validate_metadata(metadata)
+            if any(key == _compression.REQUEST_KEY for key, _ in self._metadata):
+                self._take_call_compression()
+        if not self._encoding_everywhere and channel._options.default_compression:
+            self._encoding = channel._options.default_compression
         config = channel._retries.method(method)
         if config is not _service_config.NO_CONFIG:   # the service config's say (see there)
             self._config = config
@@ -180,10 +184,32 @@ class _Call(Stream, Generic[_Req, _Resp]):
             if not self._unary_request:
                 self._replay = channel._retries.replay_buffer(config, channel._options)
         self._wait_for_ready = bool(wait_for_ready)
-        self._received: collections.deque[bytes] = collections.deque()
+        self._received: collections.deque[bytes | _compression.Compressed] = collections.deque()
         if timeout is not None:
             self._deadline = loop.time() + timeout
             self._timer = loop.call_later(max(timeout, 0), self._on_deadline)
+
+    def _take_call_compression(self) -> None:
+        """The call's own compression, which grpc.aio carries (through interceptors too)
+        as the metadata ``grpc-internal-encoding-request``: used on every lane, and not
+        sent as metadata."""
+        kept = []
+        for key, value in self._metadata:
+            if key == _compression.REQUEST_KEY:
+                self._encoding = _compression.by_name(value)
+                self._encoding_everywhere = True
+            else:
+                kept.append((key, value))
+        self._metadata = tuple(kept)
+
+    def _receive_limit(self) -> int:
+        limit = self._channel._options.max_receive_message_length
+        config_limit = self._config.max_response_bytes
+        return limit if config_limit is None else min(limit, config_limit)
+
+    def _decompression_failed(self, exc: _compression.DecompressionError) -> BaseException:
+        self._abandon(status_code(exc.code), exc.details)
+        return self._error()
 
     # ------------------------------------------------------------ starting
 
@@ -251,10 +277,20 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _on_message(self, data: bytes, end: bool) -> None:
+    def _on_message(self, data: bytes | _compression.Compressed, end: bool) -> None:
         # (end: the server's messages never end the stream; its TRAILERS do.)
         if self._initial_md is None:    # no HEADERS came first: empty initial metadata
             self._on_initial_metadata(())
+        if type(data) is _compression.Compressed:
+            if self._unary_response:
+                # Inflated now, so the call's status says if it can't be.
+                try:
+                    data = self._inflate(data)
+                except aio.AioRpcError:
+                    return
+            self._deliver(data)
+            return
+        assert type(data) is bytes
         limit = self._config.max_response_bytes
         if limit is not None and len(data) > limit:     # the service config's, per method
             self._abandon(_C.RESOURCE_EXHAUSTED,
@@ -588,6 +624,7 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
                     raise rpc_error(_C.INTERNAL, "server ended the call without a response",
                                     self._initial_md, self._trailing_md)
                 data = self._received.popleft()
+                assert type(data) is bytes     # a unary response is inflated on arrival
                 self._response = self._decode(data)
             return self._response
         self._raise_for_status()
@@ -711,7 +748,7 @@ class _UnaryRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
         if compression is not None:
-            warn_uncompressed(compression, "call(compression)")
+            metadata = _compression.with_request_key(metadata, compression)
         call: _CallT = self._call(request, timeout, metadata, wait_for_ready, credentials)
         return call
 
@@ -723,7 +760,7 @@ class _StreamRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
         if compression is not None:
-            warn_uncompressed(compression, "call(compression)")
+            metadata = _compression.with_request_key(metadata, compression)
         call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready, credentials)
         return call
 

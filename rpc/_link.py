@@ -18,6 +18,7 @@ from typing import Any, cast
 from rpc import _connection as c
 from rpc._options import Options
 from rpc import _wire
+from rpc._compression import Compressed
 from rpc._proto import handshake_pb2
 from rpc._settings import MemoryBudget
 from rpc._wire import GoAwayCode, ProtocolError
@@ -400,7 +401,8 @@ class Link(asyncio.Protocol):
             if t is c.MessageReceived:
                 call = calls.get(ev.stream_id)
                 if call is not None:
-                    call._on_message(ev.data, ev.end_stream)
+                    call._on_message(Compressed(ev.data, ev.encoding) if ev.encoding else ev.data,
+                                     ev.end_stream)
             elif t is c.StreamWritable:
                 call = calls.get(ev.stream_id)
                 if call is not None:

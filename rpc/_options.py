@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from rpc import _service_config, _wire
+from rpc import _compression, _service_config, _wire
 
 log = logging.getLogger("lanerpc")
 
@@ -55,6 +55,8 @@ class Options:
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
     memory_budget: int = dataclasses.field(default_factory=lambda: default_memory_budget())
     max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
+    default_compression: int = 0             # grpc.Compression's number; tcp lane only
+    compression_enabled: int = 0b111         # server: bit n set = algorithm n accepted
     user_agent: str = USER_AGENT             # client: grpc.primary/secondary_user_agent around ours
 
 
@@ -171,6 +173,14 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             if budget < 1024 * 1024:
                 raise ValueError(f"{name} must be at least 1 MiB (1048576); got {value!r}")
             values["memory_budget"] = budget
+        elif name == "grpc.default_compression_algorithm":
+            values["default_compression"] = _compression.algorithm(value, name)
+        elif name == "grpc.compression_enabled_algorithms_bitset":
+            bits = int(value)
+            if not 0 <= bits <= 0b111:
+                raise ValueError(f"{name} must be a bitset of 0 (identity), 1 (deflate) and "
+                                 f"2 (gzip); got {value!r}")
+            values["compression_enabled"] = bits | 1      # identity is always accepted
         elif name == "lanerpc.max_queued_calls":
             queued = int(value)
             if queued < 0:
@@ -203,6 +213,7 @@ IMPLEMENTED = frozenset({
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
     "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls",
+    "grpc.default_compression_algorithm", "grpc.compression_enabled_algorithms_bitset",
     "lanerpc.protocol", "grpc.primary_user_agent", "grpc.secondary_user_agent",
 })
 
@@ -220,21 +231,6 @@ def _warn_unknown(name: Any) -> None:
     what = "an unknown lanerpc option" if name.startswith("lanerpc.") else \
         "a gRPC option lanerpc does not implement"
     log.warning("lanerpc: option %r is %s; it has no effect on lanerpc lanes", name, what)
-
-
-def warn_uncompressed(compression: Any, where: str) -> None:
-    """Log, once per place, that a compression asked for is not applied: lanerpc's own
-    lanes carry messages uncompressed (``grpc://`` ports and channels, being grpcio's,
-    do compress). The result of a call is the same either way, so it is not refused."""
-    if compression is None or getattr(compression, "name", None) == "NoCompression":
-        return
-    key = f"compression:{where}"
-    if key in _warned:
-        return
-    _warned.add(key)
-    log.warning("lanerpc: %s=%s is not applied on lanerpc lanes: they carry messages "
-                "uncompressed (grpc:// ports and channels compress)", where,
-                getattr(compression, "name", compression))
 
 
 def _lb_policy_name(value: Any) -> str:

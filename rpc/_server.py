@@ -20,7 +20,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _grpc, _lanes, _options, _ports
+from rpc import _compression, _grpc, _lanes, _options, _ports
 from rpc._context import ServicerContext, _PendingCall
 from rpc._link import Link
 from rpc._stats import Stats
@@ -263,14 +263,14 @@ class Server(aio.Server):
                  options: _grpc.Options | None = None,
                  maximum_concurrent_rpcs: int | None = None,
                  compression: grpc.Compression | None = None) -> None:
-        self._options = _options.parse(options)
+        # compression=: the default for responses, as grpc.aio's (its channel argument).
+        self._options = _options.parse(_compression.as_option(options, compression))
         self._raw_options = tuple(options or ())
         self._executor = migration_thread_pool
         self._own_executor = False        # start() makes a pool when none was given
         self._generic_handlers: list[grpc.GenericRpcHandler] = list(handlers or ())
         self._registered: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        self._compression = compression     # applied by the grpc:// ports' grpcio server
-        _options.warn_uncompressed(compression, "server(compression)")
+        self._compression = compression     # the grpc:// ports' grpcio server's too
         self._grpc: _grpc.GrpcPorts | None = None   # grpc:// and secure ports, via grpcio
         self._interceptors = list(interceptors or ())
         for interceptor in self._interceptors:

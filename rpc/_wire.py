@@ -55,6 +55,10 @@ FLAG_MORE = 0x02         # MESSAGE: more chunks of this message follow
 FLAG_NO_MESSAGE = 0x04   # MESSAGE: carries no message, only END_STREAM (a bare half-close)
 FLAG_WITH_MESSAGE = 0x08  # HEADERS (client) / TRAILERS (server): a whole message rides along,
                           # first in the payload as u32 length + bytes (one frame per unary leg)
+# MESSAGE, and HEADERS / TRAILERS with WITH_MESSAGE: how the message is compressed, as
+# (flags & ENCODING_MASK) >> ENCODING_SHIFT: 0 identity, 1 deflate, 2 gzip (3: invalid).
+ENCODING_SHIFT = 4
+ENCODING_MASK = 0x30
 FLAG_ACK = 0x01          # PING: this is the answer
 FLAG_NOT_STARTED = 0x01  # CANCEL from the server: the call never reached a handler
 
