@@ -18,6 +18,7 @@ an insecure port, which is admitted by uid on the local lanes.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import socket
@@ -127,6 +128,9 @@ class GrpcPorts:
     def __init__(self, make_server: Callable[[], aio.Server]) -> None:
         self._make_server = make_server
         self.server: aio.Server | None = None
+        self._private: str | None = None   # unix socket for gRPC clients of lanerpc tcp ports
+        self._starting: asyncio.Task[None] | None = None
+        self._stopped = False
         self._ports: list[tuple[str, grpc.ServerCredentials | None, list[socket.socket]]] = []
         self._generic: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -175,7 +179,25 @@ class GrpcPorts:
             for service, handlers in (registered or {}).items():
                 self.server.add_registered_method_handlers(service, handlers)
 
+    def serve_privately_at(self, path: str) -> None:
+        """Also listen on the Unix socket ``path`` (in the lanerpc server's private
+        directory), where gRPC clients of the lanerpc TCP ports are spliced to; set
+        before the inner server starts."""
+        if self._starting is not None and self._private != path:
+            raise RuntimeError("the inner gRPC server has started without the private socket")
+        self._private = path
+
     async def start(self) -> None:
+        """Start the inner server (once, however many ask at the same time): at the
+        lanerpc server's start() for grpc:// ports, else on the first gRPC client
+        of a lanerpc TCP port. Raises once the lanerpc server is stopping."""
+        if self._stopped:
+            raise RuntimeError("the server is stopping")
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         server = self.server = self._make_server()
         if self._generic:
             server.add_generic_rpc_handlers(tuple(self._generic))
@@ -191,6 +213,9 @@ class GrpcPorts:
                 port = server.add_secure_port(address, credentials)
             if port == 0:
                 raise RuntimeError(f"Failed to bind to address {address} (grpc port)")
+        if self._private is not None:
+            if server.add_insecure_port("unix:" + self._private) == 0:
+                raise RuntimeError(f"Failed to bind the gRPC side's socket {self._private}")
         await server.start()
 
     def release(self) -> None:
@@ -201,6 +226,9 @@ class GrpcPorts:
             sockets.clear()
 
     async def stop(self, grace: float | None) -> None:
+        self._stopped = True
         self.release()
+        if self._starting is not None and not self._starting.done():
+            await asyncio.wait([self._starting])      # its error, if any, went to start()
         if self.server is not None:
             await self.server.stop(grace)

@@ -52,6 +52,7 @@ class Options:
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
     memory_budget: int = dataclasses.field(default_factory=lambda: default_memory_budget())
     max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
+    grpc_on_lanerpc_ports: bool = True       # server: gRPC (HTTP/2) clients welcome on tcp ports
     user_agent: str = USER_AGENT             # client: grpc.primary/secondary_user_agent around ours
 
 
@@ -101,6 +102,15 @@ def _length(value: Any, name: str) -> int:
     if length == 0 and name == "grpc.max_receive_message_length":
         raise ValueError(f"{name} must be positive or -1")
     return min(length, _UNLIMITED)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """An on/off option: 0 or 1 (an int, a bool, or their text); anything else is an error
+    rather than a guess."""
+    text = str(int(value) if isinstance(value, bool) else value).strip()
+    if text not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1; got {value!r}")
+    return text == "1"
 
 
 def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
@@ -167,6 +177,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             if queued < 0:
                 raise ValueError(f"{name} must be 0 or more; got {value!r}")
             values["max_queued_calls"] = queued
+        elif name == "lanerpc.grpc_on_lanerpc_ports":
+            values["grpc_on_lanerpc_ports"] = _flag(value, name)
         elif name == "grpc.max_connection_idle_ms":
             idle_ms = int(value)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
@@ -191,7 +203,7 @@ IMPLEMENTED = frozenset({
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
-    "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls",
+    "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls", "lanerpc.grpc_on_lanerpc_ports",
     "lanerpc.protocol", "grpc.primary_user_agent", "grpc.secondary_user_agent",
 })
 
