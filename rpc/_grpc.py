@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
+
+from rpc import _splice
 
 Options = Sequence[tuple[str, Any]]                  # gRPC's (name, value) option pairs
 ClientInterceptors = Sequence[aio.ClientInterceptor]
@@ -115,6 +118,88 @@ def channel(target: str, options: Options | None, credentials: grpc.ChannelCrede
         target, options, credentials, compression, interceptors)
 
 
+class _SplicedContext:
+    """A gRPC-side call's context for a client spliced from a lanerpc TCP port: all
+    of grpc.aio's context, except that ``peer()`` is the client's own address, not
+    the splice's socket."""
+
+    __slots__ = ("_context", "_peer")
+
+    def __init__(self, context: aio.ServicerContext[Any, Any], peer: str) -> None:
+        self._context = context
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """The callback gets this context, the one its handler was given."""
+        self._context.add_done_callback(lambda _: callback(self))  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+aio.ServicerContext.register(_SplicedContext)
+
+
+def _context_for(context: Any) -> Any:
+    peer = _splice.real_peer(context.peer())
+    return context if peer is None else _SplicedContext(context, peer)
+
+
+def _with_real_peer(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """``behavior`` given the spliced client's context; of the same kind (coroutine,
+    async generator, plain), which is how grpc.aio decides how to run it."""
+    if inspect.isasyncgenfunction(behavior):
+        async def streaming(request: Any, context: Any) -> Any:
+            async for response in behavior(request, _context_for(context)):
+                yield response
+        return streaming
+    if inspect.iscoroutinefunction(behavior):
+        async def coroutine(request: Any, context: Any) -> Any:
+            return await behavior(request, _context_for(context))
+        return coroutine
+
+    def plain(request: Any, context: Any) -> Any:
+        return behavior(request, _context_for(context))
+    return plain
+
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class SplicedPeers(aio.ServerInterceptor):
+    """The inner server's first interceptor when it serves gRPC clients spliced from
+    the lanerpc TCP ports: every handler (and interceptor after this one) sees such a
+    client's address as ``context.peer()``, as it would on a port of its own."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[Any, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        try:
+            return self._wrapped[handler]
+        except (KeyError, TypeError):
+            pass
+        wrapped = handler._replace(**{   # type: ignore[attr-defined]  # grpc's is a namedtuple
+            kind: _with_real_peer(getattr(handler, kind))
+            for kind in _KINDS if getattr(handler, kind, None) is not None})
+        if len(self._wrapped) > 1024:    # generic handlers may make a handler per call
+            self._wrapped.clear()
+        try:
+            self._wrapped[handler] = wrapped
+        except TypeError:
+            pass                          # not hashable: wrapped again next time
+        return wrapped  # type: ignore[no-any-return]
+
+
 class GrpcPorts:
     """The inner ``grpc.aio`` server behind a lanerpc server's ``grpc://`` and secure ports.
 
@@ -125,7 +210,7 @@ class GrpcPorts:
     and keeps port 0's choice), released just before grpcio binds it.
     """
 
-    def __init__(self, make_server: Callable[[], aio.Server]) -> None:
+    def __init__(self, make_server: Callable[[Sequence[aio.ServerInterceptor]], aio.Server]) -> None:
         self._make_server = make_server
         self.server: aio.Server | None = None
         self._private: str | None = None   # unix socket for gRPC clients of lanerpc tcp ports
@@ -198,7 +283,8 @@ class GrpcPorts:
         await asyncio.shield(self._starting)
 
     async def _start(self) -> None:
-        server = self.server = self._make_server()
+        server = self.server = self._make_server(
+            [SplicedPeers()] if self._private is not None else [])
         if self._generic:
             server.add_generic_rpc_handlers(tuple(self._generic))
         for service, handlers in self._registered.items():

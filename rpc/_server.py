@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -373,10 +373,12 @@ class Server(aio.Server):
 
     def _grpc_ports(self) -> _grpc.GrpcPorts:
         if self._grpc is None:
-            def make_server() -> aio.Server:   # called in start(), in the running loop
+            def make_server(first: Sequence[aio.ServerInterceptor]) -> aio.Server:
+                # Called in start() (or at the first gRPC client of a lanerpc tcp
+                # port), in the running loop.
                 return aio.server(
                     migration_thread_pool=self._executor,
-                    interceptors=self._interceptors or None,
+                    interceptors=[*first, *self._interceptors] or None,
                     options=_grpc.grpc_options(self._raw_options),
                     maximum_concurrent_rpcs=self._max_rpcs,
                     compression=self._compression)

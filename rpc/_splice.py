@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Protocol
 
@@ -43,6 +45,16 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Each side's transport pauses the other's reading above this many buffered bytes:
 # the bound on what one spliced connection holds in our process, each way.
 HIGH_WATER = 256 * 1024
+
+
+# grpc's spelling of a splice's own socket name -> its client's address (grpc's
+# spelling too): what a call on the gRPC side reports as its peer (see rpc._grpc).
+PEERS: dict[str, str] = {}
+
+
+def real_peer(peer: str) -> str | None:
+    """The client's address when ``peer`` (a gRPC-side call's) is one of our splices."""
+    return PEERS.get(peer)
 
 
 class GrpcSide(Protocol):
@@ -130,11 +142,16 @@ class Sniffer(asyncio.Protocol):
         if not self._grpc.admit(self._peer):
             transport.abort()
             return
-        splice = Splice(self._splices, self._grpc.release)
+        splice = Splice(self._splices, self._grpc.release, self._peer)
         try:
             path = await asyncio.wait_for(self._grpc.serve(), self._timeout)
-            await asyncio.wait_for(
-                self._loop.create_unix_connection(lambda: splice.inner, path), self._timeout)
+            sock = splice.inner_socket()
+            try:
+                await asyncio.wait_for(self._loop.sock_connect(sock, path), self._timeout)
+                await self._loop.create_unix_connection(lambda: splice.inner, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
         except Exception as exc:
             splice.abort()
             log.warning("lanerpc: closing gRPC connection from %s: the server's gRPC side "
@@ -222,14 +239,31 @@ class Splice:
 
     LINGER = 2.0
 
-    def __init__(self, registry: set[Splice], on_end: Callable[[], None]) -> None:
+    def __init__(self, registry: set[Splice], on_end: Callable[[], None], peer: str) -> None:
         self.outer = _Pipe()
         self.inner = _Pipe()
         self.outer.other, self.inner.other = self.inner, self.outer
         self.outer.splice = self.inner.splice = self
         self._registry = registry
         self._on_end: Callable[[], None] | None = on_end
+        self.peer = peer
+        self._name: str | None = None       # our end's name, as grpc reports it
         registry.add(self)
+
+    def inner_socket(self) -> socket.socket:
+        """The socket that dials the gRPC side, named (in Linux's abstract namespace:
+        no file) so the gRPC side can tell which client a call came from: grpc
+        reports it as the call's peer, and :func:`real_peer` maps it back."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        name = f"lanerpc-splice-{os.urandom(8).hex()}"
+        try:
+            sock.bind("\0" + name)
+        except OSError:
+            return sock                     # no abstract namespace: handlers see "unix:"
+        self._name = "unix-abstract:" + name
+        PEERS[self._name] = self.peer
+        return sock
 
     def attach_client(self, client: asyncio.Transport, head: bytes) -> None:
         """Take over the client's transport from the sniffer, with the bytes it read."""
@@ -263,6 +297,9 @@ class Splice:
 
     def _end(self) -> None:
         self._registry.discard(self)
+        if self._name is not None:
+            PEERS.pop(self._name, None)
+            self._name = None
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             on_end()
