@@ -203,3 +203,15 @@ async def test_stopping_the_server_ends_spliced_connections_and_leaves_nothing()
             await wait_until(lambda: not served.server._lanes.splices)
             assert served.server._counted_links == 0
             assert not os.path.exists(os.path.dirname(path))
+
+
+def test_the_splice_works_under_uvloop():
+    """uvloop's transports (what tools/bench and many deployments run) take the same path."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[object]:
+        async with serve(Echo()) as served:
+            return await _four_kinds(echo_pb2_grpc.EchoStub(served.channel(plain_grpc=True)))
+
+    got = uvloop.run(asyncio.wait_for(main(), 30))
+    assert got[:4] == [b"one", [b"s0", b"s1", b"s2"], b"ab", [b"x", b"y"]]
