@@ -382,7 +382,7 @@ class Server(aio.Server):
                     options=_grpc.grpc_options(self._raw_options),
                     maximum_concurrent_rpcs=self._max_rpcs,
                     compression=self._compression)
-            self._grpc = _grpc.GrpcPorts(make_server)
+            self._grpc = _grpc.GrpcPorts(make_server, intercepted=bool(self._interceptors))
             self._grpc.add_handlers(self._generic_handlers, self._registered_by_service())
         return self._grpc
 

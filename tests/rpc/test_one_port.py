@@ -64,10 +64,18 @@ async def test_lanerpc_clients_on_the_same_port_still_speak_lanerpc_and_upgrade(
         assert (await grpc_stub.Unary(msg(b"g2"), timeout=TIMEOUT)).payload == b"g2"
 
 
-async def test_handlers_see_the_grpc_clients_own_address():
-    async with serve(Echo()) as served:
-        channel = served.channel(plain_grpc=True)
-        reply = await echo_pb2_grpc.EchoStub(channel).Unary(msg(b"peer"), timeout=TIMEOUT)
+class _Passing(grpc.aio.ServerInterceptor):
+    """Lets every call through (grpc.aio then runs its interceptor path)."""
+
+    async def intercept_service(self, continuation, details):
+        return await continuation(details)
+
+
+@pytest.mark.parametrize("interceptors", [(), (_Passing(),)], ids=["plain", "intercepted"])
+async def test_handlers_see_the_grpc_clients_own_address(interceptors):
+    async with serve(Echo(), interceptors=interceptors) as served:
+        stub = echo_pb2_grpc.EchoStub(served.channel(plain_grpc=True))
+        reply = await stub.Unary(msg(b"peer"), timeout=TIMEOUT)
         peer = reply.payload.decode().split("|")[0]
         assert peer.startswith("ipv4:127.0.0.1:") and peer != f"ipv4:127.0.0.1:{served.port}"
 
