@@ -184,7 +184,7 @@ class _HandlerWrapper:
             pass
         if not hasattr(handler, "_replace"):
             return handler                # a handler class of the user's: left as it is
-        wrapped: grpc.RpcMethodHandler[Any, Any] = handler._replace(**{   # type: ignore[attr-defined]
+        wrapped: grpc.RpcMethodHandler[Any, Any] = handler._replace(**{
             kind: _with_real_peer(getattr(handler, kind))          # grpc's is a namedtuple
             for kind in _KINDS if getattr(handler, kind, None) is not None})
         if len(self._wrapped) > 1024:    # generic handlers may make a handler per call
