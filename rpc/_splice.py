@@ -99,6 +99,7 @@ class Sniffer(asyncio.Protocol):
         self._decided = False
         self._lost = False
         self._peer = "?"
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not asyncio.Transport subclasses).
@@ -136,7 +137,8 @@ class Sniffer(asyncio.Protocol):
                 link.data_received(head)
             return
         transport.pause_reading()
-        self._loop.create_task(self._splice(transport))
+        # Held here: the loop keeps only a weak reference to a task.
+        self._task = self._loop.create_task(self._splice(transport))
 
     async def _splice(self, transport: asyncio.Transport) -> None:
         if not self._grpc.admit(self._peer):
@@ -155,7 +157,7 @@ class Sniffer(asyncio.Protocol):
         except Exception as exc:
             splice.abort()
             log.warning("lanerpc: closing gRPC connection from %s: the server's gRPC side "
-                        "is not available (%s)", self._peer, exc or type(exc).__name__)
+                        "is not available (%s)", self._peer, str(exc) or type(exc).__name__)
             transport.abort()
             return
         if self._lost:
