@@ -192,6 +192,57 @@ async def test_a_grpc_client_that_stops_reading_holds_a_bounded_amount_of_the_se
         call.cancel()
 
 
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _h2_literal(name: bytes, value: bytes) -> bytes:
+    """An HPACK header field, literal without indexing, no Huffman (short strings)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _greedy_h2_call(path: bytes, request: bytes) -> bytes:
+    """What a hostile HTTP/2 client sends: the preface, windows of 2 GiB (so flow control
+    lets the server send without end), a call, and then it never reads."""
+    huge = 2**31 - 1
+    headers = b"".join(_h2_literal(n, v) for n, v in (
+        (b":method", b"POST"), (b":scheme", b"http"), (b":path", path),
+        (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers")))
+    message = b"\x00" + len(request).to_bytes(4, "big") + request
+    return b"".join((
+        _splice.PREFACE,
+        _h2_frame(0x4, 0, 0, (0x4).to_bytes(2, "big") + huge.to_bytes(4, "big")),   # SETTINGS
+        _h2_frame(0x4, 0x1, 0, b""),                                     # ack the server's
+        _h2_frame(0x8, 0, 0, (huge - 65535).to_bytes(4, "big")),        # WINDOW_UPDATE
+        _h2_frame(0x1, 0x4, 1, headers),                                 # HEADERS, END_HEADERS
+        _h2_frame(0x0, 0x1, 1, message),                                 # DATA, END_STREAM
+    ))
+
+
+async def test_a_client_that_opens_huge_windows_and_never_reads_is_held_to_our_high_water_mark():
+    flood = Flood()
+    async with serve(flood, lanes="tcp") as served:
+        reader, writer = await within(asyncio.open_connection("127.0.0.1", served.port))
+        try:
+            writer.write(_greedy_h2_call(b"/lanerpc.echo.Echo/ServerStream", b"\x0a\x02go"))
+            await within(wait_until(lambda: flood.sent > 0))
+            splice = next(iter(served.server._lanes.splices))
+            peak = 0
+            for _ in range(30):                  # 1.5 s, reading nothing
+                await asyncio.sleep(0.05)
+                peak = max(peak, splice.buffered()[0])
+            sent = flood.sent * Flood.SIZE
+            # Reading from the gRPC side paused at our high-water mark (one read past it at
+            # most); the handler stalled once socket buffers were full too, far below what
+            # 2 GiB windows and 1.5 s would let through.
+            assert _splice.HIGH_WATER <= peak <= _splice.HIGH_WATER + 2 * Flood.SIZE, peak
+            assert sent < 64 * 1024 * 1024, sent
+            await asyncio.sleep(0.3)
+            assert flood.sent * Flood.SIZE - sent <= 2 * Flood.SIZE
+        finally:
+            writer.close()
+
+
 async def test_stopping_the_server_ends_spliced_connections_and_leaves_nothing():
     for lanes in ("tcp", None):                   # own private directory; the upgrade one's
         echo = Echo()
