@@ -80,6 +80,29 @@ async def test_handlers_see_the_grpc_clients_own_address(interceptors):
         assert peer.startswith("ipv4:127.0.0.1:") and peer != f"ipv4:127.0.0.1:{served.port}"
 
 
+async def test_first_grpc_clients_at_once_share_one_gRPC_side_started_on_demand():
+    async with serve(Echo()) as served:
+        assert served.server._grpc is None           # nothing of grpcio until a gRPC client
+        stubs = [echo_pb2_grpc.EchoStub(served.channel(
+            plain_grpc=True, options=[("grpc.use_local_subchannel_pool", 1)])) for _ in range(5)]
+        replies = await within(asyncio.gather(
+            *(stub.Unary(msg(b"%d" % i), timeout=TIMEOUT) for i, stub in enumerate(stubs))))
+        assert [r.payload for r in replies] == [b"%d" % i for i in range(5)]
+        assert len(served.server._lanes.splices) == 5
+        assert served.server._counted_links == 5
+
+
+async def test_a_server_with_a_grpc_port_too_serves_both_from_one_inner_server():
+    async with serve(Echo(), address=["127.0.0.1:0", "grpc://127.0.0.1:0"]) as served:
+        inner = served.server._grpc.server
+        assert inner is not None                     # started with the server, for grpc://
+        for target in served.targets:
+            stub = echo_pb2_grpc.EchoStub(served.channel(target, plain_grpc=True))
+            reply = await stub.Unary(msg(b"peer"), timeout=TIMEOUT)
+            assert reply.payload.decode().startswith("ipv4:127.0.0.1:")
+        assert served.server._grpc.server is inner and len(served.server._lanes.splices) == 1
+
+
 async def test_with_the_option_off_a_grpc_client_is_refused_clearly(caplog):
     caplog.set_level(logging.WARNING, logger="lanerpc")
     async with serve(Echo(), options=[("lanerpc.grpc_on_lanerpc_ports", 0)]) as served:
