@@ -682,6 +682,8 @@ class _GrpcSide:
 
     async def serve(self) -> str:
         server = self._server
+        while server._state == "starting":   # a client as the listeners open (bounded by the caller)
+            await asyncio.sleep(0.01)
         path = server._lanes.grpc_path
         if server._state != "serving" or path is None:
             raise RuntimeError("the server is not serving")
