@@ -57,6 +57,7 @@ class Options:
     max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
     default_compression: int = 0             # grpc.Compression's number; tcp lane only
     compression_enabled: int = 0b111         # server: bit n set = algorithm n accepted
+    grpc_on_lanerpc_ports: bool = True       # server: gRPC (HTTP/2) clients welcome on tcp ports
     user_agent: str = USER_AGENT             # client: grpc.primary/secondary_user_agent around ours
 
 
@@ -106,6 +107,15 @@ def _length(value: Any, name: str) -> int:
     if length == 0 and name == "grpc.max_receive_message_length":
         raise ValueError(f"{name} must be positive or -1")
     return min(length, _UNLIMITED)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """An on/off option: 0 or 1 (an int, a bool, or their text); anything else is an error
+    rather than a guess."""
+    text = str(int(value) if isinstance(value, bool) else value).strip()
+    if text not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1; got {value!r}")
+    return text == "1"
 
 
 def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
@@ -186,6 +196,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             if queued < 0:
                 raise ValueError(f"{name} must be 0 or more; got {value!r}")
             values["max_queued_calls"] = queued
+        elif name == "lanerpc.grpc_on_lanerpc_ports":
+            values["grpc_on_lanerpc_ports"] = _flag(value, name)
         elif name == "grpc.max_connection_idle_ms":
             idle_ms = int(value)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
@@ -212,7 +224,7 @@ IMPLEMENTED = frozenset({
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
-    "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls",
+    "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls", "lanerpc.grpc_on_lanerpc_ports",
     "grpc.default_compression_algorithm", "grpc.compression_enabled_algorithms_bitset",
     "lanerpc.protocol", "grpc.primary_user_agent", "grpc.secondary_user_agent",
 })

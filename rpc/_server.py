@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -373,14 +373,16 @@ class Server(aio.Server):
 
     def _grpc_ports(self) -> _grpc.GrpcPorts:
         if self._grpc is None:
-            def make_server() -> aio.Server:   # called in start(), in the running loop
+            def make_server(first: Sequence[aio.ServerInterceptor]) -> aio.Server:
+                # Called in start() (or at the first gRPC client of a lanerpc tcp
+                # port), in the running loop.
                 return aio.server(
                     migration_thread_pool=self._executor,
-                    interceptors=self._interceptors or None,
+                    interceptors=[*first, *self._interceptors] or None,
                     options=_grpc.grpc_options(self._raw_options),
                     maximum_concurrent_rpcs=self._max_rpcs,
                     compression=self._compression)
-            self._grpc = _grpc.GrpcPorts(make_server)
+            self._grpc = _grpc.GrpcPorts(make_server, intercepted=bool(self._interceptors))
             self._grpc.add_handlers(self._generic_handlers, self._registered_by_service())
         return self._grpc
 
@@ -411,9 +413,14 @@ class Server(aio.Server):
         self._thread_capacity = (threads if isinstance(threads, int) else 0) + self._options.max_queued_calls
         try:
             if self._pending_sockets:
-                self._listeners = await self._lanes.listen(self._pending_sockets, self._new_link)
+                grpc_side = _GrpcSide(self) if self._options.grpc_on_lanerpc_ports else None
+                self._listeners = await self._lanes.listen(self._pending_sockets, self._new_link,
+                                                           grpc_side)
                 self._pending_sockets = []
             if self._grpc is not None:
+                if self._lanes.grpc_path is not None:
+                    # An inner server runs anyway: gRPC clients of the tcp ports share it.
+                    self._grpc.serve_privately_at(self._lanes.grpc_path)
                 await self._grpc.start()
         except BaseException:
             # Nothing half-started stays behind: listeners, upgrade socket, grpc ports.
@@ -649,6 +656,41 @@ class Server(aio.Server):
             self._active -= 1
         call._link.calls.pop(call._sid, None)
         call._link.call_ended()
+
+
+class _GrpcSide:
+    """What the lanes' sniffer needs of the server for a plain gRPC client of a
+    lanerpc TCP port (rpc._splice): the connection limit, shared with lanerpc's
+    connections, and the inner grpcio server (the grpc:// ports' one), started on
+    demand with the same handlers, interceptors and options."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def admit(self, peer: str) -> bool:
+        server = self._server
+        limit = server._options.max_connections
+        if limit and server._counted_links >= limit:
+            server._note_refusal(peer, f"too many connections: this server serves at most "
+                                       f"{limit} at once (grpc.max_allowed_incoming_connections)")
+            return False
+        server._counted_links += 1
+        return True
+
+    def release(self) -> None:
+        self._server._counted_links -= 1
+
+    async def serve(self) -> str:
+        server = self._server
+        while server._state == "starting":   # a client as the listeners open (bounded by the caller)
+            await asyncio.sleep(0.01)
+        path = server._lanes.grpc_path
+        if server._state != "serving" or path is None:
+            raise RuntimeError("the server is not serving")
+        ports = server._grpc_ports()
+        ports.serve_privately_at(path)
+        await ports.start()
+        return path
 
 
 class _HandlerCallDetails(grpc.HandlerCallDetails):

@@ -440,8 +440,9 @@ _H2_FRAME_HEADER = 9    # an HTTP/2 server speaks first with a SETTINGS frame
 def _describe_wrong_preface(head: bytes) -> str:
     """Name the peer that sent ``head`` instead of lanerpc's magic, and what to do."""
     if head.startswith(b"PRI * HTTP/2.0"):
-        return ("peer speaks HTTP/2 (a gRPC client?), not lanerpc; serve gRPC clients "
-                "on a grpc:// port (server.add_insecure_port('grpc://...'))")
+        return ("peer speaks HTTP/2 (a gRPC client?), not lanerpc; this port takes gRPC "
+                "clients only with lanerpc.grpc_on_lanerpc_ports on (the default), a grpc:// "
+                "port always (server.add_insecure_port('grpc://...'))")
     if len(head) >= _H2_FRAME_HEADER and head[3] == 0x04 and head[5:9] == b"\x00" * 4:
         return ("peer speaks HTTP/2 (a plain gRPC server?), not lanerpc; dial it as "
                 "grpc://host:port or with the option ('lanerpc.protocol', 'grpc')")

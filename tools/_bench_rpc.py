@@ -75,6 +75,23 @@ async def serve_lanerpc(args: dict[str, Any]) -> ServeResult:
     return {"port": port, "unix_path": unix_path}, lambda: server.stop(None)
 
 
+async def serve_lanerpc_for_grpc(args: dict[str, Any]) -> ServeResult:
+    """A lanerpc server with a lanerpc TCP port and a grpc:// port, for grpc.aio
+    clients: ``args["port"]`` says which one they dial ("lanerpc": spliced to the inner
+    grpcio server; "grpc": that server's own port). ``args["one_port"]`` is the
+    lanerpc.grpc_on_lanerpc_ports option."""
+    import rpc  # see serve_lanerpc
+
+    options = [*SIZE_OPTIONS, ("lanerpc.grpc_on_lanerpc_ports", args.get("one_port", 1))]
+    server = rpc.server(options=options)
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
+    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
+    grpc_port = server.add_insecure_port("grpc://127.0.0.1:0")
+    await server.start()
+    port = lanerpc_port if args["port"] == "lanerpc" else grpc_port
+    return {"target": f"127.0.0.1:{port}"}, lambda: server.stop(None)
+
+
 # ---------------------------------------------------------------------------- clients
 
 
@@ -205,4 +222,22 @@ register(Subject(
 register(Subject(
     name="lanerpc-shm", label="lanerpc, lanes=shm,unix,tcp, dial unix:", family="lanerpc", lane="shm",
     server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "shm,unix,tcp"),
+))
+# grpc.aio clients of a lanerpc server: on its grpc:// port (the inner grpcio server's own
+# port), and on its lanerpc TCP port (spliced to that same inner server). The third row
+# is the grpc:// port of a server with lanerpc.grpc_on_lanerpc_ports off.
+register(Subject(
+    name="grpc-to-lanerpc-port", label="grpc.aio client -> lanerpc port (spliced)", family="grpc",
+    lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc", server_args={"port": "lanerpc"},
+    connect=connect_grpc_tcp,
+))
+register(Subject(
+    name="grpc-to-grpc-port", label="grpc.aio client -> grpc:// port", family="grpc",
+    lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc", server_args={"port": "grpc"},
+    connect=connect_grpc_tcp,
+))
+register(Subject(
+    name="grpc-to-grpc-port-solo", label="grpc.aio client -> grpc:// port, one-port off",
+    family="grpc", lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc",
+    server_args={"port": "grpc", "one_port": 0}, connect=connect_grpc_tcp,
 ))
