@@ -26,10 +26,6 @@ from rpc.transports._spin import AdaptiveSpin
 
 log = logging.getLogger("lanerpc")
 
-# The size of a PING frame (or its ACK) on the wire: what keepalive leaves out when it
-# asks whether this side sent anything else.
-_PING_FRAME = len(_wire.frame(_wire.PING, 0, 0, bytes(8)))
-
 
 class Link(asyncio.Protocol):
     """Base of ClientLink and ServerLink: transport plumbing, handshake timer,
@@ -85,8 +81,7 @@ class Link(asyncio.Protocol):
         self._ka_in_at_ping = -1      # bytes_in when our PING went out; -1: none unanswered
         self._last_input = 0.0        # loop time of the last bytes received (keepalive on)
         self._pings_without_data = 0  # our PINGs since this side last sent anything else
-        self._ping_bytes = 0          # bytes of PING frames (ours and our ACKs) in bytes_out
-        self._data_mark = 0           # bytes_out less _ping_bytes at the last look
+        self._data_mark = 0           # bytes sent less PING frames, at the last look
 
     # ------------------------------------------------------------ transport side
 
@@ -340,7 +335,6 @@ class Link(asyncio.Protocol):
             self._ka_timer = self.loop.call_later(interval, self._keepalive_tick)
             return
         self._ka_payload = self.conn.ping()
-        self._ping_bytes += _PING_FRAME
         self._pings_without_data += 1
         self._ka_in_at_ping = self.bytes_in
         self.flush()
@@ -357,8 +351,11 @@ class Link(asyncio.Protocol):
 
     def _sent_other_frames(self) -> bool:
         """Whether this side wrote anything but PING frames since the last look
-        (headers, messages, trailers, window updates...)."""
-        mark = self.bytes_out - self._ping_bytes
+        (headers, messages, trailers, window updates...). Frames still queued count
+        as written: an ACK is queued before it is flushed, and PINGs arriving
+        together must not look like data in between."""
+        queued = self.conn.bytes_to_send + sum(map(len, self._backlog))
+        mark = self.bytes_out + queued - self.conn.ping_bytes_sent
         sent, self._data_mark = mark != self._data_mark, mark
         return sent
 
@@ -454,9 +451,6 @@ class Link(asyncio.Protocol):
                     call._on_writable()
             elif t is c.PingAcked:
                 self.keepalive_acked(ev.payload)
-            elif t is c.PingReceived:
-                self._ping_bytes += _PING_FRAME    # the core queued its ACK
-                self._on_event(ev)
             else:
                 self._on_event(ev)
 

@@ -80,3 +80,19 @@ async def test_pings_on_a_quiet_call_strike_out_and_end_it_unavailable(impl):
         call = echo_pb2_grpc.EchoStub(channel).ServerStream(msg(b"stream:2:60000"), timeout=10)
         assert (await within(call.read(), 5)).payload == b"0"
         assert await within(call.code(), 9) == _C.UNAVAILABLE
+
+
+async def test_pings_arriving_together_are_each_a_strike():
+    # Four PINGs in one write to a server with no call on the connection: the 2nd,
+    # 3rd and 4th come too soon, and the third strike closes the connection.
+    async with serve(Echo(), lanes="tcp") as served:
+        channel = served.channel()
+        assert (await within(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"x"), timeout=5), 6)).payload == b"x"
+        link = channel._ready_link()
+        assert link is not None
+        for _ in range(4):
+            link.conn.ping()
+        link.flush()
+        await within(link.closed, 3)
+        assert link.conn.goaway_received is not None
+        assert link.conn.goaway_received.reason == "too_many_pings"
