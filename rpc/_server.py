@@ -55,6 +55,7 @@ class ServerLink(Link):
         self.idle_since = 0.0         # loop time the last call ended (or the handshake)
         self.age_timer: asyncio.TimerHandle | None = None    # with max_connection_age
         self.aged = False             # GOAWAY "max_age" sent: closes once its calls end
+        self.linger_timer: asyncio.TimerHandle | None = None   # closing after a GOAWAY
         self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,12 +191,17 @@ class ServerLink(Link):
             self._close_after_goaway()
 
     def _age_grace_over(self) -> None:
+        """Close now, cancelling what still runs; a peer that doesn't read what is
+        left to write is cut off a moment later."""
         self.age_timer = None
         if self.calls:
             log.info("lanerpc: closing connection from %s: max_connection_age_grace is over "
                      "with %d call(s) in flight; they are cancelled",
                      self.peer.address if self.peer else "?", len(self.calls))
-        self.close("max_connection_age_grace is over")
+        reason = "max_connection_age_grace is over"
+        self.close(reason)
+        self._cancel_linger()
+        self.linger_timer = self.loop.call_later(self.GOAWAY_LINGER, self.abort, reason)
 
     # A lanerpc client hangs up on a GOAWAY once its calls are done; the server closes
     # anyway this much later (time for requests in flight to get their refusal: closing
@@ -203,7 +209,14 @@ class ServerLink(Link):
     GOAWAY_LINGER = 1.0
 
     def _close_after_goaway(self) -> None:
-        self.loop.call_later(self.GOAWAY_LINGER, self.close, "GOAWAY sent and no call left")
+        if self.linger_timer is None:
+            self.linger_timer = self.loop.call_later(
+                self.GOAWAY_LINGER, self.close, "GOAWAY sent and no call left")
+
+    def _cancel_linger(self) -> None:
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
 
     def call_ended(self) -> None:
         if self.idle_timer is not None and not self.calls:
@@ -242,6 +255,7 @@ class ServerLink(Link):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.age_timer = None
+        self._cancel_linger()
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
