@@ -79,7 +79,8 @@ class Link(asyncio.Protocol):
         self._ka_timer: asyncio.TimerHandle | None = None
         self._ka_payload = b""
         self._ka_in_at_ping = -1      # bytes_in when our PING went out; -1: none unanswered
-        self._last_input = 0.0        # loop time of the last bytes received (keepalive on)
+        self._last_input = 0.0        # loop time bytes were last seen coming in (see the tick)
+        self._ka_seen = -1            # bytes_in at the last tick
         self._pings_without_data = 0  # our PINGs since this side last sent anything else
         self._data_mark = 0           # bytes sent less PING frames, at the last look
 
@@ -101,8 +102,6 @@ class Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        if self._ka_time is not None:
-            self._last_input = self.loop.time()
         if self._awake_until:
             self._awake_caught = True
         try:
@@ -303,19 +302,25 @@ class Link(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_result(None)
         if self._ka_time is not None:
+            self._ka_seen = self.bytes_in
             self._last_input = self.loop.time()
-            self._ka_timer = self.loop.call_later(self._ka_time, self._keepalive_tick)
+            self._ka_timer = self.loop.call_later(self._ka_time / self._KA_STEPS, self._keepalive_tick)
 
     # ------------------------------------------------------------ keepalive
+
+    # The keepalive timer looks at the input this many times per keepalive_time, so
+    # reading data costs nothing more than counting it (no clock read per receive):
+    # a PING goes out at most keepalive_time / _KA_STEPS later than exactly due.
+    _KA_STEPS = 8
 
     def _keepalive_tick(self) -> None:
         """gRPC's keepalive, on both sides: a PING goes out keepalive_time after the
         last bytes received (not on a fixed beat, so a silent peer is found within
-        keepalive_time + keepalive_timeout of its last word), and the connection is
-        closed when nothing at all arrives within keepalive_timeout of it (any input
-        proves the peer alive, as in grpc-core). As gRPC, no PING without calls unless
-        keepalive_permit_without_calls, and a client sends at most
-        max_pings_without_data PINGs before it sends something else."""
+        keepalive_time (+ 1/_KA_STEPS of it) + keepalive_timeout of its last word),
+        and the connection is closed when nothing at all arrives within
+        keepalive_timeout of it (any input proves the peer alive). As gRPC, no PING
+        without calls unless keepalive_permit_without_calls, and a client sends at
+        most max_pings_without_data PINGs before it sends something else."""
         self._ka_timer = None
         interval = self._ka_time
         if interval is None or self.conn.closed:
@@ -326,9 +331,13 @@ class Link(asyncio.Protocol):
                 self._keepalive_expired()
                 return
             self._ka_in_at_ping = -1
+        if self.bytes_in != self._ka_seen:           # input since the last look
+            self._ka_seen = self.bytes_in
+            self._last_input = now
         wait = self._last_input + interval - now
         if wait > 0:
-            self._ka_timer = self.loop.call_later(wait, self._keepalive_tick)
+            self._ka_timer = self.loop.call_later(min(wait, interval / self._KA_STEPS),
+                                                  self._keepalive_tick)
             return
         if not (self.calls or self.options.keepalive_permit_without_calls) \
                 or not self._may_ping():
@@ -363,9 +372,12 @@ class Link(asyncio.Protocol):
         """The answer to our PING: the next one is due keepalive_time from now."""
         if payload == self._ka_payload and self._ka_in_at_ping >= 0 and self._ka_time is not None:
             self._ka_in_at_ping = -1
+            self._ka_seen = self.bytes_in
+            self._last_input = self.loop.time()
             if self._ka_timer is not None:
                 self._ka_timer.cancel()
-            self._ka_timer = self.loop.call_later(self._ka_time, self._keepalive_tick)
+            self._ka_timer = self.loop.call_later(self._ka_time / self._KA_STEPS,
+                                                  self._keepalive_tick)
 
     def _keepalive_expired(self) -> None:
         reason = (f"keepalive: no answer to a PING within {self.options.keepalive_timeout:g} s; "
