@@ -120,6 +120,9 @@ class Connection:
         self._blocked: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.goaway_sent = False
         self.goaway_received: GoAwayReceived | None = None
+        # Bytes of PING frames (ours and our ACKs) queued so far: keepalive and the ping
+        # policy ask whether anything else was sent (gRPC's "data or headers").
+        self.ping_bytes_sent = 0
         self.closed = False
         self.handshake_done = False
         self._accept_pending = False    # server: the client's HELLO awaits accept()
@@ -567,7 +570,9 @@ class Connection:
         if flags & FLAG_ACK:
             events.append(PingAcked(payload))
         else:
-            self._emit(_wire.frame(PING, FLAG_ACK, 0, payload))
+            ack = _wire.frame(PING, FLAG_ACK, 0, payload)
+            self.ping_bytes_sent += len(ack)
+            self._emit(ack)
             events.append(PingReceived(payload))
 
     def _on_lane(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> bool:
@@ -912,7 +917,9 @@ class Connection:
         payload = payload if payload is not None else os.urandom(8)
         if len(payload) != 8:
             raise ValueError("a PING carries exactly 8 bytes")
-        self._emit(_wire.frame(PING, 0, 0, payload))
+        frame = _wire.frame(PING, 0, 0, payload)
+        self.ping_bytes_sent += len(frame)
+        self._emit(frame)
         return payload
 
     def goaway(self, code: int = GoAwayCode.NO_ERROR, reason: str = "") -> None:

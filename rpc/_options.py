@@ -24,6 +24,9 @@ USER_AGENT = f"lanerpc-python/{VERSION} ({sys.platform})"
 ALL_LANES = ("shm", "unix", "tcp")
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
 _UNLIMITED = 2**31 - 1
+# gRPC servers ping a connection with calls after two hours without input (grpc-core's
+# default for servers; clients don't ping unless asked).
+SERVER_KEEPALIVE_TIME = 7200.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,10 +36,13 @@ class Options:
     max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
     lanes: tuple[str, ...] = ALL_LANES
     handshake_timeout: float = 5.0
-    keepalive_time: float | None = None      # seconds between PINGs on an idle connection
+    keepalive_time: float | None = None      # client: PING after this long without input
+    server_keepalive_time: float | None = SERVER_KEEPALIVE_TIME   # the same, on a server
     keepalive_timeout: float = 20.0          # seconds to wait for the PING's answer
     keepalive_permit_without_calls: bool = False
+    max_pings_without_data: int = 2          # client: pings in a row with no data sent; 0 = any
     min_ping_interval: float = 300.0         # server: pings closer than this are "too many"
+    max_ping_strikes: int = 2                # server: strikes tolerated; 0 = any
     max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
     allowed_uids: frozenset[int] = frozenset()   # unix/shm: uids admitted besides our own
     server_uids: frozenset[int] | None = None    # client: the only uids a unix server may run as
@@ -53,6 +59,8 @@ class Options:
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
     max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
+    max_connection_age: float | None = None    # server: GOAWAY a connection this old (±10 %)
+    max_connection_age_grace: float | None = None   # server: then close it this much later
     memory_budget: int = dataclasses.field(default_factory=lambda: default_memory_budget())
     max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
     default_compression: int = 0             # grpc.Compression's number; tcp lane only
@@ -116,6 +124,32 @@ def _flag(value: Any, name: str) -> bool:
     if text not in ("0", "1"):
         raise ValueError(f"{name} must be 0 or 1; got {value!r}")
     return text == "1"
+def _int(value: Any, name: str) -> int:
+    """An integer option's value (an int or its decimal text); ValueError naming the
+    option for anything else, rather than a bare int() error."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer; got {value!r}") from None
+
+
+def _millis_or_off(value: Any, name: str, *, zero_is_off: bool = True) -> float | None:
+    """Seconds from a gRPC ``*_ms`` option, or None for "off": INT_MAX or more (gRPC's
+    "unlimited") and negative values, and 0 too unless ``zero_is_off`` is False (a
+    grace period of 0 means "close at once")."""
+    ms = _int(value, name)
+    if ms < 0 or ms >= _UNLIMITED or (ms == 0 and zero_is_off):
+        return None
+    return ms / 1000
+
+
+def _count(value: Any, name: str) -> int:
+    count = _int(value, name)
+    if count < 0:
+        raise ValueError(f"{name} must be 0 (no limit) or more; got {value!r}")
+    return count
 
 
 def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
@@ -145,13 +179,22 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "lanerpc.upgrade_timeout_ms":
             values["upgrade_timeout"] = max(1, int(value)) / 1000
         elif name == "grpc.keepalive_time_ms":
-            values["keepalive_time"] = None if int(value) <= 0 else int(value) / 1000
+            keepalive = _millis_or_off(value, name)
+            values["keepalive_time"] = values["server_keepalive_time"] = keepalive
         elif name == "grpc.keepalive_timeout_ms":
             values["keepalive_timeout"] = max(1, int(value)) / 1000
         elif name == "grpc.keepalive_permit_without_calls":
             values["keepalive_permit_without_calls"] = bool(int(value))
         elif name == "grpc.http2.min_ping_interval_without_data_ms":
             values["min_ping_interval"] = max(0, int(value)) / 1000
+        elif name == "grpc.http2.max_pings_without_data":
+            values["max_pings_without_data"] = _count(value, name)
+        elif name == "grpc.http2.max_ping_strikes":
+            values["max_ping_strikes"] = _count(value, name)
+        elif name == "grpc.max_connection_age_ms":
+            values["max_connection_age"] = _millis_or_off(value, name)
+        elif name == "grpc.max_connection_age_grace_ms":
+            values["max_connection_age_grace"] = _millis_or_off(value, name, zero_is_off=False)
         elif name == "grpc.so_reuseport":
             values["so_reuseport"] = bool(int(value))
         elif name == "grpc.max_concurrent_streams":
@@ -222,6 +265,8 @@ IMPLEMENTED = frozenset({
     "grpc.min_reconnect_backoff_ms", "grpc.dns_min_time_between_resolutions_ms",
     "grpc.lb_policy_name",
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
+    "grpc.max_connection_age_ms", "grpc.max_connection_age_grace_ms",
+    "grpc.http2.max_pings_without_data", "grpc.http2.max_ping_strikes",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
     "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls", "lanerpc.grpc_on_lanerpc_ports",

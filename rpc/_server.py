@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,9 @@ from rpc._wire import DecodedMetadata, GoAwayCode
 log = logging.getLogger("lanerpc")
 
 _C = grpc.StatusCode
+# max_connection_age is spread by up to this fraction either way, as gRPC does, so
+# connections made together don't all reconnect at once.
+AGE_JITTER = 0.1
 
 
 # ============================================================ connection
@@ -49,6 +53,9 @@ class ServerLink(Link):
         self.counted = False          # counts against max_connections (not refused by it)
         self.idle_timer: asyncio.TimerHandle | None = None   # with max_connection_idle
         self.idle_since = 0.0         # loop time the last call ended (or the handshake)
+        self.age_timer: asyncio.TimerHandle | None = None    # with max_connection_age
+        self.aged = False             # GOAWAY "max_age" sent: closes once its calls end
+        self.linger_timer: asyncio.TimerHandle | None = None   # closing after a GOAWAY
         self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,6 +133,10 @@ class ServerLink(Link):
             if idle is not None:
                 self.idle_since = self.loop.time()
                 self.idle_timer = self.loop.call_later(idle, self._idle_tick)
+            age = self.options.max_connection_age
+            if age is not None:
+                self.age_timer = self.loop.call_later(
+                    age * random.uniform(1 - AGE_JITTER, 1 + AGE_JITTER), self._age_reached)
             self._dispatch(self.conn.receive_data(b""))
         elif t is c.PingReceived:
             self._on_ping()
@@ -159,19 +170,80 @@ class ServerLink(Link):
                 return
         self.idle_timer = self.loop.call_later(wait, self._idle_tick)
 
+    def _age_reached(self) -> None:
+        """gRPC's max_connection_age: GOAWAY NO_ERROR "max_age" (the client moves its
+        next calls to a new connection; requests crossing the GOAWAY are refused as
+        never started, so they are retried there); the calls in flight get
+        max_connection_age_grace, then the connection is closed and they are
+        cancelled. A connection with no call left closes by itself."""
+        self.age_timer = None
+        if self.conn.closed or self.conn.goaway_sent:
+            return
+        log.info("lanerpc: connection from %s reached its max age (grpc.max_connection_age_ms): "
+                 "GOAWAY", self.peer.address if self.peer else "?")
+        self.aged = True
+        self.conn.goaway(GoAwayCode.NO_ERROR, "max_age")
+        self.flush()
+        grace = self.options.max_connection_age_grace
+        if grace is not None:
+            self.age_timer = self.loop.call_later(grace, self._age_grace_over)
+        if not self.calls:
+            self._close_after_goaway()
+
+    def _age_grace_over(self) -> None:
+        """Close now, cancelling what still runs; a peer that doesn't read what is
+        left to write is cut off a moment later."""
+        self.age_timer = None
+        if self.calls:
+            log.info("lanerpc: closing connection from %s: max_connection_age_grace is over "
+                     "with %d call(s) in flight; they are cancelled",
+                     self.peer.address if self.peer else "?", len(self.calls))
+        reason = "max_connection_age_grace is over"
+        self.close(reason)
+        self._cancel_linger()
+        self.linger_timer = self.loop.call_later(self.GOAWAY_LINGER, self.abort, reason)
+
+    # A lanerpc client hangs up on a GOAWAY once its calls are done; the server closes
+    # anyway this much later (time for requests in flight to get their refusal: closing
+    # with them unread would reset the connection before the GOAWAY is read).
+    GOAWAY_LINGER = 1.0
+
+    def _close_after_goaway(self) -> None:
+        if self.linger_timer is None:
+            self.linger_timer = self.loop.call_later(
+                self.GOAWAY_LINGER, self.close, "GOAWAY sent and no call left")
+
+    def _cancel_linger(self) -> None:
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
+
     def call_ended(self) -> None:
         if self.idle_timer is not None and not self.calls:
             self.idle_since = self.loop.time()
+        if self.aged and not self.calls:
+            self._close_after_goaway()
 
-    _MAX_PING_STRIKES = 2
+    # gRPC's bound on PINGs when a connection has no call (and pings without calls are
+    # not permitted): two hours, as TCP keepalive (RFC 1122).
+    IDLE_PING_INTERVAL = 7200.0
 
     def _on_ping(self) -> None:
-        """gRPC's ping policy: pings closer than min_ping_interval while we sent
-        no data are strikes; past the limit, GOAWAY too_many_pings."""
+        """gRPC's ping policy: a ping closer to the previous one than
+        min_ping_interval (two hours when the connection has no call and
+        keepalive_permit_without_calls is off) is a strike; sending anything else
+        (headers, messages) forgives them; past max_ping_strikes (0: no limit),
+        GOAWAY too_many_pings."""
         now = self.loop.time()
-        if now - self.last_ping < self.options.min_ping_interval:
+        if self._sent_other_frames():
+            self.ping_strikes = 0
+            self.last_ping = -1e9
+        idle = not self.calls and not self.options.keepalive_permit_without_calls
+        allowed = self.IDLE_PING_INTERVAL if idle else self.options.min_ping_interval
+        limit = self.options.max_ping_strikes
+        if now - self.last_ping < allowed:
             self.ping_strikes += 1
-            if self.ping_strikes > self._MAX_PING_STRIKES:
+            if limit and self.ping_strikes > limit:
                 log.warning("lanerpc: closing connection from %s: too many pings",
                             self.peer.address if self.peer else "?")
                 self.conn.goaway(GoAwayCode.ENHANCE_YOUR_CALM, "too_many_pings")
@@ -179,9 +251,11 @@ class ServerLink(Link):
         self.last_ping = now
 
     def _lost(self, reason: str) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        for timer in (self.idle_timer, self.age_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.age_timer = None
+        self._cancel_linger()
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)

@@ -54,10 +54,10 @@ def test_implemented_and_foreign_names_are_not_logged(caplog):
 async def test_a_channel_and_a_server_log_unimplemented_options(caplog):
     with caplog.at_level(logging.WARNING, LOGGER):
         channel = rpc.insecure_channel("127.0.0.1:1", options=[("grpc.enable_http_proxy", 0)])
-        rpc.server(options=[("grpc.max_connection_age_ms", 1000)])
+        rpc.server(options=[("grpc.http2.bdp_probe", 0)])
         await channel.close()
     text = caplog.text
-    assert "grpc.enable_http_proxy" in text and "grpc.max_connection_age_ms" in text
+    assert "grpc.enable_http_proxy" in text and "grpc.http2.bdp_probe" in text
 
 
 # ============================================================ service config
