@@ -466,12 +466,13 @@ def ratio(metric: str, value: float | None, reference: float | None) -> float | 
 
 
 def floor_for(row: Row, rows: dict[str, Row]) -> Row | None:
-    """The floor measured in this run for the lane a lanerpc row ended on (none for a
-    row across namespaces: the floors run on loopback)."""
-    if row.subject.family != "lanerpc" or row.subject.netns:
+    """The floor measured in this run for the lane a lanerpc row ended on (across
+    namespaces when the row is: a veth is not loopback)."""
+    if row.subject.family != "lanerpc":
         return None
     for other in rows.values():
-        if other.subject.family == "floor" and other.subject.lane == row.lane and not other.unavailable:
+        if (other.subject.family == "floor" and other.subject.lane == row.lane
+                and other.subject.netns == row.subject.netns and not other.unavailable):
             return other
     return None
 
@@ -553,7 +554,7 @@ def render_table(rows: dict[str, Row], cfg: Config, machine: dict[str, Any]) -> 
     ref_title = f"vs {REFERENCE}" if ref is not None and not ref.unavailable else ""
     out.append(" " * name_w + f"{ref_title:^36}    " + "vs the floor of its lane")
     out.append(f"{'subject':<{name_w}}" + "".join(f"{c:>9}" for c in cols) + "    "
-               + f"{'floor':<12}" + "".join(f"{c:>9}" for c in cols))
+               + f"{'floor':<14}" + "".join(f"{c:>9}" for c in cols))
     references = {REFERENCE} | {row.subject.reference for row in rows.values()
                                 if row.subject.reference}
     for name, row, r in table:
@@ -565,12 +566,12 @@ def render_table(rows: dict[str, Row], cfg: Config, machine: dict[str, Any]) -> 
         else:
             left = "".join(f"{_x(vs_ref[m]) if vs_ref else '-':>9}" for m in RATIO_METRICS)
         right = ""
-        if reference != REFERENCE and name != reference:
-            right = f"(left: vs {reference}; no floor across namespaces)"
-        elif vs_floor:
-            right = f"{vs_floor['floor']:<12}" + "".join(f"{_x(vs_floor[m]):>9}" for m in RATIO_METRICS)
+        if vs_floor:
+            right = f"{vs_floor['floor']:<14}" + "".join(f"{_x(vs_floor[m]):>9}" for m in RATIO_METRICS)
         elif row.subject.family == "lanerpc":
             right = f"(no floor measured for lane {row.lane})"
+        if reference != REFERENCE and name != reference:
+            right += f"  (left: vs {reference})"
         out.append(f"{name:<{name_w}}{left}    {right}".rstrip())
     return "\n".join(out)
 
