@@ -22,6 +22,11 @@ table shows medians over rounds. Ratios are always "higher is better": for laten
 reference's time over the subject's, for throughput the subject's rate over the
 reference's. Judge lanerpc by the ratios of one run, not by absolute times.
 
+The ``*-veth-*`` rows run their server in a network namespace the bench makes for the
+round and removes after it (tools/_bench_netns.py), dialled over a veth pair: TCP between
+two network stacks, as between hosts. They need root and ``ip`` (else "n/a: needs ...")
+and take their ratios against grpc-veth-tcp and floor-veth-tcp.
+
 The subjects live in tools/_bench_rpc.py (grpc.aio, lanerpc) and tools/_bench_floor_*.py
 (floors; every file matching that name is loaded, see tools/_bench_core.py for how to add
 one). A subject that cannot start, e.g. a lanerpc that does not import yet, gets an
