@@ -56,7 +56,8 @@ async def serve_grpc(args: dict[str, Any]) -> ServeResult:
         target = f"unix:{args['unix_path']}"
         server.add_insecure_port(target)
     else:
-        target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        host = args.get("host", "127.0.0.1")   # a netns row's veth address
+        target = f"{host}:{server.add_insecure_port(f'{host}:0')}"
     await server.start()
     return {"target": target}, lambda: server.stop(None)
 
@@ -68,11 +69,12 @@ async def serve_lanerpc(args: dict[str, Any]) -> ServeResult:
     # "lanerpc.lanes" option), so all four lanerpc rows run against the same server setup.
     server = rpc.server(options=SIZE_OPTIONS)
     echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    host = args.get("host", "127.0.0.1")   # a netns row's veth address
+    port = server.add_insecure_port(f"{host}:0")
     unix_path = args["unix_path"]
     server.add_insecure_port(f"unix:{unix_path}")
     await server.start()
-    return {"port": port, "unix_path": unix_path}, lambda: server.stop(None)
+    return {"host": host, "port": port, "unix_path": unix_path}, lambda: server.stop(None)
 
 
 async def serve_lanerpc_for_grpc(args: dict[str, Any]) -> ServeResult:
@@ -180,7 +182,8 @@ def _lanerpc_connector(dial: str, lanes: str | None) -> Any:
     async def connect(ready: Ready) -> StubClient:
         import rpc  # see serve_lanerpc
 
-        target = f"127.0.0.1:{ready['port']}" if dial == "tcp" else f"unix:{ready['unix_path']}"
+        host = ready.get("host", "127.0.0.1")
+        target = f"{host}:{ready['port']}" if dial == "tcp" else f"unix:{ready['unix_path']}"
         options = list(SIZE_OPTIONS)
         if lanes is not None:
             options.append(("lanerpc.lanes", lanes))
@@ -240,4 +243,18 @@ register(Subject(
     name="grpc-to-grpc-port-solo", label="grpc.aio client -> grpc:// port, one-port off",
     family="grpc", lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc",
     server_args={"port": "grpc", "one_port": 0}, connect=connect_grpc_tcp,
+))
+# Across two network namespaces joined by a veth pair (tools/_bench_netns.py): the server
+# in a namespace made for the round, the client here dialling its veth address. lanerpc
+# keeps to tcp: with the default lanes it would prove the same host (the namespaces
+# share the filesystem) and move to shm, which is not what another machine would get.
+register(Subject(
+    name="grpc-veth-tcp", label="grpc.aio, TCP over veth to another netns", family="grpc",
+    lane="tcp", server="_bench_rpc:serve_grpc", server_args={"transport": "tcp"},
+    connect=connect_grpc_tcp, netns=True, reference="grpc-veth-tcp",
+))
+register(Subject(
+    name="lanerpc-veth-tcp", label="lanerpc, lanes=tcp, over veth to another netns",
+    family="lanerpc", lane="tcp", server="_bench_rpc:serve_lanerpc",
+    connect=_lanerpc_connector("tcp", "tcp"), netns=True, reference="grpc-veth-tcp",
 ))
