@@ -14,7 +14,7 @@ from concurrent import futures
 import grpc
 from grpc.aio import AioRpcError, EOF, Metadata
 
-from rpc import _grpc, _options
+from rpc import _compression, _grpc, _options
 from rpc._channel import (
     Channel,
     StreamStreamCall,
@@ -49,8 +49,7 @@ def insecure_channel(target: str, options: _grpc.Options | None = None,
     plain, rest = _grpc.strip_scheme(target)
     if plain or _grpc.wants_grpc(options):
         return _grpc.channel(rest, options, None, compression, interceptors)
-    _options.warn_uncompressed(compression, "insecure_channel(compression)")
-    return Channel(target, options, interceptors)
+    return Channel(target, _compression.as_option(options, compression), interceptors)
 
 
 def secure_channel(target: str, credentials: grpc.ChannelCredentials,
@@ -61,9 +60,10 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
     With ``rpc.ssl_channel_credentials(...)``: a lanerpc :class:`Channel` whose TCP
     connections use TLS (to a lanerpc server's ``add_secure_port`` with
     ``rpc.ssl_server_credentials``); on the server's host it moves to the unix or shm
-    lane, keeping its TLS identity, unless ``lanerpc.lanes`` is ``tcp``. With grpc's own credentials objects, or a ``grpc://`` target or the option
-    ``("lanerpc.protocol", "grpc")``: gRPC over TLS through grpcio (a :class:`GrpcChannel`),
-    to any gRPC server. See README, TLS."""
+    lane, keeping its TLS identity, unless ``lanerpc.lanes`` is ``tcp``. With grpc's own
+    credentials objects, or a ``grpc://`` target or the option ``("lanerpc.protocol",
+    "grpc")``: gRPC over TLS through grpcio (a :class:`GrpcChannel`), to any gRPC server.
+    See README, "TLS on lanerpc's own lane"."""
     plain, rest = _grpc.strip_scheme(target)
     if plain or _grpc.wants_grpc(options) or not isinstance(credentials, SslChannelCredentials):
         if not plain and not _grpc.wants_grpc(options):
@@ -71,8 +71,8 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
                        "(gRPC over TLS); rpc.ssl_channel_credentials gives lanerpc's TLS lane",
                        target)
         return _grpc.channel(rest, options, credentials, compression, interceptors)
-    _options.warn_uncompressed(compression, "secure_channel(compression)")
-    return Channel(target, options, interceptors, credentials=credentials)
+    return Channel(target, _compression.as_option(options, compression), interceptors,
+                   credentials=credentials)
 
 
 def server(migration_thread_pool: futures.Executor | None = None,

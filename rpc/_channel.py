@@ -11,7 +11,6 @@ import asyncio
 import collections
 import logging
 import os
-import random
 import weakref
 from collections.abc import Generator, Sequence
 from types import TracebackType
@@ -22,13 +21,13 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
+from rpc import _balancer, _compression, _interceptors, _lanes, _options, _resolver, _service_config
 from rpc import _credentials
-from rpc import _interceptors, _lanes, _options, _service_config
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
-from rpc._target import parse_target
-from rpc._options import Options, warn_uncompressed
+from rpc._target import Endpoint, parse_target
+from rpc._options import Options
 from rpc._wire import DecodedMetadata, GoAwayCode
 
 if TYPE_CHECKING:
@@ -174,6 +173,10 @@ class _Call(Stream, Generic[_Req, _Resp]):
         self._deserialize: Callable[[bytes], _Resp] = deserializer or _identity
         if metadata:
             self._metadata = validate_metadata(metadata)
+            if any(key == _compression.REQUEST_KEY for key, _ in self._metadata):
+                self._take_call_compression()
+        if not self._encoding_everywhere and channel._options.default_compression:
+            self._encoding = channel._options.default_compression
         config = channel._retries.method(method)
         if config is not _service_config.NO_CONFIG:   # the service config's say (see there)
             self._config = config
@@ -182,10 +185,32 @@ class _Call(Stream, Generic[_Req, _Resp]):
             if not self._unary_request:
                 self._replay = channel._retries.replay_buffer(config, channel._options)
         self._wait_for_ready = bool(wait_for_ready)
-        self._received: collections.deque[bytes] = collections.deque()
+        self._received: collections.deque[bytes | _compression.Compressed] = collections.deque()
         if timeout is not None:
             self._deadline = loop.time() + timeout
             self._timer = loop.call_later(max(timeout, 0), self._on_deadline)
+
+    def _take_call_compression(self) -> None:
+        """The call's own compression, which grpc.aio carries (through interceptors too)
+        as the metadata ``grpc-internal-encoding-request``: used on every lane, and not
+        sent as metadata."""
+        kept = []
+        for key, value in self._metadata:
+            if key == _compression.REQUEST_KEY:
+                self._encoding = _compression.by_name(value)
+                self._encoding_everywhere = True
+            else:
+                kept.append((key, value))
+        self._metadata = tuple(kept)
+
+    def _receive_limit(self) -> int:
+        limit = self._channel._options.max_receive_message_length
+        config_limit = self._config.max_response_bytes
+        return limit if config_limit is None else min(limit, config_limit)
+
+    def _decompression_failed(self, exc: _compression.DecompressionError) -> BaseException:
+        self._abandon(status_code(exc.code), exc.details)
+        return self._error()
 
     # ------------------------------------------------------------ starting
 
@@ -253,10 +278,20 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _on_message(self, data: bytes, end: bool) -> None:
+    def _on_message(self, data: bytes | _compression.Compressed, end: bool) -> None:
         # (end: the server's messages never end the stream; its TRAILERS do.)
         if self._initial_md is None:    # no HEADERS came first: empty initial metadata
             self._on_initial_metadata(())
+        if type(data) is _compression.Compressed:
+            if self._unary_response:
+                # Inflated now, so the call's status says if it can't be.
+                try:
+                    data = self._inflate(data)
+                except aio.AioRpcError:
+                    return
+            self._deliver(data)
+            return
+        assert type(data) is bytes
         limit = self._config.max_response_bytes
         if limit is not None and len(data) > limit:     # the service config's, per method
             self._abandon(_C.RESOURCE_EXHAUSTED,
@@ -590,6 +625,7 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
                     raise rpc_error(_C.INTERNAL, "server ended the call without a response",
                                     self._initial_md, self._trailing_md)
                 data = self._received.popleft()
+                assert type(data) is bytes     # a unary response is inflated on arrival
                 self._response = self._decode(data)
             return self._response
         self._raise_for_status()
@@ -713,7 +749,7 @@ class _UnaryRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
         if compression is not None:
-            warn_uncompressed(compression, "call(compression)")
+            metadata = _compression.with_request_key(metadata, compression)
         call: _CallT = self._call(request, timeout, metadata, wait_for_ready, credentials)
         return call
 
@@ -725,7 +761,7 @@ class _StreamRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
         if compression is not None:
-            warn_uncompressed(compression, "call(compression)")
+            metadata = _compression.with_request_key(metadata, compression)
         call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready, credentials)
         return call
 
@@ -761,12 +797,12 @@ class Channel(aio.Channel):
                  interceptors: _grpc.ClientInterceptors | None = None, *,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self._target = target
-        self._endpoints = parse_target(target)
         self._options = _options.parse(options)
+        resolver = _resolver.Resolver(target, min_interval=self._options.dns_min_interval)
         self._raw_options = tuple(options or ())
         if credentials is not None:
             self._options = _credentials.channel_options(self._options, credentials,
-                                                         self._endpoints)
+                                                         parse_target(target))
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -775,18 +811,22 @@ class Channel(aio.Channel):
         self._retries = _service_config.Retries(self._options.service_config,
                                                 self._options.enable_retries)
         self._retrying: set[_Call[Any, Any]] = set()   # calls waiting out a retry's backoff
-        self._link: ClientLink | None = None
-        self._old_links: set[ClientLink] = set()
+        self._last_link: ClientLink | None = None      # the link the last call was given
+        self._old_links: set[ClientLink] = set()        # retired or draining, with calls on
         self._pending: set[_Call[Any, Any]] = set()     # calls waiting for a connection
         self._intercepted: set[Any] = set()             # intercepted calls not over
-        self._connecting: asyncio.Task[ClientLink | None] | None = None
         self._tried_to_connect = False     # bound to its loop from the first attempt on
         self._state = _CONNECTIVITY.IDLE
         self._state_waiters: list[asyncio.Future[None]] = []
         self._closed = False
-        self._failures = 0
-        self._next_attempt = 0.0
-        self._rr = 0
+        policy, config = _balancer_choice(self._options)
+        opts = self._options
+        self._balancer = _balancer.Balancer(
+            resolver, policy, config, dial=self._dial, make_link=self._make_link,
+            backoff=_balancer.Backoff(initial=opts.initial_reconnect_backoff,
+                                      maximum=opts.max_reconnect_backoff,
+                                      min_connect_timeout=opts.min_connect_timeout),
+            on_state=self._set_state, retire=self._retire)
         _CHANNELS.add(self)
 
     def _current_loop(self) -> asyncio.AbstractEventLoop:
@@ -794,8 +834,7 @@ class Channel(aio.Channel):
         time, say) moves to the loop it is first used in: nothing of it lives in the
         old one yet. Once it has connected, it stays (as grpc.aio's channels do)."""
         loop = self._loop
-        if loop is not None and (self._link is not None or self._old_links
-                                 or self._tried_to_connect):
+        if loop is not None and (self._old_links or self._tried_to_connect):
             return loop
         try:
             running = asyncio.get_running_loop()
@@ -811,8 +850,18 @@ class Channel(aio.Channel):
     # ------------------------------------------------------------ public
 
     @property
+    def _link(self) -> ClientLink | None:
+        """The connection the last call went on, else the one the next would take."""
+        link = self._last_link
+        if link is None or link.conn.closed or link.draining:
+            link = cast("ClientLink | None", self._balancer.peek())
+        return link
+
+    @property
     def lane(self) -> str | None:
-        """The lane that carries this channel now: "tcp", "unix", "shm", or None."""
+        """The lane of the connection the channel's last call went on ("tcp", "unix",
+        "shm"), or else of the one its next call would take; None if there is none.
+        Each address of the target has its own connection and lane (see README)."""
         link = self._link
         return link.lane if link is not None else None
 
@@ -832,14 +881,13 @@ class Channel(aio.Channel):
         if grace is not None and grace < 0:
             raise ValueError(f"grace must be non-negative, got {grace}.")
         self._closed = True
-        links = [link for link in (self._link, *self._old_links) if link is not None]
+        links = [*cast("list[ClientLink]", self._balancer.links()), *self._old_links]
         calls = self._active_calls(links)
         if grace:
             await self._let_end(calls, grace)
         for call in calls:
             call.cancel()
-        if self._connecting is not None:
-            self._connecting.cancel()
+        links = [*cast("list[ClientLink]", self._balancer.shutdown()), *self._old_links]
         for link in links:
             link.close("channel closed")
         for call in list(self._retrying):    # between attempts: on no link
@@ -851,7 +899,7 @@ class Channel(aio.Channel):
                     await asyncio.wait_for(asyncio.shield(link.closed), 1.0)
                 except asyncio.TimeoutError:
                     link.abort("channel closed")
-        self._link = None
+        self._last_link = None
         self._old_links.clear()
 
     def _active_calls(self, links: list[ClientLink]) -> list[Any]:
@@ -900,8 +948,8 @@ class Channel(aio.Channel):
                 return
             if state is _CONNECTIVITY.SHUTDOWN:
                 raise aio.UsageError("Channel is closed.")
-            if state is _CONNECTIVITY.TRANSIENT_FAILURE or state is _CONNECTIVITY.IDLE:
-                self._start_connecting(wait=True)
+            if state is _CONNECTIVITY.IDLE:
+                self._start_connecting()
             await self.wait_for_state_change(state)
 
     def unary_unary(self, method: str, request_serializer: Callable[[_Req], bytes] | None = None,
@@ -936,26 +984,18 @@ class Channel(aio.Channel):
                 waiter.set_result(None)
 
     def _ready_link(self) -> ClientLink | None:
-        link = self._link
+        """The link the policy picks for a call now, or None (then see _get_link)."""
+        link = cast("ClientLink | None", self._balancer.pick())
         if link is not None and not link.draining and not link.conn.closed:
+            self._last_link = link
             return link
         return None
 
-    def _start_connecting(self, wait: bool = False) -> asyncio.Task[ClientLink | None]:
-        task = self._connecting
-        if task is None or task.done():
-            loop = self._current_loop()
-            self._tried_to_connect = True
-            task = self._connecting = loop.create_task(self._connect(wait))
-            task.add_done_callback(self._connect_done)
-        return task
-
-    def _connect_done(self, task: asyncio.Task[ClientLink | None]) -> None:
-        _retrieve(task)
-        if self._connecting is task:
-            # The task's result is the link: held here it would keep a lost link (and
-            # its buffers) alive in a cycle channel -> task -> link -> channel.
-            self._connecting = None
+    def _start_connecting(self) -> None:
+        """Have the policy connect (resolving the target first if needed)."""
+        loop = self._current_loop()
+        self._tried_to_connect = True
+        self._balancer.exit_idle(loop)
 
     async def _get_link(self, deadline: float | None, wait_for_ready: bool) -> ClientLink:
         """A ready connection, made if needed. Raises AioRpcError(UNAVAILABLE) when
@@ -972,81 +1012,57 @@ class Channel(aio.Channel):
             link = self._ready_link()
             if link is not None:
                 return link
-            task = self._start_connecting(wait=wait_for_ready)
-            timeout = None if deadline is None else deadline - self._loop.time()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except asyncio.TimeoutError:
-                raise rpc_error(_C.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-            link = task.result()
+            self._start_connecting()
+            link = self._ready_link()
             if link is not None:
                 return link
-            if self._last_refused:
-                raise rpc_error(_C.PERMISSION_DENIED, self._last_error)
-            if not wait_for_ready:
-                raise rpc_error(_C.UNAVAILABLE, f"failed to connect to {self._target}: "
-                                f"{self._last_error}")
-
-    _last_error = ""
-    _last_refused = False
-
-    async def _connect(self, wait: bool) -> ClientLink | None:
-        """One connection attempt (after the backoff the last failures earned)."""
-        assert self._loop is not None   # set by _current_loop() before this task was made
-        delay = self._next_attempt - self._loop.time()
-        if delay > 0:
-            if not wait:
-                return None
-            await asyncio.sleep(delay)
-        self._set_state(_CONNECTIVITY.CONNECTING)
-        endpoints = self._endpoints
-        errors = []
-        for i in range(len(endpoints)):
-            endpoint = endpoints[(self._rr + i) % len(endpoints)]
+            if self._state is _CONNECTIVITY.TRANSIENT_FAILURE and not wait_for_ready:
+                error, refused = self._balancer.error()
+                if refused:
+                    raise rpc_error(_C.PERMISSION_DENIED, error)
+                raise rpc_error(_C.UNAVAILABLE, f"failed to connect to {self._target}: {error}")
+            timeout = None if deadline is None else deadline - self._loop.time()
             try:
-                # A ClientLink: _make_link made it.
-                link = cast(ClientLink, await _lanes.connect(endpoint, self._options, self._make_link))
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-                errors.append(f"{endpoint}: {exc or type(exc).__name__}")
-                self._last_refused = isinstance(exc, PermissionError) and "refused" in str(exc)
-                continue
-            except Exception as exc:   # a bug, not the network: still fail the call, loudly
-                log.exception("lanerpc: connecting to %s raised", endpoint)
-                errors.append(f"{endpoint}: {type(exc).__name__}: {exc}")
-                continue
-            self._rr += 1
-            self._last_refused = False
-            self._link = link
-            self._failures = 0
-            self._next_attempt = 0.0
-            self._set_state(_CONNECTIVITY.READY)
-            return link
-        self._last_error = "; ".join(errors)
-        self._failures += 1
-        opts = self._options
-        backoff = min(opts.initial_reconnect_backoff * 1.6 ** (self._failures - 1),
-                      opts.max_reconnect_backoff)
-        self._next_attempt = self._loop.time() + backoff * random.uniform(0.8, 1.2)
-        self._set_state(_CONNECTIVITY.TRANSIENT_FAILURE)
-        log.debug("lanerpc: connecting to %s failed: %s", self._target, self._last_error)
-        return None
+                await asyncio.wait_for(self._balancer.changed(), timeout)
+            except asyncio.TimeoutError:
+                raise rpc_error(_C.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
 
     def _make_link(self, hello: Any) -> ClientLink:
         """A connection's protocol, for rpc._lanes to dial with."""
         return ClientLink(self, self._options, hello=hello)
 
+    async def _dial(self, endpoint: Endpoint, make_link: Callable[[Any], Link]) -> Link:
+        """One subchannel's connection, on the lane rpc._lanes chooses for it."""
+        return await _lanes.connect(endpoint, self._options, make_link)
+
+    def _retire(self, link: Link) -> None:
+        """A link the policy no longer uses: its calls end as they will, then it closes."""
+        client = cast(ClientLink, link)
+        client.draining = True
+        if client.calls or client.waiting:
+            self._old_links.add(client)
+        else:
+            client.close("not used by the load-balancing policy")
+
     def _link_draining(self, link: ClientLink) -> None:
-        if self._link is link:
-            self._link = None
-            self._old_links.add(link)
-            self._set_state(_CONNECTIVITY.IDLE)
+        self._old_links.add(link)
+        self._balancer.link_ended(link)
 
     def _link_lost(self, link: ClientLink) -> None:
         self._old_links.discard(link)
-        if self._link is link:
-            self._link = None
-            if not self._closed:
-                self._set_state(_CONNECTIVITY.IDLE)
+        if self._last_link is link:
+            self._last_link = None
+        if not self._closed:
+            self._balancer.link_ended(link)
+
+
+def _balancer_choice(options: Options) -> tuple[str, dict[str, Any]]:
+    """The policy and its config, in gRPC's order: the service config's
+    loadBalancingConfig, its loadBalancingPolicy, then grpc.lb_policy_name."""
+    config = options.service_config
+    if config is not None and config.lb_policy is not None:
+        return config.lb_policy
+    return options.lb_policy, {}
 
 
 _CHANNELS: "weakref.WeakSet[Channel]" = weakref.WeakSet()

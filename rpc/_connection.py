@@ -43,6 +43,8 @@ from rpc._wire import (
     FLAG_NO_MESSAGE,
     FLAG_WITH_MESSAGE,
     FLAG_NOT_STARTED,
+    ENCODING_MASK,
+    ENCODING_SHIFT,
     GOAWAY,
     HEADERS,
     LANE,
@@ -118,6 +120,9 @@ class Connection:
         self._blocked: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.goaway_sent = False
         self.goaway_received: GoAwayReceived | None = None
+        # Bytes of PING frames (ours and our ACKs) queued so far: keepalive and the ping
+        # policy ask whether anything else was sent (gRPC's "data or headers").
+        self.ping_bytes_sent = 0
         self.closed = False
         self.handshake_done = False
         self._accept_pending = False    # server: the client's HELLO awaits accept()
@@ -284,6 +289,7 @@ class Connection:
             message, payload = _wire.split_message(payload)
             # The message goes through _on_message below, which then ends the input.
             end_after_message = bool(flags & FLAG_END_STREAM)
+            message_encoding = flags & ENCODING_MASK
             flags &= ~FLAG_END_STREAM
         if len(payload) > self.limits.max_metadata_size + 512:
             # The request can't be parsed for a reply; refuse the stream only.
@@ -326,7 +332,8 @@ class Connection:
             events.append(RequestReceived(
                 sid, method, timeout_us / 1e6 if timeout_us else None, metadata, end))
             if message is not None:
-                self._on_message(FLAG_END_STREAM if end_after_message else 0, sid, message, events)
+                self._on_message((FLAG_END_STREAM if end_after_message else 0) | message_encoding,
+                                 sid, message, events)
         else:
             stream = self.streams.get(sid)
             if stream is None:
@@ -432,7 +439,13 @@ class Connection:
         end = bool(flags & FLAG_END_STREAM)
         if end:
             self._recv_end(stream)
-        events.append(MessageReceived(sid, data, end))
+        encoding = flags & ENCODING_MASK
+        if encoding:
+            if encoding == ENCODING_MASK:
+                raise ProtocolError(f"message on stream {sid} flags an unknown encoding")
+            events.append(MessageReceived(sid, data, end, encoding >> ENCODING_SHIFT))
+        else:
+            events.append(MessageReceived(sid, data, end))
 
     def _reject_message(self, stream: Stream, more: bool, code: int, detail: str,
                         events: list[Event]) -> None:
@@ -500,7 +513,8 @@ class Connection:
             raise ProtocolError("TRAILERS from a client")
         if flags & FLAG_WITH_MESSAGE:
             message, payload = _wire.split_message(payload)
-            self._on_message(0, sid, message, events)   # may end the stream (too large)
+            # May end the stream (too large).
+            self._on_message(flags & ENCODING_MASK, sid, message, events)
         stream = self.streams.get(sid)
         if stream is None:
             self._check_known(sid)
@@ -556,7 +570,9 @@ class Connection:
         if flags & FLAG_ACK:
             events.append(PingAcked(payload))
         else:
-            self._emit(_wire.frame(PING, FLAG_ACK, 0, payload))
+            ack = _wire.frame(PING, FLAG_ACK, 0, payload)
+            self.ping_bytes_sent += len(ack)
+            self._emit(ack)
             events.append(PingReceived(payload))
 
     def _on_lane(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> bool:
@@ -681,9 +697,11 @@ class Connection:
             raise RuntimeError("handshake not done")
 
     def start_request(self, method: str, timeout: float | None, metadata: _wire.Metadata | None, *,
-                      end_stream: bool = False, message: bytes | None = None) -> int:
+                      end_stream: bool = False, message: bytes | None = None,
+                      encoding: int = 0) -> int:
         """Client: open a stream. Returns its id. With ``message``: the whole
-        request of a unary call, which also ends the input (one frame when it fits)."""
+        request of a unary call, which also ends the input (one frame when it fits);
+        ``encoding``: how ``message`` is compressed (0: not)."""
         self._check_can_send()
         if self.goaway_received is not None:
             raise ConnectionClosed("server sent GOAWAY")
@@ -713,11 +731,12 @@ class Connection:
                 self.send_window -= size
                 stream.state = StreamState.HALF_CLOSED_LOCAL
                 self._emit(_pack_header(len(payload) + 4 + size, HEADERS,
-                                        FLAG_END_STREAM | FLAG_WITH_MESSAGE, sid)
+                                        FLAG_END_STREAM | FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT,
+                                        sid)
                            + _wire.pack_u32(size) + message + payload)
                 return sid
             self._emit(_pack_header(len(payload), HEADERS, 0, sid) + payload)
-            self.send_message(sid, message, end_stream=True)
+            self.send_message(sid, message, end_stream=True, encoding=encoding)
             return sid
         if end_stream:
             stream.state = StreamState.HALF_CLOSED_LOCAL
@@ -737,9 +756,11 @@ class Connection:
         stream.headers_sent = True
         self._emit(_pack_header(len(payload), HEADERS, 0, stream_id) + payload)
 
-    def send_message(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> bool:
-        """Queue one whole message. Returns True if it all went to the wire now,
-        False if part waits for the peer's window (a StreamWritable follows)."""
+    def send_message(self, stream_id: int, data: bytes, *, end_stream: bool = False,
+                     encoding: int = 0) -> bool:
+        """Queue one whole message (``encoding``: how ``data`` is compressed, 0: not).
+        Returns True if it all went to the wire now, False if part waits for the
+        peer's window (a StreamWritable follows)."""
         stream = self.streams.get(stream_id)
         if stream is None:
             raise StreamClosed(stream_id)
@@ -752,12 +773,13 @@ class Connection:
                 and size <= self.peer.max_frame_size):  # type: ignore[union-attr]
             stream.send_window -= size
             self.send_window -= size
-            self._emit(_pack_header(size, MESSAGE, FLAG_END_STREAM if end_stream else 0, stream_id))
+            self._emit(_pack_header(size, MESSAGE, (FLAG_END_STREAM if end_stream else 0)
+                                    | encoding << ENCODING_SHIFT, stream_id))
             if size:
                 self._out.append(data)
                 self._out_bytes += size
             return True
-        stream.outbox.append([data, 0, end_stream])
+        stream.outbox.append([data, 0, end_stream, encoding << ENCODING_SHIFT])
         stream.outbox_bytes += size
         self._pump(stream, None)
         return not stream.outbox
@@ -768,7 +790,7 @@ class Connection:
         outbox = stream.outbox
         while outbox:
             item = outbox[0]
-            data, offset, end = item
+            data, offset, end, encoded = item
             remaining = len(data) - offset
             allowance = min(stream.send_window, self.send_window, max_frame)
             if remaining and allowance <= 0:
@@ -777,7 +799,7 @@ class Connection:
                 return
             n = min(remaining, allowance)
             last = n == remaining
-            flags = (FLAG_END_STREAM if end else 0) if last else FLAG_MORE
+            flags = ((FLAG_END_STREAM if end else 0) if last else FLAG_MORE) | encoded
             self._emit(_pack_header(n, MESSAGE, flags, stream.id))
             if n:
                 chunk = data if (offset == 0 and last) else memoryview(data)[offset:offset + n]
@@ -821,7 +843,7 @@ class Connection:
         self._emit(_pack_header(0, MESSAGE, FLAG_END_STREAM | FLAG_NO_MESSAGE, stream_id))
 
     def end_stream(self, stream_id: int, code: int, details: str = "", metadata: _wire.Metadata | None = None,
-                   message: bytes | None = None) -> None:
+                   message: bytes | None = None, encoding: int = 0) -> None:
         """Server: send the final status and close the stream; with ``message``, the
         unary response goes first (in the same frame when it fits). Trailers the
         client would refuse become RESOURCE_EXHAUSTED (long details are cut instead)."""
@@ -836,11 +858,12 @@ class Connection:
                 stream.state = transition(stream.state, StreamInput.SEND_MESSAGE)
                 stream.send_window -= size
                 self.send_window -= size
-                self._emit(_pack_header(len(payload) + 4 + size, TRAILERS, FLAG_WITH_MESSAGE, stream_id)
+                self._emit(_pack_header(len(payload) + 4 + size, TRAILERS,
+                                        FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, stream_id)
                            + _wire.pack_u32(size) + message + payload)
                 self._drop(stream)
                 return
-            self.send_message(stream_id, message)
+            self.send_message(stream_id, message, encoding=encoding)
         if not stream.outbox:
             self._emit(_pack_header(len(payload), TRAILERS, 0, stream_id) + payload)
             self._drop(stream)
@@ -894,7 +917,9 @@ class Connection:
         payload = payload if payload is not None else os.urandom(8)
         if len(payload) != 8:
             raise ValueError("a PING carries exactly 8 bytes")
-        self._emit(_wire.frame(PING, 0, 0, payload))
+        frame = _wire.frame(PING, 0, 0, payload)
+        self.ping_bytes_sent += len(frame)
+        self._emit(frame)
         return payload
 
     def goaway(self, code: int = GoAwayCode.NO_ERROR, reason: str = "") -> None:

@@ -17,7 +17,8 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc._options import Options, warn_uncompressed
+from rpc._compression import NAMES, Compressed, DecompressionError, algorithm
+from rpc._options import Options
 from rpc._stats import Stats
 from rpc._credentials import identity_key
 from rpc._lanes import auth_properties
@@ -123,7 +124,10 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         self._method = method
         self._handler = handler
         self._metadata = metadata
-        self._received: collections.deque[bytes] = collections.deque()
+        self._received: collections.deque[bytes | Compressed] = collections.deque()
+        default = server._options.default_compression
+        if default:
+            self._encoding = default            # the server's compression= (tcp lane only)
         if timeout is not None:
             self._deadline = self._loop.time() + timeout
             self._timer = self._loop.call_later(timeout, self._on_deadline)
@@ -521,10 +525,37 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         return auth_properties(self._link.peer, self._link.lane, self._link.tls)
 
     def set_compression(self, compression: grpc.Compression) -> None:
-        warn_uncompressed(compression, "context.set_compression")
+        """Compress this call's responses with ``compression``, on every lane (asked
+        for this call: unlike the server's default, not only on tcp)."""
+        self._encoding = algorithm(compression, "set_compression")
+        self._encoding_everywhere = True
 
     def disable_next_message_compression(self) -> None:
-        pass
+        self._skip_next_compression = True
+
+    # ------------------------------------------------------------ decompression
+
+    _side = "SERVER"
+
+    def _receive_limit(self) -> int:
+        return self._server._options.max_receive_message_length
+
+    def _inflate(self, message: Compressed) -> bytes:
+        if not self._server._options.compression_enabled >> message.encoding & 1:
+            # As grpc: a request compressed with an algorithm the server turned off.
+            raise self._decompression_failed(DecompressionError(
+                _C.UNIMPLEMENTED.value[0],
+                f"Compression algorithm '{NAMES[message.encoding]}' is disabled."))
+        return super()._inflate(message)
+
+    def _decompression_failed(self, exc: DecompressionError) -> BaseException:
+        """The request can't be taken: the call ends with ``exc``'s status at once, and
+        the handler (if running) is stopped as by abort()."""
+        if not self._aborted:
+            self._aborted = True
+            self._code, self._py_code, self._details = exc.code, exc.code, exc.details
+            self._end_with(exc.code, exc.details, ())
+        return _Abort()
 
     @property
     def lane(self) -> str | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import ssl
 import tempfile
@@ -282,4 +283,17 @@ def channel_options(options: Options, credentials: grpc.ChannelCredentials,
     if any(endpoint.lane == "unix" for endpoint in endpoints):
         raise ValueError("lanerpc's TLS lane is TCP: a unix: target is dialled with "
                          "rpc.insecure_channel (the server admits its clients by uid)")
-    return dataclasses.replace(options, tls=credentials.client_context())
+    # The name the server's certificate must carry is the target's, not the address a
+    # name resolves to (a target of IP addresses: each address is its own name).
+    name = None
+    if len(endpoints) == 1 and endpoints[0].lane == "tcp" and not _is_ip(endpoints[0].host):
+        name = endpoints[0].host
+    return dataclasses.replace(options, tls=credentials.client_context(), tls_server_name=name)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

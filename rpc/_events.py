@@ -45,10 +45,12 @@ class InitialMetadataReceived(Event):
 
 @dataclass(slots=True)
 class MessageReceived(Event):
-    """A whole message; the owner credits it back with ``consume()`` once it took it."""
+    """A whole message; the owner credits it back with ``consume()`` once it took it.
+    ``encoding``: 0, or how ``data`` is compressed (rpc._compression's numbers)."""
     stream_id: int
     data: bytes
     end_stream: bool
+    encoding: int = 0
 
 
 @dataclass(slots=True)

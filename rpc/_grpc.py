@@ -19,14 +19,18 @@ their PEM bytes (see :mod:`rpc._credentials`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
+
+from rpc import _splice
 
 Options = Sequence[tuple[str, Any]]                  # gRPC's (name, value) option pairs
 ClientInterceptors = Sequence[aio.ClientInterceptor]
@@ -115,6 +119,115 @@ def channel(target: str, options: Options | None, credentials: grpc.ChannelCrede
         target, options, credentials, compression, interceptors)
 
 
+class _SplicedContext:
+    """A gRPC-side call's context for a client spliced from a lanerpc TCP port: all
+    of grpc.aio's context, except that ``peer()`` is the client's own address, not
+    the splice's socket."""
+
+    __slots__ = ("_context", "_peer")
+
+    def __init__(self, context: aio.ServicerContext[Any, Any], peer: str) -> None:
+        self._context = context
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """The callback gets this context, the one its handler was given."""
+        self._context.add_done_callback(lambda _: callback(self))  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+aio.ServicerContext.register(_SplicedContext)
+
+
+def _context_for(context: Any) -> Any:
+    peer = _splice.real_peer(context.peer())
+    return context if peer is None else _SplicedContext(context, peer)
+
+
+def _with_real_peer(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """``behavior`` given the spliced client's context; of the same kind (coroutine,
+    async generator, plain), which is how grpc.aio decides how to run it."""
+    if inspect.isasyncgenfunction(behavior):
+        async def streaming(request: Any, context: Any) -> Any:
+            async for response in behavior(request, _context_for(context)):
+                yield response
+        return streaming
+    if inspect.iscoroutinefunction(behavior):
+        async def coroutine(request: Any, context: Any) -> Any:
+            return await behavior(request, _context_for(context))
+        return coroutine
+
+    def plain(request: Any, context: Any) -> Any:
+        return behavior(request, _context_for(context))
+    return plain
+
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class _HandlerWrapper:
+    """Method handlers whose behaviours give a spliced client's calls its own address
+    as ``context.peer()`` (cached per handler: a generic handler may return the same
+    handler for every call)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[Any, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def __call__(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        try:
+            return self._wrapped[handler]
+        except (KeyError, TypeError):
+            pass
+        if not hasattr(handler, "_replace"):
+            return handler                # a handler class of the user's: left as it is
+        wrapped: grpc.RpcMethodHandler[Any, Any] = handler._replace(**{
+            kind: _with_real_peer(getattr(handler, kind))          # grpc's is a namedtuple
+            for kind in _KINDS if getattr(handler, kind, None) is not None})
+        if len(self._wrapped) > 1024:    # generic handlers may make a handler per call
+            self._wrapped.clear()
+        try:
+            self._wrapped[handler] = wrapped
+        except TypeError:
+            pass                          # not hashable: wrapped again next time
+        return wrapped
+
+
+class SplicedPeers(aio.ServerInterceptor):
+    """The inner server's first interceptor, when it has interceptors and serves gRPC
+    clients spliced from the lanerpc TCP ports: the interceptors after it and the
+    handlers see such a client's address as ``context.peer()``. (Without interceptors
+    the handlers are wrapped where they are added: grpc.aio's interceptor path costs
+    tens of microseconds a call.)"""
+
+    def __init__(self) -> None:
+        self._wrap = _HandlerWrapper()
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        return None if handler is None else self._wrap(handler)
+
+
+class _PeerGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers get the wrapping of _HandlerWrapper."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: _HandlerWrapper) -> None:
+        self._inner = inner
+        self._wrap = wrap
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        return None if handler is None else self._wrap(handler)
+
+
 class GrpcPorts:
     """The inner ``grpc.aio`` server behind a lanerpc server's ``grpc://`` and secure ports.
 
@@ -125,9 +238,15 @@ class GrpcPorts:
     and keeps port 0's choice), released just before grpcio binds it.
     """
 
-    def __init__(self, make_server: Callable[[], aio.Server]) -> None:
+    def __init__(self, make_server: Callable[[Sequence[aio.ServerInterceptor]], aio.Server],
+                 intercepted: bool = False) -> None:
         self._make_server = make_server
+        self._intercepted = intercepted      # the lanerpc server has interceptors
+        self._wrap: _HandlerWrapper | None = None   # wraps handlers for spliced peers
         self.server: aio.Server | None = None
+        self._private: str | None = None   # unix socket for gRPC clients of lanerpc tcp ports
+        self._starting: asyncio.Task[None] | None = None
+        self._stopped = False
         self._ports: list[tuple[str, grpc.ServerCredentials | None, list[socket.socket]]] = []
         self._generic: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -171,17 +290,47 @@ class GrpcPorts:
         for service, handlers in (registered or {}).items():
             self._registered.setdefault(service, {}).update(handlers)
         if self.server is not None:
-            if generic_handlers:
-                self.server.add_generic_rpc_handlers(generic_handlers)
-            for service, handlers in (registered or {}).items():
-                self.server.add_registered_method_handlers(service, handlers)
+            self._register(self.server, generic_handlers, registered or {})
+
+    def _register(self, server: aio.Server, generic_handlers: Sequence[grpc.GenericRpcHandler],
+                  registered: Mapping[str, MethodHandlers]) -> None:
+        wrap = self._wrap
+        if wrap is not None:
+            generic_handlers = [_PeerGenericHandler(g, wrap) for g in generic_handlers]
+            registered = {service: {name: wrap(h) for name, h in handlers.items()}
+                          for service, handlers in registered.items()}
+        if generic_handlers:
+            server.add_generic_rpc_handlers(tuple(generic_handlers))
+        for service, handlers in registered.items():
+            server.add_registered_method_handlers(service, handlers)
+
+    def serve_privately_at(self, path: str) -> None:
+        """Also listen on the Unix socket ``path`` (in the lanerpc server's private
+        directory), where gRPC clients of the lanerpc TCP ports are spliced to; set
+        before the inner server starts."""
+        if self._starting is not None and self._private != path:
+            raise RuntimeError("the inner gRPC server has started without the private socket")
+        self._private = path
 
     async def start(self) -> None:
-        server = self.server = self._make_server()
-        if self._generic:
-            server.add_generic_rpc_handlers(tuple(self._generic))
-        for service, handlers in self._registered.items():
-            server.add_registered_method_handlers(service, handlers)
+        """Start the inner server (once, however many ask at the same time): at the
+        lanerpc server's start() for grpc:// ports, else on the first gRPC client
+        of a lanerpc TCP port. Raises once the lanerpc server is stopping."""
+        if self._stopped:
+            raise RuntimeError("the server is stopping")
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        first: list[aio.ServerInterceptor] = []
+        if self._private is not None:
+            if self._intercepted:
+                first.append(SplicedPeers())
+            else:
+                self._wrap = _HandlerWrapper()
+        server = self.server = self._make_server(first)
+        self._register(server, self._generic, self._registered)
         for address, credentials, sockets in self._ports:
             for sock in sockets:
                 sock.close()
@@ -192,6 +341,9 @@ class GrpcPorts:
                 port = server.add_secure_port(address, credentials)
             if port == 0:
                 raise RuntimeError(f"Failed to bind to address {address} (grpc port)")
+        if self._private is not None:
+            if server.add_insecure_port("unix:" + self._private) == 0:
+                raise RuntimeError(f"Failed to bind the gRPC side's socket {self._private}")
         await server.start()
 
     def release(self) -> None:
@@ -202,6 +354,9 @@ class GrpcPorts:
             sockets.clear()
 
     async def stop(self, grace: float | None) -> None:
+        self._stopped = True
         self.release()
+        if self._starting is not None and not self._starting.done():
+            await asyncio.wait([self._starting])      # its error, if any, went to start()
         if self.server is not None:
             await self.server.stop(grace)

@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 
 from rpc import _credentials
 from rpc._link import LaneAdapter, Link
+from rpc._splice import GrpcSide, Sniffer, Splice
 from rpc._options import Options
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
@@ -61,6 +62,7 @@ log = logging.getLogger("lanerpc")
 
 _DIR_PREFIX = "lanerpc-up-"   # specific: the sweep must never touch other programs' dirs
 _SOCKET_NAME = "up.sock"
+_GRPC_SOCKET_NAME = "grpc.sock"   # the inner grpcio server behind gRPC clients of tcp ports
 _LOCK_NAME = "lock"           # flock()ed by the live server
 _NEW_LOCK_NAME = "lock.new"   # the same file before it is locked and renamed
 _YOUNG = 5.0                  # seconds: directories without a lock this young are left alone
@@ -129,7 +131,7 @@ async def _dial_tls(endpoint: Endpoint, options: Options,
     the target's host (or ``grpc.ssl_target_name_override``), and ALPN agreed on
     lanerpc's protocol (a gRPC/HTTP2 TLS port is told apart here, not by a hang)."""
     assert options.tls is not None
-    name = options.ssl_target_name_override or endpoint.host
+    name = options.ssl_target_name_override or options.tls_server_name or endpoint.host
     try:
         transport, protocol = await tcp.connect(
             endpoint.host, endpoint.port, factory, ssl=options.tls, server_hostname=name,
@@ -285,12 +287,16 @@ class ServerLanes:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._upgrade: _UpgradeSocket | None = None
+        self._private: _PrivateDir | None = None      # for the gRPC side, without an upgrade socket
+        self.grpc_path: str | None = None             # where the gRPC side of tcp ports listens
+        self.splices: set[Splice] = set()             # gRPC clients of tcp ports, spliced
         self._tls: dict[socket.socket, ssl.SSLContext] = {}   # TLS ports' sockets
 
     def use_tls(self, sockets: Sequence[socket.socket], context: ssl.SSLContext) -> None:
-        """Serve these bound TCP sockets (add_secure_port's) with TLS. Their clients
-        are offered the same-host upgrade like any TCP client's, inside TLS; the
-        upgraded connection keeps the TLS peer's identity (see _UpgradeSocket)."""
+        """Serve these bound TCP sockets (add_secure_port's) with TLS: lanerpc's
+        protocol only (no gRPC sniffing: a gRPC TLS client is told apart by ALPN).
+        Their clients are offered the same-host upgrade like any TCP client's, inside
+        TLS; the upgraded connection keeps the TLS peer's identity (see _UpgradeSocket)."""
         for sock in sockets:
             self._tls[sock] = context
 
@@ -299,16 +305,23 @@ class ServerLanes:
         return self._upgrade.path if self._upgrade is not None else None
 
     async def listen(self, sockets: Sequence[tuple[str, socket.socket]],
-                     make_link: ServerLinkFactory) -> list[Listener]:
+                     make_link: ServerLinkFactory,
+                     grpc_side: GrpcSide | None = None) -> list[Listener]:
         """Listen on the sockets bound by add_insecure_port (and, when a TCP port may
-        be upgraded, on the upgrade socket); returns the ports' listeners."""
+        be upgraded, on the upgrade socket); returns the ports' listeners. With
+        ``grpc_side``, TCP ports also take plain gRPC clients (see rpc._splice)."""
         lanes = self.options.lanes
-        if any(kind == "tcp" for kind, _ in sockets) and "unix" in lanes:
+        has_tcp = any(kind == "tcp" for kind, _ in sockets)
+        if has_tcp and "unix" in lanes:
             try:
                 self._upgrade = await _UpgradeSocket.start(
                     lambda: make_link(Negotiator(self, upgrade_side=True)))
             except OSError as exc:
                 log.debug("lanerpc: no upgrade socket (%s); tcp clients stay on tcp", exc)
+        # gRPC clients are sniffed on plaintext TCP ports only (TLS ones speak lanerpc).
+        if grpc_side is not None and any(kind == "tcp" and sock not in self._tls
+                                         for kind, sock in sockets):
+            self.grpc_path = self._grpc_socket_path()
         listeners: list[Listener] = []
         try:
             for kind, sock in sockets:
@@ -321,12 +334,31 @@ class ServerLanes:
                         ssl=self._tls[sock], handshake_timeout=self.options.handshake_timeout))
                 else:
                     listeners.append(await tcp.listen(
-                        sock, lambda: make_link(Negotiator(self, offer_upgrade=True))))
+                        sock, self._tcp_factory(make_link, grpc_side)))
         except BaseException:
             for listener in listeners:
                 listener.close()
             raise
         return listeners
+
+    def _tcp_factory(self, make_link: ServerLinkFactory,
+                     grpc_side: GrpcSide | None) -> Callable[[], asyncio.Protocol]:
+        """A TCP port's protocols: the lanerpc link at once, or a sniffer first when
+        gRPC clients are taken on the same port."""
+        def link() -> Link:
+            return make_link(Negotiator(self, offer_upgrade=True))
+        if grpc_side is None or self.grpc_path is None:
+            return link
+        side = grpc_side
+        return lambda: Sniffer(link, side, self.options.handshake_timeout, self.splices)
+
+    def _grpc_socket_path(self) -> str:
+        """The gRPC side's socket, in the upgrade socket's private directory (or one
+        of its own when tcp clients are not upgraded): only our uid reaches it."""
+        if self._upgrade is not None:
+            return os.path.join(self._upgrade.directory, _GRPC_SOCKET_NAME)
+        self._private = _PrivateDir.make()
+        return os.path.join(self._private.directory, _GRPC_SOCKET_NAME)
 
     def admits(self, uid: int | None) -> bool:
         """The unix and shm lanes admit our own uid, and those the option lists."""
@@ -335,10 +367,16 @@ class ServerLanes:
         return uid == os.geteuid() or uid in self.options.allowed_uids
 
     def close(self) -> None:
-        """Stop the upgrade socket and remove its directory."""
+        """Stop the upgrade socket and remove its directory; cut what is left of the
+        spliced gRPC connections (the gRPC side has stopped by now)."""
+        for splice in list(self.splices):
+            splice.abort()
         if self._upgrade is not None:
             self._upgrade.close()
             self._upgrade = None
+        if self._private is not None:
+            self._private.close()
+            self._private = None
 
 
 class Negotiator:
@@ -525,6 +563,33 @@ class _UpgradeSocket:
         self.listener.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         if self.lock_fd is not None:     # last: the directory is ours until it is gone
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+class _PrivateDir:
+    """A private directory like the upgrade socket's (0700, flock()ed lock file, so
+    a killed server's is swept), for the gRPC side's socket when there is no
+    upgrade socket to share one with."""
+
+    def __init__(self, directory: str, lock_fd: int) -> None:
+        self.directory = directory
+        self.lock_fd: int | None = lock_fd
+
+    @classmethod
+    def make(cls) -> _PrivateDir:
+        base = runtime_dir()
+        sweep_stale(base)
+        directory = tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=base)   # mode 0700
+        try:
+            return cls(directory, _hold_lock(directory))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 from rpc import _connection as c
 from rpc._options import Options
 from rpc import _wire
+from rpc._compression import Compressed
 from rpc._proto import handshake_pb2
 from rpc._settings import MemoryBudget
 from rpc._wire import GoAwayCode, ProtocolError
@@ -77,10 +78,16 @@ class Link(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.calls: dict[int, Any] = {}   # stream id -> the subclass's call object
+        # Keepalive (see _keepalive_tick): PING after keepalive_time without input.
+        self._ka_time = (options.keepalive_time if self.role is c.Role.CLIENT
+                         else options.server_keepalive_time)
         self._ka_timer: asyncio.TimerHandle | None = None
-        self._ka_deadline: asyncio.TimerHandle | None = None
         self._ka_payload = b""
-        self._ka_seen = -1
+        self._ka_in_at_ping = -1      # bytes_in when our PING went out; -1: none unanswered
+        self._last_input = 0.0        # loop time bytes were last seen coming in (see the tick)
+        self._ka_seen = -1            # bytes_in at the last tick
+        self._pings_without_data = 0  # our PINGs since this side last sent anything else
+        self._data_mark = 0           # bytes sent less PING frames, at the last look
 
     # ------------------------------------------------------------ transport side
 
@@ -305,35 +312,85 @@ class Link(asyncio.Protocol):
             self._handshake_timer = None
         if not self.ready.done():
             self.ready.set_result(None)
-        if self.options.keepalive_time:
-            self._ka_timer = self.loop.call_later(self.options.keepalive_time, self._keepalive_tick)
+        if self._ka_time is not None:
+            self._ka_seen = self.bytes_in
+            self._last_input = self.loop.time()
+            self._ka_timer = self.loop.call_later(self._ka_time / self._KA_STEPS, self._keepalive_tick)
 
     # ------------------------------------------------------------ keepalive
 
+    # The keepalive timer looks at the input this many times per keepalive_time, so
+    # reading data costs nothing more than counting it (no clock read per receive):
+    # a PING goes out at most keepalive_time / _KA_STEPS later than exactly due.
+    _KA_STEPS = 8
+
     def _keepalive_tick(self) -> None:
-        """Every keepalive_time: if nothing arrived since the last tick, PING and
-        expect the answer within keepalive_timeout (gRPC's keepalive options)."""
-        interval = self.options.keepalive_time
-        assert interval is not None   # ticks are scheduled only with keepalive on
-        if self.conn.closed:
+        """gRPC's keepalive, on both sides: a PING goes out keepalive_time after the
+        last bytes received (not on a fixed beat, so a silent peer is found within
+        keepalive_time (+ 1/_KA_STEPS of it) + keepalive_timeout of its last word),
+        and the connection is closed when nothing at all arrives within
+        keepalive_timeout of it (any input proves the peer alive). As gRPC, no PING
+        without calls unless keepalive_permit_without_calls, and a client sends at
+        most max_pings_without_data PINGs before it sends something else."""
+        self._ka_timer = None
+        interval = self._ka_time
+        if interval is None or self.conn.closed:
             return
-        idle = self.bytes_in == self._ka_seen
-        wanted = bool(self.calls) or self.options.keepalive_permit_without_calls
-        if idle and wanted and self._ka_deadline is None:
-            self._ka_payload = self.conn.ping()
-            self.flush()
-            self._ka_deadline = self.loop.call_later(self.options.keepalive_timeout,
-                                                     self._keepalive_expired)
-        self._ka_seen = self.bytes_in
-        self._ka_timer = self.loop.call_later(interval, self._keepalive_tick)
+        now = self.loop.time()
+        if self._ka_in_at_ping >= 0:                 # our PING is out: this is its watchdog
+            if self.bytes_in == self._ka_in_at_ping:
+                self._keepalive_expired()
+                return
+            self._ka_in_at_ping = -1
+        if self.bytes_in != self._ka_seen:           # input since the last look
+            self._ka_seen = self.bytes_in
+            self._last_input = now
+        wait = self._last_input + interval - now
+        if wait > 0:
+            self._ka_timer = self.loop.call_later(min(wait, interval / self._KA_STEPS),
+                                                  self._keepalive_tick)
+            return
+        if not (self.calls or self.options.keepalive_permit_without_calls) \
+                or not self._may_ping():
+            self._ka_timer = self.loop.call_later(interval, self._keepalive_tick)
+            return
+        self._ka_payload = self.conn.ping()
+        self._pings_without_data += 1
+        self._ka_in_at_ping = self.bytes_in
+        self.flush()
+        self._ka_timer = self.loop.call_later(self.options.keepalive_timeout, self._keepalive_tick)
+
+    def _may_ping(self) -> bool:
+        """gRPC's grpc.http2.max_pings_without_data: a client sends that many PINGs
+        in a row at most (0: no limit) until it sends data or headers again; a
+        server is not limited."""
+        if self._sent_other_frames():
+            self._pings_without_data = 0
+        limit = self.options.max_pings_without_data
+        return self.role is c.Role.SERVER or not limit or self._pings_without_data < limit
+
+    def _sent_other_frames(self) -> bool:
+        """Whether this side wrote anything but PING frames since the last look
+        (headers, messages, trailers, window updates...). Frames still queued count
+        as written: an ACK is queued before it is flushed, and PINGs arriving
+        together must not look like data in between."""
+        queued = self.conn.bytes_to_send + sum(map(len, self._backlog))
+        mark = self.bytes_out + queued - self.conn.ping_bytes_sent
+        sent, self._data_mark = mark != self._data_mark, mark
+        return sent
 
     def keepalive_acked(self, payload: bytes) -> None:
-        if payload == self._ka_payload and self._ka_deadline is not None:
-            self._ka_deadline.cancel()
-            self._ka_deadline = None
+        """The answer to our PING: the next one is due keepalive_time from now."""
+        if payload == self._ka_payload and self._ka_in_at_ping >= 0 and self._ka_time is not None:
+            self._ka_in_at_ping = -1
+            self._ka_seen = self.bytes_in
+            self._last_input = self.loop.time()
+            if self._ka_timer is not None:
+                self._ka_timer.cancel()
+            self._ka_timer = self.loop.call_later(self._ka_time / self._KA_STEPS,
+                                                  self._keepalive_tick)
 
     def _keepalive_expired(self) -> None:
-        self._ka_deadline = None
         reason = (f"keepalive: no answer to a PING within {self.options.keepalive_timeout:g} s; "
                   "peer frozen or network gone")
         log.warning("lanerpc: closing connection to %s: %s",
@@ -341,10 +398,10 @@ class Link(asyncio.Protocol):
         self.abort(reason)
 
     def _stop_timers(self) -> None:
-        for timer in (self._handshake_timer, self._ka_timer, self._ka_deadline):
+        for timer in (self._handshake_timer, self._ka_timer):
             if timer is not None:
                 timer.cancel()
-        self._handshake_timer = self._ka_timer = self._ka_deadline = None
+        self._handshake_timer = self._ka_timer = None
 
     def fail(self, exc: ProtocolError) -> None:
         """Close this one connection because the peer broke the protocol."""
@@ -410,7 +467,8 @@ class Link(asyncio.Protocol):
             if t is c.MessageReceived:
                 call = calls.get(ev.stream_id)
                 if call is not None:
-                    call._on_message(ev.data, ev.end_stream)
+                    call._on_message(Compressed(ev.data, ev.encoding) if ev.encoding else ev.data,
+                                     ev.end_stream)
             elif t is c.StreamWritable:
                 call = calls.get(ev.stream_id)
                 if call is not None:

@@ -13,7 +13,7 @@ import ssl
 import sys
 from typing import Any, Sequence
 
-from rpc import _service_config, _wire
+from rpc import _compression, _service_config, _wire
 
 log = logging.getLogger("lanerpc")
 
@@ -25,6 +25,9 @@ USER_AGENT = f"lanerpc-python/{VERSION} ({sys.platform})"
 ALL_LANES = ("shm", "unix", "tcp")
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
 _UNLIMITED = 2**31 - 1
+# gRPC servers ping a connection with calls after two hours without input (grpc-core's
+# default for servers; clients don't ping unless asked).
+SERVER_KEEPALIVE_TIME = 7200.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,10 +37,13 @@ class Options:
     max_metadata_size: int = _wire.DEFAULT_MAX_METADATA_SIZE
     lanes: tuple[str, ...] = ALL_LANES
     handshake_timeout: float = 5.0
-    keepalive_time: float | None = None      # seconds between PINGs on an idle connection
+    keepalive_time: float | None = None      # client: PING after this long without input
+    server_keepalive_time: float | None = SERVER_KEEPALIVE_TIME   # the same, on a server
     keepalive_timeout: float = 20.0          # seconds to wait for the PING's answer
     keepalive_permit_without_calls: bool = False
+    max_pings_without_data: int = 2          # client: pings in a row with no data sent; 0 = any
     min_ping_interval: float = 300.0         # server: pings closer than this are "too many"
+    max_ping_strikes: int = 2                # server: strikes tolerated; 0 = any
     max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
     allowed_uids: frozenset[int] = frozenset()   # unix/shm: uids admitted besides our own
     server_uids: frozenset[int] | None = None    # client: the only uids a unix server may run as
@@ -48,16 +54,25 @@ class Options:
     retry_buffer_size: int = 256 * 1024      # grpc.per_rpc_retry_buffer_size
     initial_reconnect_backoff: float = 1.0
     max_reconnect_backoff: float = 120.0
+    min_connect_timeout: float = 20.0        # grpc.min_reconnect_backoff_ms: an attempt's least time
+    lb_policy: str = "pick_first"            # grpc.lb_policy_name (the service config's come first)
+    dns_min_interval: float = 30.0           # grpc.dns_min_time_between_resolutions_ms
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
     max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
     max_connection_idle: float | None = None   # server: GOAWAY a connection idle this long
+    max_connection_age: float | None = None    # server: GOAWAY a connection this old (±10 %)
+    max_connection_age_grace: float | None = None   # server: then close it this much later
     memory_budget: int = dataclasses.field(default_factory=lambda: default_memory_budget())
     max_queued_calls: int = 1000             # server: plain handlers waiting for a pool thread
+    default_compression: int = 0             # grpc.Compression's number; tcp lane only
+    compression_enabled: int = 0b111         # server: bit n set = algorithm n accepted
+    grpc_on_lanerpc_ports: bool = True       # server: gRPC (HTTP/2) clients welcome on tcp ports
     user_agent: str = USER_AGENT             # client: grpc.primary/secondary_user_agent around ours
     # client TLS (rpc.secure_channel with rpc.ssl_channel_credentials): the context, and
     # the name the server's certificate must carry when not the target's host (also SNI)
     tls: ssl.SSLContext | None = None
     ssl_target_name_override: str | None = None
+    tls_server_name: str | None = None       # the target's host name (addresses are resolved)
 
 
 def default_memory_budget() -> int:
@@ -108,6 +123,41 @@ def _length(value: Any, name: str) -> int:
     return min(length, _UNLIMITED)
 
 
+def _flag(value: Any, name: str) -> bool:
+    """An on/off option: 0 or 1 (an int, a bool, or their text); anything else is an error
+    rather than a guess."""
+    text = str(int(value) if isinstance(value, bool) else value).strip()
+    if text not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1; got {value!r}")
+    return text == "1"
+def _int(value: Any, name: str) -> int:
+    """An integer option's value (an int or its decimal text); ValueError naming the
+    option for anything else, rather than a bare int() error."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer; got {value!r}") from None
+
+
+def _millis_or_off(value: Any, name: str, *, zero_is_off: bool = True) -> float | None:
+    """Seconds from a gRPC ``*_ms`` option, or None for "off": INT_MAX or more (gRPC's
+    "unlimited") and negative values, and 0 too unless ``zero_is_off`` is False (a
+    grace period of 0 means "close at once")."""
+    ms = _int(value, name)
+    if ms < 0 or ms >= _UNLIMITED or (ms == 0 and zero_is_off):
+        return None
+    return ms / 1000
+
+
+def _count(value: Any, name: str) -> int:
+    count = _int(value, name)
+    if count < 0:
+        raise ValueError(f"{name} must be 0 (no limit) or more; got {value!r}")
+    return count
+
+
 def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
     """Options from gRPC-style (name, value) pairs. Known names with bad values raise
     ValueError; unknown ``grpc.*`` and ``lanerpc.*`` names are logged once (see the
@@ -135,13 +185,22 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "lanerpc.upgrade_timeout_ms":
             values["upgrade_timeout"] = max(1, int(value)) / 1000
         elif name == "grpc.keepalive_time_ms":
-            values["keepalive_time"] = None if int(value) <= 0 else int(value) / 1000
+            keepalive = _millis_or_off(value, name)
+            values["keepalive_time"] = values["server_keepalive_time"] = keepalive
         elif name == "grpc.keepalive_timeout_ms":
             values["keepalive_timeout"] = max(1, int(value)) / 1000
         elif name == "grpc.keepalive_permit_without_calls":
             values["keepalive_permit_without_calls"] = bool(int(value))
         elif name == "grpc.http2.min_ping_interval_without_data_ms":
             values["min_ping_interval"] = max(0, int(value)) / 1000
+        elif name == "grpc.http2.max_pings_without_data":
+            values["max_pings_without_data"] = _count(value, name)
+        elif name == "grpc.http2.max_ping_strikes":
+            values["max_ping_strikes"] = _count(value, name)
+        elif name == "grpc.max_connection_age_ms":
+            values["max_connection_age"] = _millis_or_off(value, name)
+        elif name == "grpc.max_connection_age_grace_ms":
+            values["max_connection_age_grace"] = _millis_or_off(value, name, zero_is_off=False)
         elif name == "grpc.so_reuseport":
             values["so_reuseport"] = bool(int(value))
         elif name == "grpc.max_concurrent_streams":
@@ -160,6 +219,12 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
             values["max_reconnect_backoff"] = max(1, int(value)) / 1000
+        elif name == "grpc.min_reconnect_backoff_ms":
+            values["min_connect_timeout"] = max(1, int(value)) / 1000
+        elif name == "grpc.dns_min_time_between_resolutions_ms":
+            values["dns_min_interval"] = max(0, int(value)) / 1000
+        elif name == "grpc.lb_policy_name":
+            values["lb_policy"] = _lb_policy_name(value)
         elif name in ("grpc.max_allowed_incoming_connections", "lanerpc.max_connections"):
             values["max_connections"] = max(0, int(value))
         elif name == "lanerpc.memory_budget_bytes":
@@ -167,11 +232,21 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             if budget < 1024 * 1024:
                 raise ValueError(f"{name} must be at least 1 MiB (1048576); got {value!r}")
             values["memory_budget"] = budget
+        elif name == "grpc.default_compression_algorithm":
+            values["default_compression"] = _compression.algorithm(value, name)
+        elif name == "grpc.compression_enabled_algorithms_bitset":
+            bits = int(value)
+            if not 0 <= bits <= 0b111:
+                raise ValueError(f"{name} must be a bitset of 0 (identity), 1 (deflate) and "
+                                 f"2 (gzip); got {value!r}")
+            values["compression_enabled"] = bits | 1      # identity is always accepted
         elif name == "lanerpc.max_queued_calls":
             queued = int(value)
             if queued < 0:
                 raise ValueError(f"{name} must be 0 or more; got {value!r}")
             values["max_queued_calls"] = queued
+        elif name == "lanerpc.grpc_on_lanerpc_ports":
+            values["grpc_on_lanerpc_ports"] = _flag(value, name)
         elif name == "grpc.max_connection_idle_ms":
             idle_ms = int(value)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
@@ -195,10 +270,15 @@ IMPLEMENTED = frozenset({
     "grpc.max_concurrent_streams", "grpc.service_config", "grpc.enable_retries",
     "grpc.per_rpc_retry_buffer_size",
     "grpc.initial_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms",
+    "grpc.min_reconnect_backoff_ms", "grpc.dns_min_time_between_resolutions_ms",
+    "grpc.lb_policy_name",
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
+    "grpc.max_connection_age_ms", "grpc.max_connection_age_grace_ms",
+    "grpc.http2.max_pings_without_data", "grpc.http2.max_ping_strikes",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
     "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
-    "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls",
+    "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls", "lanerpc.grpc_on_lanerpc_ports",
+    "grpc.default_compression_algorithm", "grpc.compression_enabled_algorithms_bitset",
     "lanerpc.protocol", "grpc.primary_user_agent", "grpc.secondary_user_agent",
     "grpc.ssl_target_name_override",
 })
@@ -219,19 +299,15 @@ def _warn_unknown(name: Any) -> None:
     log.warning("lanerpc: option %r is %s; it has no effect on lanerpc lanes", name, what)
 
 
-def warn_uncompressed(compression: Any, where: str) -> None:
-    """Log, once per place, that a compression asked for is not applied: lanerpc's own
-    lanes carry messages uncompressed (``grpc://`` ports and channels, being grpcio's,
-    do compress). The result of a call is the same either way, so it is not refused."""
-    if compression is None or getattr(compression, "name", None) == "NoCompression":
-        return
-    key = f"compression:{where}"
-    if key in _warned:
-        return
-    _warned.add(key)
-    log.warning("lanerpc: %s=%s is not applied on lanerpc lanes: they carry messages "
-                "uncompressed (grpc:// ports and channels compress)", where,
-                getattr(compression, "name", compression))
+def _lb_policy_name(value: Any) -> str:
+    """``grpc.lb_policy_name``: a policy lanerpc has. As gRPC does with a name it does not
+    know, an unknown one is logged at ERROR and pick_first is used."""
+    if value in _service_config.LB_POLICIES:
+        return str(value)
+    log.error("lanerpc: LB policy %r passed through grpc.lb_policy_name does not exist "
+              "(lanerpc has %s); using pick_first instead", value,
+              ", ".join(_service_config.LB_POLICIES))
+    return "pick_first"
 
 
 def _parse_service_config(value: Any) -> dict[str, Any]:

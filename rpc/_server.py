@@ -11,16 +11,17 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import random
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _credentials, _grpc, _lanes, _options, _ports
+from rpc import _compression, _credentials, _grpc, _lanes, _options, _ports
 from rpc._target import parse_server_address
 from rpc._context import ServicerContext, _PendingCall
 from rpc._link import Link
@@ -33,6 +34,9 @@ from rpc._wire import DecodedMetadata, GoAwayCode
 log = logging.getLogger("lanerpc")
 
 _C = grpc.StatusCode
+# max_connection_age is spread by up to this fraction either way, as gRPC does, so
+# connections made together don't all reconnect at once.
+AGE_JITTER = 0.1
 
 
 # ============================================================ connection
@@ -50,6 +54,9 @@ class ServerLink(Link):
         self.counted = False          # counts against max_connections (not refused by it)
         self.idle_timer: asyncio.TimerHandle | None = None   # with max_connection_idle
         self.idle_since = 0.0         # loop time the last call ended (or the handshake)
+        self.age_timer: asyncio.TimerHandle | None = None    # with max_connection_age
+        self.aged = False             # GOAWAY "max_age" sent: closes once its calls end
+        self.linger_timer: asyncio.TimerHandle | None = None   # closing after a GOAWAY
         self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -135,6 +142,10 @@ class ServerLink(Link):
             if idle is not None:
                 self.idle_since = self.loop.time()
                 self.idle_timer = self.loop.call_later(idle, self._idle_tick)
+            age = self.options.max_connection_age
+            if age is not None:
+                self.age_timer = self.loop.call_later(
+                    age * random.uniform(1 - AGE_JITTER, 1 + AGE_JITTER), self._age_reached)
             self._dispatch(self.conn.receive_data(b""))
         elif t is c.PingReceived:
             self._on_ping()
@@ -168,19 +179,80 @@ class ServerLink(Link):
                 return
         self.idle_timer = self.loop.call_later(wait, self._idle_tick)
 
+    def _age_reached(self) -> None:
+        """gRPC's max_connection_age: GOAWAY NO_ERROR "max_age" (the client moves its
+        next calls to a new connection; requests crossing the GOAWAY are refused as
+        never started, so they are retried there); the calls in flight get
+        max_connection_age_grace, then the connection is closed and they are
+        cancelled. A connection with no call left closes by itself."""
+        self.age_timer = None
+        if self.conn.closed or self.conn.goaway_sent:
+            return
+        log.info("lanerpc: connection from %s reached its max age (grpc.max_connection_age_ms): "
+                 "GOAWAY", self.peer.address if self.peer else "?")
+        self.aged = True
+        self.conn.goaway(GoAwayCode.NO_ERROR, "max_age")
+        self.flush()
+        grace = self.options.max_connection_age_grace
+        if grace is not None:
+            self.age_timer = self.loop.call_later(grace, self._age_grace_over)
+        if not self.calls:
+            self._close_after_goaway()
+
+    def _age_grace_over(self) -> None:
+        """Close now, cancelling what still runs; a peer that doesn't read what is
+        left to write is cut off a moment later."""
+        self.age_timer = None
+        if self.calls:
+            log.info("lanerpc: closing connection from %s: max_connection_age_grace is over "
+                     "with %d call(s) in flight; they are cancelled",
+                     self.peer.address if self.peer else "?", len(self.calls))
+        reason = "max_connection_age_grace is over"
+        self.close(reason)
+        self._cancel_linger()
+        self.linger_timer = self.loop.call_later(self.GOAWAY_LINGER, self.abort, reason)
+
+    # A lanerpc client hangs up on a GOAWAY once its calls are done; the server closes
+    # anyway this much later (time for requests in flight to get their refusal: closing
+    # with them unread would reset the connection before the GOAWAY is read).
+    GOAWAY_LINGER = 1.0
+
+    def _close_after_goaway(self) -> None:
+        if self.linger_timer is None:
+            self.linger_timer = self.loop.call_later(
+                self.GOAWAY_LINGER, self.close, "GOAWAY sent and no call left")
+
+    def _cancel_linger(self) -> None:
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
+
     def call_ended(self) -> None:
         if self.idle_timer is not None and not self.calls:
             self.idle_since = self.loop.time()
+        if self.aged and not self.calls:
+            self._close_after_goaway()
 
-    _MAX_PING_STRIKES = 2
+    # gRPC's bound on PINGs when a connection has no call (and pings without calls are
+    # not permitted): two hours, as TCP keepalive (RFC 1122).
+    IDLE_PING_INTERVAL = 7200.0
 
     def _on_ping(self) -> None:
-        """gRPC's ping policy: pings closer than min_ping_interval while we sent
-        no data are strikes; past the limit, GOAWAY too_many_pings."""
+        """gRPC's ping policy: a ping closer to the previous one than
+        min_ping_interval (two hours when the connection has no call and
+        keepalive_permit_without_calls is off) is a strike; sending anything else
+        (headers, messages) forgives them; past max_ping_strikes (0: no limit),
+        GOAWAY too_many_pings."""
         now = self.loop.time()
-        if now - self.last_ping < self.options.min_ping_interval:
+        if self._sent_other_frames():
+            self.ping_strikes = 0
+            self.last_ping = -1e9
+        idle = not self.calls and not self.options.keepalive_permit_without_calls
+        allowed = self.IDLE_PING_INTERVAL if idle else self.options.min_ping_interval
+        limit = self.options.max_ping_strikes
+        if now - self.last_ping < allowed:
             self.ping_strikes += 1
-            if self.ping_strikes > self._MAX_PING_STRIKES:
+            if limit and self.ping_strikes > limit:
                 log.warning("lanerpc: closing connection from %s: too many pings",
                             self.peer.address if self.peer else "?")
                 self.conn.goaway(GoAwayCode.ENHANCE_YOUR_CALM, "too_many_pings")
@@ -188,9 +260,11 @@ class ServerLink(Link):
         self.last_ping = now
 
     def _lost(self, reason: str) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        for timer in (self.idle_timer, self.age_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.age_timer = None
+        self._cancel_linger()
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
@@ -272,14 +346,14 @@ class Server(aio.Server):
                  options: _grpc.Options | None = None,
                  maximum_concurrent_rpcs: int | None = None,
                  compression: grpc.Compression | None = None) -> None:
-        self._options = _options.parse(options)
+        # compression=: the default for responses, as grpc.aio's (its channel argument).
+        self._options = _options.parse(_compression.as_option(options, compression))
         self._raw_options = tuple(options or ())
         self._executor = migration_thread_pool
         self._own_executor = False        # start() makes a pool when none was given
         self._generic_handlers: list[grpc.GenericRpcHandler] = list(handlers or ())
         self._registered: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        self._compression = compression     # applied by the grpc:// ports' grpcio server
-        _options.warn_uncompressed(compression, "server(compression)")
+        self._compression = compression     # the grpc:// ports' grpcio server's too
         self._grpc: _grpc.GrpcPorts | None = None   # grpc:// and secure ports, via grpcio
         self._interceptors = list(interceptors or ())
         for interceptor in self._interceptors:
@@ -402,14 +476,16 @@ class Server(aio.Server):
 
     def _grpc_ports(self) -> _grpc.GrpcPorts:
         if self._grpc is None:
-            def make_server() -> aio.Server:   # called in start(), in the running loop
+            def make_server(first: Sequence[aio.ServerInterceptor]) -> aio.Server:
+                # Called in start() (or at the first gRPC client of a lanerpc tcp
+                # port), in the running loop.
                 return aio.server(
                     migration_thread_pool=self._executor,
-                    interceptors=self._interceptors or None,
+                    interceptors=[*first, *self._interceptors] or None,
                     options=_grpc.grpc_options(self._raw_options),
                     maximum_concurrent_rpcs=self._max_rpcs,
                     compression=self._compression)
-            self._grpc = _grpc.GrpcPorts(make_server)
+            self._grpc = _grpc.GrpcPorts(make_server, intercepted=bool(self._interceptors))
             self._grpc.add_handlers(self._generic_handlers, self._registered_by_service())
         return self._grpc
 
@@ -440,9 +516,14 @@ class Server(aio.Server):
         self._thread_capacity = (threads if isinstance(threads, int) else 0) + self._options.max_queued_calls
         try:
             if self._pending_sockets:
-                self._listeners = await self._lanes.listen(self._pending_sockets, self._new_link)
+                grpc_side = _GrpcSide(self) if self._options.grpc_on_lanerpc_ports else None
+                self._listeners = await self._lanes.listen(self._pending_sockets, self._new_link,
+                                                           grpc_side)
                 self._pending_sockets = []
             if self._grpc is not None:
+                if self._lanes.grpc_path is not None:
+                    # An inner server runs anyway: gRPC clients of the tcp ports share it.
+                    self._grpc.serve_privately_at(self._lanes.grpc_path)
                 await self._grpc.start()
         except BaseException:
             # Nothing half-started stays behind: listeners, upgrade socket, grpc ports.
@@ -678,6 +759,41 @@ class Server(aio.Server):
             self._active -= 1
         call._link.calls.pop(call._sid, None)
         call._link.call_ended()
+
+
+class _GrpcSide:
+    """What the lanes' sniffer needs of the server for a plain gRPC client of a
+    lanerpc TCP port (rpc._splice): the connection limit, shared with lanerpc's
+    connections, and the inner grpcio server (the grpc:// ports' one), started on
+    demand with the same handlers, interceptors and options."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def admit(self, peer: str) -> bool:
+        server = self._server
+        limit = server._options.max_connections
+        if limit and server._counted_links >= limit:
+            server._note_refusal(peer, f"too many connections: this server serves at most "
+                                       f"{limit} at once (grpc.max_allowed_incoming_connections)")
+            return False
+        server._counted_links += 1
+        return True
+
+    def release(self) -> None:
+        self._server._counted_links -= 1
+
+    async def serve(self) -> str:
+        server = self._server
+        while server._state == "starting":   # a client as the listeners open (bounded by the caller)
+            await asyncio.sleep(0.01)
+        path = server._lanes.grpc_path
+        if server._state != "serving" or path is None:
+            raise RuntimeError("the server is not serving")
+        ports = server._grpc_ports()
+        ports.serve_privately_at(path)
+        await ports.start()
+        return path
 
 
 class _HandlerCallDetails(grpc.HandlerCallDetails):

@@ -11,9 +11,10 @@ What a channel takes from it, per method (``methodConfig`` entries matched by ``
   response reached the application is made again (gRFC A6), with backoff, up to
   ``maxAttempts`` (at most 5), within its deadline;
 
-and ``retryThrottling`` for the whole channel. ``hedgingPolicy`` is not implemented
-(grpc.aio's core ignores it too): a warning says so. Load-balancing fields are a later
-issue's: a warning says they are not applied.
+and ``retryThrottling`` and the load-balancing policy (``loadBalancingConfig``: the first
+entry naming a policy lanerpc has; else the deprecated ``loadBalancingPolicy``) for the
+whole channel. ``hedgingPolicy`` is not implemented (grpc.aio's core ignores it too), nor
+is ``healthCheckConfig``: a warning says so.
 
 A malformed config does not raise when the channel is made: as in grpc.aio, every call
 on that channel fails ``INVALID_ARGUMENT`` naming each error (and it is logged once).
@@ -39,6 +40,8 @@ PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 _DURATION = re.compile(r"(\d+)(\.\d{1,9})?s")
 _MAX_DURATION_SECONDS = 315_576_000_000
 _CODES_BY_NAME = {code.name: code.value[0] for code in grpc.StatusCode}
+# The load-balancing policies lanerpc has (rpc._balancer implements them).
+LB_POLICIES = ("pick_first", "round_robin", "lanerpc_local_first")
 
 
 class ServiceConfigError(ValueError):
@@ -97,6 +100,7 @@ class ServiceConfig:
 
     methods: Mapping[tuple[str, str], MethodConfig]
     throttling: tuple[int, float] | None = None     # (maxTokens, tokenRatio)
+    lb_policy: tuple[str, dict[str, Any]] | None = None   # (name, its config)
 
     def lookup(self, path: str) -> MethodConfig:
         """The config for a call to ``path`` (``/package.Service/Method``)."""
@@ -264,11 +268,58 @@ class _Parser:
         throttling = None
         if "retryThrottling" in value:
             throttling = self.throttling("retryThrottling", value["retryThrottling"])
-        for key in ("loadBalancingConfig", "loadBalancingPolicy", "healthCheckConfig"):
-            if key in value:
-                _warn_once(f"lanerpc: grpc.service_config's {key} is not applied: lanerpc "
-                           f"dials the target's addresses in turn")
-        return ServiceConfig(methods, throttling)
+        lb_policy = None
+        if "loadBalancingConfig" in value:
+            lb_policy = self.lb_config("loadBalancingConfig", value["loadBalancingConfig"])
+        elif "loadBalancingPolicy" in value:
+            lb_policy = self.lb_policy_name("loadBalancingPolicy", value["loadBalancingPolicy"])
+        if "healthCheckConfig" in value:
+            _warn_once("lanerpc: grpc.service_config's healthCheckConfig is not applied: "
+                       "lanerpc does not run health checks")
+        return ServiceConfig(methods, throttling, lb_policy)
+
+    def lb_config(self, field: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+        """``loadBalancingConfig``: the first ``{name: config}`` whose policy lanerpc has
+        (gRPC's rule); none known is an error naming them."""
+        if not isinstance(value, list):
+            self.error(field, "type should be array")
+            return None
+        names: list[str] = []
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict) or len(entry) != 1:
+                self.error(f"{field}[{i}]", "each element must be an object with one key")
+                return None
+            name, config = next(iter(entry.items()))
+            if name in LB_POLICIES:
+                if names:
+                    _warn_once(f"lanerpc: loadBalancingConfig names policies lanerpc does not "
+                               f"have ({', '.join(names)}); using {name}")
+                return name, self.lb_policy_config(field, name, config)
+            names.append(str(name))
+        self.error(field, "No known policies in list: " + " ".join(names))
+        return None
+
+    def lb_policy_config(self, field: str, name: str, config: Any) -> dict[str, Any]:
+        if not isinstance(config, dict):
+            self.error(field, f"errors validating {name} LB policy config: [field: "
+                       f"error:is not an object]")
+            return {}
+        shuffle = config.get("shuffleAddressList")
+        if name == "pick_first" and shuffle is not None and not isinstance(shuffle, bool):
+            self.error(field, f"errors validating {name} LB policy config: "
+                       f"[field:shuffleAddressList error:is not a boolean]")
+        return dict(config)
+
+    def lb_policy_name(self, field: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+        """The deprecated ``loadBalancingPolicy``: a policy's name, in any case."""
+        if not isinstance(value, str):
+            self.error(field, "type should be string")
+            return None
+        name = value.lower()
+        if name not in LB_POLICIES:
+            self.error(field, f'unknown LB policy "{name}"')
+            return None
+        return name, {}
 
     def method_config(self, field: str, entry: Any,
                       methods: dict[tuple[str, str], MethodConfig]) -> None:

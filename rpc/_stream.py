@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from rpc import _connection as c
 from rpc import _wire
+from rpc._compression import Compressed, DecompressionError, compress, decompress
 
 
 def too_large(size: int, limit: int) -> str:
@@ -40,6 +41,7 @@ class StreamLink(Protocol):
 
     conn: c.Connection
     calls: dict[int, Any]         # the streams in flight on it, by id
+    lane: str | None              # "tcp", "unix", "shm" (compression is for tcp)
 
     def flush(self) -> None:
         """Write what the connection has to send, now."""
@@ -66,13 +68,18 @@ class Stream:
     _reader: asyncio.Future[None] | None = None      # a read waiting for a message
     _writable: asyncio.Future[None] | None = None    # a write waiting for window
     _recv_ended = False
+    # Compression of what this side sends (rpc._compression's numbers): the call's or
+    # the context's; only on the tcp lane unless asked for this very call.
+    _encoding = 0
+    _encoding_everywhere = False
+    _skip_next_compression = False
 
     _loop: asyncio.AbstractEventLoop
-    _received: collections.deque[bytes]              # messages not read yet
+    _received: collections.deque[bytes | Compressed]    # messages not read yet
 
     # ------------------------------------------------------------ receiving
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes | Compressed) -> None:
         """A message arrived: buffer it and wake the reader."""
         self._received.append(data)
         reader = self._reader
@@ -112,7 +119,28 @@ class Stream:
             conn.consume(self._sid)
             if conn.has_data_to_send:
                 link.flush_soon()
-        return data
+        if type(data) is Compressed:
+            return self._inflate(data)
+        return data  # type: ignore[return-value]  # bytes: the type check above
+
+    def _inflate(self, message: Compressed) -> bytes:
+        """A compressed message, inflated up to this side's receive limit; past it, or
+        not valid, the call ends (see :meth:`_decompression_failed`)."""
+        try:
+            return decompress(message.data, message.encoding, self._receive_limit(),
+                              self._side)
+        except DecompressionError as exc:
+            raise self._decompression_failed(exc) from None
+
+    _side = "CLIENT"
+
+    def _receive_limit(self) -> int:
+        """The largest message this side takes (after decompression)."""
+        raise NotImplementedError
+
+    def _decompression_failed(self, exc: DecompressionError) -> BaseException:
+        """End the call with ``exc``'s status; returns what the reader raises."""
+        raise NotImplementedError
 
     def _read_cancelled(self) -> None:
         """The task waiting in :meth:`_receive` was cancelled."""
@@ -123,7 +151,11 @@ class Stream:
                        message: bytes | None, end: bool) -> None:
         """Client: open the stream on ``link``, with ``message`` the whole request
         of a unary call. Raises ConnectionClosed or MetadataTooLarge (nothing sent)."""
-        sid = link.conn.start_request(method, timeout, metadata, end_stream=end, message=message)
+        encoding = 0
+        if message is not None and self._encoding:
+            message, encoding = self._outgoing(message, link)
+        sid = link.conn.start_request(method, timeout, metadata, end_stream=end, message=message,
+                                      encoding=encoding)
         self._link = link
         self._sid = sid
         link.calls[sid] = self
@@ -143,8 +175,11 @@ class Stream:
         assert link is not None
         conn = link.conn
         sid = self._sid
+        encoding = 0
+        if self._encoding:
+            data, encoding = self._outgoing(data, link)
         try:
-            sent = conn.send_message(sid, data)
+            sent = conn.send_message(sid, data, encoding=encoding)
         except c.StreamClosed:
             return
         link.flush_soon()
@@ -181,8 +216,24 @@ class Stream:
         ends the stream; the call leaves this side waiting for the next request."""
         link = self._link
         assert link is not None
-        link.conn.end_stream(self._sid, code, details, trailing, message)
+        encoding = 0
+        if message is not None and self._encoding:
+            message, encoding = self._outgoing(message, link)
+        link.conn.end_stream(self._sid, code, details, trailing, message, encoding)
         self._flush(awaiting_answer=True)
+
+    def _outgoing(self, data: bytes, link: StreamLink) -> tuple[bytes, int]:
+        """``data`` as it goes out, and its encoding: compressed when this stream
+        compresses on ``link``'s lane and that makes it smaller."""
+        if self._skip_next_compression:
+            self._skip_next_compression = False
+            return data, 0
+        if not self._encoding_everywhere and link.lane != "tcp":
+            return data, 0     # on unix and shm compression only costs CPU
+        packed = compress(data, self._encoding)
+        if len(packed) >= len(data):
+            return data, 0
+        return packed, self._encoding
 
     def _release_waiters(self) -> None:
         """The stream is over: a waiting reader or writer goes on (and finds out)."""

@@ -73,7 +73,7 @@ class Stream:
         self.send_window = send_window
         self.recv_window = recv_window   # what the peer may still send before our credit
         self.closing = False             # our TRAILERS wait behind the outbox; input is ignored
-        # Outbound: messages waiting for window, as [buffer, offset, end_stream]
+        # Outbound: messages waiting for window, as [buffer, offset, end_stream, encoding flags]
         # (a list: the offset moves as pieces go out).
         self.outbox: collections.deque[list[Any]] = collections.deque()
         self.outbox_bytes = 0

@@ -55,6 +55,10 @@ FLAG_MORE = 0x02         # MESSAGE: more chunks of this message follow
 FLAG_NO_MESSAGE = 0x04   # MESSAGE: carries no message, only END_STREAM (a bare half-close)
 FLAG_WITH_MESSAGE = 0x08  # HEADERS (client) / TRAILERS (server): a whole message rides along,
                           # first in the payload as u32 length + bytes (one frame per unary leg)
+# MESSAGE, and HEADERS / TRAILERS with WITH_MESSAGE: how the message is compressed, as
+# (flags & ENCODING_MASK) >> ENCODING_SHIFT: 0 identity, 1 deflate, 2 gzip (3: invalid).
+ENCODING_SHIFT = 4
+ENCODING_MASK = 0x30
 FLAG_ACK = 0x01          # PING: this is the answer
 FLAG_NOT_STARTED = 0x01  # CANCEL from the server: the call never reached a handler
 
@@ -436,8 +440,9 @@ _H2_FRAME_HEADER = 9    # an HTTP/2 server speaks first with a SETTINGS frame
 def _describe_wrong_preface(head: bytes) -> str:
     """Name the peer that sent ``head`` instead of lanerpc's magic, and what to do."""
     if head.startswith(b"PRI * HTTP/2.0"):
-        return ("peer speaks HTTP/2 (a gRPC client?), not lanerpc; serve gRPC clients "
-                "on a grpc:// port (server.add_insecure_port('grpc://...'))")
+        return ("peer speaks HTTP/2 (a gRPC client?), not lanerpc; this port takes gRPC "
+                "clients only with lanerpc.grpc_on_lanerpc_ports on (the default), a grpc:// "
+                "port always (server.add_insecure_port('grpc://...'))")
     if len(head) >= _H2_FRAME_HEADER and head[3] == 0x04 and head[5:9] == b"\x00" * 4:
         return ("peer speaks HTTP/2 (a plain gRPC server?), not lanerpc; dial it as "
                 "grpc://host:port or with the option ('lanerpc.protocol', 'grpc')")

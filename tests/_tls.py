@@ -27,6 +27,7 @@ class Pem:
 class Certs:
     ca: bytes                # the roots both sides trust
     server: Pem              # localhost, 127.0.0.1, ::1
+    server_by_name: Pem      # localhost only (no IP SANs)
     client: Pem              # CN "client", SANs CLIENT_SANS
     client_cn_only: Pem      # CN "cn-only", no SANs
     expired: Pem             # by the right CA, expired yesterday
@@ -103,6 +104,7 @@ def certs() -> Certs:
     return Certs(
         ca=ca[1].public_bytes(serialization.Encoding.PEM),
         server=_leaf(ca, "localhost", server_sans, server_auth),
+        server_by_name=_leaf(ca, "localhost", server_sans[:1], server_auth),
         client=_leaf(ca, "client", client_sans, client_auth),
         client_cn_only=_leaf(ca, "cn-only", [], client_auth),
         expired=_leaf(ca, "expired", client_sans, client_auth, expired=True),

@@ -1,17 +1,21 @@
 """tools/bench.py runs end to end and writes sane JSON.
 
 Only a smoke test: it checks that the harness works (server process, client, the four
-measurements, the JSON), on the subjects that do not depend on lanerpc. It asserts no
-timings: figures only have to be positive.
+measurements, the JSON), on the subjects that do not depend on lanerpc, and that the
+rows across network namespaces run (as root) or say why not. It asserts no timings:
+figures only have to be positive.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "tools" / "bench.py"
@@ -44,3 +48,48 @@ def test_quick_bench_writes_positive_figures(tmp_path: Path) -> None:
     assert data["subjects"]["floor-tcp"]["ratios"]["vs_grpc-tcp"]["calls_per_s"] > 0
     # The table went to stdout.
     assert "grpc-tcp" in proc.stdout and "floor-tcp" in proc.stdout
+
+
+VETH_SUBJECTS = ("grpc-veth-tcp", "lanerpc-veth-tcp")
+
+
+def _namespaces() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    return {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+
+
+def _run_bench(out: Path, subjects: tuple[str, ...], env: dict[str, str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", ",".join(subjects), "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(out.read_text())
+
+
+def test_veth_rows_measure_across_namespaces_and_remove_theirs(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and ip for the namespace the veth rows make")
+    before = _namespaces()
+    env = {k: v for k, v in os.environ.items() if k != "LANERPC_LANES"}
+    data = _run_bench(tmp_path / "bench.json", VETH_SUBJECTS, env)
+    for name in VETH_SUBJECTS:
+        subject = data["subjects"][name]
+        assert subject["unavailable"] is None, f"{name}: {subject['unavailable']}"
+        assert subject["lanes_seen"] == "tcp"
+        for metric in METRICS:
+            value = subject["median"][metric]
+            assert isinstance(value, (int, float)) and value > 0, f"{name} {metric}: {value!r}"
+    # lanerpc across namespaces is compared with grpc.aio across the same namespaces.
+    assert data["subjects"]["lanerpc-veth-tcp"]["ratios"]["vs_grpc-veth-tcp"]["calls_per_s"] > 0
+    assert not {n for n in _namespaces() - before if n.startswith("lrbench-")}
+
+
+def test_veth_rows_say_why_they_cannot_run(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "LANERPC_LANES"}
+    env["PATH"] = str(empty)     # no ip (and, when not root, no namespaces anyway)
+    data = _run_bench(tmp_path / "bench.json", VETH_SUBJECTS, env)
+    for name in VETH_SUBJECTS:
+        reason = data["subjects"][name]["unavailable"]
+        assert reason is not None and ("needs root" in reason or "needs iproute2" in reason), reason

@@ -111,3 +111,11 @@ def test_no_import_cycles() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def test_the_balancer_dials_only_through_the_function_it_is_given() -> None:
+    """Subchannels and policies reach the network through the channel's ``dial`` (the
+    lanes layer), never on their own, and know nothing of calls."""
+    imported = _internal_imports("rpc._balancer")
+    assert imported & {"rpc._lanes", "rpc._channel", "rpc._server", "rpc._stream"} == set()
+    assert not any(name.startswith("rpc.transports") for name in imported)

@@ -124,8 +124,11 @@ class Subject:
     # ... or a subject that measures itself (see "Self-measuring subjects" above).
     measure: Callable[[Config], Awaitable[dict[str, float]]] | None = None
     lane: str | None = None      # the lane it uses, when fixed (None: ask the client)
-    # A second row its ratios are also taken against, when the main reference is not
-    # its like (lanerpc over TLS is compared with grpc.aio over TLS).
+    # The server runs in a network namespace of its own, reached over a veth pair (see
+    # tools/_bench_netns.py); its ``args`` get ``host``, the address to listen on.
+    netns: bool = False
+    # The row its ratios are taken against (None: tools/bench.py's REFERENCE): a row
+    # across namespaces is compared with grpc.aio across the same namespaces.
     reference: str | None = None
 
 

@@ -109,8 +109,9 @@ async def serve(args: dict[str, Any]) -> ServeResult:
         server = await loop.create_unix_server(lambda: _EchoServer(live), path)
         ready: Ready = {"unix_path": path}
     else:
-        server = await loop.create_server(lambda: _EchoServer(live), "127.0.0.1", 0)
-        ready = {"port": server.sockets[0].getsockname()[1]}
+        host = args.get("host", "127.0.0.1")   # a netns row's veth address
+        server = await loop.create_server(lambda: _EchoServer(live), host, 0)
+        ready = {"host": host, "port": server.sockets[0].getsockname()[1]}
     return ready, lambda: _stopper(server, live)
 
 
@@ -253,7 +254,7 @@ class FloorClient:
 
 async def connect_tcp(ready: Ready) -> FloorClient:
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(lambda: _EchoClient("tcp"), "127.0.0.1", ready["port"])
+    _, conn = await loop.create_connection(lambda: _EchoClient("tcp"), ready["host"], ready["port"])
     return FloorClient(conn)
 
 
@@ -270,4 +271,9 @@ register(Subject(
 register(Subject(
     name="floor-unix", label="floor: bare event-loop echo, Unix socket", family="floor", lane="unix",
     server="_bench_floor_sock:serve", server_args={"transport": "unix"}, connect=connect_unix,
+))
+register(Subject(
+    name="floor-veth-tcp", label="floor: bare event-loop echo, TCP over veth to another netns",
+    family="floor", lane="tcp", server="_bench_floor_sock:serve", server_args={"transport": "tcp"},
+    connect=connect_tcp, netns=True, reference="grpc-veth-tcp",
 ))

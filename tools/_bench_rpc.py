@@ -56,7 +56,8 @@ async def serve_grpc(args: dict[str, Any]) -> ServeResult:
         target = f"unix:{args['unix_path']}"
         server.add_insecure_port(target)
     else:
-        target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        host = args.get("host", "127.0.0.1")   # a netns row's veth address
+        target = f"{host}:{server.add_insecure_port(f'{host}:0')}"
     await server.start()
     return {"target": target}, lambda: server.stop(None)
 
@@ -68,11 +69,29 @@ async def serve_lanerpc(args: dict[str, Any]) -> ServeResult:
     # "lanerpc.lanes" option), so all four lanerpc rows run against the same server setup.
     server = rpc.server(options=SIZE_OPTIONS)
     echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    host = args.get("host", "127.0.0.1")   # a netns row's veth address
+    port = server.add_insecure_port(f"{host}:0")
     unix_path = args["unix_path"]
     server.add_insecure_port(f"unix:{unix_path}")
     await server.start()
-    return {"port": port, "unix_path": unix_path}, lambda: server.stop(None)
+    return {"host": host, "port": port, "unix_path": unix_path}, lambda: server.stop(None)
+
+
+async def serve_lanerpc_for_grpc(args: dict[str, Any]) -> ServeResult:
+    """A lanerpc server with a lanerpc TCP port and a grpc:// port, for grpc.aio
+    clients: ``args["port"]`` says which one they dial ("lanerpc": spliced to the inner
+    grpcio server; "grpc": that server's own port). ``args["one_port"]`` is the
+    lanerpc.grpc_on_lanerpc_ports option."""
+    import rpc  # see serve_lanerpc
+
+    options = [*SIZE_OPTIONS, ("lanerpc.grpc_on_lanerpc_ports", args.get("one_port", 1))]
+    server = rpc.server(options=options)
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
+    lanerpc_port = server.add_insecure_port("127.0.0.1:0")
+    grpc_port = server.add_insecure_port("grpc://127.0.0.1:0")
+    await server.start()
+    port = lanerpc_port if args["port"] == "lanerpc" else grpc_port
+    return {"target": f"127.0.0.1:{port}"}, lambda: server.stop(None)
 
 
 def _tls_server_pems() -> tuple[bytes, bytes, bytes]:
@@ -213,7 +232,8 @@ def _lanerpc_connector(dial: str, lanes: str | None) -> Any:
     async def connect(ready: Ready) -> StubClient:
         import rpc  # see serve_lanerpc
 
-        target = f"127.0.0.1:{ready['port']}" if dial == "tcp" else f"unix:{ready['unix_path']}"
+        host = ready.get("host", "127.0.0.1")
+        target = f"{host}:{ready['port']}" if dial == "tcp" else f"unix:{ready['unix_path']}"
         options = list(SIZE_OPTIONS)
         if lanes is not None:
             options.append(("lanerpc.lanes", lanes))
@@ -271,4 +291,36 @@ register(Subject(
     name="lanerpc-tls-upgraded", label="lanerpc, TLS, default lanes, dial 127.0.0.1",
     family="lanerpc", server="_bench_rpc:serve_lanerpc_tls",
     connect=_lanerpc_tls_connector(None), reference="grpc-tls",
+))
+# grpc.aio clients of a lanerpc server: on its grpc:// port (the inner grpcio server's own
+# port), and on its lanerpc TCP port (spliced to that same inner server). The third row
+# is the grpc:// port of a server with lanerpc.grpc_on_lanerpc_ports off.
+register(Subject(
+    name="grpc-to-lanerpc-port", label="grpc.aio client -> lanerpc port (spliced)", family="grpc",
+    lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc", server_args={"port": "lanerpc"},
+    connect=connect_grpc_tcp,
+))
+register(Subject(
+    name="grpc-to-grpc-port", label="grpc.aio client -> grpc:// port", family="grpc",
+    lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc", server_args={"port": "grpc"},
+    connect=connect_grpc_tcp,
+))
+register(Subject(
+    name="grpc-to-grpc-port-solo", label="grpc.aio client -> grpc:// port, one-port off",
+    family="grpc", lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc",
+    server_args={"port": "grpc", "one_port": 0}, connect=connect_grpc_tcp,
+))
+# Across two network namespaces joined by a veth pair (tools/_bench_netns.py): the server
+# in a namespace made for the round, the client here dialling its veth address. lanerpc
+# keeps to tcp: with the default lanes it would prove the same host (the namespaces
+# share the filesystem) and move to shm, which is not what another machine would get.
+register(Subject(
+    name="grpc-veth-tcp", label="grpc.aio, TCP over veth to another netns", family="grpc",
+    lane="tcp", server="_bench_rpc:serve_grpc", server_args={"transport": "tcp"},
+    connect=connect_grpc_tcp, netns=True, reference="grpc-veth-tcp",
+))
+register(Subject(
+    name="lanerpc-veth-tcp", label="lanerpc, lanes=tcp, over veth to another netns",
+    family="lanerpc", lane="tcp", server="_bench_rpc:serve_lanerpc",
+    connect=_lanerpc_connector("tcp", "tcp"), netns=True, reference="grpc-veth-tcp",
 ))

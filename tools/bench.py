@@ -22,6 +22,11 @@ table shows medians over rounds. Ratios are always "higher is better": for laten
 reference's time over the subject's, for throughput the subject's rate over the
 reference's. Judge lanerpc by the ratios of one run, not by absolute times.
 
+The ``*-veth-*`` rows run their server in a network namespace the bench makes for the
+round and removes after it (tools/_bench_netns.py), dialled over a veth pair: TCP between
+two network stacks, as between hosts. They need root and ``ip`` (else "n/a: needs ...")
+and take their ratios against grpc-veth-tcp and floor-veth-tcp.
+
 The subjects live in tools/_bench_rpc.py (grpc.aio, lanerpc) and tools/_bench_floor_*.py
 (floors; every file matching that name is loaded, see tools/_bench_core.py for how to add
 one). A subject that cannot start, e.g. a lanerpc that does not import yet, gets an
@@ -60,6 +65,7 @@ for _path in (ROOT, TOOLS):  # examples.echo and rpc; the _bench_* helpers
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import _bench_netns  # noqa: E402
 from _bench_core import MiB, Client, Config, Ready, Subject, subjects  # noqa: E402
 
 SERVER_SCRIPT = os.path.join(TOOLS, "_bench_server.py")
@@ -133,13 +139,39 @@ def _last_line(path: str) -> str:
 
 @contextlib.asynccontextmanager
 async def server_process(subject: Subject, unix_path: str, verbose: bool) -> AsyncIterator[Ready]:
-    """Run the subject's server in a child process; yield what its ``ready`` line said."""
+    """Run the subject's server in a child process; yield what its ``ready`` line said.
+    A ``netns`` subject's server runs in a namespace made for it (removed afterwards)."""
+    if not subject.netns:
+        async with _server_process(subject, unix_path, verbose, (), {}) as ready:
+            yield ready
+        return
+    why_not = _bench_netns.why_unavailable()
+    if why_not is not None:
+        raise Unavailable(why_not)
+    try:
+        namespace = _bench_netns.veth_namespace()
+        name, host = namespace.__enter__()
+    except RuntimeError as exc:
+        raise Unavailable(f"no network namespace: {exc}") from None
+    try:
+        # `ip netns exec` execs the command: the child's pid is the server's.
+        async with _server_process(subject, unix_path, verbose, ("ip", "netns", "exec", name),
+                                   {"host": host}) as ready:
+            yield ready
+    finally:
+        namespace.__exit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
+async def _server_process(subject: Subject, unix_path: str, verbose: bool,
+                          prefix: tuple[str, ...], args: dict[str, Any]) -> AsyncIterator[Ready]:
     assert subject.server is not None
-    spec = {"server": subject.server, "args": {**subject.server_args, "unix_path": unix_path}}
+    spec = {"server": subject.server,
+            "args": {**subject.server_args, **args, "unix_path": unix_path}}
     errlog = unix_path + ".stderr"
     with open(errlog, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, SERVER_SCRIPT, json.dumps(spec),
+            *prefix, sys.executable, SERVER_SCRIPT, json.dumps(spec),
             # stdin stays open while the server is wanted: its EOF stops the server even if
             # this process is killed outright. A session of its own keeps a terminal's
             # Ctrl-C away from it: this process stops it, by pid, in the finally below.
@@ -439,24 +471,24 @@ def ratio(metric: str, value: float | None, reference: float | None) -> float | 
 
 
 def floor_for(row: Row, rows: dict[str, Row]) -> Row | None:
-    """The floor measured in this run for the lane a lanerpc row ended on."""
+    """The floor measured in this run for the lane a lanerpc row ended on (across
+    namespaces when the row is: a veth is not loopback)."""
     if row.subject.family != "lanerpc":
         return None
     for other in rows.values():
-        if other.subject.family == "floor" and other.subject.lane == row.lane and not other.unavailable:
+        if (other.subject.family == "floor" and other.subject.lane == row.lane
+                and other.subject.netns == row.subject.netns and not other.unavailable):
             return other
     return None
 
 
 def ratios(row: Row, rows: dict[str, Row]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    reference = rows.get(REFERENCE)
+    reference_name = row.subject.reference or REFERENCE
+    reference = rows.get(reference_name)
     if reference is not None and reference is not row and not reference.unavailable:
-        out[f"vs_{REFERENCE}"] = {m: ratio(m, row.median(m), reference.median(m)) for m in RATIO_METRICS}
-    own = rows.get(row.subject.reference or "")
-    if own is not None and own is not row and not own.unavailable:
-        out[f"vs_{own.subject.name}"] = {m: ratio(m, row.median(m), own.median(m))
-                                         for m in RATIO_METRICS}
+        out[f"vs_{reference_name}"] = {m: ratio(m, row.median(m), reference.median(m))
+                                       for m in RATIO_METRICS}
     floor = floor_for(row, rows)
     if floor is not None:
         out["vs_floor"] = {"floor": floor.subject.name,
@@ -527,26 +559,25 @@ def render_table(rows: dict[str, Row], cfg: Config, machine: dict[str, Any]) -> 
     ref_title = f"vs {REFERENCE}" if ref is not None and not ref.unavailable else ""
     out.append(" " * name_w + f"{ref_title:^36}    " + "vs the floor of its lane")
     out.append(f"{'subject':<{name_w}}" + "".join(f"{c:>9}" for c in cols) + "    "
-               + f"{'floor':<12}" + "".join(f"{c:>9}" for c in cols))
+               + f"{'floor':<14}" + "".join(f"{c:>9}" for c in cols))
+    references = {REFERENCE} | {row.subject.reference for row in rows.values()
+                                if row.subject.reference}
     for name, row, r in table:
-        vs_ref = r.get(f"vs_{REFERENCE}")
+        reference = row.subject.reference or REFERENCE
+        vs_ref = r.get(f"vs_{reference}")
         vs_floor = r.get("vs_floor")
-        if name == REFERENCE:
+        if name in references:
             left = f"{'(the reference)':>36}"
         else:
             left = "".join(f"{_x(vs_ref[m]) if vs_ref else '-':>9}" for m in RATIO_METRICS)
         right = ""
         if vs_floor:
-            right = f"{vs_floor['floor']:<12}" + "".join(f"{_x(vs_floor[m]):>9}" for m in RATIO_METRICS)
+            right = f"{vs_floor['floor']:<14}" + "".join(f"{_x(vs_floor[m]):>9}" for m in RATIO_METRICS)
         elif row.subject.family == "lanerpc":
             right = f"(no floor measured for lane {row.lane})"
+        if reference != REFERENCE and name != reference:
+            right += f"  (left: vs {reference})"
         out.append(f"{name:<{name_w}}{left}    {right}".rstrip())
-    for name, row, r in table:
-        own = row.subject.reference
-        if own and r.get(f"vs_{own}"):
-            vs_own = r[f"vs_{own}"]
-            out.append(f"{name} vs {own}: " + ", ".join(
-                f"{c} {_x(vs_own[m])}" for c, m in zip(cols, RATIO_METRICS)))
     return "\n".join(out)
 
 

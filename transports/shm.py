@@ -106,6 +106,12 @@ LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then
 _PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
 _NAME_PATTERN = re.compile(r"/lanerpc-[0-9a-f]{32,64}")
+# glibc's sem_open(O_CREAT) writes a new semaphore under a temporary name (sem.XXXXXX),
+# then links it to the real one and unlinks the temporary: a process killed in between
+# leaves the temporary, which no one can ever open by name. One older than this is such
+# an orphan (the window is microseconds).
+_SEM_TEMP_PATTERN = re.compile(r"sem\.[A-Za-z0-9]{6}")
+_SEM_TEMP_AGE = 0.5
 NONCE_SIZE = 32
 
 _MAGIC = b"LANERPC1"
@@ -172,7 +178,8 @@ _last_sweep = -_SWEEP_INTERVAL
 
 
 def sweep_orphans(directory: str = SHM_DIR) -> int:
-    """Unlink this lane's names whose creator is dead; returns how many.
+    """Unlink this lane's names whose creator is dead, and half-made semaphores a
+    killed sem_open left (see ``_SEM_TEMP_PATTERN``); returns how many.
 
     A server killed (SIGKILL: nothing runs) between making a segment and the client
     opening it leaves its names behind: both sides unlink them as soon as both hold
@@ -189,6 +196,9 @@ def sweep_orphans(directory: str = SHM_DIR) -> int:
     except OSError:
         return 0
     for entry in entries:
+        if _SEM_TEMP_PATTERN.fullmatch(entry):
+            removed += _unlink_sem_temp(os.path.join(directory, entry), uid)
+            continue
         name = entry[4:] if entry.startswith("sem.") else entry
         digits = name[len(prefix):]
         if not name.startswith(prefix) or len(digits) != 40 or not _NAME_PATTERN.fullmatch("/" + name):
@@ -207,6 +217,18 @@ def sweep_orphans(directory: str = SHM_DIR) -> int:
     if removed:
         _log.info("removed %d shared-memory name(s) left by dead processes", removed)
     return removed
+
+
+def _unlink_sem_temp(path: str, uid: int) -> int:
+    """Unlink a half-made semaphore of our uid that sem_open's killed caller left."""
+    try:
+        info = os.lstat(path)
+        if info.st_uid != uid or time.time() - info.st_mtime < _SEM_TEMP_AGE:
+            return 0
+        os.unlink(path)
+        return 1
+    except OSError:
+        return 0
 
 
 def _alive(pid: int) -> bool:

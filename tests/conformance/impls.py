@@ -38,7 +38,8 @@ ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 
 DEFAULT_IMPLS: tuple[str, ...] = (
     "grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm",
-    "lanerpc-grpc-port", "lanerpc-grpc-dial", "lanerpc-memory", "lanerpc-tls",
+    "lanerpc-grpc-port", "lanerpc-one-port", "lanerpc-grpc-dial", "lanerpc-memory",
+    "lanerpc-tls",
 )
 # Defined and runnable through the environment variable; not yet on by default.
 LATER_IMPLS: tuple[str, ...] = ("lanerpc-tls-upgraded",)
@@ -151,6 +152,8 @@ ALL_IMPLS: dict[str, Impl] = {
         _lanerpc("lanerpc-shm", "shm,unix,tcp", "tcp", "shm"),
         # grpc.aio clients served by a lanerpc server's grpc:// port (interop, server side).
         Impl("lanerpc-grpc-port", False, None, "grpc", _grpc_channel),
+        # grpc.aio clients on a lanerpc server's own TCP port: spliced to its gRPC side.
+        Impl("lanerpc-one-port", False, None, "tcp", _grpc_channel),
         # A lanerpc channel dialing a plain grpc.aio server (interop, client side).
         Impl("lanerpc-grpc-dial", True, None, "tcp", _lanerpc_grpc_dial, "tcp"),
         # lanerpc's channel and server connected in memory: the calls' and contexts'

@@ -22,7 +22,7 @@ from grpc import aio
 
 import rpc
 from examples.echo import echo_pb2_grpc
-from tests._support import msg, within
+from tests._support import msg, wait_until, within
 
 TIMEOUT = 5
 LOCAL_LANES = ("unix", "shm", "memory")
@@ -274,6 +274,9 @@ async def test_second_abort_raises_and_the_first_status_stands(start, connect):
     servicer, stub, _ = await corners(start, connect)
     error = await unary_error(stub, "abort-twice")
     assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "first")
+    # The status went out at the first abort: the handler may still be on its way to
+    # the second when the client has it.
+    await wait_until(lambda: "second" in servicer.seen)
     assert isinstance(servicer.seen["second"], aio.UsageError)
 
 

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
 class ServerProc:
     """This script as a child process, stopped by its pid (SIGCONT + SIGKILL) in ``stop``."""
 
+    module = "tests.e2e._server_proc"    # a subclass may run another such script
+
     def __init__(self, *args: str, env: dict | None = None, stderr_path: str | None = None,
                  prefix: tuple[str, ...] = ()) -> None:
         self.args = args
@@ -129,7 +131,7 @@ class ServerProc:
         env.update(self.env or {})
         self._stderr = open(self.stderr_path, "ab") if self.stderr_path else asyncio.subprocess.DEVNULL
         self.proc = await asyncio.create_subprocess_exec(
-            *self.prefix, sys.executable, "-m", "tests.e2e._server_proc", *self.args,
+            *self.prefix, sys.executable, "-m", self.module, *self.args,
             stdout=asyncio.subprocess.PIPE, stderr=self._stderr, cwd=_ROOT, env=env)
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)

@@ -351,8 +351,11 @@ async def test_client_that_pings_too_often_gets_goaway_and_still_gets_answers(ru
     caplog.set_level(logging.WARNING, logger="lanerpc")
     async with serve(Echo()) as served:    # default ping policy
         server = served.server
+        # As with gRPC, a client sends two PINGs in a row at most unless
+        # grpc.http2.max_pings_without_data says otherwise (0: no limit).
         channel = served.channel(options=[
-            ("grpc.keepalive_time_ms", 50), ("grpc.keepalive_permit_without_calls", 1)])
+            ("grpc.keepalive_time_ms", 50), ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0)])
         stub = echo_pb2_grpc.EchoStub(channel)
         assert (await within(stub.Unary(msg(b"a"), timeout=5), 6)).payload == b"a"
         await wait_until(lambda: any("ping too often" in r.getMessage() for r in caplog.records), 3)

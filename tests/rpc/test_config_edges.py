@@ -54,21 +54,22 @@ def test_implemented_and_foreign_names_are_not_logged(caplog):
 async def test_a_channel_and_a_server_log_unimplemented_options(caplog):
     with caplog.at_level(logging.WARNING, LOGGER):
         channel = rpc.insecure_channel("127.0.0.1:1", options=[("grpc.enable_http_proxy", 0)])
-        rpc.server(options=[("grpc.max_connection_age_ms", 1000)])
+        rpc.server(options=[("grpc.http2.bdp_probe", 0)])
         await channel.close()
     text = caplog.text
-    assert "grpc.enable_http_proxy" in text and "grpc.max_connection_age_ms" in text
+    assert "grpc.enable_http_proxy" in text and "grpc.http2.bdp_probe" in text
 
 
 # ============================================================ service config
 
-def test_hedging_policy_and_lb_config_are_logged_as_not_applied(caplog):
+def test_hedging_policy_is_logged_as_not_applied_and_lb_config_is_applied(caplog):
     with caplog.at_level(logging.WARNING, LOGGER):
-        _service_config.parse(json.dumps({
+        config = _service_config.parse(json.dumps({
             "methodConfig": [{"name": [{}], "hedgingPolicy": {"maxAttempts": 2}}],
             "loadBalancingConfig": [{"round_robin": {}}]}))
     assert "hedgingPolicy is not implemented" in caplog.text
-    assert "loadBalancingConfig is not applied" in caplog.text
+    assert "loadBalancingConfig" not in caplog.text
+    assert config.lb_policy == ("round_robin", {})
 
 
 def test_max_attempts_over_five_is_clamped_and_logged(caplog):

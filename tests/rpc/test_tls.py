@@ -357,3 +357,18 @@ async def test_a_client_that_never_starts_tls_is_dropped_at_the_handshake_timeou
         finally:
             writer.close()
         assert echo.started_calls == 0
+
+
+@pytest.mark.parametrize("scheme", ["", "dns:///"])
+async def test_a_name_target_checks_the_name_not_the_address_it_resolves_to(scheme):
+    """The channel resolves ``localhost`` to addresses, yet the certificate (which names
+    only ``localhost``) is checked against the target's name, as grpc does."""
+    made = certs()
+    creds = rpc.ssl_server_credentials([(made.server_by_name.key, made.server_by_name.cert)])
+    async with serve(Echo(), address="localhost:0", credentials=creds) as served:
+        by_name = secure(served, channel_creds(rpc), target=f"{scheme}localhost:{served.port}")
+        assert (await echo_pb2_grpc.EchoStub(by_name).Unary(msg(b"n"), timeout=5)).payload == b"n"
+        by_address = secure(served, channel_creds(rpc), target=f"127.0.0.1:{served.port}")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await echo_pb2_grpc.EchoStub(by_address).Unary(msg(), timeout=5)
+        assert "127.0.0.1" in info.value.details()

@@ -788,3 +788,17 @@ def test_new_names_carry_their_creator_and_pass_the_offer_check() -> None:
                                                shm_module._random_name()),
                      ring_capacity=SMALL_RING, nonce=os.urandom(shm_module.NONCE_SIZE))
     offer.check()
+
+
+def test_half_made_semaphores_of_a_killed_sem_open_are_swept(tmp_path: Any) -> None:
+    """glibc's sem_open writes a new semaphore as sem.XXXXXX, then links it to its name:
+    a process killed in between leaves the temporary, which no one can open by name.
+    One older than a moment is removed; a fresh one (a sem_open under way) and other
+    names of that shape's neighbours are kept."""
+    old, fresh = tmp_path / "sem.SJeMWt", tmp_path / "sem.Ab12Cd"
+    for path in (old, fresh, tmp_path / "sem.toolongname", tmp_path / "sem.abc"):
+        path.write_bytes(b"")
+    past = time.time() - 5
+    os.utime(old, (past, past))
+    assert shm_module.sweep_orphans(str(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["sem.Ab12Cd", "sem.abc", "sem.toolongname"]
