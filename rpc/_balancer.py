@@ -294,6 +294,8 @@ class Subchannel:
         call = self._watch = self._balancer.open_watch(link, request)
         try:
             async for message in call:
+                if self.link is not link:
+                    break
                 heard = True
                 try:
                     status = serving_status(message)

@@ -36,7 +36,7 @@ def _channel(impl: str, target: str, options: list) -> grpc.aio.Channel:
 
 
 @contextlib.asynccontextmanager
-async def _backends(impl: str, count: int, *, without_health: int = 0):
+async def _backends(impl: str, count: int, *, without_health: int = 0, lanes: str | None = None):
     """``count`` Echo servers of ``impl``'s kind, each with a health service saying
     SERVING for SERVICE, and ``without_health`` more with none. Yields (echoes,
     health servicers, target)."""
@@ -51,7 +51,7 @@ async def _backends(impl: str, count: int, *, without_health: int = 0):
                 extra.append(lambda server, h=healths[i]:
                              health_pb2_grpc.add_HealthServicer_to_server(h, server))
             served = await stack.enter_async_context(
-                serve(echo, *extra, plain_grpc=impl == "grpc.aio"))
+                serve(echo, *extra, plain_grpc=impl == "grpc.aio", lanes=lanes))
             ports.append(served.port)
         yield echoes, healths, "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
 
@@ -90,6 +90,23 @@ async def test_round_robin_skips_a_not_serving_backend_and_comes_back_to_it(impl
             await _until_spread(stub, echoes, [True, True, True], 1.0)
             counts = await _spread(stub, echoes, 30)
             assert counts == [10, 10, 10], counts
+
+
+@pytest.mark.parametrize("lanes, lane", [("tcp", "tcp"), ("unix,tcp", "unix"),
+                                         ("shm,unix,tcp", "shm")])
+async def test_the_watch_runs_on_each_lane(lanes, lane):
+    """Each subchannel's Watch goes over that subchannel's own connection, whichever
+    lane it took: health is heeded on tcp, unix and shm alike."""
+    async with _backends("lanerpc", 2, lanes=lanes) as (echoes, healths, target):
+        options = [("grpc.service_config", _config()), ("lanerpc.lanes", lanes)]
+        async with rpc.insecure_channel(target, options=options) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            await _until_spread(stub, echoes, [True, True], 5)
+            assert channel.lane == lane
+            await healths[1].set(SERVICE, NOT_SERVING)
+            await _until_spread(stub, echoes, [True, False], 1.0)
+            await healths[1].set(SERVICE, SERVING)
+            await _until_spread(stub, echoes, [True, True], 1.0)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -178,8 +195,8 @@ def test_health_messages_match_the_protobuf_ones(service):
 
 
 async def test_a_watch_that_ends_is_made_again_and_health_goes_on():
-    """A Watch the server ends (OK, after answering) is made again at once: the
-    backend stays in use while it is; a NOT_SERVING on the new Watch is heeded."""
+    """A Watch the server ends (OK, after answering) is made again at once (it had
+    answered: no backoff), and the backend is in use again once it says SERVING."""
     class Ending(health_pb2_grpc.HealthServicer):
         def __init__(self) -> None:
             self.watches = 0
@@ -203,3 +220,59 @@ async def test_a_watch_that_ends_is_made_again_and_health_goes_on():
             await within(channel.channel_ready())
             await wait_until(lambda: ending.watches >= 3, 5)
             await _until_spread(stub, echoes, [True, True], 5)
+
+
+async def test_close_with_grace_does_not_wait_for_the_watches():
+    """The Watch streams are the channel's own, not calls of the application: a
+    close with grace ends them at once, and the servers see them cancelled."""
+    async with _backends("lanerpc", 2) as (echoes, healths, target):
+        channel = rpc.insecure_channel(target, options=[("grpc.service_config", _config())])
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await _until_spread(stub, echoes, [True, True], 5)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await within(channel.close(grace=5))
+        assert loop.time() - start < 1.0
+        await wait_until(lambda: not any(h._watcher_count_by_service for h in healths), 2)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+async def test_a_watch_that_fails_without_answering_is_made_again_after_a_backoff(impl):
+    """A backend whose Watch fails (not UNIMPLEMENTED) before any answer gets no calls,
+    and its Watch is made again after gRPC's backoff (1 s, give or take 20 %)."""
+    class Failing(health_pb2_grpc.HealthServicer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        async def Watch(self, request, context):
+            self.times.append(asyncio.get_running_loop().time())
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not now")
+            yield health_pb2.HealthCheckResponse()     # (a generator: never reached)
+
+    failing = Failing()
+    register = lambda server: health_pb2_grpc.add_HealthServicer_to_server(failing, server)  # noqa: E731
+    echoes = [Echo(), Echo()]
+    healthy = health_aio.HealthServicer()
+    register_healthy = lambda server: health_pb2_grpc.add_HealthServicer_to_server(healthy, server)  # noqa: E731
+    plain = impl == "grpc.aio"
+    async with serve(echoes[0], register, plain_grpc=plain) as one, \
+            serve(echoes[1], register_healthy, plain_grpc=plain) as two:
+        target = f"ipv4:127.0.0.1:{one.port},127.0.0.1:{two.port}"
+        options = [("grpc.service_config", _config(serviceName=""))]
+        async with _channel(impl, target, options) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            await _until_spread(stub, echoes, [False, True], 5)
+            await wait_until(lambda: len(failing.times) >= 2, 5)
+            assert await _spread(stub, echoes, 10) == [0, 10]
+    gap = failing.times[1] - failing.times[0]
+    assert 0.7 <= gap <= 2.5, gap
+
+
+async def test_lanerpc_local_first_heeds_health_too():
+    async with _backends("lanerpc", 2) as (echoes, healths, target):
+        options = [("grpc.service_config", _config("lanerpc_local_first"))]
+        async with rpc.insecure_channel(target, options=options) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            await _until_spread(stub, echoes, [True, True], 5)
+            await healths[0].set(SERVICE, NOT_SERVING)
+            await _until_spread(stub, echoes, [False, True], 1.0)
