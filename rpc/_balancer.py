@@ -249,7 +249,7 @@ class Subchannel:
             if service is None:
                 self._set(READY)
             else:               # A17: CONNECTING until the first health answer
-                self._health = self._balancer.loop.create_task(self._watch_health(link, service))
+                self._health = self._balancer.loop.create_task(self._health_task(link, service))
                 self._set(CONNECTING)
             return
         # Failed: wait out the backoff from the attempt's start, then may try again.
@@ -260,6 +260,14 @@ class Subchannel:
         self._set(IDLE)
 
     # ------------------------------------------------------------ health (gRFC A17)
+
+    async def _health_task(self, link: Link, service: str) -> None:
+        try:
+            await self._watch_health(link, service)
+        except Exception:   # a bug, not the server: loud, and the backend stays usable
+            log.exception("lanerpc: health checking %s raised; taken as healthy", self.address)
+            if self.link is link:
+                self._health_answer(SERVING)
 
     async def _watch_health(self, link: Link, service: str) -> None:
         """Keep a Watch open on ``link`` and follow its answers. A Watch that ends
@@ -299,9 +307,9 @@ class Subchannel:
                 heard = True
                 try:
                     status = serving_status(message)
-                except ValueError as exc:
+                except ValueError as exc:   # (not an answer: the next Watch waits a backoff)
                     call.cancel()
-                    return grpc.StatusCode.INTERNAL, f"bad health response: {exc}", heard
+                    return grpc.StatusCode.INTERNAL, f"bad health response: {exc}", False
                 self._health_answer(status)
         except aio.AioRpcError as err:
             return err.code(), err.details() or "", heard

@@ -110,13 +110,15 @@ async def test_the_watch_runs_on_each_lane(lanes, lane):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-async def test_a_backend_without_a_health_service_is_used(impl):
+async def test_a_backend_without_a_health_service_is_used(impl, caplog):
     async with _backends(impl, 2, without_health=1) as (echoes, healths, target):
         options = [("grpc.service_config", _config())]
         async with _channel(impl, target, options) as channel:
             stub = echo_pb2_grpc.EchoStub(channel)
             await _until_spread(stub, echoes, [True, True, True], 5)
             assert await _spread(stub, echoes, 30) == [10, 10, 10]
+    if impl == "lanerpc":
+        assert "has no health service" in caplog.text
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -139,6 +141,7 @@ async def test_every_backend_unhealthy_fails_calls_unavailable(impl):
 
             err = await within(failing())
             assert err.code() is grpc.StatusCode.UNAVAILABLE
+            assert "backend unhealthy" in err.details()
             assert [len(echo.seen_metadata) for echo in echoes] == [0, 0]
             # A wait_for_ready call waits for a backend to become healthy again.
             call = stub.Unary(msg(b"x"), timeout=5, wait_for_ready=True)
@@ -276,3 +279,23 @@ async def test_lanerpc_local_first_heeds_health_too():
             await _until_spread(stub, echoes, [True, True], 5)
             await healths[0].set(SERVICE, NOT_SERVING)
             await _until_spread(stub, echoes, [False, True], 1.0)
+
+
+async def test_a_health_answer_that_does_not_parse_is_not_serving():
+    def bad_watch(request, context):
+        yield b"\x0f"        # wire type 7: no protobuf message
+
+    def register(server) -> None:
+        handler = grpc.unary_stream_rpc_method_handler(bad_watch)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health", {"Watch": handler}),))
+
+    echoes = [Echo(), Echo()]
+    async with serve(echoes[0], register) as one, serve(echoes[1]) as two:
+        target = f"ipv4:127.0.0.1:{one.port},127.0.0.1:{two.port}"
+        options = [("grpc.service_config", _config())]
+        async with rpc.insecure_channel(target, options=options) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            await _until_spread(stub, echoes, [False, True], 5)
+            first = channel._balancer.policy.subchannels[0]
+            assert "bad health response" in first.error
