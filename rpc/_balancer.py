@@ -16,6 +16,12 @@ A policy decides which subchannels connect and which carries each call, as gRPC'
 - ``lanerpc_local_first``: as round_robin, but only over connections on a local lane
   (shm, unix) while any is READY; remote ones carry calls only when none is.
 
+Client-side health checking (gRFC A17), when the service config's ``healthCheckConfig``
+names a service: each connected subchannel of round_robin or lanerpc_local_first keeps a
+``grpc.health.v1.Health/Watch`` stream open on its own connection and is READY for the
+policy only while the latest answer is SERVING (CONNECTING until the first answer,
+TRANSIENT_FAILURE on any other). pick_first does not health-check, as in gRPC.
+
 This module does no dialing of its own: the channel hands it a ``dial`` function (which
 runs rpc._lanes.connect) and the factory for its links.
 """
@@ -26,10 +32,11 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import grpc
+from grpc import aio
 
 from rpc._link import Link
 from rpc._resolver import ResolutionError, Resolver
@@ -48,6 +55,26 @@ _LOCAL_LANES = ("shm", "unix")
 LinkFactory = Callable[[Any], Link]
 Dial = Callable[[Endpoint, LinkFactory], Awaitable[Link]]
 
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+SERVING_STATUS = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+SERVING = 1
+
+
+class WatchCall(Protocol):
+    """A ``Health/Watch`` call on one connection: its responses' bytes, in order;
+    iterating raises ``aio.AioRpcError`` when it ends with a status other than OK."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def cancel(self) -> bool: ...
+
+
+OpenWatch = Callable[[Link, bytes], WatchCall]
+
+
+def _no_watch(link: Link, request: bytes) -> WatchCall:
+    raise ConnectionError("channel closed")
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Backoff:
@@ -58,6 +85,74 @@ class Backoff:
     jitter: float = 0.2
     maximum: float = 120.0
     min_connect_timeout: float = 20.0
+
+    def jittered(self, current: float) -> float:
+        """``current`` give or take the jitter, so that clients spread out."""
+        return current * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+# Between Watch attempts that heard nothing: gRPC's defaults, whatever the channel's
+# reconnect options say (grpc-core's health client does not read them either).
+HEALTH_BACKOFF = Backoff()
+
+
+# ============================================================ health messages
+# grpc.health.v1's two messages, by hand: a field each, so the channel needs no protobuf
+# import (nor grpcio-health-checking) for them.
+
+def health_request(service: str) -> bytes:
+    """``HealthCheckRequest{service}``: field 1, length-delimited (empty: no bytes)."""
+    data = service.encode()
+    return b"\x0a" + _varint(len(data)) + data if data else b""
+
+
+def serving_status(message: bytes) -> int:
+    """``HealthCheckResponse.status`` (field 1, an enum; 0 when absent). Other fields
+    are skipped, as protobuf does; a message that does not parse raises ValueError."""
+    status, pos = 0, 0
+    while pos < len(message):
+        key, pos = _read_varint(message, pos)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(message, pos)
+            if field == 1:
+                status = value
+        elif wire_type == 2:
+            size, pos = _read_varint(message, pos)
+            pos += size
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire_type}")
+        if pos > len(message):
+            raise ValueError("truncated")
+    return status
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("bad varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _status_name(status: int) -> str:
+    return SERVING_STATUS[status] if 0 <= status < len(SERVING_STATUS) else str(status)
 
 
 class Subchannel:
@@ -75,6 +170,8 @@ class Subchannel:
         self._wait = self._current                 # the next attempt's, jittered
         self._shut = False
         self._made: list[Link] = []                # what the attempt under way has made
+        self._health: asyncio.Task[None] | None = None   # the Watch loop, when checking
+        self._watch: WatchCall | None = None             # its call under way
 
     def connect(self) -> None:
         """Start an attempt if idle (not while one runs or a backoff is waited).
@@ -95,6 +192,7 @@ class Subchannel:
     def shutdown(self) -> Link | None:
         """Stop for good; returns the connection, if any, for the channel to retire."""
         self._shut = True
+        self._stop_health()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -105,8 +203,11 @@ class Subchannel:
         return link
 
     def disconnected(self) -> None:
-        """Its connection ended (or drains after GOAWAY): idle, ready to connect again."""
+        """Its connection ended (or drains after GOAWAY): idle, ready to connect again.
+        Its Watch is cancelled (A17: no need to wait for its status)."""
+        self._stop_health()
         self.link = None
+        self.error = ""         # (a health error: the connection itself had none)
         if not self._shut:
             self._set(IDLE)
 
@@ -144,14 +245,98 @@ class Subchannel:
             self.link = link
             self.error = ""
             self._task = None
-            self._set(READY)
+            service = self._balancer.health_service
+            if service is None:
+                self._set(READY)
+            else:               # A17: CONNECTING until the first health answer
+                self._health = self._balancer.loop.create_task(self._health_task(link, service))
+                self._set(CONNECTING)
             return
         # Failed: wait out the backoff from the attempt's start, then may try again.
         await asyncio.sleep(max(0.0, deadline - loop.time()))
         self._current = min(self._current * backoff.multiplier, backoff.maximum)
-        self._wait = self._current * random.uniform(1 - backoff.jitter, 1 + backoff.jitter)
+        self._wait = backoff.jittered(self._current)
         self._task = None
         self._set(IDLE)
+
+    # ------------------------------------------------------------ health (gRFC A17)
+
+    async def _health_task(self, link: Link, service: str) -> None:
+        try:
+            await self._watch_health(link, service)
+        except Exception:   # a bug, not the server: loud, and the backend stays usable
+            log.exception("lanerpc: health checking %s raised; taken as healthy", self.address)
+            if self.link is link:
+                self._health_answer(SERVING)
+
+    async def _watch_health(self, link: Link, service: str) -> None:
+        """Keep a Watch open on ``link`` and follow its answers. A Watch that ends
+        UNIMPLEMENTED means the server has no health service: healthy, not asked
+        again. One that ends otherwise makes the subchannel TRANSIENT_FAILURE and is
+        made again: at once if it had answered, else after a backoff."""
+        request = health_request(service)
+        current = HEALTH_BACKOFF.initial
+        while True:
+            code, details, heard = await self._one_watch(link, request)
+            if self.link is not link:
+                return
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                log.warning("lanerpc: %s has no health service (Health/Watch is "
+                            "UNIMPLEMENTED); health checks off for this connection",
+                            self.address)
+                self._health_answer(SERVING)
+                return
+            self._unhealthy(f"health-checking stream ended: {code.name}: {details}")
+            if heard:
+                current = HEALTH_BACKOFF.initial
+            else:
+                await asyncio.sleep(HEALTH_BACKOFF.jittered(current))
+                current = min(current * HEALTH_BACKOFF.multiplier, HEALTH_BACKOFF.maximum)
+            if self.link is not link:
+                return
+            self._set(CONNECTING)
+
+    async def _one_watch(self, link: Link, request: bytes) -> tuple[grpc.StatusCode, str, bool]:
+        """One Watch call, followed until it ends: its status, and whether it answered."""
+        heard = False
+        call = self._watch = self._balancer.open_watch(link, request)
+        try:
+            async for message in call:
+                if self.link is not link:
+                    break
+                heard = True
+                try:
+                    status = serving_status(message)
+                except ValueError as exc:   # (not an answer: the next Watch waits a backoff)
+                    call.cancel()
+                    return grpc.StatusCode.INTERNAL, f"bad health response: {exc}", False
+                self._health_answer(status)
+        except aio.AioRpcError as err:
+            return err.code(), err.details() or "", heard
+        finally:
+            self._watch = None
+        return grpc.StatusCode.OK, "the server ended the Watch", heard
+
+    def _health_answer(self, status: int) -> None:
+        if status == SERVING:
+            self.error = ""
+            if self.state is not READY:
+                self._set(READY)
+        else:
+            self._unhealthy(f"backend unhealthy: {_status_name(status)}")
+
+    def _unhealthy(self, why: str) -> None:
+        self.error = f"{self.address}: {why}"
+        if self.state is not TRANSIENT_FAILURE:
+            self._set(TRANSIENT_FAILURE)
+
+    def _stop_health(self) -> None:
+        task, self._health = self._health, None
+        if task is not None:
+            task.cancel()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
 
     def _failed(self, made: list[Link], error: str, refused: bool) -> None:
         _abort(made, None, "connection attempt failed")
@@ -181,6 +366,7 @@ class Policy:
     """What every policy does with its subchannels; subclasses choose and pick."""
 
     name = ""
+    health_checks = True    # gRFC A17: pick_first inhibits health checking
 
     def __init__(self, balancer: "Balancer") -> None:
         self.balancer = balancer
@@ -226,6 +412,7 @@ class PickFirst(Policy):
     happy eyeballs; on losing it, IDLE until a call wants it again."""
 
     name = "pick_first"
+    health_checks = False
 
     def __init__(self, balancer: "Balancer", shuffle: bool = False) -> None:
         super().__init__(balancer)
@@ -433,7 +620,8 @@ class Balancer:
     def __init__(self, resolver: Resolver, policy: str, config: dict[str, Any], *,
                  dial: Dial, make_link: LinkFactory, backoff: Backoff,
                  on_state: Callable[[grpc.ChannelConnectivity], None],
-                 retire: Callable[[Link], None]) -> None:
+                 retire: Callable[[Link], None], health_service: str | None = None,
+                 open_watch: OpenWatch = _no_watch) -> None:
         self.resolver = resolver
         self.backoff = backoff
         self.dial = dial
@@ -448,6 +636,9 @@ class Balancer:
         self._waiters: list[asyncio.Future[None]] = []
         self._shut = False
         self.policy = make_policy(policy, self, config)
+        # The service whose health each subchannel watches; None: no health checks.
+        self.health_service = health_service if self.policy.health_checks else None
+        self.open_watch = open_watch
 
     # ------------------------------------------------------------ the channel's side
 
@@ -509,7 +700,7 @@ class Balancer:
         self.policy.stop()
         self._wake()
         # The channel's callbacks go too: no cycle keeps a closed channel for the gc.
-        self.dial, self.make_link = _closed_dial, _closed_link
+        self.dial, self.make_link, self.open_watch = _closed_dial, _closed_link, _no_watch
         self._on_state, self._retire = _ignore, _ignore
         return links
 

@@ -161,6 +161,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
     _response: _Resp | None = None
     _metadata: DecodedMetadata = ()
     _config = _service_config.NO_CONFIG    # this method's part of the channel's service config
+    _health_watch = False    # a subchannel's health Watch (not the application's call)
     _replay: _service_config.ReplayBuffer | None = None   # a streaming request's, for retries
 
     def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
@@ -639,6 +640,28 @@ class UnaryStreamCall(_Call[_Req, _Resp], aio.UnaryStreamCall[_Req, _Resp]):
         return self._response_iterator()
 
 
+class HealthWatch(UnaryStreamCall[bytes, bytes]):
+    """A subchannel's ``grpc.health.v1.Health/Watch`` (gRFC A17), on the connection it
+    is about: never on another, never retried (the subchannel makes it again), with no
+    deadline and no interceptors, and not an application call (close's grace does not
+    wait for it). Its messages are the raw bytes (rpc._balancer decodes them)."""
+
+    _health_watch = True
+
+    def __init__(self, channel: "Channel", link: ClientLink, request: bytes) -> None:
+        super().__init__(channel, _balancer.HEALTH_WATCH, None, None, None, None, False)
+        if self._timer is not None:     # the service config's methodConfig is not for it
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = None
+        self._config = _service_config.NO_CONFIG
+        self._wait_for_ready = False
+        self._open(link, request)
+
+    def _retry(self, code: int, metadata: DecodedMetadata, not_started: bool) -> bool:
+        return False
+
+
 class StreamUnaryCall(_Call[_Req, _Resp], aio.StreamUnaryCall[_Req, _Resp]):
     _unary_request = False
     _kind = "stream_unary"
@@ -826,7 +849,8 @@ class Channel(aio.Channel):
             backoff=_balancer.Backoff(initial=opts.initial_reconnect_backoff,
                                       maximum=opts.max_reconnect_backoff,
                                       min_connect_timeout=opts.min_connect_timeout),
-            on_state=self._set_state, retire=self._retire)
+            on_state=self._set_state, retire=self._retire,
+            health_service=_health_service(opts), open_watch=self._open_watch)
         _CHANNELS.add(self)
 
     def _current_loop(self) -> asyncio.AbstractEventLoop:
@@ -906,8 +930,8 @@ class Channel(aio.Channel):
         """Every call not over: on a connection, queued for one, waiting for one to
         be made, or still in its interceptors."""
         calls: list[Any] = [*self._intercepted, *self._pending]
-        for link in links:
-            calls.extend(link.calls.values())
+        for link in links:     # (health Watches end with their subchannels)
+            calls.extend(call for call in link.calls.values() if not call._health_watch)
             calls.extend(call for call, _ in link.waiting)
         return calls
 
@@ -1035,6 +1059,10 @@ class Channel(aio.Channel):
         """One subchannel's connection, on the lane rpc._lanes chooses for it."""
         return await _lanes.connect(endpoint, self._options, make_link)
 
+    def _open_watch(self, link: Link, request: bytes) -> "HealthWatch":
+        """A subchannel's Health/Watch call, opened on its own connection."""
+        return HealthWatch(self, cast(ClientLink, link), request)
+
     def _retire(self, link: Link) -> None:
         """A link the policy no longer uses: its calls end as they will, then it closes."""
         client = cast(ClientLink, link)
@@ -1054,6 +1082,15 @@ class Channel(aio.Channel):
             self._last_link = None
         if not self._closed:
             self._balancer.link_ended(link)
+
+
+def _health_service(options: Options) -> str | None:
+    """The service each subchannel's health Watch asks about: the service config's
+    ``healthCheckConfig.serviceName``, unless ``grpc.inhibit_health_checking`` is set."""
+    config = options.service_config
+    if config is None or options.inhibit_health_checking:
+        return None
+    return config.health_service
 
 
 def _balancer_choice(options: Options) -> tuple[str, dict[str, Any]]:

@@ -56,6 +56,7 @@ class Options:
     max_reconnect_backoff: float = 120.0
     min_connect_timeout: float = 20.0        # grpc.min_reconnect_backoff_ms: an attempt's least time
     lb_policy: str = "pick_first"            # grpc.lb_policy_name (the service config's come first)
+    inhibit_health_checking: bool = False    # grpc.inhibit_health_checking: ignore healthCheckConfig
     dns_min_interval: float = 30.0           # grpc.dns_min_time_between_resolutions_ms
     so_reuseport: bool = True                # server: SO_REUSEPORT on TCP ports, as gRPC
     max_connections: int = 0                 # server: lanerpc connections at once; 0 = no limit
@@ -225,6 +226,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["dns_min_interval"] = max(0, int(value)) / 1000
         elif name == "grpc.lb_policy_name":
             values["lb_policy"] = _lb_policy_name(value)
+        elif name == "grpc.inhibit_health_checking":
+            values["inhibit_health_checking"] = _flag(value, name)
         elif name in ("grpc.max_allowed_incoming_connections", "lanerpc.max_connections"):
             values["max_connections"] = max(0, int(value))
         elif name == "lanerpc.memory_budget_bytes":
@@ -271,7 +274,7 @@ IMPLEMENTED = frozenset({
     "grpc.per_rpc_retry_buffer_size",
     "grpc.initial_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms",
     "grpc.min_reconnect_backoff_ms", "grpc.dns_min_time_between_resolutions_ms",
-    "grpc.lb_policy_name",
+    "grpc.lb_policy_name", "grpc.inhibit_health_checking",
     "grpc.max_allowed_incoming_connections", "grpc.max_connection_idle_ms",
     "grpc.max_connection_age_ms", "grpc.max_connection_age_grace_ms",
     "grpc.http2.max_pings_without_data", "grpc.http2.max_ping_strikes",

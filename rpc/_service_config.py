@@ -11,10 +11,11 @@ What a channel takes from it, per method (``methodConfig`` entries matched by ``
   response reached the application is made again (gRFC A6), with backoff, up to
   ``maxAttempts`` (at most 5), within its deadline;
 
-and ``retryThrottling`` and the load-balancing policy (``loadBalancingConfig``: the first
-entry naming a policy lanerpc has; else the deprecated ``loadBalancingPolicy``) for the
-whole channel. ``hedgingPolicy`` is not implemented (grpc.aio's core ignores it too), nor
-is ``healthCheckConfig``: a warning says so.
+and ``retryThrottling``, the load-balancing policy (``loadBalancingConfig``: the first
+entry naming a policy lanerpc has; else the deprecated ``loadBalancingPolicy``) and
+``healthCheckConfig.serviceName`` (client-side health checking, gRFC A17: see
+rpc._balancer) for the whole channel. ``hedgingPolicy`` is not implemented (grpc.aio's
+core ignores it too): a warning says so.
 
 A malformed config does not raise when the channel is made: as in grpc.aio, every call
 on that channel fails ``INVALID_ARGUMENT`` naming each error (and it is logged once).
@@ -101,6 +102,7 @@ class ServiceConfig:
     methods: Mapping[tuple[str, str], MethodConfig]
     throttling: tuple[int, float] | None = None     # (maxTokens, tokenRatio)
     lb_policy: tuple[str, dict[str, Any]] | None = None   # (name, its config)
+    health_service: str | None = None   # healthCheckConfig.serviceName; None: no checks
 
     def lookup(self, path: str) -> MethodConfig:
         """The config for a call to ``path`` (``/package.Service/Method``)."""
@@ -273,10 +275,22 @@ class _Parser:
             lb_policy = self.lb_config("loadBalancingConfig", value["loadBalancingConfig"])
         elif "loadBalancingPolicy" in value:
             lb_policy = self.lb_policy_name("loadBalancingPolicy", value["loadBalancingPolicy"])
+        health = None
         if "healthCheckConfig" in value:
-            _warn_once("lanerpc: grpc.service_config's healthCheckConfig is not applied: "
-                       "lanerpc does not run health checks")
-        return ServiceConfig(methods, throttling, lb_policy)
+            health = self.health_check("healthCheckConfig", value["healthCheckConfig"])
+        return ServiceConfig(methods, throttling, lb_policy, health)
+
+    def health_check(self, field: str, value: Any) -> str | None:
+        """``healthCheckConfig``: the service name to watch. As in gRPC, a config
+        without ``serviceName`` turns nothing on; ``""`` is the whole server."""
+        if not isinstance(value, dict):
+            self.error(field, "is not an object")
+            return None
+        name = value.get("serviceName")
+        if name is not None and not isinstance(name, str):
+            self.error(f"{field}.serviceName", "is not a string")
+            return None
+        return name
 
     def lb_config(self, field: str, value: Any) -> tuple[str, dict[str, Any]] | None:
         """``loadBalancingConfig``: the first ``{name: config}`` whose policy lanerpc has
