@@ -22,6 +22,14 @@ from rpc._channel import (
     UnaryStreamCall,
     UnaryUnaryCall,
 )
+from rpc._call_credentials import (
+    CallCredentials,
+    CompositeChannelCredentials,
+    access_token_call_credentials,
+    composite_call_credentials,
+    composite_channel_credentials,
+    metadata_call_credentials,
+)
 from rpc._context import ServicerContext
 from rpc._credentials import (
     SslChannelCredentials,
@@ -65,7 +73,8 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
     "grpc")``: gRPC over TLS through grpcio (a :class:`GrpcChannel`), to any gRPC server.
     See README, "TLS on lanerpc's own lane"."""
     plain, rest = _grpc.strip_scheme(target)
-    if plain or _grpc.wants_grpc(options) or not isinstance(credentials, SslChannelCredentials):
+    inner = credentials.channel if isinstance(credentials, CompositeChannelCredentials) else credentials
+    if plain or _grpc.wants_grpc(options) or not isinstance(inner, SslChannelCredentials):
         if not plain and not _grpc.wants_grpc(options):
             _log.debug("lanerpc: secure_channel(%s) with grpc's credentials: a grpcio channel "
                        "(gRPC over TLS); rpc.ssl_channel_credentials gives lanerpc's TLS lane",
@@ -88,7 +97,9 @@ def server(migration_thread_pool: futures.Executor | None = None,
 
 __all__ = (
     "AioRpcError",
+    "CallCredentials",
     "Channel",
+    "CompositeChannelCredentials",
     "EOF",
     "GrpcChannel",
     "Metadata",
@@ -101,7 +112,11 @@ __all__ = (
     "StreamUnaryCall",
     "UnaryStreamCall",
     "UnaryUnaryCall",
+    "access_token_call_credentials",
+    "composite_call_credentials",
+    "composite_channel_credentials",
     "insecure_channel",
+    "metadata_call_credentials",
     "secure_channel",
     "serve",
     "serve_async",

@@ -22,7 +22,7 @@ from grpc import aio
 
 from rpc import _connection as c
 from rpc import _balancer, _compression, _interceptors, _lanes, _options, _resolver, _service_config
-from rpc import _credentials
+from rpc import _call_credentials, _credentials
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
 from rpc._stream import Stream, too_large
@@ -218,14 +218,36 @@ class _Call(Stream, Generic[_Req, _Resp]):
     _first: bytes | None = None
     _attempts = 1
 
+    _call_credentials: tuple[_call_credentials.CallCredentials, ...] = ()
+
     def _begin(self, first: bytes | None) -> None:
         self._first = first
+        if self._call_credentials:
+            self._task = self._loop.create_task(self._authorize_then_connect(first))
+            self._channel._pending.add(self)
+            return
         link = self._channel._ready_link()
         if link is not None and self._code is None:
             self._open(link, first)
         else:
             self._task = self._loop.create_task(self._connect_and_open(first))
             self._channel._pending.add(self)
+
+    async def _authorize_then_connect(self, first: bytes | None) -> None:
+        """Ask the call credentials' plugins for their metadata (once: a retry sends the
+        same), then go on as any call; a failing plugin ends the call UNAVAILABLE."""
+        service, _, method = self._method.lstrip("/").partition("/")
+        url = f"https://{self._channel._authority()}/{service}"
+        credentials, self._call_credentials = self._call_credentials, ()
+        try:
+            extra = await _call_credentials.metadata(credentials, url, method)
+        except _call_credentials.PluginError as exc:
+            self._finish(_C.UNAVAILABLE.value[0], str(exc), ())
+            return
+        except asyncio.CancelledError:
+            return
+        self._metadata = (*self._metadata, *validate_metadata(extra))
+        await self._connect_and_open(first)
 
     async def _connect_and_open(self, first: bytes | None) -> None:
         try:
@@ -740,13 +762,17 @@ class _MultiCallable(Generic[_Req, _Resp]):
                 "shared-memory rings) belong to the parent. Create a new channel in the child.")
         if channel._closed:
             raise aio.UsageError("Channel is closed.")
+        call_credentials = channel._call_credentials
         if credentials is not None:
-            # A lanerpc channel is never a secure one (rpc.secure_channel is grpcio's):
-            # grpc.aio refuses call credentials on an insecure channel, so do we.
-            raise aio.UsageError("Call credentials are only valid on secure channels")
+            if not channel._secure:
+                # As grpc.aio: call credentials only on a secure channel.
+                raise aio.UsageError("Call credentials are only valid on secure channels")
+            call_credentials = (*call_credentials, _call_credentials.check(credentials))
         call: _Call[_Req, _Resp] = self._call_class(
             channel, self._method, self._serializer, self._deserializer, timeout, metadata,
             wait_for_ready)
+        if call_credentials:
+            call._call_credentials = call_credentials
         if call._unary_request:
             data = call._serialize(request)
             limit = call._config.send_limit(channel._options.max_send_message_length)
@@ -816,6 +842,14 @@ class Channel(aio.Channel):
 
     _forked = False
 
+    def _authority(self) -> str:
+        """The target's host[:port] as gRPC names it to call credentials' plugins."""
+        target = self._target
+        for scheme in ("dns:///", "ipv4:", "ipv6:", "unix:"):
+            if target.startswith(scheme):
+                return "localhost" if scheme == "unix:" else target[len(scheme):].split(",")[0]
+        return target
+
     def __init__(self, target: str, options: _grpc.Options | None = None,
                  interceptors: _grpc.ClientInterceptors | None = None, *,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
@@ -823,6 +857,14 @@ class Channel(aio.Channel):
         self._options = _options.parse(options)
         resolver = _resolver.Resolver(target, min_interval=self._options.dns_min_interval)
         self._raw_options = tuple(options or ())
+        if isinstance(credentials, _call_credentials.CompositeChannelCredentials):
+            self._call_credentials: tuple[_call_credentials.CallCredentials, ...] = (credentials.call,)
+            credentials = credentials.channel
+        else:
+            self._call_credentials = ()
+        # Where call credentials may go (as grpc: a secure channel; here also a unix: one,
+        # whose peer the kernel vouches for).
+        self._secure = credentials is not None or target.startswith("unix:")
         if credentials is not None:
             self._options = _credentials.channel_options(self._options, credentials,
                                                          parse_target(target))
