@@ -22,6 +22,11 @@ def bind(address: str, *, mode: int = 0o600,
         endpoint = parse_server_address(address)
     except ValueError as exc:
         raise RuntimeError(str(exc)) from None
+    if endpoint.lane == "unix" and endpoint.path.startswith("\0"):
+        try:
+            return "unix", [unix.bind(endpoint.path)], 0
+        except OSError as exc:
+            raise RuntimeError(f"Failed to bind to address {address}: {exc.strerror or exc}") from exc
     if endpoint.lane == "unix":
         path = endpoint.path
         directory = os.path.dirname(path) or "."

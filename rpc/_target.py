@@ -89,8 +89,8 @@ def _unsupported(target: str) -> list[Endpoint] | None:
 
 def parse_target(target: str) -> list[Endpoint]:
     """Endpoints for a gRPC target: ``host:port``, ``ipv4:a:p,b:p``, ``ipv6:[a]:p``,
-    ``dns:///name:port``, ``unix:path``, ``unix:///abs/path``. ``unix-abstract:``
-    raises; another scheme (``xds:``, say) gives one endpoint that refuses to connect."""
+    ``dns:///name:port``, ``unix:path``, ``unix:///abs/path``, ``unix-abstract:name``;
+    another scheme (``xds:``, say) gives one endpoint that refuses to connect."""
     if not isinstance(target, str) or not target:
         raise ValueError(f"target must be a non-empty string; got {target!r}")
     unsupported = _unsupported(target)
@@ -107,7 +107,11 @@ def parse_target(target: str) -> list[Endpoint]:
             raise ValueError(f"bad target {target!r}: no path")
         return [Endpoint("unix", path=path if path.startswith("/") else os.path.abspath(path))]
     if target.startswith("unix-abstract:"):
-        raise ValueError("unix-abstract: targets are not supported")
+        # A name in Linux's abstract socket namespace (no file): NUL, then the name.
+        name = unquote(target[len("unix-abstract:"):])
+        if not name:
+            raise ValueError(f"bad target {target!r}: no name")
+        return [Endpoint("unix", path="\0" + name)]
     if target.startswith("ipv4:") or target.startswith("ipv6:"):
         return [_host_port(part, None, target) for part in target[5:].split(",") if part]
     if target.startswith("dns:"):
@@ -120,7 +124,7 @@ def parse_target(target: str) -> list[Endpoint]:
 
 def parse_server_address(address: str) -> Endpoint:
     """A server's listening address: ``host:port`` (port 0 = any), ``[::]:port``,
-    ``unix:path``."""
-    if address.startswith("unix:"):
+    ``unix:path``, ``unix-abstract:name``."""
+    if address.startswith("unix:") or address.startswith("unix-abstract:"):
         return parse_target(address)[0]
     return _host_port(address, None, address, server=True)

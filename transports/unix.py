@@ -28,13 +28,16 @@ async def connect(path: str, factory: ProtocolFactory, *,
     ``check`` before the protocol is made, so nothing is written when it raises (the
     socket is closed and its exception propagates)."""
     loop = asyncio.get_running_loop()
-    if check is None:
+    if check is None and not path.startswith("\0"):
+        # (An abstract name is dialled below on our own socket: uvloop's dialler
+        # refuses names that start with NUL.)
         return await loop.create_unix_connection(factory, path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         await loop.sock_connect(sock, path)
-        check(sock)
+        if check is not None:
+            check(sock)
         return await loop.create_unix_connection(factory, sock=sock)
     except BaseException:
         sock.close()
@@ -72,7 +75,11 @@ def _claim_path(path: str) -> None:
 
 def bind(path: str, *, mode: int = 0o600) -> socket.socket:
     """A socket bound to the file ``path``, created with ``mode``. Raises OSError
-    (a live server there, a file that is not a socket, no such directory)."""
+    (a live server there, a file that is not a socket, no such directory). A path
+    starting with NUL is a name in Linux's abstract namespace: no file, nothing to
+    remove later, EADDRINUSE while another socket holds the name."""
+    if path.startswith("\0"):
+        return _bind_abstract(path)
     _claim_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -90,16 +97,30 @@ def bind(path: str, *, mode: int = 0o600) -> socket.socket:
     return sock
 
 
+def _bind_abstract(name: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class UnixListener:
     """An asyncio server on a socket file that it removes when closed."""
 
-    def __init__(self, server: asyncio.AbstractServer, path: str, inode: tuple[int, int]) -> None:
+    def __init__(self, server: asyncio.AbstractServer, path: str,
+                 inode: tuple[int, int] | None) -> None:
         self._server = server
         self.path = path
         self._inode = inode
 
     def close(self) -> None:
         self._server.close()
+        if self._inode is None:
+            return          # an abstract name: it goes with the socket
         try:
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._inode:   # still ours, not a successor's
@@ -116,7 +137,10 @@ async def listen(sock: socket.socket, factory: ProtocolFactory) -> UnixListener:
     ``factory``. Closing the listener closes the socket and removes its file."""
     loop = asyncio.get_running_loop()
     path = sock.getsockname()
-    st = os.lstat(path)
+    inode: tuple[int, int] | None = None
+    if isinstance(path, str) and not path.startswith("\0"):
+        st = os.lstat(path)
+        inode = (st.st_dev, st.st_ino)
     sock.listen(BACKLOG)
     server = await loop.create_unix_server(factory, sock=sock)
-    return UnixListener(server, path, (st.st_dev, st.st_ino))
+    return UnixListener(server, path if isinstance(path, str) else path.decode(errors="replace"), inode)
