@@ -32,6 +32,15 @@ def msg(payload: bytes = b"") -> echo_pb2.EchoMessage:
     return echo_pb2.EchoMessage(payload=payload)
 
 
+def rss_mb(pid: int | str = "self") -> float:
+    """A process's resident memory in MB (``/proc/PID/status``'s VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
 async def within(awaitable: Awaitable[Any], seconds: float = SETUP_TIMEOUT) -> Any:
     """Await with a bound: a hang is a test failure, not a stuck run."""
     return await asyncio.wait_for(awaitable, seconds)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from tests._support import rss_mb
 from tests.e2e._server_proc import ServerProc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,19 +19,11 @@ CALLERS = 1000
 STORM_SECONDS = 5.0
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 async def test_after_a_deadline_storm_a_fresh_call_is_served_at_once() -> None:
     server = await ServerProc("--address", "127.0.0.1:0", "--lanes", "tcp").start()
     client = None
     try:
-        base = peak = _rss_mb(server.pid)
+        base = peak = rss_mb(server.pid)
         client = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.e2e._storm_client", f"127.0.0.1:{server.port}",
             str(CALLERS), str(STORM_SECONDS), cwd=ROOT, stdout=asyncio.subprocess.PIPE)
@@ -38,7 +31,7 @@ async def test_after_a_deadline_storm_a_fresh_call_is_served_at_once() -> None:
         line = asyncio.ensure_future(client.stdout.readline())
         deadline = asyncio.get_running_loop().time() + STORM_SECONDS + 40
         while not line.done() and asyncio.get_running_loop().time() < deadline:
-            peak = max(peak, _rss_mb(server.pid))
+            peak = max(peak, rss_mb(server.pid))
             await asyncio.wait([line], timeout=0.1)
         result = json.loads(await asyncio.wait_for(line, STORM_SECONDS + 40))
         assert await asyncio.wait_for(client.wait(), 10) == 0

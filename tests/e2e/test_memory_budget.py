@@ -19,7 +19,7 @@ from rpc import _wire
 from rpc._connection import RESOURCE_EXHAUSTED, Connection, Limits, Role
 from rpc._events import StreamEnded
 from rpc._wire import FLAG_MORE, FrameType
-from tests._support import msg, within
+from tests._support import msg, rss_mb, within
 from tests.e2e._server_proc import ServerProc
 import rpc
 
@@ -28,14 +28,6 @@ PIECE = 64 * 1024
 PARTIAL = 4 * 1024 * 1024 - 64        # just under the default largest message
 ATTACK_SECONDS = 3.0
 RSS_BOUND_MB = 64
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 class PartialAttacker:
@@ -122,7 +114,7 @@ async def _attack(server: ServerProc, lane: str, address: str, connections: int)
         stub = echo_pb2_grpc.EchoStub(channel)
         for _ in range(200):
             await within(stub.Unary(msg(b"warm")))
-        base = peak = _rss_mb(server.pid)
+        base = peak = rss_mb(server.pid)
         attackers = [PartialAttacker() for _ in range(connections)]
 
         def connect() -> Any:
@@ -139,13 +131,13 @@ async def _attack(server: ServerProc, lane: str, address: str, connections: int)
                 reply = await within(stub.Unary(msg(b"honest")), 5)
                 latencies.append(time.perf_counter() - started)
                 assert reply.payload == b"honest"
-                peak = max(peak, _rss_mb(server.pid))
+                peak = max(peak, rss_mb(server.pid))
                 await asyncio.sleep(0.01)
             await within(asyncio.gather(*attacks), 10)
         finally:
             for a in attacks:
                 a.cancel()
-        peak = max(peak, _rss_mb(server.pid))
+        peak = max(peak, rss_mb(server.pid))
     return attackers, latencies, base, peak
 
 
@@ -161,7 +153,7 @@ async def test_parked_partial_messages_cost_a_bounded_amount(lane: str, tmp_path
     server = await ServerProc("--address", address, "--lanes", lane).start()
     try:
         [attacker], latencies, base, peak = await _attack(server, lane, address, 1)
-        base = min(base, _rss_mb(server.pid))
+        base = min(base, rss_mb(server.pid))
         # Attack and close, again: what a closed connection held is given back at once
         # (no garbage collection is forced; the server process runs as it would).
         for _ in range(2):
@@ -171,7 +163,7 @@ async def test_parked_partial_messages_cost_a_bounded_amount(lane: str, tmp_path
             attacker.sent += again.sent
             attacker.shed.update(again.shed)
         await asyncio.sleep(0.5)
-        after = _rss_mb(server.pid)
+        after = rss_mb(server.pid)
         p99 = _p99(latencies)
         print(f"\n{lane}: {attacker.sent / 2**20:.0f} MiB offered, {len(attacker.shed)} messages "
               f"refused; server RSS {base:.0f} -> {peak:.0f} MB, {after:.0f} MB after; honest p99 {p99 * 1000:.1f} ms "

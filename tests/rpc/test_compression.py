@@ -7,7 +7,6 @@ Counted at the server's sockets (its stats' bytes in and out)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import zlib
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from examples.echo import echo_pb2_grpc
 from rpc import _wire
 from rpc._connection import Connection, Role, StreamEnded
-from tests._support import msg, serve, within
+from tests._support import msg, rss_mb, serve, within
 from tests.conformance.test_compression import BIG, Compressing
 
 GZIP = grpc.Compression.Gzip
@@ -105,14 +104,6 @@ async def _raw_unary(port: int, message: bytes, encoding: int) -> StreamEnded:
         writer.close()
 
 
-def _rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def _bomb(size: int) -> bytes:
     # Run-length matching: as small as the default strategy on zeros, in a third the time.
     packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16, 9, zlib.Z_RLE)
@@ -125,11 +116,11 @@ async def test_a_zip_bomb_ends_its_call_resource_exhausted_and_costs_the_limit_a
     bomb = _bomb(1 << 30)                               # 1 GiB of zeros, about 1 MiB on the wire
     assert len(bomb) < 4 << 20
     async with serve(Compressing(), lanes="tcp") as served:
-        base = _rss_mb()
+        base = rss_mb()
         ended = await _raw_unary(served.port, bomb, 2)
         assert ended.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
         assert "larger than max" in ended.details
-        assert _rss_mb() - base < 64
+        assert rss_mb() - base < 64
         # Not valid gzip at all: INTERNAL, for that call only.
         ended = await _raw_unary(served.port, b"\x1f\x8b not gzip", 2)
         assert ended.code == grpc.StatusCode.INTERNAL.value[0]

@@ -222,10 +222,9 @@ async def test_a_tls_connection_upgrades_on_one_host_and_keeps_its_identity(lane
                                                         list(CLIENT_SANS))
 
 
-async def test_an_upgrade_token_is_not_a_tls_identity_for_another_client():
-    """The identity travels with the token of the connection it was offered on: a
-    plaintext client of the same server, upgraded, is not given a TLS identity."""
-    identity = Identity()
+async def _tls_and_plain(identity: Identity, lanes: str) -> list[str]:
+    """One server with a TLS port and a plain one; a channel to each (``lanes``) makes a
+    call; returns the lanes the channels ended on."""
     server = rpc.server()
     try:
         echo_pb2_grpc.add_EchoServicer_to_server(identity, server)
@@ -233,14 +232,23 @@ async def test_an_upgrade_token_is_not_a_tls_identity_for_another_client():
         plain_port = server.add_insecure_port("127.0.0.1:0")
         await asyncio.wait_for(server.start(), 5)
         tls = rpc.secure_channel(f"127.0.0.1:{tls_port}", channel_creds(rpc, certs().client),
-                                 options=[("lanerpc.lanes", "unix,tcp")])
-        plain = rpc.insecure_channel(f"127.0.0.1:{plain_port}", options=[("lanerpc.lanes", "unix,tcp")])
+                                 options=[("lanerpc.lanes", lanes)])
+        plain = rpc.insecure_channel(f"127.0.0.1:{plain_port}", options=[("lanerpc.lanes", lanes)])
+        ended = []
         for channel in (tls, plain):
             async with channel:
                 await echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5)
-                assert channel.lane == "unix"
+                ended.append(channel.lane)
+        return ended
     finally:
         await asyncio.wait_for(server.stop(0), 5)
+
+
+async def test_an_upgrade_token_is_not_a_tls_identity_for_another_client():
+    """The identity travels with the token of the connection it was offered on: a
+    plaintext client of the same server, upgraded, is not given a TLS identity."""
+    identity = Identity()
+    assert await _tls_and_plain(identity, "unix,tcp") == ["unix", "unix"]
     (with_tls, *_), (without, key, identities) = identity.seen
     assert with_tls["transport_security_type"] == [b"ssl"]
     assert without["transport_security_type"] == [b"local"]
@@ -251,20 +259,7 @@ async def test_an_upgrade_token_is_not_a_tls_identity_for_another_client():
 async def test_plaintext_and_tls_ports_side_by_side():
     """One server, a TLS port and a plain one: each connection gets its own properties."""
     identity = Identity()
-    server = rpc.server()
-    try:
-        echo_pb2_grpc.add_EchoServicer_to_server(identity, server)
-        tls_port = server.add_secure_port("127.0.0.1:0", server_creds(rpc, mtls=True))
-        plain_port = server.add_insecure_port("127.0.0.1:0")
-        await asyncio.wait_for(server.start(), 5)
-        tls = rpc.secure_channel(f"127.0.0.1:{tls_port}", channel_creds(rpc, certs().client),
-                                 options=[("lanerpc.lanes", "tcp")])
-        plain = rpc.insecure_channel(f"127.0.0.1:{plain_port}", options=[("lanerpc.lanes", "tcp")])
-        for channel in (tls, plain):
-            async with channel:
-                await echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5)
-    finally:
-        await asyncio.wait_for(server.stop(0), 5)
+    await _tls_and_plain(identity, "tcp")
     assert [seen[0]["transport_security_type"] for seen in identity.seen] == [[b"ssl"], [b"insecure"]]
 
 
