@@ -395,6 +395,8 @@ class Connection:
             events.append(EndOfInput(sid))
             return
         stream.state = transition(stream.state, StreamInput.RECV_MESSAGE)
+        if flags & ENCODING_MASK == ENCODING_MASK:    # checked before anything is counted
+            raise ProtocolError(f"message on stream {sid} flags an unknown encoding")
         more = flags & FLAG_MORE
         if stream.discarding:
             self._recv_window_pending += size
@@ -441,8 +443,6 @@ class Connection:
             self._recv_end(stream)
         encoding = flags & ENCODING_MASK
         if encoding:
-            if encoding == ENCODING_MASK:
-                raise ProtocolError(f"message on stream {sid} flags an unknown encoding")
             events.append(MessageReceived(sid, data, end, encoding >> ENCODING_SHIFT))
         else:
             events.append(MessageReceived(sid, data, end))

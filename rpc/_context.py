@@ -59,7 +59,6 @@ class ServerLink(StreamLink, Protocol):
     dialled_as: str | None        # the tcp peer address of a connection upgraded from tcp
     tls: dict[str, list[bytes]] | None   # a TLS connection's peer properties (rpc._credentials)
     invocation_head: tuple[_Metadatum, ...]   # the client's user-agent, from its HELLO
-    ping_strikes: int             # gRPC's ping policy: sending data clears them
 
     def call_ended(self) -> None:
         """A call on this connection is over (it may now be idle)."""
@@ -338,7 +337,6 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             self._timer.cancel()
             self._timer = None
         link = self._link
-        link.ping_strikes = 0
         self._send_status(code, details, trailing, message)
         link.calls.pop(self._sid, None)
         self._server._stats.call_ended(link.lane or "?", code)
@@ -377,7 +375,6 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         if len(data) > limit:
             self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
             raise asyncio.CancelledError()
-        self._link.ping_strikes = 0
         self._send_initial()
         if self._ended:
             raise asyncio.CancelledError()

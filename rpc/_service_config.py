@@ -114,17 +114,15 @@ class ServiceConfig:
 
 class RetryThrottle:
     """``retryThrottling``: a channel's token bucket (gRFC A6). Each failed attempt
-    with a retryable code takes a token, each success gives back ``tokenRatio``;
-    retries stop while the bucket is at or below half. Kept in thousandths, as
+    with a retryable code takes a token (grpc.aio 1.85 gives none back for a
+    success, whatever ``tokenRatio`` says: lanerpc matches it); retries stop while
+    the bucket is at or below half. Kept in thousandths, as
     the ratio has at most three decimals."""
 
     def __init__(self, max_tokens: int, ratio: float) -> None:
         self._max = max_tokens * 1000
-        self._ratio = int(round(ratio * 1000))
+        self._ratio = int(round(ratio * 1000))   # validated and kept; see the docstring
         self._tokens = self._max
-
-    def record_success(self) -> None:
-        self._tokens = min(self._max, self._tokens + self._ratio)
 
     def record_failure(self) -> bool:
         """Take a token for a failed attempt; True while retries are still allowed."""
@@ -160,10 +158,6 @@ class Retries:
         never tried again. A call the server never started is tried once more
         at once, policy or none (gRPC's transparent retry)."""
         throttle = self.throttle
-        if code == 0:
-            if throttle is not None:
-                throttle.record_success()
-            return None
         policy = method.retry if self.enabled else None
         if policy is not None and code in policy.codes:
             if throttle is not None and not throttle.record_failure():
