@@ -234,7 +234,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
         """Ask the call credentials' plugins for their metadata (once: a retry sends the
         same), then go on as any call; a failing plugin ends the call UNAVAILABLE."""
         service, _, method = self._method.lstrip("/").partition("/")
-        url = f"https://{self._channel._authority()}/{service}"
+        url = f"https://{self._channel._authority}/{service}"
         credentials, self._call_credentials = self._call_credentials, ()
         try:
             extra = await _call_credentials.metadata(credentials, url, method)
@@ -843,18 +843,11 @@ class Channel(aio.Channel):
 
     _forked = False
 
-    def _authority(self) -> str:
-        """The target's host[:port] as gRPC names it to call credentials' plugins."""
-        target = self._target
-        for scheme in ("dns:///", "ipv4:", "ipv6:", "unix:"):
-            if target.startswith(scheme):
-                return "localhost" if scheme == "unix:" else target[len(scheme):].split(",")[0]
-        return target
-
     def __init__(self, target: str, options: _grpc.Options | None = None,
                  interceptors: _grpc.ClientInterceptors | None = None, *,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self._target = target
+        self._authority = _authority(target)
         self._options = _options.parse(options)
         resolver = _resolver.Resolver(target, min_interval=self._options.dns_min_interval)
         self._raw_options = tuple(options or ())
@@ -1146,6 +1139,19 @@ def _balancer_choice(options: Options) -> tuple[str, dict[str, Any]]:
 
 
 _CHANNELS: "weakref.WeakSet[Channel]" = weakref.WeakSet()
+
+
+def _authority(target: str) -> str:
+    """The target's host[:port] as gRPC names it to call credentials' plugins (the
+    ``service_url``'s host); local targets are ``localhost``."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return "localhost"
+    for scheme in ("dns:///", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            return target[len(scheme):].split(",")[0]
+    if target.startswith("dns://"):
+        return target[len("dns://"):].partition("/")[2]
+    return target
 
 
 def _mark_forked() -> None:

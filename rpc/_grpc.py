@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -269,9 +268,7 @@ class GrpcPorts:
 
         endpoint = _target.parse_server_address(address)
         if endpoint.lane == "unix":
-            directory = os.path.dirname(endpoint.path) or "."
-            if not os.path.isdir(directory):
-                raise RuntimeError(f"Failed to bind to address {address}: no directory {directory}")
+            _ports.check_directory(address, endpoint.path)
             _ports.claim_unix(address, endpoint.path)
             self._ports.append((address, credentials, []))
             return 1                      # what grpcio answers for a unix: port

@@ -45,14 +45,9 @@ async def connect(path: str, factory: ProtocolFactory, *,
 
 
 def claim_path(path: str) -> None:
-    """Make ``path`` free for a socket someone else binds (grpcio, for a ``grpc://``
-    unix port): a stale socket file is removed; OSError if a live server owns it or
-    it is not a socket."""
-    _claim_path(path)
-
-
-def _claim_path(path: str) -> None:
-    """Remove a stale socket file at ``path``; refuse if a live server owns it."""
+    """Make ``path`` free for a socket: a stale socket file is removed; OSError if a
+    live server owns it or it is not a socket (also used for grpcio's ``grpc://``
+    unix ports, which bind it themselves)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -80,7 +75,7 @@ def bind(path: str, *, mode: int = 0o600) -> socket.socket:
     remove later, EADDRINUSE while another socket holds the name."""
     if path.startswith("\0"):
         return _bind_abstract(path)
-    _claim_path(path)
+    claim_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Bind under a restrictive umask so the file is never briefly open to others.

@@ -49,3 +49,13 @@ async def test_a_name_nobody_serves_fails_unavailable() -> None:
 def test_an_empty_name_is_refused() -> None:
     with pytest.raises(ValueError, match="no name"):
         rpc.insecure_channel("unix-abstract:")
+
+
+async def test_a_grpc_port_on_an_abstract_name() -> None:
+    """``grpc://unix-abstract:NAME``: plain gRPC there, grpcio's, no file claimed."""
+    name = f"lanerpc-test-{os.getpid()}-{os.urandom(4).hex()}"
+    async with serve(Echo(), address=f"grpc://unix-abstract:{name}") as served:
+        async with grpc.aio.insecure_channel(f"unix-abstract:{name}") as channel:
+            reply = await within(echo_pb2_grpc.EchoStub(channel).Unary(msg(b"g")))
+        assert reply.payload == b"g"
+        assert served.ports == [1]
