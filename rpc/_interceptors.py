@@ -413,6 +413,9 @@ class _StreamRequest(InterceptedCall):
     async def _put(self, item: Any) -> None:
         """Queue ``item`` for the chain's iterator, unless the RPC ends first."""
         assert self._queue is not None and self._ended is not None
+        if not self._queue.full():
+            self._queue.put_nowait(item)    # the usual case: no task, no wait
+            return
         put = self._loop.create_task(self._queue.put(item))
         try:
             await asyncio.wait((put, self._ended), return_when=asyncio.FIRST_COMPLETED)
