@@ -10,6 +10,7 @@ import grpc
 from google.protobuf import descriptor, descriptor_pb2
 
 from rpc._cli import _common
+from rpc._cli._common import UsageError
 from rpc._cli._reflection import Reflection, SymbolNotFound
 
 EPILOG = """\
@@ -68,12 +69,12 @@ async def _one(reflection: Reflection, symbol: str) -> str:
         return f"{method.full_name} is a method:\n{_method(method)}\n"
     try:
         await reflection.load(symbol)
-    except SymbolNotFound:
-        # A method's full name: grpc's reflection knows services, messages and enums.
-        service, _, _ = symbol.rpartition(".")
-        if not service:
-            raise
-        method = await reflection.method(symbol)
+    except SymbolNotFound as not_found:
+        # Perhaps a method's full name (grpc's reflection may know only its service).
+        try:
+            method = await reflection.method(symbol)
+        except UsageError:
+            raise not_found from None
         return f"{method.full_name} is a method:\n{_method(method)}\n"
     pool = reflection.pool
     finders: list[tuple[str, Any]] = [
