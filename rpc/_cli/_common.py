@@ -104,6 +104,10 @@ def metadata(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
     return tuple(pairs)
 
 
+_TLS_FLAGS = {"root_certificates": "--cacert", "private_key": "--key",
+              "certificate_chain": "--cert"}
+
+
 def _read(path: str, flag: str) -> bytes:
     try:
         with open(path, "rb") as file:
@@ -121,16 +125,25 @@ def open_channel(args: argparse.Namespace) -> rpc.Channel | rpc.GrpcChannel:
                          "(--tls or --cacert)")
     if bool(args.cert) != bool(args.key):
         raise UsageError("--cert and --key go together")
-    try:
-        if not secure:
+    if not secure:
+        try:
             return rpc.insecure_channel(args.target)
+        except ValueError as exc:        # a target lanerpc can't parse
+            raise UsageError(f"{args.target}: {exc}") from None
+    try:
         credentials = rpc.ssl_channel_credentials(
             _read(args.cacert, "--cacert") if args.cacert else None,
             _read(args.key, "--key") if args.key else None,
             _read(args.cert, "--cert") if args.cert else None)
-        options = [("grpc.ssl_target_name_override", args.authority)] if args.authority else []
+    except ValueError as exc:            # not PEM: named by the argument, say which flag
+        message = str(exc)
+        for argument, flag in _TLS_FLAGS.items():
+            message = message.replace(argument, flag)
+        raise UsageError(message) from None
+    options = [("grpc.ssl_target_name_override", args.authority)] if args.authority else []
+    try:
         return rpc.secure_channel(args.target, credentials, options=options)
-    except ValueError as exc:        # a target lanerpc can't parse, bad PEM
+    except ValueError as exc:
         raise UsageError(f"{args.target}: {exc}") from None
 
 

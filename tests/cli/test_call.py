@@ -181,7 +181,10 @@ async def test_tls_and_mutual_tls(tmp_path):
     assert wrong_name.code == 14        # the certificate names localhost, not 127.0.0.1
 
 
-async def test_tls_flags_that_make_no_sense_are_refused():
+async def test_tls_flags_that_make_no_sense_are_refused(tmp_path):
+    (tmp_path / "ca").write_text("not a certificate")
+    result = await cli("call", "--cacert", f"{tmp_path}/ca", "127.0.0.1:1", f"{ECHO}/Unary", "{}")
+    assert (result.code, result.err) == (64, "lanerpc call: --cacert is not PEM (no -----BEGIN line)\n")
     result = await cli("call", "--authority", "x", "127.0.0.1:1", f"{ECHO}/Unary", "{}")
     assert (result.code, result.err) == (64, "lanerpc call: --authority names the server's "
                                               "certificate: it needs TLS (--tls or --cacert)\n")
