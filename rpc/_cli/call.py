@@ -9,6 +9,7 @@ import asyncio
 import base64
 import inspect
 import os
+import select
 import sys
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -127,6 +128,11 @@ async def _stdin_lines() -> AsyncIterator[str]:
             if watched:
                 await readable.wait()
                 readable.clear()
+                # The event may be stale (set again in the loop turn that already read
+                # the bytes); stdin can't be made non-blocking (its terminal or pipe is
+                # shared with the shell), so ask before reading.
+                if not select.select([fd], [], [], 0)[0]:
+                    continue
             chunk = os.read(fd, _READ_SIZE)
             if not chunk:
                 break
@@ -202,14 +208,10 @@ async def _invoke(channel: rpc.Channel | rpc.GrpcChannel, path: str,
                 codec.print(response)
         else:
             codec.print(await call)
-        if feeder is not None:
-            await feeder
     except (asyncio.CancelledError, grpc.RpcError):
-        _raise_feed_error(feeder)
+        _settle(feeder)
         raise
-    finally:
-        if feeder is not None and not feeder.done():
-            feeder.cancel()
+    _settle(feeder)
     if args.verbose:
         await _print_verbose(channel, call)
     return 0
@@ -231,9 +233,16 @@ async def _feed(call: Any, codec: _Codec, source: _Input) -> None:
     await call.done_writing()
 
 
-def _raise_feed_error(feeder: asyncio.Future[None] | None) -> None:
-    """When the call failed because a request line was bad, that is the error to show."""
-    if feeder is not None and feeder.done() and not feeder.cancelled():
+def _settle(feeder: asyncio.Future[None] | None) -> None:
+    """Once the call has ended: stop feeding it (a server may answer before the input
+    ends, and stdin may stay open), and if a request line was bad, raise that: it is
+    why the call ended. A write that failed because the call had ended says nothing
+    the call's own status doesn't."""
+    if feeder is None:
+        return
+    if not feeder.done():
+        feeder.cancel()
+    elif not feeder.cancelled():
         error = feeder.exception()
         if isinstance(error, UsageError):
             raise error

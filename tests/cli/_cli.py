@@ -35,15 +35,27 @@ class Result:
     err: str
 
 
-async def cli(*args: str, stdin: bytes | None = None, timeout: float = CLI_TIMEOUT) -> Result:
-    """Run ``lanerpc ARGS`` to its end; stdin is ``stdin`` (or /dev/null)."""
+async def cli(*args: str, stdin: bytes | None = None, stdin_open: bool = False,
+              timeout: float = CLI_TIMEOUT) -> Result:
+    """Run ``lanerpc ARGS`` to its end; stdin is ``stdin`` (or /dev/null), and with
+    ``stdin_open`` a pipe left open after it (closed once the command has ended)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rpc", *args, cwd=ROOT,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+        if stdin_open:
+            assert process.stdin is not None and process.stdout is not None \
+                and process.stderr is not None and stdin is not None
+            process.stdin.write(stdin)
+            out, err = await asyncio.wait_for(
+                asyncio.gather(process.stdout.read(), process.stderr.read()), timeout)
+            await asyncio.wait_for(process.wait(), timeout)
+        else:
+            out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
     finally:
+        if process.stdin is not None:
+            process.stdin.close()
         if process.returncode is None:
             os.kill(process.pid, signal.SIGKILL)
             await process.wait()
@@ -66,16 +78,18 @@ def with_health(servicer: health.aio.HealthServicer) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def background(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``lanerpc ARGS`` running (``serve``), stdout and stderr piped; killed by its pid on
-    the way out if it still runs."""
+async def background(*args: str, stdin_pipe: bool = False) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``lanerpc ARGS`` running (``serve``, or a ``call`` fed through a stdin pipe), stdout
+    and stderr piped; killed by its pid on the way out if it still runs."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rpc", *args, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})})
+        sys.executable, "-m", "rpc", *args, cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         yield process
     finally:
+        if process.stdin is not None:
+            process.stdin.close()
         if process.returncode is None:
             os.kill(process.pid, signal.SIGKILL)
             await asyncio.wait_for(process.wait(), CLI_TIMEOUT)

@@ -3,6 +3,7 @@ lane; errors printed as grpcurl prints them, the status code as the exit code.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -11,7 +12,8 @@ import pytest
 import rpc
 from tests import _tls
 from tests._support import Echo, serve
-from tests.cli._cli import ECHO, assert_no_traceback, cli, lines, with_reflection
+from tests.cli._cli import (CLI_TIMEOUT, ECHO, assert_no_traceback, background, cli, lines,
+                           with_reflection)
 
 
 def b64(data: bytes) -> str:
@@ -69,6 +71,34 @@ async def test_bidi_answers_each_line():
         result = await cli("call", served.target, f"{ECHO}/Bidi", stdin=stdin)
     assert result.code == 0
     assert payloads(result.out) == [b"one", b"two"]
+
+
+async def test_bidi_sends_each_line_as_it_comes():
+    async with serve(Echo(), with_reflection) as served:
+        async with background("call", served.target, f"{ECHO}/Bidi", stdin_pipe=True) as process:
+            assert process.stdin is not None and process.stdout is not None
+            for word in (b"one", b"two"):
+                process.stdin.write((request(word) + "\n").encode())
+                answer = await asyncio.wait_for(process.stdout.readline(), CLI_TIMEOUT)
+                assert payloads(answer.decode()) == [word]     # answered before stdin ends
+            process.stdin.close()
+            assert await asyncio.wait_for(process.wait(), CLI_TIMEOUT) == 0
+
+
+class FirstOnly(Echo):
+    """ClientStream answers the first request, reading no more."""
+
+    async def ClientStream(self, request_iterator, context):
+        async for message in request_iterator:
+            return message
+
+
+async def test_a_call_that_ends_before_stdin_does_ends_the_command():
+    async with serve(FirstOnly(), with_reflection) as served:
+        result = await cli("call", served.target, f"{ECHO}/ClientStream",
+                           stdin=(request(b"first") + "\n").encode(), stdin_open=True)
+    assert (result.code, result.err) == (0, "")
+    assert payloads(result.out) == [b"first"]
 
 
 async def test_metadata_reaches_the_handler():
