@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from rpc._cli._common import EXIT_INTERRUPTED, UsageError
+from rpc._cli._common import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 # The subcommands, in the order ``lanerpc --help`` lists them: each is the module
 # rpc._cli.<name> (a name that is a Python builtin gets a "_": list -> list_).
@@ -35,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:   # type: ignore[override]
         self.print_usage(sys.stderr)
-        self.exit(UsageError("").code, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # stdout went away (`lanerpc list ... | head -1`): not an error of ours. Point
         # stdout at nothing so the interpreter's last flush doesn't complain.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return code

@@ -137,10 +137,10 @@ class _NotingServer(rpc.Server):
         super().add_registered_method_handlers(service_name, method_handlers)
 
 
-def _adders(servicer: object) -> list[Callable[[Any, Any], None]]:
-    """The generated ``add_<Base>_to_server`` of each generated base of ``servicer``."""
+def _adders(servicer_class: type) -> list[Callable[[Any, Any], None]]:
+    """The generated ``add_<Base>_to_server`` of each generated base of ``servicer_class``."""
     found = []
-    for base in type(servicer).__mro__:
+    for base in servicer_class.__mro__:
         module = sys.modules.get(base.__module__)
         if module is not None and base.__module__.endswith("_pb2_grpc"):
             adder = getattr(module, f"add_{base.__name__}_to_server", None)
@@ -150,7 +150,7 @@ def _adders(servicer: object) -> list[Callable[[Any, Any], None]]:
 
 
 def _add_servicer(server: rpc.Server, servicer: object, spec: str) -> None:
-    adders = _adders(servicer)
+    adders = _adders(type(servicer))
     if not adders:
         raise UsageError(
             f"{spec}: {servicer!r} is not a servicer of a generated service (none of its base "
@@ -174,9 +174,13 @@ async def _build(target: Any, spec: str) -> tuple[rpc.Server, _NotingServer | No
     """The server to run, and the same when lanerpc made it (and knows its services)."""
     if isinstance(target, rpc.Server):
         return target, None
-    if isinstance(target, type):
-        target = target()
-    if _adders(target):
+    if isinstance(target, type) and _adders(target):
+        try:
+            target = target()
+        except TypeError as exc:
+            raise UsageError(f"{spec}: {target.__name__}() needs arguments ({exc}): name an "
+                             "instance, or a function that makes one") from None
+    if _adders(type(target)):
         server = _NotingServer()
         _add_servicer(server, target, spec)
         return server, server

@@ -11,6 +11,11 @@ from tests._support import Echo
 NOT_A_SERVICER = 42
 
 
+class NeedsArguments(Echo):
+    def __init__(self, database: str) -> None:
+        super().__init__()
+
+
 def configure(server: Any) -> None:
     """The one-argument form: add servicers to the server given."""
     echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)

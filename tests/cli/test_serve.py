@@ -71,6 +71,7 @@ async def test_each_form_of_module_attr(spec):
     (("no_such_module_here:x", "-a", "127.0.0.1:0"), "cannot import no_such_module_here"),
     (("tests.cli._apps:missing", "-a", "127.0.0.1:0"), "tests.cli._apps has no missing"),
     (("tests.cli._apps:NOT_A_SERVICER", "-a", "127.0.0.1:0"), "is 42"),
+    (("tests.cli._apps:NeedsArguments", "-a", "127.0.0.1:0"), "NeedsArguments() needs arguments"),
     (("tests.cli._apps:make_server", "-a", "127.0.0.1:0", "--reflection"), "made its own server"),
     (("tests._support:Echo",), "give --address"),
     (("tests._support:Echo", "-a", "127.0.0.1:0", "--grace", "-1"), "--grace must be 0 or more"),
