@@ -14,7 +14,8 @@ What ATTR may be (MODULE is imported with the current directory on ``sys.path``)
 - an ``rpc.Server``.
 
 ``--reflection`` and ``--health`` add grpc's reflection and health services for the
-services added; they need lanerpc to add them, so not with a server made elsewhere.
+services added (health: SERVING, NOT_SERVING once the server starts to stop); they need
+lanerpc to add them, so not with a server made elsewhere.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--reflection", action="store_true",
                         help="serve grpc's reflection service (for list, describe, call)")
     parser.add_argument("--health", action="store_true",
-                        help="serve grpc.health.v1, every service SERVING while it runs")
+                        help="serve grpc.health.v1: every service SERVING, NOT_SERVING once "
+                             "it drains")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
                         metavar="SECONDS",
                         help="how long running calls get after SIGTERM (default %(default)g)")
@@ -114,11 +116,19 @@ def _load(spec: str) -> Any:
 
 class _NotingServer(rpc.Server):
     """A server that notes the names of the services added to it (for --reflection and
-    --health, which must name them)."""
+    --health, which must name them), and with --health turns every service NOT_SERVING
+    as it starts to stop, so health watchers (gRPC's client-side health checking) take it
+    out of their turn while it drains."""
 
     def __init__(self) -> None:
         super().__init__()
         self.service_names: list[str] = []
+        self.health: Any = None      # grpc_health's aio HealthServicer, with --health
+
+    async def stop(self, grace: float | None) -> None:
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        await super().stop(grace)
 
     def _note(self, name: str) -> None:
         if name not in self.service_names:
@@ -205,7 +215,6 @@ async def _build(target: Any, spec: str) -> tuple[rpc.Server, _NotingServer | No
 
 async def _serve(target: Any, args: argparse.Namespace) -> int:
     server, noted = await _build(target, args.app)
-    health: Any = None
     if args.health or args.reflection:
         if noted is None:
             raise UsageError(f"{args.app} made its own server: --reflection and --health need "
@@ -214,8 +223,8 @@ async def _serve(target: Any, args: argparse.Namespace) -> int:
         if args.health:
             from grpc_health.v1 import health as grpc_health, health_pb2_grpc
 
-            health = grpc_health.aio.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(health, server)
+            noted.health = grpc_health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(noted.health, server)
         if args.reflection:
             from grpc_reflection.v1alpha import reflection
 
@@ -242,9 +251,9 @@ async def _serve(target: Any, args: argparse.Namespace) -> int:
     except (RuntimeError, OSError) as exc:
         print(f"lanerpc serve: cannot start: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
-    if health is not None and noted is not None:
+    if noted is not None and noted.health is not None:
         for name in ("", *noted.service_names):
-            await health.set(name, _SERVING)
+            await noted.health.set(name, _SERVING)
     for shown in listening:
         print(f"listening on {shown}", flush=True)
     if early:

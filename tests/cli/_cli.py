@@ -112,9 +112,12 @@ async def listening(process: asyncio.subprocess.Process, count: int,
     return addresses
 
 
-async def stop(process: asyncio.subprocess.Process, timeout: float = CLI_TIMEOUT) -> tuple[int, str]:
-    """SIGTERM ``process``; its exit code and what it wrote on stderr."""
-    os.kill(process.pid, signal.SIGTERM)
+async def stop(process: asyncio.subprocess.Process, *, terminate: bool = True,
+               timeout: float = CLI_TIMEOUT) -> tuple[int, str]:
+    """SIGTERM ``process`` (unless the test has: ``terminate=False``) and wait for its
+    end; its exit code and what it wrote on stderr."""
+    if terminate:
+        os.kill(process.pid, signal.SIGTERM)
     assert process.stderr is not None
     err = await asyncio.wait_for(process.stderr.read(), timeout)
     code = await asyncio.wait_for(process.wait(), timeout)

@@ -4,9 +4,11 @@ request, rpc.serve's signal handling (SIGTERM drains, exit 0)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import rpc
 from examples.echo import echo_pb2, echo_pb2_grpc
@@ -49,9 +51,23 @@ async def test_sigterm_lets_a_running_call_finish():
             call = echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"sleep:700"),
                                                          timeout=10)
             assert tuple(await within(call.initial_metadata())) == STARTED   # it runs
-            os.kill(process.pid, 15)
+            os.kill(process.pid, signal.SIGTERM)
             assert (await within(call)).payload == b"sleep:700"
-        code, err = await stop(process)
+        code, err = await stop(process, terminate=False)
+    assert code == 0, err
+
+
+async def test_health_turns_not_serving_as_it_drains():
+    async with background("serve", "tests._support:Echo", "-a", "127.0.0.1:0", "--health",
+                          "--grace", "2") as process:
+        (target,) = await listening(process, 1)
+        async with rpc.insecure_channel(target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=ECHO), timeout=30)
+            assert (await within(watch.read())).status == health_pb2.HealthCheckResponse.SERVING
+            os.kill(process.pid, signal.SIGTERM)
+            assert (await within(watch.read())).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        code, err = await stop(process, terminate=False)
     assert code == 0, err
 
 
