@@ -44,10 +44,12 @@ async def test_unary_from_stdin_and_from_a_file(tmp_path):
                            stdin=request(b"dashed").encode())
         filed = await cli("call", "-d", f"@{tmp_path}/request.json", served.target, f"{ECHO}/Unary")
         empty = await cli("call", served.target, f"{ECHO}.Unary", "{}")
+        defaults = await cli("call", "--emit-defaults", served.target, f"{ECHO}/Unary", "{}")
     assert payloads(piped.out) == [b"piped"]
     assert payloads(dashed.out) == [b"dashed"]
     assert payloads(filed.out) == [b"from a file"]
     assert (empty.code, empty.out) == (0, "{}\n")
+    assert (defaults.code, defaults.out) == (0, '{"payload": ""}\n')
 
 
 async def test_server_streaming_prints_a_line_per_response():
