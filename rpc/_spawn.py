@@ -140,6 +140,10 @@ class SpawnedChannel(Channel):
                 await process.wait()
         if link is not None and link.transport is not None and not link.closed.done():
             link.abort("worker ended")
+        if process.returncode is not None and process.returncode < 0:
+            # Killed: its private upgrade directory stayed behind (its lock is free
+            # now); remove it rather than leave it for the next server to sweep.
+            _lanes.sweep_stale(_lanes.runtime_dir())
 
 
 async def spawn(argv: Sequence[str], *, options: _grpc.Options | None = None,
