@@ -118,6 +118,24 @@ async def test_worker_killed_mid_call_ends_calls_unavailable_at_once(lanes: str,
         await _end(channel)
 
 
+async def test_sigterm_stops_the_worker_gracefully(clean: str) -> None:
+    """serve_stdio handles SIGTERM as rpc.serve does: the running call finishes, the
+    worker exits 0, and the channel's later calls fail UNAVAILABLE."""
+    channel = await _spawn()
+    try:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        call = stub.Unary(msg(b"sleep:300"), timeout=10)
+        await within(call.initial_metadata())
+        os.kill(channel.pid, signal.SIGTERM)
+        assert (await within(call)).payload == b"sleep:300"
+        assert await within(channel.process.wait()) == 0
+        with pytest.raises(grpc.aio.AioRpcError) as later:
+            await stub.Unary(msg(b"x"), timeout=5)
+        assert later.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await _end(channel)
+
+
 async def test_close_ends_the_worker_and_leaves_nothing(clean: str) -> None:
     channel = await _spawn()
     assert channel.lane == "shm"
