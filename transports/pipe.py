@@ -25,8 +25,9 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 
 class PipeTransport(asyncio.Transport):
     """A duplex transport made of a read pipe and a write pipe (both the event loop's
-    own transports). ``close()`` flushes what is queued, then closes both pipes;
-    ``abort()`` drops it; either way ``connection_lost`` reaches the protocol once,
+    own transports). ``close()`` flushes what is queued, then closes the write pipe and
+    only then the read pipe (input meanwhile is dropped); ``abort()`` drops what is
+    queued and closes both; either way ``connection_lost`` reaches the protocol once,
     after both pipes are closed."""
 
     def __init__(self, protocol: asyncio.BaseProtocol, peer: PeerInfo) -> None:
@@ -89,6 +90,10 @@ class PipeTransport(asyncio.Transport):
             if self._reader is not None and not self._reader.is_closing():
                 self._reader.close()       # (a read pipe holds nothing to drop)
             self._abort_writer()
+        elif writer and self._reader is not None and not self._reader.is_closing():
+            # close(): what we wrote is out; now the read side. (Closed earlier, the
+            # peer's write pipe would see it at once and drop what we still send.)
+            self._reader.close()
         if self._open_pipes <= 0 and not self._lost_called and self._early is None:
             self._lost_called = True
             self._protocol.connection_lost(self._exc)
@@ -149,10 +154,10 @@ class PipeTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if self._reader is not None:
+        if self._writer is not None and not self._writer_lost:
+            self._writer.close()      # after what is queued is written; then the reader
+        elif self._reader is not None:
             self._reader.close()
-        if self._writer is not None:
-            self._writer.close()      # after what is queued is written
 
     def abort(self) -> None:
         self._closing = True
