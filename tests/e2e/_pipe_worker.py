@@ -23,15 +23,10 @@ class NoisyEcho(Echo):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lanes", default=None)
-    parser.add_argument("--pid-file", default=None)
     args = parser.parse_args()
     options = [("lanerpc.lanes", args.lanes)] if args.lanes else None
     server = rpc.server(options=options)
     register(server, NoisyEcho())
-    if args.pid_file:
-        with open(args.pid_file + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(args.pid_file + ".tmp", args.pid_file)
     rpc.serve_stdio(server)
     print("worker: stopped", file=sys.stderr)
 

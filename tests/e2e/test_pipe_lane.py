@@ -40,19 +40,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
+_workers: list[int] = []       # the pids of the workers the running test spawned
+
+
 @pytest.fixture
 def clean(runtime_dir: str) -> AsyncIterator[str]:
-    """The runtime dir (upgrade sockets), checked empty at the end, and /dev/shm as it was."""
-    before = _shm_names()
+    """The runtime dir (upgrade sockets), checked empty at the end, and no /dev/shm name
+    left by the test's workers (the shm lane's names carry their creator's pid)."""
+    _workers.clear()
     yield runtime_dir
     assert os.listdir(runtime_dir) == []
-    assert not {n for n in _shm_names() - before if "lanerpc" in n or n.startswith("sem.")}
+    left = [name for name in _shm_names() for pid in _workers
+            if "lanerpc-" in name and f"lanerpc-{pid & 0xFFFFFFFF:08x}" in name]
+    assert not left
 
 
 async def _spawn(options: list[tuple[str, str]] | None = None, *args: str,
                  **kwargs: object) -> rpc.SpawnedChannel:
-    return await within(rpc.spawn([*WORKER, *args], options=options, env=child_env(), cwd=ROOT,
-                                  **kwargs), 20)
+    channel: rpc.SpawnedChannel = await within(rpc.spawn(
+        [*WORKER, *args], options=options, env=child_env(), cwd=ROOT, **kwargs), 20)
+    _workers.append(channel.pid)
+    return channel
 
 
 async def _end(channel: rpc.SpawnedChannel) -> None:
@@ -147,13 +155,12 @@ async def test_close_ends_the_worker_and_leaves_nothing(clean: str) -> None:
     # (the clean fixture checks the runtime dir and /dev/shm)
 
 
-async def test_worker_exits_when_its_parent_is_killed(clean: str, tmp_path) -> None:
+async def test_worker_exits_when_its_parent_is_killed(clean: str) -> None:
     """A parent process spawns a worker and is SIGKILLed: the worker reads EOF and exits."""
-    pid_file = str(tmp_path / "worker.pid")
     parent_code = (
         "import asyncio, sys, rpc\n"
         "async def main():\n"
-        f"    ch = await rpc.spawn({WORKER!r} + ['--pid-file', {pid_file!r}])\n"
+        f"    ch = await rpc.spawn({WORKER!r})\n"
         "    print('ready', ch.pid, ch.lane, flush=True)\n"
         "    await asyncio.sleep(3600)\n"
         "asyncio.run(main())\n")
@@ -165,6 +172,7 @@ async def test_worker_exits_when_its_parent_is_killed(clean: str, tmp_path) -> N
         line = (await within(parent.stdout.readline(), 20)).decode().split()
         assert line[:1] == ["ready"], line
         worker_pid = int(line[1])
+        _workers.append(worker_pid)
         assert line[2] == "shm"
         assert _alive(worker_pid)
         parent.kill()
