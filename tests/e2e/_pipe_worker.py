@@ -1,7 +1,7 @@
 """A spawned worker for the pipe lane's tests: the test Echo service over stdin/stdout.
 
 Each Unary call prints a line to stdout (fd 1 and sys.stdout), which must land on
-stderr, not in the wire. With ``--pid-file PATH`` writes its pid there once serving."""
+stderr, not in the wire."""
 
 from __future__ import annotations
 
