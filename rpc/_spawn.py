@@ -81,18 +81,25 @@ class SpawnedChannel(Channel):
             raise ConnectionError(f"worker pid {self.pid} did not complete the handshake "
                                   f"within {self._options.handshake_timeout:g} s") from None
         except ConnectionError as exc:
-            hint = ""
             if "bad preface" in str(exc):
-                hint = (" (the worker wrote to stdout before rpc.serve_stdio took it over: "
-                        "print to stderr, or only after serving starts)")
-            raise ConnectionError(f"worker pid {self.pid}: {exc}{hint}") from None
+                raise ConnectionError(
+                    f"worker pid {self.pid}: {exc} (the worker wrote to stdout before "
+                    "rpc.serve_stdio took it over: print to stderr, or only after serving "
+                    "starts)") from None
+            try:       # it may have exited (an import error, say): say how, if it did
+                await asyncio.wait_for(asyncio.shield(self.process.wait()), 1.0)
+            except asyncio.TimeoutError:
+                raise ConnectionError(f"worker pid {self.pid}: {exc}") from None
+            raise ConnectionError(f"{self._gone()} before its handshake (its stderr may "
+                                  "say why)") from None
 
     async def _dial(self, endpoint: Endpoint, make_link: Any) -> Link:
         """The subchannel's connection: the local lane the worker offered (tried once),
         else the pipe itself; never a new worker."""
         link = self._pipe
         if link is None or link.conn.closed or link.draining:
-            raise ConnectionError(self._gone())
+            raise ConnectionError(f"{self._gone()}; a spawned channel does not restart "
+                                  "its worker")
         if not self._upgrade_tried:
             self._upgrade_tried = True
             local = await _lanes.move_local(link, self._options, make_link)
@@ -112,7 +119,7 @@ class SpawnedChannel(Channel):
                 how = f"killed by signal {-code}"
         else:
             how = f"exit code {code}"
-        return f"worker pid {self.pid} exited ({how}); spawned workers are not restarted"
+        return f"worker pid {self.pid} exited ({how})"
 
     async def close(self, grace: float | None = None) -> None:
         """As :meth:`Channel.close`, then the worker ends: EOF on its stdin, up to

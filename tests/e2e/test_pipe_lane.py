@@ -201,6 +201,11 @@ async def test_garbage_from_the_worker_fails_spawn_clearly(clean: str) -> None:
     assert not _alive(pid)
 
 
+async def test_a_worker_that_exits_at_once_fails_spawn_with_its_exit_code(clean: str) -> None:
+    with pytest.raises(ConnectionError, match=r"exited \(exit code 3\) before its handshake"):
+        await within(rpc.spawn([PYTHON, "-c", "import sys; sys.exit(3)"]), 10)
+
+
 async def test_garbage_to_the_worker_closes_its_connection(clean: str) -> None:
     """Bytes that are not lanerpc on the worker's stdin: it closes that connection
     (its only one) with a logged reason and exits."""
