@@ -7,21 +7,22 @@
 2. grpc.aio: the same workers' servicer in N grpc.aio servers (child processes on
    free ports), called through N grpc.aio channels, the same way.
 
-Every result is checked (its digest, and that the worker which answered is one of
-ours); the speeds are printed side by side. Options: ``--workers N`` (default: the
-number of CPUs), ``--tasks M``, ``--size BYTES`` (per task), ``--rounds R`` (SHA-256
-rounds per task: the work's weight), ``--in-flight K`` (per worker).
+Both pools run side by side, the rounds taken in turn (so both see the same machine);
+every result is checked (its digest, and that the worker which answered is one of
+ours); the median speeds are printed with their ratio. ``--help`` lists the options.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -60,28 +61,29 @@ async def fan_out(stubs: Sequence[worker_pool_pb2_grpc.WorkerStub], tasks: int, 
     return time.perf_counter() - start, done
 
 
-async def with_lanerpc(args: argparse.Namespace) -> float:
+@contextlib.asynccontextmanager
+async def lanerpc_pool(workers: int) -> AsyncIterator[tuple[list[Any], set[int]]]:
+    """N workers started with rpc.spawn: their stubs and pids."""
     channels: list[rpc.SpawnedChannel] = []
     try:
-        for _ in range(args.workers):
+        for _ in range(workers):
             channels.append(await rpc.spawn(WORKER))
         for channel in channels:
             print(f"lanerpc worker pid {channel.pid}: lane {channel.lane}")
-        stubs = [worker_pool_pb2_grpc.WorkerStub(channel) for channel in channels]
-        await fan_out(stubs, args.workers * 20, args.size, args.rounds, args.in_flight)  # warm up
-        seconds, done = await fan_out(stubs, args.tasks, args.size, args.rounds, args.in_flight)
-        _report("lanerpc", done, {channel.pid for channel in channels}, args.tasks)
-        return args.tasks / seconds
+        yield ([worker_pool_pb2_grpc.WorkerStub(channel) for channel in channels],
+               {channel.pid for channel in channels})
     finally:
         for channel in channels:         # each close ends its worker (EOF, then wait)
             await channel.close()
 
 
-async def with_grpc(args: argparse.Namespace) -> float:
+@contextlib.asynccontextmanager
+async def grpc_pool(workers: int) -> AsyncIterator[tuple[list[Any], set[int]]]:
+    """N grpc.aio servers (the same servicer) on free ports, a grpc.aio channel to each."""
     servers: list[asyncio.subprocess.Process] = []
     channels: list[Any] = []
     try:
-        for _ in range(args.workers):
+        for _ in range(workers):
             server = await asyncio.create_subprocess_exec(*WORKER, "--grpc",
                                                           stdout=asyncio.subprocess.PIPE)
             servers.append(server)
@@ -90,11 +92,8 @@ async def with_grpc(args: argparse.Namespace) -> float:
             channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
         for server in servers:
             print(f"grpc.aio worker pid {server.pid}: tcp")
-        stubs = [worker_pool_pb2_grpc.WorkerStub(channel) for channel in channels]
-        await fan_out(stubs, args.workers * 20, args.size, args.rounds, args.in_flight)  # warm up
-        seconds, done = await fan_out(stubs, args.tasks, args.size, args.rounds, args.in_flight)
-        _report("grpc.aio", done, {server.pid for server in servers}, args.tasks)
-        return args.tasks / seconds
+        yield ([worker_pool_pb2_grpc.WorkerStub(channel) for channel in channels],
+               {server.pid for server in servers})
     finally:
         for channel in channels:
             await channel.close()
@@ -108,7 +107,7 @@ async def with_grpc(args: argparse.Namespace) -> float:
                     await server.wait()
 
 
-def _report(name: str, done: Counter[int], pids: set[int], tasks: int) -> None:
+def _check(name: str, done: Counter[int], pids: set[int], tasks: int) -> None:
     if sum(done.values()) != tasks or not set(done) <= pids:
         raise RuntimeError(f"{name}: {sum(done.values())} of {tasks} results, from {set(done)}")
     spread = ", ".join(f"pid {pid}: {n}" for pid, n in sorted(done.items()))
@@ -118,22 +117,42 @@ def _report(name: str, done: Counter[int], pids: set[int], tasks: int) -> None:
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m examples.worker_pool",
                                      description="Fan tasks out to spawned workers over "
-                                                 "lanerpc, then the same over grpc.aio.")
+                                                 "lanerpc and to as many grpc.aio servers, "
+                                                 "and compare.")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--tasks", type=int, default=3000, help="tasks per round")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds, lanerpc and grpc.aio in turn (the median is shown)")
     parser.add_argument("--size", type=int, default=1024, help="bytes per task")
     parser.add_argument("--rounds", type=int, default=1, help="SHA-256 rounds per task")
     parser.add_argument("--in-flight", type=int, default=8, help="calls waiting per worker")
     args = parser.parse_args(argv)
-    if min(args.workers, args.tasks, args.size, args.rounds, args.in_flight) < 1:
+    if min(args.workers, args.tasks, args.repeat, args.size, args.rounds, args.in_flight) < 1:
         parser.error("every number must be at least 1")
-    print(f"{args.workers} workers, {args.tasks} tasks of {args.size} bytes, "
-          f"{args.rounds} SHA-256 round(s) each, {args.in_flight} in flight per worker")
-    lanerpc_rate = await with_lanerpc(args)
-    grpc_rate = await with_grpc(args)
-    print(f"lanerpc:  {lanerpc_rate:9.0f} tasks/s")
-    print(f"grpc.aio: {grpc_rate:9.0f} tasks/s")
-    print(f"lanerpc is {lanerpc_rate / grpc_rate:.1f}x grpc.aio")
+    print(f"{args.workers} workers; {args.repeat} rounds of {args.tasks} tasks of {args.size} "
+          f"bytes, {args.rounds} SHA-256 round(s) each, {args.in_flight} in flight per worker")
+    async with lanerpc_pool(args.workers) as ours, grpc_pool(args.workers) as theirs:
+        pools = {"lanerpc": ours, "grpc.aio": theirs}
+        rates: dict[str, list[float]] = {name: [] for name in pools}
+        done: dict[str, Counter[int]] = {name: Counter() for name in pools}
+        for name, (stubs, _) in pools.items():        # warm up
+            await fan_out(stubs, args.workers * 20, args.size, args.rounds, args.in_flight)
+        # In turn, so both see the same machine (others' load drifts over seconds).
+        for round_number in range(1, args.repeat + 1):
+            line = []
+            for name, (stubs, _) in pools.items():
+                seconds, by_pid = await fan_out(stubs, args.tasks, args.size, args.rounds,
+                                                args.in_flight)
+                rates[name].append(args.tasks / seconds)
+                done[name].update(by_pid)
+                line.append(f"{name} {args.tasks / seconds:.0f} tasks/s")
+            print(f"round {round_number}: " + ", ".join(line))
+        for name, (_, pids) in pools.items():
+            _check(name, done[name], pids, args.tasks * args.repeat)
+    ours_rate, theirs_rate = (statistics.median(rates[name]) for name in pools)
+    print(f"lanerpc:  {ours_rate:9.0f} tasks/s (median)")
+    print(f"grpc.aio: {theirs_rate:9.0f} tasks/s (median)")
+    print(f"lanerpc is {ours_rate / theirs_rate:.1f}x grpc.aio")
 
 
 if __name__ == "__main__":

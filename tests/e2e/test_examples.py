@@ -25,12 +25,13 @@ async def test_route_guide_makes_a_call_of_each_kind(runtime_dir: str) -> None:
 
 async def test_worker_pool_fans_out_and_compares_with_grpc(runtime_dir: str) -> None:
     code, out, err = await run_child(PYTHON, "-m", "examples.worker_pool", "--workers", "2",
-                                     "--tasks", "300", timeout=120)
+                                     "--tasks", "100", "--repeat", "3", timeout=120)
     assert code == 0, err[-2000:]
     lanes = re.findall(r"lanerpc worker pid \d+: lane (\w+)", out)
     assert lanes and set(lanes) <= {"shm", "unix"} and len(lanes) == 2, out
     assert re.search(r"lanerpc: all 300 results checked \(pid \d+: 150, pid \d+: 150\)", out), out
     assert re.search(r"grpc.aio: all 300 results checked \(pid \d+: 150, pid \d+: 150\)", out), out
+    assert len(re.findall(r"^round \d: lanerpc \d+ tasks/s, grpc.aio \d+ tasks/s$", out, re.M)) == 3, out
     assert re.search(r"lanerpc is [\d.]+x grpc.aio", out), out
     assert os.listdir(runtime_dir) == []        # the workers removed their upgrade sockets
 
