@@ -74,7 +74,7 @@ async def _end(channel: rpc.SpawnedChannel) -> None:
 
 
 @pytest.mark.parametrize("lanes", LANES, ids=list(LANES))
-async def test_four_call_kinds(lanes: str, clean: str) -> None:
+async def test_four_call_kinds(lanes: str, clean: str, capfd: pytest.CaptureFixture[str]) -> None:
     channel = await _spawn(LANES[lanes])
     try:
         assert channel.lane == ("pipe" if lanes == "pipe" else "shm")
@@ -101,6 +101,9 @@ async def test_four_call_kinds(lanes: str, clean: str) -> None:
         await _end(channel)
     assert channel.process.returncode == 0          # EOF on its stdin: a clean stop
     assert not _alive(channel.pid)
+    # What the handler printed to stdout came out on the worker's stderr, which is ours.
+    err = capfd.readouterr().err
+    assert "worker: Unary b'peer'" in err and "worker: fd 1" in err
 
 
 @pytest.mark.parametrize("lanes", LANES, ids=list(LANES))
