@@ -129,6 +129,25 @@ async def test_worker_killed_mid_call_ends_calls_unavailable_at_once(lanes: str,
         await _end(channel)
 
 
+async def test_calls_go_over_the_pipe_when_the_local_connection_ends(clean: str) -> None:
+    """The upgraded connection lost while the worker lives (cut here from our side: no
+    public way to do it): the next call goes over the pipe, which was kept open."""
+    channel = await _spawn()
+    try:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await stub.Unary(msg(b"x"), timeout=5)
+        assert channel.lane == "shm"
+        local = channel._link
+        assert local is not None
+        local.abort("cut by the test")
+        await within(local.closed)
+        assert (await stub.Unary(msg(b"y"), timeout=5)).payload == b"y"
+        assert channel.lane == "pipe"
+    finally:
+        await _end(channel)
+    assert channel.process.returncode == 0
+
+
 async def test_sigterm_stops_the_worker_gracefully(clean: str) -> None:
     """serve_stdio handles SIGTERM as rpc.serve does: the running call finishes, the
     worker exits 0, and the channel's later calls fail UNAVAILABLE."""
