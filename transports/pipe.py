@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ._seam import PeerInfo
 
@@ -30,7 +30,7 @@ class PipeTransport(asyncio.Transport):
     queued and closes both; either way ``connection_lost`` reaches the protocol once,
     after both pipes are closed."""
 
-    def __init__(self, protocol: asyncio.BaseProtocol, peer: PeerInfo) -> None:
+    def __init__(self, protocol: asyncio.Protocol, peer: PeerInfo) -> None:
         super().__init__()
         self._protocol = protocol
         self._reader: asyncio.ReadTransport | None = None
@@ -56,7 +56,7 @@ class PipeTransport(asyncio.Transport):
         if self._early is not None:
             self._early.append(data)
         elif not self._closing:
-            self._protocol.data_received(data)  # type: ignore[attr-defined]  # a Protocol
+            self._protocol.data_received(data)
 
     def _start(self) -> None:
         """Tell the protocol of us, then hand it what was read meanwhile."""
@@ -75,7 +75,7 @@ class PipeTransport(asyncio.Transport):
         if self._early is not None:
             self._early_eof = True
         elif not self._closing:
-            self._protocol.eof_received()  # type: ignore[attr-defined]
+            self._protocol.eof_received()
             self.close()
 
     def _pipe_lost(self, exc: Exception | None, writer: bool) -> None:
@@ -175,7 +175,9 @@ class PipeTransport(asyncio.Transport):
         return self._protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
+        # (A stream protocol: the only kind the lanes hand a transport, shm's control
+        # channel watch included.)
+        self._protocol = cast(asyncio.Protocol, protocol)
 
     def __repr__(self) -> str:
         peer = self._extra["lanerpc_peer"]
