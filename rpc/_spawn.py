@@ -24,6 +24,7 @@ unless ``spawn(stderr=...)`` says otherwise.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ from rpc.transports import pipe
 log = logging.getLogger("lanerpc")
 
 DEFAULT_CLOSE_GRACE = 5.0     # seconds a worker gets to exit after its pipe closes
+DEFAULT_START_TIMEOUT = 30.0  # seconds a worker has to start and complete its handshake
 
 _Stderr = int | IO[Any] | None
 
@@ -69,17 +71,21 @@ class SpawnedChannel(Channel):
         """The worker's process id."""
         return self.process.pid
 
-    async def _start_pipe(self, read_fd: int, write_fd: int) -> None:
-        """The pipe connection to the worker, its handshake done (raises ConnectionError)."""
-        _, protocol = await pipe.connect(read_fd, write_fd, lambda: self._make_link(None),
+    async def _start_pipe(self, read_fd: int, write_fd: int, start_timeout: float) -> None:
+        """The pipe connection to the worker, its handshake done within ``start_timeout``
+        seconds of the start (the worker's imports included: a busy machine takes
+        seconds; raises ConnectionError)."""
+        options = dataclasses.replace(self._options, handshake_timeout=start_timeout)
+        _, protocol = await pipe.connect(read_fd, write_fd,
+                                         lambda: ClientLink(self, options, hello=None),
                                          peer_pid=self.process.pid)
         link = cast(ClientLink, protocol)
         self._pipe = link
         try:
-            await link.handshake(self._options.handshake_timeout)
+            await link.handshake(start_timeout)
         except asyncio.TimeoutError:
             raise ConnectionError(f"worker pid {self.pid} did not complete the handshake "
-                                  f"within {self._options.handshake_timeout:g} s") from None
+                                  f"within {start_timeout:g} s of its start") from None
         except ConnectionError as exc:
             if "bad preface" in str(exc):
                 raise ConnectionError(
@@ -156,7 +162,7 @@ class SpawnedChannel(Channel):
 async def spawn(argv: Sequence[str], *, options: _grpc.Options | None = None,
                 interceptors: _grpc.ClientInterceptors | None = None,
                 env: Mapping[str, str] | None = None, cwd: str | None = None,
-                stderr: _Stderr = None,
+                stderr: _Stderr = None, start_timeout: float = DEFAULT_START_TIMEOUT,
                 close_grace: float = DEFAULT_CLOSE_GRACE) -> SpawnedChannel:
     """Start ``argv`` (a program that calls :func:`serve_stdio`) and return a channel to
     it, connected: the handshake is done, and the same-host upgrade too when the lanes
@@ -164,13 +170,14 @@ async def spawn(argv: Sequence[str], *, options: _grpc.Options | None = None,
 
     ``options`` and ``interceptors`` are the channel's, as for ``insecure_channel``;
     ``env``, ``cwd`` are the child's (default: ours); ``stderr`` is where the child's
-    stderr goes (default: ours; or a file, an fd, ``subprocess.DEVNULL``). Raises
-    ConnectionError, the worker killed, when it exits or fails its handshake."""
+    stderr goes (default: ours; or a file, an fd, ``subprocess.DEVNULL``);
+    ``start_timeout`` bounds its start-up and handshake. Raises ConnectionError, the
+    worker killed, when it exits, fails its handshake or takes longer."""
     argv = list(argv)
     if not argv or not all(isinstance(arg, str) for arg in argv):
         raise ValueError(f"argv must be a non-empty list of strings; got {argv!r}")
-    if close_grace < 0:
-        raise ValueError("close_grace must be >= 0")
+    if close_grace < 0 or start_timeout <= 0:
+        raise ValueError("close_grace must be >= 0 and start_timeout > 0")
     # Our ends are made non-inheritable (os.pipe's default), so another child we
     # spawn later doesn't hold this worker's lifeline open.
     child_in, to_child = os.pipe()
@@ -194,7 +201,7 @@ async def spawn(argv: Sequence[str], *, options: _grpc.Options | None = None,
         await process.wait()
         raise
     try:
-        await channel._start_pipe(from_child, to_child)
+        await channel._start_pipe(from_child, to_child, start_timeout)
         await asyncio.wait_for(_connected(channel), channel._options.upgrade_timeout
                                + channel._options.handshake_timeout)
     except BaseException:

@@ -249,13 +249,11 @@ async def test_garbage_to_the_worker_closes_its_connection(clean: str) -> None:
 
 
 async def test_a_worker_that_never_answers_is_killed(clean: str) -> None:
-    """No handshake within the handshake timeout: spawn fails, the child is killed by
-    pid even though it ignores its stdin closing."""
+    """No handshake within start_timeout: spawn fails, the child is killed by pid even
+    though it ignores its stdin closing and SIGTERM."""
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    with pytest.raises(ConnectionError, match="handshake") as failed:
-        await within(rpc.spawn([PYTHON, "-c", code],
-                               options=[("lanerpc.handshake_timeout_ms", 500)],
-                               close_grace=0.2), 10)
+    with pytest.raises(ConnectionError, match="handshake within 0.5 s") as failed:
+        await within(rpc.spawn([PYTHON, "-c", code], start_timeout=0.5, close_grace=0.2), 10)
     pid = int(str(failed.value).split("worker pid ")[1].split(" ")[0])
     assert not _alive(pid)
 
@@ -271,3 +269,5 @@ def test_spawn_refuses_bad_arguments() -> None:
         asyncio.run(rpc.spawn([]))
     with pytest.raises(ValueError):
         asyncio.run(rpc.spawn([sys.executable], close_grace=-1))
+    with pytest.raises(ValueError):
+        asyncio.run(rpc.spawn([sys.executable], start_timeout=0))
