@@ -40,6 +40,7 @@ from rpc._credentials import (
 from rpc._grpc import GrpcChannel
 from rpc._serve import serve, serve_async
 from rpc._server import Server
+from rpc._spawn import SpawnedChannel, serve_stdio, serve_stdio_async, spawn
 from rpc._wire import ProtocolError
 
 __version__ = _options.VERSION
@@ -106,6 +107,7 @@ __all__ = (
     "ProtocolError",
     "Server",
     "ServicerContext",
+    "SpawnedChannel",
     "SslChannelCredentials",
     "SslServerCredentials",
     "StreamStreamCall",
@@ -120,7 +122,10 @@ __all__ = (
     "secure_channel",
     "serve",
     "serve_async",
+    "serve_stdio",
+    "serve_stdio_async",
     "server",
+    "spawn",
     "ssl_channel_credentials",
     "ssl_server_credentials",
 )

@@ -55,7 +55,7 @@ from rpc._splice import GrpcSide, Sniffer, Splice
 from rpc._options import Options
 from rpc._proto import handshake_pb2
 from rpc._target import Endpoint
-from rpc.transports import PeerInfo, shm, tcp, unix
+from rpc.transports import PeerInfo, pipe, shm, tcp, unix
 from rpc.transports import peer_credentials
 
 log = logging.getLogger("lanerpc")
@@ -154,19 +154,39 @@ async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFac
     if endpoint.lane == "unix" and "unix" not in lanes:
         raise ConnectionError(f"{endpoint} is a unix: target but lanerpc.lanes excludes unix")
     link = await _dial(endpoint, options, make_link)
+    if endpoint.lane == "tcp":
+        local = await move_local(link, options, make_link)
+        if local is not None:
+            link.close("moved to the unix lane")
+            return local
+    return await _shm_or_stay(link, endpoint, options, make_link)
+
+
+async def move_local(link: Link, options: Options, make_link: ClientLinkFactory) -> Link | None:
+    """The same-host link that ``link``'s server offered in its HELLO (a unix link,
+    moved on to shm when both sides allow), its proof checked; None when there was no
+    offer or it can't be had. ``link`` is left as it is: closing it is the caller's
+    (a tcp link is closed; a spawned worker's pipe stays open as its lifeline)."""
     hello = link.conn.peer_hello
     offer = hello.upgrade if hello is not None and hello.HasField("upgrade") else None
     # A TLS connection upgrades too: the offer came inside TLS from the server whose
     # certificate was checked, and the server's proof of its token shows the unix
     # socket is that server's. (lanerpc.lanes=tcp keeps a channel on TLS.)
-    if endpoint.lane == "tcp" and offer is not None and "unix" in lanes:
-        upgraded = await _try_upgrade(offer, options, make_link)
-        if upgraded is not None:
-            link.close("moved to the unix lane")
-            link, endpoint = upgraded, Endpoint("unix", path=offer.unix_path)
+    if offer is None or "unix" not in options.lanes:
+        return None
+    upgraded = await _try_upgrade(offer, options, make_link)
+    if upgraded is None:
+        return None
+    return await _shm_or_stay(upgraded, Endpoint("unix", path=offer.unix_path), options, make_link)
+
+
+async def _shm_or_stay(link: Link, endpoint: Endpoint, options: Options,
+                       make_link: ClientLinkFactory) -> Link:
+    """A unix link moved on to the shm lane its server offered, when we take shm;
+    otherwise ``link`` as it is (the offer declined, so the server drops its segment)."""
     hello = link.conn.peer_hello
     if link.lane == "unix" and hello is not None and hello.HasField("shm"):
-        if "shm" in lanes:
+        if "shm" in options.lanes:
             link = await _try_shm(link, hello.shm, endpoint, options, make_link)
         else:
             link.conn.send_lane("unix")     # not ours to take: let the server drop it
@@ -313,11 +333,7 @@ class ServerLanes:
         lanes = self.options.lanes
         has_tcp = any(kind == "tcp" for kind, _ in sockets)
         if has_tcp and "unix" in lanes:
-            try:
-                self._upgrade = await _UpgradeSocket.start(
-                    lambda: make_link(Negotiator(self, upgrade_side=True)))
-            except OSError as exc:
-                log.debug("lanerpc: no upgrade socket (%s); tcp clients stay on tcp", exc)
+            await self._start_upgrade(make_link, "tcp")
         # gRPC clients are sniffed on plaintext TCP ports only (TLS ones speak lanerpc).
         if grpc_side is not None and any(kind == "tcp" and sock not in self._tls
                                          for kind, sock in sockets):
@@ -340,6 +356,28 @@ class ServerLanes:
                 listener.close()
             raise
         return listeners
+
+    async def _start_upgrade(self, make_link: ServerLinkFactory, lane: str) -> None:
+        if self._upgrade is not None:
+            return
+        try:
+            self._upgrade = await _UpgradeSocket.start(
+                lambda: make_link(Negotiator(self, upgrade_side=True)))
+        except OSError as exc:
+            log.debug("lanerpc: no upgrade socket (%s); %s clients stay on %s", exc, lane, lane)
+
+    async def serve_pipe(self, read_fd: int, write_fd: int, make_link: ServerLinkFactory,
+                         peer_pid: int | None) -> Link:
+        """One connection over a pipe pair (``rpc.serve_stdio``'s: the parent that
+        spawned us), offered the same-host upgrade like a TCP client: the upgrade
+        socket is opened for it when the lanes allow unix."""
+        if "unix" in self.options.lanes:
+            await self._start_upgrade(make_link, "pipe")
+        _, link = await pipe.connect(
+            read_fd, write_fd, lambda: make_link(Negotiator(self, offer_upgrade=True)),
+            peer_pid=peer_pid)
+        assert isinstance(link, Link)
+        return link
 
     def _tcp_factory(self, make_link: ServerLinkFactory,
                      grpc_side: GrpcSide | None) -> Callable[[], asyncio.Protocol]:

@@ -201,7 +201,7 @@ class Link(asyncio.Protocol):
         """Called after the write that leaves this side waiting for one answer
         (a lone unary request; a server's last response with nothing else to do)."""
         awake = self._awake
-        if awake is None or self.lane not in ("tcp", "unix") or not awake.should_spin():
+        if awake is None or self.lane not in ("tcp", "unix", "pipe") or not awake.should_spin():
             return
         start = not self._awake_until
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds, which

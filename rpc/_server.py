@@ -382,6 +382,7 @@ class Server(aio.Server):
         self._stats = Stats()
         self._budget = MemoryBudget(self._options.memory_budget)
         self._lanes = _lanes.ServerLanes(self._options)
+        self._serves_pipe = False         # rpc.serve_stdio's: a server needs no port then
 
     @property
     def started(self) -> bool:
@@ -501,7 +502,8 @@ class Server(aio.Server):
     async def start(self) -> None:
         if self._state != "new":
             raise RuntimeError("server already started")
-        if not self._pending_sockets and (self._grpc is None or not self._grpc.bound):
+        if not self._pending_sockets and not self._serves_pipe and (
+                self._grpc is None or not self._grpc.bound):
             raise RuntimeError("add a port before start()")
         self._state = "starting"
         self._loop = asyncio.get_running_loop()
@@ -542,6 +544,18 @@ class Server(aio.Server):
         finally:
             if self._stop_requested is not None and not self._stop_requested.done():
                 self._stop_requested.set_result(None)
+
+    async def _serve_pipe(self, read_fd: int, write_fd: int, peer_pid: int | None) -> ServerLink:
+        """``rpc.serve_stdio``'s one connection, over a pipe pair; starts the server
+        first (it needs no port then)."""
+        self._serves_pipe = True
+        if self._state == "new":
+            await self.start()
+        if self._state != "serving":
+            raise RuntimeError("the server is stopping")
+        link = await self._lanes.serve_pipe(read_fd, write_fd, self._new_link, peer_pid)
+        assert isinstance(link, ServerLink)
+        return link
 
     def _new_link(self, negotiator: _lanes.Negotiator) -> ServerLink:
         return ServerLink(self, self._options, negotiator)

@@ -93,7 +93,7 @@ def test_examples_typed_stubs_are_up_to_date(tmp_path: pathlib.Path) -> None:
     if not os.path.exists(plugin):
         pytest.skip("mypy-protobuf's protoc plugin is not installed next to this python")
     stale = []
-    for name in ("helloworld", "echo"):
+    for name in ("helloworld", "echo", "route_guide", "worker_pool"):
         proto = f"examples/{name}/{name}.proto"
         subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iproto",
                         f"--plugin=protoc-gen-mypy_grpc={plugin}", f"--mypy_grpc_out={tmp_path}",

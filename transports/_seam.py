@@ -33,8 +33,9 @@ import struct
 class PeerInfo:
     """Typed facts about the other end of one connection."""
 
-    lane: str                    # "tcp", "unix", "shm"
-    address: str                 # gRPC's spelling: "ipv4:1.2.3.4:5", "ipv6:%5B::1%5D:5", "unix:/p"
+    lane: str                    # "tcp", "unix", "shm", "pipe"
+    address: str                 # gRPC's spelling: "ipv4:1.2.3.4:5", "ipv6:%5B::1%5D:5", "unix:/p";
+                                 # "pipe:<pid>" (a spawned worker's or its parent's)
     pid: int | None = None       # SO_PEERCRED, on local lanes
     uid: int | None = None
     gid: int | None = None

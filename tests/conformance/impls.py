@@ -29,6 +29,7 @@ import grpc
 
 import rpc
 from tests._memory import served_in_memory
+from tests._pipes import served_over_pipes
 from tests._support import serve
 
 Options = Sequence[tuple[str, Any]]
@@ -39,7 +40,7 @@ ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 DEFAULT_IMPLS: tuple[str, ...] = (
     "grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm",
     "lanerpc-grpc-port", "lanerpc-one-port", "lanerpc-grpc-dial", "lanerpc-memory",
-    "lanerpc-tls",
+    "lanerpc-tls", "lanerpc-pipe",
 )
 # Defined and runnable through the environment variable; not yet on by default.
 LATER_IMPLS: tuple[str, ...] = ("lanerpc-tls-upgraded",)
@@ -69,7 +70,7 @@ class Impl:
 
     def address(self, port: int = 0) -> str:
         """Where a server of this implementation binds (a fresh socket file for unix)."""
-        if self.bind in ("unix", "memory"):
+        if self.bind in ("unix", "memory", "pipe"):
             return "unix:" + _socket_path()
         return f"{'grpc://' if self.bind == 'grpc' else ''}127.0.0.1:{port}"
 
@@ -81,6 +82,8 @@ class Impl:
             server_kwargs.setdefault("credentials", _tls_server_credentials())
         serving = serve(*servicers, address=address or self.address(), lanes=self.server_lanes,
                         options=options, plain_grpc=self.grpc_server, **server_kwargs)
+        if self.bind == "pipe":
+            return served_over_pipes(serving)
         return served_in_memory(serving) if self.bind == "memory" else serving
 
 
@@ -159,6 +162,9 @@ ALL_IMPLS: dict[str, Impl] = {
         # lanerpc's channel and server connected in memory: the calls' and contexts'
         # logic with no socket under it (the server binds a socket file it never uses).
         _lanerpc("lanerpc-memory", "unix", "memory", "memory"),
+        # The same over two real pipes in one process (the pipe lane's transport, as
+        # rpc.spawn and rpc.serve_stdio use it; the server binds a socket file it never uses).
+        _lanerpc("lanerpc-pipe", "unix", "pipe", "pipe"),
         # lanerpc's TLS lane: a TLS port (rpc.ssl_server_credentials) and a secure
         # channel kept on it (lanes=tcp).
         Impl("lanerpc-tls", False, None, "tcp", _lanerpc_tls_channel("tcp"), "tcp",

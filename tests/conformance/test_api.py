@@ -19,7 +19,7 @@ TIMEOUT = 5
 
 
 def tcp_only(impl) -> None:
-    if impl.bind in ("unix", "memory"):
+    if impl.bind in ("unix", "memory", "pipe"):
         pytest.skip(f"{impl.name} binds no TCP port for its calls: port sharing is not its to show")
 
 

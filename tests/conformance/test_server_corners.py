@@ -25,7 +25,7 @@ from examples.echo import echo_pb2_grpc
 from tests._support import msg, wait_until, within
 
 TIMEOUT = 5
-LOCAL_LANES = ("unix", "shm", "memory")
+LOCAL_LANES = ("unix", "shm", "memory", "pipe")
 
 
 def is_local_lane(impl: Any) -> bool:

@@ -407,7 +407,7 @@ async def test_the_earlier_of_call_timeout_and_config_timeout_wins(start, connec
 
 def _dead_target(impl: Any, tmp_dir: str) -> str:
     """A target where nothing listens, spelt the way ``impl`` dials."""
-    if impl.bind in ("unix", "memory"):
+    if impl.bind in ("unix", "memory", "pipe"):
         return "unix:" + os.path.join(tmp_dir, "nobody.sock")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
