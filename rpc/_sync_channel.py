@@ -240,6 +240,7 @@ class SyncCall(_CallBase[_Resp]):
     def _wait(self, timeout: float | None = None) -> bool:
         with self._cond:
             if self._code is None:
+                _sync_loop.refuse_on_loop_thread()
                 self._cond.wait_for(lambda: self._code is not None, timeout)
             return self._code is not None
 
@@ -336,7 +337,9 @@ class SyncCall(_CallBase[_Resp]):
         if ask:
             _sync_loop.call_soon(self._ask_initial)
         with self._cond:
-            self._cond.wait_for(lambda: self._initial is not None or self._code is not None)
+            if self._initial is None and self._code is None:
+                _sync_loop.refuse_on_loop_thread()
+                self._cond.wait_for(lambda: self._initial is not None or self._code is not None)
             return self._initial or ()
 
     # (grpc's stubs say bytes values; they are str, or bytes for -bin keys, as in grpc)
@@ -386,6 +389,7 @@ class SyncCall(_CallBase[_Resp]):
                     if self._code is _C.OK:
                         raise StopIteration
                     raise self
+                _sync_loop.refuse_on_loop_thread()
                 cond.wait()
         if waker is not None:
             _sync_loop.call_soon(_wake, waker)

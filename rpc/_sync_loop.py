@@ -104,7 +104,8 @@ def on_loop_thread() -> bool:
     return runner is not None and threading.current_thread() is runner.thread
 
 
-def _refuse_on_loop_thread() -> None:
+def refuse_on_loop_thread() -> None:
+    """Raise RuntimeError on the loop's own thread, where a blocking wait would never end."""
     if on_loop_thread():
         raise RuntimeError("a blocking rpc.sync call was made on the event loop that runs "
                            "rpc.sync (from an async handler or callback): it would wait "
@@ -113,7 +114,7 @@ def _refuse_on_loop_thread() -> None:
 
 def call(fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` on the loop and return what it returns (or raise what it raises)."""
-    _refuse_on_loop_thread()
+    refuse_on_loop_thread()
     done: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def run() -> None:
@@ -128,7 +129,7 @@ def call(fn: Callable[..., T], *args: Any) -> T:
 
 def run(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     """Schedule ``coro`` on the loop; a future of its result."""
-    _refuse_on_loop_thread()
+    refuse_on_loop_thread()
     return asyncio.run_coroutine_threadsafe(coro, loop())
 
 

@@ -16,23 +16,21 @@ so the lanes, the same-host upgrade, the options and the limits are the async AP
 See README.md, "Blocking code".
 """
 
-from __future__ import annotations
-
 import concurrent.futures
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sequence as _Sequence
+from typing import Any as _Any
 
 import grpc
 
 from rpc import _compression, _credentials, _grpc
-from rpc._call_credentials import CompositeChannelCredentials
+from rpc._call_credentials import CompositeChannelCredentials as _Composite
 from rpc._sync_channel import Channel, SyncCall
 from rpc._sync_server import Server, SyncServicerContext
 
-Options = Sequence[tuple[str, Any]]
+_Options = _Sequence[tuple[str, _Any]]
 
 
-def insecure_channel(target: str, options: Options | None = None,
+def insecure_channel(target: str, options: _Options | None = None,
                      compression: grpc.Compression | None = None) -> Channel | grpc.Channel:
     """A blocking channel to ``target`` (``host:port``, ``unix:/path``, ...), as
     ``grpc.insecure_channel``. ``grpc://target`` or the option ``("lanerpc.protocol",
@@ -45,17 +43,17 @@ def insecure_channel(target: str, options: Options | None = None,
 
 
 def secure_channel(target: str, credentials: grpc.ChannelCredentials,
-                   options: Options | None = None,
+                   options: _Options | None = None,
                    compression: grpc.Compression | None = None) -> Channel | grpc.Channel:
     """A blocking TLS channel, as ``grpc.secure_channel``. With
     ``rpc.ssl_channel_credentials(...)``: lanerpc's TLS lane (moved to unix or shm on the
     server's host, as the async API's). With grpc's own credentials, a ``grpc://``
     target or ``("lanerpc.protocol", "grpc")``: grpc's own blocking channel (gRPC over TLS)."""
     plain, rest = _grpc.strip_scheme(target)
-    inner = credentials.channel if isinstance(credentials, CompositeChannelCredentials) else credentials
+    inner = credentials.channel if isinstance(credentials, _Composite) else credentials
     if plain or _grpc.wants_grpc(options) or not isinstance(inner, _credentials.SslChannelCredentials):
         _refuse_uid_check(rest, options)
-        if isinstance(credentials, CompositeChannelCredentials) or \
+        if isinstance(credentials, _Composite) or \
                 isinstance(inner, _credentials.SslChannelCredentials):
             raise TypeError("a plain gRPC channel (grpcio) takes grpc's credentials "
                             "(grpc.ssl_channel_credentials and friends), not rpc's")
@@ -64,9 +62,9 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
 
 
 def server(thread_pool: concurrent.futures.Executor | None = None,
-           handlers: Sequence[grpc.GenericRpcHandler] | None = None,
-           interceptors: Sequence[Any] | None = None,
-           options: Options | None = None,
+           handlers: _Sequence[grpc.GenericRpcHandler] | None = None,
+           interceptors: _Sequence[_Any] | None = None,
+           options: _Options | None = None,
            maximum_concurrent_rpcs: int | None = None,
            compression: grpc.Compression | None = None) -> Server:
     """A blocking server, as ``grpc.server``: its handlers (grpc's sync servicers) run
@@ -76,7 +74,7 @@ def server(thread_pool: concurrent.futures.Executor | None = None,
                   compression)
 
 
-def _refuse_uid_check(target: str, options: Options | None) -> None:
+def _refuse_uid_check(target: str, options: _Options | None) -> None:
     if target.startswith("unix") and any(
             isinstance(item, tuple) and item[:1] == ("lanerpc.server_uids",) for item in options or ()):
         raise ValueError("lanerpc.server_uids is checked by lanerpc channels only: a plain gRPC "
