@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -104,9 +106,7 @@ class SyncCall(_CallBase[_Resp]):
         self._rpc_callbacks: list[Callable[[], None]] = []
         self._aio: Any = None                  # the loop's call, once made
         self._asked_initial = False
-        self._messages: collections.deque[bytes] = collections.deque()
-        self._messages_ended = False
-        self._reader_waker: asyncio.Future[None] | None = None
+        self._responses = _Responses(self._cond) if streaming_response else None
         self._requests: _RequestPump | None = None
 
     # ------------------------------------------------------------ ending
@@ -157,9 +157,13 @@ class SyncCall(_CallBase[_Resp]):
         if self._code is not None:        # ended here before the loop made it
             call.cancel()
             return
-        call.add_done_callback(self._on_done)
-        if self._streaming:
-            call._loop.create_task(self._read(call))
+        # The loop holds this call weakly (its done callback, its reader): one dropped
+        # by its caller is collected, and cancelled, as grpc's are.
+        ref = weakref.ref(self)
+        responses = self._responses
+        call.add_done_callback(functools.partial(_call_done, ref, responses))
+        if responses is not None:
+            call._loop.create_task(_read_ahead(ref, call, responses))
 
     def _failed_to_start(self, exc: BaseException) -> None:
         if isinstance(exc, aio.UsageError):      # the channel closed meanwhile
@@ -179,42 +183,6 @@ class SyncCall(_CallBase[_Resp]):
                 code, details = err.code(), err.details() or ""
         self._end(code, details, _metadata(call._initial_md), _metadata(call._trailing_md),
                   data=data)
-        waker = self._reader_waker
-        if waker is not None:
-            self._reader_waker = None
-            _wake(waker)
-
-    async def _read(self, call: Any) -> None:
-        """Read a streaming response ahead of the blocking reader, at most READ_AHEAD."""
-        cond = self._cond
-        messages = self._messages
-        try:
-            self._set_initial(await call.initial_metadata())
-            while True:
-                with cond:
-                    if len(messages) >= READ_AHEAD and self._code is None:
-                        waker = self._reader_waker = call._loop.create_future()
-                    else:
-                        waker = None
-                if waker is not None:
-                    await waker
-                    if self._ended_here:
-                        return
-                    continue
-                data = await call.read()
-                if data is aio.EOF:
-                    return
-                with cond:
-                    messages.append(data)
-                    cond.notify_all()
-        except (aio.AioRpcError, asyncio.CancelledError):
-            pass                           # the status comes through _on_done
-        finally:
-            if call.done():
-                self._on_done(call)
-            with cond:
-                self._messages_ended = True
-                cond.notify_all()
 
     def _set_initial(self, metadata: aio.Metadata) -> None:
         with self._cond:
@@ -369,21 +337,23 @@ class SyncCall(_CallBase[_Resp]):
     def __next__(self) -> _Resp:
         if not self._streaming:
             raise TypeError("this call's response is not a stream")
+        responses = self._responses
+        assert responses is not None
         cond = self._cond
-        messages = self._messages
+        messages = responses.messages
         with cond:
             while True:
                 if self._ended_here:
                     raise self
                 if messages:
                     data = messages.popleft()
-                    waker = self._reader_waker
+                    waker = responses.waker
                     if waker is not None and len(messages) <= READ_AHEAD // 2:
-                        self._reader_waker = None
+                        responses.waker = None
                     else:
                         waker = None
                     break
-                if self._messages_ended and self._code is not None:
+                if responses.ended and self._code is not None:
                     if self._error is not None:
                         raise self._error
                     if self._code is _C.OK:
@@ -401,6 +371,15 @@ class SyncCall(_CallBase[_Resp]):
             raise self from None
         return response
 
+    def __del__(self) -> None:
+        # As grpc's: a call its caller dropped unfinished (a response stream left
+        # unread, say) is cancelled, not left running.
+        try:
+            if self._code is None and self._aio is not None:
+                _sync_loop.call_soon(self._aio.cancel)
+        except Exception:   # half-made, or the interpreter is going
+            pass
+
     # ------------------------------------------------------------ text
 
     def __str__(self) -> str:
@@ -410,6 +389,70 @@ class SyncCall(_CallBase[_Resp]):
                 f"\tstatus = {self._code}\n\tdetails = \"{self._details}\"\n>")
 
     __repr__ = __str__
+
+
+class _Responses:
+    """A streaming response's messages, read ahead on the loop for a blocking reader
+    (under the call's condition). The reader task holds this and its call only weakly."""
+
+    __slots__ = ("cond", "messages", "ended", "stopped", "waker")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self.cond = cond
+        self.messages: collections.deque[bytes] = collections.deque()
+        self.ended = False          # the reader has stopped: no more messages come
+        self.stopped = False        # the call ended here (or was dropped): stop reading
+        self.waker: asyncio.Future[None] | None = None    # the reader, parked on a full buffer
+
+
+def _call_done(ref: weakref.ref[SyncCall[Any]], responses: _Responses | None, call: Any) -> None:
+    """The loop's call is over: record its outcome, and let its reader go on."""
+    owner = ref()
+    if owner is not None:
+        owner._on_done(call)
+    if responses is not None:
+        with responses.cond:
+            if owner is None or owner._ended_here:
+                responses.stopped = True
+            waker, responses.waker = responses.waker, None
+        if waker is not None:
+            _wake(waker)
+
+
+async def _read_ahead(ref: weakref.ref[SyncCall[Any]], call: Any, responses: _Responses) -> None:
+    """Read a streaming response ahead of its blocking reader, at most READ_AHEAD."""
+    cond = responses.cond
+    messages = responses.messages
+    try:
+        metadata = await call.initial_metadata()
+        owner = ref()
+        if owner is not None:
+            owner._set_initial(metadata)
+            del owner
+        while True:
+            with cond:
+                if responses.stopped:
+                    return
+                waker = None
+                if len(messages) >= READ_AHEAD:
+                    waker = responses.waker = call._loop.create_future()
+            if waker is not None:
+                await waker
+                continue
+            data = await call.read()
+            if data is aio.EOF:
+                return
+            with cond:
+                messages.append(data)
+                cond.notify_all()
+    except (aio.AioRpcError, asyncio.CancelledError):
+        pass                           # the status comes through _call_done
+    finally:
+        if call.done():
+            _call_done(ref, None, call)
+        with cond:
+            responses.ended = True
+            cond.notify_all()
 
 
 class _RequestPump:
@@ -661,7 +704,7 @@ class Channel(grpc.Channel):
         self._aio: _channel.Channel = _sync_loop.call(
             lambda: _channel.Channel(target, options, credentials=credentials))
         self._lock = threading.Lock()
-        self._calls: set[SyncCall[Any]] = set()
+        self._calls: weakref.WeakSet[SyncCall[Any]] = weakref.WeakSet()   # active ones
         self._closed = False
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._watching = False
@@ -761,7 +804,7 @@ class Channel(grpc.Channel):
             if self._closed:
                 return
             self._closed = True
-            calls, self._calls = list(self._calls), set()
+            calls, self._calls = list(self._calls), weakref.WeakSet()
         for call in calls:
             call._end_here(_C.CANCELLED, CHANNEL_CLOSED, tell_loop=False)
         if os.getpid() == self._pid:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import queue
 import threading
 import time
@@ -486,6 +487,24 @@ def test_cancelling_a_bidi_call_stops_its_request_iterator(impl):
         taken.clear()
         time.sleep(0.1)
         assert not taken.is_set()
+
+
+def test_a_dropped_streaming_call_is_cancelled(impl):
+    """A response stream its caller drops unfinished (``break`` out of the loop and
+    let go) is cancelled, as grpc's ``__del__`` means to, not left running on the
+    server. (grpc 1.85's own call stays referenced in its channel, so it runs on.)"""
+    if impl.is_grpc:
+        pytest.skip("grpc's dropped call is kept alive by its channel: it is not cancelled")
+    servicer = SyncServicer()
+    with serving(impl, servicer) as served:
+        stub = served.stub()
+        for response in stub.StreamingOutputCall(pb.StreamingOutputCallRequest(response_parameters=[
+                pb.ResponseParameters(size=1), pb.ResponseParameters(size=1, interval_us=3_000_000)]),
+                timeout=TIMEOUT):
+            assert len(response.payload.body) == 1
+            break
+        gc.collect()
+        assert servicer.ended_early.wait(TIMEOUT), "the dropped call went on"
 
 
 # ------------------------------------------------------------------ threads and closing
