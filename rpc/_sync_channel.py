@@ -157,13 +157,17 @@ class SyncCall(_CallBase[_Resp]):
         if self._code is not None:        # ended here before the loop made it
             call.cancel()
             return
-        # The loop holds this call weakly (its done callback, its reader): one dropped
-        # by its caller is collected, and cancelled, as grpc's are.
-        ref = weakref.ref(self)
         responses = self._responses
+        if responses is None:
+            # Held by the loop until it ends: a future its caller let go of (with a
+            # done callback, say) still runs, as grpc's does.
+            call.add_done_callback(self._on_done)
+            return
+        # A response stream is held weakly (its done callback, its reader): one dropped
+        # unread is collected, and cancelled, as grpc's __del__ means to.
+        ref = weakref.ref(self)
         call.add_done_callback(functools.partial(_call_done, ref, responses))
-        if responses is not None:
-            call._loop.create_task(_read_ahead(ref, call, responses))
+        call._loop.create_task(_read_ahead(ref, call, responses))
 
     def _failed_to_start(self, exc: BaseException) -> None:
         if isinstance(exc, aio.UsageError):      # the channel closed meanwhile

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Callable, NoReturn, TypeVar
 
 import grpc
+from grpc import aio
 
 from rpc import _server, _sync_loop
 from rpc._context import MetadataType, ServicerContext
@@ -126,10 +127,52 @@ def _cancel(context: ServicerContext) -> None:
         context._cancelled = True
 
 
+class _SyncInterceptors(aio.ServerInterceptor):
+    """grpc's sync server interceptors (``grpc.ServerInterceptor``), as one interceptor
+    of the async server. They run on the loop's thread, in order, as grpc runs them on
+    its serving thread (not on the handlers' pool): each one's ``continuation`` is the
+    next one, the last one's finds the handler."""
+
+    def __init__(self, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
+        for interceptor in interceptors:
+            if not callable(getattr(interceptor, "intercept_service", None)):
+                raise TypeError(f"interceptor {interceptor!r} must be a grpc.ServerInterceptor")
+        self._interceptors = tuple(interceptors)
+        self._server: _LoopServer | None = None
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return self._chain(0, handler_call_details)
+
+    def _chain(self, index: int, details: grpc.HandlerCallDetails
+               ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if index == len(self._interceptors):
+            assert self._server is not None     # set as the server is made
+            return self._server._find_handler(
+                details.method, details.invocation_metadata)
+        return self._interceptors[index].intercept_service(
+            lambda next_details: self._chain(index + 1, next_details), details)
+
+
 class _LoopServer(_server.Server):
-    """The async server a blocking one runs: plain handlers get grpc's blocking context."""
+    """The async server a blocking one runs: plain handlers get grpc's blocking
+    context, and grpc's sync interceptors run as one async interceptor."""
 
     _thread_context = SyncServicerContext
+
+    def __init__(self, thread_pool: concurrent.futures.Executor | None,
+                 handlers: Sequence[grpc.GenericRpcHandler] | None,
+                 interceptors: Sequence[grpc.ServerInterceptor] | None,
+                 options: Sequence[tuple[str, Any]] | None,
+                 maximum_concurrent_rpcs: int | None,
+                 compression: grpc.Compression | None) -> None:
+        chain = _SyncInterceptors(interceptors) if interceptors else None
+        super().__init__(thread_pool, handlers, [chain] if chain is not None else None, options,
+                         maximum_concurrent_rpcs, compression)
+        if chain is not None:
+            chain._server = self
 
 
 class Server(grpc.Server):
@@ -139,16 +182,12 @@ class Server(grpc.Server):
 
     def __init__(self, thread_pool: concurrent.futures.Executor | None,
                  handlers: Sequence[grpc.GenericRpcHandler] | None = None,
-                 interceptors: Sequence[Any] | None = None,
+                 interceptors: Sequence[grpc.ServerInterceptor] | None = None,
                  options: Sequence[tuple[str, Any]] | None = None,
                  maximum_concurrent_rpcs: int | None = None,
                  compression: grpc.Compression | None = None) -> None:
-        if interceptors:
-            raise NotImplementedError(
-                "rpc.sync.server does not take server interceptors (grpc.ServerInterceptor) "
-                "yet; the async rpc.server takes grpc.aio.ServerInterceptor")
         self._server: _LoopServer = _sync_loop.call(
-            _LoopServer, thread_pool, handlers, None, options, maximum_concurrent_rpcs,
+            _LoopServer, thread_pool, handlers, interceptors, options, maximum_concurrent_rpcs,
             compression)
         self._terminated = threading.Event()
         _sync_loop.keep_for_exit(self)

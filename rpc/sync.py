@@ -63,13 +63,14 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
 
 def server(thread_pool: concurrent.futures.Executor | None = None,
            handlers: _Sequence[grpc.GenericRpcHandler] | None = None,
-           interceptors: _Sequence[_Any] | None = None,
+           interceptors: _Sequence[grpc.ServerInterceptor] | None = None,
            options: _Options | None = None,
            maximum_concurrent_rpcs: int | None = None,
            compression: grpc.Compression | None = None) -> Server:
     """A blocking server, as ``grpc.server``: its handlers (grpc's sync servicers) run
-    on ``thread_pool`` (None: a pool of its own). Server interceptors are refused
-    (NotImplementedError): not implemented for blocking servers yet."""
+    on ``thread_pool`` (None: a pool of its own); ``interceptors`` are grpc's
+    ``grpc.ServerInterceptor`` (run on the loop's thread, as grpc runs them on its
+    serving thread, so they should not block)."""
     return Server(thread_pool, handlers, interceptors, options, maximum_concurrent_rpcs,
                   compression)
 

@@ -431,6 +431,13 @@ def test_future_result_timeout_and_done_callback(impl):
         assert late.get_nowait() is future
         assert future.add_callback(lambda: None) is False
 
+        # A future let go of at once still runs, and calls its callback.
+        bodies: queue.Queue[bytes] = queue.Queue()
+        stub.UnaryCall.future(pb.SimpleRequest(sleep_ms=100, response_size=4), timeout=TIMEOUT
+                              ).add_done_callback(lambda f: bodies.put(f.result().payload.body))
+        gc.collect()
+        assert bodies.get(timeout=TIMEOUT) == bytes(4)
+
 
 def test_cancelling_a_future(impl):
     servicer = SyncServicer()
@@ -626,6 +633,49 @@ def test_maximum_concurrent_rpcs(impl):
             stub.UnaryCall(pb.SimpleRequest(), timeout=TIMEOUT)
         assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         first.cancel()
+
+
+class DenyUntagged(grpc.ServerInterceptor):
+    """grpc's sync server interceptor: calls without ``x-tag`` are refused; the
+    methods it saw are kept."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def intercept_service(self, continuation, handler_call_details):
+        self.seen.append(handler_call_details.method)
+        if not any(k == "x-tag" for k, _ in handler_call_details.invocation_metadata):
+            def deny(request, context):
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "untagged")
+            return grpc.unary_unary_rpc_method_handler(deny)
+        return continuation(handler_call_details)
+
+
+class Counting(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def intercept_service(self, continuation, handler_call_details):
+        self.count += 1
+        return continuation(handler_call_details)
+
+
+def test_server_interceptors(impl):
+    deny, counting = DenyUntagged(), Counting()
+    with serving(impl, SyncServicer(), interceptors=[counting, deny]) as served:
+        stub = served.stub()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.UnaryCall(pb.SimpleRequest(), timeout=TIMEOUT)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert info.value.details() == "untagged"
+        reply = stub.UnaryCall(pb.SimpleRequest(response_size=2), timeout=TIMEOUT,
+                               metadata=(("x-tag", "1"),))
+        assert reply.payload.body == bytes(2)
+        streamed = stub.StreamingOutputCall(_out(1, 2), timeout=TIMEOUT, metadata=(("x-tag", "1"),))
+        assert [len(r.payload.body) for r in streamed] == [1, 2]
+        assert deny.seen == ["/lanerpc.conformance.TestService/UnaryCall"] * 2 + \
+            ["/lanerpc.conformance.TestService/StreamingOutputCall"]
+        assert counting.count == 3
 
 
 # ------------------------------------------------------------------ mixing the APIs
