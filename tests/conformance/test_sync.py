@@ -35,6 +35,7 @@ from tests.conformance.impls import _socket_path, active_impls
 from tests.conformance.servicer import ECHO_INITIAL_KEY, ECHO_TRAILING_KEY, RAISE_KEY
 
 TIMEOUT = 5.0
+LONG = 60.0    # the deadline of calls a test ends itself (cancel, close), well before it
 LOCALLY_CANCELLED = "Locally cancelled by application!"
 CHANNEL_CLOSED = "Channel closed!"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -52,6 +53,7 @@ class SyncImpl:
     lanes: str | None
     bind: str
     lane: str | None
+    tls: bool = False      # a TLS port (rpc.ssl_server_credentials), a secure channel
 
     @property
     def is_grpc(self) -> bool:
@@ -68,8 +70,22 @@ class SyncImpl:
         return make(pool, options=self.options(), **kwargs)
 
     def channel(self, target: str) -> Any:
+        if self.tls:
+            from tests._tls import certs
+
+            return rpc.sync.secure_channel(target, rpc.ssl_channel_credentials(certs().ca),
+                                           options=self.options())
         make = grpc.insecure_channel if self.is_grpc else rpc.sync.insecure_channel
         return make(target, options=self.options())
+
+    def add_port(self, server: Any, address: str) -> int:
+        if self.tls:
+            from tests._tls import certs
+
+            made = certs()
+            return server.add_secure_port(
+                address, rpc.ssl_server_credentials([(made.server.key, made.server.cert)]))
+        return server.add_insecure_port(address)
 
 
 SYNC_IMPLS = {impl.name: impl for impl in (
@@ -78,6 +94,7 @@ SYNC_IMPLS = {impl.name: impl for impl in (
     SyncImpl("lanerpc-unix", "unix", "unix", "unix"),
     SyncImpl("lanerpc-upgraded", "unix,tcp", "tcp", "unix"),
     SyncImpl("lanerpc-shm", "shm,unix,tcp", "tcp", "shm"),
+    SyncImpl("lanerpc-tls", "tcp", "tcp", "tcp", tls=True),
 )}
 ACTIVE = [SYNC_IMPLS[impl.name] for impl in active_impls() if impl.name in SYNC_IMPLS]
 
@@ -109,7 +126,7 @@ def serving(impl: SyncImpl, *servicers: Any, threads: int = 8, **server_kwargs: 
     for servicer in servicers:
         register(server, servicer)
     address = impl.address()
-    port = server.add_insecure_port(address)
+    port = impl.add_port(server, address)
     server.start()
     target = address if address.startswith("unix:") else f"127.0.0.1:{port}"
     served = Served(impl, server, target)
@@ -149,6 +166,7 @@ class SyncServicer(conformance_pb2_grpc.TestServiceServicer):
         self.lock = threading.Lock()
         self.started = threading.Event()
         self.ended_early = threading.Event()    # a sleeping handler saw its call end
+        self.terminated = threading.Event()     # a call ended (its add_callback ran)
         self.contexts: list[bool] = []          # was each context a grpc.ServicerContext
         self.threads: set[str] = set()
         self.running = 0
@@ -160,6 +178,7 @@ class SyncServicer(conformance_pb2_grpc.TestServiceServicer):
             self.threads.add(threading.current_thread().name)
             self.running += 1
             self.peak = max(self.peak, self.running)
+        context.add_callback(self.terminated.set)
         self.started.set()
 
     def _leave(self) -> None:
@@ -168,8 +187,7 @@ class SyncServicer(conformance_pb2_grpc.TestServiceServicer):
 
     def _sleep(self, context: Any, seconds: float) -> None:
         gone = threading.Event()
-        context.add_callback(gone.set)
-        if gone.wait(seconds):
+        if not context.add_callback(gone.set) or gone.wait(seconds):
             self.ended_early.set()
 
     @staticmethod
@@ -243,6 +261,12 @@ def _out(*sizes: int, interval_us: int = 0, status: pb.EchoStatus | None = None
     return pb.StreamingOutputCallRequest(
         response_parameters=[pb.ResponseParameters(size=s, interval_us=interval_us) for s in sizes],
         response_status=status)
+
+
+def _first_then_pause() -> pb.StreamingOutputCallRequest:
+    """A response at once, then one after a pause longer than any test waits."""
+    return pb.StreamingOutputCallRequest(response_parameters=[
+        pb.ResponseParameters(size=1), pb.ResponseParameters(size=1, interval_us=30_000_000)])
 
 
 def _joined(thread: threading.Thread) -> None:
@@ -443,7 +467,7 @@ def test_cancelling_a_future(impl):
     servicer = SyncServicer()
     with serving(impl, servicer) as served:
         stub = served.stub()
-        future = stub.UnaryCall.future(pb.SimpleRequest(sleep_ms=3000), timeout=TIMEOUT)
+        future = stub.UnaryCall.future(pb.SimpleRequest(sleep_ms=30_000), timeout=LONG)
         assert servicer.started.wait(TIMEOUT)
         ended = threading.Event()
         assert future.add_callback(ended.set) is True
@@ -457,13 +481,13 @@ def test_cancelling_a_future(impl):
         with pytest.raises(grpc.FutureCancelledError):
             future.exception(timeout=TIMEOUT)
         assert ended.wait(TIMEOUT)
-        assert servicer.ended_early.wait(TIMEOUT), "the server did not see the cancel"
+        assert servicer.terminated.wait(TIMEOUT), "the server did not see the cancel"
 
 
 def test_cancelling_a_streaming_iterator(impl):
     servicer = SyncServicer()
     with serving(impl, servicer) as served:
-        call = served.stub().StreamingOutputCall(_out(1, 2, 3, interval_us=500_000), timeout=TIMEOUT)
+        call = served.stub().StreamingOutputCall(_first_then_pause(), timeout=LONG)
         assert len(next(call).payload.body) == 1
         assert call.cancel() is True
         with pytest.raises(grpc.RpcError) as info:
@@ -471,7 +495,7 @@ def test_cancelling_a_streaming_iterator(impl):
         assert info.value is call
         assert call.code() is grpc.StatusCode.CANCELLED
         assert call.details() == LOCALLY_CANCELLED
-        assert servicer.ended_early.wait(TIMEOUT), "the server did not see the cancel"
+        assert servicer.terminated.wait(TIMEOUT), "the server did not see the cancel"
 
 
 def test_cancelling_a_bidi_call_stops_its_request_iterator(impl):
@@ -505,13 +529,11 @@ def test_a_dropped_streaming_call_is_cancelled(impl):
     servicer = SyncServicer()
     with serving(impl, servicer) as served:
         stub = served.stub()
-        for response in stub.StreamingOutputCall(pb.StreamingOutputCallRequest(response_parameters=[
-                pb.ResponseParameters(size=1), pb.ResponseParameters(size=1, interval_us=3_000_000)]),
-                timeout=TIMEOUT):
+        for response in stub.StreamingOutputCall(_first_then_pause(), timeout=LONG):
             assert len(response.payload.body) == 1
             break
         gc.collect()
-        assert servicer.ended_early.wait(TIMEOUT), "the dropped call went on"
+        assert servicer.terminated.wait(TIMEOUT), "the dropped call went on"
 
 
 # ------------------------------------------------------------------ threads and closing
@@ -554,10 +576,8 @@ def test_close_cancels_active_calls(impl):
     with serving(impl, servicer) as served:
         channel = impl.channel(served.target)
         stub = conformance_pb2_grpc.TestServiceStub(channel)
-        future = stub.UnaryCall.future(pb.SimpleRequest(sleep_ms=3000), timeout=TIMEOUT)
-        stream = stub.StreamingOutputCall(pb.StreamingOutputCallRequest(response_parameters=[
-            pb.ResponseParameters(size=1), pb.ResponseParameters(size=1, interval_us=3_000_000)]),
-            timeout=TIMEOUT)
+        future = stub.UnaryCall.future(pb.SimpleRequest(sleep_ms=30_000), timeout=LONG)
+        stream = stub.StreamingOutputCall(_first_then_pause(), timeout=LONG)
         assert len(next(stream).payload.body) == 1
         assert servicer.started.wait(TIMEOUT)
         start = time.monotonic()
@@ -572,6 +592,7 @@ def test_close_cancels_active_calls(impl):
         with pytest.raises(ValueError):
             stub.UnaryCall(pb.SimpleRequest(), timeout=TIMEOUT)
         channel.close()     # twice: nothing more
+        assert servicer.terminated.wait(TIMEOUT), "the server did not see the close"
 
 
 def test_channel_as_context_manager_and_subscribe(impl):
@@ -592,7 +613,7 @@ def test_server_stop_and_wait_for_termination(impl):
     pool = futures.ThreadPoolExecutor(4)
     server = impl.server(pool)
     register(server, SyncServicer())
-    server.add_insecure_port(impl.address())
+    impl.add_port(server, impl.address())
     server.start()
     try:
         assert server.wait_for_termination(timeout=0.05) is True     # timed out: still serving
@@ -610,7 +631,7 @@ def test_stop_with_grace_lets_running_calls_finish(impl):
     server = impl.server(pool)
     register(server, servicer)
     address = impl.address()
-    port = server.add_insecure_port(address)
+    port = impl.add_port(server, address)
     server.start()
     target = address if address.startswith("unix:") else f"127.0.0.1:{port}"
     with impl.channel(target) as channel:
@@ -691,14 +712,20 @@ def test_a_sync_server_serves_async_and_grpc_channels(impl):
     clients to grpcio)."""
     with serving(impl, _ThreadedEcho()) as served:
         async def over_async() -> bytes:
-            make = grpc.aio.insecure_channel if impl.is_grpc else rpc.insecure_channel
-            async with make(served.target) as channel:
+            if impl.tls:
+                from tests._tls import certs
+
+                channel = rpc.secure_channel(served.target, rpc.ssl_channel_credentials(certs().ca))
+            else:
+                make = grpc.aio.insecure_channel if impl.is_grpc else rpc.insecure_channel
+                channel = make(served.target)
+            async with channel:
                 reply = await echo_pb2_grpc.EchoStub(channel).Unary(
                     echo_pb2.EchoMessage(payload=b"a"), timeout=TIMEOUT)
                 return reply.payload
 
         assert asyncio.run(asyncio.wait_for(over_async(), TIMEOUT)) == b"a!"
-        if impl.bind == "tcp":
+        if impl.bind == "tcp" and not impl.tls:
             with grpc.insecure_channel(served.target) as channel:
                 reply = echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoMessage(payload=b"g"),
                                                               timeout=TIMEOUT)
@@ -709,9 +736,16 @@ def test_a_sync_channel_calls_an_async_server(impl):
     """rpc.sync's channel (or grpc's) to an async server of the same kind."""
     from tests._support import Echo, serve
 
+    credentials = None
+    if impl.tls:
+        from tests._tls import certs
+
+        made = certs()
+        credentials = rpc.ssl_server_credentials([(made.server.key, made.server.cert)])
+
     async def main() -> None:
         async with serve(Echo(), address=impl.address(), lanes=impl.lanes,
-                         plain_grpc=impl.is_grpc) as served:
+                         plain_grpc=impl.is_grpc, credentials=credentials) as served:
             def blocking() -> tuple[bytes, Any]:
                 with impl.channel(served.target) as channel:
                     stub = echo_pb2_grpc.EchoStub(channel)
