@@ -292,6 +292,8 @@ class SyncCall(_CallBase[_Resp]):
     def time_remaining(self) -> float | None:   # type: ignore[override]  # None: no deadline, as grpc
         if self._deadline is None:
             return None
+        if self._code is _C.DEADLINE_EXCEEDED:
+            return 0.0      # (the loop's clock may have called it a hair before ours)
         return max(self._deadline - time.monotonic(), 0.0)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
