@@ -145,9 +145,25 @@ def deliver(fn: Callable[..., Any], *args: Any) -> None:
     runner.callbacks.put((fn, args))
 
 
+_exit_hooked = False
+
+
 def keep_for_exit(obj: Closable) -> None:
     """Stop ``obj`` (a server) at interpreter exit if it still runs then."""
+    global _exit_hooked
     _runner().closables.add(obj)
+    if not _exit_hooked:
+        _exit_hooked = True
+        # Before concurrent.futures shuts the handlers' pools down at exit (its hook is
+        # threading's, run last-registered first): stopped then, a running handler is
+        # cancelled, not failed by a pool that takes no more work. The atexit hook below
+        # is the fallback where threading has no such hook.
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            try:
+                register(_at_exit)
+            except RuntimeError:    # already shutting down
+                pass
 
 
 def _at_exit() -> None:
