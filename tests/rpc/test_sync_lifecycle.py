@@ -30,6 +30,10 @@ PRELUDE = textwrap.dedent("""
         def Unary(self, request, context):
             return echo_pb2.EchoMessage(payload=b"%d" % os.getpid())
 
+        def ServerStream(self, request, context):
+            while context.is_active():
+                yield request
+
     def call(channel):
         stub = echo_pb2_grpc.EchoStub(channel)
         return stub.Unary(echo_pb2.EchoMessage(), timeout=5).payload.decode()
@@ -48,14 +52,17 @@ def _run(body: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_process_exits_with_channels_and_servers_left_open():
-    """Nothing closed, nothing stopped: the loop thread does not keep the process
-    alive, and the server still running is stopped at exit (its upgrade socket's
-    directory removed)."""
+    """Nothing closed, nothing stopped, a response stream left running: the loop
+    thread does not keep the process alive, and the server still running is stopped
+    at exit (its upgrade socket's directory removed), its handler cancelled cleanly."""
     done = _run("""
         assert call(channel) == str(os.getpid())
+        stream = echo_pb2_grpc.EchoStub(channel).ServerStream(echo_pb2.EchoMessage())
+        next(stream)
         print(server.upgrade_path, channel.lane)
     """)
     assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     upgrade_path, lane = done.stdout.split()
     assert lane == "shm"
     assert not os.path.exists(os.path.dirname(upgrade_path))
