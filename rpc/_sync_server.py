@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Callable, NoReturn, TypeVar
 
@@ -26,6 +27,8 @@ from rpc._wire import DecodedMetadata
 
 _C = grpc.StatusCode
 T = TypeVar("T")
+# grpc's deadline for a call without one (gpr_inf_future), in seconds since the epoch.
+_NO_DEADLINE = float(2**63 - 1)
 
 
 class SyncServicerContext(grpc.ServicerContext):
@@ -47,8 +50,11 @@ class SyncServicerContext(grpc.ServicerContext):
         context = self._context
         return not (context._ended or context._cancelled)
 
-    def time_remaining(self) -> float | None:   # type: ignore[override]  # None: no deadline
-        return self._context.time_remaining()
+    def time_remaining(self) -> float:
+        """Seconds left before the deadline; with none, as grpc's sync server: the
+        distance to its "infinite future" (about 9.2e18 s), never None."""
+        remaining = self._context.time_remaining()
+        return _NO_DEADLINE - time.time() if remaining is None else remaining
 
     def cancel(self) -> None:   # type: ignore[override]  # grpc's returns None too
         """End the call CANCELLED, as grpc's ``context.cancel()``."""

@@ -297,6 +297,9 @@ def test_unary_returns_the_response_and_with_call_the_call(impl):
         assert call.done() and not call.running() and not call.is_active()
         assert call.result(timeout=TIMEOUT) == reply
         assert stub.EmptyCall(pb.Empty(), timeout=TIMEOUT) == pb.Empty()
+        # No deadline: the handler's time_remaining() is grpc's "infinite future".
+        no_deadline = stub.UnaryCall.future(pb.SimpleRequest()).result(timeout=TIMEOUT)
+        assert no_deadline.time_remaining > 1e9
         assert all(servicer.contexts), "a handler's context was not a grpc.ServicerContext"
         assert threading.current_thread().name not in servicer.threads
         if impl.lane is not None:
@@ -449,9 +452,11 @@ def test_future_result_timeout_and_done_callback(impl):
         with pytest.raises(grpc.FutureTimeoutError):
             future.result(timeout=0.01)
         called = queue.Queue()
-        future.add_done_callback(called.put)
+        future.add_done_callback(lambda f: called.put((f, threading.current_thread().name)))
         assert future.result(timeout=TIMEOUT).payload.body == bytes(2)
-        assert called.get(timeout=TIMEOUT) is future
+        done, thread = called.get(timeout=TIMEOUT)
+        assert done is future
+        assert thread != "lanerpc-sync-loop"      # user code never runs on the loop
         assert future.exception(timeout=TIMEOUT) is None
         late = queue.Queue()
         future.add_done_callback(late.put)        # already done: called at once
