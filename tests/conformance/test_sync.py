@@ -613,6 +613,7 @@ def test_channel_as_context_manager_and_subscribe(impl):
             while grpc.ChannelConnectivity.READY not in seen:
                 seen.add(states.get(timeout=max(deadline - time.monotonic(), 0.01)))
             channel.unsubscribe(states.put)
+            grpc.channel_ready_future(channel).result(timeout=TIMEOUT)   # grpc's helper, on subscribe
             stub = conformance_pb2_grpc.TestServiceStub(channel)
             assert stub.EmptyCall(pb.Empty(), timeout=TIMEOUT) == pb.Empty()
 
