@@ -42,6 +42,7 @@ from rpc._serve import serve, serve_async
 from rpc._server import Server
 from rpc._spawn import SpawnedChannel, serve_stdio, serve_stdio_async, spawn
 from rpc._wire import ProtocolError
+from rpc import sync   # the blocking API: rpc.sync.insecure_channel, rpc.sync.server
 
 __version__ = _options.VERSION
 _log = logging.getLogger("lanerpc")

@@ -47,6 +47,7 @@ class Server(Protocol):
     _stats: Stats
     _thread_calls: int            # plain handlers started on the pool, not yet returned
     _thread_capacity: int         # how many of those may be at once (threads + queue)
+    _thread_context: type[Any]    # what a plain handler gets as its context (given this call)
 
     def _call_finished(self, call: ServicerContext) -> None:
         """The call is over: forget it."""
@@ -270,7 +271,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
                              "server overloaded: too many calls waiting for a handler thread")
         server._thread_calls += 1
         try:
-            return await self._in_thread(fn, request, _ThreadContext(self))
+            return await self._in_thread(fn, request, self._server._thread_context(self))
         finally:
             server._thread_calls -= 1
 

@@ -23,7 +23,7 @@ from grpc import aio
 from rpc import _connection as c
 from rpc import _compression, _credentials, _grpc, _lanes, _options, _ports
 from rpc._target import parse_server_address
-from rpc._context import ServicerContext, _PendingCall
+from rpc._context import ServicerContext, _PendingCall, _ThreadContext
 from rpc._link import Link
 from rpc._stats import Stats
 from rpc._options import Options
@@ -339,6 +339,9 @@ def _without_requests_cancelled_unseen(events: list[c.Event]) -> list[c.Event]:
 
 class Server(aio.Server):
     """A grpc.aio-compatible server."""
+
+    # A plain handler's context: grpc.aio's threaded one (rpc.sync's server gives grpc's).
+    _thread_context: type[Any] = _ThreadContext
 
     def __init__(self, migration_thread_pool: concurrent.futures.Executor | None = None,
                  handlers: _grpc.GenericHandlers | None = None,

@@ -30,3 +30,23 @@ def test_classes_subclass_grpc_aio_bases():
     assert issubclass(rpc.StreamStreamCall, grpc.aio.StreamStreamCall)
     assert rpc.AioRpcError is grpc.aio.AioRpcError
     assert rpc.EOF is grpc.aio.EOF
+
+
+def test_sync_all_is_a_sorted_tuple_of_real_names():
+    import rpc.sync
+
+    assert isinstance(rpc.sync.__all__, tuple)
+    assert list(rpc.sync.__all__) == sorted(rpc.sync.__all__)
+    public = {name for name in dir(rpc.sync) if not name.startswith("_")}
+    modules = {name for name in public if type(getattr(rpc.sync, name)).__name__ == "module"}
+    assert public - modules == set(rpc.sync.__all__)
+
+
+def test_sync_classes_subclass_grpc_bases():
+    import rpc.sync
+
+    assert issubclass(rpc.sync.Channel, grpc.Channel)
+    assert issubclass(rpc.sync.Server, grpc.Server)
+    assert issubclass(rpc.sync.SyncServicerContext, grpc.ServicerContext)
+    for base in (grpc.RpcError, grpc.Call, grpc.Future):
+        assert issubclass(rpc.sync.SyncCall, base)
