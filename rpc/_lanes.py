@@ -147,35 +147,64 @@ async def _dial_tls(endpoint: Endpoint, options: Options,
 
 
 async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory) -> Link:
-    """A ready link to ``endpoint``, on the fastest lane both sides allow."""
+    """A ready link to ``endpoint``, on the fastest lane both sides allow. Says at
+    INFO which lane it ended on and, when it did not move to a faster one, why."""
     lanes = options.lanes
     if endpoint.refused:      # a target lanerpc can't resolve (xds:, say): see rpc._target
         raise ConnectionError(endpoint.refused)
     if endpoint.lane == "unix" and "unix" not in lanes:
         raise ConnectionError(f"{endpoint} is a unix: target but lanerpc.lanes excludes unix")
     link = await _dial(endpoint, options, make_link)
+    dialled, first_lane = endpoint, link.lane
+    why: list[str] = []       # why a faster lane was not taken, for the INFO line
     hello = link.conn.peer_hello
     offer = hello.upgrade if hello is not None and hello.HasField("upgrade") else None
     # A TLS connection upgrades too: the offer came inside TLS from the server whose
     # certificate was checked, and the server's proof of its token shows the unix
     # socket is that server's. (lanerpc.lanes=tcp keeps a channel on TLS.)
-    if endpoint.lane == "tcp" and offer is not None and "unix" in lanes:
-        upgraded = await _try_upgrade(offer, options, make_link)
-        if upgraded is not None:
-            link.close("moved to the unix lane")
-            link, endpoint = upgraded, Endpoint("unix", path=offer.unix_path)
-    hello = link.conn.peer_hello
-    if link.lane == "unix" and hello is not None and hello.HasField("shm"):
-        if "shm" in lanes:
-            link = await _try_shm(link, hello.shm, endpoint, options, make_link)
+    if endpoint.lane == "tcp":
+        if "unix" not in lanes:
+            why.append("option lanerpc.lanes excludes unix")
+        elif offer is None:
+            why.append("no upgrade offer (another host's server, or its lanes exclude unix)")
         else:
-            link.conn.send_lane("unix")     # not ours to take: let the server drop it
-            link.flush()
+            upgraded = await _try_upgrade(offer, options, make_link)
+            if isinstance(upgraded, str):
+                why.append(upgraded)
+            else:
+                link.close("moved to the unix lane")
+                link, endpoint = upgraded, Endpoint("unix", path=offer.unix_path)
+    hello = link.conn.peer_hello
+    if link.lane == "unix":
+        offered = hello is not None and hello.HasField("shm")
+        if "shm" not in lanes:
+            why.append("option lanerpc.lanes excludes shm")
+            if offered:
+                link.conn.send_lane("unix")     # not ours to take: let the server drop it
+                link.flush()
+        elif not offered:
+            why.append("no shm offer (the server's lanes exclude shm, or it has none to give)")
+        else:
+            assert hello is not None
+            link = await _try_shm(link, hello.shm, endpoint, options, make_link, why)
+    _log_lane(dialled, first_lane, link.lane, why)
     return link
 
 
+def _log_lane(endpoint: Endpoint, first: str | None, last: str | None, why: list[str]) -> None:
+    """One INFO line per connection: the lane it moved to, or the one it stays on and why."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    moved = f"upgraded {first} -> {last}" if first != last else f"stays on {last}"
+    if why and last != "shm":
+        log.info("lanerpc: connection to %s %s: %s", endpoint, moved, "; ".join(why))
+    else:
+        log.info("lanerpc: connection to %s %s", endpoint, moved)
+
+
 async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoint,
-                   options: Options, make_link: ClientLinkFactory) -> Link:
+                   options: Options, make_link: ClientLinkFactory,
+                   why: list[str] | None = None) -> Link:
     """Move a unix link to the shm lane the server offered: map the segment, check
     the server's nonce in it, ask with a LANE frame, switch on the server's grant.
     Declining is silent (DEBUG) and leaves the link on unix."""
@@ -186,6 +215,8 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
         segment = shm.ShmSegment.open(offer)
     except Exception as exc:    # ShmUnavailable, or a peer's nonsense: stay on unix
         log.debug("lanerpc: shm offer not taken (%s); staying on unix", exc)
+        if why is not None:
+            why.append(f"shm offer not taken: {exc}")
         try:
             shm.ShmSegment.discard(offer)
         except Exception:
@@ -205,10 +236,14 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
         link.abort("shm switch did not complete")
         log.debug("lanerpc: shm switch did not complete (%s); dialing unix again",
                   exc or type(exc).__name__)
+        if why is not None:
+            why.append(f"shm switch did not complete ({exc or type(exc).__name__}); dialled unix again")
         return await _dial(endpoint, options, make_link,
                            lanes=[lane for lane in options.lanes if lane != "shm"])
     if granted != "shm":
         segment.close()
+        if why is not None:
+            why.append("the server did not grant shm")
         return link
     try:
         transport = shm.ShmTransport(link.loop, segment, "client", LaneAdapter(link),
@@ -222,13 +257,13 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
 
 
 async def _try_upgrade(offer: handshake_pb2.UpgradeOffer, options: Options,
-                       make_link: ClientLinkFactory) -> Link | None:
-    """The unix link the offer leads to, proven; None if it can't be had."""
+                       make_link: ClientLinkFactory) -> Link | str:
+    """The unix link the offer leads to, proven; or why it can't be had."""
     path = offer.unix_path
     token = offer.token
     if not path or len(token) < 16 or len(path) > 107:
         log.debug("lanerpc: upgrade offer malformed; staying on tcp")
-        return None
+        return "malformed upgrade offer"
     nonce = os.urandom(32)
     claim = handshake_pb2.Hello()
     claim.claim.token_id = hashlib.sha256(token).digest()
@@ -240,14 +275,26 @@ async def _try_upgrade(offer: handshake_pb2.UpgradeOffer, options: Options,
     except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
         log.debug("lanerpc: upgrade to unix:%s failed (%s); staying on tcp",
                   path, exc or type(exc).__name__)
-        return None
+        return _upgrade_failure(path, exc, options.upgrade_timeout)
     hello = link.conn.peer_hello
     answer = hello.claim_answer if hello is not None else b""
     if not hmac.compare_digest(answer, _answer(token, nonce)):
         log.debug("lanerpc: unix:%s did not prove it is the same server; staying on tcp", path)
         link.abort("upgrade proof failed")
-        return None
+        return f"unix:{path} did not prove it is the same server (a decoy)"
     return link
+
+
+def _upgrade_failure(path: str, exc: BaseException, timeout: float) -> str:
+    """Why dialling the offered upgrade socket failed, in the words of the INFO line."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"upgrade timed out after {timeout:g} s"
+    if isinstance(exc, UntrustedServer):
+        return f"peer uid refused: {exc}"
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        return (f"unix:{path} is not reachable from here "
+                "(another host, or another mount namespace)")
+    return f"upgrade to unix:{path} failed: {exc or type(exc).__name__}"
 
 
 # ------------------------------------------------------------------ server side
