@@ -400,12 +400,19 @@ class ServerLanes:
         return lambda: Sniffer(link, side, self.options.handshake_timeout, self.splices)
 
     def _grpc_socket_path(self) -> str:
-        """The gRPC side's socket, in the upgrade socket's private directory (or one
-        of its own when tcp clients are not upgraded): only our uid reaches it."""
+        """The gRPC side's socket, in the server's private directory: only our uid
+        reaches it."""
+        return os.path.join(self.private_directory(), _GRPC_SOCKET_NAME)
+
+    def private_directory(self) -> str:
+        """The server's private runtime directory (0700, flock()ed, removed by
+        :meth:`close`): the upgrade socket's, or one made for it when there is none.
+        Raises OSError when none can be made."""
         if self._upgrade is not None:
-            return os.path.join(self._upgrade.directory, _GRPC_SOCKET_NAME)
-        self._private = _PrivateDir.make()
-        return os.path.join(self._private.directory, _GRPC_SOCKET_NAME)
+            return self._upgrade.directory
+        if self._private is None:
+            self._private = _PrivateDir.make()
+        return self._private.directory
 
     def admits(self, uid: int | None) -> bool:
         """The unix and shm lanes admit our own uid, and those the option lists."""

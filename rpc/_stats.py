@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rpc._status import status_code
 
@@ -21,12 +21,16 @@ class Stats:
         self.codes: collections.Counter[str] = collections.Counter()
         self._closed_bytes = [0, 0]
         self._live: set[Link] = set()
+        # Told of every change (the server's status file for `lanerpc ps`: rpc._ps).
+        self.on_change: Callable[[], None] | None = None
 
     def connection_opened(self, link: Link) -> None:
         lane = link.lane or "?"
         self.connections[lane] += 1
         self.connections_total[lane] += 1
         self._live.add(link)
+        if self.on_change is not None:
+            self.on_change()
 
     def connection_closed(self, link: Link) -> None:
         if link in self._live:
@@ -34,11 +38,15 @@ class Stats:
             self.connections[link.lane or "?"] -= 1
             self._closed_bytes[0] += link.bytes_in
             self._closed_bytes[1] += link.bytes_out
+            if self.on_change is not None:
+                self.on_change()
 
     def call_ended(self, lane: str, code: int) -> None:
         self.calls[lane] += 1
         if code:
             self.codes[status_code(code).name] += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def snapshot(self) -> dict[str, Any]:
         bytes_in = self._closed_bytes[0] + sum(link.bytes_in for link in self._live)
