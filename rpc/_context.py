@@ -348,7 +348,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         link = self._link
         self._send_status(code, details, trailing, message)
         link.calls.pop(self._sid, None)
-        self._server._stats.call_ended(link.lane or "?", code)
+        self._server._stats.call_ended(link.lane or "?", code, link)
         if self._tally is not None:
             self._tally.ended(code, link.lane, self._received)
 

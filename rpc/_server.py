@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _compression, _credentials, _grpc, _lanes, _options, _ports, _ps
+from rpc import _channelz, _compression, _credentials, _grpc, _lanes, _options, _ports, _ps
 from rpc._target import parse_server_address
 from rpc._context import ServicerContext, _PendingCall
 from rpc._link import Link
@@ -412,7 +412,11 @@ class Server(aio.Server):
     def add_registered_method_handlers(
             self, service_name: str,
             method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
-        for name, handler in method_handlers.items():
+        served = method_handlers
+        if service_name == _channelz.SERVICE and _channelz.is_grpcs(method_handlers):
+            # grpc's channelz knows nothing of lanerpc's connections: ours answers (rpc._channelz).
+            served = _channelz.LanerpcChannelz(self).handlers()
+        for name, handler in served.items():
             self._registered[f"/{service_name}/{name}"] = handler
         if self._grpc is not None:
             self._grpc.add_handlers(registered={service_name: dict(method_handlers)})
@@ -751,12 +755,12 @@ class Server(aio.Server):
         if handler is None:
             conn.end_stream(sid, _C.UNIMPLEMENTED.value[0], "Method not found!")
             link.flush_soon()
-            self._stats.call_ended(link.lane or "?", _C.UNIMPLEMENTED.value[0])
+            self._stats.call_ended(link.lane or "?", _C.UNIMPLEMENTED.value[0], link)
             return
         if self._max_rpcs is not None and self._active >= self._max_rpcs:
             conn.end_stream(sid, _C.RESOURCE_EXHAUSTED.value[0], "Concurrent RPC limit exceeded!")
             link.flush_soon()
-            self._stats.call_ended(link.lane or "?", _C.RESOURCE_EXHAUSTED.value[0])
+            self._stats.call_ended(link.lane or "?", _C.RESOURCE_EXHAUSTED.value[0], link)
             return
         self._active += 1
         call = ServicerContext(self, link, sid, ev.method, ev.timeout, ev.metadata, handler)

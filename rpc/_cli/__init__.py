@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("bench", "ps")
+COMMANDS = ("bench", "ps", "stats")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
