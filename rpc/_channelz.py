@@ -31,13 +31,32 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import grpc
 from google.protobuf import any_pb2, timestamp_pb2, wrappers_pb2
 
-if TYPE_CHECKING:
-    from rpc._server import Server, ServerLink
+from rpc._stats import Stats
+from rpc.transports import PeerInfo
+
+
+class ServerLink(Protocol):
+    """What is read of a server's connection (rpc._server.ServerLink)."""
+
+    lane: str | None
+    peer: PeerInfo | None
+    dialled_as: str | None
+    bytes_in: int
+    bytes_out: int
+    calls: dict[int, Any]
+
+
+class Server(Protocol):
+    """What is read of the server (rpc._server.Server): it imports this module."""
+
+    _links: set[Any]
+    _stats: Stats
+    _active: int
 
 SERVICE = "grpc.channelz.v1.Channelz"
 SERVER_ID = 1
