@@ -101,3 +101,40 @@ def test_the_bench_imports_nothing_of_tests_or_examples() -> None:
         text = path.read_text()
         assert "import tests" not in text and "from tests" not in text, path
         assert "from examples" not in text and "import examples" not in text, path
+
+
+def test_the_bench_runs_from_an_install(tmp_path: Path) -> None:
+    """A wheel of the package, unpacked away from the checkout: its entry point is there,
+    and lanerpc bench runs from it (no tests/, no examples/ to lean on)."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("rpc", "transports"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(source)],
+                   check=True, timeout=120, capture_output=True,
+                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    (wheel,) = tmp_path.glob("lanerpc-*.whl")
+    installed = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        assert "lanerpc = rpc._cli:main" in archive.read(entry_points).decode()
+        assert {"rpc/_bench/echo_pb2.py", "rpc/_bench/_run.py", "rpc/_cli/bench.py"} <= set(names)
+        archive.extractall(installed)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**_env(), "PYTHONPATH": str(installed)}
+    proc = subprocess.run([sys.executable, "-m", "rpc", "bench", "--quick", "--only", "lanerpc-shm",
+                           "--json"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["subjects"]["lanerpc-shm"]
+    assert row["unavailable"] is None and row["lane"] == "shm", row
