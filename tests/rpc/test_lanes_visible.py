@@ -5,6 +5,7 @@ kinds (intercepted too), ``context.lane`` in async and threaded handlers."""
 from __future__ import annotations
 
 import logging
+import os
 
 import grpc
 import pytest
@@ -174,3 +175,14 @@ async def test_a_call_that_never_reached_a_connection_has_no_lane():
         assert call.lane is None
     finally:
         await within(channel.close())
+
+
+async def test_a_server_of_a_uid_not_listed_is_named(caplog):
+    caplog.set_level(logging.INFO, logger="lanerpc")
+    other_uid = os.geteuid() + 4242
+    async with serve(Echo()) as served:
+        channel = served.channel(options=[("lanerpc.server_uids", str(other_uid))])
+        await _one_call(channel)
+        assert channel.lane == "tcp"
+    [line] = _lane_lines(caplog)
+    assert "stays on tcp: peer uid refused" in line and str(other_uid) in line
