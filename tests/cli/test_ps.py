@@ -19,7 +19,7 @@ from examples.echo import echo_pb2_grpc
 from tests._support import msg, within
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SERVER = Path(__file__).resolve().parent / "_server.py"
+SERVER = Path(__file__).resolve().parent / "_channelz_server.py"
 
 
 @pytest.fixture
