@@ -38,6 +38,7 @@ from rpc._credentials import (
     ssl_server_credentials,
 )
 from rpc._grpc import GrpcChannel
+from rpc._metrics import disable_metrics, enable_metrics
 from rpc._serve import serve, serve_async
 from rpc._server import Server
 from rpc._spawn import SpawnedChannel, serve_stdio, serve_stdio_async, spawn
@@ -118,6 +119,8 @@ __all__ = (
     "access_token_call_credentials",
     "composite_call_credentials",
     "composite_channel_credentials",
+    "disable_metrics",
+    "enable_metrics",
     "insecure_channel",
     "metadata_call_credentials",
     "secure_channel",

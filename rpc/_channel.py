@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _balancer, _compression, _interceptors, _lanes, _options, _resolver, _service_config
+from rpc import _balancer, _compression, _interceptors, _lanes, _metrics, _options, _resolver, _service_config
 from rpc import _call_credentials, _credentials
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
@@ -160,6 +160,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
     _config = _service_config.NO_CONFIG    # this method's part of the channel's service config
     _health_watch = False    # a subchannel's health Watch (not the application's call)
     _replay: _service_config.ReplayBuffer | None = None   # a streaming request's, for retries
+    _lane: str | None = None     # the lane of the connection the call went on
+    _tally: _metrics.CallTally | None = None   # when rpc.enable_metrics() is on
 
     def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
                  deserializer: Callable[[bytes], _Resp] | None,
@@ -169,6 +171,11 @@ class _Call(Stream, Generic[_Req, _Resp]):
         self._method = method
         self._serialize: Callable[[_Req], bytes] = serializer or _identity
         self._deserialize: Callable[[bytes], _Resp] = deserializer or _identity
+        recorder = _metrics.recorder
+        if recorder is not None:
+            self._tally = tally = recorder.client_call(channel._target, method)
+            self._serialize = tally.counting_serializer(self._serialize)
+            self._deserialize = tally.counting_deserializer(self._deserialize)
         if metadata:
             self._metadata = validate_metadata(metadata)
             if any(key == _compression.REQUEST_KEY for key, _ in self._metadata):
@@ -283,6 +290,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
         except c.MetadataTooLarge as exc:
             self._finish(_C.RESOURCE_EXHAUSTED.value[0], str(exc), ())
             return
+        self._lane = link.lane
         if self._replay is not None and self._attempts > 1:   # a retry: the requests again
             self._replay.resend(link.conn, self._sid, end=self._half_closed)
             link.flush_soon()
@@ -413,6 +421,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
             for cb in self._callbacks:
                 self._loop.call_soon(cb, self)
             self._callbacks = ()
+        if self._tally is not None:
+            self._tally.ended(code, self._lane, self._received)
 
     def _error(self) -> aio.AioRpcError:
         return rpc_error(status_code(self._code or 0), self._details, self._initial_md, self._trailing_md)
@@ -505,6 +515,12 @@ class _Call(Stream, Generic[_Req, _Resp]):
             await self._wait_opened()
         if self._code is not None:
             self._raise_for_status()
+
+    @property
+    def lane(self) -> str | None:
+        """The lane that carried this call ("tcp", "unix", "shm"), or None while it
+        waits for a connection (and for a call that never reached one)."""
+        return self._lane
 
     @property
     def never_started(self) -> bool:

@@ -17,6 +17,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
+from rpc import _metrics
 from rpc._compression import NAMES, Compressed, DecompressionError, algorithm
 from rpc._options import Options
 from rpc._stats import Stats
@@ -111,6 +112,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     _callbacks: tuple[()] | list[Callable[[ServicerContext], None]] = ()
     _timer: asyncio.TimerHandle | None = None
     _counted = False
+    _tally: _metrics.CallTally | None = None   # when rpc.enable_metrics() is on
 
     # The handler's functions are Any where they are called: grpc types them for
     # its sync API (a grpc.ServicerContext, plain returns).
@@ -123,6 +125,10 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         self._sid = sid
         self._method = method
         self._handler = handler
+        recorder = _metrics.recorder
+        if recorder is not None:
+            self._tally = tally = recorder.server_call(method)
+            self._handler = _metrics.CountingHandler(handler, tally)  # type: ignore[assignment]
         self._metadata = metadata
         self._received: collections.deque[bytes | Compressed] = collections.deque()
         default = server._options.default_compression
@@ -165,6 +171,9 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             self._timer.cancel()
             self._timer = None
         task = self._task
+        if self._tally is not None:
+            self._tally.ended(code if code != _OK or not by_peer else _C.CANCELLED.value[0],
+                              self._link.lane, self._received)
         if task is not None and not task.done():
             task.cancel()
         elif task is None:
@@ -340,7 +349,9 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         link = self._link
         self._send_status(code, details, trailing, message)
         link.calls.pop(self._sid, None)
-        self._server._stats.call_ended(link.lane or "?", code)
+        self._server._stats.call_ended(link.lane or "?", code, link)
+        if self._tally is not None:
+            self._tally.ended(code, link.lane, self._received)
 
     def _complete(self) -> None:
         """Run the done callbacks in order. As grpc.aio: the first one that raises is

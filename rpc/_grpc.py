@@ -254,6 +254,10 @@ class GrpcPorts:
     def bound(self) -> bool:
         return bool(self._ports)
 
+    def addresses(self) -> list[str]:
+        """The grpc:// ports' addresses (for lanerpc ps)."""
+        return [address for address, _, _ in self._ports]
+
     def add_insecure_port(self, address: str) -> int:
         return self._reserve(address, None)
 

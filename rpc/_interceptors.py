@@ -212,6 +212,13 @@ class InterceptedCall:
         self._task: asyncio.Task[Any] = self._loop.create_task(self._run(0, details, request))
         self._task.add_done_callback(self._chain_done)
 
+    @property
+    def lane(self) -> str | None:
+        """The lane of the call the chain made (None until it made one, or when an
+        interceptor answered without calling on)."""
+        lane = getattr(self._final, "lane", None)
+        return lane if isinstance(lane, str) else None
+
     # ------------------------------------------------------------ the chain
 
     async def _run(self, index: int, details: aio.ClientCallDetails, request: Any) -> Any:

@@ -147,55 +147,87 @@ async def _dial_tls(endpoint: Endpoint, options: Options,
 
 
 async def connect(endpoint: Endpoint, options: Options, make_link: ClientLinkFactory) -> Link:
-    """A ready link to ``endpoint``, on the fastest lane both sides allow."""
+    """A ready link to ``endpoint``, on the fastest lane both sides allow. Says at
+    INFO which lane it ended on and, when it did not move to a faster one, why."""
     lanes = options.lanes
     if endpoint.refused:      # a target lanerpc can't resolve (xds:, say): see rpc._target
         raise ConnectionError(endpoint.refused)
     if endpoint.lane == "unix" and "unix" not in lanes:
         raise ConnectionError(f"{endpoint} is a unix: target but lanerpc.lanes excludes unix")
     link = await _dial(endpoint, options, make_link)
-    if endpoint.lane == "tcp":
-        local = await move_local(link, options, make_link)
-        if local is not None:
-            link.close("moved to the unix lane")
-            return local
-    return await _shm_or_stay(link, endpoint, options, make_link)
+    dialled, first_lane = endpoint, link.lane
+    why: list[str] = []       # why a faster lane was not taken, for the INFO line
+    local = await move_local(link, options, make_link, why) if endpoint.lane == "tcp" else None
+    if local is not None:
+        link.close("moved to the unix lane")
+        link = local
+    else:
+        link = await _shm_or_stay(link, endpoint, options, make_link, why)
+    _log_lane(dialled, first_lane, link.lane, why)
+    return link
 
 
-async def move_local(link: Link, options: Options, make_link: ClientLinkFactory) -> Link | None:
+async def move_local(link: Link, options: Options, make_link: ClientLinkFactory,
+                     why: list[str] | None = None) -> Link | None:
     """The same-host link that ``link``'s server offered in its HELLO (a unix link,
     moved on to shm when both sides allow), its proof checked; None when there was no
-    offer or it can't be had. ``link`` is left as it is: closing it is the caller's
-    (a tcp link is closed; a spawned worker's pipe stays open as its lifeline)."""
+    offer or it can't be had (``why`` is told the reason). ``link`` is left as it is:
+    closing it is the caller's (a tcp link is closed; a spawned worker's pipe stays
+    open as its lifeline)."""
     hello = link.conn.peer_hello
     offer = hello.upgrade if hello is not None and hello.HasField("upgrade") else None
     # A TLS connection upgrades too: the offer came inside TLS from the server whose
     # certificate was checked, and the server's proof of its token shows the unix
     # socket is that server's. (lanerpc.lanes=tcp keeps a channel on TLS.)
-    if offer is None or "unix" not in options.lanes:
+    reasons = why if why is not None else []
+    if "unix" not in options.lanes:
+        reasons.append("option lanerpc.lanes excludes unix")
+        return None
+    if offer is None:
+        reasons.append("no upgrade offer (another host's server, or its lanes exclude unix)")
         return None
     upgraded = await _try_upgrade(offer, options, make_link)
-    if upgraded is None:
+    if isinstance(upgraded, str):
+        reasons.append(upgraded)
         return None
-    return await _shm_or_stay(upgraded, Endpoint("unix", path=offer.unix_path), options, make_link)
+    return await _shm_or_stay(upgraded, Endpoint("unix", path=offer.unix_path), options,
+                              make_link, why)
 
 
 async def _shm_or_stay(link: Link, endpoint: Endpoint, options: Options,
-                       make_link: ClientLinkFactory) -> Link:
+                       make_link: ClientLinkFactory, why: list[str] | None = None) -> Link:
     """A unix link moved on to the shm lane its server offered, when we take shm;
     otherwise ``link`` as it is (the offer declined, so the server drops its segment)."""
+    if link.lane != "unix":
+        return link
+    reasons = why if why is not None else []
     hello = link.conn.peer_hello
-    if link.lane == "unix" and hello is not None and hello.HasField("shm"):
-        if "shm" in options.lanes:
-            link = await _try_shm(link, hello.shm, endpoint, options, make_link)
-        else:
+    if "shm" not in options.lanes:
+        reasons.append("option lanerpc.lanes excludes shm")
+        if hello is not None and hello.HasField("shm"):
             link.conn.send_lane("unix")     # not ours to take: let the server drop it
             link.flush()
+    elif hello is None or not hello.HasField("shm"):
+        reasons.append("no shm offer (the server's lanes exclude shm, or it has none to give)")
+    else:
+        link = await _try_shm(link, hello.shm, endpoint, options, make_link, why)
     return link
 
 
+def _log_lane(endpoint: Endpoint, first: str | None, last: str | None, why: list[str]) -> None:
+    """One INFO line per connection: the lane it moved to, or the one it stays on and why."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    moved = f"upgraded {first} -> {last}" if first != last else f"stays on {last}"
+    if why and last != "shm":
+        log.info("lanerpc: connection to %s %s: %s", endpoint, moved, "; ".join(why))
+    else:
+        log.info("lanerpc: connection to %s %s", endpoint, moved)
+
+
 async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoint,
-                   options: Options, make_link: ClientLinkFactory) -> Link:
+                   options: Options, make_link: ClientLinkFactory,
+                   why: list[str] | None = None) -> Link:
     """Move a unix link to the shm lane the server offered: map the segment, check
     the server's nonce in it, ask with a LANE frame, switch on the server's grant.
     Declining is silent (DEBUG) and leaves the link on unix."""
@@ -206,6 +238,8 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
         segment = shm.ShmSegment.open(offer)
     except Exception as exc:    # ShmUnavailable, or a peer's nonsense: stay on unix
         log.debug("lanerpc: shm offer not taken (%s); staying on unix", exc)
+        if why is not None:
+            why.append(f"shm offer not taken: {exc}")
         try:
             shm.ShmSegment.discard(offer)
         except Exception:
@@ -225,10 +259,14 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
         link.abort("shm switch did not complete")
         log.debug("lanerpc: shm switch did not complete (%s); dialing unix again",
                   exc or type(exc).__name__)
+        if why is not None:
+            why.append(f"shm switch did not complete ({exc or type(exc).__name__}); dialled unix again")
         return await _dial(endpoint, options, make_link,
                            lanes=[lane for lane in options.lanes if lane != "shm"])
     if granted != "shm":
         segment.close()
+        if why is not None:
+            why.append("the server did not grant shm")
         return link
     try:
         transport = shm.ShmTransport(link.loop, segment, "client", LaneAdapter(link),
@@ -242,13 +280,13 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
 
 
 async def _try_upgrade(offer: handshake_pb2.UpgradeOffer, options: Options,
-                       make_link: ClientLinkFactory) -> Link | None:
-    """The unix link the offer leads to, proven; None if it can't be had."""
+                       make_link: ClientLinkFactory) -> Link | str:
+    """The unix link the offer leads to, proven; or why it can't be had."""
     path = offer.unix_path
     token = offer.token
     if not path or len(token) < 16 or len(path) > 107:
         log.debug("lanerpc: upgrade offer malformed; staying on tcp")
-        return None
+        return "malformed upgrade offer"
     nonce = os.urandom(32)
     claim = handshake_pb2.Hello()
     claim.claim.token_id = hashlib.sha256(token).digest()
@@ -260,14 +298,26 @@ async def _try_upgrade(offer: handshake_pb2.UpgradeOffer, options: Options,
     except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
         log.debug("lanerpc: upgrade to unix:%s failed (%s); staying on tcp",
                   path, exc or type(exc).__name__)
-        return None
+        return _upgrade_failure(path, exc, options.upgrade_timeout)
     hello = link.conn.peer_hello
     answer = hello.claim_answer if hello is not None else b""
     if not hmac.compare_digest(answer, _answer(token, nonce)):
         log.debug("lanerpc: unix:%s did not prove it is the same server; staying on tcp", path)
         link.abort("upgrade proof failed")
-        return None
+        return f"unix:{path} did not prove it is the same server (a decoy)"
     return link
+
+
+def _upgrade_failure(path: str, exc: BaseException, timeout: float) -> str:
+    """Why dialling the offered upgrade socket failed, in the words of the INFO line."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"upgrade timed out after {timeout:g} s"
+    if isinstance(exc, UntrustedServer):
+        return f"peer uid refused: {exc}"
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        return (f"unix:{path} is not reachable from here "
+                "(another host, or another mount namespace)")
+    return f"upgrade to unix:{path} failed: {exc or type(exc).__name__}"
 
 
 # ------------------------------------------------------------------ server side
@@ -391,12 +441,19 @@ class ServerLanes:
         return lambda: Sniffer(link, side, self.options.handshake_timeout, self.splices)
 
     def _grpc_socket_path(self) -> str:
-        """The gRPC side's socket, in the upgrade socket's private directory (or one
-        of its own when tcp clients are not upgraded): only our uid reaches it."""
+        """The gRPC side's socket, in the server's private directory: only our uid
+        reaches it."""
+        return os.path.join(self.private_directory(), _GRPC_SOCKET_NAME)
+
+    def private_directory(self) -> str:
+        """The server's private runtime directory (0700, flock()ed, removed by
+        :meth:`close`): the upgrade socket's, or one made for it when there is none.
+        Raises OSError when none can be made."""
         if self._upgrade is not None:
-            return os.path.join(self._upgrade.directory, _GRPC_SOCKET_NAME)
-        self._private = _PrivateDir.make()
-        return os.path.join(self._private.directory, _GRPC_SOCKET_NAME)
+            return self._upgrade.directory
+        if self._private is None:
+            self._private = _PrivateDir.make()
+        return self._private.directory
 
     def admits(self, uid: int | None) -> bool:
         """The unix and shm lanes admit our own uid, and those the option lists."""

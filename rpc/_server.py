@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _compression, _credentials, _grpc, _lanes, _options, _ports
+from rpc import _channelz, _compression, _credentials, _grpc, _lanes, _options, _ports, _ps
 from rpc._target import parse_server_address
 from rpc._context import ServicerContext, _PendingCall, _ThreadContext
 from rpc._link import Link
@@ -386,6 +386,7 @@ class Server(aio.Server):
         self._budget = MemoryBudget(self._options.memory_budget)
         self._lanes = _lanes.ServerLanes(self._options)
         self._serves_pipe = False         # rpc.serve_stdio's: a server needs no port then
+        self._status_file: _ps.StatusFile | None = None   # for lanerpc ps, once serving
 
     @property
     def started(self) -> bool:
@@ -415,7 +416,11 @@ class Server(aio.Server):
     def add_registered_method_handlers(
             self, service_name: str,
             method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
-        for name, handler in method_handlers.items():
+        served = method_handlers
+        if service_name == _channelz.SERVICE and _channelz.is_grpcs(method_handlers):
+            # grpc's channelz knows nothing of lanerpc's connections: ours answers (rpc._channelz).
+            served = _channelz.LanerpcChannelz(self).handlers()
+        for name, handler in served.items():
             self._registered[f"/{service_name}/{name}"] = handler
         if self._grpc is not None:
             self._grpc.add_handlers(registered={service_name: dict(method_handlers)})
@@ -519,6 +524,7 @@ class Server(aio.Server):
             self._own_executor = True
         threads = getattr(self._executor, "_max_workers", None)
         self._thread_capacity = (threads if isinstance(threads, int) else 0) + self._options.max_queued_calls
+        addresses = [_ps_address(kind, sock) for kind, sock in self._pending_sockets]
         try:
             if self._pending_sockets:
                 grpc_side = _GrpcSide(self) if self._options.grpc_on_lanerpc_ports else None
@@ -544,6 +550,7 @@ class Server(aio.Server):
             raise
         else:
             self._state = "serving"
+            self._write_status_file(addresses)
         finally:
             if self._stop_requested is not None and not self._stop_requested.done():
                 self._stop_requested.set_result(None)
@@ -559,6 +566,17 @@ class Server(aio.Server):
         link = await self._lanes.serve_pipe(read_fd, write_fd, self._new_link, peer_pid)
         assert isinstance(link, ServerLink)
         return link
+    def _write_status_file(self, addresses: list[str]) -> None:
+        """The file `lanerpc ps` reads (rpc._ps), in our private directory. A server
+        that can't have one serves all the same; ps just won't list it."""
+        if self._grpc is not None and self._grpc.bound:
+            addresses = addresses + [f"grpc://{a}" for a in self._grpc.addresses()]
+        try:
+            assert self._loop is not None
+            self._status_file = _ps.StatusFile(self._lanes.private_directory(), addresses,
+                                               self._options.lanes, self._stats, self._loop)
+        except OSError as exc:
+            log.debug("lanerpc: no status file for lanerpc ps (%s)", exc)
 
     def _new_link(self, negotiator: _lanes.Negotiator) -> ServerLink:
         return ServerLink(self, self._options, negotiator)
@@ -669,6 +687,9 @@ class Server(aio.Server):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
             except (asyncio.TimeoutError, Exception):
                 pass
+        if self._status_file is not None:
+            self._status_file.close()
+            self._status_file = None
         self._lanes.close()
         if self._refusal_timer is not None:
             self._log_refusals(None)      # the count so far, rather than never
@@ -750,12 +771,12 @@ class Server(aio.Server):
         if handler is None:
             conn.end_stream(sid, _C.UNIMPLEMENTED.value[0], "Method not found!")
             link.flush_soon()
-            self._stats.call_ended(link.lane or "?", _C.UNIMPLEMENTED.value[0])
+            self._stats.call_ended(link.lane or "?", _C.UNIMPLEMENTED.value[0], link)
             return
         if self._max_rpcs is not None and self._active >= self._max_rpcs:
             conn.end_stream(sid, _C.RESOURCE_EXHAUSTED.value[0], "Concurrent RPC limit exceeded!")
             link.flush_soon()
-            self._stats.call_ended(link.lane or "?", _C.RESOURCE_EXHAUSTED.value[0])
+            self._stats.call_ended(link.lane or "?", _C.RESOURCE_EXHAUSTED.value[0], link)
             return
         self._active += 1
         call = ServicerContext(self, link, sid, ev.method, ev.timeout, ev.metadata, handler)
@@ -776,6 +797,17 @@ class Server(aio.Server):
             self._active -= 1
         call._link.calls.pop(call._sid, None)
         call._link.call_ended()
+
+
+def _ps_address(kind: str, sock: socket.socket) -> str:
+    """A bound socket's address as a target names it, for lanerpc ps."""
+    name = sock.getsockname()
+    if kind == "unix":
+        if isinstance(name, bytes):      # an abstract socket: a leading NUL
+            return "unix-abstract:" + name[1:].decode(errors="replace")
+        return f"unix:{name}"
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _GrpcSide:

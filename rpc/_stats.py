@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rpc._status import status_code
 
@@ -21,24 +21,43 @@ class Stats:
         self.codes: collections.Counter[str] = collections.Counter()
         self._closed_bytes = [0, 0]
         self._live: set[Link] = set()
+        self._per_link: dict[object, list[int]] = {}   # by link    # calls ended [OK, not OK], while open
+        # Told of every change (the server's status file for `lanerpc ps`: rpc._ps).
+        self.on_change: Callable[[], None] | None = None
 
     def connection_opened(self, link: Link) -> None:
         lane = link.lane or "?"
         self.connections[lane] += 1
         self.connections_total[lane] += 1
         self._live.add(link)
+        self._per_link[link] = [0, 0]
+        if self.on_change is not None:
+            self.on_change()
 
     def connection_closed(self, link: Link) -> None:
+        self._per_link.pop(link, None)
         if link in self._live:
             self._live.discard(link)
             self.connections[link.lane or "?"] -= 1
             self._closed_bytes[0] += link.bytes_in
             self._closed_bytes[1] += link.bytes_out
+            if self.on_change is not None:
+                self.on_change()
 
-    def call_ended(self, lane: str, code: int) -> None:
+    def call_ended(self, lane: str, code: int, link: object = None) -> None:
         self.calls[lane] += 1
         if code:
             self.codes[status_code(code).name] += 1
+        counts = self._per_link.get(link) if link is not None else None
+        if counts is not None:
+            counts[1 if code else 0] += 1
+        if self.on_change is not None:
+            self.on_change()
+
+    def calls_of(self, link: object) -> tuple[int, int]:
+        """Calls ended on an open connection: (OK, not OK)."""
+        ok, failed = self._per_link.get(link, (0, 0))
+        return ok, failed
 
     def snapshot(self) -> dict[str, Any]:
         bytes_in = self._closed_bytes[0] + sum(link.bytes_in for link in self._live)

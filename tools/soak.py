@@ -30,7 +30,6 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import grpc  # noqa: E402
 
@@ -157,10 +156,10 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="lanerpc-soak-") as directory:
-        spec = {"server": "_bench_rpc:serve_lanerpc",
+        spec = {"server": "rpc._bench._rpc:serve_lanerpc",
                 "args": {"unix_path": os.path.join(directory, "echo.sock")}}
         server = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "tools", "_bench_server.py"), json.dumps(spec)],
+            [sys.executable, "-m", "rpc._bench._server", json.dumps(spec)], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None

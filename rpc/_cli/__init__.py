@@ -14,7 +14,7 @@ from rpc._cli._common import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 # The subcommands, in the order ``lanerpc --help`` lists them: each is the module
 # rpc._cli.<name> (a name that is a Python builtin gets a "_": list -> list_).
-COMMANDS = ("list", "describe", "call", "health", "serve")
+COMMANDS = ("list", "describe", "call", "health", "serve", "bench", "ps", "stats")
 _MODULES = {"list": "list_"}
 
 EPILOG = """\

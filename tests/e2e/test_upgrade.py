@@ -135,7 +135,7 @@ async def test_directory_of_a_server_killed_just_now_is_swept_at_once(runtime_di
     removes the directory, young as it is."""
     async with ServerProc("--address", "127.0.0.1:0") as killed:
         old_dir = os.path.dirname(killed.info["upgrade_path"])
-        assert sorted(os.listdir(old_dir)) == ["lock", "up.sock"]
+        assert sorted(os.listdir(old_dir)) == ["lock", "server.json", "up.sock"]
         killed.signal(signal.SIGKILL)
         assert await killed.wait(10) == -signal.SIGKILL
     assert os.path.exists(old_dir)

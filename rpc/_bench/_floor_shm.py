@@ -1,8 +1,8 @@
-"""floor-shm: the shared-memory floor, as a row of tools/bench.py.
+"""floor-shm: the shared-memory floor, as a row of rpc/_bench/_run.py.
 
-The measurement itself is tools/_bench_shm_floor.py's ``run_floor`` (two processes, a
+The measurement itself is rpc/_bench/_shm_floor.py's ``run_floor`` (two processes, a
 shared segment, POSIX semaphores); this file only adapts it to the bench's registry.
-It is a self-measuring subject (see tools/_bench_core.py): ``run_floor`` starts its own
+It is a self-measuring subject (see rpc/_bench/_core.py): ``run_floor`` starts its own
 child process, because both sides must map the same segment.
 
 Kind "lane": each side runs an event loop over the lane's own ShmTransport and echoes
@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from typing import Awaitable, Callable
 
-from _bench_core import Config, Subject, register
+from rpc._bench._core import Config, Subject, register
 
 KIND = "uvloop-lane" if importlib.util.find_spec("uvloop") is not None else "lane"
 
 
-def _measure_kind(kind: str):
+def _measure_kind(kind: str) -> Callable[[Config], Awaitable[dict[str, float]]]:
     async def measure(cfg: Config) -> dict[str, float]:
         # Imported here, not at the top: if the shm transport does not import yet, the
         # row says "n/a: <why>" and the rest of the run goes on.
-        from _bench_shm_floor import run_floor
+        from rpc._bench._shm_floor import run_floor
 
         # run_floor blocks (it drives its own child process): keep it off our loop.
         result = await asyncio.to_thread(run_floor, kind, cfg.calls)
@@ -39,7 +40,7 @@ def _measure_kind(kind: str):
 
 # The floor the lane is compared with: the same wake-up strategy (waiter thread + loop).
 register(Subject(
-    name="floor-shm", label=f"floor: shm ring + semaphores, {KIND} (tools/_bench_shm_floor.py)",
+    name="floor-shm", label=f"floor: shm ring + semaphores, {KIND} (rpc/_bench/_shm_floor.py)",
     family="floor", lane="shm", measure=_measure_kind(KIND),
 ))
 # The bare ping-pongs with no event loop: both sides block on the semaphore, or spin first.

@@ -1,4 +1,4 @@
-"""The socket floors of tools/bench.py: a bare event-loop echo over TCP and a Unix socket.
+"""The socket floors of rpc/_bench/_run.py: a bare event-loop echo over TCP and a Unix socket.
 
 No RPC, no protobuf: messages are a 4-byte big-endian length and the bytes, and the
 server sends back every complete message it has. This is as fast as a socket lane can
@@ -28,7 +28,7 @@ import socket
 import struct
 from typing import Any, cast
 
-from _bench_core import Ready, ServeResult, Subject, register
+from rpc._bench._core import Ready, ServeResult, Subject, register
 
 LENGTH = struct.Struct(">I")
 DRAIN_TIMEOUT = 30.0
@@ -266,14 +266,14 @@ async def connect_unix(ready: Ready) -> FloorClient:
 
 register(Subject(
     name="floor-tcp", label="floor: bare event-loop echo, TCP", family="floor", lane="tcp",
-    server="_bench_floor_sock:serve", server_args={"transport": "tcp"}, connect=connect_tcp,
+    server="rpc._bench._floor_sock:serve", server_args={"transport": "tcp"}, connect=connect_tcp,
 ))
 register(Subject(
     name="floor-unix", label="floor: bare event-loop echo, Unix socket", family="floor", lane="unix",
-    server="_bench_floor_sock:serve", server_args={"transport": "unix"}, connect=connect_unix,
+    server="rpc._bench._floor_sock:serve", server_args={"transport": "unix"}, connect=connect_unix,
 ))
 register(Subject(
     name="floor-veth-tcp", label="floor: bare event-loop echo, TCP over veth to another netns",
-    family="floor", lane="tcp", server="_bench_floor_sock:serve", server_args={"transport": "tcp"},
+    family="floor", lane="tcp", server="rpc._bench._floor_sock:serve", server_args={"transport": "tcp"},
     connect=connect_tcp, netns=True, reference="grpc-veth-tcp",
 ))

@@ -1,9 +1,9 @@
-"""The server process of tools/bench.py: ``python tools/_bench_server.py SPEC_JSON``.
+"""The server process of the bench: ``python -m rpc._bench._server SPEC_JSON``.
 
 SPEC_JSON is ``{"server": "module:function", "args": {...}}``; the function (see
-tools/_bench_core.py) starts a server and returns what the client needs to reach it.
+rpc/_bench/_core.py) starts a server and returns what the client needs to reach it.
 This process prints exactly one JSON line on stdout: that ``ready`` dict once the server
-listens, or ``{"error": "..."}`` if it could not start (tools/bench.py turns that into an
+listens, or ``{"error": "..."}`` if it could not start (rpc/_bench/_run.py turns that into an
 "n/a" row instead of failing the run).
 
 It stops gracefully (the subject's own ``stop``, so lanerpc removes its upgrade socket
@@ -22,8 +22,6 @@ import signal
 import sys
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # examples.echo, rpc (this file's own directory is already on the path)
 
 STOP_TIMEOUT = 5.0
 

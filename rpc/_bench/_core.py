@@ -1,21 +1,21 @@
-"""The vocabulary shared by tools/bench.py, its server process and its subject modules.
+"""The vocabulary shared by rpc/_bench/_run.py, its server process and its subject modules.
 
 A *subject* is one implementation under test (one row of the table): how to start its
-server (run in a separate process by tools/_bench_server.py) and how to connect a client
+server (run in a separate process by rpc/_bench/_server.py) and how to connect a client
 to it (in the bench process). Every subject offers the same client interface, so the
-measurements in tools/bench.py are written once and are the same for all rows.
+measurements in rpc/_bench/_run.py are written once and are the same for all rows.
 
 Subjects register themselves when their module is imported:
 
-* tools/_bench_rpc.py          grpc.aio and lanerpc over the Echo service
-* tools/_bench_floor_*.py      the floors: the fastest bare echo on each lane, no RPC on top.
+* rpc/_bench/_rpc.py          grpc.aio and lanerpc over the Echo service
+* rpc/_bench/_floor_*.py      the floors: the fastest bare echo on each lane, no RPC on top.
                                bench.py imports every file matching this pattern, so a new
                                floor (e.g. shared memory) is one new file that calls
                                ``register(Subject(family="floor", lane="shm", ...))``.
 
 Adding a floor
 --------------
-Write ``tools/_bench_floor_<name>.py`` with
+Write ``rpc/_bench/_floor_<name>.py`` with
 
 * ``async def serve(args: dict) -> ServeResult`` running in the server process: start
   listening, return ``(ready, stop)`` where ``ready`` is a JSON-able dict handed to the
@@ -25,13 +25,13 @@ Write ``tools/_bench_floor_<name>.py`` with
   and whatever the subject's ``server_args`` added.
 * ``async def connect(ready: dict) -> Client`` running in the bench process.
 * a call ``register(Subject(name="floor-<lane>", family="floor", lane="<lane>",
-  server="_bench_floor_<name>:serve", connect=connect, ...))`` at import.
+  server="rpc._bench._floor_<name>:serve", connect=connect, ...))`` at import.
 
 The floor whose ``lane`` equals the lane a lanerpc row ended on is that row's reference.
 
 Self-measuring subjects
 -----------------------
-A subject that runs its own processes (e.g. the shm floor of tools/_bench_shm_floor.py,
+A subject that runs its own processes (e.g. the shm floor of rpc/_bench/_shm_floor.py,
 which needs its two sides to share a segment) gives ``measure`` instead of ``server`` and
 ``connect``: ``async def measure(cfg: Config) -> dict[str, float]`` returns any of the
 figures (``unary_p50_us``, ``unary_p99_us``, ``calls_per_s``, ``stream_msgs_per_s``,
@@ -58,7 +58,7 @@ Ready = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """How much to measure (tools/bench.py has the full and the --quick settings)."""
+    """How much to measure (rpc/_bench/_run.py has the full and the --quick settings)."""
 
     warmup_calls: int       # unary calls before the timed ones (connection, upgrade, caches)
     calls: int              # timed unary calls, one at a time
@@ -117,17 +117,17 @@ class Subject:
     name: str                    # the row's key, used by --only: "grpc-tcp", "floor-unix"...
     label: str                   # what the row says in words
     family: str                  # "grpc", "lanerpc" or "floor"
-    # Either a server and a client, measured by tools/bench.py...
-    server: str | None = None    # "module:function" run by tools/_bench_server.py
+    # Either a server and a client, measured by rpc/_bench/_run.py...
+    server: str | None = None    # "module:function" run by rpc/_bench/_server.py
     connect: Callable[[Ready], Awaitable[Client]] | None = None
     server_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     # ... or a subject that measures itself (see "Self-measuring subjects" above).
     measure: Callable[[Config], Awaitable[dict[str, float]]] | None = None
     lane: str | None = None      # the lane it uses, when fixed (None: ask the client)
     # The server runs in a network namespace of its own, reached over a veth pair (see
-    # tools/_bench_netns.py); its ``args`` get ``host``, the address to listen on.
+    # rpc/_bench/_netns.py); its ``args`` get ``host``, the address to listen on.
     netns: bool = False
-    # The row its ratios are taken against (None: tools/bench.py's REFERENCE): a row
+    # The row its ratios are taken against (None: rpc/_bench/_run.py's REFERENCE): a row
     # across namespaces is compared with grpc.aio across the same namespaces.
     reference: str | None = None
 

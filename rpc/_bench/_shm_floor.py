@@ -22,11 +22,11 @@ Prefix a loop kind with ``uvloop-`` (``uvloop-thread``, ``uvloop-lane``...) for 
 ``same_cpu=True`` pins both processes to one CPU, where spinning must give up. Each
 result also has the CPU time both processes spent per round trip (all threads).
 
-    python tools/_bench_shm_floor.py                 # every kind, 20000 round trips each
-    python tools/_bench_shm_floor.py -n 5000 --rounds 7   # each round, then the medians
-    python tools/_bench_shm_floor.py -n 5000 block spin --same-cpu
+    python -m rpc._bench._shm_floor                 # every kind, 20000 round trips each
+    python -m rpc._bench._shm_floor -n 5000 --rounds 7   # each round, then the medians
+    python -m rpc._bench._shm_floor -n 5000 block spin --same-cpu
 
-``run_floor(kind, n)`` is what tools/bench.py calls (from a worker thread is fine); it
+``run_floor(kind, n)`` is what rpc/_bench/_run.py calls (from a worker thread is fine); it
 returns p50/p99 in microseconds.
 """
 
@@ -47,14 +47,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import posix_ipc
 
-import posix_ipc  # noqa: E402
+from rpc.transports._ring import StoreLoadFence
+from rpc.transports.shm import AdaptiveSpin, ShmOffer, ShmSegment, ShmTransport
 
-from rpc.transports._ring import StoreLoadFence  # noqa: E402
-from rpc.transports.shm import AdaptiveSpin, ShmOffer, ShmSegment, ShmTransport  # noqa: E402
+# The directory rpc is imported from: the child process imports the same one.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 __all__ = ("KINDS", "run_floor")
 
@@ -389,7 +388,7 @@ class _Echo(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-def _lane_options(kind: str) -> dict[str, float]:
+def _lane_options(kind: str) -> dict[str, Any]:
     return {"loop_spin_us": 0.0} if kind.endswith("-nospin") else {}
 
 
@@ -416,7 +415,8 @@ async def _lane_parent(segment: ShmSegment, control: socket.socket, kind: str,
         transport.close()
         await asyncio.wait_for(protocol.lost, 10)
     # Its statistics: the waiter's spin, or the loop's.
-    return samples, transport._spin if kind.endswith("-spin") else transport._loop_spin
+    spin: AdaptiveSpin = getattr(transport, "_spin" if kind.endswith("-spin") else "_loop_spin")
+    return samples, spin
 
 
 async def _lane_child(offer: ShmOffer, control: socket.socket, kind: str) -> None:
@@ -459,8 +459,10 @@ def run_floor(kind: str, n: int = 20000, *, payload: int = 100, same_cpu: bool =
 
 def _spawn(args: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(args)],
+        [sys.executable, "-m", "rpc._bench._shm_floor", "--child", json.dumps(args)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, pass_fds=pass_fds,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [_PACKAGE_PARENT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])},
     )
 
 

@@ -1,6 +1,6 @@
-"""The RPC subjects of tools/bench.py: grpc.aio and lanerpc serving the same Echo service.
+"""The RPC subjects of rpc/_bench/_run.py: grpc.aio and lanerpc serving the same Echo service.
 
-Both sides use the generated code in examples/echo untouched, and lanerpc is driven
+Both sides use the generated code of examples/echo (a copy ships here) untouched, and lanerpc is driven
 exactly as a grpc.aio user would drive it; only the module (``grpc.aio`` or ``rpc``)
 and the options differ between rows.
 
@@ -16,8 +16,8 @@ from typing import Any, AsyncIterator
 
 import grpc
 
-from _bench_core import SIZE_OPTIONS, Ready, ServeResult, Subject, register
-from examples.echo import echo_pb2, echo_pb2_grpc
+from rpc._bench._core import SIZE_OPTIONS, Ready, ServeResult, Subject, register
+from rpc._bench import echo_pb2, echo_pb2_grpc
 
 EchoMessage = echo_pb2.EchoMessage
 
@@ -46,7 +46,7 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):
 
 
 # ---------------------------------------------------------------------------- servers
-# (these run in the server process, see tools/_bench_server.py)
+# (these run in the server process, see rpc/_bench/_server.py)
 
 
 async def serve_grpc(args: dict[str, Any]) -> ServeResult:
@@ -95,12 +95,11 @@ async def serve_lanerpc_for_grpc(args: dict[str, Any]) -> ServeResult:
 
 
 def _tls_server_pems() -> tuple[bytes, bytes, bytes]:
-    """(CA, server key, server chain): test certificates made now (needs the
-    ``cryptography`` package of the dev extras)."""
-    from tests._tls import certs
+    """(CA, server key, server chain): certificates made now (needs the
+    ``cryptography`` package)."""
+    from rpc._bench._certs import server_pems
 
-    made = certs()
-    return made.ca, made.server.key, made.server.cert
+    return server_pems()
 
 
 async def serve_grpc_tls(args: dict[str, Any]) -> ServeResult:
@@ -246,50 +245,50 @@ def _lanerpc_connector(dial: str, lanes: str | None) -> Any:
 
 register(Subject(
     name="grpc-tcp", label="grpc.aio, TCP 127.0.0.1", family="grpc", lane="tcp",
-    server="_bench_rpc:serve_grpc", server_args={"transport": "tcp"}, connect=connect_grpc_tcp,
+    server="rpc._bench._rpc:serve_grpc", server_args={"transport": "tcp"}, connect=connect_grpc_tcp,
 ))
 register(Subject(
     name="grpc-unix", label="grpc.aio, Unix socket", family="grpc", lane="unix",
-    server="_bench_rpc:serve_grpc", server_args={"transport": "unix"}, connect=connect_grpc_unix,
+    server="rpc._bench._rpc:serve_grpc", server_args={"transport": "unix"}, connect=connect_grpc_unix,
 ))
 register(Subject(
     name="lanerpc-tcp", label="lanerpc, lanes=tcp, dial 127.0.0.1", family="lanerpc", lane="tcp",
-    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", "tcp"),
+    server="rpc._bench._rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", "tcp"),
 ))
 register(Subject(
     name="lanerpc-unix", label="lanerpc, lanes=unix,tcp, dial unix:", family="lanerpc", lane="unix",
-    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "unix,tcp"),
+    server="rpc._bench._rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "unix,tcp"),
 ))
 # The same-host upgrade to the Unix socket: dial TCP, allow unix and tcp.
 register(Subject(
     name="lanerpc-tcp2unix", label="lanerpc, lanes=unix,tcp, dial 127.0.0.1 (upgraded)",
     family="lanerpc", lane="unix",
-    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", "unix,tcp"),
+    server="rpc._bench._rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", "unix,tcp"),
 ))
 # The product: dial TCP with nothing configured and let the channel find the fastest lane.
 # Its lane is whatever the channel reports (lane=None), and its floor follows that lane.
 register(Subject(
     name="lanerpc-upgraded", label="lanerpc, default lanes, dial 127.0.0.1", family="lanerpc",
-    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", None),
+    server="rpc._bench._rpc:serve_lanerpc", connect=_lanerpc_connector("tcp", None),
 ))
 register(Subject(
     name="lanerpc-shm", label="lanerpc, lanes=shm,unix,tcp, dial unix:", family="lanerpc", lane="shm",
-    server="_bench_rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "shm,unix,tcp"),
+    server="rpc._bench._rpc:serve_lanerpc", connect=_lanerpc_connector("unix", "shm,unix,tcp"),
 ))
 # TLS on TCP: grpc.aio's (grpcio's TLS) and lanerpc's own TLS lane, same certificates.
 register(Subject(
     name="grpc-tls", label="grpc.aio, TLS over TCP 127.0.0.1", family="grpc", lane="tcp",
-    server="_bench_rpc:serve_grpc_tls", connect=connect_grpc_tls,
+    server="rpc._bench._rpc:serve_grpc_tls", connect=connect_grpc_tls,
 ))
 register(Subject(
     name="lanerpc-tls", label="lanerpc, TLS lane (lanes=tcp), dial 127.0.0.1", family="lanerpc",
-    lane="tcp", server="_bench_rpc:serve_lanerpc_tls", connect=_lanerpc_tls_connector("tcp"),
+    lane="tcp", server="rpc._bench._rpc:serve_lanerpc_tls", connect=_lanerpc_tls_connector("tcp"),
     reference="grpc-tls",
 ))
 # A TLS channel on the server's host upgrades like any other (to shm by default).
 register(Subject(
     name="lanerpc-tls-upgraded", label="lanerpc, TLS, default lanes, dial 127.0.0.1",
-    family="lanerpc", server="_bench_rpc:serve_lanerpc_tls",
+    family="lanerpc", server="rpc._bench._rpc:serve_lanerpc_tls",
     connect=_lanerpc_tls_connector(None), reference="grpc-tls",
 ))
 # grpc.aio clients of a lanerpc server: on its grpc:// port (the inner grpcio server's own
@@ -297,30 +296,30 @@ register(Subject(
 # is the grpc:// port of a server with lanerpc.grpc_on_lanerpc_ports off.
 register(Subject(
     name="grpc-to-lanerpc-port", label="grpc.aio client -> lanerpc port (spliced)", family="grpc",
-    lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc", server_args={"port": "lanerpc"},
+    lane="tcp", server="rpc._bench._rpc:serve_lanerpc_for_grpc", server_args={"port": "lanerpc"},
     connect=connect_grpc_tcp,
 ))
 register(Subject(
     name="grpc-to-grpc-port", label="grpc.aio client -> grpc:// port", family="grpc",
-    lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc", server_args={"port": "grpc"},
+    lane="tcp", server="rpc._bench._rpc:serve_lanerpc_for_grpc", server_args={"port": "grpc"},
     connect=connect_grpc_tcp,
 ))
 register(Subject(
     name="grpc-to-grpc-port-solo", label="grpc.aio client -> grpc:// port, one-port off",
-    family="grpc", lane="tcp", server="_bench_rpc:serve_lanerpc_for_grpc",
+    family="grpc", lane="tcp", server="rpc._bench._rpc:serve_lanerpc_for_grpc",
     server_args={"port": "grpc", "one_port": 0}, connect=connect_grpc_tcp,
 ))
-# Across two network namespaces joined by a veth pair (tools/_bench_netns.py): the server
+# Across two network namespaces joined by a veth pair (rpc/_bench/_netns.py): the server
 # in a namespace made for the round, the client here dialling its veth address. lanerpc
 # keeps to tcp: with the default lanes it would prove the same host (the namespaces
 # share the filesystem) and move to shm, which is not what another machine would get.
 register(Subject(
     name="grpc-veth-tcp", label="grpc.aio, TCP over veth to another netns", family="grpc",
-    lane="tcp", server="_bench_rpc:serve_grpc", server_args={"transport": "tcp"},
+    lane="tcp", server="rpc._bench._rpc:serve_grpc", server_args={"transport": "tcp"},
     connect=connect_grpc_tcp, netns=True, reference="grpc-veth-tcp",
 ))
 register(Subject(
     name="lanerpc-veth-tcp", label="lanerpc, lanes=tcp, over veth to another netns",
-    family="lanerpc", lane="tcp", server="_bench_rpc:serve_lanerpc",
+    family="lanerpc", lane="tcp", server="rpc._bench._rpc:serve_lanerpc",
     connect=_lanerpc_connector("tcp", "tcp"), netns=True, reference="grpc-veth-tcp",
 ))
