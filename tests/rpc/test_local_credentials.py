@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 import rpc
+from rpc import _resolver
 from examples.echo import echo_pb2_grpc
 from tests._support import Echo, msg, serve, within
 from tests.rpc.test_grpc_edges import every_call_kind
@@ -171,3 +172,26 @@ async def test_a_local_tcp_port_turns_away_a_peer_not_on_loopback():
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "loopback peers only" in info.value.details()
         assert echo.started_calls == 1
+
+
+async def test_a_local_tcp_channel_checks_the_address_a_name_resolved_to(monkeypatch):
+    """A name is not judged by its spelling: the address it resolved to is checked
+    once connected, before the HELLO, and a non-loopback one fails the call."""
+    address = _own_non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address")
+
+    async def lookup(host: str, port: int):
+        assert host == "elsewhere.test"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(_resolver, "_system_lookup", lookup)
+    echo = Echo()
+    async with serve(echo, address="0.0.0.0:0") as served:
+        channel = served.keep(rpc.secure_channel(f"elsewhere.test:{served.port}",
+                                                 rpc.local_channel_credentials()))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await within(echo_pb2_grpc.EchoStub(channel).Unary(msg(), timeout=5))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loopback peers only" in info.value.details()
+        assert echo.started_calls == 0
