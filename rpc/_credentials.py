@@ -248,19 +248,60 @@ def _pairs(items: object) -> list[tuple[str, object]]:
             if isinstance(item, tuple) and len(item) == 2]
 
 
+# grpc's keys for each kind of subject alternative name, by getpeercert()'s kinds.
+_SAN_KEYS = {"DNS": "peer_dns", "URI": "peer_uri", "email": "peer_email", "IP Address": "peer_ip"}
+SPIFFE_ID = "peer_spiffe_id"
+
+
+def _san_value(kind: str, value: object) -> bytes:
+    """A SAN as grpc spells it: an IP address in its short form (getpeercert() writes
+    IPv6 ones out in full), the others as they are."""
+    text = str(value)
+    if kind == "IP Address":
+        with contextlib.suppress(ValueError):
+            text = str(ipaddress.ip_address(text.strip()))
+    return text.encode()
+
+
+def _spiffe_id(uris: list[bytes]) -> bytes | None:
+    """The peer's SPIFFE ID, as grpc finds it: its one URI SAN, when that is one
+    (``spiffe://`` trust domain of at most 255 bytes, a path, 2048 bytes at most)."""
+    if len(uris) != 1:
+        return None
+    uri = uris[0]
+    parts = uri.split(b"/")
+    if (not uri.startswith(b"spiffe://") or len(uri) > 2048 or len(parts) < 4
+            or not parts[2] or len(parts[2]) > 255 or not parts[3]):
+        return None
+    return uri
+
+
 def peer_properties(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, list[bytes]]:
     """A TLS connection's auth context, with grpc's keys: ``transport_security_type``
-    ``ssl``, ``security_level``, and for a verified client certificate its common
-    name, subject alternative names and PEM."""
+    ``ssl``, ``security_level``, ``ssl_tls_version``, ``ssl_session_reused``, and for
+    a verified client certificate its common name, subject alternative names (all, and
+    by kind: ``peer_dns``, ``peer_uri``, ``peer_email``, ``peer_ip``, ``peer_spiffe_id``)
+    and PEM."""
     props: dict[str, list[bytes]] = {
         SECURITY_TYPE: [b"ssl"],
         SECURITY_LEVEL: [b"TSI_PRIVACY_AND_INTEGRITY"],
+        "ssl_session_reused": [b"true" if ssl_object.session_reused else b"false"],
     }
+    version = ssl_object.version()
+    if version:
+        props["ssl_tls_version"] = [version.encode()]
     cert = ssl_object.getpeercert()      # a dict only when the peer's cert was verified
     if not cert:
         return props
-    names = [str(value).encode() for kind, value in _pairs(cert.get("subjectAltName", ()))
-             if kind in ("DNS", "IP Address", "URI", "email")]
+    names: list[bytes] = []
+    for kind, value in _pairs(cert.get("subjectAltName", ())):
+        if kind in _SAN_KEYS:
+            name = _san_value(kind, value)
+            names.append(name)
+            props.setdefault(_SAN_KEYS[kind], []).append(name)
+    spiffe = _spiffe_id(props.get("peer_uri", []))
+    if spiffe is not None:
+        props[SPIFFE_ID] = [spiffe]
     for rdn in cert.get("subject", ()):
         for key, value in _pairs(rdn):
             if key == "commonName":
