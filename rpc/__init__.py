@@ -81,7 +81,8 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
     See README, "TLS on lanerpc's own lane"."""
     plain, rest = _grpc.strip_scheme(target)
     inner = credentials.channel if isinstance(credentials, CompositeChannelCredentials) else credentials
-    ours = isinstance(inner, SslChannelCredentials) or _credentials.local_connect_type(inner, target) is not None
+    ours = (isinstance(inner, SslChannelCredentials)
+            or _credentials.local_connect_type(inner, target) is not None)
     if plain or _grpc.wants_grpc(options) or not ours:
         if not plain and not _grpc.wants_grpc(options):
             _log.debug("lanerpc: secure_channel(%s) with grpc's credentials: a grpcio channel "

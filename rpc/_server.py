@@ -489,10 +489,11 @@ class Server(aio.Server):
             raise RuntimeError(str(exc)) from None
         wanted = "unix" if connect_type is grpc.LocalConnectionType.UDS else "tcp"
         if lane != wanted:
+            serves = "unix: addresses" if wanted == "unix" else "TCP addresses"
             raise RuntimeError(
                 f"Failed to bind to address {address}: local_server_credentials("
-                f"{connect_type.name}) serves {'unix: addresses' if wanted == 'unix' else 'TCP addresses'} "
-                f"only (UDS is for unix:, LOCAL_TCP for loopback TCP)")
+                f"{connect_type.name}) serves {serves} only (UDS is for unix:, LOCAL_TCP "
+                f"for loopback TCP)")
         before = len(self._pending_sockets)
         port = self.add_insecure_port(address)
         if lane == "tcp":
