@@ -14,7 +14,7 @@ from concurrent import futures
 import grpc
 from grpc.aio import AioRpcError, EOF, Metadata
 
-from rpc import _compression, _grpc, _options
+from rpc import _compression, _credentials, _grpc, _options
 from rpc._channel import (
     Channel,
     StreamStreamCall,
@@ -32,8 +32,12 @@ from rpc._call_credentials import (
 )
 from rpc._context import ServicerContext
 from rpc._credentials import (
+    LocalChannelCredentials,
+    LocalServerCredentials,
     SslChannelCredentials,
     SslServerCredentials,
+    local_channel_credentials,
+    local_server_credentials,
     ssl_channel_credentials,
     ssl_server_credentials,
 )
@@ -74,10 +78,15 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
     lane, keeping its TLS identity, unless ``lanerpc.lanes`` is ``tcp``. With grpc's own
     credentials objects, or a ``grpc://`` target or the option ``("lanerpc.protocol",
     "grpc")``: gRPC over TLS through grpcio (a :class:`GrpcChannel`), to any gRPC server.
+    With local credentials (``rpc.local_channel_credentials(...)`` or grpc's): a
+    plaintext lanerpc :class:`Channel` that dials only local peers (a ``unix:`` target,
+    or loopback addresses), where call credentials are allowed.
     See README, "TLS on lanerpc's own lane"."""
     plain, rest = _grpc.strip_scheme(target)
     inner = credentials.channel if isinstance(credentials, CompositeChannelCredentials) else credentials
-    if plain or _grpc.wants_grpc(options) or not isinstance(inner, SslChannelCredentials):
+    ours = (isinstance(inner, SslChannelCredentials)
+            or _credentials.local_connect_type(inner, target) is not None)
+    if plain or _grpc.wants_grpc(options) or not ours:
         if not plain and not _grpc.wants_grpc(options):
             _log.debug("lanerpc: secure_channel(%s) with grpc's credentials: a grpcio channel "
                        "(gRPC over TLS); rpc.ssl_channel_credentials gives lanerpc's TLS lane",
@@ -105,6 +114,8 @@ __all__ = (
     "CompositeChannelCredentials",
     "EOF",
     "GrpcChannel",
+    "LocalChannelCredentials",
+    "LocalServerCredentials",
     "Metadata",
     "ProtocolError",
     "Server",
@@ -122,6 +133,8 @@ __all__ = (
     "disable_metrics",
     "enable_metrics",
     "insecure_channel",
+    "local_channel_credentials",
+    "local_server_credentials",
     "metadata_call_credentials",
     "secure_channel",
     "serve",

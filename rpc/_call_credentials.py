@@ -9,8 +9,9 @@ itself: each plugin is called on a thread of the default executor (a plugin may 
 as grpc allows), with grpc's ``AuthMetadataContext``; its metadata joins the call's.
 
 As grpc does, they are sent only where the channel is secure: a TLS channel
-(``rpc.secure_channel`` with ``rpc.ssl_channel_credentials``) or a ``unix:`` target (the
-kernel vouches for the peer). Elsewhere a call with them raises ``UsageError``.
+(``rpc.secure_channel`` with ``rpc.ssl_channel_credentials``), a channel of local
+credentials (``rpc.local_channel_credentials``), or a ``unix:`` target (the kernel
+vouches for the peer). Elsewhere a call with them raises ``UsageError``.
 """
 
 from __future__ import annotations

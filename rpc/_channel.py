@@ -877,7 +877,7 @@ class Channel(aio.Channel):
         self._secure = credentials is not None or target.startswith("unix:")
         if credentials is not None:
             self._options = _credentials.channel_options(self._options, credentials,
-                                                         parse_target(target))
+                                                         parse_target(target), target)
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

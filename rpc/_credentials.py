@@ -1,4 +1,4 @@
-"""TLS credentials that serve both lanerpc's own TCP lane and grpcio's ``grpc://`` ports.
+"""TLS and local credentials that serve both lanerpc's own lanes and grpcio's ``grpc://`` ports.
 
 grpc's credentials objects keep their keys inside grpcio's C core: nothing in Python
 can read them back to build an ``ssl.SSLContext``. So ``rpc.ssl_channel_credentials``
@@ -16,6 +16,11 @@ The contexts built here:
   ``grpc.ssl_target_name_override``) and, with ``require_client_auth``, the client's
   certificate against the given roots, during the handshake: a refused client never
   gets a connection, so no handler runs for it.
+
+``rpc.local_channel_credentials`` and ``rpc.local_server_credentials`` are grpc's
+local credentials: plaintext, but only between peers on this host (a ``unix:`` socket
+for ``UDS``; loopback addresses for ``LOCAL_TCP``), which is what makes call
+credentials acceptable on them.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ PEM_CERT = "x509_pem_cert"
 SECURITY_LEVEL = "security_level"
 
 CertificateChainPairs = Sequence[tuple[bytes, bytes]]
+
+# grpc's auth context for a peer of local credentials (grpc's local security connector:
+# the same security level for UDS and LOCAL_TCP).
+LOCAL_PROPERTIES = {SECURITY_TYPE: b"local", SECURITY_LEVEL: b"TSI_PRIVACY_AND_INTEGRITY"}
 
 
 def _pem(value: bytes | str | None, what: str) -> bytes | None:
@@ -239,19 +248,60 @@ def _pairs(items: object) -> list[tuple[str, object]]:
             if isinstance(item, tuple) and len(item) == 2]
 
 
+# grpc's keys for each kind of subject alternative name, by getpeercert()'s kinds.
+_SAN_KEYS = {"DNS": "peer_dns", "URI": "peer_uri", "email": "peer_email", "IP Address": "peer_ip"}
+SPIFFE_ID = "peer_spiffe_id"
+
+
+def _san_value(kind: str, value: object) -> bytes:
+    """A SAN as grpc spells it: an IP address in its short form (getpeercert() writes
+    IPv6 ones out in full), the others as they are."""
+    text = str(value)
+    if kind == "IP Address":
+        with contextlib.suppress(ValueError):
+            text = str(ipaddress.ip_address(text.strip()))
+    return text.encode()
+
+
+def _spiffe_id(uris: list[bytes]) -> bytes | None:
+    """The peer's SPIFFE ID, as grpc finds it: its one URI SAN, when that is one
+    (``spiffe://`` trust domain of at most 255 bytes, a path, 2048 bytes at most)."""
+    if len(uris) != 1:
+        return None
+    uri = uris[0]
+    parts = uri.split(b"/")
+    if (not uri.startswith(b"spiffe://") or len(uri) > 2048 or len(parts) < 4
+            or not parts[2] or len(parts[2]) > 255 or not parts[3]):
+        return None
+    return uri
+
+
 def peer_properties(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, list[bytes]]:
     """A TLS connection's auth context, with grpc's keys: ``transport_security_type``
-    ``ssl``, ``security_level``, and for a verified client certificate its common
-    name, subject alternative names and PEM."""
+    ``ssl``, ``security_level``, ``ssl_tls_version``, ``ssl_session_reused``, and for
+    a verified client certificate its common name, subject alternative names (all, and
+    by kind: ``peer_dns``, ``peer_uri``, ``peer_email``, ``peer_ip``, ``peer_spiffe_id``)
+    and PEM."""
     props: dict[str, list[bytes]] = {
         SECURITY_TYPE: [b"ssl"],
         SECURITY_LEVEL: [b"TSI_PRIVACY_AND_INTEGRITY"],
+        "ssl_session_reused": [b"true" if ssl_object.session_reused else b"false"],
     }
+    version = ssl_object.version()
+    if version:
+        props["ssl_tls_version"] = [version.encode()]
     cert = ssl_object.getpeercert()      # a dict only when the peer's cert was verified
     if not cert:
         return props
-    names = [str(value).encode() for kind, value in _pairs(cert.get("subjectAltName", ()))
-             if kind in ("DNS", "IP Address", "URI", "email")]
+    names: list[bytes] = []
+    for kind, value in _pairs(cert.get("subjectAltName", ())):
+        if kind in _SAN_KEYS:
+            name = _san_value(kind, value)
+            names.append(name)
+            props.setdefault(_SAN_KEYS[kind], []).append(name)
+    spiffe = _spiffe_id(props.get("peer_uri", []))
+    if spiffe is not None:
+        props[SPIFFE_ID] = [spiffe]
     for rdn in cert.get("subject", ()):
         for key, value in _pairs(rdn):
             if key == "commonName":
@@ -265,17 +315,114 @@ def peer_properties(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, list
 
 
 def identity_key(props: dict[str, list[bytes]]) -> str | None:
-    """Which key names the peer, as grpc chooses: the SANs, else the common name."""
+    """Which key names the peer, as grpc chooses: the SANs, else the common name; for
+    local credentials the transport security type (``local``)."""
     for key in (SUBJECT_ALT_NAME, COMMON_NAME):
         if props.get(key):
             return key
+    if props.get(SECURITY_TYPE) == [LOCAL_PROPERTIES[SECURITY_TYPE]]:
+        return SECURITY_TYPE
     return None
 
 
+# ------------------------------------------------------------------ local credentials
+
+
+class NotLocal(ConnectionError):
+    """A peer of a local credentials' port or channel that is not on this host."""
+
+
+class LocalChannelCredentials(grpc.ChannelCredentials):
+    """``rpc.local_channel_credentials(...)``: grpc's local channel credentials (usable
+    with grpcio, ``grpc://`` targets) that a lanerpc channel also reads."""
+
+    def __init__(self, local_connect_type: grpc.LocalConnectionType
+                 = grpc.LocalConnectionType.LOCAL_TCP) -> None:
+        self.local_connect_type = _connect_type(local_connect_type)
+        inner = grpc.local_channel_credentials(self.local_connect_type)
+        super().__init__(inner._credentials)  # type: ignore[attr-defined]  # private in the stubs
+
+
+class LocalServerCredentials(grpc.ServerCredentials):
+    """``rpc.local_server_credentials(...)``: grpc's local server credentials (usable
+    with grpcio's ports, ``grpc://`` addresses) that a lanerpc port also reads."""
+
+    def __init__(self, local_connect_type: grpc.LocalConnectionType
+                 = grpc.LocalConnectionType.LOCAL_TCP) -> None:
+        self.local_connect_type = _connect_type(local_connect_type)
+        inner = grpc.local_server_credentials(self.local_connect_type)
+        super().__init__(inner._credentials)  # type: ignore[attr-defined]  # private in the stubs
+
+
+def _connect_type(value: object) -> grpc.LocalConnectionType:
+    if not isinstance(value, grpc.LocalConnectionType):
+        raise TypeError(f"local_connect_type must be a grpc.LocalConnectionType; got {value!r}")
+    return value
+
+
+def local_channel_credentials(local_connect_type: grpc.LocalConnectionType
+                              = grpc.LocalConnectionType.LOCAL_TCP) -> LocalChannelCredentials:
+    """grpc's ``local_channel_credentials``, for lanerpc channels and grpcio's alike."""
+    return LocalChannelCredentials(local_connect_type)
+
+
+def local_server_credentials(local_connect_type: grpc.LocalConnectionType
+                             = grpc.LocalConnectionType.LOCAL_TCP) -> LocalServerCredentials:
+    """grpc's ``local_server_credentials``, for lanerpc ports and ``grpc://`` ports alike."""
+    return LocalServerCredentials(local_connect_type)
+
+
+def local_connect_type(credentials: object, target: str) -> grpc.LocalConnectionType | None:
+    """The connection type of local channel credentials, or None for other credentials.
+
+    grpc's own object (``grpc.local_channel_credentials(...)``) is recognised by its core
+    object's class but does not say which type it was made with: it is read from the
+    target (``unix:`` targets are UDS, others LOCAL_TCP), which is the one type that
+    can succeed there."""
+    if isinstance(credentials, LocalChannelCredentials):
+        return credentials.local_connect_type
+    inner = getattr(credentials, "_credentials", None)
+    if isinstance(credentials, grpc.ChannelCredentials) \
+            and type(inner).__name__ == "LocalChannelCredentials":
+        return (grpc.LocalConnectionType.UDS if target.startswith("unix")
+                else grpc.LocalConnectionType.LOCAL_TCP)
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (an IPv4-mapped one included), as grpc's
+    local credentials require of a LOCAL_TCP peer."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check_local_peer(peername: object, what: str) -> None:
+    """Raise :class:`NotLocal` unless a TCP peer (a socket's peername) is on loopback."""
+    host = peername[0] if isinstance(peername, tuple) and peername else None
+    if not isinstance(host, str) or not is_loopback(host):
+        raise NotLocal(f"{what}: local credentials (LOCAL_TCP) take loopback peers only; "
+                       f"{peername} is not one")
+
+
+def local_properties() -> dict[str, list[bytes]]:
+    """The auth context grpc's local credentials give (lanerpc adds the lane, and on the
+    unix and shm lanes the peer's pid, uid and gid)."""
+    return {key: [value] for key, value in LOCAL_PROPERTIES.items()}
+
+
 def channel_options(options: Options, credentials: grpc.ChannelCredentials,
-                    endpoints: Sequence[Endpoint]) -> Options:
-    """A lanerpc channel's options with its TLS context. Credentials lanerpc can't
-    read (grpc's own) and TLS to a ``unix:`` target are refused, not dropped."""
+                    endpoints: Sequence[Endpoint], target: str) -> Options:
+    """A lanerpc channel's options with its TLS context, or with the local credentials'
+    rule. Credentials lanerpc can't read (grpc's ssl ones), TLS to a ``unix:`` target
+    and local credentials to a target they can't reach are refused, not dropped."""
+    connect_type = local_connect_type(credentials, target)
+    if connect_type is not None:
+        return _local_options(options, connect_type, endpoints, target)
     if not isinstance(credentials, SslChannelCredentials):
         raise ValueError("a lanerpc Channel takes rpc.ssl_channel_credentials(...) (grpc's "
                          "credentials keep their keys inside grpcio: rpc.secure_channel "
@@ -289,6 +436,26 @@ def channel_options(options: Options, credentials: grpc.ChannelCredentials,
     if len(endpoints) == 1 and endpoints[0].lane == "tcp" and not _is_ip(endpoints[0].host):
         name = endpoints[0].host
     return dataclasses.replace(options, tls=credentials.client_context(), tls_server_name=name)
+
+
+def _local_options(options: Options, connect_type: grpc.LocalConnectionType,
+                   endpoints: Sequence[Endpoint], target: str) -> Options:
+    """Local credentials: plaintext, to a ``unix:`` target (UDS) or to loopback
+    addresses (LOCAL_TCP: a name is checked once resolved, when dialled)."""
+    lanes = {endpoint.lane for endpoint in endpoints}
+    if connect_type is grpc.LocalConnectionType.UDS:
+        if lanes != {"unix"}:
+            raise ValueError(f"local_channel_credentials(UDS) dials unix: targets only; "
+                             f"{target!r} is not one (LOCAL_TCP is for loopback addresses)")
+        return options
+    if lanes != {"tcp"}:
+        raise ValueError(f"local_channel_credentials(LOCAL_TCP) dials loopback TCP addresses "
+                         f"only; {target!r} is not one (UDS is for unix: targets)")
+    for endpoint in endpoints:
+        if _is_ip(endpoint.host) and not is_loopback(endpoint.host):
+            raise ValueError(f"local_channel_credentials(LOCAL_TCP) dials loopback addresses "
+                             f"only; {endpoint.host} is not one")
+    return dataclasses.replace(options, local_tcp=True)
 
 
 def _is_ip(host: str) -> bool:

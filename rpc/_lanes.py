@@ -113,7 +113,13 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
     elif options.tls is not None:
         protocol = await _dial_tls(endpoint, options, factory)
     else:
-        _, protocol = await tcp.connect(endpoint.host, endpoint.port, factory)
+        transport, protocol = await tcp.connect(endpoint.host, endpoint.port, factory)
+        if options.local_tcp:
+            try:   # as grpc's local credentials: the peer's address, once connected
+                _credentials.check_local_peer(transport.get_extra_info("peername"), str(endpoint))
+            except ConnectionError:
+                transport.abort()
+                raise
     assert isinstance(protocol, Link)
     try:
         await protocol.handshake(options.handshake_timeout)
@@ -361,6 +367,7 @@ class ServerLanes:
         self.grpc_path: str | None = None             # where the gRPC side of tcp ports listens
         self.splices: set[Splice] = set()             # gRPC clients of tcp ports, spliced
         self._tls: dict[socket.socket, ssl.SSLContext] = {}   # TLS ports' sockets
+        self._local: set[socket.socket] = set()    # local_server_credentials' TCP ports
 
     def use_tls(self, sockets: Sequence[socket.socket], context: ssl.SSLContext) -> None:
         """Serve these bound TCP sockets (add_secure_port's) with TLS: lanerpc's
@@ -369,6 +376,12 @@ class ServerLanes:
         TLS; the upgraded connection keeps the TLS peer's identity (see _UpgradeSocket)."""
         for sock in sockets:
             self._tls[sock] = context
+
+    def use_local(self, sockets: Sequence[socket.socket]) -> None:
+        """Serve these bound TCP sockets (add_secure_port's, with local credentials)
+        to loopback peers only, lanerpc's protocol only; their connections' auth
+        context is grpc's local one (and the same-host upgrade is offered)."""
+        self._local.update(sockets)
 
     @property
     def upgrade_path(self) -> str | None:
@@ -386,7 +399,7 @@ class ServerLanes:
             await self._start_upgrade(make_link, "tcp")
         # gRPC clients are sniffed on plaintext TCP ports only (TLS ones speak lanerpc).
         if grpc_side is not None and any(kind == "tcp" and sock not in self._tls
-                                         for kind, sock in sockets):
+                                         and sock not in self._local for kind, sock in sockets):
             self.grpc_path = self._grpc_socket_path()
         listeners: list[Listener] = []
         try:
@@ -398,6 +411,9 @@ class ServerLanes:
                     listeners.append(await tcp.listen(
                         sock, lambda: make_link(Negotiator(self, offer_upgrade=True, tls=True)),
                         ssl=self._tls[sock], handshake_timeout=self.options.handshake_timeout))
+                elif sock in self._local:
+                    listeners.append(await tcp.listen(
+                        sock, lambda: make_link(Negotiator(self, offer_upgrade=True, local=True))))
                 else:
                     listeners.append(await tcp.listen(
                         sock, self._tcp_factory(make_link, grpc_side)))
@@ -480,9 +496,10 @@ class Negotiator:
     granted, and what is cleaned up when the connection ends."""
 
     def __init__(self, lanes: ServerLanes, *, offer_upgrade: bool = False,
-                 upgrade_side: bool = False, tls: bool = False) -> None:
+                 upgrade_side: bool = False, tls: bool = False, local: bool = False) -> None:
         self._lanes = lanes
-        self.tls = tls                  # a TLS port's connection: see tls_properties
+        self.tls = tls                  # a TLS port's connection: see port_properties
+        self.local = local              # a local credentials' TCP port's: likewise
         self._offer_upgrade = offer_upgrade
         self._upgrade_side = upgrade_side
         self._token_id: bytes | None = None       # of the upgrade offer we made
@@ -492,10 +509,15 @@ class Negotiator:
     def admits(self, uid: int | None) -> bool:
         return self._lanes.admits(uid)
 
-    def tls_properties(self, transport: asyncio.BaseTransport) -> dict[str, list[bytes]] | None:
-        """On a TLS port: the peer's auth properties, once its ALPN is checked (a
-        ConnectionError for a client that did not ask for lanerpc's protocol). None
-        on the other ports."""
+    def port_properties(self, transport: asyncio.BaseTransport) -> dict[str, list[bytes]] | None:
+        """The peer's auth properties its port's credentials give: on a TLS port once
+        its ALPN is checked (a ConnectionError for a client that did not ask for
+        lanerpc's protocol); on a local credentials' port once it is found on loopback
+        (:class:`rpc._credentials.NotLocal` if not). None on the other ports."""
+        if self.local:
+            _credentials.check_local_peer(transport.get_extra_info("peername"),
+                                          "this port")
+            return _credentials.local_properties()
         if not self.tls:
             return None
         ssl_object = transport.get_extra_info("ssl_object")

@@ -37,8 +37,9 @@ class Link(asyncio.Protocol):
     # moved to a local lane (set by the lanes' negotiator); context.peer() reports it.
     dialled_as: str | None = None
     tls_transport = False         # the transport is the event loop's TLS (see flush)
-    # Server: the TLS client's auth properties, on a TLS port or on the local lane a
-    # TLS client upgraded to (set by the server link and the lanes' negotiator).
+    # Server: the auth properties the client's port's credentials give (TLS, or local
+    # credentials on TCP), on that port or on the local lane the client upgraded to
+    # (set by the server link and the lanes' negotiator).
     tls: dict[str, list[bytes]] | None = None
 
     def __init__(self, options: Options, *, hello: handshake_pb2.Hello | None = None,

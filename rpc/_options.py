@@ -74,6 +74,7 @@ class Options:
     tls: ssl.SSLContext | None = None
     ssl_target_name_override: str | None = None
     tls_server_name: str | None = None       # the target's host name (addresses are resolved)
+    local_tcp: bool = False                  # client: local credentials, LOCAL_TCP: loopback only
 
 
 def default_memory_budget() -> int:

@@ -65,12 +65,15 @@ class ServerLink(Link):
         server._links.add(self)
         server._stats.connection_opened(self)
         try:
-            if self.negotiator.tls:
-                self.tls = self.negotiator.tls_properties(transport)
+            self.tls = self.negotiator.port_properties(transport)
         except ConnectionError as exc:
-            # A TLS client that did not ask for lanerpc's protocol (an HTTP/2 one).
-            log.debug("lanerpc: refusing TLS connection: %s", exc)
-            self._turn_away(GoAwayCode.PROTOCOL_ERROR, str(exc), linger=1.0)
+            # A TLS client that did not ask for lanerpc's protocol (an HTTP/2 one), or
+            # a non-loopback peer of a local credentials' port (denied, as a uid the
+            # unix lane does not admit is).
+            log.debug("lanerpc: refusing connection: %s", exc)
+            code = (GoAwayCode.PERMISSION_DENIED if isinstance(exc, _credentials.NotLocal)
+                    else GoAwayCode.PROTOCOL_ERROR)
+            self._turn_away(code, str(exc), linger=1.0)
             return
         limit = self.options.max_connections
         if limit and server._counted_links >= limit:
@@ -463,6 +466,8 @@ class Server(aio.Server):
         if self._state != "new":
             raise RuntimeError("ports must be added before start()")
         plain, rest = _grpc.strip_scheme(address)
+        if not plain and isinstance(server_credentials, _credentials.LocalServerCredentials):
+            return self._add_local_port(address, server_credentials.local_connect_type)
         if plain or not isinstance(server_credentials, _credentials.SslServerCredentials):
             if not plain:
                 log.debug("lanerpc: add_secure_port(%s) with grpc's credentials: served by "
@@ -481,6 +486,27 @@ class Server(aio.Server):
         _, sockets, port = _ports.bind(address, reuse_port=self._options.so_reuseport)
         self._lanes.use_tls(sockets, context)
         self._pending_sockets.extend(("tcp", s) for s in sockets)
+        return port
+
+    def _add_local_port(self, address: str, connect_type: grpc.LocalConnectionType) -> int:
+        """A port of local credentials: plaintext lanerpc, local peers only. UDS: a
+        ``unix:`` port (its peers are local by nature); LOCAL_TCP: a TCP port whose
+        non-loopback peers are turned away before their HELLO is read."""
+        try:
+            lane = parse_server_address(address).lane
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        wanted = "unix" if connect_type is grpc.LocalConnectionType.UDS else "tcp"
+        if lane != wanted:
+            serves = "unix: addresses" if wanted == "unix" else "TCP addresses"
+            raise RuntimeError(
+                f"Failed to bind to address {address}: local_server_credentials("
+                f"{connect_type.name}) serves {serves} only (UDS is for unix:, LOCAL_TCP "
+                f"for loopback TCP)")
+        before = len(self._pending_sockets)
+        port = self.add_insecure_port(address)
+        if lane == "tcp":
+            self._lanes.use_local([sock for _, sock in self._pending_sockets[before:]])
         return port
 
     def _grpc_ports(self) -> _grpc.GrpcPorts:

@@ -17,9 +17,15 @@ from tests._support import Echo, msg, serve
 from tests._tls import CLIENT_SANS, Pem, certs
 from tests.rpc.test_grpc_edges import every_call_kind
 
-# The auth properties lanerpc's TLS lane sets, by grpc's names.
-TLS_KEYS = ("transport_security_type", "security_level", "x509_common_name",
-            "x509_subject_alternative_name", "x509_pem_cert")
+# grpc's auth properties that lanerpc's TLS lane does not set: Python's ssl does not
+# say which key exchange group was agreed, and grpc's RFC 2253 rendering of the subject
+# is not rebuilt. Every other key is compared with grpc.aio's.
+GRPC_ONLY = {"ssl_negotiated_key_exchange_group", "x509_subject"}
+
+
+def as_grpc_shows(props):
+    """An auth context without lanerpc's own keys and grpc's GRPC_ONLY ones."""
+    return {k: v for k, v in props.items() if not k.startswith("lanerpc_") and k not in GRPC_ONLY}
 
 
 class Identity(Echo):
@@ -116,8 +122,7 @@ async def test_auth_context_as_grpc_shows_it():
         seen[plain] = identity.seen
     for ours, theirs in zip(seen[False], seen[True], strict=True):
         props, key, identities = ours
-        assert {k: props[k] for k in TLS_KEYS if k in props} == \
-            {k: theirs[0][k] for k in TLS_KEYS if k in theirs[0]}
+        assert as_grpc_shows(props) == as_grpc_shows(theirs[0])
         assert (key, identities) == theirs[1:]
         assert props["lanerpc_lane"] == [b"tcp"]
     props, key, identities = seen[False][0]
@@ -125,6 +130,10 @@ async def test_auth_context_as_grpc_shows_it():
     assert props["x509_common_name"] == [b"client"]
     assert props["x509_subject_alternative_name"] == list(CLIENT_SANS)
     assert props["x509_pem_cert"][0].decode().strip() == c.client.cert.decode().strip()
+    assert props["peer_dns"] == [CLIENT_SANS[0]]
+    assert props["peer_uri"] == props["peer_spiffe_id"] == [CLIENT_SANS[1]]
+    assert props["ssl_session_reused"] == [b"false"]
+    assert props["ssl_tls_version"] == [b"TLSv1.3"]
     assert (key, identities) == ("x509_subject_alternative_name", list(CLIENT_SANS))
     assert seen[False][1][1:] == ("x509_common_name", [b"cn-only"])
 
@@ -139,8 +148,7 @@ async def test_server_only_tls_has_no_peer_identity():
                                          ).Unary(msg(), timeout=5)
         seen[plain] = identity.seen[0]
     assert seen[False][1:] == seen[True][1:] == (None, None)
-    for key in ("transport_security_type", "security_level"):
-        assert seen[False][0][key] == seen[True][0][key]
+    assert as_grpc_shows(seen[False][0]) == as_grpc_shows(seen[True][0])
 
 
 async def test_one_credentials_object_serves_lanerpc_and_grpc_ports():
@@ -367,3 +375,18 @@ async def test_a_name_target_checks_the_name_not_the_address_it_resolves_to(sche
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await echo_pb2_grpc.EchoStub(by_address).Unary(msg(), timeout=5)
         assert "127.0.0.1" in info.value.details()
+
+
+@pytest.mark.parametrize("uris,expected", [
+    ([b"spiffe://example.org/client"], b"spiffe://example.org/client"),
+    ([b"spiffe://example.org/a", b"spiffe://example.org/b"], None),   # only one URI SAN counts
+    ([b"spiffe://example.org"], None),                                 # no path
+    ([b"spiffe://example.org/"], None),
+    ([b"spiffe:///client"], None),                                     # no trust domain
+    ([b"https://example.org/client"], None),
+    ([b"spiffe://" + b"d" * 256 + b"/x"], None),                       # trust domain > 255
+    ([b"spiffe://example.org/" + b"p" * 2048], None),                  # > 2048 in all
+])
+def test_a_peer_spiffe_id_is_its_one_uri_san_when_that_is_a_spiffe_id(uris, expected):
+    from rpc import _credentials
+    assert _credentials._spiffe_id(uris) == expected
