@@ -8,7 +8,8 @@ import asyncio
 import collections
 
 from rpc._connection import MessageReceived, StreamWritable
-from rpc._stream import Stream, too_large
+from rpc._stream import _WRITES_PER_YIELD, Stream, too_large
+from tests._support import within
 from tests.wire.helpers import ConnectionPair, events_of
 
 
@@ -92,6 +93,40 @@ async def test_a_message_within_the_window_batches_and_does_not_wait() -> None:
     assert link.asked == ["flush_soon", "drain"]
     _, server_events = pair.pump()
     assert [e.data for e in events_of(server_events, MessageReceived)] == [b"hello"]
+
+
+async def test_a_writer_that_never_waits_still_lets_the_loop_run() -> None:
+    # 1000 small messages, all within the window: no write has to wait, yet another
+    # task on the same loop runs in between, about once per _WRITES_PER_YIELD writes.
+    pair = _pair()
+    side, link = await _opened(pair)
+    turns = 0
+    writing = True
+
+    async def other_task() -> None:
+        nonlocal turns
+        while writing:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.ensure_future(other_task())
+    await asyncio.sleep(0)     # the other task starts
+    started = turns
+
+    async def writer() -> None:
+        for _ in range(1000):
+            await side._send(b"m" * 10)
+
+    try:
+        await within(writer(), 10)
+    finally:
+        writing = False
+        await within(other, 10)
+    ran = turns - started
+    # At least once per 50 writes ("a few dozen"), and not once per write (a few
+    # turns more than the policy's: the bound wraps the writer in a task of its own).
+    assert 1000 // 50 <= ran <= 1000 // _WRITES_PER_YIELD + 8, ran
+    assert not side._writable
 
 
 async def test_a_message_over_the_window_waits_for_stream_writable() -> None:
