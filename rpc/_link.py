@@ -4,7 +4,13 @@
 Writes are batched: everything queued during one turn of the event loop goes
 out in one ``writelines`` (one system call), which is what makes pipelined
 streams fast; bytes produced while handling received data go out at the end
-of that ``data_received``.
+of that read.
+
+Reads are buffered (``asyncio.BufferedProtocol``): the socket lanes read straight
+into the memory the connection lends (its receive buffer, or the place of a big
+message's chunk in that message's one buffer), so no bytes object is made per
+read and a big message is copied once on its way in. Lanes that hand bytes over
+(shm, a sniffed port's first bytes) call ``data_received``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from rpc.transports._spin import AdaptiveSpin
 log = logging.getLogger("lanerpc")
 
 
-class Link(asyncio.Protocol):
+class Link(asyncio.BufferedProtocol):
     """Base of ClientLink and ServerLink: transport plumbing, handshake timer,
     flushing, keepalive. Subclasses implement ``_dispatch(events)``."""
 
@@ -106,6 +112,20 @@ class Link(asyncio.Protocol):
             self.fail(ProtocolError("no complete HELLO within the handshake timeout",
                                     GoAwayCode.HANDSHAKE_TIMEOUT))
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.receive_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_in += nbytes
+        if self._awake_until:
+            self._awake_caught = True
+        try:
+            events = self.conn.received_into(nbytes)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        self._received(events)
+
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self._awake_until:
@@ -115,6 +135,9 @@ class Link(asyncio.Protocol):
         except ProtocolError as exc:
             self.fail(exc)
             return
+        self._received(events)
+
+    def _received(self, events: list[c.Event]) -> None:
         if events:
             try:
                 self._dispatch(events)
@@ -467,7 +490,13 @@ class Link(asyncio.Protocol):
             if t is c.MessageReceived:
                 call = calls.get(ev.stream_id)
                 if call is not None:
-                    call._on_message(Compressed(ev.data, ev.encoding) if ev.encoding else ev.data,
+                    data = ev.data
+                    if type(data) is not bytes:
+                        # A big message, read straight into a buffer of its own: the
+                        # application gets bytes, as from grpc.aio (the one copy made
+                        # in user space on the way in, besides its deserializer's).
+                        data = bytes(data)
+                    call._on_message(Compressed(data, ev.encoding) if ev.encoding else data,
                                      ev.end_stream)
             elif t is c.StreamWritable:
                 call = calls.get(ev.stream_id)

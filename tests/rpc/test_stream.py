@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from rpc._connection import MessageReceived, StreamWritable
+from rpc._connection import Limits, MessageReceived, StreamWritable
 from rpc._stream import _WRITES_PER_YIELD, Stream, too_large
 from tests._support import within
 from tests.wire.helpers import ConnectionPair, events_of
@@ -130,7 +130,10 @@ async def test_a_writer_that_never_waits_still_lets_the_loop_run() -> None:
 
 
 async def test_a_message_over_the_window_waits_for_stream_writable() -> None:
-    pair = _pair()
+    # (A server that takes messages this big: over its limit it would refuse this one
+    # as soon as its size is announced.)
+    pair = ConnectionPair(server_limits=Limits(max_receive_message_length=16 * 1024 * 1024))
+    pair.handshake()
     side, link = await _opened(pair)
     big = b"x" * (pair.client.peer.stream_window * 2)
     sending = asyncio.ensure_future(side._send(big))
