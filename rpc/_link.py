@@ -492,10 +492,11 @@ class Link(asyncio.BufferedProtocol):
                 if call is not None:
                     data = ev.data
                     if type(data) is not bytes:
-                        # A big message, read straight into a buffer of its own: the
-                        # application gets bytes, as from grpc.aio (the one copy made
-                        # in user space on the way in, besides its deserializer's).
-                        data = bytes(data)
+                        # A big message, read straight into a buffer of its own: a
+                        # call (a Stream) hands it to a deserializer that parses
+                        # buffers as it is; anything else gets bytes, as from grpc.aio.
+                        big = getattr(call, "_big_message", None)
+                        data = big(data) if big is not None else bytes(data)
                     call._on_message(Compressed(data, ev.encoding) if ev.encoding else data,
                                      ev.end_stream)
             elif t is c.StreamWritable:

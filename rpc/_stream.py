@@ -30,6 +30,8 @@ import asyncio
 import collections
 from typing import Any, Protocol
 
+from google.protobuf.message import Message as _ProtoMessage
+
 from rpc import _connection as c
 from rpc import _wire
 from rpc._compression import Compressed, DecompressionError, compress, decompress
@@ -39,6 +41,14 @@ from rpc._compression import Compressed, DecompressionError, compress, decompres
 # module docstring). Each yield costs one loop turn (~2 µs); 32 messages of bidi
 # traffic are 100-300 µs of work, so the loop still runs every few hundred µs.
 _WRITES_PER_YIELD = 32
+
+
+def parses_buffers(deserializer: object) -> bool:
+    """Whether ``deserializer`` is a protobuf message class's ``FromString`` (what
+    generated code passes), which parses a bytearray or memoryview as it does bytes."""
+    owner = getattr(deserializer, "__self__", None)
+    return (getattr(deserializer, "__name__", None) == "FromString" and isinstance(owner, type)
+            and issubclass(owner, _ProtoMessage))
 
 
 def too_large(size: int, limit: int) -> str:
@@ -97,6 +107,18 @@ class Stream:
         reader = self._reader
         if reader is not None and not reader.done():
             reader.set_result(None)
+
+    def _big_message(self, data: bytearray | memoryview) -> bytes:
+        """A big message, read straight into a buffer of its own, as this call takes
+        it: that buffer when the call's deserializer parses buffers (no copy), else
+        bytes (what a grpc.aio application gets)."""
+        if parses_buffers(self._message_deserializer()):
+            return data  # type: ignore[return-value]  # parsed at once, never seen as bytes
+        return bytes(data)
+
+    def _message_deserializer(self) -> object:
+        """What parses this side's incoming messages (None: they are handed on)."""
+        return None
 
     def _wake_reader(self) -> None:
         """Input ended (``_recv_ended`` is set): a waiting reader sees it."""
