@@ -73,6 +73,7 @@ class Link(asyncio.BufferedProtocol):
         self.refused = False          # the handshake ended in a refusal (either side's)
         self._lane_answer: asyncio.Future[str] | None = None
         self._flush_scheduled = False
+        self._writer_yielding = False  # a writer let the loop turn mid-burst (see writer_yields)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -206,8 +207,20 @@ class Link(asyncio.BufferedProtocol):
             self.loop.call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
+        if self._writer_yielding and self.conn.bytes_to_send < self._BIG_WRITE:
+            # The writer goes on writing right after this turn: what it queued goes
+            # out with what it writes next (drain() writes once _BIG_WRITE are queued),
+            # not in a small write per turn, which would wake the peer per turn.
+            self._writer_yielding = False
+            self.loop.call_soon(self._scheduled_flush)
+            return
         self._flush_scheduled = False
         self.flush()
+
+    def writer_yields(self) -> None:
+        """A stream's writer lets the loop turn in the middle of a burst of writes
+        and goes on at once: the scheduled flush waits for its next writes."""
+        self._writer_yielding = True
 
     # ------------------------------------------------------------ staying awake
 

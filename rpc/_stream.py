@@ -20,8 +20,10 @@ Write policy, in one place:
 - a writer that never has to wait still lets the loop go round every
   ``_WRITES_PER_YIELD`` messages: while window remains, ``write()`` would
   otherwise never suspend, and a writer bursting thousands of messages starves
-  the loop it runs on (the scheduled flush, the reader of the answers, other
-  calls).
+  the loop it runs on (the reader of the answers, other calls; on tcp the
+  peer's answers then fill our receive window and stall on TCP's zero-window
+  probes). Its messages still go out in big writes (``Link.writer_yields``): a
+  write per turn would wake the peer per few dozen messages.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class StreamLink(Protocol):
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is full."""
+
+    def writer_yields(self) -> None:
+        """A writer lets the loop turn mid-burst; what it queued may wait for more."""
 
 
 class Stream:
@@ -229,6 +234,7 @@ class Stream:
         unyielded = self._unyielded + 1
         if unyielded >= _WRITES_PER_YIELD:
             self._unyielded = 0
+            link.writer_yields()
             await asyncio.sleep(0)
         else:
             self._unyielded = unyielded

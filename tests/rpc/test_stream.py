@@ -33,6 +33,9 @@ class RecordingLink:
     async def drain(self) -> None:
         self.asked.append("drain")
 
+    def writer_yields(self) -> None:
+        self.asked.append("writer_yields")
+
 
 class Side(Stream):
     def __init__(self) -> None:
