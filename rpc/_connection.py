@@ -523,11 +523,11 @@ class Connection:
         if stream is None:
             self._check_known(sid)
             return
+        if stream.closing:
+            return      # we ended it; what still comes is dropped (see _on_message)
         if stream.partial_size or stream.announced or stream.discarding:
             raise ProtocolError(f"message size announced in the middle of a message on stream {sid}")
         stream.state = transition(stream.state, StreamInput.RECV_MESSAGE)
-        if stream.closing:
-            return
         limit = self.limits.max_receive_message_length
         if total > limit:
             side = "SERVER" if self.role is Role.SERVER else "CLIENT"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from rpc import _wire
 from rpc._connection import Connection, Limits, MessageReceived, StreamEnded
+from rpc._proto import handshake_pb2
 from rpc._settings import MemoryBudget
 from rpc._wire import FrameDecoder, ProtocolError
 from tests.wire.helpers import CLIENT, SERVER, ConnectionPair, events_of, receive
@@ -104,19 +105,21 @@ def _size_frame(sid: int, size: int) -> bytes:
     return _wire.frame(_wire.MESSAGE, _wire.FLAG_SIZE, sid, _wire.pack_u32(size))
 
 
-def _opened_server(version: int = 2, **limits) -> Connection:
-    """A server with stream 1 open, its client speaking ``version``."""
+def _opened_server(version: int = 2, client_stream_window: int = 0, **limits) -> Connection:
+    """A server with stream 1 open, its client speaking ``version`` (and taking
+    ``client_stream_window`` bytes per stream, 0: the default)."""
     server = Connection(SERVER, Limits(**limits))
-    hello = _wire.frame(_wire.HELLO, 0, 0, _hello_payload(version))
+    hello = _wire.frame(_wire.HELLO, 0, 0, _hello_payload(version, client_stream_window))
     receive(server, _wire.MAGIC + hello)
     receive(server, _wire.frame(_wire.HEADERS, 0, 1, _wire.encode_request_headers("/s/M", 0, None)))
     server.data_to_send()
     return server
 
 
-def _hello_payload(version: int) -> bytes:
-    from rpc._proto import handshake_pb2
-    return handshake_pb2.Hello(versions=list(range(1, version + 1))).SerializeToString()
+def _hello_payload(version: int, stream_window: int = 0) -> bytes:
+    hello = handshake_pb2.Hello(versions=list(range(1, version + 1)))
+    hello.settings.initial_stream_window = stream_window
+    return hello.SerializeToString()
 
 
 def test_an_announced_size_over_the_limit_is_refused_before_anything_is_allocated():
@@ -262,3 +265,15 @@ def test_a_big_frame_is_read_into_the_place_its_sink_gives():
         decoder.buffer_updated(n)
     [(ftype, flags, sid, got)] = list(decoder.frames(sink))
     assert got.obj is home and bytes(home[1000:1000 + len(payload)]) == payload
+
+
+def test_announcements_on_a_stream_the_server_ended_are_dropped_like_its_chunks():
+    # Refused at its announcement while a response still waits for window: the
+    # stream is closing, and what the client sends before it learns is let go.
+    server = _opened_server(client_stream_window=1024, max_receive_message_length=MIB)
+    server.send_message(1, b"r" * 4096)       # over the client's window: queued
+    server.receive_data(_size_frame(1, 2 * MIB))
+    assert server.streams[1].closing
+    assert server.receive_data(_wire.frame(_wire.MESSAGE, _wire.FLAG_MORE, 1, b"x" * 10)
+                               + _wire.frame(_wire.MESSAGE, 0, 1, b"x" * 10)
+                               + _size_frame(1, 2 * MIB)) == []
