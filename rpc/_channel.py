@@ -319,7 +319,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
                     return
             self._deliver(data)
             return
-        assert type(data) is bytes
+        # (bytes; or a big message's buffer, for a deserializer that parses buffers)
+        assert not isinstance(data, _compression.Compressed)
         limit = self._config.max_response_bytes
         if limit is not None and len(data) > limit:     # the service config's, per method
             self._abandon(_C.RESOURCE_EXHAUSTED,
@@ -563,6 +564,9 @@ class _Call(Stream, Generic[_Req, _Resp]):
             return _EOF
         return self._decode(data)
 
+    def _message_deserializer(self) -> object:
+        return self._deserialize
+
     def _decode(self, data: bytes) -> _Resp:
         try:
             return self._deserialize(data)
@@ -663,7 +667,8 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
                     raise rpc_error(_C.INTERNAL, "server ended the call without a response",
                                     self._initial_md, self._trailing_md)
                 data = self._received.popleft()
-                assert type(data) is bytes     # a unary response is inflated on arrival
+                # (A unary response is inflated on arrival: bytes, or a big one's buffer.)
+                assert not isinstance(data, _compression.Compressed)
                 self._response = self._decode(data)
             return self._response
         self._raise_for_status()

@@ -43,6 +43,7 @@ from rpc._wire import (
     FLAG_NO_MESSAGE,
     FLAG_WITH_MESSAGE,
     FLAG_NOT_STARTED,
+    FLAG_SIZE,
     ENCODING_MASK,
     ENCODING_SHIFT,
     GOAWAY,
@@ -114,6 +115,12 @@ class Connection:
         # consumed (or dropped), so the connection window bounds them.
         self.buffered = 0
         self._held_messages = 0         # whole messages delivered, not yet consumed
+        # Bytes of announced messages' buffers not filled yet (see _on_message_size):
+        # allocated, so counted against the connection's window and the budget too.
+        self._reserved = 0
+        # The peer reads announced sizes (protocol version 2): big messages we send
+        # are announced, so it reads them straight into one buffer.
+        self._announce_sizes = False
         self.budget = budget
         if budget is not None:
             budget.connections += 1
@@ -132,7 +139,7 @@ class Connection:
         # HELLO) is readable by a lanerpc peer.
         self._emit(_wire.MAGIC)
         if role is Role.CLIENT:
-            self._send_hello([_wire.PROTOCOL_VERSION], hello)
+            self._send_hello(list(_wire.SUPPORTED_VERSIONS), hello)
         elif hello is not None:
             raise ValueError("a server's HELLO fields are given to accept()")
 
@@ -141,6 +148,18 @@ class Connection:
     def _emit(self, data: bytes) -> None:
         self._out.append(data)
         self._out_bytes += len(data)
+
+    # A message under this size is copied into its frame (one buffer to write beats
+    # three); a bigger one goes out as it is, between its frame's head and tail.
+    _JOIN_BELOW = 16 * 1024
+
+    def _emit_with_message(self, head: bytes, message: bytes, tail: bytes) -> None:
+        if len(message) < self._JOIN_BELOW:
+            self._emit(head + message + tail)
+        else:
+            self._emit(head)
+            self._emit(message)
+            self._emit(tail)
 
     def data_to_send(self) -> list[bytes | memoryview]:
         """The buffers to write, in order (may be empty)."""
@@ -177,7 +196,7 @@ class Connection:
 
     # ----------------------------------------------------------- receiving
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the peer; returns the events they complete.
 
         Raises :class:`ProtocolError` on any violation; the connection is then
@@ -186,14 +205,33 @@ class Connection:
         """
         if self.closed:
             return []
+        self._decoder.feed(data)
+        return self._read_frames()
+
+    def receive_buffer(self) -> memoryview:
+        """Where the next bytes from the peer may be read into, straight from the
+        kernel (then :meth:`received_into`): the rest of a big frame (its place in
+        the message it belongs to), or the free end of the receive buffer."""
+        if self.closed:
+            return self._decoder.scratch()
+        return self._decoder.get_buffer()
+
+    def received_into(self, nbytes: int) -> list[Event]:
+        """``nbytes`` were read into the last :meth:`receive_buffer`; as
+        :meth:`receive_data` from there on."""
+        if self.closed:
+            return []
+        self._decoder.buffer_updated(nbytes)
+        return self._read_frames()
+
+    def _read_frames(self) -> list[Event]:
         events: list[Event] = []
         decoder = self._decoder
-        decoder.feed(data)
         if self._accept_pending:
             return events      # buffered until our HELLO has gone out (accept)
         handlers = self._FRAME_HANDLERS     # the decoder lets only known types through
         try:
-            for ftype, flags, sid, payload in decoder.frames():
+            for ftype, flags, sid, payload in decoder.frames(self._place_of):
                 if handlers[ftype](self, flags, sid, payload, events):
                     break   # the frames behind this one wait (HELLO) or go elsewhere (LANE)
         except ProtocolError as exc:
@@ -233,17 +271,19 @@ class Connection:
         self._accept_pending = False
         for stream in self.streams.values():
             stream.partial.clear()
+            stream.assembly = None
         budget, self.budget = self.budget, None
         if budget is not None:
-            budget.used -= self.buffered
+            budget.used -= self.buffered + self._reserved
             budget.connections -= 1
         self.buffered = 0
+        self._reserved = 0
 
     def _require_handshake(self) -> None:
         if not self.handshake_done:
             raise ProtocolError("frame before HELLO")
 
-    def _on_hello(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> bool:
+    def _on_hello(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> bool:
         """True on a server: what follows waits for accept(), our HELLO goes first."""
         if self.handshake_done or self._accept_pending:
             raise ProtocolError("second HELLO")
@@ -271,6 +311,7 @@ class Connection:
             self.version = hello.versions[0]
         self.peer = peer
         self.peer_hello = hello
+        self._announce_sizes = self.version >= 2
         self.send_window = peer.connection_window
         self._decoder.handshake_limit = None     # the peer said who it is: full-size frames
         if self.role is Role.SERVER:
@@ -280,7 +321,7 @@ class Connection:
         events.append(HandshakeDone(hello))
         return False
 
-    def _on_headers(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_headers(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
         self._require_handshake()
         message = None
         if flags & FLAG_WITH_MESSAGE:
@@ -353,7 +394,7 @@ class Connection:
                 return
             events.append(InitialMetadataReceived(sid, metadata))
 
-    def _discard_message(self, message: bytes | None) -> None:
+    def _discard_message(self, message: _wire.Buffer | None) -> None:
         """A message that came with a refused request still used connection window."""
         if message:
             if len(message) > self._recv_window:
@@ -368,8 +409,11 @@ class Connection:
         if sid == 0 or sid > highest:
             raise ProtocolError(f"frame for stream {sid}, which was never opened")
 
-    def _on_message(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_message(self, flags: int, sid: int, payload: _wire.Buffer, events: list[Event]) -> None:
         self._require_handshake()
+        if flags & FLAG_SIZE:
+            self._on_message_size(sid, payload, events)
+            return
         stream = self.streams.get(sid)
         size = len(payload)
         if size > self._recv_window:
@@ -389,7 +433,8 @@ class Connection:
         # initial metadata (saves a frame per call).
         stream.headers_received = True
         if flags & FLAG_NO_MESSAGE:
-            if size or not flags & FLAG_END_STREAM or flags & FLAG_MORE or stream.partial:
+            if (size or not flags & FLAG_END_STREAM or flags & FLAG_MORE or stream.partial_size
+                    or stream.announced):
                 raise ProtocolError("a bare half-close must be empty and end the stream")
             self._recv_end(stream)
             events.append(EndOfInput(sid))
@@ -404,6 +449,9 @@ class Connection:
                 stream.discarding = False
             return
         total = stream.partial_size + size
+        announced = stream.announced
+        if announced and (total > announced or (not more and total != announced)):
+            raise ProtocolError(f"message on stream {sid} is not the {announced} bytes announced")
         if total > self.limits.max_receive_message_length:
             limit = self.limits.max_receive_message_length
             side = "SERVER" if self.role is Role.SERVER else "CLIENT"
@@ -415,8 +463,16 @@ class Connection:
         self.buffered += size               # charged to the connection and the budget
         if self.budget is not None:
             self.budget.used += size
+        assembly = stream.assembly
+        if assembly is not None:
+            if not (type(payload) is memoryview and payload.obj is assembly):
+                assembly[stream.partial_size:total] = payload   # (else read in place)
+            self._reserved -= size       # no longer reserved: buffered, counted above
+            if self.budget is not None:
+                self.budget.used -= size
         if more:
-            stream.partial.append(payload)
+            if assembly is None:
+                stream.partial.append(payload)
             stream.partial_size = total
             if not stream.held:
                 # Nothing queued ahead of this message: the reader is waiting for it,
@@ -426,12 +482,17 @@ class Connection:
                 self._credit_stream(stream, size)
             self._relieve(stream, events)
             return
-        if stream.partial:
+        data: _wire.Buffer
+        if assembly is not None:
+            data = assembly
+            stream.assembly = None
+        elif stream.partial:
             stream.partial.append(payload)
             data = b"".join(stream.partial)
             stream.partial.clear()
         else:
             data = payload
+        stream.announced = 0
         stream.held += 1
         stream.held_bytes += total
         stream.held_credited += stream.partial_credited
@@ -446,6 +507,57 @@ class Connection:
             events.append(MessageReceived(sid, data, end, encoding >> ENCODING_SHIFT))
         else:
             events.append(MessageReceived(sid, data, end))
+
+    def _on_message_size(self, sid: int, payload: _wire.Buffer, events: list[Event]) -> None:
+        """MESSAGE with SIZE (protocol version 2): the length of the message whose
+        chunks follow on this stream. Checked against the receive limit before
+        anything is allocated (over it, the message is refused now and its chunks
+        dropped as they come); then, when the connection's window and the memory
+        budget have room for it, one buffer of that size is made, and the chunks are
+        read straight into it (see :meth:`_place_of`). It carries no message bytes
+        and counts against no window."""
+        if not self._announce_sizes:
+            raise ProtocolError("message size announced on a protocol version 1 connection")
+        total = _wire.decode_message_size(payload)
+        stream = self.streams.get(sid)
+        if stream is None:
+            self._check_known(sid)
+            return
+        if stream.closing:
+            return      # we ended it; what still comes is dropped (see _on_message)
+        if stream.partial_size or stream.announced or stream.discarding:
+            raise ProtocolError(f"message size announced in the middle of a message on stream {sid}")
+        stream.state = transition(stream.state, StreamInput.RECV_MESSAGE)
+        limit = self.limits.max_receive_message_length
+        if total > limit:
+            side = "SERVER" if self.role is Role.SERVER else "CLIENT"
+            self._reject_message(stream, True, RESOURCE_EXHAUSTED,
+                                 f"{side}: Received message larger than max ({total} vs. {limit})",
+                                 events)
+            return
+        stream.announced = total
+        budget = self.budget
+        if (self.buffered + self._reserved + total <= self.limits.connection_window
+                and (budget is None or not budget.exhausted)):
+            stream.assembly = bytearray(total)
+            self._reserved += total
+            if budget is not None:
+                budget.used += total
+        # else: no room to hold it all at once; its chunks are kept as they come
+
+    def _place_of(self, ftype: int, flags: int, sid: int, length: int) -> memoryview | None:
+        """The decoder's sink: where a big MESSAGE chunk is read into, its place in
+        its message's buffer (None: not a chunk of an announced message, or one
+        that does not fit it, which :meth:`_on_message` then refuses)."""
+        if ftype != MESSAGE:
+            return None
+        stream = self.streams.get(sid)
+        if stream is None or stream.assembly is None:
+            return None
+        at = stream.partial_size
+        if at + length > len(stream.assembly):
+            return None
+        return memoryview(stream.assembly)[at:at + length]
 
     def _reject_message(self, stream: Stream, more: bool, code: int, detail: str,
                         events: list[Event]) -> None:
@@ -467,6 +579,13 @@ class Connection:
         if stream.partial_size:
             self._recv_window_pending += stream.partial_size
             self._release(stream.partial_size)
+        if stream.assembly is not None:
+            unfilled = len(stream.assembly) - stream.partial_size
+            self._reserved -= unfilled
+            if self.budget is not None:
+                self.budget.used -= unfilled
+            stream.assembly = None
+        stream.announced = 0
         stream.partial.clear()
         stream.partial_size = 0
         stream.partial_credited = 0
@@ -507,7 +626,7 @@ class Connection:
         if stream.state is StreamState.CLOSED:
             self._drop(stream)
 
-    def _on_trailers(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_trailers(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
         self._require_handshake()
         if self.role is Role.SERVER:
             raise ProtocolError("TRAILERS from a client")
@@ -530,7 +649,7 @@ class Connection:
             return
         events.append(StreamEnded(sid, code, details, metadata))
 
-    def _on_cancel(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_cancel(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
         self._require_handshake()
         code, details = _wire.decode_cancel(payload)
         stream = self.streams.get(sid)
@@ -544,7 +663,7 @@ class Connection:
         not_started = bool(flags & FLAG_NOT_STARTED) and self.role is Role.CLIENT
         events.append(StreamEnded(sid, code, details, (), not_started))
 
-    def _on_window_update(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_window_update(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
         self._require_handshake()
         inc = _wire.decode_window_update(payload)
         if sid == 0:
@@ -563,10 +682,11 @@ class Connection:
         if stream.outbox:
             self._pump(stream, events)
 
-    def _on_ping(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_ping(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
         self._require_handshake()
         if sid != 0 or len(payload) != 8:
             raise ProtocolError("PING must be 8 bytes on stream 0")
+        payload = bytes(payload)      # 8 bytes: cut from the receive buffer, already bytes
         if flags & FLAG_ACK:
             events.append(PingAcked(payload))
         else:
@@ -575,7 +695,7 @@ class Connection:
             self._emit(ack)
             events.append(PingReceived(payload))
 
-    def _on_lane(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> bool:
+    def _on_lane(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> bool:
         """A lane switch (docs/wire-protocol.md, "Lane switch"). Returns True when
         the frames after this one arrive on another lane."""
         self._require_handshake()
@@ -613,7 +733,7 @@ class Connection:
                 self._lane_answered = True      # a decline needs no answer
         self._emit(_wire.frame(LANE, 0, 0, lane.encode("ascii")))
 
-    def _on_goaway(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+    def _on_goaway(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
         if sid != 0:
             raise ProtocolError("GOAWAY on a stream")
         last, code, reason = _wire.decode_goaway(payload)
@@ -730,10 +850,10 @@ class Connection:
                 stream.send_window -= size
                 self.send_window -= size
                 stream.state = StreamState.HALF_CLOSED_LOCAL
-                self._emit(_pack_header(len(payload) + 4 + size, HEADERS,
-                                        FLAG_END_STREAM | FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT,
-                                        sid)
-                           + _wire.pack_u32(size) + message + payload)
+                self._emit_with_message(
+                    _pack_header(len(payload) + 4 + size, HEADERS,
+                                 FLAG_END_STREAM | FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, sid)
+                    + _wire.pack_u32(size), message, payload)
                 return sid
             self._emit(_pack_header(len(payload), HEADERS, 0, sid) + payload)
             self.send_message(sid, message, end_stream=True, encoding=encoding)
@@ -799,6 +919,9 @@ class Connection:
                 return
             n = min(remaining, allowance)
             last = n == remaining
+            if not offset and not last and self._announce_sizes and remaining >= _wire.ANNOUNCE_FROM:
+                # The peer makes one buffer of this size and reads the chunks into it.
+                self._emit(_pack_header(4, MESSAGE, FLAG_SIZE, stream.id) + _wire.pack_u32(remaining))
             flags = ((FLAG_END_STREAM if end else 0) if last else FLAG_MORE) | encoded
             self._emit(_pack_header(n, MESSAGE, flags, stream.id))
             if n:
@@ -858,9 +981,10 @@ class Connection:
                 stream.state = transition(stream.state, StreamInput.SEND_MESSAGE)
                 stream.send_window -= size
                 self.send_window -= size
-                self._emit(_pack_header(len(payload) + 4 + size, TRAILERS,
-                                        FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, stream_id)
-                           + _wire.pack_u32(size) + message + payload)
+                self._emit_with_message(
+                    _pack_header(len(payload) + 4 + size, TRAILERS,
+                                 FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, stream_id)
+                    + _wire.pack_u32(size), message, payload)
                 self._drop(stream)
                 return
             self.send_message(stream_id, message, encoding=encoding)
@@ -903,7 +1027,7 @@ class Connection:
         self.streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)
         # Bytes the owner will never consume: let go, and credited to the connection.
-        if stream.partial_size:
+        if stream.partial_size or stream.announced:
             self._let_go_partial(stream)
         if stream.held_bytes:
             self._recv_window_pending += stream.held_bytes
@@ -935,7 +1059,8 @@ class Connection:
 
 
     # The frame types the decoder lets through, and who reads each.
-    _FRAME_HANDLERS: dict[int, Callable[[Connection, int, int, bytes, list[Event]], bool | None]] = {
+    # (Each takes the payload as the decoder yields it: a memoryview only for MESSAGE.)
+    _FRAME_HANDLERS: dict[int, Callable[..., bool | None]] = {
         MESSAGE: _on_message,
         HEADERS: _on_headers,
         TRAILERS: _on_trailers,

@@ -294,6 +294,9 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             return _RequestIterator(self)
         return _BlockingRequestIterator(self, self._loop)
 
+    def _message_deserializer(self) -> object:
+        return self._handler.request_deserializer
+
     def _decode(self, data: bytes) -> Any:
         deserializer = self._handler.request_deserializer
         if deserializer is None:

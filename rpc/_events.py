@@ -48,7 +48,7 @@ class MessageReceived(Event):
     """A whole message; the owner credits it back with ``consume()`` once it took it.
     ``encoding``: 0, or how ``data`` is compressed (rpc._compression's numbers)."""
     stream_id: int
-    data: bytes
+    data: bytes | bytearray | memoryview   # big ones are read into a buffer of their own
     end_stream: bool
     encoding: int = 0
 

@@ -132,7 +132,7 @@ async def _dial(endpoint: Endpoint, options: Options, make_link: ClientLinkFacto
 
 
 async def _dial_tls(endpoint: Endpoint, options: Options,
-                    factory: Callable[[], Link]) -> asyncio.Protocol:
+                    factory: Callable[[], Link]) -> asyncio.BaseProtocol:
     """A TLS connection to a lanerpc TLS port: the server's certificate checked against
     the target's host (or ``grpc.ssl_target_name_override``), and ALPN agreed on
     lanerpc's protocol (a gRPC/HTTP2 TLS port is told apart here, not by a hang)."""
@@ -446,7 +446,7 @@ class ServerLanes:
         return link
 
     def _tcp_factory(self, make_link: ServerLinkFactory,
-                     grpc_side: GrpcSide | None) -> Callable[[], asyncio.Protocol]:
+                     grpc_side: GrpcSide | None) -> Callable[[], asyncio.BaseProtocol]:
         """A TCP port's protocols: the lanerpc link at once, or a sniffer first when
         gRPC clients are taken on the same port."""
         def link() -> Link:

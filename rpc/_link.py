@@ -4,7 +4,13 @@
 Writes are batched: everything queued during one turn of the event loop goes
 out in one ``writelines`` (one system call), which is what makes pipelined
 streams fast; bytes produced while handling received data go out at the end
-of that ``data_received``.
+of that read.
+
+Reads are buffered (``asyncio.BufferedProtocol``): the socket lanes read straight
+into the memory the connection lends (its receive buffer, or the place of a big
+message's chunk in that message's one buffer), so no bytes object is made per
+read and a big message is copied once on its way in. Lanes that hand bytes over
+(shm, a sniffed port's first bytes) call ``data_received``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from rpc.transports._spin import AdaptiveSpin
 log = logging.getLogger("lanerpc")
 
 
-class Link(asyncio.Protocol):
+class Link(asyncio.BufferedProtocol):
     """Base of ClientLink and ServerLink: transport plumbing, handshake timer,
     flushing, keepalive. Subclasses implement ``_dispatch(events)``."""
 
@@ -68,6 +74,7 @@ class Link(asyncio.Protocol):
         self.refused = False          # the handshake ended in a refusal (either side's)
         self._lane_answer: asyncio.Future[str] | None = None
         self._flush_scheduled = False
+        self._writer_yielding = False  # a writer let the loop turn mid-burst (see writer_yields)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -107,6 +114,20 @@ class Link(asyncio.Protocol):
             self.fail(ProtocolError("no complete HELLO within the handshake timeout",
                                     GoAwayCode.HANDSHAKE_TIMEOUT))
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.receive_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_in += nbytes
+        if self._awake_until:
+            self._awake_caught = True
+        try:
+            events = self.conn.received_into(nbytes)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        self._received(events)
+
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self._awake_until:
@@ -116,6 +137,9 @@ class Link(asyncio.Protocol):
         except ProtocolError as exc:
             self.fail(exc)
             return
+        self._received(events)
+
+    def _received(self, events: list[c.Event]) -> None:
         if events:
             try:
                 self._dispatch(events)
@@ -184,8 +208,20 @@ class Link(asyncio.Protocol):
             self.loop.call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
+        if self._writer_yielding and self.conn.bytes_to_send < self._BIG_WRITE:
+            # The writer goes on writing right after this turn: what it queued goes
+            # out with what it writes next (drain() writes once _BIG_WRITE are queued),
+            # not in a small write per turn, which would wake the peer per turn.
+            self._writer_yielding = False
+            self.loop.call_soon(self._scheduled_flush)
+            return
         self._flush_scheduled = False
         self.flush()
+
+    def writer_yields(self) -> None:
+        """A stream's writer lets the loop turn in the middle of a burst of writes
+        and goes on at once: the scheduled flush waits for its next writes."""
+        self._writer_yielding = True
 
     # ------------------------------------------------------------ staying awake
 
@@ -468,7 +504,14 @@ class Link(asyncio.Protocol):
             if t is c.MessageReceived:
                 call = calls.get(ev.stream_id)
                 if call is not None:
-                    call._on_message(Compressed(ev.data, ev.encoding) if ev.encoding else ev.data,
+                    data = ev.data
+                    if type(data) is not bytes:
+                        # A big message, read straight into a buffer of its own: a
+                        # call (a Stream) hands it to a deserializer that parses
+                        # buffers as it is; anything else gets bytes, as from grpc.aio.
+                        big = getattr(call, "_big_message", None)
+                        data = big(data) if big is not None else bytes(data)
+                    call._on_message(Compressed(data, ev.encoding) if ev.encoding else data,
                                      ev.end_stream)
             elif t is c.StreamWritable:
                 call = calls.get(ev.stream_id)

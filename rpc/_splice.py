@@ -36,6 +36,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from rpc._link import Link
 from rpc.transports import peer_info
 
 log = logging.getLogger("lanerpc")
@@ -86,7 +87,7 @@ class Sniffer(asyncio.Protocol):
     """A TCP connection's first protocol: waits for bytes that tell lanerpc from
     gRPC, then hands the transport over (see the module's docstring)."""
 
-    def __init__(self, make_link: Callable[[], asyncio.Protocol], grpc_side: GrpcSide,
+    def __init__(self, make_link: Callable[[], Link], grpc_side: GrpcSide,
                  timeout: float, splices: set[Splice]) -> None:
         self._make_link = make_link
         self._grpc = grpc_side

@@ -64,7 +64,7 @@ class Stream:
         "id", "state", "send_window", "outbox", "outbox_bytes", "partial", "partial_size",
         "partial_credited", "held", "held_bytes", "held_credited", "headers_sent", "headers_received",
         "discarding", "want_writable", "credit_pending", "trailers_pending", "recv_window",
-        "closing",
+        "closing", "announced", "assembly",
     )
 
     def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
@@ -77,8 +77,11 @@ class Stream:
         # (a list: the offset moves as pieces go out).
         self.outbox: collections.deque[list[Any]] = collections.deque()
         self.outbox_bytes = 0
-        # Inbound: chunks of a message being assembled.
-        self.partial: list[bytes] = []
+        # Inbound: chunks of a message being assembled: in one buffer of the size the
+        # peer announced (assembly), or, unannounced or without room for that, as pieces.
+        self.announced = 0
+        self.assembly: bytearray | None = None
+        self.partial: list[bytes | bytearray | memoryview] = []
         self.partial_size = 0
         self.partial_credited = 0
         # Delivered but not yet consumed messages and their bytes (credited on

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Iterable, Sequence
+from typing import Callable, Iterator, Sequence
 
 # Sent first by both sides; an 8-byte magic that no HTTP/1, HTTP/2 or TLS peer
 # sends, so a wrong dial fails at the first byte with a clear reason.
 MAGIC = b"LNRPC\r\n\x00"
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 2 adds MESSAGE's SIZE flag (a big message's length, announced before its
+# chunks); a version 1 peer never sees it.
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 HEADER = struct.Struct(">IBBI")   # payload length, type, flags, stream id
 HEADER_SIZE = HEADER.size          # 10 bytes
@@ -53,6 +55,8 @@ class FrameType(enum.IntEnum):
 FLAG_END_STREAM = 0x01   # HEADERS, MESSAGE from the client: no more messages follow
 FLAG_MORE = 0x02         # MESSAGE: more chunks of this message follow
 FLAG_NO_MESSAGE = 0x04   # MESSAGE: carries no message, only END_STREAM (a bare half-close)
+FLAG_SIZE = 0x40         # MESSAGE (version 2): the payload is the u32 length of the message whose
+                         # chunks follow; no message bytes, counts against no window
 FLAG_WITH_MESSAGE = 0x08  # HEADERS (client) / TRAILERS (server): a whole message rides along,
                           # first in the payload as u32 length + bytes (one frame per unary leg)
 # MESSAGE, and HEADERS / TRAILERS with WITH_MESSAGE: how the message is compressed, as
@@ -99,6 +103,14 @@ _REQUEST_HEAD = struct.Struct(">QH")   # timeout in µs (0 = none), method lengt
 _GOAWAY_HEAD = struct.Struct(">II")    # last stream id, code
 _CANCEL_HEAD = struct.Struct(">I")     # status code
 
+# A frame's payload, or a message: bytes when cut out of the receive buffer, a
+# bytearray (or a view of one) when read straight into memory of its own.
+Buffer = bytes | bytearray | memoryview
+
+# A message sent in chunks is announced (FLAG_SIZE) from this size on: the peer then
+# reads it into one buffer of its size. Smaller ones are not worth a frame more.
+ANNOUNCE_FROM = 64 * 1024
+
 Metadata = Sequence[tuple[str, "str | bytes"]]
 DecodedMetadata = tuple[tuple[str, "str | bytes"], ...]   # what decode_metadata returns
 
@@ -135,7 +147,7 @@ def encode_metadata(metadata: Metadata | None) -> bytes:
     return b"".join(parts)
 
 
-def decode_metadata(buf: bytes | memoryview, offset: int = 0) -> tuple[DecodedMetadata, int]:
+def decode_metadata(buf: Buffer, offset: int = 0) -> tuple[DecodedMetadata, int]:
     """Parse a metadata block at ``offset``; returns (entries, offset after it)."""
     end = len(buf)
     if offset + 2 == end and buf[offset] == 0 and buf[offset + 1] == 0:
@@ -183,7 +195,7 @@ def encode_request_headers_block(method: str, timeout_us: int, block: bytes) -> 
     return _REQUEST_HEAD.pack(timeout_us, len(mb)) + mb + block
 
 
-def decode_request_headers(payload: bytes) -> tuple[str, int, DecodedMetadata]:
+def decode_request_headers(payload: bytes | bytearray) -> tuple[str, int, DecodedMetadata]:
     if len(payload) < _REQUEST_HEAD.size:
         raise ProtocolError("request headers truncated")
     timeout_us, mlen = _REQUEST_HEAD.unpack_from(payload, 0)
@@ -202,14 +214,30 @@ def decode_request_headers(payload: bytes) -> tuple[str, int, DecodedMetadata]:
     return method, timeout_us, metadata
 
 
-def split_message(payload: bytes) -> tuple[bytes, bytes]:
-    """A WITH_MESSAGE payload -> (the message, the headers or trailers after it)."""
+def split_message(payload: Buffer) -> tuple[Buffer, bytes]:
+    """A WITH_MESSAGE payload -> (the message, the headers or trailers after it).
+    The message of a big frame (not bytes: read into memory of its own) is a view
+    of it, not a copy."""
     if len(payload) < 4:
         raise ProtocolError("frame with a message too short for its length")
     (size,) = _U32.unpack_from(payload, 0)
     if size > len(payload) - 4:
         raise ProtocolError("message length beyond the frame")
-    return payload[4:4 + size], payload[4 + size:]
+    if type(payload) is bytes:
+        return payload[4:4 + size], payload[4 + size:]
+    view = memoryview(payload)
+    return view[4:4 + size], bytes(view[4 + size:])
+
+
+def decode_message_size(payload: Buffer) -> int:
+    """A SIZE announcement's payload: the message's length, at least 1."""
+    if len(payload) != 4:
+        raise ProtocolError("a message size announcement must carry 4 bytes")
+    size: int
+    (size,) = _U32.unpack_from(payload, 0)
+    if size == 0:
+        raise ProtocolError("an announced message size must be at least 1")
+    return size
 
 
 def encode_trailers(code: int, details: str, metadata: Metadata | None) -> bytes:
@@ -225,7 +253,7 @@ def bare_trailers(code: int) -> bytes:
     return _BARE_TRAILERS[code] if 0 <= code <= 16 else encode_trailers(code, "", None)
 
 
-def decode_trailers(payload: bytes) -> tuple[int, str, DecodedMetadata]:
+def decode_trailers(payload: bytes | bytearray) -> tuple[int, str, DecodedMetadata]:
     if len(payload) == 10 and payload[4:] == b"\x00\x00\x00\x00\x00\x00":
         (code,) = _U32.unpack_from(payload, 0)
         if code > 16:
@@ -253,7 +281,7 @@ def encode_cancel(code: int, details: str = "") -> bytes:
     return _CANCEL_HEAD.pack(code) + details.encode("utf-8")
 
 
-def decode_cancel(payload: bytes) -> tuple[int, str]:
+def decode_cancel(payload: bytes | bytearray) -> tuple[int, str]:
     if len(payload) < 4:
         raise ProtocolError("cancel truncated")
     (code,) = _CANCEL_HEAD.unpack_from(payload, 0)
@@ -269,14 +297,14 @@ def encode_goaway(last_stream_id: int, code: int, reason: str) -> bytes:
     return _GOAWAY_HEAD.pack(last_stream_id, code) + reason.encode("utf-8")[:1024]
 
 
-def decode_goaway(payload: bytes) -> tuple[int, int, str]:
+def decode_goaway(payload: bytes | bytearray) -> tuple[int, int, str]:
     if len(payload) < 8:
         raise ProtocolError("goaway truncated")
     last, code = _GOAWAY_HEAD.unpack_from(payload, 0)
     return last, code, payload[8:].decode("utf-8", errors="replace")
 
 
-def decode_lane(payload: bytes) -> str:
+def decode_lane(payload: bytes | bytearray) -> str:
     try:
         lane = payload.decode("ascii")
     except UnicodeDecodeError:
@@ -293,7 +321,7 @@ def encode_window_update(increment: int) -> bytes:
     return _U32.pack(increment)
 
 
-def decode_window_update(payload: bytes) -> int:
+def decode_window_update(payload: bytes | bytearray) -> int:
     if len(payload) != 4:
         raise ProtocolError("window update must carry 4 bytes")
     inc: int
@@ -305,86 +333,168 @@ def decode_window_update(payload: bytes) -> int:
 
 # --------------------------------------------------------------------- decoding
 
+# Where a big frame's payload goes: given the header (type, flags, stream id, length)
+# of a frame about to be read straight into memory, a writable view of exactly
+# ``length`` bytes (the frame's place in a message being assembled), or None for a
+# buffer of its own. It may raise ProtocolError.
+FrameSink = Callable[[int, int, int, int], "memoryview | None"]
+
+
 class FrameDecoder:
     """Splits a byte stream into frames.
 
-    ``feed(data)`` then iterate ``frames()``: yields ``(type, flags, stream_id,
-    payload)`` tuples. The magic preface is checked first. A header whose length
-    exceeds ``max_frame_size`` raises before the payload is buffered, so a
-    2**32-1 length costs nothing. While ``handshake_limit`` is set (the owner clears
-    it once the peer's HELLO has been read), a header longer than it raises too.
+    Bytes come in one of two ways: the owner reads straight into the buffer
+    :meth:`get_buffer` lends and reports how many arrived with
+    :meth:`buffer_updated` (an ``asyncio.BufferedProtocol``: the kernel writes
+    into our memory, no bytes object per read), or :meth:`feed` copies them in.
+    Then iterate :meth:`frames` (given the owner's ``sink``, below): it yields
+    ``(type, flags, stream_id, payload)``.
+    The magic preface is checked first. A header whose length exceeds
+    ``max_frame_size`` raises before the payload is buffered, so a 2**32-1 length
+    costs nothing. While ``handshake_limit`` is set (the owner clears it once the
+    peer's HELLO has been read), a header longer than it raises too.
 
-    Small frames are cut out of one bytearray. A large payload still arriving
-    is collected as a list of the received pieces and joined once when whole,
-    so its bytes are copied once here, not once per arrival.
+    Small frames are cut out of one receive buffer, reused from read to read
+    (their payloads are ``bytes``). A frame of at least ``DIRECT`` bytes that is
+    not all here yet is read straight into the memory it ends up in: the view
+    ``sink`` returns for it (its place in the message being assembled), else a
+    bytearray of its length, which is the payload then. Either way its bytes are
+    copied once, by the kernel, and never joined from pieces.
     """
 
-    __slots__ = ("_buf", "_pos", "max_frame_size", "_magic_pending", "_big", "_big_chunks",
-                 "_big_need", "handshake_limit")
+    __slots__ = ("_buf", "_view", "_pos", "_end", "_offered", "_filled_all", "max_frame_size",
+                 "_magic_pending", "_big", "_big_target", "_big_payload", "_big_filled",
+                 "handshake_limit")
 
-    BIG = 64 * 1024
+    DIRECT = 64 * 1024
+    # The receive buffer starts small (an idle connection holds little) and doubles,
+    # up to _BUSY, while reads keep filling all of it; frames under DIRECT always fit.
+    _START = 16 * 1024
+    _BUSY = 256 * 1024
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, expect_magic: bool = True,
                  handshake_limit: int | None = None) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf = bytearray(self._START)
+        self._view = memoryview(self._buf)
+        self._pos = 0             # the first byte not parsed yet
+        self._end = 0             # the end of what arrived
+        self._offered = 0         # the size of the space get_buffer lent last
+        self._filled_all = False  # and the read filled all of it
         self.max_frame_size = max_frame_size
         self.handshake_limit = handshake_limit
         self._magic_pending = expect_magic
-        self._big: tuple[int, int, int] | None = None   # (type, flags, stream) being collected
-        self._big_chunks: list[bytes | bytearray | memoryview] = []
-        self._big_need = 0
+        # A big frame being read straight into _big_target: its header, the payload
+        # yielded for it (the target, or the bytearray the target views), bytes in.
+        self._big: tuple[int, int, int] | None = None
+        self._big_target: memoryview | None = None
+        self._big_payload: bytearray | memoryview | None = None
+        self._big_filled = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos + sum(map(len, self._big_chunks))
+        """Bytes received and not yet handed out as frames."""
+        return self._end - self._pos + self._big_filled
+
+    # ------------------------------------------------------------ bytes in
+
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes may be written: the rest of a big frame, else the
+        free end of the receive buffer (never empty)."""
+        target = self._big_target
+        if target is not None and self._big_filled < len(target):
+            view = target[self._big_filled:]
+        else:
+            if self._end == len(self._buf):
+                self._make_room(0)
+            view = self._view[self._end:]
+        self._offered = len(view)
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last :meth:`get_buffer`."""
+        if self._big_target is not None and self._big_filled < len(self._big_target):
+            self._big_filled += nbytes
+        else:
+            self._end += nbytes
+            self._filled_all = nbytes >= self._offered
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._big is not None and self._big_need:
-            need = self._big_need
-            if len(data) <= need:
-                self._big_chunks.append(data)
-                self._big_need = need - len(data)
-                return
-            view = memoryview(data)
-            self._big_chunks.append(view[:need])
-            self._big_need = 0
-            data = view[need:]
-        buf = self._buf
-        if self._pos and self._pos == len(buf):
-            buf.clear()
-            self._pos = 0
-        buf += data
+        """Copy ``data`` in (for a transport that hands bytes over)."""
+        view = memoryview(data)
+        target = self._big_target
+        if target is not None:
+            filled = self._big_filled
+            n = min(len(target) - filled, len(view))
+            if n:
+                target[filled:filled + n] = view[:n]
+                self._big_filled = filled + n
+                view = view[n:]
+        size = len(view)
+        if size:
+            if self._end + size > len(self._buf):
+                self._make_room(size)
+            self._view[self._end:self._end + size] = view
+            self._end += size
 
-    def frames(self) -> Iterable[tuple[int, int, int, bytes]]:
-        buf = self._buf
+    def scratch(self) -> memoryview:
+        """A buffer to read into and ignore (once the connection is over)."""
+        return self._view
+
+    def _make_room(self, need: int) -> None:
+        """At least ``need`` free bytes (at least one) after the unparsed ones: move
+        them to the front, or into a bigger buffer when they don't fit or the last
+        read filled all the space it was lent (more was waiting). The buffer is never
+        resized in place: a reader may still hold a view of it."""
+        pos, end = self._pos, self._end
+        have = end - pos
+        size = len(self._buf)
+        want = have + max(need, 1)
+        if want > size or (self._filled_all and size < self._BUSY):
+            buf = bytearray(max(want, min(size * 2, self._BUSY)))
+            buf[:have] = self._view[pos:end]
+            self._buf = buf
+            self._view = memoryview(buf)
+        elif pos:
+            # (A partial frame: small. Copied out first where the two places overlap.)
+            self._view[:have] = self._view[pos:end] if have <= pos else bytes(self._view[pos:end])
+        self._pos, self._end = 0, have
+
+    # ------------------------------------------------------------ frames out
+
+    def frames(self, sink: FrameSink | None = None
+               ) -> Iterator[tuple[int, int, int, bytes | bytearray | memoryview]]:
         if self._magic_pending:
-            have = len(buf) - self._pos
+            buf = self._buf
+            have = self._end - self._pos
             n = min(have, len(MAGIC))
             if bytes(buf[self._pos:self._pos + n]) != MAGIC[:n]:
                 # Describe the peer the same however its bytes were split: wait
                 # while they could still become a request line we can name (a
                 # peer that stops short is closed by the handshake timer).
-                head = bytes(buf[self._pos:self._pos + 16])
+                head = bytes(buf[self._pos:min(self._pos + 16, self._end)])
                 if any(len(head) < len(known) and known.startswith(head) for known in _NAMED_PREFACES):
                     return
                 if head[:1] == b"\x00" and len(head) < _H2_FRAME_HEADER:
                     return   # could be an HTTP/2 server's first frame header
-                raise ProtocolError(_describe_wrong_preface(bytes(buf[self._pos:self._pos + 24])))
+                raise ProtocolError(_describe_wrong_preface(
+                    bytes(buf[self._pos:min(self._pos + 24, self._end)])))
             if have < len(MAGIC):
                 return
             self._pos += len(MAGIC)
             self._magic_pending = False
         if self._big is not None:
-            if self._big_need:
+            target = self._big_target
+            assert target is not None and self._big_payload is not None
+            if self._big_filled < len(target):
                 return
             ftype, flags, sid = self._big
-            payload = b"".join(self._big_chunks)
-            self._big = None
-            self._big_chunks = []
-            yield ftype, flags, sid, payload
+            big = self._big_payload
+            self._big = self._big_target = self._big_payload = None
+            self._big_filled = 0
+            yield ftype, flags, sid, big
+        buf = self._buf
         pos = self._pos
-        end = len(buf)
+        end = self._end
         limit = self.max_frame_size
         if self.handshake_limit is not None:
             limit = min(limit, self.handshake_limit)
@@ -408,28 +518,41 @@ class FrameDecoder:
                 start = pos + HEADER_SIZE
                 stop = start + length
                 if stop > end:
-                    if length >= self.BIG:
-                        # Collect the rest as it arrives (see feed), starting
-                        # with what is here already.
-                        self._big = (ftype, flags, sid)
-                        self._big_chunks = [bytes(buf[start:end])]
-                        self._big_need = stop - end
-                        pos = end
-                        self._pos = pos
+                    if length >= self.DIRECT:
+                        self._read_direct(ftype, flags, sid, length, start, sink)
+                        pos = self._pos
                     break
                 payload = bytes(buf[start:stop])
                 pos = stop
                 self._pos = pos
                 yield ftype, flags, sid, payload
         finally:
-            # Compact once most of the buffer is consumed, so it never grows
-            # beyond one frame plus what arrived with it.
-            if self._pos == len(buf):
-                buf.clear()
-                self._pos = 0
-            elif self._pos > 65536 and self._pos * 2 > len(buf):
-                del buf[:self._pos]
-                self._pos = 0
+            if self._pos == self._end:
+                self._pos = self._end = 0
+                if len(self._buf) > self._BUSY:      # grown by a big feed: let it go
+                    self._buf = bytearray(self._START)
+                    self._view = memoryview(self._buf)
+
+    def _read_direct(self, ftype: int, flags: int, sid: int, length: int, start: int,
+                     sink: FrameSink | None) -> None:
+        """The frame at ``start`` is big and not all here: from now on its payload
+        is read straight into its own memory, starting with the part already here."""
+        target = sink(ftype, flags, sid, length) if sink is not None else None
+        payload: bytearray | memoryview
+        if target is None:
+            payload = bytearray(length)
+            target = memoryview(payload)
+        else:
+            if len(target) != length:
+                raise ValueError("a frame sink must give exactly the frame's length")
+            payload = target
+        have = self._end - start
+        target[:have] = self._view[start:self._end]
+        self._big = (ftype, flags, sid)
+        self._big_target = target
+        self._big_payload = payload
+        self._big_filled = have
+        self._pos = self._end = 0
 
 
 _HTTP1_METHODS = (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE")

@@ -16,8 +16,10 @@ import asyncio
 import socket
 import ssl as _ssl
 from collections.abc import Callable
+from typing import cast
 
-ProtocolFactory = Callable[[], asyncio.Protocol]
+# An asyncio.Protocol, or a BufferedProtocol (read straight into its buffer).
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 BACKLOG = 1024
 
@@ -62,6 +64,12 @@ class _TlsReader(asyncio.BufferedProtocol):
         self.protocol.resume_writing()
 
 
+def _tls_reader(factory: ProtocolFactory) -> _TlsReader:
+    # The reader hands bytes over with data_received: a protocol made here has it (a
+    # BufferedProtocol lanerpc dials or serves with keeps data_received too).
+    return _TlsReader(cast(asyncio.Protocol, factory()))
+
+
 def _nodelay(sock: socket.socket) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
@@ -73,7 +81,7 @@ def _nodelay(sock: socket.socket) -> None:
 async def connect(host: str, port: int, factory: ProtocolFactory, *,
                   ssl: _ssl.SSLContext | None = None, server_hostname: str | None = None,
                   handshake_timeout: float | None = None,
-                  ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+                  ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
     """Dial ``host:port``; with ``ssl``, a TLS connection whose certificate is checked
     against ``server_hostname`` (also sent as SNI)."""
     loop = asyncio.get_running_loop()
@@ -81,7 +89,7 @@ async def connect(host: str, port: int, factory: ProtocolFactory, *,
         transport, protocol = await loop.create_connection(factory, host, port)
     else:
         transport, reader = await loop.create_connection(
-            lambda: _TlsReader(factory()), host, port, ssl=ssl, server_hostname=server_hostname,
+            lambda: _tls_reader(factory), host, port, ssl=ssl, server_hostname=server_hostname,
             ssl_handshake_timeout=handshake_timeout)
         protocol = reader.protocol
     sock = transport.get_extra_info("socket")
@@ -140,5 +148,5 @@ async def listen(sock: socket.socket, factory: ProtocolFactory, *,
     sock.listen(BACKLOG)
     if ssl is None:
         return await loop.create_server(factory, sock=sock)
-    return await loop.create_server(lambda: _TlsReader(factory()), sock=sock, ssl=ssl,
+    return await loop.create_server(lambda: _tls_reader(factory), sock=sock, ssl=ssl,
                                     ssl_handshake_timeout=handshake_timeout)

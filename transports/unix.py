@@ -15,7 +15,8 @@ import socket
 import stat
 from collections.abc import Callable
 
-ProtocolFactory = Callable[[], asyncio.Protocol]
+# An asyncio.Protocol, or a BufferedProtocol (read straight into its buffer).
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 # Called with the connected socket before any protocol exists; raising ends the attempt.
 ConnectCheck = Callable[[socket.socket], None]
 
@@ -23,7 +24,7 @@ BACKLOG = 1024
 
 
 async def connect(path: str, factory: ProtocolFactory, *,
-                  check: ConnectCheck | None = None) -> tuple[asyncio.Transport, asyncio.Protocol]:
+                  check: ConnectCheck | None = None) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
     """Connect to ``path``. With ``check``, the socket is connected first and handed to
     ``check`` before the protocol is made, so nothing is written when it raises (the
     socket is closed and its exception propagates)."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from rpc._connection import MessageReceived, StreamWritable
-from rpc._stream import Stream, too_large
+from rpc._connection import Limits, MessageReceived, StreamWritable
+from rpc._stream import _WRITES_PER_YIELD, Stream, too_large
+from tests._support import within
 from tests.wire.helpers import ConnectionPair, events_of
 
 
@@ -31,6 +32,9 @@ class RecordingLink:
 
     async def drain(self) -> None:
         self.asked.append("drain")
+
+    def writer_yields(self) -> None:
+        self.asked.append("writer_yields")
 
 
 class Side(Stream):
@@ -94,8 +98,45 @@ async def test_a_message_within_the_window_batches_and_does_not_wait() -> None:
     assert [e.data for e in events_of(server_events, MessageReceived)] == [b"hello"]
 
 
-async def test_a_message_over_the_window_waits_for_stream_writable() -> None:
+async def test_a_writer_that_never_waits_still_lets_the_loop_run() -> None:
+    # 1000 small messages, all within the window: no write has to wait, yet another
+    # task on the same loop runs in between, about once per _WRITES_PER_YIELD writes.
     pair = _pair()
+    side, link = await _opened(pair)
+    turns = 0
+    writing = True
+
+    async def other_task() -> None:
+        nonlocal turns
+        while writing:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.ensure_future(other_task())
+    await asyncio.sleep(0)     # the other task starts
+    started = turns
+
+    async def writer() -> None:
+        for _ in range(1000):
+            await side._send(b"m" * 10)
+
+    try:
+        await within(writer(), 10)
+    finally:
+        writing = False
+        await within(other, 10)
+    ran = turns - started
+    # At least once per 50 writes ("a few dozen"), and not once per write (a few
+    # turns more than the policy's: the bound wraps the writer in a task of its own).
+    assert 1000 // 50 <= ran <= 1000 // _WRITES_PER_YIELD + 8, ran
+    assert not side._writable
+
+
+async def test_a_message_over_the_window_waits_for_stream_writable() -> None:
+    # (A server that takes messages this big: over its limit it would refuse this one
+    # as soon as its size is announced.)
+    pair = ConnectionPair(server_limits=Limits(max_receive_message_length=16 * 1024 * 1024))
+    pair.handshake()
     side, link = await _opened(pair)
     big = b"x" * (pair.client.peer.stream_window * 2)
     sending = asyncio.ensure_future(side._send(big))

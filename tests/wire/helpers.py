@@ -41,15 +41,19 @@ class _Tap:
         self.frames.extend(WireFrame(*f) for f in self.decoder.frames())
 
     def message_bytes(self, stream_id: int | None = None) -> int:
-        """MESSAGE payload bytes seen, for one stream or all."""
+        """Message bytes seen in MESSAGE frames, for one stream or all (a size
+        announcement carries none: what flow control counts)."""
         return sum(len(f.payload) for f in self.frames
-                   if f.type == _wire.MESSAGE and (stream_id is None or f.stream_id == stream_id))
+                   if f.type == _wire.MESSAGE and not f.flags & _wire.FLAG_SIZE
+                   and (stream_id is None or f.stream_id == stream_id))
 
 
 class ConnectionPair:
     """A client and a server :class:`Connection`, connected by memory.
 
-    ``byte_at_a_time=True`` delivers every byte in its own ``receive_data`` call.
+    ``byte_at_a_time=True`` delivers every byte in its own ``receive_data`` call;
+    ``reads_of=N`` delivers as a buffered socket would: copied into the
+    connection's ``receive_buffer()`` at most N bytes at a time (``received_into``).
     ``events[role]`` accumulates everything ``role``'s connection produced.
     """
 
@@ -59,12 +63,14 @@ class ConnectionPair:
         server_limits: Limits | None = None,
         *,
         byte_at_a_time: bool = False,
+        reads_of: int | None = None,
     ) -> None:
         self.conn = {
             CLIENT: Connection(CLIENT, client_limits),
             SERVER: Connection(SERVER, server_limits),
         }
         self.byte_at_a_time = byte_at_a_time
+        self.reads_of = reads_of
         self.events: dict[Role, list[Event]] = {CLIENT: [], SERVER: []}
         # taps[role]: the frames *sent by* role.
         self.taps: dict[Role, _Tap] = {CLIENT: _Tap(), SERVER: _Tap()}
@@ -91,8 +97,10 @@ class ConnectionPair:
     def feed(self, receiver: Role, data: bytes) -> list[Event]:
         """Deliver ``data`` to ``receiver``; returns (and records) its events."""
         conn = self.conn[receiver]
-        if self.byte_at_a_time:
-            events: list[Event] = []
+        if self.reads_of is not None:
+            events = read_into(conn, data, self.reads_of)
+        elif self.byte_at_a_time:
+            events = []
             for i in range(len(data)):
                 events.extend(receive(conn, data[i:i + 1]))
         else:
@@ -135,6 +143,24 @@ def receive(conn: Connection, data: bytes) -> list[Event]:
     if any(type(e) is HelloReceived for e in events):
         conn.accept()
         events += conn.receive_data(b"")
+    return events
+
+
+def read_into(conn: Connection, data: bytes, step: int) -> list[Event]:
+    """Deliver ``data`` as a buffered socket read would: into ``conn.receive_buffer()``,
+    at most ``step`` bytes per read (a server accepts the HELLO as in :func:`receive`)."""
+    events: list[Event] = []
+    view = memoryview(data)
+    while view:
+        into = conn.receive_buffer()
+        n = min(len(into), step, len(view))
+        into[:n] = view[:n]
+        view = view[n:]
+        got = conn.received_into(n)
+        if any(type(e) is HelloReceived for e in got):
+            conn.accept()
+            got += conn.receive_data(b"")
+        events += got
     return events
 
 

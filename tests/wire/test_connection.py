@@ -331,8 +331,11 @@ def test_message_bigger_than_the_window_moves_only_as_the_reader_consumes():
     assert _messages(server_events) == [big]
     assert client.outbox_bytes(sid) == 0
     assert StreamWritable(sid) in client_events
-    # It crossed in pieces, none larger than the window.
-    chunks = [f for f in pair.taps[CLIENT].frames if f.type == _wire.MESSAGE and f.stream_id == sid]
+    # It crossed in pieces, none larger than the window, its size announced first.
+    frames = [f for f in pair.taps[CLIENT].frames if f.type == _wire.MESSAGE and f.stream_id == sid]
+    sizes = [_wire.decode_message_size(f.payload) for f in frames if f.flags & _wire.FLAG_SIZE]
+    assert sizes == [len(big)]
+    chunks = [f for f in frames if not f.flags & _wire.FLAG_SIZE]
     assert len(chunks) > 2
     assert all(len(f.payload) <= window for f in chunks)
     assert [f.flags & _wire.FLAG_MORE for f in chunks[1:]] == [_wire.FLAG_MORE] * (len(chunks) - 2) + [0]
@@ -682,11 +685,11 @@ def test_version_mismatch_on_the_server():
     server = Connection(SERVER)
     server.data_to_send()
     with pytest.raises(ProtocolError) as info:
-        server.receive_data(_wire.MAGIC + _hello(versions=(2, 7)))
+        server.receive_data(_wire.MAGIC + _hello(versions=(3, 7)))
     assert info.value.code == GoAwayCode.UNSUPPORTED_VERSION
     _, code, reason = _goaway_queued(server)
     assert code == GoAwayCode.UNSUPPORTED_VERSION
-    assert "[2, 7]" in reason
+    assert "[3, 7]" in reason
     # A lanerpc client reading that refusal learns the reason.
     client = Connection(CLIENT)
     events = client.receive_data(_wire.MAGIC + _wire.frame(
@@ -694,7 +697,7 @@ def test_version_mismatch_on_the_server():
     assert events == [GoAwayReceived(0, GoAwayCode.UNSUPPORTED_VERSION, reason)]
 
 
-@pytest.mark.parametrize("versions", [(2,), (1, 2), ()], ids=["unknown", "two", "none"])
+@pytest.mark.parametrize("versions", [(3,), (1, 2), ()], ids=["unknown", "two", "none"])
 def test_version_mismatch_on_the_client(versions):
     client = Connection(CLIENT)
     client.data_to_send()
