@@ -20,7 +20,9 @@ from typing import Any, cast
 
 from ._seam import PeerInfo
 
-ProtocolFactory = Callable[[], asyncio.Protocol]
+# The link is a BufferedProtocol that also takes ``data_received`` (as every lane's
+# link does); a pipe hands it bytes that way.
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
 class PipeTransport(asyncio.Transport):
@@ -220,7 +222,7 @@ class _WriteSide(asyncio.Protocol):
 
 
 async def connect(read_fd: int, write_fd: int, factory: ProtocolFactory, *,
-                  peer_pid: int | None = None) -> tuple[PipeTransport, asyncio.Protocol]:
+                  peer_pid: int | None = None) -> tuple[PipeTransport, asyncio.BaseProtocol]:
     """One connection over the pipe ``read_fd`` (bytes in) and the pipe ``write_fd``
     (bytes out); takes ownership of both fds (closed with the connection). The peer is
     ``peer_pid`` (the spawned child, or the parent that spawned us): it runs as our
@@ -229,7 +231,9 @@ async def connect(read_fd: int, write_fd: int, factory: ProtocolFactory, *,
     peer = PeerInfo("pipe", f"pipe:{peer_pid if peer_pid is not None else '?'}",
                     peer_pid, os.getuid(), os.getgid())
     protocol = factory()
-    transport = PipeTransport(protocol, peer)
+    if not hasattr(protocol, "data_received"):
+        raise TypeError(f"{type(protocol).__name__} can't take a pipe's bytes (no data_received)")
+    transport = PipeTransport(cast(asyncio.Protocol, protocol), peer)
     reader = os.fdopen(read_fd, "rb", buffering=0)
     try:
         writer = os.fdopen(write_fd, "wb", buffering=0)
