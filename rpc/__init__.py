@@ -14,6 +14,8 @@ from concurrent import futures
 import grpc
 from grpc.aio import AioRpcError, EOF, Metadata
 
+# First: it decides whether the compiled hot path or its pure-Python source is imported.
+from rpc import _compiled
 from rpc import _compression, _credentials, _grpc, _options
 from rpc._channel import (
     Channel,
@@ -51,6 +53,8 @@ from rpc import sync   # the blocking API: rpc.sync.insecure_channel, rpc.sync.s
 
 __version__ = _options.VERSION
 _log = logging.getLogger("lanerpc")
+_log.debug("lanerpc: compiled modules: %s%s", ", ".join(_compiled.compiled_modules()) or "none",
+           " (LANERPC_PURE_PYTHON is set)" if _compiled.PURE_PYTHON_FORCED else "")
 
 
 def insecure_channel(target: str, options: _grpc.Options | None = None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import enum
 import os
-from collections.abc import Callable
 
 from rpc import _wire
 from rpc._events import (
@@ -66,6 +65,10 @@ __all__ = (
     "RequestReceived", "Role", "StreamClosed", "StreamEnded", "StreamInput", "StreamState",
     "StreamWritable", "_TRANSITIONS", "transition",
 )
+
+# True when this module runs as the extension setup.py compiles from this source
+# (rpc._compiled says which runs, and how to force the source).
+COMPILED: bool = not __file__.endswith(".py")
 
 _pack_header = _wire.HEADER.pack
 
@@ -229,11 +232,32 @@ class Connection:
         decoder = self._decoder
         if self._accept_pending:
             return events      # buffered until our HELLO has gone out (accept)
-        handlers = self._FRAME_HANDLERS     # the decoder lets only known types through
         try:
             for ftype, flags, sid, payload in decoder.frames(self._place_of):
-                if handlers[ftype](self, flags, sid, payload, events):
-                    break   # the frames behind this one wait (HELLO) or go elsewhere (LANE)
+                # The decoder lets only known types through; the per-call ones first. Each
+                # reader takes the payload as it comes: a memoryview only for MESSAGE.
+                if ftype == MESSAGE:
+                    self._on_message(flags, sid, payload, events)
+                elif ftype == HEADERS:
+                    self._on_headers(flags, sid, payload, events)
+                elif ftype == TRAILERS:
+                    self._on_trailers(flags, sid, payload, events)
+                elif ftype == WINDOW_UPDATE:
+                    self._on_window_update(flags, sid, payload, events)
+                elif ftype == CANCEL:
+                    self._on_cancel(flags, sid, payload, events)
+                elif ftype == PING:
+                    self._on_ping(flags, sid, payload, events)
+                elif ftype == GOAWAY:
+                    self._on_goaway(flags, sid, payload, events)
+                elif ftype == HELLO:
+                    if self._on_hello(flags, sid, payload, events):
+                        break   # the frames behind it wait for accept(): our HELLO goes first
+                elif ftype == LANE:
+                    if self._on_lane(flags, sid, payload, events):
+                        break   # the frames behind it arrive on the new lane
+                else:
+                    raise ProtocolError(f"no reader for frame type {ftype}")
         except ProtocolError as exc:
             self.fail(exc)
             raise
@@ -1056,21 +1080,6 @@ class Connection:
     def outbox_bytes(self, stream_id: int) -> int:
         stream = self.streams.get(stream_id)
         return stream.outbox_bytes if stream is not None else 0
-
-
-    # The frame types the decoder lets through, and who reads each.
-    # (Each takes the payload as the decoder yields it: a memoryview only for MESSAGE.)
-    _FRAME_HANDLERS: dict[int, Callable[..., bool | None]] = {
-        MESSAGE: _on_message,
-        HEADERS: _on_headers,
-        TRAILERS: _on_trailers,
-        WINDOW_UPDATE: _on_window_update,
-        HELLO: _on_hello,
-        CANCEL: _on_cancel,
-        PING: _on_ping,
-        GOAWAY: _on_goaway,
-        LANE: _on_lane,
-    }
 
 
 class ConnectionClosed(Exception):

@@ -11,6 +11,10 @@ from typing import Any
 from rpc._wire import ProtocolError
 
 
+# True when this module runs as the extension setup.py compiles from this source
+# (rpc._compiled says which runs, and how to force the source).
+COMPILED: bool = not __file__.endswith(".py")
+
 class StreamState(enum.Enum):
     OPEN = "open"                       # both sides may send messages
     HALF_CLOSED_LOCAL = "half-closed-local"    # we sent END_STREAM

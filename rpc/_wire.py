@@ -11,6 +11,10 @@ import enum
 import struct
 from typing import Callable, Iterator, Sequence
 
+# True when this module runs as the extension setup.py compiles from this source
+# (rpc._compiled says which runs, and how to force the source).
+COMPILED: bool = not __file__.endswith(".py")
+
 # Sent first by both sides; an 8-byte magic that no HTTP/1, HTTP/2 or TLS peer
 # sends, so a wrong dial fails at the first byte with a clear reason.
 MAGIC = b"LNRPC\r\n\x00"

@@ -1,0 +1,102 @@
+# Types for the compiled build of _connection.py (see rpc/_wire.pxd): the connection's
+# fields are C fields, its per-frame helpers C methods (cdef: called only from here),
+# its counters and windows C integers. Windows stay below 2**32 (checked on receipt),
+# so a long long never overflows. What the link and the tests read is public.
+import cython
+
+from rpc._wire cimport FrameDecoder
+from rpc._streams cimport Stream
+
+
+cdef class Connection:
+    cdef public object role
+    cdef public object limits
+    cdef public object peer
+    cdef public object peer_hello
+    cdef public object version
+    cdef public FrameDecoder _decoder
+    cdef public list _out
+    cdef public Py_ssize_t _out_bytes
+    cdef public dict streams
+    cdef public long long _last_peer_stream
+    cdef public long long _next_stream_id
+    cdef public long long send_window
+    cdef public long long _recv_window
+    cdef public long long _recv_window_pending
+    cdef public long long _credit_quarter
+    cdef public long long buffered
+    cdef public long long _held_messages
+    cdef public object budget
+    cdef public object _blocked
+    cdef public bint goaway_sent
+    cdef public object goaway_received
+    cdef public long long ping_bytes_sent
+    cdef public bint closed
+    cdef public bint handshake_done
+    cdef public bint _accept_pending
+    cdef public object _lane_asked
+    cdef public bint _lane_answered
+
+    cdef _emit(self, object data)
+
+    @cython.locals(pending=cython.longlong, quarter=cython.longlong)
+    cpdef list data_to_send(self)
+
+    @cython.locals(events=list, decoder=FrameDecoder, ftype=int, flags=int)
+    cpdef list receive_data(self, object data)
+
+    cdef _require_handshake(self)
+    cdef bint _on_hello(self, int flags, object sid, bytes payload, list events) except -1
+
+    @cython.locals(stream=Stream, end=bint, end_after_message=bint, message_encoding=int)
+    cdef _on_headers(self, int flags, object sid, bytes payload, list events)
+
+    cdef _discard_message(self, object message)
+    cdef _check_known(self, object sid)
+
+    @cython.locals(stream=Stream, size=cython.longlong, total=cython.longlong,
+                   more=int, end=bint, encoding=int)
+    cdef _on_message(self, int flags, object sid, bytes payload, list events)
+
+    cdef _reject_message(self, Stream stream, bint more, int code, str detail, list events)
+    cdef _let_go_partial(self, Stream stream)
+    cdef _release(self, long long size)
+    cdef _relieve(self, Stream stream, list events)
+    cdef _recv_end(self, Stream stream)
+
+    @cython.locals(stream=Stream)
+    cdef _on_trailers(self, int flags, object sid, bytes payload, list events)
+
+    @cython.locals(stream=Stream)
+    cdef _on_cancel(self, int flags, object sid, bytes payload, list events)
+
+    @cython.locals(stream=Stream, inc=cython.longlong)
+    cdef _on_window_update(self, int flags, object sid, bytes payload, list events)
+
+    cdef _on_ping(self, int flags, object sid, bytes payload, list events)
+    cdef bint _on_lane(self, int flags, object sid, bytes payload, list events) except -1
+    cdef _on_goaway(self, int flags, object sid, bytes payload, list events)
+
+    @cython.locals(pending=cython.longlong)
+    cdef _credit_stream(self, Stream stream, long long size)
+
+    @cython.locals(stream=Stream, size=cython.longlong, stream_size=cython.longlong,
+                   extra=cython.longlong)
+    cpdef consume(self, object stream_id)
+
+    @cython.locals(pending=cython.longlong, quarter=cython.longlong)
+    cdef _flush_credit(self)
+
+    @cython.locals(stream=Stream)
+    cdef _release_blocked(self, list events)
+
+    cdef _check_can_send(self)
+
+    @cython.locals(stream=Stream, data=object, offset=Py_ssize_t, remaining=Py_ssize_t,
+                   allowance=cython.longlong, n=Py_ssize_t, last=bint, flags=int,
+                   max_frame=cython.longlong, end=bint, encoded=int)
+    cdef _pump(self, Stream stream, list events)
+
+    cdef bytes _fitting_trailers(self, int code, str details, object metadata)
+
+    cdef _drop(self, Stream stream)

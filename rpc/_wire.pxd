@@ -1,0 +1,47 @@
+# Types for the compiled build of _wire.py (Cython's pure-Python mode: this file
+# augments the .py of the same name; see rpc/_compiled.py and setup.py). Only the
+# hot path is typed: the frame decoder and the codec functions a call goes through.
+# Lengths and offsets are Py_ssize_t; values read off the wire stay Python ints until
+# they are checked (a u64 timeout would not fit a C long).
+import cython
+
+cdef object _pack_header
+cdef object _U32, _U16, _TRAILER_HEAD, _REQUEST_HEAD
+cdef tuple _BARE_TRAILERS
+
+cpdef bytes frame(int ftype, int flags, object stream_id, bytes payload=*)
+
+@cython.locals(kb=bytes, vb=bytes, parts=list)
+cpdef bytes encode_metadata(object metadata)
+
+@cython.locals(end=Py_ssize_t, klen=Py_ssize_t, vlen=Py_ssize_t, count=Py_ssize_t,
+               i=Py_ssize_t, out=list, kraw=bytes, vraw=bytes, key=str)
+cpdef tuple decode_metadata(object buf, Py_ssize_t offset=*)
+
+@cython.locals(mb=bytes)
+cpdef bytes encode_request_headers_block(str method, object timeout_us, bytes block)
+
+@cython.locals(mlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, method=str)
+cpdef tuple decode_request_headers(bytes payload)
+
+@cython.locals(size=Py_ssize_t)
+cpdef tuple split_message(bytes payload)
+
+cpdef bytes bare_trailers(int code)
+
+@cython.locals(dlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t)
+cpdef tuple decode_trailers(bytes payload)
+
+
+cdef class FrameDecoder:
+    cdef bytearray _buf
+    cdef Py_ssize_t _pos
+    cdef public Py_ssize_t max_frame_size
+    cdef public object handshake_limit
+    cdef bint _magic_pending
+    cdef object _big
+    cdef list _big_chunks
+    cdef Py_ssize_t _big_need
+
+    @cython.locals(need=Py_ssize_t, buf=bytearray)
+    cpdef feed(self, object data)
