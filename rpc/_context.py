@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import inspect
 import logging
-from typing import (Any, Callable, Coroutine, Iterable, Mapping, NoReturn, Protocol, Sequence,
+from typing import (Any, Callable, Coroutine, Generator, Iterable, Mapping, NoReturn, Protocol,
+                    Sequence,
                     Tuple, TypeVar, Union)
 
 import grpc
@@ -90,6 +92,87 @@ def _kind(fn: Callable[..., Any]) -> str:
     return kind
 
 
+class _FirstStep:
+    """The current task while a unary handler takes its first step with none
+    (ServicerContext._start_eagerly), and what the call holds as its task until it has
+    one. Asked to cancel meanwhile, it counts, and the task is cancelled as often when
+    made; once made, everything asked of the stand-in is asked of the task."""
+
+    __slots__ = ("finished", "cancels", "task")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.cancels = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def done(self) -> bool:
+        return self.finished if self.task is None else self.task.done()
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.task is not None:
+            return self.task.cancel(msg)
+        if self.finished:
+            return False
+        self.cancels += 1
+        return True
+
+    def cancelling(self) -> int:
+        return self.cancels if self.task is None else self.task.cancelling()
+
+    def uncancel(self) -> int:
+        if self.task is not None:
+            return self.task.uncancel()
+        self.cancels = max(self.cancels - 1, 0)
+        return self.cancels
+
+    def cancelled(self) -> bool:
+        return self.task is not None and self.task.cancelled()
+
+    def __getattr__(self, name: str) -> Any:
+        if self.task is None:
+            raise AttributeError(f"{name}: the handler's first step runs without a task")
+        return getattr(self.task, name)
+
+
+# The current task as asyncio keeps it (private, but the only way to show a stand-in to
+# asyncio.current_task on Python 3.11, which has no eager tasks).
+_enter_task: Callable[[asyncio.AbstractEventLoop, Any], None] = asyncio.tasks._enter_task
+_leave_task: Callable[[asyncio.AbstractEventLoop, Any], None] = asyncio.tasks._leave_task
+
+
+class _Resumed(collections.abc.Coroutine[Any, Any, None]):
+    """The rest of ``coro``, which ran up to yielding ``yielded`` (a future it waits
+    for, or None): a task that runs this runs ``coro`` as if it had from the start. The
+    task's first step gets ``yielded`` back; a cancellation thrown in before that step
+    lands in ``coro`` where it waits, as it would have in a task of its own."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded: Any = yielded
+
+    def send(self, value: Any) -> Any:
+        yielded = self._yielded
+        if yielded is not _RESUMED:
+            self._yielded = _RESUMED
+            return yielded
+        return self._coro.send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        self._yielded = _RESUMED
+        return self._coro.throw(*exc)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise TypeError("a task runs this; it is not awaited")
+
+
+_RESUMED = object()
+
+
 class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     """One call on the server; what a grpc.aio handler receives as ``context``.
     Its stream's IO (sending, receiving, the write policy) is :class:`Stream`'s."""
@@ -98,7 +181,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     # sets only what differs (fewer stores per call on the hot path).
     _link: ServerLink
     _deadline: float | None = None
-    _task: asyncio.Task[None] | None = None
+    _task: asyncio.Task[None] | _FirstStep | None = None
     _code: int | None = None            # set_code / abort: the status sent
     _py_code: Any = None                # ... and what the handler gave, as code() returns it
     _aborted = False
@@ -192,12 +275,51 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     # ------------------------------------------------------------ running
 
     def _start(self) -> None:
+        handler = self._handler
+        fn: Any = handler.unary_unary
+        if (not handler.request_streaming and not handler.response_streaming
+                and _kind(fn) is _COROUTINE and self._start_eagerly()):
+            return
         self._task = task = self._loop.create_task(self._run())
         # Cleanup in a done callback, not in _run's finally: a task cancelled
         # before its first step never enters _run at all.
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _start_eagerly(self) -> bool:
+        """Run a unary handler's first step now, with no task: most finish in it (no
+        await that suspends), and their answer goes out with no task made, scheduled,
+        switched to and cleaned up after (2-3.5 µs a call). One that suspends goes on
+        in a task from where it stopped, in the same contextvars context. Meanwhile a
+        stand-in is the current task (for asyncio.timeout, TaskGroup, current_task);
+        what is asked of it reaches the task once there is one. False when a task is
+        running already (the caller was not a protocol's callback): no eager start."""
+        loop = self._loop
+        step = _FirstStep()
+        try:
+            _enter_task(loop, step)
+        except RuntimeError:
+            return False
+        self._task = step
+        coro = self._run()
+        context = contextvars.copy_context()
+        try:
+            yielded = context.run(coro.send, None)
+        except BaseException as exc:      # finished (StopIteration), or an exit
+            _leave_task(loop, step)
+            step.finished = True
+            self._task_done(step)
+            if isinstance(exc, StopIteration):
+                return True
+            raise
+        _leave_task(loop, step)
+        task = loop.create_task(_Resumed(coro, yielded), context=context)
+        step.task = self._task = task
+        for _ in range(step.cancels):     # cancel() asked during the first step
+            task.cancel()
+        task.add_done_callback(self._task_done)
+        return True
+
+    def _task_done(self, task: asyncio.Task[None] | _FirstStep) -> None:
         if not self._ended:
             self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
         self._complete()

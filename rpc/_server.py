@@ -697,7 +697,7 @@ class Server(aio.Server):
             return
         # Let cancelled handlers unwind, briefly.
         tasks = [call._task for link in self._links for call in link.calls.values()
-                 if call._task is not None and not call._task.done()]
+                 if isinstance(call._task, asyncio.Task) and not call._task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
         for link in list(self._links):
