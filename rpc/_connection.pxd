@@ -5,7 +5,13 @@
 import cython
 
 from rpc._wire cimport FrameDecoder
-from rpc._streams cimport Stream
+from rpc._streams cimport Stream, transition
+from rpc cimport _wire
+
+# The frame types and flags this module imports from _wire, as C ints here.
+cdef int CANCEL, GOAWAY, HEADERS, HELLO, LANE, MESSAGE, PING, TRAILERS, WINDOW_UPDATE
+cdef int FLAG_ACK, FLAG_END_STREAM, FLAG_MORE, FLAG_NO_MESSAGE, FLAG_WITH_MESSAGE
+cdef int FLAG_NOT_STARTED, ENCODING_MASK, ENCODING_SHIFT
 
 
 cdef class Connection:
