@@ -12,8 +12,7 @@ import contextvars
 import inspect
 import logging
 from typing import (Any, Callable, Coroutine, Generator, Iterable, Mapping, NoReturn, Protocol,
-                    Sequence,
-                    Tuple, TypeVar, Union)
+                    Sequence, Tuple, TypeVar, Union)
 
 import grpc
 from grpc import aio
