@@ -7,10 +7,12 @@ imports the compiled extension in preference to the ``.py`` of the same name; th
 module, imported first by ``rpc/__init__``, decides per module instead:
 
 - ``LANERPC_PURE_PYTHON=1`` in the environment: the ``.py`` source;
-- an extension missing or older than its ``.py`` (the source was edited or checked
-  out after the build): the ``.py`` source of all of them, with a warning when some
-  were built, so a stale build never runs code that is no longer in the source. All
-  or none: a compiled module reaches into the C fields of those below it;
+- an extension missing, or in a source checkout (``setup.py`` beside the package)
+  older than its ``.py`` (the source was edited or checked out after the build): the
+  ``.py`` source of all of them, with a warning when some were built, so a stale build
+  never runs code that is no longer in the source. All or none: a compiled module
+  reaches into the C fields of those below it. (An installed package is not checked
+  so: installing writes its files in any order.)
 - otherwise the extensions.
 
 Each of :data:`MODULES` has ``COMPILED``, true when its extension runs;
@@ -58,8 +60,10 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
 
 
 def _all_built(folder: str) -> bool:
-    """Whether every module of MODULES has an extension in ``folder`` built since its
-    source last changed; warns about a build that is there but out of date."""
+    """Whether every module of MODULES has an extension in ``folder`` (in a checkout:
+    built since its source last changed); warns about a build that is there but out of
+    date or incomplete."""
+    checkout = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(folder)), "setup.py"))
     stale = []
     missing = []
     for name in MODULES:
@@ -67,7 +71,8 @@ def _all_built(folder: str) -> bool:
         built = _extension(folder, stem)
         if built is None:
             missing.append(stem)
-        elif os.path.getmtime(built) < os.path.getmtime(os.path.join(folder, stem + ".py")):
+        elif checkout and os.path.getmtime(built) < os.path.getmtime(
+                os.path.join(folder, stem + ".py")):
             stale.append(stem)
     if stale or (missing and len(missing) < len(MODULES)):
         log.warning("lanerpc: the compiled hot path is out of date or incomplete (%s); running "
