@@ -10,7 +10,7 @@ from rpc cimport _wire
 
 # The frame types and flags this module imports from _wire, as C ints here.
 cdef int CANCEL, GOAWAY, HEADERS, HELLO, LANE, MESSAGE, PING, TRAILERS, WINDOW_UPDATE
-cdef int FLAG_ACK, FLAG_END_STREAM, FLAG_MORE, FLAG_NO_MESSAGE, FLAG_WITH_MESSAGE
+cdef int FLAG_ACK, FLAG_END_STREAM, FLAG_MORE, FLAG_NO_MESSAGE, FLAG_WITH_MESSAGE, FLAG_SIZE
 cdef int FLAG_NOT_STARTED, ENCODING_MASK, ENCODING_SHIFT
 
 
@@ -32,6 +32,8 @@ cdef class Connection:
     cdef public long long _credit_quarter
     cdef public long long buffered
     cdef public long long _held_messages
+    cdef public long long _reserved
+    cdef public bint _announce_sizes
     cdef public object budget
     cdef public object _blocked
     cdef public bint goaway_sent
@@ -44,25 +46,32 @@ cdef class Connection:
     cdef public bint _lane_answered
 
     cdef _emit(self, object data)
+    cdef _emit_with_message(self, bytes head, object message, bytes tail)
 
     @cython.locals(pending=cython.longlong, quarter=cython.longlong)
     cpdef list data_to_send(self)
 
-    @cython.locals(events=list, decoder=FrameDecoder, ftype=int, flags=int)
     cpdef list receive_data(self, object data)
+    cpdef list received_into(self, Py_ssize_t nbytes)
+
+    @cython.locals(events=list, decoder=FrameDecoder, ftype=int, flags=int)
+    cdef list _read_frames(self)
 
     cdef _require_handshake(self)
-    cdef bint _on_hello(self, int flags, object sid, bytes payload, list events) except -1
+    cdef bint _on_hello(self, int flags, object sid, object payload, list events) except -1
 
     @cython.locals(stream=Stream, end=bint, end_after_message=bint, message_encoding=int)
-    cdef _on_headers(self, int flags, object sid, bytes payload, list events)
+    cdef _on_headers(self, int flags, object sid, object payload, list events)
 
     cdef _discard_message(self, object message)
     cdef _check_known(self, object sid)
 
     @cython.locals(stream=Stream, size=cython.longlong, total=cython.longlong,
                    more=int, end=bint, encoding=int)
-    cdef _on_message(self, int flags, object sid, bytes payload, list events)
+    cdef _on_message(self, int flags, object sid, object payload, list events)
+
+    @cython.locals(stream=Stream, total=cython.longlong, limit=cython.longlong)
+    cdef _on_message_size(self, object sid, object payload, list events)
 
     cdef _reject_message(self, Stream stream, bint more, int code, str detail, list events)
     cdef _let_go_partial(self, Stream stream)
@@ -71,17 +80,17 @@ cdef class Connection:
     cdef _recv_end(self, Stream stream)
 
     @cython.locals(stream=Stream)
-    cdef _on_trailers(self, int flags, object sid, bytes payload, list events)
+    cdef _on_trailers(self, int flags, object sid, object payload, list events)
 
     @cython.locals(stream=Stream)
-    cdef _on_cancel(self, int flags, object sid, bytes payload, list events)
+    cdef _on_cancel(self, int flags, object sid, object payload, list events)
 
     @cython.locals(stream=Stream, inc=cython.longlong)
-    cdef _on_window_update(self, int flags, object sid, bytes payload, list events)
+    cdef _on_window_update(self, int flags, object sid, object payload, list events)
 
-    cdef _on_ping(self, int flags, object sid, bytes payload, list events)
-    cdef bint _on_lane(self, int flags, object sid, bytes payload, list events) except -1
-    cdef _on_goaway(self, int flags, object sid, bytes payload, list events)
+    cdef _on_ping(self, int flags, object sid, object payload, list events)
+    cdef bint _on_lane(self, int flags, object sid, object payload, list events) except -1
+    cdef _on_goaway(self, int flags, object sid, object payload, list events)
 
     @cython.locals(pending=cython.longlong)
     cdef _credit_stream(self, Stream stream, long long size)

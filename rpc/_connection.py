@@ -234,27 +234,29 @@ class Connection:
             return events      # buffered until our HELLO has gone out (accept)
         try:
             for ftype, flags, sid, payload in decoder.frames(self._place_of):
-                # The decoder lets only known types through; the per-call ones first. Each
-                # reader takes the payload as it comes: a memoryview only for MESSAGE.
+                # The decoder lets only known types through; the per-call ones first.
                 if ftype == MESSAGE:
                     self._on_message(flags, sid, payload, events)
-                elif ftype == HEADERS:
-                    self._on_headers(flags, sid, payload, events)
+                    continue
+                # Only a MESSAGE's payload may be a memoryview (its place in a message).
+                whole: bytes | bytearray = payload  # type: ignore[assignment]
+                if ftype == HEADERS:
+                    self._on_headers(flags, sid, whole, events)
                 elif ftype == TRAILERS:
-                    self._on_trailers(flags, sid, payload, events)
+                    self._on_trailers(flags, sid, whole, events)
                 elif ftype == WINDOW_UPDATE:
-                    self._on_window_update(flags, sid, payload, events)
+                    self._on_window_update(flags, sid, whole, events)
                 elif ftype == CANCEL:
-                    self._on_cancel(flags, sid, payload, events)
+                    self._on_cancel(flags, sid, whole, events)
                 elif ftype == PING:
-                    self._on_ping(flags, sid, payload, events)
+                    self._on_ping(flags, sid, whole, events)
                 elif ftype == GOAWAY:
-                    self._on_goaway(flags, sid, payload, events)
+                    self._on_goaway(flags, sid, whole, events)
                 elif ftype == HELLO:
-                    if self._on_hello(flags, sid, payload, events):
+                    if self._on_hello(flags, sid, whole, events):
                         break   # the frames behind it wait for accept(): our HELLO goes first
                 elif ftype == LANE:
-                    if self._on_lane(flags, sid, payload, events):
+                    if self._on_lane(flags, sid, whole, events):
                         break   # the frames behind it arrive on the new lane
                 else:
                     raise ProtocolError(f"no reader for frame type {ftype}")

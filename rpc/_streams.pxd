@@ -13,6 +13,8 @@ cdef class Stream:
     cdef public bint closing
     cdef public object outbox
     cdef public long long outbox_bytes
+    cdef public long long announced
+    cdef public object assembly
     cdef public list partial
     cdef public long long partial_size
     cdef public long long partial_credited

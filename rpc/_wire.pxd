@@ -2,14 +2,15 @@
 # augments the .py of the same name; see rpc/_compiled.py and setup.py). Only the
 # hot path is typed: the frame decoder and the codec functions a call goes through.
 # Lengths and offsets are Py_ssize_t; values read off the wire stay Python ints until
-# they are checked (a u64 timeout would not fit a C long).
+# they are checked (a u64 timeout would not fit a C long). Payloads are objects: bytes,
+# or a bytearray / memoryview for a big frame read into memory of its own.
 import cython
 
 cdef object _pack_header
 cdef object _U32, _U16, _TRAILER_HEAD, _REQUEST_HEAD
 cdef tuple _BARE_TRAILERS
 
-cpdef bytes frame(int ftype, int flags, object stream_id, bytes payload=*)
+cpdef bytes frame(int ftype, int flags, object stream_id, object payload=*)
 
 @cython.locals(kb=bytes, vb=bytes, parts=list)
 cpdef bytes encode_metadata(object metadata)
@@ -22,26 +23,33 @@ cpdef tuple decode_metadata(object buf, Py_ssize_t offset=*)
 cpdef bytes encode_request_headers_block(str method, object timeout_us, bytes block)
 
 @cython.locals(mlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, method=str)
-cpdef tuple decode_request_headers(bytes payload)
+cpdef tuple decode_request_headers(object payload)
 
 @cython.locals(size=Py_ssize_t)
-cpdef tuple split_message(bytes payload)
+cpdef tuple split_message(object payload)
 
 cpdef bytes bare_trailers(int code)
 
 @cython.locals(dlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t)
-cpdef tuple decode_trailers(bytes payload)
+cpdef tuple decode_trailers(object payload)
 
 
 cdef class FrameDecoder:
     cdef bytearray _buf
+    cdef object _view
     cdef Py_ssize_t _pos
+    cdef Py_ssize_t _end
+    cdef Py_ssize_t _offered
+    cdef bint _filled_all
     cdef public Py_ssize_t max_frame_size
     cdef public object handshake_limit
     cdef bint _magic_pending
     cdef object _big
-    cdef list _big_chunks
-    cdef Py_ssize_t _big_need
+    cdef object _big_target
+    cdef object _big_payload
+    cdef Py_ssize_t _big_filled
 
-    @cython.locals(need=Py_ssize_t, buf=bytearray)
+    @cython.locals(size=Py_ssize_t, filled=Py_ssize_t, n=Py_ssize_t)
     cpdef feed(self, object data)
+
+    cpdef buffer_updated(self, Py_ssize_t nbytes)
