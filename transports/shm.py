@@ -66,6 +66,9 @@ import time
 import weakref
 from typing import Any, Literal
 
+from . import _memfd
+from ._doorbell import EventfdDoorbell, SemaphoreDoorbell, eventfd_supported
+from ._memfd import MemfdRejected
 from ._ring import (
     MAX_CAPACITY,
     MIN_CAPACITY,
@@ -75,7 +78,7 @@ from ._ring import (
     StoreLoadFence,
 )
 from ._seam import PeerInfo, peer_info
-from ._spin import AdaptiveSpin
+from ._spin import AdaptiveSpin, AnswerSpin
 
 try:
     import posix_ipc
@@ -84,24 +87,33 @@ except ImportError:  # pragma: no cover - posix_ipc is a Linux dependency of the
 
 __all__ = (
     "AdaptiveSpin",
+    "AnswerSpin",
     "DEFAULT_RING_CAPACITY",
+    "MemfdRejected",
     "RingCorrupted",
+    "SHM_VARIANTS",
     "SegmentLayout",
     "ShmForkError",
     "ShmOffer",
     "ShmSegment",
     "ShmTransport",
     "ShmUnavailable",
+    "resolve_variant",
 )
 
 _log = logging.getLogger("lanerpc.shm")
 
 Side = Literal["server", "client"]
+# "memfd": a sealed memfd and two eventfds passed over the control socket (Linux);
+# "posix": POSIX named shared memory and named semaphores (portable). "auto": the first
+# this system supports.
+Variant = Literal["memfd", "posix"]
+SHM_VARIANTS = ("auto", "memfd", "posix")
 
 DEFAULT_RING_CAPACITY = 1 << 20    # per direction; a 16 MiB message streams in 16 pieces
 IDLE_WAIT_SECONDS = 1.0            # a sleeping waiter re-checks its connection this often
-DEFAULT_LOOP_SPIN_US = 100.0       # the loop's poll for an answer after a write (0: off)
-LOOP_SPIN_MAX_PROBE_GAP = 256      # backed off, the loop still spins after every 256th write
+DEFAULT_LOOP_SPIN_US = 200.0       # the ceiling of the loop's poll for an answer (0: off)
+LOOP_SPIN_MAX_PROBE_GAP = 64       # backed off, the loop still spins after every 64th write
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
 _PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
@@ -154,9 +166,11 @@ def _fork_error(what: str, owner_pid: int) -> ShmForkError:
     )
 
 
-def _require_support() -> None:
-    if posix_ipc is None:
+def _require_support(variant: Variant = "posix") -> None:
+    if variant == "posix" and posix_ipc is None:
         raise ShmUnavailable("posix_ipc is not installed")
+    if variant == "memfd" and not _memfd_available():
+        raise ShmUnavailable("this system has no sealed memfds, eventfds or fd passing")
     if not sys.platform.startswith("linux"):
         raise ShmUnavailable(f"the shm lane needs Linux, not {sys.platform}")
     machine = platform.machine().lower()
@@ -164,6 +178,30 @@ def _require_support() -> None:
         # The rings publish with plain stores, which is only correct under x86-64's
         # total store order; see rpc.transports._ring.
         raise ShmUnavailable(f"the shm lane needs x86-64 memory ordering, not {machine}")
+
+
+_memfd_support: bool | None = None
+
+
+def _memfd_available() -> bool:
+    global _memfd_support
+    if _memfd_support is None:
+        _memfd_support = _memfd.memfd_supported() and eventfd_supported()
+    return _memfd_support
+
+
+def resolve_variant(choice: str) -> Variant:
+    """The variant the lane uses for ``choice`` (one of :data:`SHM_VARIANTS`).
+
+    ``"auto"`` is ``"memfd"`` where the system has sealed memfds and eventfds, else
+    ``"posix"``. Raises ValueError for any other name."""
+    if choice == "auto":
+        return "memfd" if _memfd_available() else "posix"
+    if choice == "memfd":
+        return "memfd"
+    if choice == "posix":
+        return "posix"
+    raise ValueError(f"shm variant must be one of {', '.join(SHM_VARIANTS)}; got {choice!r}")
 
 
 def _random_name() -> str:
@@ -282,12 +320,28 @@ class ShmOffer:
     """
 
     segment: str
-    semaphores: tuple[str, str]
+    semaphores: tuple[str, ...]
     ring_capacity: int
     nonce: bytes
+    # "posix": the names above. "memfd": no names and no nonce; the segment and the
+    # doorbells follow as fds over the control socket once the client asks for the lane.
+    variant: Variant = "posix"
 
     def check(self) -> None:
         """Raise ShmUnavailable unless every field is one the lane could have made."""
+        capacity = self.ring_capacity
+        if not (
+            isinstance(capacity, int)
+            and MIN_CAPACITY <= capacity <= MAX_CAPACITY
+            and capacity & (capacity - 1) == 0
+        ):
+            raise ShmUnavailable(f"shm offer has an impossible ring capacity: {capacity!r}")
+        if self.variant == "memfd":
+            if self.segment or self.semaphores or self.nonce:
+                raise ShmUnavailable("a memfd shm offer names nothing and carries no nonce")
+            return
+        if self.variant != "posix":
+            raise ShmUnavailable(f"shm offer of an unknown variant: {self.variant!r}")
         if not isinstance(self.semaphores, tuple) or len(self.semaphores) != 2:
             raise ShmUnavailable("shm offer must name two semaphores, as a tuple")
         names = (self.segment, *self.semaphores)
@@ -296,15 +350,11 @@ class ShmOffer:
                 raise ShmUnavailable(f"shm offer has a name the lane never makes: {name!r}")
         if len(set(names)) != 3:
             raise ShmUnavailable("shm offer must name three different objects")
-        capacity = self.ring_capacity
-        if not (
-            isinstance(capacity, int)
-            and MIN_CAPACITY <= capacity <= MAX_CAPACITY
-            and capacity & (capacity - 1) == 0
-        ):
-            raise ShmUnavailable(f"shm offer has an impossible ring capacity: {capacity!r}")
         if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_SIZE:
             raise ShmUnavailable(f"shm offer nonce must be {NONCE_SIZE} bytes")
+
+
+Doorbell = EventfdDoorbell | SemaphoreDoorbell
 
 
 def _close_parts(mapping: mmap.mmap | None, bells: list[Any]) -> None:
@@ -340,9 +390,10 @@ def _unlink_if_owner(owner_pid: int, segment: str, semaphores: tuple[str, ...]) 
 class ShmSegment:
     """One connection's shared memory: the two rings, the flags and the two doorbells.
 
-    Made by :meth:`create` (server) or :meth:`open` (client). A :class:`ShmTransport`
-    takes ownership of it; otherwise call :meth:`close` when done (also on failure
-    paths: it unlinks whatever names are still there).
+    Made by :meth:`create` (server), then :meth:`open` (client, the posix variant) or
+    :meth:`from_fds` (client, the memfd variant). A :class:`ShmTransport` takes
+    ownership of it; otherwise call :meth:`close` when done (also on failure paths: it
+    unlinks whatever names are still there).
     """
 
     def __init__(
@@ -350,14 +401,17 @@ class ShmSegment:
         side: Side,
         offer: ShmOffer,
         mapping: mmap.mmap,
-        bells: list[Any],
+        bells: list[Doorbell],
+        memfd: int = -1,
     ) -> None:
-        # Use create() or open(); this only assembles the parts they made.
+        # Use create(), open() or from_fds(); this only assembles the parts they made.
         self.side: Side = side
         self.offer = offer
+        self.variant: Variant = offer.variant
         self.layout = SegmentLayout.for_capacity(offer.ring_capacity)
         self.pid = _this_pid
         self._mapping = mapping
+        self._memfd = memfd      # the server keeps it until it has sent it
         self._view = memoryview(mapping)
         self._flags = self._view[:SEGMENT_HEADER_SIZE].cast("Q")
         layout = self.layout
@@ -369,23 +423,61 @@ class ShmSegment:
             self._view[layout.s2c_offset : layout.s2c_offset + ring_size], offer.ring_capacity
         )
         self.server_bell, self.client_bell = bells
-        self._unlinked = False
         self._closed = False
+        # Names exist only in the posix variant; a memfd segment has none to leak.
+        self._unlinked = self.variant == "memfd"
         self._finalizer = weakref.finalize(
             self, _unlink_if_owner, self.pid, offer.segment, offer.semaphores
         )
+        if self._unlinked:
+            self._finalizer.detach()
 
     # -- making one ----------------------------------------------------------------
 
     @classmethod
-    def create(cls, ring_capacity: int = DEFAULT_RING_CAPACITY) -> tuple[ShmSegment, ShmOffer]:
-        """Server side: a fresh segment and doorbells, and the offer naming them.
+    def create(
+        cls, ring_capacity: int = DEFAULT_RING_CAPACITY, variant: str = "auto"
+    ) -> tuple[ShmSegment, ShmOffer]:
+        """Server side: a fresh segment and doorbells, and the offer describing them.
 
-        Raises ShmUnavailable when shared memory cannot be used here (no posix_ipc, not
-        x86-64 Linux, ``/dev/shm`` full or not writable), ValueError for a capacity that
-        is not a power of two in range.
+        ``variant`` is one of :data:`SHM_VARIANTS`. Raises ShmUnavailable when shared
+        memory cannot be used here (no posix_ipc, not x86-64 Linux, ``/dev/shm`` full or
+        not writable, no memfd for ``"memfd"``), ValueError for a capacity that is not a
+        power of two in range or an unknown variant.
         """
-        _require_support()
+        chosen = resolve_variant(variant)
+        if chosen == "memfd":
+            return cls._create_memfd(ring_capacity)
+        return cls._create_posix(ring_capacity)
+
+    @classmethod
+    def _create_memfd(cls, ring_capacity: int) -> tuple[ShmSegment, ShmOffer]:
+        _require_support("memfd")
+        layout = SegmentLayout.for_capacity(ring_capacity)
+        offer = ShmOffer(segment="", semaphores=(), ring_capacity=ring_capacity, nonce=b"",
+                         variant="memfd")
+        memfd = -1
+        mapping: mmap.mmap | None = None
+        bells: list[Any] = []
+        try:
+            try:
+                memfd = _memfd.create_sealed(layout.size)
+                mapping = mmap.mmap(memfd, layout.size)
+                bells = [EventfdDoorbell.create(), EventfdDoorbell.create()]
+            except OSError as exc:
+                raise ShmUnavailable(f"cannot make a sealed shared-memory segment: {exc}") from exc
+            _SEGMENT_HEADER.pack_into(mapping, 0, _MAGIC, _LAYOUT_VERSION, 0, ring_capacity)
+            segment = cls("server", offer, mapping, bells, memfd)
+        except BaseException:
+            _close_parts(mapping, bells)
+            if memfd >= 0:
+                os.close(memfd)
+            raise
+        return segment, offer
+
+    @classmethod
+    def _create_posix(cls, ring_capacity: int) -> tuple[ShmSegment, ShmOffer]:
+        _require_support("posix")
         _sweep_now_and_then()      # what killed servers left in their setup window
         layout = SegmentLayout.for_capacity(ring_capacity)
         offer = ShmOffer(
@@ -416,9 +508,10 @@ class ShmSegment:
                 shm.close_fd()
             for name in offer.semaphores:
                 try:
-                    bells.append(
-                        posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0)
-                    )
+                    bells.append(SemaphoreDoorbell(
+                        posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0),
+                        posix_ipc,
+                    ))
                 except (posix_ipc.Error, OSError) as exc:
                     raise ShmUnavailable(f"cannot create a semaphore: {exc}") from exc
             _SEGMENT_HEADER.pack_into(mapping, 0, _MAGIC, _LAYOUT_VERSION, 0, ring_capacity)
@@ -438,8 +531,10 @@ class ShmSegment:
         offer, names missing from our ``/dev/shm`` (another mount namespace), a segment
         of the wrong size or content, a nonce that does not match.
         """
-        _require_support()
+        _require_support("posix")
         offer.check()
+        if offer.variant != "posix":
+            raise ShmUnavailable("a memfd offer is opened with the fds it sends (from_fds)")
         layout = SegmentLayout.for_capacity(offer.ring_capacity)
         mapping: mmap.mmap | None = None
         bells: list[Any] = []
@@ -472,7 +567,7 @@ class ShmSegment:
                 raise ShmUnavailable("offered segment holds another nonce: not this server's")
             for name in offer.semaphores:
                 try:
-                    bells.append(posix_ipc.Semaphore(name))
+                    bells.append(SemaphoreDoorbell(posix_ipc.Semaphore(name), posix_ipc))
                 except (posix_ipc.Error, OSError) as exc:
                     raise ShmUnavailable(f"cannot open offered semaphore {name}: {exc}") from exc
             # The proof the server checks: only a process with this memory mapped can
@@ -486,6 +581,65 @@ class ShmSegment:
         segment.unlink()
         return segment
 
+    @classmethod
+    def from_fds(cls, offer: ShmOffer, message: bytes, fds: list[int]) -> ShmSegment:
+        """Client side of the memfd variant: the segment the server sent as fds.
+
+        Takes ownership of ``fds`` (what :func:`rpc.transports._memfd.receive_fds`
+        returned): every one is closed unless it becomes part of the segment. Raises
+        ShmUnavailable (a MemfdRejected as its cause) unless they are exactly a memfd
+        sealed against resizing, of this offer's size, holding a ring pair of its
+        capacity, and two eventfds in semaphore mode.
+        """
+        try:
+            offer.check()
+            if offer.variant != "memfd":
+                raise ShmUnavailable("fds were sent for an offer of named objects")
+            _require_support("memfd")
+        except BaseException:
+            _memfd.close_all(fds)
+            raise
+        layout = SegmentLayout.for_capacity(offer.ring_capacity)
+        try:
+            memfd, server_fd, client_fd = _memfd.check_received(message, fds, layout.size)
+        except MemfdRejected as exc:
+            raise ShmUnavailable(f"the shm segment's fds are refused: {exc}") from exc
+        mapping: mmap.mmap | None = None
+        try:
+            try:
+                mapping = mmap.mmap(memfd, layout.size)
+            except OSError as exc:
+                raise ShmUnavailable(f"cannot map the shm segment: {exc}") from exc
+            magic, version, _, capacity = _SEGMENT_HEADER.unpack_from(mapping, 0)
+            if magic != _MAGIC or version != _LAYOUT_VERSION or capacity != offer.ring_capacity:
+                raise ShmUnavailable("the shm segment does not hold a lanerpc ring pair")
+            segment = cls("client", offer, mapping,
+                          [EventfdDoorbell(server_fd), EventfdDoorbell(client_fd)])
+        except BaseException:
+            if mapping is not None:
+                mapping.close()
+            _memfd.close_all([server_fd, client_fd])
+            raise
+        finally:
+            os.close(memfd)       # the mapping keeps the memory
+        return segment
+
+    def fds_to_send(self) -> list[int]:
+        """Server side of the memfd variant: the memfd and the two doorbells, in the
+        order :meth:`from_fds` takes them (still ours: sending duplicates them)."""
+        if self._memfd < 0:
+            raise ShmUnavailable("this segment has no fds to send (posix variant, or closed)")
+        server_bell, client_bell = self.server_bell, self.client_bell
+        assert isinstance(server_bell, EventfdDoorbell) and isinstance(client_bell, EventfdDoorbell)
+        return [self._memfd, server_bell.fd, client_bell.fd]
+
+    def fds_sent(self) -> None:
+        """The client holds its copies now: our memfd fd is no longer needed (the
+        mapping keeps the memory)."""
+        if self._memfd >= 0:
+            fd, self._memfd = self._memfd, -1
+            os.close(fd)
+
     @staticmethod
     def discard(offer: ShmOffer) -> None:
         """Client side: unlink the names of an offer it will not open.
@@ -498,6 +652,8 @@ class ShmSegment:
             offer.check()
         except ShmUnavailable:
             return   # never unlink names we did not recognise as the lane's
+        if offer.variant != "posix":
+            return   # nothing named
         _unlink_names(offer.segment, offer.semaphores)
 
     def confirm_attached(self) -> None:
@@ -508,6 +664,8 @@ class ShmSegment:
         names are unlinked either way.
         """
         self._check_owner()
+        if self.variant == "memfd":
+            return   # the fds went over the proven socket: there is no namesake to rule out
         try:
             ack = self._mapping[_ACK_OFFSET : _ACK_OFFSET + NONCE_SIZE]
             if not hmac.compare_digest(ack, self.offer.nonce):
@@ -521,9 +679,9 @@ class ShmSegment:
 
     def unlink(self) -> None:
         """Remove the segment's and doorbells' names; mappings stay valid. Idempotent."""
+        self._check_owner()
         if self._unlinked:
             return
-        self._check_owner()
         self._unlinked = True
         _unlink_names(self.offer.segment, self.offer.semaphores)
         self._finalizer.detach()
@@ -547,6 +705,7 @@ class ShmSegment:
         self._mapping.close()
         self.server_bell.close()
         self.client_bell.close()
+        self.fds_sent()
 
     @property
     def closed(self) -> bool:
@@ -554,7 +713,7 @@ class ShmSegment:
 
     @property
     def name(self) -> str:
-        return self.offer.segment
+        return self.offer.segment or "memfd"
 
     # -- for the transport ---------------------------------------------------------
 
@@ -667,11 +826,12 @@ class ShmTransport(asyncio.Transport):
         # the inbound ring for an answer, with reader_waiting lowered, in slices of
         # LOOP_SPIN_SLICE_US between which other callbacks run (`_loop_spin_slice`).
         self._loop_spin_slice_ns = int(LOOP_SPIN_SLICE_US * 1000)
-        self._loop_spin = AdaptiveSpin(loop_spin_us,
-                                       max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
-        self._loop_spin_ns = self._loop_spin.max_spin_ns
+        self._loop_spin = AnswerSpin(loop_spin_us, max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
+        self._loop_spin_ns = self._loop_spin.max_spin_ns   # 0: never spins
+        self._asked_at = 0            # perf_counter_ns of the write still waiting for an answer
         self._spinning = False        # a _loop_spin callback is queued
         self._spin_deadline = 0
+        self._spin_budget = 0
 
         self._control = control_transport
         if control_transport is not None:
@@ -682,12 +842,17 @@ class ShmTransport(asyncio.Transport):
             self._peer = PeerInfo("shm", f"shm:{segment.name}")
         self._extra_info: dict[str, Any] = {"lanerpc_peer": self._peer}
 
-        self._waiter = threading.Thread(
-            target=self._waiter_main,
-            name=f"lanerpc-shm-waiter-{side}",
-            daemon=True,
-        )
-        self._waiter.start()
+        # The memfd variant's doorbell is an eventfd the loop watches itself; the posix
+        # variant's is a semaphore, which only a thread can wait on.
+        self._watched_bell = isinstance(self._my_bell, EventfdDoorbell)
+        self._waiter: threading.Thread | None = None
+        if not self._watched_bell:
+            self._waiter = threading.Thread(
+                target=self._waiter_main,
+                name=f"lanerpc-shm-waiter-{side}",
+                daemon=True,
+            )
+            self._waiter.start()
         loop.call_soon(self._start)
 
     # -- the seam: writing ---------------------------------------------------------
@@ -803,6 +968,10 @@ class ShmTransport(asyncio.Transport):
         # connection_made comes first even if the connection already ended: asyncio's
         # order is made, [data...], lost, and connection_lost is queued behind us.
         self._protocol.connection_made(self)
+        if self._watched_bell and not self._finished:
+            bell = self._my_bell
+            assert isinstance(bell, EventfdDoorbell)
+            self._loop.add_reader(bell.fd, self._on_doorbell)
         self._on_wake()
 
     def _write_ring(self, data: bytes | bytearray | memoryview) -> int:
@@ -826,16 +995,21 @@ class ShmTransport(asyncio.Transport):
         """We just wrote (a request, a response): the answer may come back within
         microseconds. Poll for it on the loop rather than pay two wake-ups (waiter
         thread, then the loop) for it. Nothing is spun without a write before it."""
+        now = time.perf_counter_ns()
+        if not self._asked_at:
+            self._asked_at = now      # the answer's time is measured from here
         if self._spinning:
             # Already polling: the budget counts from the latest write.
-            self._spin_deadline = time.perf_counter_ns() + self._loop_spin_ns
+            self._spin_deadline = now + self._spin_budget
             return
         if self._reading_paused or self._closing or self._inbound.has_data():
             return   # nothing to wait for, or it is here already (a wake-up is due)
-        if not self._loop_spin.should_spin():
-            return   # spinning has not paid lately: sleep on the doorbell
+        budget = self._loop_spin.budget_ns()
+        if not budget:
+            return   # answers come too late for a spin, or it missed lately: sleep
+        self._spin_budget = budget
         self._spinning = True
-        self._spin_deadline = time.perf_counter_ns() + self._loop_spin_ns
+        self._spin_deadline = now + budget
         # While we poll, the peer need not ring our bell: a post would only wake our
         # waiter thread for nothing. (A post already on its way is a spurious wake-up.)
         self._inbound.reader_waiting = False
@@ -897,13 +1071,8 @@ class ShmTransport(asyncio.Transport):
             self._ring_bell(self._peer_bell)
 
     @staticmethod
-    def _ring_bell(bell: Any) -> None:
-        try:
-            bell.release()
-        except (posix_ipc.Error, OSError, ValueError) as exc:
-            # Only a peer that sets its flags without ever sleeping can push the count
-            # to the semaphore's maximum; that peer just loses wake-ups.
-            _log.debug("cannot post the peer's doorbell: %s", exc)
+    def _ring_bell(bell: Doorbell) -> None:
+        bell.ring()
 
     def _enqueue(self, data: bytes | bytearray | memoryview, start: int) -> None:
         if start == 0 and type(data) is bytes:
@@ -976,6 +1145,13 @@ class ShmTransport(asyncio.Transport):
         self._wake_scheduled = False
         self._on_wake()
 
+    def _on_doorbell(self) -> None:
+        """Our eventfd is readable: the peer rang (the loop's selector saw it)."""
+        bell = self._my_bell
+        assert isinstance(bell, EventfdDoorbell)
+        if bell.take():
+            self._on_wake()
+
     def _on_wake(self) -> None:
         """Refill the outbound ring, drain the inbound one, then go idle."""
         if self._finished:
@@ -1024,6 +1200,9 @@ class ShmTransport(asyncio.Transport):
             return False
         if not data:
             return False
+        if self._asked_at:
+            self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
+            self._asked_at = 0
         self._notify_writer()
         try:
             # A stream transport's protocol is an asyncio.Protocol; set_protocol must
@@ -1106,7 +1285,13 @@ class ShmTransport(asyncio.Transport):
         self._fence()
         self._ring_bell(self._peer_bell)   # whatever its flags say: it must see we closed
         self._stopping = True
-        self._ring_bell(self._my_bell)      # our waiter may be asleep on it
+        if self._watched_bell:
+            bell = self._my_bell
+            assert isinstance(bell, EventfdDoorbell)
+            if not self._loop.is_closed():
+                self._loop.remove_reader(bell.fd)
+        else:
+            self._ring_bell(self._my_bell)      # our waiter may be asleep on it
         if self._control is not None:
             self._control.close()
         self._loop.call_soon(self._call_connection_lost, exc)
@@ -1120,6 +1305,9 @@ class ShmTransport(asyncio.Transport):
             # the cycle would keep both, rings and buffers included, until a full gc.
             self._control = None
             self._protocol = _DETACHED
+            if self._watched_bell:
+                # No thread uses the segment: it goes as soon as the protocol knows.
+                self._release_segment()
 
     # -- the waiter thread ---------------------------------------------------------
 
@@ -1154,19 +1342,9 @@ class ShmTransport(asyncio.Transport):
 
     def _sleep(self, timeout: float) -> bool:
         """Block on our doorbell up to ``timeout`` seconds; True if it was rung."""
-        deadline = time.monotonic() + timeout
-        remaining = timeout
-        while True:
-            try:
-                self._my_bell.acquire(remaining)
-                return True
-            except posix_ipc.BusyError:
-                return False
-            except posix_ipc.SignalError:
-                # A signal interrupted the wait: wait for what is left of it.
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
+        bell = self._my_bell
+        assert isinstance(bell, SemaphoreDoorbell)
+        return bell.wait(timeout)
 
     def _release_segment_soon(self) -> None:
         # The waiter thread was the last one that could block on a doorbell, so the
