@@ -98,7 +98,9 @@ __all__ = (
     "ShmSegment",
     "ShmTransport",
     "ShmUnavailable",
+    "receive_segment_fds",
     "resolve_variant",
+    "send_decline",
 )
 
 _log = logging.getLogger("lanerpc.shm")
@@ -632,6 +634,16 @@ class ShmSegment:
         server_bell, client_bell = self.server_bell, self.client_bell
         assert isinstance(server_bell, EventfdDoorbell) and isinstance(client_bell, EventfdDoorbell)
         return [self._memfd, server_bell.fd, client_bell.fd]
+
+    def send_fds(self, fileno: int) -> None:
+        """Server side of the memfd variant: send the segment's fds (and the grant marker
+        they ride on) on the connected Unix socket ``fileno``, then drop our memfd fd.
+        Raises ShmUnavailable if the socket does not take them."""
+        try:
+            _memfd.send_fds(fileno, _memfd.GRANTED, self.fds_to_send())
+        except OSError as exc:
+            raise ShmUnavailable(f"cannot send the segment's fds: {exc}") from exc
+        self.fds_sent()
 
     def fds_sent(self) -> None:
         """The client holds its copies now: our memfd fd is no longer needed (the
@@ -1364,3 +1376,53 @@ class ShmTransport(asyncio.Transport):
             segment._set_closed(self._side)
             self._ring_bell(self._peer_bell)
         segment.close()
+
+
+def send_decline(fileno: int) -> None:
+    """Server side of the memfd variant: tell a client that asked for the lane and waits
+    for fds that none are coming (the marker without fds). Raises OSError."""
+    _memfd.send_fds(fileno, _memfd.DECLINED, [])
+
+
+async def receive_segment_fds(
+    loop: asyncio.AbstractEventLoop, fileno: int, timeout: float
+) -> tuple[bytes, list[int]] | None:
+    """Client side of the memfd variant: wait up to ``timeout`` seconds for the server's
+    fd message on the Unix socket ``fileno`` (whose transport must not be reading).
+
+    Returns the marker and the fds (owned by the caller, to hand to
+    :meth:`ShmSegment.from_fds`), or None if the server declined. Raises
+    ShmUnavailable for a message that is neither (fds closed), TimeoutError, or
+    ConnectionError if the socket ends first."""
+    watch = os.dup(fileno)   # its own fd: the transport's stays registered with the loop
+    arrived: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
+
+    def readable() -> None:
+        if arrived.done():
+            return
+        try:
+            arrived.set_result(_memfd.receive_fds(watch))
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, MemfdRejected) as exc:
+            arrived.set_exception(exc)
+
+    loop.add_reader(watch, readable)
+    try:
+        try:
+            message, fds = await asyncio.wait_for(asyncio.shield(arrived), timeout)
+        except BaseException:
+            if arrived.done() and not arrived.cancelled() and arrived.exception() is None:
+                _memfd.close_all(arrived.result()[1])   # came too late: never leak an fd
+            raise
+    except MemfdRejected as exc:
+        raise ShmUnavailable(f"the shm segment's fds are refused: {exc}") from exc
+    finally:
+        loop.remove_reader(watch)
+        os.close(watch)
+    if not message:
+        _memfd.close_all(fds)
+        raise ConnectionError("the server closed the connection during the shm switch")
+    if message == _memfd.DECLINED and not fds:
+        return None
+    return message, fds
