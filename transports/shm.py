@@ -898,7 +898,21 @@ class ShmTransport(asyncio.Transport):
             self._spin_for_answer()
 
     def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
+        """Each buffer goes into the ring as it is (no join: the ring copy is the only
+        one); what does not fit is buffered, in order, as write() does."""
+        if self._pid != _this_pid:
+            raise _fork_error("shm transport", self._pid)
+        if self._closing:
+            return
+        spin = self._loop_spin_ns
+        self._loop_spin_ns = 0       # one answer spin for the whole batch, after it
+        try:
+            for data in list_of_data:
+                self.write(data)
+        finally:
+            self._loop_spin_ns = spin
+        if spin and not self._buffer and not self._closing:
+            self._spin_for_answer()
 
     def can_write_eof(self) -> bool:
         return False
@@ -1091,6 +1105,8 @@ class ShmTransport(asyncio.Transport):
             rest: bytes | memoryview = data
         elif type(data) is bytes:
             rest = memoryview(data)[start:]   # immutable: no need to copy
+        elif isinstance(data, memoryview) and type(data.obj) is bytes:
+            rest = data[start:]               # a view of immutable bytes: no copy either
         else:
             rest = bytes(data[start:])        # the caller may reuse its buffer
         self._buffer.append(rest)
