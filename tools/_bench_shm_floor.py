@@ -54,6 +54,7 @@ if _ROOT not in sys.path:
 import posix_ipc  # noqa: E402
 
 from rpc.transports._ring import StoreLoadFence  # noqa: E402
+from rpc.transports import _memfd  # noqa: E402
 from rpc.transports.shm import AdaptiveSpin, ShmOffer, ShmSegment, ShmTransport  # noqa: E402
 
 __all__ = ("KINDS", "run_floor")
@@ -394,7 +395,7 @@ def _lane_options(kind: str) -> dict[str, float]:
 
 
 async def _lane_parent(segment: ShmSegment, control: socket.socket, kind: str,
-                       n: int, warmup: int, payload: bytes) -> tuple[list[int], AdaptiveSpin]:
+                       n: int, warmup: int, payload: bytes) -> tuple[list[int], Any]:
     loop = asyncio.get_running_loop()
     control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
     protocol = _Collect()
@@ -421,7 +422,10 @@ async def _lane_parent(segment: ShmSegment, control: socket.socket, kind: str,
 
 async def _lane_child(offer: ShmOffer, control: socket.socket, kind: str) -> None:
     loop = asyncio.get_running_loop()
-    segment = ShmSegment.open(offer)
+    if offer.variant == "memfd":   # the parent sent the fds before waiting for "A"
+        segment = ShmSegment.from_fds(offer, *_memfd.receive_fds(control.fileno()))
+    else:
+        segment = ShmSegment.open(offer)
     control.sendall(b"A")   # "attached": the parent checks our acknowledgement
     _CHILD_CPU_START[0] = time.process_time()
     control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
@@ -555,13 +559,16 @@ def _run_bare(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
 
 
 def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) -> Result:
-    segment, offer = ShmSegment.create(1 << 20)
+    # The lane's variant as the RPC layer would pick it (LANERPC_SHM_VARIANT, else auto).
+    segment, offer = ShmSegment.create(1 << 20, os.environ.get("LANERPC_SHM_VARIANT", "auto"))
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child = None
     try:
         child = _spawn({"kind": kind, "offer": _offer_to_json(offer), "fd": theirs.fileno()},
                        pass_fds=(theirs.fileno(),))
         theirs.close()
+        if offer.variant == "memfd":
+            segment.send_fds(mine.fileno())
         mine.settimeout(10)
         if mine.recv(1) != b"A":
             raise RuntimeError("lane child failed to attach")
@@ -591,12 +598,13 @@ def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
 
 def _offer_to_json(offer: ShmOffer) -> dict[str, Any]:
     return {"segment": offer.segment, "semaphores": list(offer.semaphores),
-            "ring_capacity": offer.ring_capacity, "nonce": offer.nonce.hex()}
+            "ring_capacity": offer.ring_capacity, "nonce": offer.nonce.hex(),
+            "variant": offer.variant}
 
 
 def _offer_from_json(raw: dict[str, Any]) -> ShmOffer:
     return ShmOffer(raw["segment"], tuple(raw["semaphores"]), raw["ring_capacity"],
-                    bytes.fromhex(raw["nonce"]))
+                    bytes.fromhex(raw["nonce"]), raw.get("variant", "posix"))
 
 
 _CHILD_CPU_START = [0.0]
