@@ -1221,6 +1221,9 @@ class ShmTransport(asyncio.Transport):
 
     def _drain_once(self) -> bool:
         """One read of the inbound ring; True if more data is already waiting."""
+        protocol = self._protocol
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            return self._drain_into(protocol)
         try:
             data = self._inbound.read()
         except RingCorrupted as exc:
@@ -1242,6 +1245,47 @@ class ShmTransport(asyncio.Transport):
             self._fatal(exc, "protocol.data_received() failed")
             return False
         return not self._finished and self._inbound.has_data()
+
+    def _drain_into(self, protocol: asyncio.BufferedProtocol) -> bool:
+        """_drain_once for a BufferedProtocol: the records are copied straight from the
+        ring into the buffers it gives (``get_buffer``), the one copy out of shared
+        memory, and only then consumed."""
+        ring = self._inbound
+        try:
+            pieces, end = ring.peek()
+        except RingCorrupted as exc:
+            self._fatal(exc)
+            return False
+        if not pieces:
+            return False
+        if self._asked_at:
+            self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
+            self._asked_at = 0
+        try:
+            for piece in pieces:
+                offset, size = 0, len(piece)
+                while offset < size and not self._finished:
+                    out = memoryview(protocol.get_buffer(size - offset))
+                    count = min(out.nbytes, size - offset)
+                    if count <= 0:
+                        raise RuntimeError("get_buffer() returned an empty buffer")
+                    out[:count] = piece[offset : offset + count]
+                    out.release()
+                    protocol.buffer_updated(count)
+                    offset += count
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "protocol.get_buffer() or buffer_updated() failed")
+            return False
+        finally:
+            for piece in pieces:
+                piece.release()
+        if self._finished:
+            return False
+        ring.consume(end)
+        self._notify_writer()
+        return ring.has_data()
 
     def _discard_inbound(self) -> None:
         """After close(): drop what arrives, as a closed socket would, so a peer blocked

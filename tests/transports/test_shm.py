@@ -241,6 +241,53 @@ async def test_message_ten_times_the_ring_streams_through() -> None:
     await close_pair(client, server)
 
 
+class BufferedPeer(asyncio.BufferedProtocol):
+    """Takes the bytes into buffers of its own, ``chunk`` bytes at most each time."""
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        self.data = bytearray()
+        self.hints: list[int] = []
+        self._buffer = bytearray(chunk)
+        loop = asyncio.get_running_loop()
+        self.made: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        self.hints.append(sizehint)
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self._buffer[:nbytes]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("chunk", [7, SMALL_RING * 4])
+async def test_a_buffered_protocol_gets_the_bytes_in_its_own_buffers(chunk: int) -> None:
+    """A BufferedProtocol is filled straight from the ring (no bytes object between),
+    in as many get_buffer() calls as its buffers need, across wrapped records."""
+    server, client = BufferedPeer(chunk), Peer()
+    _, client_transport = await open_pair(server, client)  # type: ignore[arg-type]
+    message = os.urandom(3 * SMALL_RING + 123)
+    client_transport.write(message[:1000])
+    client_transport.writelines([message[1000:5000], memoryview(message)[5000:]])
+
+    async def all_there() -> None:
+        while len(server.data) < len(message):
+            await asyncio.sleep(0.001)
+
+    await within(all_there())
+    assert bytes(server.data) == message
+    assert max(server.hints) <= SMALL_RING   # a hint is what is left of one record
+    client_transport.close()
+    assert await within(server.lost) is None
+
+
 async def test_writelines_and_memoryviews() -> None:
     server, client = Peer(), Peer()
     _, client_transport = await open_pair(server, client)
