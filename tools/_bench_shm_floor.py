@@ -14,9 +14,11 @@ Round trips of a small payload (100 B) through shared memory, woken by POSIX sem
 ``sockbell``            like ``thread``, but the doorbell is a byte on a Unix socket pair
                         that the loop's selector watches: no waiter thread (not what the
                         lane does; measured to show what the semaphores cost)
-``lane``                the real thing: two ShmTransports echoing (transports/shm.py)
+``lane``                the real thing: two ShmTransports echoing (transports/shm.py), the
+                        variant LANERPC_SHM_VARIANT names (default auto: memfd on Linux)
 ``lane-nospin``         the same with ``loop_spin_us=0``: no poll on the loop after a
                         write (``lane`` polls, the transport's default)
+``lane-posix``          ``lane`` on the posix variant (named objects, a waiter thread)
 
 Prefix a loop kind with ``uvloop-`` (``uvloop-thread``, ``uvloop-lane``...) for uvloop.
 ``same_cpu=True`` pins both processes to one CPU, where spinning must give up. Each
@@ -74,6 +76,8 @@ KINDS = (
     "uvloop-lane",
     "lane-nospin",
     "uvloop-lane-nospin",
+    "lane-posix",
+    "uvloop-lane-posix",
 )
 
 SPIN_US = 50.0
@@ -560,7 +564,9 @@ def _run_bare(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
 
 def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) -> Result:
     # The lane's variant as the RPC layer would pick it (LANERPC_SHM_VARIANT, else auto).
-    segment, offer = ShmSegment.create(1 << 20, os.environ.get("LANERPC_SHM_VARIANT", "auto"))
+    # "-posix" kinds: the portable variant (named objects, a waiter thread).
+    variant = "posix" if kind.endswith("-posix") else os.environ.get("LANERPC_SHM_VARIANT", "auto")
+    segment, offer = ShmSegment.create(1 << 20, variant)
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child = None
     try:
