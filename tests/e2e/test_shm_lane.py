@@ -209,3 +209,38 @@ def test_shm_variant_option_takes_the_three_names_and_refuses_others(monkeypatch
     monkeypatch.setenv("LANERPC_SHM_VARIANT", "nope")
     with pytest.raises(ValueError, match="LANERPC_SHM_VARIANT"):
         _options.parse([])
+
+
+async def test_clients_killed_at_random_moments_of_the_setup_leave_nothing(shm_variant):
+    """Clients SIGKILLed at random moments from their start (importing, dialling, in
+    the HELLO, mid-switch, on shm): nothing new stays in /dev/shm, the server holds
+    no fd of theirs, and it serves the next client on shm."""
+    import random
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    shm_before = set(os.listdir("/dev/shm"))
+    async with serve(Echo()) as served:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        for _ in range(12):
+            proc = await asyncio.create_subprocess_exec(
+                PYTHON, "-c",
+                "import asyncio, rpc\n"
+                "from examples.echo import echo_pb2, echo_pb2_grpc\n"
+                "async def main():\n"
+                f"    ch = rpc.insecure_channel('{served.target}')\n"
+                "    stub = echo_pb2_grpc.EchoStub(ch)\n"
+                "    while True:\n"
+                "        await stub.Unary(echo_pb2.EchoMessage(payload=b'x'), timeout=5)\n"
+                "asyncio.run(main())\n",
+                cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            try:
+                await asyncio.sleep(rng.uniform(0.2, 0.9))    # imports take about 0.3 s
+            finally:
+                proc.kill()
+                await asyncio.wait_for(proc.wait(), 10)
+        await wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds_before, 5)
+        channel = served.channel()
+        reply = await echo_pb2_grpc.EchoStub(channel).Unary(msg(b"next"), timeout=5)
+        assert reply.payload == b"next" and channel.lane == "shm"
+    await wait_until(lambda: set(os.listdir("/dev/shm")) - shm_before == set(), 5)
