@@ -1,13 +1,20 @@
 """The ``shm`` lane: a connection's bytes move through two rings in one shared-memory segment.
 
-A server that can offer the lane creates a :class:`ShmSegment` (``create``) and sends the
-:class:`ShmOffer` it gets over the connection's control channel (a Unix socket); the
-client maps it (``open``), which checks the nonce the offer carries against the one the
-server wrote in the segment and writes it back into the segment as its acknowledgement;
-the server checks that acknowledgement (``confirm_attached``). Every name is unlinked as
-soon as both sides hold the objects open, so a process killed at any later moment leaves
-nothing in ``/dev/shm``. Then each side wraps its segment in a :class:`ShmTransport`,
-which implements the lanes' seam (:mod:`rpc.transports._seam`).
+Two variants (docs/shm-lane.md), chosen with :func:`resolve_variant`:
+
+* ``memfd`` (Linux): the server makes the segment with ``memfd_create``, sealed against
+  shrinking and growing, and two ``eventfd`` doorbells (:mod:`rpc.transports._memfd`,
+  :mod:`rpc.transports._doorbell`); the offer names nothing. When the client asks for the
+  lane, the server sends the three fds over the connection's Unix socket
+  (:meth:`ShmSegment.send_fds`), the client receives them (:func:`receive_segment_fds`)
+  and checks them (:meth:`ShmSegment.from_fds`). Nothing is ever named in ``/dev/shm``.
+* ``posix`` (portable): POSIX named shared memory and two named semaphores. The client
+  maps the names (``open``), checks the nonce the offer carries against the one the server
+  wrote in the segment and writes it back as its acknowledgement; the server checks it
+  (``confirm_attached``). Every name is unlinked as soon as both sides hold the objects.
+
+Then each side wraps its segment in a :class:`ShmTransport`, which implements the lanes'
+seam (:mod:`rpc.transports._seam`).
 
 Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of two)::
 
@@ -16,31 +23,30 @@ Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of 
     16           8    ring capacity
     64           8    server closed flag   (one cache line each)
     128          8    client closed flag
-    192          32   nonce, written by the server at creation
+    192          32   nonce, written by the server at creation (posix)
     256          32   acknowledgement, the client writes the nonce here once it has mapped
     512          256 + cap   ring client -> server   (layout in rpc.transports._ring)
     768 + cap    256 + cap   ring server -> client
 
-Waking up. Each side has one *doorbell* semaphore it sleeps on; the other side posts it
-when it publishes data the sleeper waits for (the ring's ``reader_waiting`` flag) or frees
-space it waits for (``writer_waiting``), or when it closes. One semaphore per side rather
-than one per event, because a thread can block on only one semaphore. A post (a system
-call when the sleeper is really asleep) is paid only when the flag says the peer sleeps:
-the sleeper sets its flag, fences, re-checks the ring, and only then blocks; the producer
-publishes, fences, then reads the flag (a Dekker handshake; :class:`StoreLoadFence`).
+Waking up. Each side has one *doorbell* it sleeps on; the other side rings it when it
+publishes data the sleeper waits for (the ring's ``reader_waiting`` flag) or frees space
+it waits for (``writer_waiting``), or when it closes. A ring (a system call) is paid only
+when the flag says the peer sleeps: the sleeper sets its flag, fences, re-checks the ring,
+and only then sleeps; the producer publishes, fences, then reads the flag (a Dekker
+handshake; :class:`StoreLoadFence`). A busy stream rings nothing.
 
-The event loop never blocks on a semaphore: a waiter thread per connection does, with
-a 1 s timeout (an idle connection costs no CPU), and wakes the loop with
-``call_soon_threadsafe``. The loop raises its ``reader_waiting`` flag itself when it has
-drained the inbound ring, and the waiter never polls (docs/shm-lane.md, "Wake-up
-strategy").
+memfd: the doorbell is an eventfd the event loop's own selector watches (``add_reader``):
+no thread between a ring and the loop, and an idle connection runs nothing at all.
+posix: a semaphore, which only a thread can wait on: a waiter thread per connection
+blocks on it (1 s timeout) and wakes the loop with ``call_soon_threadsafe``.
 
 On top of that, after a write (a request, a response) the loop itself polls the inbound
-ring for the answer, for up to ``loop_spin_us`` (100 us by default), with its
-``reader_waiting`` flag lowered, in 10 us slices between which other callbacks run; a
-catch costs no wake-up at all on either side, a miss raises the flag and re-checks (the
-same Dekker order) before sleeping. :class:`AdaptiveSpin` turns it off while it does not
-pay (one CPU, a slow peer); nothing spins without a write, so idle costs nothing.
+ring for the answer, with its ``reader_waiting`` flag lowered, in 10 us slices between
+which other callbacks run; a catch costs no wake-up at all on either side, a miss raises
+the flag and re-checks (the same Dekker order) before sleeping. :class:`AnswerSpin` sizes
+that poll from measured answer times (at most ``loop_spin_us``, 200 us by default), backs
+off after a miss and probes again within 64 writes, and never spins on one CPU; nothing
+spins without a write, so idle costs nothing.
 
 Only x86-64 Linux is supported: the rings rely on its store order (see
 :mod:`rpc.transports._ring`); elsewhere :class:`ShmUnavailable` tells the caller to stay on
