@@ -784,12 +784,17 @@ class ShmTransport(asyncio.Transport):
     Anything wrong in the rings ends the connection with
     ``connection_lost(RingCorrupted(...))`` and nothing else.
 
-    Threads: everything runs on the event loop except one waiter thread, which blocks
-    on this side's doorbell and calls ``loop.call_soon_threadsafe``. The loop raises the
+    Threads: everything runs on the event loop. memfd variant: the loop watches this
+    side's eventfd itself. posix variant: one waiter thread blocks on this side's
+    semaphore and calls ``loop.call_soon_threadsafe``. The loop raises the
     ``reader_waiting`` flag itself when it has drained the inbound ring, and
-    ``writer_waiting`` when the outbound ring is full. ``loop_spin_us`` (0
-    turns it off) is how long the loop polls the inbound ring for an answer right after
-    a write before it goes back to sleeping on the doorbell.
+    ``writer_waiting`` when the outbound ring is full. ``loop_spin_us`` (0 turns it
+    off) is the longest the loop polls the inbound ring for an answer right after a
+    write before it goes back to sleeping on the doorbell (:class:`AnswerSpin`).
+
+    A :class:`asyncio.BufferedProtocol` is filled from the ring straight into the
+    buffers it gives; any other protocol gets ``data_received(bytes)``, one ring-full
+    (at most the capacity) at a time.
 
     ``high_water``/``low_water`` bound the transport's own buffer (bytes that did not
     fit in the ring), as ``set_write_buffer_limits`` does.
