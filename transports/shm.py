@@ -122,6 +122,7 @@ DEFAULT_RING_CAPACITY = 1 << 20    # per direction; a 16 MiB message streams in 
 IDLE_WAIT_SECONDS = 1.0            # a sleeping waiter re-checks its connection this often
 DEFAULT_LOOP_SPIN_US = 200.0       # the ceiling of the loop's poll for an answer (0: off)
 LOOP_SPIN_MAX_PROBE_GAP = 64       # backed off, the loop still spins after every 64th write
+_JOIN_LIMIT = 64 * 1024           # writelines joins batches up to this size (cheap copy)
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
 _PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
@@ -909,11 +910,18 @@ class ShmTransport(asyncio.Transport):
             self._spin_for_answer()
 
     def writelines(self, list_of_data: Any) -> None:
-        """Each buffer goes into the ring as it is (no join: the ring copy is the only
-        one); what does not fit is buffered, in order, as write() does."""
+        """Small batches are joined into one record (one ring write, one wake-up check);
+        above ``_JOIN_LIMIT`` bytes each buffer goes into the ring as it is (no join:
+        the ring copy is the only one). What does not fit is buffered, in order, as
+        write() does."""
         if self._pid != _this_pid:
             raise _fork_error("shm transport", self._pid)
         if self._closing:
+            return
+        if not isinstance(list_of_data, (list, tuple)):
+            list_of_data = list(list_of_data)
+        if sum(map(len, list_of_data)) <= _JOIN_LIMIT:
+            self.write(b"".join(list_of_data))
             return
         spin = self._loop_spin_ns
         self._loop_spin_ns = 0       # one answer spin for the whole batch, after it
