@@ -85,7 +85,7 @@ def dev_shm_unchanged() -> Any:
 
 @pytest.fixture(autouse=True)
 def no_timeout_safety_net(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A waiter re-checks after 1 s even without a wake-up. Stretch that to 60 s in the
+    """A posix waiter re-checks after 5 s even without a wake-up. Stretch that to 60 s in the
     tests, so a lost wake-up fails them (every wait here is 5 s at most) instead of
     hiding behind a one-second stall."""
     monkeypatch.setattr(shm_module, "IDLE_WAIT_SECONDS", 60.0)
@@ -746,8 +746,9 @@ async def test_loop_spin_catches_a_quick_answer() -> None:
     spin = client_transport._loop_spin
     # Both transports share this loop: the echo runs between the spin's slices and
     # the spin delivers it, without the waiter thread. (A spin that lost the CPU to
-    # another process counts as a miss, so not all 50 on a busy machine.)
-    assert spin.catches >= 40
+    # another process counts as a miss and skips a few writes, so not all 50 on a
+    # busy machine.)
+    assert spin.catches >= 25 and spin.catches >= 0.8 * spin.spins, (spin.catches, spin.spins)
     assert bytes(client.data) == bytes(sent)
     await close_pair(client, server)
 
