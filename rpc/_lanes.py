@@ -231,6 +231,21 @@ def _log_lane(endpoint: Endpoint, first: str | None, last: str | None, why: list
         log.info("lanerpc: connection to %s %s", endpoint, moved)
 
 
+def _shm_refusal(offer: shm.ShmOffer, options: Options, peer: PeerInfo | None) -> str | None:
+    """Why the client won't take this offer (None: it will)."""
+    offer.check()
+    wanted = options.shm_variant
+    if wanted != "auto" and wanted != offer.variant:
+        return f"the server offers the {offer.variant} variant; lanerpc.shm_variant is {wanted}"
+    if peer is None or peer.uid != os.geteuid():
+        # Shared memory only between processes of one uid: an admitted peer of another
+        # uid could block our loop through the file descriptions we share (eventfd flags).
+        return "the server runs as another uid"
+    if offer.variant == "memfd" and shm.resolve_variant("auto") != "memfd":
+        return "this system has no sealed memfds or eventfds"
+    return None
+
+
 async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoint,
                    options: Options, make_link: ClientLinkFactory,
                    why: list[str] | None = None) -> Link:
@@ -238,10 +253,19 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
     the server's nonce in it, ask with a LANE frame, switch on the server's grant.
     Declining is silent (DEBUG) and leaves the link on unix."""
     offer = shm.ShmOffer(segment=offered.segment, semaphores=tuple(offered.semaphores),
-                         ring_capacity=offered.ring_capacity, nonce=offered.nonce)
+                         ring_capacity=offered.ring_capacity, nonce=offered.nonce,
+                         variant="memfd" if offered.variant == "memfd" else "posix")
+    segment: shm.ShmSegment | None = None
     try:
-        offer.check()
-        segment = shm.ShmSegment.open(offer)
+        if offered.variant not in ("", "posix", "memfd"):
+            raise shm.ShmUnavailable(f"unknown shm variant {offered.variant!r}")
+        refusal = _shm_refusal(offer, options, link.peer)
+        if refusal is not None:
+            raise shm.ShmUnavailable(refusal)
+        if offer.variant == "posix":
+            segment = shm.ShmSegment.open(offer)
+        elif link.transport is None or link.transport.get_extra_info("socket") is None:
+            raise shm.ShmUnavailable("the unix transport has no socket to receive fds on")
     except Exception as exc:    # ShmUnavailable, or a peer's nonsense: stay on unix
         log.debug("lanerpc: shm offer not taken (%s); staying on unix", exc)
         if why is not None:
@@ -253,22 +277,67 @@ async def _try_shm(link: Link, offered: handshake_pb2.ShmOffer, endpoint: Endpoi
         link.conn.send_lane("unix")
         link.flush()
         return link
+    if segment is None:
+        return await _try_shm_memfd(link, offer, endpoint, options, make_link, why)
+    grant = link.expect_lane_answer()
+    link.conn.send_lane("shm")
+    link.flush()
+    return await _switch_to_shm(link, segment, grant, endpoint, options, make_link, why)
+
+
+async def _redial_without_shm(link: Link, reason: BaseException, endpoint: Endpoint,
+                              options: Options, make_link: ClientLinkFactory,
+                              why: list[str] | None = None) -> Link:
+    # The server may or may not have switched: this connection can't be trusted
+    # either way. Start again on unix, without shm.
+    link.abort("shm switch did not complete")
+    log.debug("lanerpc: shm switch did not complete (%s); dialing unix again",
+              reason or type(reason).__name__)
+    if why is not None:
+        why.append(f"shm switch did not complete ({reason or type(reason).__name__}); "
+                   "dialled unix again")
+    return await _dial(endpoint, options, make_link,
+                       lanes=[lane for lane in options.lanes if lane != "shm"])
+
+
+async def _try_shm_memfd(link: Link, offer: shm.ShmOffer, endpoint: Endpoint,
+                         options: Options, make_link: ClientLinkFactory,
+                         why: list[str] | None = None) -> Link:
+    """The memfd variant: ask with a LANE frame, receive the segment's fds on the
+    socket (read with recvmsg while the transport is not reading, so no plain read
+    drops them), check them, then take the server's grant."""
+    transport = link.transport
+    assert transport is not None          # checked by _try_shm, with the socket
+    sock = transport.get_extra_info("socket")
+    transport.pause_reading()
     grant = link.expect_lane_answer()
     link.conn.send_lane("shm")
     link.flush()
     try:
+        received = await shm.receive_segment_fds(link.loop, sock.fileno(),
+                                                 options.upgrade_timeout)
+        segment = None if received is None else shm.ShmSegment.from_fds(offer, *received)
+    except (asyncio.TimeoutError, OSError, shm.ShmUnavailable) as exc:
+        return await _redial_without_shm(link, exc, endpoint, options, make_link, why)
+    transport.resume_reading()    # the grant (or the refusal) follows as a frame
+    if segment is None:
+        log.debug("lanerpc: the server declined the shm switch; staying on unix")
+        if why is not None:
+            why.append("the server declined the shm switch")
+        grant.cancel()
+        return link
+    return await _switch_to_shm(link, segment, grant, endpoint, options, make_link, why)
+
+
+async def _switch_to_shm(link: Link, segment: shm.ShmSegment, grant: asyncio.Future[str],
+                         endpoint: Endpoint, options: Options,
+                         make_link: ClientLinkFactory, why: list[str] | None = None) -> Link:
+    """The client has the segment and asked for the lane: switch on the server's grant."""
+    try:
         granted = await asyncio.wait_for(asyncio.shield(grant), options.upgrade_timeout)
     except (asyncio.TimeoutError, ConnectionError) as exc:
-        # The server may or may not have switched: this connection can't be
-        # trusted either way. Start again on unix, without shm.
         segment.close()
-        link.abort("shm switch did not complete")
-        log.debug("lanerpc: shm switch did not complete (%s); dialing unix again",
-                  exc or type(exc).__name__)
-        if why is not None:
-            why.append(f"shm switch did not complete ({exc or type(exc).__name__}); dialled unix again")
-        return await _dial(endpoint, options, make_link,
-                           lanes=[lane for lane in options.lanes if lane != "shm"])
+        return await _redial_without_shm(link, exc, endpoint, options, make_link, why)
     if granted != "shm":
         segment.close()
         if why is not None:
@@ -504,6 +573,7 @@ class Negotiator:
         self._upgrade_side = upgrade_side
         self._token_id: bytes | None = None       # of the upgrade offer we made
         self._segment: shm.ShmSegment | None = None   # offered, not yet taken or declined
+        self._offered: str | None = None     # the variant of the shm offer we made
         self._expiry: asyncio.TimerHandle | None = None
 
     def admits(self, uid: int | None) -> bool:
@@ -550,17 +620,24 @@ class Negotiator:
         client's and our lanes both list shm; None otherwise (stay on unix)."""
         if "shm" not in self._lanes.options.lanes or "shm" not in client_hello.lanes.split(","):
             return None
+        if link.peer is None or link.peer.uid != os.geteuid():
+            # Shared memory only between processes of one uid: an admitted client of
+            # another uid could block our loop through the file descriptions we
+            # would share (an eventfd's flags). It stays on unix.
+            return None
         try:
-            segment, offer = shm.ShmSegment.create()
+            segment, offer = shm.ShmSegment.create(variant=self._lanes.options.shm_variant)
         except Exception as exc:    # ShmUnavailable: full /dev/shm, no posix_ipc, other CPU...
             log.debug("lanerpc: no shm lane for this connection (%s)", exc)
             return None
         self._segment = segment
-        # A client that never answers must not keep the names in /dev/shm.
+        self._offered = offer.variant
+        # A client that never answers must not keep the segment (nor, posix, its names).
         self._expiry = link.loop.call_later(self._lanes.options.handshake_timeout,
                                             self._drop_segment)
         return handshake_pb2.ShmOffer(segment=offer.segment, semaphores=list(offer.semaphores),
-                                      ring_capacity=offer.ring_capacity, nonce=offer.nonce)
+                                      ring_capacity=offer.ring_capacity, nonce=offer.nonce,
+                                      variant=offer.variant)
 
     def _take_segment(self) -> shm.ShmSegment | None:
         segment, self._segment = self._segment, None
@@ -581,7 +658,14 @@ class Negotiator:
             if segment is not None:
                 segment.close()          # declined
             return
-        if segment is None:
+        if self._offered == "memfd":
+            # The client reads an fd message before any frame: send the segment, or
+            # say that none is coming.
+            if segment is None or not self._send_fds(link, segment):
+                link.conn.send_lane("unix")
+                link.flush()
+                return
+        elif segment is None:
             link.conn.send_lane("unix")
             link.flush()
             return
@@ -604,6 +688,32 @@ class Negotiator:
             link.abort(f"shm transport failed: {exc}")
             return
         link.switch_to(transport)
+
+    def _send_fds(self, link: Link, segment: shm.ShmSegment | None) -> bool:
+        """The memfd variant's fd message: the segment's fds, or (``segment`` None, or
+        they can't be sent) the marker that none come. False if the client gets none;
+        the link is aborted if not even the marker could go (the client then dials
+        again without shm)."""
+        transport = link.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None or transport.get_write_buffer_size():
+            # Bytes still queued would arrive after the fd message: out of order.
+            if segment is not None:
+                segment.close()
+            link.abort("cannot send the shm segment's fds in order")
+            return False
+        try:
+            if segment is not None:
+                try:
+                    segment.send_fds(sock.fileno())
+                    return True
+                except shm.ShmUnavailable as exc:
+                    log.debug("lanerpc: %s; staying on unix", exc)
+                    segment.close()
+            shm.send_decline(sock.fileno())
+        except OSError as exc:
+            link.abort(f"shm switch failed: {exc}")
+        return False
 
     def close(self) -> None:
         """The connection ended: its unused token and segment go."""

@@ -46,6 +46,7 @@ class Options:
     max_ping_strikes: int = 2                # server: strikes tolerated; 0 = any
     max_concurrent_streams: int = _wire.DEFAULT_MAX_CONCURRENT_STREAMS
     allowed_uids: frozenset[int] = frozenset()   # unix/shm: uids admitted besides our own
+    shm_variant: str = "auto"    # the shm lane's kind: "auto", "memfd" or "posix" (docs/shm-lane.md)
     server_uids: frozenset[int] | None = None    # client: the only uids a unix server may run as
     upgrade_timeout: float = 1.0
     service_config: _service_config.ServiceConfig | None = None   # grpc.service_config
@@ -153,6 +154,15 @@ def _millis_or_off(value: Any, name: str, *, zero_is_off: bool = True) -> float 
     return ms / 1000
 
 
+SHM_VARIANTS = ("auto", "memfd", "posix")
+
+
+def _shm_variant(value: Any, name: str) -> str:
+    if value not in SHM_VARIANTS:
+        raise ValueError(f"{name} must be one of {', '.join(SHM_VARIANTS)}; got {value!r}")
+    return str(value)
+
+
 def _count(value: Any, name: str) -> int:
     count = _int(value, name)
     if count < 0:
@@ -169,6 +179,9 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
     env_lanes = os.environ.get("LANERPC_LANES")
     if env_lanes:
         values["lanes"] = parse_lanes(env_lanes)
+    env_variant = os.environ.get("LANERPC_SHM_VARIANT")
+    if env_variant:
+        values["shm_variant"] = _shm_variant(env_variant, "LANERPC_SHM_VARIANT")
     for item in options or ():
         try:
             name, value = item
@@ -207,6 +220,8 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["so_reuseport"] = bool(int(value))
         elif name == "grpc.max_concurrent_streams":
             values["max_concurrent_streams"] = max(1, int(value))
+        elif name == "lanerpc.shm_variant":
+            values["shm_variant"] = _shm_variant(value, name)
         elif name == "lanerpc.allowed_uids":
             values["allowed_uids"] = parse_uids(value, name)
         elif name == "lanerpc.server_uids":
@@ -280,7 +295,7 @@ IMPLEMENTED = frozenset({
     "grpc.max_connection_age_ms", "grpc.max_connection_age_grace_ms",
     "grpc.http2.max_pings_without_data", "grpc.http2.max_ping_strikes",
     "lanerpc.lanes", "lanerpc.handshake_timeout_ms", "lanerpc.upgrade_timeout_ms",
-    "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.max_connections",
+    "lanerpc.allowed_uids", "lanerpc.server_uids", "lanerpc.shm_variant", "lanerpc.max_connections",
     "lanerpc.memory_budget_bytes", "lanerpc.max_queued_calls", "lanerpc.grpc_on_lanerpc_ports",
     "grpc.default_compression_algorithm", "grpc.compression_enabled_algorithms_bitset",
     "lanerpc.protocol", "grpc.primary_user_agent", "grpc.secondary_user_agent",

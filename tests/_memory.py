@@ -66,8 +66,10 @@ class MemoryTransport(asyncio.Transport):
         self.write(b"".join(list_of_data))
 
     def _deliver(self, data: bytes) -> None:
-        if not self._lost and isinstance(self._protocol, asyncio.Protocol):
-            self._protocol.data_received(data)
+        # A link is a BufferedProtocol that also takes data_received (every lane's does).
+        receive = getattr(self._protocol, "data_received", None)
+        if not self._lost and receive is not None:
+            receive(data)
 
     def can_write_eof(self) -> bool:
         return False

@@ -293,10 +293,31 @@ class ShmRing:
         returns at least one record when there is one). The result is at most
         ``capacity`` bytes whatever the shared memory says.
         """
+        pieces, end = self.peek(max_bytes)
+        if not pieces:
+            return b""
+        try:
+            # One copy out of shared memory; the total is <= head - tail <= capacity.
+            result = b"".join(pieces)
+        finally:
+            for piece in pieces:
+                piece.release()
+        self.consume(end)
+        return result
+
+    def peek(self, max_bytes: int | None = None) -> tuple[list[memoryview], int]:
+        """The bytes of the whole records published and not consumed, as views of the
+        shared memory (two for a record that wraps), and the counter :meth:`consume`
+        takes to consume them; ([], tail) if there are none.
+
+        Checked as :meth:`read` checks (RingCorrupted), with the same ``max_bytes``.
+        The views show memory the peer can still write to: copy them out once (into a
+        buffer of our own), then release them. Nothing is consumed until ``consume``.
+        """
         head = self._ctl[_HEAD]   # one fetch
         tail = self._tail
         if head == tail:
-            return b""
+            return [], tail
         if head < self._seen_head:
             raise RingCorrupted(f"ring head moved backwards from {self._seen_head} to {head}")
         if head < tail:
@@ -348,14 +369,16 @@ class ShmRing:
                     pieces.append(data[: end - capacity])
                 total += length
                 pos += RECORD_HEADER_SIZE + length
-            # One copy out of shared memory; `total` <= head - tail <= capacity.
-            result = b"".join(pieces)
-        finally:
+        except BaseException:
             for piece in pieces:
                 piece.release()
-        self._tail = pos
-        self._ctl[_TAIL] = pos
-        return result
+            raise
+        return pieces, pos
+
+    def consume(self, end: int) -> None:
+        """Consume up to ``end``, a counter :meth:`peek` returned (ours, not the peer's)."""
+        self._tail = end
+        self._ctl[_TAIL] = end
 
     # -- waiting flags -------------------------------------------------------------
     # Values read here are hints: any non-zero value means "set"; a peer lying about

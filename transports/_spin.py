@@ -13,17 +13,19 @@ import os
 import time
 from collections.abc import Callable
 
-__all__ = ["AdaptiveSpin", "DEFAULT_SPIN_US", "cpus_available"]
+__all__ = ["AdaptiveSpin", "AnswerSpin", "DEFAULT_SPIN_US", "cpus_available"]
 
 DEFAULT_SPIN_US = 50.0             # AdaptiveSpin's budget, when a waiter spins at all
 
 
 def cpus_available() -> int:
-    """How many CPUs this process may run on (its affinity mask, not the machine's)."""
+    """How many CPUs this process may run on (its affinity mask, and never more than
+    the machine has)."""
+    machine = os.cpu_count() or 1
     try:
-        return len(os.sched_getaffinity(0))
+        return min(machine, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return machine
 
 
 class AdaptiveSpin:
@@ -110,5 +112,86 @@ class AdaptiveSpin:
             self.catches += 1
             self._probe_gap = 1
         elif self._score < self.min_catch_rate:
+            self._skip = self._probe_gap
+            self._probe_gap = min(self._probe_gap * 2, self._max_probe_gap)
+
+
+class AnswerSpin:
+    """How long to poll for an answer after a write, sized from how long answers take.
+
+    The caller reports every answer's time since the write that asked for it
+    (:meth:`observe`, whether it was caught by a spin or woke a sleeper) and the outcome
+    of each spin (:meth:`record`). The budget is twice the typical answer time (a moving
+    average of answer times clamped to twice the ceiling, so a few slow calls do not
+    switch spinning off for the quick ones), at least ``min_spin_us``; no spin at all
+    while the typical answer comes later than ``max_spin_us``. A spin that misses (the
+    answer was late, or we lost the CPU while polling) skips the next 1, 2, 4 ... up to
+    ``max_probe_gap`` writes; a catch resets that. Nothing is sticky: answers are timed
+    while not spinning too, so when the peer is quick again spinning comes back, and
+    after a miss the spin is probed again within ``max_probe_gap`` writes.
+
+    A process that may run on one CPU only never spins: the peer needs that CPU to
+    answer (counted when the spin is made).
+    """
+
+    __slots__ = (
+        "max_spin_ns",
+        "min_spin_ns",
+        "typical_ns",
+        "_skip",
+        "_probe_gap",
+        "_max_probe_gap",
+        "spins",
+        "catches",
+        "skipped",
+        "declined",
+    )
+
+    def __init__(
+        self, max_spin_us: float = 200.0, min_spin_us: float = 10.0, max_probe_gap: int = 64
+    ) -> None:
+        if max_spin_us > 0 and cpus_available() < 2:
+            max_spin_us = 0.0
+        self.max_spin_ns = max(0, int(max_spin_us * 1000))
+        self.min_spin_ns = min(self.max_spin_ns, int(min_spin_us * 1000))
+        self.typical_ns: int | None = None    # moving average of answer times; None: not yet
+        self._skip = 0
+        self._probe_gap = 1
+        self._max_probe_gap = max(1, max_probe_gap)
+        self.spins = 0         # statistics, for the benchmark, the tests and docs
+        self.catches = 0
+        self.skipped = 0       # backed off after a miss
+        self.declined = 0      # answers were too slow for a spin
+
+    def budget_ns(self) -> int:
+        """How long this wait should poll; 0: do not spin (sleep on the doorbell)."""
+        ceiling = self.max_spin_ns
+        if ceiling <= 0:
+            return 0
+        if self._skip:
+            self._skip -= 1
+            self.skipped += 1
+            return 0
+        typical = self.typical_ns
+        if typical is None:
+            return ceiling          # learning: the first answers size the budget
+        if typical > ceiling:
+            self.declined += 1
+            return 0                # answers come later than any spin we would pay for
+        return min(ceiling, max(self.min_spin_ns, 2 * typical))
+
+    def observe(self, answer_ns: int) -> None:
+        """An answer arrived ``answer_ns`` after the write that asked for it."""
+        sample = min(answer_ns, 2 * self.max_spin_ns)
+        typical = self.typical_ns
+        self.typical_ns = sample if typical is None else (7 * typical + sample) // 8
+
+    def record(self, caught: bool) -> None:
+        """Count one spin that caught the answer (or not) and adapt."""
+        self.spins += 1
+        if caught:
+            self.catches += 1
+            self._probe_gap = 1
+        else:
             self._skip = self._probe_gap
             self._probe_gap = min(self._probe_gap * 2, self._max_probe_gap)

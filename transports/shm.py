@@ -1,13 +1,20 @@
 """The ``shm`` lane: a connection's bytes move through two rings in one shared-memory segment.
 
-A server that can offer the lane creates a :class:`ShmSegment` (``create``) and sends the
-:class:`ShmOffer` it gets over the connection's control channel (a Unix socket); the
-client maps it (``open``), which checks the nonce the offer carries against the one the
-server wrote in the segment and writes it back into the segment as its acknowledgement;
-the server checks that acknowledgement (``confirm_attached``). Every name is unlinked as
-soon as both sides hold the objects open, so a process killed at any later moment leaves
-nothing in ``/dev/shm``. Then each side wraps its segment in a :class:`ShmTransport`,
-which implements the lanes' seam (:mod:`rpc.transports._seam`).
+Two variants (docs/shm-lane.md), chosen with :func:`resolve_variant`:
+
+* ``memfd`` (Linux): the server makes the segment with ``memfd_create``, sealed against
+  shrinking and growing, and two ``eventfd`` doorbells (:mod:`rpc.transports._memfd`,
+  :mod:`rpc.transports._doorbell`); the offer names nothing. When the client asks for the
+  lane, the server sends the three fds over the connection's Unix socket
+  (:meth:`ShmSegment.send_fds`), the client receives them (:func:`receive_segment_fds`)
+  and checks them (:meth:`ShmSegment.from_fds`). Nothing is ever named in ``/dev/shm``.
+* ``posix`` (portable): POSIX named shared memory and two named semaphores. The client
+  maps the names (``open``), checks the nonce the offer carries against the one the server
+  wrote in the segment and writes it back as its acknowledgement; the server checks it
+  (``confirm_attached``). Every name is unlinked as soon as both sides hold the objects.
+
+Then each side wraps its segment in a :class:`ShmTransport`, which implements the lanes'
+seam (:mod:`rpc.transports._seam`).
 
 Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of two)::
 
@@ -16,31 +23,30 @@ Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of 
     16           8    ring capacity
     64           8    server closed flag   (one cache line each)
     128          8    client closed flag
-    192          32   nonce, written by the server at creation
+    192          32   nonce, written by the server at creation (posix)
     256          32   acknowledgement, the client writes the nonce here once it has mapped
     512          256 + cap   ring client -> server   (layout in rpc.transports._ring)
     768 + cap    256 + cap   ring server -> client
 
-Waking up. Each side has one *doorbell* semaphore it sleeps on; the other side posts it
-when it publishes data the sleeper waits for (the ring's ``reader_waiting`` flag) or frees
-space it waits for (``writer_waiting``), or when it closes. One semaphore per side rather
-than one per event, because a thread can block on only one semaphore. A post (a system
-call when the sleeper is really asleep) is paid only when the flag says the peer sleeps:
-the sleeper sets its flag, fences, re-checks the ring, and only then blocks; the producer
-publishes, fences, then reads the flag (a Dekker handshake; :class:`StoreLoadFence`).
+Waking up. Each side has one *doorbell* it sleeps on; the other side rings it when it
+publishes data the sleeper waits for (the ring's ``reader_waiting`` flag) or frees space
+it waits for (``writer_waiting``), or when it closes. A ring (a system call) is paid only
+when the flag says the peer sleeps: the sleeper sets its flag, fences, re-checks the ring,
+and only then sleeps; the producer publishes, fences, then reads the flag (a Dekker
+handshake; :class:`StoreLoadFence`). A busy stream rings nothing.
 
-The event loop never blocks on a semaphore: a waiter thread per connection does, with
-a 1 s timeout (an idle connection costs no CPU), and wakes the loop with
-``call_soon_threadsafe``. The loop raises its ``reader_waiting`` flag itself when it has
-drained the inbound ring, and the waiter never polls (docs/shm-lane.md, "Wake-up
-strategy").
+memfd: the doorbell is an eventfd the event loop's own selector watches (``add_reader``):
+no thread between a ring and the loop, and an idle connection runs nothing at all.
+posix: a semaphore, which only a thread can wait on: a waiter thread per connection
+blocks on it (5 s timeout) and wakes the loop with ``call_soon_threadsafe``.
 
 On top of that, after a write (a request, a response) the loop itself polls the inbound
-ring for the answer, for up to ``loop_spin_us`` (100 us by default), with its
-``reader_waiting`` flag lowered, in 10 us slices between which other callbacks run; a
-catch costs no wake-up at all on either side, a miss raises the flag and re-checks (the
-same Dekker order) before sleeping. :class:`AdaptiveSpin` turns it off while it does not
-pay (one CPU, a slow peer); nothing spins without a write, so idle costs nothing.
+ring for the answer, with its ``reader_waiting`` flag lowered, in 10 us slices between
+which other callbacks run; a catch costs no wake-up at all on either side, a miss raises
+the flag and re-checks (the same Dekker order) before sleeping. :class:`AnswerSpin` sizes
+that poll from measured answer times (at most ``loop_spin_us``, 200 us by default), backs
+off after a miss and probes again within 64 writes, and never spins on one CPU; nothing
+spins without a write, so idle costs nothing.
 
 Only x86-64 Linux is supported: the rings rely on its store order (see
 :mod:`rpc.transports._ring`); elsewhere :class:`ShmUnavailable` tells the caller to stay on
@@ -66,6 +72,9 @@ import time
 import weakref
 from typing import Any, Literal
 
+from . import _memfd
+from ._doorbell import EventfdDoorbell, SemaphoreDoorbell, eventfd_supported
+from ._memfd import MemfdRejected
 from ._ring import (
     MAX_CAPACITY,
     MIN_CAPACITY,
@@ -75,7 +84,7 @@ from ._ring import (
     StoreLoadFence,
 )
 from ._seam import PeerInfo, peer_info
-from ._spin import AdaptiveSpin
+from ._spin import AdaptiveSpin, AnswerSpin
 
 try:
     import posix_ipc
@@ -84,24 +93,39 @@ except ImportError:  # pragma: no cover - posix_ipc is a Linux dependency of the
 
 __all__ = (
     "AdaptiveSpin",
+    "AnswerSpin",
     "DEFAULT_RING_CAPACITY",
+    "MemfdRejected",
     "RingCorrupted",
+    "SHM_VARIANTS",
     "SegmentLayout",
     "ShmForkError",
     "ShmOffer",
     "ShmSegment",
     "ShmTransport",
     "ShmUnavailable",
+    "receive_segment_fds",
+    "resolve_variant",
+    "send_decline",
 )
 
 _log = logging.getLogger("lanerpc.shm")
 
 Side = Literal["server", "client"]
+# "memfd": a sealed memfd and two eventfds passed over the control socket (Linux);
+# "posix": POSIX named shared memory and named semaphores (portable). "auto": the first
+# this system supports.
+Variant = Literal["memfd", "posix"]
+SHM_VARIANTS = ("auto", "memfd", "posix")
 
 DEFAULT_RING_CAPACITY = 1 << 20    # per direction; a 16 MiB message streams in 16 pieces
-IDLE_WAIT_SECONDS = 1.0            # a sleeping waiter re-checks its connection this often
-DEFAULT_LOOP_SPIN_US = 100.0       # the loop's poll for an answer after a write (0: off)
-LOOP_SPIN_MAX_PROBE_GAP = 256      # backed off, the loop still spins after every 256th write
+# A sleeping posix waiter re-checks its connection this often: it bounds a lost wake-up
+# and notices a loop closed under a live connection. At 1 s, 100 idle connections cost
+# 1.3-1.7 % of a core (measured); at 5 s, a fifth of that.
+IDLE_WAIT_SECONDS = 5.0
+DEFAULT_LOOP_SPIN_US = 200.0       # the ceiling of the loop's poll for an answer (0: off)
+LOOP_SPIN_MAX_PROBE_GAP = 64       # backed off, the loop still spins after every 64th write
+_JOIN_LIMIT = 64 * 1024           # writelines joins batches up to this size (cheap copy)
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
 _PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
@@ -154,9 +178,11 @@ def _fork_error(what: str, owner_pid: int) -> ShmForkError:
     )
 
 
-def _require_support() -> None:
-    if posix_ipc is None:
+def _require_support(variant: Variant = "posix") -> None:
+    if variant == "posix" and posix_ipc is None:
         raise ShmUnavailable("posix_ipc is not installed")
+    if variant == "memfd" and not _memfd_available():
+        raise ShmUnavailable("this system has no sealed memfds, eventfds or fd passing")
     if not sys.platform.startswith("linux"):
         raise ShmUnavailable(f"the shm lane needs Linux, not {sys.platform}")
     machine = platform.machine().lower()
@@ -164,6 +190,30 @@ def _require_support() -> None:
         # The rings publish with plain stores, which is only correct under x86-64's
         # total store order; see rpc.transports._ring.
         raise ShmUnavailable(f"the shm lane needs x86-64 memory ordering, not {machine}")
+
+
+_memfd_support: bool | None = None
+
+
+def _memfd_available() -> bool:
+    global _memfd_support
+    if _memfd_support is None:
+        _memfd_support = _memfd.memfd_supported() and eventfd_supported()
+    return _memfd_support
+
+
+def resolve_variant(choice: str) -> Variant:
+    """The variant the lane uses for ``choice`` (one of :data:`SHM_VARIANTS`).
+
+    ``"auto"`` is ``"memfd"`` where the system has sealed memfds and eventfds, else
+    ``"posix"``. Raises ValueError for any other name."""
+    if choice == "auto":
+        return "memfd" if _memfd_available() else "posix"
+    if choice == "memfd":
+        return "memfd"
+    if choice == "posix":
+        return "posix"
+    raise ValueError(f"shm variant must be one of {', '.join(SHM_VARIANTS)}; got {choice!r}")
 
 
 def _random_name() -> str:
@@ -282,12 +332,28 @@ class ShmOffer:
     """
 
     segment: str
-    semaphores: tuple[str, str]
+    semaphores: tuple[str, ...]
     ring_capacity: int
     nonce: bytes
+    # "posix": the names above. "memfd": no names and no nonce; the segment and the
+    # doorbells follow as fds over the control socket once the client asks for the lane.
+    variant: Variant = "posix"
 
     def check(self) -> None:
         """Raise ShmUnavailable unless every field is one the lane could have made."""
+        capacity = self.ring_capacity
+        if not (
+            isinstance(capacity, int)
+            and MIN_CAPACITY <= capacity <= MAX_CAPACITY
+            and capacity & (capacity - 1) == 0
+        ):
+            raise ShmUnavailable(f"shm offer has an impossible ring capacity: {capacity!r}")
+        if self.variant == "memfd":
+            if self.segment or self.semaphores or self.nonce:
+                raise ShmUnavailable("a memfd shm offer names nothing and carries no nonce")
+            return
+        if self.variant != "posix":
+            raise ShmUnavailable(f"shm offer of an unknown variant: {self.variant!r}")
         if not isinstance(self.semaphores, tuple) or len(self.semaphores) != 2:
             raise ShmUnavailable("shm offer must name two semaphores, as a tuple")
         names = (self.segment, *self.semaphores)
@@ -296,15 +362,11 @@ class ShmOffer:
                 raise ShmUnavailable(f"shm offer has a name the lane never makes: {name!r}")
         if len(set(names)) != 3:
             raise ShmUnavailable("shm offer must name three different objects")
-        capacity = self.ring_capacity
-        if not (
-            isinstance(capacity, int)
-            and MIN_CAPACITY <= capacity <= MAX_CAPACITY
-            and capacity & (capacity - 1) == 0
-        ):
-            raise ShmUnavailable(f"shm offer has an impossible ring capacity: {capacity!r}")
         if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_SIZE:
             raise ShmUnavailable(f"shm offer nonce must be {NONCE_SIZE} bytes")
+
+
+Doorbell = EventfdDoorbell | SemaphoreDoorbell
 
 
 def _close_parts(mapping: mmap.mmap | None, bells: list[Any]) -> None:
@@ -340,9 +402,10 @@ def _unlink_if_owner(owner_pid: int, segment: str, semaphores: tuple[str, ...]) 
 class ShmSegment:
     """One connection's shared memory: the two rings, the flags and the two doorbells.
 
-    Made by :meth:`create` (server) or :meth:`open` (client). A :class:`ShmTransport`
-    takes ownership of it; otherwise call :meth:`close` when done (also on failure
-    paths: it unlinks whatever names are still there).
+    Made by :meth:`create` (server), then :meth:`open` (client, the posix variant) or
+    :meth:`from_fds` (client, the memfd variant). A :class:`ShmTransport` takes
+    ownership of it; otherwise call :meth:`close` when done (also on failure paths: it
+    unlinks whatever names are still there).
     """
 
     def __init__(
@@ -350,14 +413,17 @@ class ShmSegment:
         side: Side,
         offer: ShmOffer,
         mapping: mmap.mmap,
-        bells: list[Any],
+        bells: list[Doorbell],
+        memfd: int = -1,
     ) -> None:
-        # Use create() or open(); this only assembles the parts they made.
+        # Use create(), open() or from_fds(); this only assembles the parts they made.
         self.side: Side = side
         self.offer = offer
+        self.variant: Variant = offer.variant
         self.layout = SegmentLayout.for_capacity(offer.ring_capacity)
         self.pid = _this_pid
         self._mapping = mapping
+        self._memfd = memfd      # the server keeps it until it has sent it
         self._view = memoryview(mapping)
         self._flags = self._view[:SEGMENT_HEADER_SIZE].cast("Q")
         layout = self.layout
@@ -369,23 +435,61 @@ class ShmSegment:
             self._view[layout.s2c_offset : layout.s2c_offset + ring_size], offer.ring_capacity
         )
         self.server_bell, self.client_bell = bells
-        self._unlinked = False
         self._closed = False
+        # Names exist only in the posix variant; a memfd segment has none to leak.
+        self._unlinked = self.variant == "memfd"
         self._finalizer = weakref.finalize(
             self, _unlink_if_owner, self.pid, offer.segment, offer.semaphores
         )
+        if self._unlinked:
+            self._finalizer.detach()
 
     # -- making one ----------------------------------------------------------------
 
     @classmethod
-    def create(cls, ring_capacity: int = DEFAULT_RING_CAPACITY) -> tuple[ShmSegment, ShmOffer]:
-        """Server side: a fresh segment and doorbells, and the offer naming them.
+    def create(
+        cls, ring_capacity: int = DEFAULT_RING_CAPACITY, variant: str = "auto"
+    ) -> tuple[ShmSegment, ShmOffer]:
+        """Server side: a fresh segment and doorbells, and the offer describing them.
 
-        Raises ShmUnavailable when shared memory cannot be used here (no posix_ipc, not
-        x86-64 Linux, ``/dev/shm`` full or not writable), ValueError for a capacity that
-        is not a power of two in range.
+        ``variant`` is one of :data:`SHM_VARIANTS`. Raises ShmUnavailable when shared
+        memory cannot be used here (no posix_ipc, not x86-64 Linux, ``/dev/shm`` full or
+        not writable, no memfd for ``"memfd"``), ValueError for a capacity that is not a
+        power of two in range or an unknown variant.
         """
-        _require_support()
+        chosen = resolve_variant(variant)
+        if chosen == "memfd":
+            return cls._create_memfd(ring_capacity)
+        return cls._create_posix(ring_capacity)
+
+    @classmethod
+    def _create_memfd(cls, ring_capacity: int) -> tuple[ShmSegment, ShmOffer]:
+        _require_support("memfd")
+        layout = SegmentLayout.for_capacity(ring_capacity)
+        offer = ShmOffer(segment="", semaphores=(), ring_capacity=ring_capacity, nonce=b"",
+                         variant="memfd")
+        memfd = -1
+        mapping: mmap.mmap | None = None
+        bells: list[Any] = []
+        try:
+            try:
+                memfd = _memfd.create_sealed(layout.size)
+                mapping = mmap.mmap(memfd, layout.size)
+                bells = [EventfdDoorbell.create(), EventfdDoorbell.create()]
+            except OSError as exc:
+                raise ShmUnavailable(f"cannot make a sealed shared-memory segment: {exc}") from exc
+            _SEGMENT_HEADER.pack_into(mapping, 0, _MAGIC, _LAYOUT_VERSION, 0, ring_capacity)
+            segment = cls("server", offer, mapping, bells, memfd)
+        except BaseException:
+            _close_parts(mapping, bells)
+            if memfd >= 0:
+                os.close(memfd)
+            raise
+        return segment, offer
+
+    @classmethod
+    def _create_posix(cls, ring_capacity: int) -> tuple[ShmSegment, ShmOffer]:
+        _require_support("posix")
         _sweep_now_and_then()      # what killed servers left in their setup window
         layout = SegmentLayout.for_capacity(ring_capacity)
         offer = ShmOffer(
@@ -416,9 +520,10 @@ class ShmSegment:
                 shm.close_fd()
             for name in offer.semaphores:
                 try:
-                    bells.append(
-                        posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0)
-                    )
+                    bells.append(SemaphoreDoorbell(
+                        posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0),
+                        posix_ipc,
+                    ))
                 except (posix_ipc.Error, OSError) as exc:
                     raise ShmUnavailable(f"cannot create a semaphore: {exc}") from exc
             _SEGMENT_HEADER.pack_into(mapping, 0, _MAGIC, _LAYOUT_VERSION, 0, ring_capacity)
@@ -438,8 +543,10 @@ class ShmSegment:
         offer, names missing from our ``/dev/shm`` (another mount namespace), a segment
         of the wrong size or content, a nonce that does not match.
         """
-        _require_support()
+        _require_support("posix")
         offer.check()
+        if offer.variant != "posix":
+            raise ShmUnavailable("a memfd offer is opened with the fds it sends (from_fds)")
         layout = SegmentLayout.for_capacity(offer.ring_capacity)
         mapping: mmap.mmap | None = None
         bells: list[Any] = []
@@ -472,7 +579,7 @@ class ShmSegment:
                 raise ShmUnavailable("offered segment holds another nonce: not this server's")
             for name in offer.semaphores:
                 try:
-                    bells.append(posix_ipc.Semaphore(name))
+                    bells.append(SemaphoreDoorbell(posix_ipc.Semaphore(name), posix_ipc))
                 except (posix_ipc.Error, OSError) as exc:
                     raise ShmUnavailable(f"cannot open offered semaphore {name}: {exc}") from exc
             # The proof the server checks: only a process with this memory mapped can
@@ -486,6 +593,75 @@ class ShmSegment:
         segment.unlink()
         return segment
 
+    @classmethod
+    def from_fds(cls, offer: ShmOffer, message: bytes, fds: list[int]) -> ShmSegment:
+        """Client side of the memfd variant: the segment the server sent as fds.
+
+        Takes ownership of ``fds`` (what :func:`rpc.transports._memfd.receive_fds`
+        returned): every one is closed unless it becomes part of the segment. Raises
+        ShmUnavailable (a MemfdRejected as its cause) unless they are exactly a memfd
+        sealed against resizing, of this offer's size, holding a ring pair of its
+        capacity, and two eventfds in semaphore mode.
+        """
+        try:
+            offer.check()
+            if offer.variant != "memfd":
+                raise ShmUnavailable("fds were sent for an offer of named objects")
+            _require_support("memfd")
+        except BaseException:
+            _memfd.close_all(fds)
+            raise
+        layout = SegmentLayout.for_capacity(offer.ring_capacity)
+        try:
+            memfd, server_fd, client_fd = _memfd.check_received(message, fds, layout.size)
+        except MemfdRejected as exc:
+            raise ShmUnavailable(f"the shm segment's fds are refused: {exc}") from exc
+        mapping: mmap.mmap | None = None
+        try:
+            try:
+                mapping = mmap.mmap(memfd, layout.size)
+            except OSError as exc:
+                raise ShmUnavailable(f"cannot map the shm segment: {exc}") from exc
+            magic, version, _, capacity = _SEGMENT_HEADER.unpack_from(mapping, 0)
+            if magic != _MAGIC or version != _LAYOUT_VERSION or capacity != offer.ring_capacity:
+                raise ShmUnavailable("the shm segment does not hold a lanerpc ring pair")
+            segment = cls("client", offer, mapping,
+                          [EventfdDoorbell(server_fd), EventfdDoorbell(client_fd)])
+        except BaseException:
+            if mapping is not None:
+                mapping.close()
+            _memfd.close_all([server_fd, client_fd])
+            raise
+        finally:
+            os.close(memfd)       # the mapping keeps the memory
+        return segment
+
+    def fds_to_send(self) -> list[int]:
+        """Server side of the memfd variant: the memfd and the two doorbells, in the
+        order :meth:`from_fds` takes them (still ours: sending duplicates them)."""
+        if self._memfd < 0:
+            raise ShmUnavailable("this segment has no fds to send (posix variant, or closed)")
+        server_bell, client_bell = self.server_bell, self.client_bell
+        assert isinstance(server_bell, EventfdDoorbell) and isinstance(client_bell, EventfdDoorbell)
+        return [self._memfd, server_bell.fd, client_bell.fd]
+
+    def send_fds(self, fileno: int) -> None:
+        """Server side of the memfd variant: send the segment's fds (and the grant marker
+        they ride on) on the connected Unix socket ``fileno``, then drop our memfd fd.
+        Raises ShmUnavailable if the socket does not take them."""
+        try:
+            _memfd.send_fds(fileno, _memfd.GRANTED, self.fds_to_send())
+        except OSError as exc:
+            raise ShmUnavailable(f"cannot send the segment's fds: {exc}") from exc
+        self.fds_sent()
+
+    def fds_sent(self) -> None:
+        """The client holds its copies now: our memfd fd is no longer needed (the
+        mapping keeps the memory)."""
+        if self._memfd >= 0:
+            fd, self._memfd = self._memfd, -1
+            os.close(fd)
+
     @staticmethod
     def discard(offer: ShmOffer) -> None:
         """Client side: unlink the names of an offer it will not open.
@@ -498,6 +674,8 @@ class ShmSegment:
             offer.check()
         except ShmUnavailable:
             return   # never unlink names we did not recognise as the lane's
+        if offer.variant != "posix":
+            return   # nothing named
         _unlink_names(offer.segment, offer.semaphores)
 
     def confirm_attached(self) -> None:
@@ -508,6 +686,8 @@ class ShmSegment:
         names are unlinked either way.
         """
         self._check_owner()
+        if self.variant == "memfd":
+            return   # the fds went over the proven socket: there is no namesake to rule out
         try:
             ack = self._mapping[_ACK_OFFSET : _ACK_OFFSET + NONCE_SIZE]
             if not hmac.compare_digest(ack, self.offer.nonce):
@@ -521,9 +701,9 @@ class ShmSegment:
 
     def unlink(self) -> None:
         """Remove the segment's and doorbells' names; mappings stay valid. Idempotent."""
+        self._check_owner()
         if self._unlinked:
             return
-        self._check_owner()
         self._unlinked = True
         _unlink_names(self.offer.segment, self.offer.semaphores)
         self._finalizer.detach()
@@ -547,6 +727,7 @@ class ShmSegment:
         self._mapping.close()
         self.server_bell.close()
         self.client_bell.close()
+        self.fds_sent()
 
     @property
     def closed(self) -> bool:
@@ -554,7 +735,7 @@ class ShmSegment:
 
     @property
     def name(self) -> str:
-        return self.offer.segment
+        return self.offer.segment or "memfd"
 
     # -- for the transport ---------------------------------------------------------
 
@@ -607,12 +788,17 @@ class ShmTransport(asyncio.Transport):
     Anything wrong in the rings ends the connection with
     ``connection_lost(RingCorrupted(...))`` and nothing else.
 
-    Threads: everything runs on the event loop except one waiter thread, which blocks
-    on this side's doorbell and calls ``loop.call_soon_threadsafe``. The loop raises the
+    Threads: everything runs on the event loop. memfd variant: the loop watches this
+    side's eventfd itself. posix variant: one waiter thread blocks on this side's
+    semaphore and calls ``loop.call_soon_threadsafe``. The loop raises the
     ``reader_waiting`` flag itself when it has drained the inbound ring, and
-    ``writer_waiting`` when the outbound ring is full. ``loop_spin_us`` (0
-    turns it off) is how long the loop polls the inbound ring for an answer right after
-    a write before it goes back to sleeping on the doorbell.
+    ``writer_waiting`` when the outbound ring is full. ``loop_spin_us`` (0 turns it
+    off) is the longest the loop polls the inbound ring for an answer right after a
+    write before it goes back to sleeping on the doorbell (:class:`AnswerSpin`).
+
+    A :class:`asyncio.BufferedProtocol` is filled from the ring straight into the
+    buffers it gives; any other protocol gets ``data_received(bytes)``, one ring-full
+    (at most the capacity) at a time.
 
     ``high_water``/``low_water`` bound the transport's own buffer (bytes that did not
     fit in the ring), as ``set_write_buffer_limits`` does.
@@ -667,11 +853,12 @@ class ShmTransport(asyncio.Transport):
         # the inbound ring for an answer, with reader_waiting lowered, in slices of
         # LOOP_SPIN_SLICE_US between which other callbacks run (`_loop_spin_slice`).
         self._loop_spin_slice_ns = int(LOOP_SPIN_SLICE_US * 1000)
-        self._loop_spin = AdaptiveSpin(loop_spin_us,
-                                       max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
-        self._loop_spin_ns = self._loop_spin.max_spin_ns
+        self._loop_spin = AnswerSpin(loop_spin_us, max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
+        self._loop_spin_ns = self._loop_spin.max_spin_ns   # 0: never spins
+        self._asked_at = 0            # perf_counter_ns of the write still waiting for an answer
         self._spinning = False        # a _loop_spin callback is queued
         self._spin_deadline = 0
+        self._spin_budget = 0
 
         self._control = control_transport
         if control_transport is not None:
@@ -682,12 +869,17 @@ class ShmTransport(asyncio.Transport):
             self._peer = PeerInfo("shm", f"shm:{segment.name}")
         self._extra_info: dict[str, Any] = {"lanerpc_peer": self._peer}
 
-        self._waiter = threading.Thread(
-            target=self._waiter_main,
-            name=f"lanerpc-shm-waiter-{side}",
-            daemon=True,
-        )
-        self._waiter.start()
+        # The memfd variant's doorbell is an eventfd the loop watches itself; the posix
+        # variant's is a semaphore, which only a thread can wait on.
+        self._watched_bell = isinstance(self._my_bell, EventfdDoorbell)
+        self._waiter: threading.Thread | None = None
+        if not self._watched_bell:
+            self._waiter = threading.Thread(
+                target=self._waiter_main,
+                name=f"lanerpc-shm-waiter-{side}",
+                daemon=True,
+            )
+            self._waiter.start()
         loop.call_soon(self._start)
 
     # -- the seam: writing ---------------------------------------------------------
@@ -721,7 +913,28 @@ class ShmTransport(asyncio.Transport):
             self._spin_for_answer()
 
     def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
+        """Small batches are joined into one record (one ring write, one wake-up check);
+        above ``_JOIN_LIMIT`` bytes each buffer goes into the ring as it is (no join:
+        the ring copy is the only one). What does not fit is buffered, in order, as
+        write() does."""
+        if self._pid != _this_pid:
+            raise _fork_error("shm transport", self._pid)
+        if self._closing:
+            return
+        if not isinstance(list_of_data, (list, tuple)):
+            list_of_data = list(list_of_data)
+        if sum(map(len, list_of_data)) <= _JOIN_LIMIT:
+            self.write(b"".join(list_of_data))
+            return
+        spin = self._loop_spin_ns
+        self._loop_spin_ns = 0       # one answer spin for the whole batch, after it
+        try:
+            for data in list_of_data:
+                self.write(data)
+        finally:
+            self._loop_spin_ns = spin
+        if spin and not self._buffer and not self._closing:
+            self._spin_for_answer()
 
     def can_write_eof(self) -> bool:
         return False
@@ -803,6 +1016,10 @@ class ShmTransport(asyncio.Transport):
         # connection_made comes first even if the connection already ended: asyncio's
         # order is made, [data...], lost, and connection_lost is queued behind us.
         self._protocol.connection_made(self)
+        if self._watched_bell and not self._finished:
+            bell = self._my_bell
+            assert isinstance(bell, EventfdDoorbell)
+            self._loop.add_reader(bell.fd, self._on_doorbell)
         self._on_wake()
 
     def _write_ring(self, data: bytes | bytearray | memoryview) -> int:
@@ -826,16 +1043,21 @@ class ShmTransport(asyncio.Transport):
         """We just wrote (a request, a response): the answer may come back within
         microseconds. Poll for it on the loop rather than pay two wake-ups (waiter
         thread, then the loop) for it. Nothing is spun without a write before it."""
+        now = time.perf_counter_ns()
+        if not self._asked_at:
+            self._asked_at = now      # the answer's time is measured from here
         if self._spinning:
             # Already polling: the budget counts from the latest write.
-            self._spin_deadline = time.perf_counter_ns() + self._loop_spin_ns
+            self._spin_deadline = now + self._spin_budget
             return
         if self._reading_paused or self._closing or self._inbound.has_data():
             return   # nothing to wait for, or it is here already (a wake-up is due)
-        if not self._loop_spin.should_spin():
-            return   # spinning has not paid lately: sleep on the doorbell
+        budget = self._loop_spin.budget_ns()
+        if not budget:
+            return   # answers come too late for a spin, or it missed lately: sleep
+        self._spin_budget = budget
         self._spinning = True
-        self._spin_deadline = time.perf_counter_ns() + self._loop_spin_ns
+        self._spin_deadline = now + budget
         # While we poll, the peer need not ring our bell: a post would only wake our
         # waiter thread for nothing. (A post already on its way is a spurious wake-up.)
         self._inbound.reader_waiting = False
@@ -897,19 +1119,16 @@ class ShmTransport(asyncio.Transport):
             self._ring_bell(self._peer_bell)
 
     @staticmethod
-    def _ring_bell(bell: Any) -> None:
-        try:
-            bell.release()
-        except (posix_ipc.Error, OSError, ValueError) as exc:
-            # Only a peer that sets its flags without ever sleeping can push the count
-            # to the semaphore's maximum; that peer just loses wake-ups.
-            _log.debug("cannot post the peer's doorbell: %s", exc)
+    def _ring_bell(bell: Doorbell) -> None:
+        bell.ring()
 
     def _enqueue(self, data: bytes | bytearray | memoryview, start: int) -> None:
         if start == 0 and type(data) is bytes:
             rest: bytes | memoryview = data
         elif type(data) is bytes:
             rest = memoryview(data)[start:]   # immutable: no need to copy
+        elif isinstance(data, memoryview) and type(data.obj) is bytes:
+            rest = data[start:]               # a view of immutable bytes: no copy either
         else:
             rest = bytes(data[start:])        # the caller may reuse its buffer
         self._buffer.append(rest)
@@ -976,6 +1195,13 @@ class ShmTransport(asyncio.Transport):
         self._wake_scheduled = False
         self._on_wake()
 
+    def _on_doorbell(self) -> None:
+        """Our eventfd is readable: the peer rang (the loop's selector saw it)."""
+        bell = self._my_bell
+        assert isinstance(bell, EventfdDoorbell)
+        if bell.take():
+            self._on_wake()
+
     def _on_wake(self) -> None:
         """Refill the outbound ring, drain the inbound one, then go idle."""
         if self._finished:
@@ -1017,6 +1243,9 @@ class ShmTransport(asyncio.Transport):
 
     def _drain_once(self) -> bool:
         """One read of the inbound ring; True if more data is already waiting."""
+        protocol = self._protocol
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            return self._drain_into(protocol)
         try:
             data = self._inbound.read()
         except RingCorrupted as exc:
@@ -1024,6 +1253,9 @@ class ShmTransport(asyncio.Transport):
             return False
         if not data:
             return False
+        if self._asked_at:
+            self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
+            self._asked_at = 0
         self._notify_writer()
         try:
             # A stream transport's protocol is an asyncio.Protocol; set_protocol must
@@ -1035,6 +1267,47 @@ class ShmTransport(asyncio.Transport):
             self._fatal(exc, "protocol.data_received() failed")
             return False
         return not self._finished and self._inbound.has_data()
+
+    def _drain_into(self, protocol: asyncio.BufferedProtocol) -> bool:
+        """_drain_once for a BufferedProtocol: the records are copied straight from the
+        ring into the buffers it gives (``get_buffer``), the one copy out of shared
+        memory, and only then consumed."""
+        ring = self._inbound
+        try:
+            pieces, end = ring.peek()
+        except RingCorrupted as exc:
+            self._fatal(exc)
+            return False
+        if not pieces:
+            return False
+        if self._asked_at:
+            self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
+            self._asked_at = 0
+        try:
+            for piece in pieces:
+                offset, size = 0, len(piece)
+                while offset < size and not self._finished:
+                    out = memoryview(protocol.get_buffer(size - offset))
+                    count = min(out.nbytes, size - offset)
+                    if count <= 0:
+                        raise RuntimeError("get_buffer() returned an empty buffer")
+                    out[:count] = piece[offset : offset + count]
+                    out.release()
+                    protocol.buffer_updated(count)
+                    offset += count
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "protocol.get_buffer() or buffer_updated() failed")
+            return False
+        finally:
+            for piece in pieces:
+                piece.release()
+        if self._finished:
+            return False
+        ring.consume(end)
+        self._notify_writer()
+        return ring.has_data()
 
     def _discard_inbound(self) -> None:
         """After close(): drop what arrives, as a closed socket would, so a peer blocked
@@ -1106,7 +1379,13 @@ class ShmTransport(asyncio.Transport):
         self._fence()
         self._ring_bell(self._peer_bell)   # whatever its flags say: it must see we closed
         self._stopping = True
-        self._ring_bell(self._my_bell)      # our waiter may be asleep on it
+        if self._watched_bell:
+            bell = self._my_bell
+            assert isinstance(bell, EventfdDoorbell)
+            if not self._loop.is_closed():
+                self._loop.remove_reader(bell.fd)
+        else:
+            self._ring_bell(self._my_bell)      # our waiter may be asleep on it
         if self._control is not None:
             self._control.close()
         self._loop.call_soon(self._call_connection_lost, exc)
@@ -1120,6 +1399,9 @@ class ShmTransport(asyncio.Transport):
             # the cycle would keep both, rings and buffers included, until a full gc.
             self._control = None
             self._protocol = _DETACHED
+            if self._watched_bell:
+                # No thread uses the segment: it goes as soon as the protocol knows.
+                self._release_segment()
 
     # -- the waiter thread ---------------------------------------------------------
 
@@ -1154,19 +1436,9 @@ class ShmTransport(asyncio.Transport):
 
     def _sleep(self, timeout: float) -> bool:
         """Block on our doorbell up to ``timeout`` seconds; True if it was rung."""
-        deadline = time.monotonic() + timeout
-        remaining = timeout
-        while True:
-            try:
-                self._my_bell.acquire(remaining)
-                return True
-            except posix_ipc.BusyError:
-                return False
-            except posix_ipc.SignalError:
-                # A signal interrupted the wait: wait for what is left of it.
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
+        bell = self._my_bell
+        assert isinstance(bell, SemaphoreDoorbell)
+        return bell.wait(timeout)
 
     def _release_segment_soon(self) -> None:
         # The waiter thread was the last one that could block on a doorbell, so the
@@ -1186,3 +1458,53 @@ class ShmTransport(asyncio.Transport):
             segment._set_closed(self._side)
             self._ring_bell(self._peer_bell)
         segment.close()
+
+
+def send_decline(fileno: int) -> None:
+    """Server side of the memfd variant: tell a client that asked for the lane and waits
+    for fds that none are coming (the marker without fds). Raises OSError."""
+    _memfd.send_fds(fileno, _memfd.DECLINED, [])
+
+
+async def receive_segment_fds(
+    loop: asyncio.AbstractEventLoop, fileno: int, timeout: float
+) -> tuple[bytes, list[int]] | None:
+    """Client side of the memfd variant: wait up to ``timeout`` seconds for the server's
+    fd message on the Unix socket ``fileno`` (whose transport must not be reading).
+
+    Returns the marker and the fds (owned by the caller, to hand to
+    :meth:`ShmSegment.from_fds`), or None if the server declined. Raises
+    ShmUnavailable for a message that is neither (fds closed), TimeoutError, or
+    ConnectionError if the socket ends first."""
+    watch = os.dup(fileno)   # its own fd: the transport's stays registered with the loop
+    arrived: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
+
+    def readable() -> None:
+        if arrived.done():
+            return
+        try:
+            arrived.set_result(_memfd.receive_fds(watch))
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, MemfdRejected) as exc:
+            arrived.set_exception(exc)
+
+    loop.add_reader(watch, readable)
+    try:
+        try:
+            message, fds = await asyncio.wait_for(asyncio.shield(arrived), timeout)
+        except BaseException:
+            if arrived.done() and not arrived.cancelled() and arrived.exception() is None:
+                _memfd.close_all(arrived.result()[1])   # came too late: never leak an fd
+            raise
+    except MemfdRejected as exc:
+        raise ShmUnavailable(f"the shm segment's fds are refused: {exc}") from exc
+    finally:
+        loop.remove_reader(watch)
+        os.close(watch)
+    if not message:
+        _memfd.close_all(fds)
+        raise ConnectionError("the server closed the connection during the shm switch")
+    if message == _memfd.DECLINED and not fds:
+        return None
+    return message, fds

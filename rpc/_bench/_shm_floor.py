@@ -14,9 +14,11 @@ Round trips of a small payload (100 B) through shared memory, woken by POSIX sem
 ``sockbell``            like ``thread``, but the doorbell is a byte on a Unix socket pair
                         that the loop's selector watches: no waiter thread (not what the
                         lane does; measured to show what the semaphores cost)
-``lane``                the real thing: two ShmTransports echoing (transports/shm.py)
+``lane``                the real thing: two ShmTransports echoing (transports/shm.py), the
+                        variant LANERPC_SHM_VARIANT names (default auto: memfd on Linux)
 ``lane-nospin``         the same with ``loop_spin_us=0``: no poll on the loop after a
                         write (``lane`` polls, the transport's default)
+``lane-posix``          ``lane`` on the posix variant (named objects, a waiter thread)
 
 Prefix a loop kind with ``uvloop-`` (``uvloop-thread``, ``uvloop-lane``...) for uvloop.
 ``same_cpu=True`` pins both processes to one CPU, where spinning must give up. Each
@@ -49,6 +51,7 @@ from typing import Any
 
 import posix_ipc
 
+from rpc.transports import _memfd
 from rpc.transports._ring import StoreLoadFence
 from rpc.transports.shm import AdaptiveSpin, ShmOffer, ShmSegment, ShmTransport
 
@@ -72,6 +75,8 @@ KINDS = (
     "uvloop-lane",
     "lane-nospin",
     "uvloop-lane-nospin",
+    "lane-posix",
+    "uvloop-lane-posix",
 )
 
 SPIN_US = 50.0
@@ -393,7 +398,7 @@ def _lane_options(kind: str) -> dict[str, Any]:
 
 
 async def _lane_parent(segment: ShmSegment, control: socket.socket, kind: str,
-                       n: int, warmup: int, payload: bytes) -> tuple[list[int], AdaptiveSpin]:
+                       n: int, warmup: int, payload: bytes) -> tuple[list[int], Any]:
     loop = asyncio.get_running_loop()
     control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
     protocol = _Collect()
@@ -421,7 +426,10 @@ async def _lane_parent(segment: ShmSegment, control: socket.socket, kind: str,
 
 async def _lane_child(offer: ShmOffer, control: socket.socket, kind: str) -> None:
     loop = asyncio.get_running_loop()
-    segment = ShmSegment.open(offer)
+    if offer.variant == "memfd":   # the parent sent the fds before waiting for "A"
+        segment = ShmSegment.from_fds(offer, *_memfd.receive_fds(control.fileno()))
+    else:
+        segment = ShmSegment.open(offer)
     control.sendall(b"A")   # "attached": the parent checks our acknowledgement
     _CHILD_CPU_START[0] = time.process_time()
     control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
@@ -557,13 +565,18 @@ def _run_bare(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
 
 
 def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) -> Result:
-    segment, offer = ShmSegment.create(1 << 20)
+    # The lane's variant as the RPC layer would pick it (LANERPC_SHM_VARIANT, else auto).
+    # "-posix" kinds: the portable variant (named objects, a waiter thread).
+    variant = "posix" if kind.endswith("-posix") else os.environ.get("LANERPC_SHM_VARIANT", "auto")
+    segment, offer = ShmSegment.create(1 << 20, variant)
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child = None
     try:
         child = _spawn({"kind": kind, "offer": _offer_to_json(offer), "fd": theirs.fileno()},
                        pass_fds=(theirs.fileno(),))
         theirs.close()
+        if offer.variant == "memfd":
+            segment.send_fds(mine.fileno())
         mine.settimeout(10)
         if mine.recv(1) != b"A":
             raise RuntimeError("lane child failed to attach")
@@ -593,12 +606,13 @@ def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
 
 def _offer_to_json(offer: ShmOffer) -> dict[str, Any]:
     return {"segment": offer.segment, "semaphores": list(offer.semaphores),
-            "ring_capacity": offer.ring_capacity, "nonce": offer.nonce.hex()}
+            "ring_capacity": offer.ring_capacity, "nonce": offer.nonce.hex(),
+            "variant": offer.variant}
 
 
 def _offer_from_json(raw: dict[str, Any]) -> ShmOffer:
     return ShmOffer(raw["segment"], tuple(raw["semaphores"]), raw["ring_capacity"],
-                    bytes.fromhex(raw["nonce"]))
+                    bytes.fromhex(raw["nonce"]), raw.get("variant", "posix"))
 
 
 _CHILD_CPU_START = [0.0]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arpc/_proto/handshake.proto\x12\x0clanerpc.wire\"\x9f\x01\n\x08Settings\x12\x16\n\x0emax_frame_size\x18\x01 \x01(\r\x12\x1d\n\x15initial_stream_window\x18\x02 \x01(\r\x12!\n\x19initial_connection_window\x18\x03 \x01(\r\x12\x1e\n\x16max_concurrent_streams\x18\x04 \x01(\r\x12\x19\n\x11max_metadata_size\x18\x05 \x01(\r\"0\n\x0cUpgradeOffer\x12\x11\n\tunix_path\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"/\n\x0cUpgradeClaim\x12\x10\n\x08token_id\x18\x01 \x01(\x0c\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"U\n\x08ShmOffer\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x12\n\nsemaphores\x18\x02 \x03(\t\x12\x15\n\rring_capacity\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"\xf9\x01\n\x05Hello\x12\x10\n\x08versions\x18\x01 \x03(\r\x12(\n\x08settings\x18\x02 \x01(\x0b\x32\x16.lanerpc.wire.Settings\x12+\n\x07upgrade\x18\x03 \x01(\x0b\x32\x1a.lanerpc.wire.UpgradeOffer\x12\r\n\x05lanes\x18\x04 \x01(\t\x12)\n\x05\x63laim\x18\x05 \x01(\x0b\x32\x1a.lanerpc.wire.UpgradeClaim\x12\x14\n\x0c\x63laim_answer\x18\x06 \x01(\x0c\x12#\n\x03shm\x18\x07 \x01(\x0b\x32\x16.lanerpc.wire.ShmOffer\x12\x12\n\nuser_agent\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arpc/_proto/handshake.proto\x12\x0clanerpc.wire\"\x9f\x01\n\x08Settings\x12\x16\n\x0emax_frame_size\x18\x01 \x01(\r\x12\x1d\n\x15initial_stream_window\x18\x02 \x01(\r\x12!\n\x19initial_connection_window\x18\x03 \x01(\r\x12\x1e\n\x16max_concurrent_streams\x18\x04 \x01(\r\x12\x19\n\x11max_metadata_size\x18\x05 \x01(\r\"0\n\x0cUpgradeOffer\x12\x11\n\tunix_path\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"/\n\x0cUpgradeClaim\x12\x10\n\x08token_id\x18\x01 \x01(\x0c\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"f\n\x08ShmOffer\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x12\n\nsemaphores\x18\x02 \x03(\t\x12\x15\n\rring_capacity\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x0f\n\x07variant\x18\x05 \x01(\t\"\xf9\x01\n\x05Hello\x12\x10\n\x08versions\x18\x01 \x03(\r\x12(\n\x08settings\x18\x02 \x01(\x0b\x32\x16.lanerpc.wire.Settings\x12+\n\x07upgrade\x18\x03 \x01(\x0b\x32\x1a.lanerpc.wire.UpgradeOffer\x12\r\n\x05lanes\x18\x04 \x01(\t\x12)\n\x05\x63laim\x18\x05 \x01(\x0b\x32\x1a.lanerpc.wire.UpgradeClaim\x12\x14\n\x0c\x63laim_answer\x18\x06 \x01(\x0c\x12#\n\x03shm\x18\x07 \x01(\x0b\x32\x16.lanerpc.wire.ShmOffer\x12\x12\n\nuser_agent\x18\x08 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +38,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPGRADECLAIM']._serialized_start=256
   _globals['_UPGRADECLAIM']._serialized_end=303
   _globals['_SHMOFFER']._serialized_start=305
-  _globals['_SHMOFFER']._serialized_end=390
-  _globals['_HELLO']._serialized_start=393
-  _globals['_HELLO']._serialized_end=642
+  _globals['_SHMOFFER']._serialized_end=407
+  _globals['_HELLO']._serialized_start=410
+  _globals['_HELLO']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,7 @@ ENV_VAR = "LANERPC_CONFORMANCE_IMPLS"
 
 DEFAULT_IMPLS: tuple[str, ...] = (
     "grpc-tcp", "lanerpc-tcp", "lanerpc-unix", "lanerpc-upgraded", "lanerpc-shm",
+    "lanerpc-shm-posix",
     "lanerpc-grpc-port", "lanerpc-one-port", "lanerpc-grpc-dial", "lanerpc-memory",
     "lanerpc-tls", "lanerpc-pipe",
 )
@@ -67,6 +68,7 @@ class Impl:
     expected_lane: str | None = None
     lanerpc_channel: bool = False
     tls: bool = False      # the server's ports are TLS ones (lanerpc-tls: rpc's credentials)
+    server_options: Options = ()   # given to every server of this implementation
 
     def address(self, port: int = 0) -> str:
         """Where a server of this implementation binds (a fresh socket file for unix)."""
@@ -81,7 +83,8 @@ class Impl:
         if self.tls:
             server_kwargs.setdefault("credentials", _tls_server_credentials())
         serving = serve(*servicers, address=address or self.address(), lanes=self.server_lanes,
-                        options=options, plain_grpc=self.grpc_server, **server_kwargs)
+                        options=[*self.server_options, *options], plain_grpc=self.grpc_server,
+                        **server_kwargs)
         if self.bind == "pipe":
             return served_over_pipes(serving)
         return served_in_memory(serving) if self.bind == "memory" else serving
@@ -91,10 +94,10 @@ def _grpc_channel(target: str, options: Options, **kwargs: Any) -> Any:
     return grpc.aio.insecure_channel(target, options=list(options), **kwargs)
 
 
-def _lanerpc_channel(lanes: str | None) -> OpenChannel:
+def _lanerpc_channel(lanes: str | None, extra: Options = ()) -> OpenChannel:
     def channel(target: str, options: Options, **kwargs: Any) -> Any:
         head = [] if lanes is None else [("lanerpc.lanes", lanes)]
-        return rpc.insecure_channel(target, options=head + list(options), **kwargs)
+        return rpc.insecure_channel(target, options=head + list(extra) + list(options), **kwargs)
 
     return channel
 
@@ -153,6 +156,12 @@ ALL_IMPLS: dict[str, Impl] = {
         _lanerpc("lanerpc-upgraded", "unix,tcp", "tcp", "unix"),
         # Dials TCP and must end up on shm (its control channel is a Unix socket).
         _lanerpc("lanerpc-shm", "shm,unix,tcp", "tcp", "shm"),
+        # The same on the shm lane's portable variant (named shared memory and
+        # semaphores, a waiter thread) that other systems get; lanerpc-shm has the
+        # memfd one on Linux.
+        Impl("lanerpc-shm-posix", False, "shm,unix,tcp", "tcp",
+             _lanerpc_channel("shm,unix,tcp", [("lanerpc.shm_variant", "posix")]), "shm",
+             lanerpc_channel=True, server_options=(("lanerpc.shm_variant", "posix"),)),
         # grpc.aio clients served by a lanerpc server's grpc:// port (interop, server side).
         Impl("lanerpc-grpc-port", False, None, "grpc", _grpc_channel),
         # grpc.aio clients on a lanerpc server's own TCP port: spliced to its gRPC side.

@@ -1,4 +1,8 @@
-"""The shm lane's transport: two ShmTransports in one process, and one real two-process test."""
+"""The shm lane's transport: two ShmTransports in one process, and real two-process tests.
+
+Every test runs on both variants of the lane (``variant``): the memfd one (a sealed
+memfd and eventfds passed as fds, the loop watching the doorbell) and the posix one
+(named objects, a waiter thread)."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import pytest
 posix_ipc = pytest.importorskip("posix_ipc")
 
 import rpc.transports.shm as shm_module  # noqa: E402
-from rpc.transports import _spin  # noqa: E402
+from rpc.transports import _memfd, _spin  # noqa: E402
 from rpc.transports import PeerInfo  # noqa: E402
 from rpc.transports._ring import RingCorrupted  # noqa: E402
 from rpc.transports.shm import (  # noqa: E402
@@ -37,6 +41,34 @@ from tests._support import assert_pending, wait_until, within  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_RING = 4096
+VARIANTS = ("memfd", "posix")
+_variant = "memfd"   # the variant open_pair() makes; set for each test by `variant`
+
+
+@pytest.fixture(autouse=True, params=VARIANTS)
+def variant(request: pytest.FixtureRequest) -> Any:
+    global _variant
+    _variant = request.param
+    yield request.param
+    _variant = "memfd"
+
+
+def pass_segment(segment: ShmSegment, offer: ShmOffer) -> ShmSegment:
+    """The client's segment, from the server's: by name (posix), or as fds over a real
+    Unix socket pair (memfd), as the lanes layer does."""
+    if offer.variant == "posix":
+        client_segment = ShmSegment.open(offer)
+        segment.confirm_attached()
+        return client_segment
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _memfd.send_fds(sender.fileno(), _memfd.GRANTED, segment.fds_to_send())
+        segment.fds_sent()
+        message, fds = _memfd.receive_fds(receiver.fileno())
+        return ShmSegment.from_fds(offer, message, fds)
+    finally:
+        sender.close()
+        receiver.close()
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +85,7 @@ def dev_shm_unchanged() -> Any:
 
 @pytest.fixture(autouse=True)
 def no_timeout_safety_net(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A waiter re-checks after 1 s even without a wake-up. Stretch that to 60 s in the
+    """A posix waiter re-checks after 5 s even without a wake-up. Stretch that to 60 s in the
     tests, so a lost wake-up fails them (every wait here is 5 s at most) instead of
     hiding behind a one-second stall."""
     monkeypatch.setattr(shm_module, "IDLE_WAIT_SECONDS", 60.0)
@@ -144,12 +176,11 @@ async def open_pair(
     before_client_opens: Callable[[ShmOffer], None] | None = None,
 ) -> tuple[ShmTransport, ShmTransport]:
     loop = asyncio.get_running_loop()
-    segment, offer = ShmSegment.create(capacity)
+    segment, offer = ShmSegment.create(capacity, _variant)
     try:
         if before_client_opens is not None:
             before_client_opens(offer)
-        client_segment = ShmSegment.open(offer)
-        segment.confirm_attached()
+        client_segment = pass_segment(segment, offer)
     except BaseException:
         segment.close()
         raise
@@ -208,6 +239,53 @@ async def test_message_ten_times_the_ring_streams_through() -> None:
     assert len(server.chunks) >= 10
     assert max(server.chunks) <= SMALL_RING
     await close_pair(client, server)
+
+
+class BufferedPeer(asyncio.BufferedProtocol):
+    """Takes the bytes into buffers of its own, ``chunk`` bytes at most each time."""
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        self.data = bytearray()
+        self.hints: list[int] = []
+        self._buffer = bytearray(chunk)
+        loop = asyncio.get_running_loop()
+        self.made: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        self.hints.append(sizehint)
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self._buffer[:nbytes]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("chunk", [7, SMALL_RING * 4])
+async def test_a_buffered_protocol_gets_the_bytes_in_its_own_buffers(chunk: int) -> None:
+    """A BufferedProtocol is filled straight from the ring (no bytes object between),
+    in as many get_buffer() calls as its buffers need, across wrapped records."""
+    server, client = BufferedPeer(chunk), Peer()
+    _, client_transport = await open_pair(server, client)  # type: ignore[arg-type]
+    message = os.urandom(3 * SMALL_RING + 123)
+    client_transport.write(message[:1000])
+    client_transport.writelines([message[1000:5000], memoryview(message)[5000:]])
+
+    async def all_there() -> None:
+        while len(server.data) < len(message):
+            await asyncio.sleep(0.001)
+
+    await within(all_there())
+    assert bytes(server.data) == message
+    assert max(server.hints) <= SMALL_RING   # a hint is what is left of one record
+    client_transport.close()
+    assert await within(server.lost) is None
 
 
 async def test_writelines_and_memoryviews() -> None:
@@ -343,21 +421,6 @@ async def test_protocol_error_closes_only_that_connection() -> None:
 # -- a hostile peer -----------------------------------------------------------------
 
 
-class Hostile:
-    """A third party that mapped the segment (and the server's doorbell) by name."""
-
-    def __init__(self, offer: ShmOffer) -> None:
-        shm = posix_ipc.SharedMemory(offer.segment)
-        self.map = mmap.mmap(shm.fd, shm.size)
-        shm.close_fd()
-        self.server_bell = posix_ipc.Semaphore(offer.semaphores[0])
-        self.layout = SegmentLayout.for_capacity(offer.ring_capacity)
-
-    def close(self) -> None:
-        self.map.close()
-        self.server_bell.close()
-
-
 @pytest.mark.parametrize(
     ("head", "record", "message"),
     [
@@ -369,32 +432,26 @@ class Hostile:
 async def test_corrupted_ring_closes_the_connection(
     head: int, record: bytes, message: str
 ) -> None:
-    hostile: list[Hostile] = []
     server, client = Peer(), Peer()
-    await open_pair(
-        server,
-        client,
-        before_client_opens=lambda offer: hostile.append(Hostile(offer)),
-    )
-    evil = hostile[0]
-    try:
-        ring = evil.layout.c2s_offset
-        evil.map[ring + 256 : ring + 256 + len(record)] = record
-        struct.pack_into("Q", evil.map, ring, head)   # the client->server head
-        evil.server_bell.release()                     # and wake the server up
-        exc = await within(server.lost)
-        assert isinstance(exc, RingCorrupted)
-        assert message in str(exc)
-        assert await within(client.lost) is None      # the client is told, cleanly
-    finally:
-        evil.close()
+    _, client_transport = await open_pair(server, client)
+    # The client is the hostile peer: it writes lies into the memory it shares.
+    segment = client_transport._segment
+    evil = segment._mapping
+    ring = segment.layout.c2s_offset
+    evil[ring + 256 : ring + 256 + len(record)] = record
+    struct.pack_into("Q", evil, ring, head)           # the client->server head
+    segment.server_bell.ring()                        # and wake the server up
+    exc = await within(server.lost)
+    assert isinstance(exc, RingCorrupted)
+    assert message in str(exc)
+    assert await within(client.lost) is None          # the client is told, cleanly
 
 
 # -- setting up, and refusing to ----------------------------------------------------
 
 
 async def test_offer_is_checked_before_anything_is_opened() -> None:
-    segment, offer = ShmSegment.create(SMALL_RING)
+    segment, offer = ShmSegment.create(SMALL_RING, "posix")
     try:
         bad_offers = [
             ShmOffer("/etc-passwd", offer.semaphores, offer.ring_capacity, offer.nonce),
@@ -423,7 +480,7 @@ async def test_offer_is_checked_before_anything_is_opened() -> None:
 
 
 async def test_discarded_offer_leaves_nothing() -> None:
-    segment, offer = ShmSegment.create(SMALL_RING)
+    segment, offer = ShmSegment.create(SMALL_RING, "posix")
     ShmSegment.discard(offer)
     with pytest.raises(ShmUnavailable):
         ShmSegment.open(offer)
@@ -432,7 +489,7 @@ async def test_discarded_offer_leaves_nothing() -> None:
 
 async def test_names_are_unlinked_as_soon_as_both_sides_hold_them() -> None:
     before = set(os.listdir("/dev/shm"))
-    segment, offer = ShmSegment.create(SMALL_RING)
+    segment, offer = ShmSegment.create(SMALL_RING, "posix")
     created = set(os.listdir("/dev/shm")) - before
     assert created == {offer.segment[1:], *(f"sem.{name[1:]}" for name in offer.semaphores)}
     for entry in created:
@@ -444,7 +501,9 @@ async def test_names_are_unlinked_as_soon_as_both_sides_hold_them() -> None:
     client_segment.close()
 
 
-def test_full_dev_shm_gives_shm_unavailable_not_sigbus() -> None:
+def test_full_dev_shm_gives_shm_unavailable_not_sigbus(variant: str) -> None:
+    """posix: the segment lives in /dev/shm, which is full: ShmUnavailable, not a SIGBUS
+    later. memfd: /dev/shm plays no part, the segment is made all the same."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare(1) is not installed")
     script = textwrap.dedent(
@@ -453,7 +512,7 @@ def test_full_dev_shm_gives_shm_unavailable_not_sigbus() -> None:
         sys.path.insert(0, {ROOT!r})
         from rpc.transports.shm import ShmSegment, ShmUnavailable
         try:
-            segment, offer = ShmSegment.create(1 << 20)
+            segment, offer = ShmSegment.create(1 << 20, sys.argv[1])
         except ShmUnavailable as exc:
             print("unavailable:", exc)
         else:
@@ -462,13 +521,16 @@ def test_full_dev_shm_gives_shm_unavailable_not_sigbus() -> None:
     )
     command = [
         "unshare", "-m", "sh", "-c",
-        'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$1" -c "$2"',
-        "sh", sys.executable, script,
+        'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$1" -c "$2" "$3"',
+        "sh", sys.executable, script, variant,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=15)
     if result.returncode != 0 and not result.stdout:
         pytest.skip(f"cannot mount a private tmpfs here: {result.stderr.strip()}")
     assert result.returncode == 0, f"child died: {result.returncode} {result.stderr}"
+    if variant == "memfd":
+        assert result.stdout.startswith("created"), result.stdout
+        return
     assert result.stdout.startswith("unavailable:"), result.stdout
     assert "No space left" in result.stdout
 
@@ -549,11 +611,12 @@ _STREAMING_CHILD = textwrap.dedent(
     """
     import asyncio, json, socket, sys
     sys.path.insert(0, sys.argv[1])
+    from rpc.transports import _memfd
     from rpc.transports.shm import ShmOffer, ShmSegment, ShmTransport
 
     raw = json.loads(sys.argv[2])
     offer = ShmOffer(raw["segment"], tuple(raw["semaphores"]), raw["capacity"],
-                     bytes.fromhex(raw["nonce"]))
+                     bytes.fromhex(raw["nonce"]), raw["variant"])
     control = socket.socket(fileno=raw["fd"])
 
     class Streamer(asyncio.Protocol):
@@ -567,7 +630,10 @@ _STREAMING_CHILD = textwrap.dedent(
 
     async def main():
         loop = asyncio.get_running_loop()
-        segment = ShmSegment.open(offer)
+        if offer.variant == "memfd":
+            segment = ShmSegment.from_fds(offer, *_memfd.receive_fds(control.fileno()))
+        else:
+            segment = ShmSegment.open(offer)
         control.sendall(b"A")
         control_transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=control)
         streamer = Streamer()
@@ -583,21 +649,25 @@ _STREAMING_CHILD = textwrap.dedent(
 )
 
 
-async def test_peer_killed_mid_stream_is_noticed_within_a_second() -> None:
+async def test_peer_killed_mid_stream_is_noticed_within_a_second(variant: str) -> None:
     loop = asyncio.get_running_loop()
-    segment, offer = ShmSegment.create(64 * 1024)
+    segment, offer = ShmSegment.create(64 * 1024, variant)
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child: subprocess.Popen | None = None
     try:
         args = {
             "segment": offer.segment, "semaphores": list(offer.semaphores),
             "capacity": offer.ring_capacity, "nonce": offer.nonce.hex(), "fd": theirs.fileno(),
+            "variant": offer.variant,
         }
         child = subprocess.Popen(
             [sys.executable, "-c", _STREAMING_CHILD, ROOT, json.dumps(args)],
             pass_fds=(theirs.fileno(),),
         )
         theirs.close()
+        if variant == "memfd":   # before the child reads: its blocking recvmsg waits
+            _memfd.send_fds(mine.fileno(), _memfd.GRANTED, segment.fds_to_send())
+            segment.fds_sent()
         mine.setblocking(False)
         assert await within(loop.sock_recv(mine, 1), 10) == b"A"
         segment.confirm_attached()
@@ -676,8 +746,9 @@ async def test_loop_spin_catches_a_quick_answer() -> None:
     spin = client_transport._loop_spin
     # Both transports share this loop: the echo runs between the spin's slices and
     # the spin delivers it, without the waiter thread. (A spin that lost the CPU to
-    # another process counts as a miss, so not all 50 on a busy machine.)
-    assert spin.catches >= 40
+    # another process counts as a miss and skips a few writes, so not all 50 on a
+    # busy machine.)
+    assert spin.catches >= 25 and spin.catches >= 0.8 * spin.spins, (spin.catches, spin.spins)
     assert bytes(client.data) == bytes(sent)
     await close_pair(client, server)
 
@@ -702,7 +773,8 @@ async def test_loop_spin_that_gives_up_loses_no_wake_up() -> None:
     assert bytes(client.data) == bytes(expected)
     spin = client_transport._loop_spin
     assert spin.spins > 0
-    assert spin.spins + spin.skipped >= 300   # one decision per write that waited
+    # one decision per write that waited
+    assert spin.spins + spin.skipped + spin.declined >= 300
     await close_pair(client, server)
 
 

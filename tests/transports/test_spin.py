@@ -113,3 +113,71 @@ def test_skips_never_exceed_the_cap(outcomes: list[bool], cap: int) -> None:
             assert run <= cap
     assert spin.spins + spin.skipped == len(outcomes)
     assert spin.catches <= spin.spins
+
+
+# -- AnswerSpin: the shm lane's spin after a write, sized from answer times ----------
+
+from rpc.transports._spin import AnswerSpin  # noqa: E402
+
+
+def test_answer_spin_never_spins_on_one_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_spin, "cpus_available", lambda: 1)
+    spin = AnswerSpin(200.0)
+    spin.observe(5_000)
+    assert spin.budget_ns() == 0
+
+
+def test_cpus_available_counts_no_more_than_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()                          # the real function, not the two_cpus stand-in
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert _spin.cpus_available() == 1
+    assert AnswerSpin(200.0).budget_ns() == 0
+
+
+def test_answer_spin_budget_follows_the_answer_times() -> None:
+    spin = AnswerSpin(200.0, min_spin_us=10.0)
+    assert spin.budget_ns() == 200_000          # nothing measured yet: the ceiling
+    for _ in range(50):
+        spin.observe(20_000)                    # answers in 20 us
+    assert spin.budget_ns() == 40_000           # twice the typical answer
+    for _ in range(50):
+        spin.observe(2_000)
+    assert spin.budget_ns() == 10_000           # never below the floor
+    for _ in range(50):
+        spin.observe(5_000_000)                 # a handler that takes 5 ms
+    assert spin.budget_ns() == 0                # answers too slow: sleep
+    assert spin.declined == 1
+
+
+def test_answer_spin_comes_back_when_answers_are_quick_again() -> None:
+    """Not sticky: answers are timed while not spinning too."""
+    spin = AnswerSpin(200.0)
+    for _ in range(50):
+        spin.observe(1_000_000)
+    assert spin.budget_ns() == 0
+    for _ in range(40):
+        spin.observe(15_000)                    # woken by the doorbell, quickly
+    assert 0 < spin.budget_ns() <= 200_000
+
+
+def test_answer_spin_misses_back_off_but_always_probe_again() -> None:
+    spin = AnswerSpin(200.0, max_probe_gap=64)
+    for _ in range(20):
+        spin.observe(10_000)
+    gaps = []
+    for _ in range(12):                         # every spin misses
+        skipped = 0
+        while not spin.budget_ns():
+            skipped += 1
+            assert skipped <= 64                # re-probed within 64 writes, whatever happened
+        gaps.append(skipped)
+        spin.record(False)
+    assert gaps[:8] == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert gaps[8:] == [64] * 4
+    while not spin.budget_ns():                 # the probe after the last miss...
+        pass
+    spin.record(True)                           # ...catches: the back-off is reset
+    assert spin.budget_ns() and spin.budget_ns()
