@@ -54,6 +54,9 @@ class Server(Protocol):
     def _call_finished(self, call: ServicerContext) -> None:
         """The call is over: forget it."""
 
+    def _handler_context(self) -> contextvars.Context:
+        """The contextvars context a new call's handler starts in."""
+
 
 class ServerLink(StreamLink, Protocol):
     loop: asyncio.AbstractEventLoop
@@ -279,7 +282,8 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         if (not handler.request_streaming and not handler.response_streaming
                 and _kind(fn) is _COROUTINE and self._start_eagerly()):
             return
-        self._task = task = self._loop.create_task(self._run())
+        self._task = task = self._loop.create_task(self._run(),
+                                                   context=self._server._handler_context())
         # Cleanup in a done callback, not in _run's finally: a task cancelled
         # before its first step never enters _run at all.
         task.add_done_callback(self._task_done)
@@ -300,7 +304,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             return False
         self._task = step
         coro = self._run()
-        context = contextvars.copy_context()
+        context = self._server._handler_context()
         try:
             yielded = context.run(coro.send, None)
         except BaseException as exc:      # finished (StopIteration), or an exit

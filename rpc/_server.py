@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import random
@@ -386,6 +387,7 @@ class Server(aio.Server):
         self._terminated: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = Stats()
+        self._start_context: contextvars.Context | None = None
         self._budget = MemoryBudget(self._options.memory_budget)
         self._lanes = _lanes.ServerLanes(self._options)
         self._serves_pipe = False         # rpc.serve_stdio's: a server needs no port then
@@ -541,6 +543,10 @@ class Server(aio.Server):
             raise RuntimeError("add a port before start()")
         self._state = "starting"
         self._loop = asyncio.get_running_loop()
+        # Each call's handler starts in a copy of the context start() ran in, as
+        # grpc.aio's do; never in whatever context the bytes that began it were read
+        # in (a spin after a handler's write can read the next call's request).
+        self._start_context = contextvars.copy_context()
         _quiet_accept_errors()
         self._terminated = asyncio.Event()
         if self._executor is None:
@@ -816,6 +822,12 @@ class Server(aio.Server):
                 call._on_end_of_input()
         elif ev.end_stream:
             call._on_end_of_input()
+
+    def _handler_context(self) -> contextvars.Context:
+        """A copy of the context ``start()`` ran in: a call's handler starts there,
+        as grpc.aio's do, whatever context the bytes that began the call were read in."""
+        base = self._start_context
+        return base.copy() if base is not None else contextvars.copy_context()
 
     def _call_finished(self, call: ServicerContext) -> None:
         if call._counted:
