@@ -537,6 +537,12 @@ async def test_call_refused_by_a_draining_server_is_retried_on_the_next_server_a
             await within(stopping, 5)
 
 
+def open_call(stub, kind: str, payload: bytes):
+    if kind == "client_stream":
+        return stub.ClientStream(timeout=5)       # no message written: the handler would wait
+    return stub.Unary(msg(payload), timeout=5)
+
+
 @pytest.mark.parametrize("kind", [
     "client_stream",
     "unary",
@@ -547,15 +553,46 @@ async def test_call_refused_by_a_stopping_server_is_unavailable_and_never_starte
         stub = echo_pb2_grpc.EchoStub(served.channel())
         await within(stub.Unary(msg(b"warm"), timeout=5), 6)
         runs = servicer.started_calls
-        if kind == "client_stream":
-            call = stub.ClientStream(timeout=5)
-        else:
-            call = stub.Unary(msg(b"refused"), timeout=5)
         stopping = asyncio.create_task(served.server.stop(2))
+        await asyncio.sleep(0)      # stop() has begun: GOAWAY written, the listeners closed
+        # Whichever comes first (the server refusing the request, the client reading
+        # the GOAWAY, or a new connection refused), the handler never runs.
+        call = open_call(stub, kind, b"refused")
         assert await code_of(call, 3) == _C.UNAVAILABLE
         assert call.never_started is True
         assert servicer.started_calls == runs
         await within(stopping, 3)
+
+
+@pytest.mark.parametrize("kind", [
+    "client_stream",
+    "unary",
+])
+async def test_call_opened_as_the_server_stops_is_either_refused_or_run(kind, runtime_dir):
+    # The request is on its way when stop() is called: the server may read it before
+    # stop() begins (on shm a loop spin after the server's last answer reads it in the
+    # turn it is written) and run it within the grace, as grpc.aio would; or after,
+    # and refuse it. Each outcome must say which it was.
+    servicer = Echo()
+    async with serve(servicer) as served:
+        stub = echo_pb2_grpc.EchoStub(served.channel())
+        await within(stub.Unary(msg(b"warm"), timeout=5), 6)
+        runs = servicer.started_calls
+        call = open_call(stub, kind, b"raced")
+        stopping = asyncio.create_task(served.server.stop(0.5))
+        code = await code_of(call, 3)
+        await within(stopping, 3)
+        if servicer.started_calls == runs:
+            assert code == _C.UNAVAILABLE
+            assert call.never_started is True
+        else:
+            assert servicer.started_calls == runs + 1
+            assert call.never_started is False       # it ran: never offered for a retry
+            if kind == "unary":
+                assert code == _C.OK                # answered within the grace
+                assert (await within(call, 1)).payload == b"raced"
+            else:
+                assert code == _C.UNAVAILABLE       # still waiting for its input at the grace's end
 
 
 async def test_call_that_may_have_run_is_never_retried(runtime_dir, tmp_path):
