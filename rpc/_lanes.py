@@ -47,7 +47,7 @@ import ssl
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from rpc import _credentials
 from rpc._link import LaneAdapter, Link
@@ -864,6 +864,26 @@ def runtime_dir() -> str:
     return tempfile.gettempdir()
 
 
+def private_directories(base: str) -> Iterator[tuple[str, os.stat_result]]:
+    """The upgrade directories in ``base`` that are ours (our uid, a real directory,
+    not a link), with their stat; live or not."""
+    uid = os.geteuid()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_DIR_PREFIX):
+            continue
+        directory = os.path.join(base, name)
+        try:
+            st = os.lstat(directory)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+            yield directory, st
+
+
 def sweep_stale(base: str) -> int:
     """Remove upgrade directories of ours whose server is gone (killed with
     SIGKILL, say). A directory with a lock file is stale as soon as its lock can be
@@ -873,21 +893,7 @@ def sweep_stale(base: str) -> int:
     for a server killed while starting, its unlocked ``lock.new`` is all there is);
     anything else (not ours, no socket yet) is left alone."""
     removed = 0
-    uid = os.geteuid()
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return 0
-    for name in names:
-        if not name.startswith(_DIR_PREFIX):
-            continue
-        directory = os.path.join(base, name)
-        try:
-            st = os.lstat(directory)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-            continue
+    for directory, st in private_directories(base):
         free = _lock_is_free(os.path.join(directory, _LOCK_NAME))
         if free is not None:
             if free:

@@ -136,22 +136,8 @@ def live_servers(bases: Sequence[str] | None = None) -> list[ServerInfo]:
 
 
 def _read_all(bases: Sequence[str]) -> Iterator[ServerInfo]:
-    uid = os.geteuid()
     for base in bases:
-        try:
-            names = os.listdir(base)
-        except OSError:
-            continue
-        for name in names:
-            if not name.startswith(_lanes._DIR_PREFIX):
-                continue
-            directory = os.path.join(base, name)
-            try:
-                st = os.lstat(directory)
-            except OSError:
-                continue
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-                continue
+        for directory, _ in _lanes.private_directories(base):
             if _lanes._lock_is_free(os.path.join(directory, _lanes._LOCK_NAME)) is not False:
                 continue      # no server holds it: dead (or not started yet)
             info = read_file(os.path.join(directory, FILE_NAME), directory)
