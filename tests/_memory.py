@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from rpc import _lanes
@@ -108,7 +108,9 @@ class MemoryTransport(asyncio.Transport):
         return not self._closing
 
 
-_servers: dict[str, Any] = {}          # a target's path or host:port -> its lanerpc server
+# A target's path or host:port -> its lanerpc server and how a channel reaches it.
+LinkPair = Callable[[Any, Options, Callable[[handshake_pb2.Hello | None], Link]], Awaitable[Link]]
+_servers: dict[str, tuple[Any, LinkPair]] = {}
 _dial = _lanes.connect
 
 
@@ -118,9 +120,15 @@ def _key(endpoint: Endpoint) -> str:
 
 async def _connect(endpoint: Endpoint, options: Options,
                    make_link: Callable[[handshake_pb2.Hello | None], Link]) -> Link:
-    server = _servers.get(_key(endpoint))
-    if server is None:
+    registered = _servers.get(_key(endpoint))
+    if registered is None:
         return await _dial(endpoint, options, make_link)
+    server, pair = registered
+    return await pair(server, options, make_link)
+
+
+async def _in_memory(server: Any, options: Options,
+                     make_link: Callable[[handshake_pb2.Hello | None], Link]) -> Link:
     loop = asyncio.get_running_loop()
     client_end, server_end = MemoryTransport.pair(loop)
     # What a listener does for an accepted connection (a connection of the lanes that
@@ -136,13 +144,13 @@ async def _connect(endpoint: Endpoint, options: Options,
 
 
 @contextlib.asynccontextmanager
-async def served_in_memory(serving: contextlib.AbstractAsyncContextManager[Served]
-                           ) -> AsyncIterator[Served]:
-    """``async with served_in_memory(serve(...)) as served``: channels dialing
-    ``served.target`` are connected to ``served.server`` in memory."""
+async def served_through(serving: contextlib.AbstractAsyncContextManager[Served],
+                         pair: LinkPair) -> AsyncIterator[Served]:
+    """``async with served_through(serve(...), pair) as served``: channels dialing
+    ``served.target`` get the link ``pair(server, options, make_link)`` makes."""
     async with serving as served:
         key = _key(parse_target(served.target)[0])
-        _servers[key] = served.server
+        _servers[key] = (served.server, pair)
         _lanes.connect = _connect        # channels look it up at each connection
         try:
             yield served
@@ -152,3 +160,10 @@ async def served_in_memory(serving: contextlib.AbstractAsyncContextManager[Serve
             del _servers[key]
             if not _servers:
                 _lanes.connect = _dial
+
+
+def served_in_memory(serving: contextlib.AbstractAsyncContextManager[Served]
+                     ) -> contextlib.AbstractAsyncContextManager[Served]:
+    """``async with served_in_memory(serve(...)) as served``: channels dialing
+    ``served.target`` are connected to ``served.server`` in memory."""
+    return served_through(serving, _in_memory)
