@@ -12,11 +12,22 @@ from rpc cimport _wire
 cdef int CANCEL, GOAWAY, HEADERS, HELLO, LANE, MESSAGE, PING, TRAILERS, WINDOW_UPDATE
 cdef int FLAG_ACK, FLAG_END_STREAM, FLAG_MORE, FLAG_NO_MESSAGE, FLAG_WITH_MESSAGE, FLAG_SIZE
 cdef int FLAG_NOT_STARTED, ENCODING_MASK, ENCODING_SHIFT
+cdef object _pack_header
+cdef object _OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE, _CLOSED
+cdef object _SEND_END, _RECV_END, _SEND_MESSAGE, _RECV_MESSAGE, _CLOSE
 
 
 cdef class Connection:
     cdef public object role
+    cdef bint _server
     cdef public object limits
+    cdef long long _max_metadata
+    cdef long long _max_message
+    cdef long long _stream_window
+    cdef long long _max_streams
+    cdef long long _peer_max_frame
+    cdef long long _peer_max_metadata
+    cdef long long _peer_stream_window
     cdef public object peer
     cdef public object peer_hello
     cdef public object version

@@ -53,10 +53,16 @@ _TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
     (S.HALF_CLOSED_REMOTE, I.CLOSE): S.CLOSED,
 }
 del S, I
+# The same table by state, then input: a look-up needs no (state, input) tuple.
+_BY_STATE: dict[StreamState, dict[StreamInput, StreamState]] = {state: {} for state in StreamState}
+for (_state, _input), _next in _TRANSITIONS.items():
+    _BY_STATE[_state][_input] = _next
+del _state, _input, _next
 
 
 def transition(state: StreamState, event: StreamInput) -> StreamState:
-    new = _TRANSITIONS.get((state, event))
+    moves = _BY_STATE[state]
+    new = moves.get(event)
     if new is not None:
         return new
     else:

@@ -6,7 +6,9 @@
 # or a bytearray / memoryview for a big frame read into memory of its own.
 import cython
 
-cdef object _pack_header
+cdef bint _TYPED
+cdef int _LAST_TYPE
+cdef object _pack_header, _unpack_header
 cdef object _U32, _U16, _TRAILER_HEAD, _REQUEST_HEAD
 cdef tuple _BARE_TRAILERS
 
@@ -44,12 +46,23 @@ cdef class FrameDecoder:
     cdef public Py_ssize_t max_frame_size
     cdef public object handshake_limit
     cdef bint _magic_pending
-    cdef object _big
+    cdef tuple _big_header
     cdef object _big_target
     cdef object _big_payload
     cdef Py_ssize_t _big_filled
+    cdef public int frame_type
+    cdef public int frame_flags
+    cdef public object frame_stream
 
     @cython.locals(size=Py_ssize_t, filled=Py_ssize_t, n=Py_ssize_t)
     cpdef feed(self, object data)
 
     cpdef buffer_updated(self, Py_ssize_t nbytes)
+
+    @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, buf=bytearray, at=cython.p_uchar,
+                   length=cython.longlong, ftype=int, flags=int, sid=cython.longlong,
+                   limit=cython.longlong, start=Py_ssize_t, stop=Py_ssize_t, payload=bytes)
+    cpdef object next_frame(self, object sink=*)
+
+    cdef bint _magic_read(self) except -1
+    cdef object _big_frame(self)

@@ -11,6 +11,14 @@ import enum
 import struct
 from typing import Callable, Iterator, Sequence
 
+try:
+    import cython  # type: ignore[import-untyped]
+    # True in the compiled build: there, a few hot spots read and write bytes in place
+    # through C pointers (typed in _wire.pxd); the source runs the plain-Python way.
+    _TYPED: bool = cython.compiled
+except ImportError:       # Cython is not installed: this runs as plain Python
+    _TYPED = False
+
 # True when this module runs as the extension setup.py compiles from this source
 # (rpc._compiled says which runs, and how to force the source).
 COMPILED: bool = not __file__.endswith(".py")
@@ -75,7 +83,9 @@ HELLO, HEADERS, MESSAGE, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY, LANE = (
 )
 # What a LANE frame may name (client: the lane it moves to; server: the lane granted).
 LANES_SWITCHABLE = ("shm", "unix")
-_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+# The types are 0..LANE with no gap: a decoder checks a type with one comparison.
+_LAST_TYPE = int(max(FrameType))
+assert sorted(FrameType) == list(range(_LAST_TYPE + 1))
 
 
 class GoAwayCode(enum.IntEnum):
@@ -99,6 +109,7 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------- encoding
 
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
@@ -367,8 +378,8 @@ class FrameDecoder:
     """
 
     __slots__ = ("_buf", "_view", "_pos", "_end", "_offered", "_filled_all", "max_frame_size",
-                 "_magic_pending", "_big", "_big_target", "_big_payload", "_big_filled",
-                 "handshake_limit")
+                 "_magic_pending", "_big_header", "_big_target", "_big_payload", "_big_filled",
+                 "handshake_limit", "frame_type", "frame_flags", "frame_stream")
 
     DIRECT = 64 * 1024
     # The receive buffer starts small (an idle connection holds little) and doubles,
@@ -389,10 +400,14 @@ class FrameDecoder:
         self._magic_pending = expect_magic
         # A big frame being read straight into _big_target: its header, the payload
         # yielded for it (the target, or the bytearray the target views), bytes in.
-        self._big: tuple[int, int, int] | None = None
+        self._big_header = (0, 0, 0)
         self._big_target: memoryview | None = None
         self._big_payload: bytearray | memoryview | None = None
         self._big_filled = 0
+        # The header of the frame next_frame returned last.
+        self.frame_type = 0
+        self.frame_flags = 0
+        self.frame_stream = 0
 
     @property
     def buffered(self) -> int:
@@ -467,75 +482,112 @@ class FrameDecoder:
 
     def frames(self, sink: FrameSink | None = None
                ) -> Iterator[tuple[int, int, int, bytes | bytearray | memoryview]]:
-        if self._magic_pending:
-            buf = self._buf
-            have = self._end - self._pos
-            n = min(have, len(MAGIC))
-            if bytes(buf[self._pos:self._pos + n]) != MAGIC[:n]:
-                # Describe the peer the same however its bytes were split: wait
-                # while they could still become a request line we can name (a
-                # peer that stops short is closed by the handshake timer).
-                head = bytes(buf[self._pos:min(self._pos + 16, self._end)])
-                if any(len(head) < len(known) and known.startswith(head) for known in _NAMED_PREFACES):
-                    return
-                if head[:1] == b"\x00" and len(head) < _H2_FRAME_HEADER:
-                    return   # could be an HTTP/2 server's first frame header
-                raise ProtocolError(_describe_wrong_preface(
-                    bytes(buf[self._pos:min(self._pos + 24, self._end)])))
-            if have < len(MAGIC):
+        """The whole frames buffered, as ``(type, flags, stream_id, payload)``."""
+        while True:
+            payload = self.next_frame(sink)
+            if payload is None:
                 return
-            self._pos += len(MAGIC)
-            self._magic_pending = False
-        if self._big is not None:
-            target = self._big_target
-            assert target is not None and self._big_payload is not None
-            if self._big_filled < len(target):
-                return
-            ftype, flags, sid = self._big
-            big = self._big_payload
-            self._big = self._big_target = self._big_payload = None
-            self._big_filled = 0
-            yield ftype, flags, sid, big
-        buf = self._buf
+            yield self.frame_type, self.frame_flags, self.frame_stream, payload
+
+    def next_frame(self, sink: FrameSink | None = None) -> bytes | bytearray | memoryview | None:
+        """The payload of the next whole frame, its header in :attr:`frame_type`,
+        :attr:`frame_flags` and :attr:`frame_stream`; None when no whole frame is
+        buffered (a big one may have begun to be read into its place: ``sink``).
+        The loop a connection runs per read: no generator, no tuple per frame."""
+        if self._magic_pending and not self._magic_read():
+            return None
+        if self._big_target is not None:
+            return self._big_frame()
         pos = self._pos
         end = self._end
-        limit = self.max_frame_size
-        if self.handshake_limit is not None:
-            limit = min(limit, self.handshake_limit)
-        unpack = HEADER.unpack_from
-        try:
-            while end - pos >= HEADER_SIZE:
-                length, ftype, flags, sid = unpack(buf, pos)
-                if length > limit:
-                    # Checked again here, off the hot path: the owner may have
-                    # cleared handshake_limit since the loop began (a client that
-                    # reads on past the server's HELLO).
-                    early = self.handshake_limit
-                    if early is not None and length > early:
-                        raise ProtocolError(f"frame of {length} bytes before the handshake; "
-                                            f"at most {early}")
-                    limit = self.max_frame_size
-                    if length > limit:
-                        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
-                if ftype not in _KNOWN_TYPES:
-                    raise ProtocolError(f"unknown frame type {ftype}")
-                start = pos + HEADER_SIZE
-                stop = start + length
-                if stop > end:
-                    if length >= self.DIRECT:
-                        self._read_direct(ftype, flags, sid, length, start, sink)
-                        pos = self._pos
-                    break
-                payload = bytes(buf[start:stop])
-                pos = stop
-                self._pos = pos
-                yield ftype, flags, sid, payload
-        finally:
-            if self._pos == self._end:
+        if end - pos < HEADER_SIZE:
+            if pos == end and pos:
                 self._pos = self._end = 0
-                if len(self._buf) > self._BUSY:      # grown by a big feed: let it go
-                    self._buf = bytearray(self._START)
-                    self._view = memoryview(self._buf)
+            return None
+        buf = self._buf
+        if _TYPED:
+            # Compiled: the header's fields read in place (no struct call, no tuple).
+            at = buf
+            length = at[pos]
+            length = (length << 8) | at[pos + 1]
+            length = (length << 8) | at[pos + 2]
+            length = (length << 8) | at[pos + 3]
+            ftype = at[pos + 4]
+            flags = at[pos + 5]
+            sid = at[pos + 6]
+            sid = (sid << 8) | at[pos + 7]
+            sid = (sid << 8) | at[pos + 8]
+            sid = (sid << 8) | at[pos + 9]
+        else:
+            length, ftype, flags, sid = _unpack_header(buf, pos)
+        limit = self.max_frame_size
+        early = self.handshake_limit
+        if early is not None and early < limit:
+            limit = early
+        if length > limit:
+            if early is not None and length > early:
+                raise ProtocolError(f"frame of {length} bytes before the handshake; "
+                                    f"at most {early}")
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+        if ftype > _LAST_TYPE:
+            raise ProtocolError(f"unknown frame type {ftype}")
+        start = pos + HEADER_SIZE
+        stop = start + length
+        if stop > end:
+            if length >= self.DIRECT:
+                self._read_direct(ftype, flags, sid, length, start, sink)
+            return None
+        payload: bytes | bytearray
+        if _TYPED:
+            payload = at[start:stop]        # one bytes object, copied from the buffer
+        else:
+            payload = bytes(self._view[start:stop])
+        self.frame_type = ftype
+        self.frame_flags = flags
+        self.frame_stream = sid
+        if stop == end:
+            # All parsed: the next read starts at the front again.
+            self._pos = self._end = 0
+            if len(buf) > self._BUSY:      # grown by a big feed: let it go
+                self._buf = bytearray(self._START)
+                self._view = memoryview(self._buf)
+        else:
+            self._pos = stop
+        return payload
+
+    def _magic_read(self) -> bool:
+        """Whether the peer's magic preface has been read (checked as it arrives)."""
+        buf = self._buf
+        have = self._end - self._pos
+        n = min(have, len(MAGIC))
+        if bytes(buf[self._pos:self._pos + n]) != MAGIC[:n]:
+            # Describe the peer the same however its bytes were split: wait
+            # while they could still become a request line we can name (a
+            # peer that stops short is closed by the handshake timer).
+            head = bytes(buf[self._pos:min(self._pos + 16, self._end)])
+            if any(len(head) < len(known) and known.startswith(head) for known in _NAMED_PREFACES):
+                return False
+            if head[:1] == b"\x00" and len(head) < _H2_FRAME_HEADER:
+                return False   # could be an HTTP/2 server's first frame header
+            raise ProtocolError(_describe_wrong_preface(
+                bytes(buf[self._pos:min(self._pos + 24, self._end)])))
+        if have < len(MAGIC):
+            return False
+        self._pos += len(MAGIC)
+        self._magic_pending = False
+        return True
+
+    def _big_frame(self) -> bytearray | memoryview | None:
+        """The big frame being read into its own memory, once all of it is in."""
+        target = self._big_target
+        assert target is not None and self._big_payload is not None
+        if self._big_filled < len(target):
+            return None
+        self.frame_type, self.frame_flags, self.frame_stream = self._big_header
+        big = self._big_payload
+        self._big_target = self._big_payload = None
+        self._big_filled = 0
+        return big
 
     def _read_direct(self, ftype: int, flags: int, sid: int, length: int, start: int,
                      sink: FrameSink | None) -> None:
@@ -552,7 +604,7 @@ class FrameDecoder:
             payload = target
         have = self._end - start
         target[:have] = self._view[start:self._end]
-        self._big = (ftype, flags, sid)
+        self._big_header = (ftype, flags, sid)
         self._big_target = target
         self._big_payload = payload
         self._big_filled = have
