@@ -956,7 +956,10 @@ class Connection:
                 self._out.append(data)
                 self._out_bytes += size
             return True
-        stream.outbox.append([data, 0, end_stream, encoding << ENCODING_SHIFT])
+        outbox = stream.outbox
+        if outbox is None:
+            outbox = stream.outbox = collections.deque()
+        outbox.append([data, 0, end_stream, encoding << ENCODING_SHIFT])
         stream.outbox_bytes += size
         self._pump(stream, None)
         return not stream.outbox
@@ -1082,7 +1085,8 @@ class Connection:
     def _drop(self, stream: Stream) -> None:
         stream.state = _CLOSED
         self.streams.pop(stream.id, None)
-        self._blocked.pop(stream.id, None)
+        if self._blocked:
+            self._blocked.pop(stream.id, None)
         # Bytes the owner will never consume: let go, and credited to the connection.
         if stream.partial_size or stream.announced:
             self._let_go_partial(stream)

@@ -84,8 +84,9 @@ class Stream:
         self.recv_window = recv_window   # what the peer may still send before our credit
         self.closing = False             # our TRAILERS wait behind the outbox; input is ignored
         # Outbound: messages waiting for window, as [buffer, offset, end_stream, encoding flags]
-        # (a list: the offset moves as pieces go out).
-        self.outbox: collections.deque[list[Any]] = collections.deque()
+        # (a list: the offset moves as pieces go out); made when a message first waits
+        # (most never do).
+        self.outbox: collections.deque[list[Any]] | None = None
         self.outbox_bytes = 0
         # Inbound: chunks of a message being assembled: in one buffer of the size the
         # peer announced (assembly), or, unannounced or without room for that, as pieces.

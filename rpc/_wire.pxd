@@ -21,18 +21,24 @@ cpdef bytes encode_metadata(object metadata)
                i=Py_ssize_t, out=list, kraw=bytes, vraw=bytes, key=str)
 cpdef tuple decode_metadata(object buf, Py_ssize_t offset=*)
 
+@cython.locals(at=cython.p_uchar, klen=Py_ssize_t, vlen=Py_ssize_t, count=Py_ssize_t,
+               out=list, kraw=bytes, vraw=bytes, key=str)
+cdef tuple _decode_metadata_in_place(object buf, Py_ssize_t offset, Py_ssize_t end)
+
 @cython.locals(mb=bytes)
 cpdef bytes encode_request_headers_block(str method, object timeout_us, bytes block)
 
-@cython.locals(mlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, method=str)
+@cython.locals(mlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, method=str,
+               at=cython.p_uchar, i=int, timeout_us=cython.ulonglong,
+               method_bytes=bytes)
 cpdef tuple decode_request_headers(object payload)
 
-@cython.locals(size=Py_ssize_t)
+@cython.locals(size=Py_ssize_t, at=cython.p_uchar)
 cpdef tuple split_message(object payload)
 
 cpdef bytes bare_trailers(int code)
 
-@cython.locals(dlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t)
+@cython.locals(dlen=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, at=cython.p_uchar)
 cpdef tuple decode_trailers(object payload)
 
 

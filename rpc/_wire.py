@@ -169,6 +169,8 @@ def decode_metadata(buf: Buffer, offset: int = 0) -> tuple[DecodedMetadata, int]
         return (), end      # the common case: no metadata
     if offset + 2 > end:
         raise ProtocolError("metadata block truncated")
+    if _TYPED and type(buf) is not memoryview:
+        return _decode_metadata_in_place(buf, offset, end)
     (count,) = _U16.unpack_from(buf, offset)
     offset += 2
     out: list[tuple[str, str | bytes]] = []
@@ -201,6 +203,46 @@ def decode_metadata(buf: Buffer, offset: int = 0) -> tuple[DecodedMetadata, int]
     return tuple(out), offset
 
 
+def _decode_metadata_in_place(buf: bytes | bytearray, offset: int, end: int
+                              ) -> tuple[DecodedMetadata, int]:
+    """decode_metadata's work in the compiled build: lengths read and keys and values
+    cut straight from the bytes (C pointers, typed in _wire.pxd); the same checks."""
+    at = buf
+    count = (at[offset] << 8) | at[offset + 1]
+    offset += 2
+    out: list[tuple[str, str | bytes]] = []
+    for _ in range(count):
+        if offset + 2 > end:
+            raise ProtocolError("metadata key length truncated")
+        klen = (at[offset] << 8) | at[offset + 1]
+        offset += 2
+        if klen == 0 or offset + klen + 4 > end:
+            raise ProtocolError("metadata key truncated or empty")
+        kraw = at[offset:offset + klen]
+        offset += klen
+        vlen = at[offset]
+        vlen = (vlen << 8) | at[offset + 1]
+        vlen = (vlen << 8) | at[offset + 2]
+        vlen = (vlen << 8) | at[offset + 3]
+        offset += 4
+        if offset + vlen > end:
+            raise ProtocolError("metadata value length beyond the frame")
+        vraw = at[offset:offset + vlen]
+        offset += vlen
+        try:
+            key = kraw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("metadata key is not ASCII") from None
+        if key.endswith("-bin"):
+            out.append((key, bytes(vraw)))     # (bytes already when compiled: no copy)
+        else:
+            try:
+                out.append((key, vraw.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise ProtocolError(f"metadata value of {key!r} is not text") from None
+    return tuple(out), offset
+
+
 def encode_request_headers(method: str, timeout_us: int, metadata: Metadata | None) -> bytes:
     return encode_request_headers_block(method, timeout_us, encode_metadata(metadata))
 
@@ -211,14 +253,25 @@ def encode_request_headers_block(method: str, timeout_us: int, block: bytes) -> 
 
 
 def decode_request_headers(payload: bytes | bytearray) -> tuple[str, int, DecodedMetadata]:
-    if len(payload) < _REQUEST_HEAD.size:
+    if len(payload) < 10:
         raise ProtocolError("request headers truncated")
-    timeout_us, mlen = _REQUEST_HEAD.unpack_from(payload, 0)
-    start = _REQUEST_HEAD.size
-    if mlen == 0 or start + mlen > len(payload):
-        raise ProtocolError("request method truncated or empty")
+    start = 10
+    if _TYPED:
+        at = payload
+        timeout_us = 0
+        for i in range(8):
+            timeout_us = (timeout_us << 8) | at[i]
+        mlen = (at[8] << 8) | at[9]
+        if mlen == 0 or start + mlen > len(payload):
+            raise ProtocolError("request method truncated or empty")
+        method_bytes = at[start:start + mlen]
+    else:
+        timeout_us, mlen = _REQUEST_HEAD.unpack_from(payload, 0)
+        if mlen == 0 or start + mlen > len(payload):
+            raise ProtocolError("request method truncated or empty")
+        method_bytes = payload[start:start + mlen]
     try:
-        method = payload[start:start + mlen].decode("utf-8")
+        method = method_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("request method is not UTF-8") from None
     if timeout_us > MAX_TIMEOUT_US:
@@ -235,11 +288,23 @@ def split_message(payload: Buffer) -> tuple[Buffer, bytes]:
     of it, not a copy."""
     if len(payload) < 4:
         raise ProtocolError("frame with a message too short for its length")
+    if type(payload) is bytes:
+        if _TYPED:
+            at = payload
+            size = at[0]
+            size = (size << 8) | at[1]
+            size = (size << 8) | at[2]
+            size = (size << 8) | at[3]
+            if size > len(payload) - 4:
+                raise ProtocolError("message length beyond the frame")
+            return at[4:4 + size], at[4 + size:len(payload)]
+        (size,) = _U32.unpack_from(payload, 0)
+        if size > len(payload) - 4:
+            raise ProtocolError("message length beyond the frame")
+        return payload[4:4 + size], payload[4 + size:]
     (size,) = _U32.unpack_from(payload, 0)
     if size > len(payload) - 4:
         raise ProtocolError("message length beyond the frame")
-    if type(payload) is bytes:
-        return payload[4:4 + size], payload[4 + size:]
     view = memoryview(payload)
     return view[4:4 + size], bytes(view[4 + size:])
 
@@ -269,7 +334,13 @@ def bare_trailers(code: int) -> bytes:
 
 
 def decode_trailers(payload: bytes | bytearray) -> tuple[int, str, DecodedMetadata]:
-    if len(payload) == 10 and payload[4:] == b"\x00\x00\x00\x00\x00\x00":
+    if _TYPED and len(payload) == 10 and type(payload) is bytes:
+        at = payload
+        if (at[4] | at[5] | at[6] | at[7] | at[8] | at[9]) == 0:
+            if at[0] | at[1] | at[2] or at[3] > 16:
+                raise ProtocolError(f"status code {_U32.unpack_from(payload, 0)[0]} out of range")
+            return at[3], "", ()
+    elif len(payload) == 10 and payload[4:] == b"\x00\x00\x00\x00\x00\x00":
         (code,) = _U32.unpack_from(payload, 0)
         if code > 16:
             raise ProtocolError(f"status code {code} out of range")
