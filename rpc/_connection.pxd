@@ -12,7 +12,9 @@ from rpc cimport _wire
 cdef int CANCEL, GOAWAY, HEADERS, HELLO, LANE, MESSAGE, PING, TRAILERS, WINDOW_UPDATE
 cdef int FLAG_ACK, FLAG_END_STREAM, FLAG_MORE, FLAG_NO_MESSAGE, FLAG_WITH_MESSAGE, FLAG_SIZE
 cdef int FLAG_NOT_STARTED, ENCODING_MASK, ENCODING_SHIFT
-cdef object _pack_header
+cdef object _pack_header, _pack_header_and_size, _pack_u32
+cdef long long _MAX_WINDOW, _MAX_STREAM_ID, _ANNOUNCE_FROM
+cdef object _MAX_TIMEOUT_US
 cdef object _OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE, _CLOSED
 cdef object _SEND_END, _RECV_END, _SEND_MESSAGE, _RECV_MESSAGE, _CLOSE
 
@@ -122,6 +124,19 @@ cdef class Connection:
                    allowance=cython.longlong, n=Py_ssize_t, last=bint, flags=int,
                    max_frame=cython.longlong, end=bint, encoded=int)
     cdef _pump(self, Stream stream, list events)
+
+    @cython.locals(sid=cython.longlong, timeout_us=cython.longlong, scaled=cython.double,
+                   block=bytes, payload=bytes, stream=Stream, size=Py_ssize_t)
+    cpdef object start_request(self, object method, object timeout, object metadata,
+                               bint end_stream=*, object message=*, int encoding=*)
+
+    @cython.locals(stream=Stream, size=Py_ssize_t)
+    cpdef bint send_message(self, object stream_id, object data, bint end_stream=*,
+                            int encoding=*) except -1
+
+    @cython.locals(stream=Stream, payload=bytes, size=Py_ssize_t)
+    cpdef end_stream(self, object stream_id, int code, object details=*, object metadata=*,
+                     object message=*, int encoding=*)
 
     cdef bytes _fitting_trailers(self, int code, str details, object metadata)
 

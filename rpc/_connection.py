@@ -71,6 +71,15 @@ __all__ = (
 COMPILED: bool = not __file__.endswith(".py")
 
 _pack_header = _wire.HEADER.pack
+# A frame's header and, first in its payload, the u32 length of the message it carries
+# (HEADERS / TRAILERS with WITH_MESSAGE): one pack for both.
+_pack_header_and_size = _wire.HEADER_AND_SIZE.pack
+_pack_u32 = _wire.pack_u32
+# The limits as module constants: C integers in the compiled build.
+_MAX_WINDOW = _wire.MAX_WINDOW
+_MAX_STREAM_ID = _wire.MAX_STREAM_ID
+_MAX_TIMEOUT_US = _wire.MAX_TIMEOUT_US
+_ANNOUNCE_FROM = _wire.ANNOUNCE_FROM
 
 # The states and inputs the per-frame code names, bound once (no enum look-up per use).
 _OPEN = StreamState.OPEN
@@ -725,7 +734,7 @@ class Connection:
         inc = _wire.decode_window_update(payload)
         if sid == 0:
             self.send_window += inc
-            if self.send_window > _wire.MAX_WINDOW:
+            if self.send_window > _MAX_WINDOW:
                 raise ProtocolError("connection window overflow")
             self._release_blocked(events)
             return
@@ -734,7 +743,7 @@ class Connection:
             self._check_known(sid)
             return
         stream.send_window += inc
-        if stream.send_window > _wire.MAX_WINDOW:
+        if stream.send_window > _MAX_WINDOW:
             raise ProtocolError(f"window overflow on stream {sid}")
         if stream.outbox:
             self._pump(stream, events)
@@ -883,12 +892,16 @@ class Connection:
         if self.goaway_received is not None:
             raise ConnectionClosed("server sent GOAWAY")
         sid = self._next_stream_id
-        if sid > _wire.MAX_STREAM_ID:
+        if sid > _MAX_STREAM_ID:
             raise ConnectionClosed("stream ids exhausted")
         self._next_stream_id = sid + 1
         timeout_us = 0
         if timeout is not None:
-            timeout_us = max(1, min(int(timeout * 1e6), _wire.MAX_TIMEOUT_US))
+            scaled = timeout * 1e6
+            if 1 <= scaled < _MAX_TIMEOUT_US:     # (NaN and infinity take the other way)
+                timeout_us = int(scaled)
+            else:
+                timeout_us = max(1, min(int(timeout * 1e6), _MAX_TIMEOUT_US))
         block = _wire.encode_metadata(metadata)
         if len(block) > self._peer_max_metadata:
             raise MetadataTooLarge(
@@ -908,9 +921,10 @@ class Connection:
                 self.send_window -= size
                 stream.state = _HALF_CLOSED_LOCAL
                 self._emit_with_message(
-                    _pack_header(len(payload) + 4 + size, HEADERS,
-                                 FLAG_END_STREAM | FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, sid)
-                    + _wire.pack_u32(size), message, payload)
+                    _pack_header_and_size(len(payload) + 4 + size, HEADERS,
+                                          FLAG_END_STREAM | FLAG_WITH_MESSAGE
+                                          | encoding << ENCODING_SHIFT, sid, size),
+                    message, payload)
                 return sid
             self._emit(_pack_header(len(payload), HEADERS, 0, sid) + payload)
             self.send_message(sid, message, end_stream=True, encoding=encoding)
@@ -979,9 +993,9 @@ class Connection:
                 return
             n = min(remaining, allowance)
             last = n == remaining
-            if not offset and not last and self._announce_sizes and remaining >= _wire.ANNOUNCE_FROM:
+            if not offset and not last and self._announce_sizes and remaining >= _ANNOUNCE_FROM:
                 # The peer makes one buffer of this size and reads the chunks into it.
-                self._emit(_pack_header(4, MESSAGE, FLAG_SIZE, stream.id) + _wire.pack_u32(remaining))
+                self._emit(_pack_header(4, MESSAGE, FLAG_SIZE, stream.id) + _pack_u32(remaining))
             flags = ((FLAG_END_STREAM if end else 0) if last else FLAG_MORE) | encoded
             self._emit(_pack_header(n, MESSAGE, flags, stream.id))
             if n:
@@ -1042,9 +1056,10 @@ class Connection:
                 stream.send_window -= size
                 self.send_window -= size
                 self._emit_with_message(
-                    _pack_header(len(payload) + 4 + size, TRAILERS,
-                                 FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, stream_id)
-                    + _wire.pack_u32(size), message, payload)
+                    _pack_header_and_size(len(payload) + 4 + size, TRAILERS,
+                                          FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT,
+                                          stream_id, size),
+                    message, payload)
                 self._drop(stream)
                 return
             self.send_message(stream_id, message, encoding=encoding)

@@ -33,6 +33,7 @@ SUPPORTED_VERSIONS = (1, 2)
 
 HEADER = struct.Struct(">IBBI")   # payload length, type, flags, stream id
 HEADER_SIZE = HEADER.size          # 10 bytes
+HEADER_AND_SIZE = struct.Struct(">IBBII")   # and a WITH_MESSAGE payload's message length
 
 # The largest frame payload any peer may announce, and the default. A header that
 # announces more than the receiver's limit is refused before the payload is read.
