@@ -65,6 +65,7 @@ cdef class Connection:
     cpdef list data_to_send(self)
 
     cpdef list receive_data(self, object data)
+    cpdef object receive_buffer(self)
     cpdef list received_into(self, Py_ssize_t nbytes)
 
     @cython.locals(events=list, decoder=FrameDecoder, ftype=int, flags=int)
@@ -137,6 +138,9 @@ cdef class Connection:
     @cython.locals(stream=Stream, payload=bytes, size=Py_ssize_t)
     cpdef end_stream(self, object stream_id, int code, object details=*, object metadata=*,
                      object message=*, int encoding=*)
+
+    @cython.locals(stream=Stream)
+    cpdef bint wait_writable(self, object stream_id) except -1
 
     cdef bytes _fitting_trailers(self, int code, str details, object metadata)
 

@@ -64,6 +64,7 @@ cdef class FrameDecoder:
     cpdef feed(self, object data)
 
     cpdef buffer_updated(self, Py_ssize_t nbytes)
+    cpdef object get_buffer(self)
 
     @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, buf=bytearray, at=cython.p_uchar,
                    length=cython.longlong, ftype=int, flags=int, sid=cython.longlong,
