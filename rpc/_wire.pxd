@@ -1,9 +1,10 @@
 # Types for the compiled build of _wire.py (Cython's pure-Python mode: this file
 # augments the .py of the same name; see rpc/_compiled.py and setup.py). Only the
 # hot path is typed: the frame decoder and the codec functions a call goes through.
-# Lengths and offsets are Py_ssize_t; values read off the wire stay Python ints until
-# they are checked (a u64 timeout would not fit a C long). Payloads are objects: bytes,
-# or a bytearray / memoryview for a big frame read into memory of its own.
+# Lengths and offsets are Py_ssize_t; a u64 read off the wire (a request's timeout) is an
+# unsigned long long until it is checked. Payloads are objects: bytes, or a bytearray /
+# memoryview for a big frame read into memory of its own. Where `at` is an unsigned char
+# pointer, the bytes of a bytes or bytearray object are read in place (_wire._TYPED).
 import cython
 
 cdef bint _TYPED

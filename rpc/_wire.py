@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 
 try:
     import cython  # type: ignore[import-untyped]
-    # True in the compiled build: there, a few hot spots read and write bytes in place
+    # True in the compiled build: there, a few hot spots read bytes in place
     # through C pointers (typed in _wire.pxd); the source runs the plain-Python way.
     _TYPED: bool = cython.compiled
 except ImportError:       # Cython is not installed: this runs as plain Python
