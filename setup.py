@@ -16,7 +16,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The same list as rpc._compiled.MODULES (setup.py can't import the package it builds).
-COMPILED = ("rpc._wire", "rpc._streams", "rpc._connection")
+COMPILED = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection")
 
 # Typing comes from the .pxd files alone: the .py annotations are for mypy and readers
 # (to Cython an `int` annotation would mean an exact Python int).

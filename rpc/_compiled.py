@@ -35,7 +35,7 @@ __all__ = ("MODULES", "PURE_PYTHON_FORCED", "compiled_modules")
 log = logging.getLogger("lanerpc")
 
 # Compiled by setup.py, in this order (each imports only those before it).
-MODULES = ("rpc._wire", "rpc._streams", "rpc._connection")
+MODULES = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection")
 
 PURE_PYTHON_FORCED = os.environ.get("LANERPC_PURE_PYTHON", "") not in ("", "0")
 

@@ -12,11 +12,24 @@ from rpc cimport _wire
 cdef int CANCEL, GOAWAY, HEADERS, HELLO, LANE, MESSAGE, PING, TRAILERS, WINDOW_UPDATE
 cdef int FLAG_ACK, FLAG_END_STREAM, FLAG_MORE, FLAG_NO_MESSAGE, FLAG_WITH_MESSAGE, FLAG_SIZE
 cdef int FLAG_NOT_STARTED, ENCODING_MASK, ENCODING_SHIFT
+cdef object _pack_header, _pack_header_and_size, _pack_u32
+cdef long long _MAX_WINDOW, _MAX_STREAM_ID, _ANNOUNCE_FROM
+cdef object _MAX_TIMEOUT_US
+cdef object _OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE, _CLOSED
+cdef object _SEND_END, _RECV_END, _SEND_MESSAGE, _RECV_MESSAGE, _CLOSE
 
 
 cdef class Connection:
     cdef public object role
+    cdef bint _server
     cdef public object limits
+    cdef long long _max_metadata
+    cdef long long _max_message
+    cdef long long _stream_window
+    cdef long long _max_streams
+    cdef long long _peer_max_frame
+    cdef long long _peer_max_metadata
+    cdef long long _peer_stream_window
     cdef public object peer
     cdef public object peer_hello
     cdef public object version
@@ -52,6 +65,7 @@ cdef class Connection:
     cpdef list data_to_send(self)
 
     cpdef list receive_data(self, object data)
+    cpdef object receive_buffer(self)
     cpdef list received_into(self, Py_ssize_t nbytes)
 
     @cython.locals(events=list, decoder=FrameDecoder, ftype=int, flags=int)
@@ -111,6 +125,22 @@ cdef class Connection:
                    allowance=cython.longlong, n=Py_ssize_t, last=bint, flags=int,
                    max_frame=cython.longlong, end=bint, encoded=int)
     cdef _pump(self, Stream stream, list events)
+
+    @cython.locals(sid=cython.longlong, timeout_us=cython.longlong, scaled=cython.double,
+                   block=bytes, payload=bytes, stream=Stream, size=Py_ssize_t)
+    cpdef object start_request(self, object method, object timeout, object metadata,
+                               bint end_stream=*, object message=*, int encoding=*)
+
+    @cython.locals(stream=Stream, size=Py_ssize_t)
+    cpdef bint send_message(self, object stream_id, object data, bint end_stream=*,
+                            int encoding=*) except -1
+
+    @cython.locals(stream=Stream, payload=bytes, size=Py_ssize_t)
+    cpdef end_stream(self, object stream_id, int code, object details=*, object metadata=*,
+                     object message=*, int encoding=*)
+
+    @cython.locals(stream=Stream)
+    cpdef bint wait_writable(self, object stream_id) except -1
 
     cdef bytes _fitting_trailers(self, int code, str details, object metadata)
 

@@ -71,6 +71,26 @@ __all__ = (
 COMPILED: bool = not __file__.endswith(".py")
 
 _pack_header = _wire.HEADER.pack
+# A frame's header and, first in its payload, the u32 length of the message it carries
+# (HEADERS / TRAILERS with WITH_MESSAGE): one pack for both.
+_pack_header_and_size = _wire.HEADER_AND_SIZE.pack
+_pack_u32 = _wire.pack_u32
+# The limits as module constants: C integers in the compiled build.
+_MAX_WINDOW = _wire.MAX_WINDOW
+_MAX_STREAM_ID = _wire.MAX_STREAM_ID
+_MAX_TIMEOUT_US = _wire.MAX_TIMEOUT_US
+_ANNOUNCE_FROM = _wire.ANNOUNCE_FROM
+
+# The states and inputs the per-frame code names, bound once (no enum look-up per use).
+_OPEN = StreamState.OPEN
+_HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_CLOSED = StreamState.CLOSED
+_SEND_END = StreamInput.SEND_END
+_RECV_END = StreamInput.RECV_END
+_SEND_MESSAGE = StreamInput.SEND_MESSAGE
+_RECV_MESSAGE = StreamInput.RECV_MESSAGE
+_CLOSE = StreamInput.CLOSE
 
 # grpc.StatusCode values as plain ints, so this module needs no grpc import.
 OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED = 0, 1, 2, 4
@@ -98,7 +118,17 @@ class Connection:
         :meth:`accept`. ``budget``: shared with the other connections of a server; what
         this one buffers is charged to it."""
         self.role = role
-        self.limits = limits or Limits()
+        self._server = role is Role.SERVER
+        self.limits = limits = limits or Limits()
+        # The limits read per frame, as plain fields (limits don't change once given).
+        self._max_metadata = limits.max_metadata_size
+        self._max_message = limits.max_receive_message_length
+        self._stream_window = limits.stream_window
+        self._max_streams = limits.max_concurrent_streams
+        # The peer's, once its HELLO said them (until then: the defaults).
+        self._peer_max_frame = _wire.DEFAULT_MAX_FRAME_SIZE
+        self._peer_max_metadata = _wire.DEFAULT_MAX_METADATA_SIZE
+        self._peer_stream_window = _wire.DEFAULT_STREAM_WINDOW
         self.peer: PeerLimits | None = None
         self.peer_hello: handshake_pb2.Hello | None = None
         self.version: int | None = None
@@ -232,8 +262,15 @@ class Connection:
         decoder = self._decoder
         if self._accept_pending:
             return events      # buffered until our HELLO has gone out (accept)
+        sink = self._place_of
         try:
-            for ftype, flags, sid, payload in decoder.frames(self._place_of):
+            while True:
+                payload = decoder.next_frame(sink)
+                if payload is None:
+                    break
+                ftype = decoder.frame_type
+                flags = decoder.frame_flags
+                sid = decoder.frame_stream
                 # The decoder lets only known types through; the per-call ones first.
                 if ftype == MESSAGE:
                     self._on_message(flags, sid, payload, events)
@@ -269,7 +306,7 @@ class Connection:
         """Server: answer the client's HELLO (after :class:`HelloReceived`) with ours,
         carrying ``hello``'s fields (an upgrade offer or proof, an shm offer). Then call
         ``receive_data(b"")``: frames that arrived behind the client's HELLO are read."""
-        if self.role is not Role.SERVER or not self._accept_pending:
+        if not self._server or not self._accept_pending:
             raise RuntimeError("accept() answers a client's HELLO, once")
         self._accept_pending = False
         if self.closed:
@@ -321,7 +358,7 @@ class Connection:
         except Exception:
             raise ProtocolError("HELLO is not a valid handshake message") from None
         peer = PeerLimits.from_settings(hello.settings)
-        if self.role is Role.SERVER:
+        if self._server:
             common = [v for v in hello.versions if v in _wire.SUPPORTED_VERSIONS]
             if not common:
                 raise ProtocolError(
@@ -336,11 +373,14 @@ class Connection:
                                     GoAwayCode.UNSUPPORTED_VERSION)
             self.version = hello.versions[0]
         self.peer = peer
+        self._peer_max_frame = peer.max_frame_size
+        self._peer_max_metadata = peer.max_metadata_size
+        self._peer_stream_window = peer.stream_window
         self.peer_hello = hello
         self._announce_sizes = self.version >= 2
         self.send_window = peer.connection_window
         self._decoder.handshake_limit = None     # the peer said who it is: full-size frames
-        if self.role is Role.SERVER:
+        if self._server:
             events.append(HelloReceived(hello))
             return True
         self.handshake_done = True
@@ -351,23 +391,23 @@ class Connection:
         self._require_handshake()
         message = None
         if flags & FLAG_WITH_MESSAGE:
-            if self.role is Role.CLIENT:
+            if not self._server:
                 raise ProtocolError("HEADERS with a message from the server")
             message, payload = _wire.split_message(payload)
             # The message goes through _on_message below, which then ends the input.
             end_after_message = bool(flags & FLAG_END_STREAM)
             message_encoding = flags & ENCODING_MASK
             flags &= ~FLAG_END_STREAM
-        if len(payload) > self.limits.max_metadata_size + 512:
+        if len(payload) > self._max_metadata + 512:
             # The request can't be parsed for a reply; refuse the stream only.
-            if self.role is Role.SERVER and sid > self._last_peer_stream:
+            if self._server and sid > self._last_peer_stream:
                 self._last_peer_stream = sid
                 self._emit(_wire.frame(TRAILERS, 0, sid, _wire.encode_trailers(
                     RESOURCE_EXHAUSTED, "request metadata larger than the limit", None)))
                 self._discard_message(message)
                 return
         stream: Stream | None     # a new stream (server) or a known one (client)
-        if self.role is Role.SERVER:
+        if self._server:
             if sid <= self._last_peer_stream or sid == 0:
                 raise ProtocolError(f"HEADERS reuse stream id {sid}")
             self._last_peer_stream = sid
@@ -377,7 +417,7 @@ class Connection:
                     UNAVAILABLE, "server is shutting down")))
                 self._discard_message(message)
                 return
-            if len(self.streams) >= self.limits.max_concurrent_streams:
+            if len(self.streams) >= self._max_streams:
                 self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED, sid, _wire.encode_cancel(
                     RESOURCE_EXHAUSTED, "too many concurrent streams on this connection")))
                 self._discard_message(message)
@@ -390,11 +430,11 @@ class Connection:
                     "is spent")))
                 self._discard_message(message)
                 return
-            stream = Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
+            stream = Stream(sid, self._peer_stream_window, self._stream_window)
             stream.headers_received = True
             end = bool(flags & FLAG_END_STREAM)
             if end:
-                stream.state = StreamState.HALF_CLOSED_REMOTE
+                stream.state = _HALF_CLOSED_REMOTE
             self.streams[sid] = stream
             events.append(RequestReceived(
                 sid, method, timeout_us / 1e6 if timeout_us else None, metadata, end))
@@ -412,9 +452,9 @@ class Connection:
             metadata, size = _wire.decode_metadata(payload)
             if size != len(payload):
                 raise ProtocolError("trailing bytes after response headers")
-            if len(payload) > self.limits.max_metadata_size:
+            if len(payload) > self._max_metadata:
                 detail = (f"CLIENT: initial metadata of {len(payload)} bytes is over the limit "
-                          f"of {self.limits.max_metadata_size}")
+                          f"of {self._max_metadata}")
                 self.cancel(sid, CANCELLED, "response metadata too large")
                 events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, detail, by_peer=False))
                 return
@@ -431,7 +471,7 @@ class Connection:
     def _check_known(self, sid: int) -> None:
         """A frame for a stream we don't hold: fine if it was closed (frames
         cross in flight), a violation if it was never opened."""
-        highest = self._last_peer_stream if self.role is Role.SERVER else self._next_stream_id - 1
+        highest = self._last_peer_stream if self._server else self._next_stream_id - 1
         if sid == 0 or sid > highest:
             raise ProtocolError(f"frame for stream {sid}, which was never opened")
 
@@ -465,7 +505,7 @@ class Connection:
             self._recv_end(stream)
             events.append(EndOfInput(sid))
             return
-        stream.state = transition(stream.state, StreamInput.RECV_MESSAGE)
+        stream.state = transition(stream.state, _RECV_MESSAGE)
         if flags & ENCODING_MASK == ENCODING_MASK:    # checked before anything is counted
             raise ProtocolError(f"message on stream {sid} flags an unknown encoding")
         more = flags & FLAG_MORE
@@ -478,9 +518,9 @@ class Connection:
         announced = stream.announced
         if announced and (total > announced or (not more and total != announced)):
             raise ProtocolError(f"message on stream {sid} is not the {announced} bytes announced")
-        if total > self.limits.max_receive_message_length:
-            limit = self.limits.max_receive_message_length
-            side = "SERVER" if self.role is Role.SERVER else "CLIENT"
+        if total > self._max_message:
+            limit = self._max_message
+            side = "SERVER" if self._server else "CLIENT"
             self._recv_window_pending += size
             self._reject_message(stream, bool(more), RESOURCE_EXHAUSTED,
                                  f"{side}: Received message larger than max ({total} vs. {limit})",
@@ -553,10 +593,10 @@ class Connection:
             return      # we ended it; what still comes is dropped (see _on_message)
         if stream.partial_size or stream.announced or stream.discarding:
             raise ProtocolError(f"message size announced in the middle of a message on stream {sid}")
-        stream.state = transition(stream.state, StreamInput.RECV_MESSAGE)
-        limit = self.limits.max_receive_message_length
+        stream.state = transition(stream.state, _RECV_MESSAGE)
+        limit = self._max_message
         if total > limit:
-            side = "SERVER" if self.role is Role.SERVER else "CLIENT"
+            side = "SERVER" if self._server else "CLIENT"
             self._reject_message(stream, True, RESOURCE_EXHAUSTED,
                                  f"{side}: Received message larger than max ({total} vs. {limit})",
                                  events)
@@ -592,7 +632,7 @@ class Connection:
         discarded as it comes."""
         self._let_go_partial(stream)
         stream.discarding = more
-        if self.role is Role.SERVER:
+        if self._server:
             self.end_stream(stream.id, code, detail)
         else:
             self.cancel(stream.id, CANCELLED, "response not accepted")
@@ -646,15 +686,15 @@ class Connection:
                                  f"message not accepted: {reason}", events)
 
     def _recv_end(self, stream: Stream) -> None:
-        if self.role is Role.CLIENT:
+        if not self._server:
             raise ProtocolError("END_STREAM from the server; it ends streams with TRAILERS")
-        stream.state = transition(stream.state, StreamInput.RECV_END)
-        if stream.state is StreamState.CLOSED:
+        stream.state = transition(stream.state, _RECV_END)
+        if stream.state is _CLOSED:
             self._drop(stream)
 
     def _on_trailers(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
         self._require_handshake()
-        if self.role is Role.SERVER:
+        if self._server:
             raise ProtocolError("TRAILERS from a client")
         if flags & FLAG_WITH_MESSAGE:
             message, payload = _wire.split_message(payload)
@@ -665,13 +705,13 @@ class Connection:
             self._check_known(sid)
             return
         code, details, metadata = _wire.decode_trailers(payload)
-        stream.state = transition(stream.state, StreamInput.CLOSE)
+        stream.state = transition(stream.state, _CLOSE)
         self._drop(stream)
         size = sum(len(k) + len(v) for k, v in metadata) if metadata else 0
-        if size > self.limits.max_metadata_size:
+        if size > self._max_metadata:
             events.append(StreamEnded(sid, RESOURCE_EXHAUSTED, (
                 f"CLIENT: trailing metadata of {size} bytes is over the limit of "
-                f"{self.limits.max_metadata_size}"), (), by_peer=False))
+                f"{self._max_metadata}"), (), by_peer=False))
             return
         events.append(StreamEnded(sid, code, details, metadata))
 
@@ -682,11 +722,11 @@ class Connection:
         if stream is None:
             self._check_known(sid)
             return
-        stream.state = transition(stream.state, StreamInput.CLOSE)
+        stream.state = transition(stream.state, _CLOSE)
         self._drop(stream)
         if stream.closing:
             return    # we ended it already (our status waits behind its messages)
-        not_started = bool(flags & FLAG_NOT_STARTED) and self.role is Role.CLIENT
+        not_started = bool(flags & FLAG_NOT_STARTED) and not self._server
         events.append(StreamEnded(sid, code, details, (), not_started))
 
     def _on_window_update(self, flags: int, sid: int, payload: bytes | bytearray, events: list[Event]) -> None:
@@ -694,7 +734,7 @@ class Connection:
         inc = _wire.decode_window_update(payload)
         if sid == 0:
             self.send_window += inc
-            if self.send_window > _wire.MAX_WINDOW:
+            if self.send_window > _MAX_WINDOW:
                 raise ProtocolError("connection window overflow")
             self._release_blocked(events)
             return
@@ -703,7 +743,7 @@ class Connection:
             self._check_known(sid)
             return
         stream.send_window += inc
-        if stream.send_window > _wire.MAX_WINDOW:
+        if stream.send_window > _MAX_WINDOW:
             raise ProtocolError(f"window overflow on stream {sid}")
         if stream.outbox:
             self._pump(stream, events)
@@ -728,7 +768,7 @@ class Connection:
         if sid != 0:
             raise ProtocolError("LANE on a stream")
         lane = _wire.decode_lane(payload)
-        if self.role is Role.SERVER:
+        if self._server:
             if self._lane_asked is not None:
                 raise ProtocolError("second LANE from the client")
             self._lane_asked = lane
@@ -751,7 +791,7 @@ class Connection:
         after granting "shm" the server writes only to the new lane."""
         if lane not in _wire.LANES_SWITCHABLE:
             raise ValueError(f"unknown lane {lane!r}")
-        if self.role is Role.CLIENT:
+        if not self._server:
             if self._lane_asked is not None:
                 raise RuntimeError("a lane was asked for already")
             self._lane_asked = lane
@@ -766,7 +806,7 @@ class Connection:
         ev = GoAwayReceived(last, code, reason)
         self.goaway_received = ev
         events.append(ev)
-        if self.role is Role.CLIENT:
+        if not self._server:
             # Streams the server never saw will never be answered: they end now,
             # marked not started so they may be retried elsewhere.
             for stream in [s for s in self.streams.values() if s.id > last]:
@@ -781,9 +821,9 @@ class Connection:
         """Give ``size`` bytes of the stream's window back to the peer, batched: a
         WINDOW_UPDATE goes out once a quarter of the window is owed."""
         # Per-stream credit matters only while the peer can still send on it.
-        if stream.state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
+        if stream.state in (_OPEN, _HALF_CLOSED_LOCAL):
             pending = stream.credit_pending + size
-            if pending >= self.limits.stream_window // 4:
+            if pending >= self._stream_window // 4:
                 stream.credit_pending = 0
                 stream.recv_window += pending
                 self._emit(_wire.frame(WINDOW_UPDATE, 0, stream.id, _wire.encode_window_update(pending)))
@@ -852,40 +892,45 @@ class Connection:
         if self.goaway_received is not None:
             raise ConnectionClosed("server sent GOAWAY")
         sid = self._next_stream_id
-        if sid > _wire.MAX_STREAM_ID:
+        if sid > _MAX_STREAM_ID:
             raise ConnectionClosed("stream ids exhausted")
         self._next_stream_id = sid + 1
         timeout_us = 0
         if timeout is not None:
-            timeout_us = max(1, min(int(timeout * 1e6), _wire.MAX_TIMEOUT_US))
+            scaled = timeout * 1e6
+            if 1 <= scaled < _MAX_TIMEOUT_US:     # (NaN and infinity take the other way)
+                timeout_us = int(scaled)
+            else:
+                timeout_us = max(1, min(int(timeout * 1e6), _MAX_TIMEOUT_US))
         block = _wire.encode_metadata(metadata)
-        if len(block) > self.peer.max_metadata_size:  # type: ignore[union-attr]
+        if len(block) > self._peer_max_metadata:
             raise MetadataTooLarge(
                 f"request metadata of {len(block)} bytes is over the server's limit of "
-                f"{self.peer.max_metadata_size}")  # type: ignore[union-attr]
+                f"{self._peer_max_metadata}")
         payload = _wire.encode_request_headers_block(method, timeout_us, block)
-        if len(payload) > self.peer.max_frame_size:  # type: ignore[union-attr]
+        if len(payload) > self._peer_max_frame:
             raise MetadataTooLarge(f"request headers of {len(payload)} bytes don't fit a frame")
-        stream = Stream(sid, self.peer.stream_window, self.limits.stream_window)  # type: ignore[union-attr]
+        stream = Stream(sid, self._peer_stream_window, self._stream_window)
         stream.headers_sent = True
         self.streams[sid] = stream
         if message is not None:
             size = len(message)
-            if (size + len(payload) + 4 <= self.peer.max_frame_size  # type: ignore[union-attr]
+            if (size + len(payload) + 4 <= self._peer_max_frame
                     and size <= stream.send_window and size <= self.send_window):
                 stream.send_window -= size
                 self.send_window -= size
-                stream.state = StreamState.HALF_CLOSED_LOCAL
+                stream.state = _HALF_CLOSED_LOCAL
                 self._emit_with_message(
-                    _pack_header(len(payload) + 4 + size, HEADERS,
-                                 FLAG_END_STREAM | FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, sid)
-                    + _wire.pack_u32(size), message, payload)
+                    _pack_header_and_size(len(payload) + 4 + size, HEADERS,
+                                          FLAG_END_STREAM | FLAG_WITH_MESSAGE
+                                          | encoding << ENCODING_SHIFT, sid, size),
+                    message, payload)
                 return sid
             self._emit(_pack_header(len(payload), HEADERS, 0, sid) + payload)
             self.send_message(sid, message, end_stream=True, encoding=encoding)
             return sid
         if end_stream:
-            stream.state = StreamState.HALF_CLOSED_LOCAL
+            stream.state = _HALF_CLOSED_LOCAL
         self._emit(_pack_header(len(payload), HEADERS, FLAG_END_STREAM if end_stream else 0, sid) + payload)
         return sid
 
@@ -895,10 +940,10 @@ class Connection:
         if stream is None or stream.headers_sent:
             return
         payload = _wire.encode_metadata(metadata)
-        if len(payload) > min(self.peer.max_metadata_size, self.peer.max_frame_size):  # type: ignore[union-attr]
+        if len(payload) > min(self._peer_max_metadata, self._peer_max_frame):
             raise MetadataTooLarge(
                 f"initial metadata of {len(payload)} bytes is over the client's limit of "
-                f"{self.peer.max_metadata_size}")  # type: ignore[union-attr]
+                f"{self._peer_max_metadata}")
         stream.headers_sent = True
         self._emit(_pack_header(len(payload), HEADERS, 0, stream_id) + payload)
 
@@ -911,12 +956,12 @@ class Connection:
         if stream is None:
             raise StreamClosed(stream_id)
         stream.headers_sent = True     # none sent yet: this MESSAGE implies empty ones
-        stream.state = transition(stream.state, StreamInput.SEND_MESSAGE)
+        stream.state = transition(stream.state, _SEND_MESSAGE)
         if end_stream:
-            stream.state = transition(stream.state, StreamInput.SEND_END)
+            stream.state = transition(stream.state, _SEND_END)
         size = len(data)
         if (not stream.outbox and size <= stream.send_window and size <= self.send_window
-                and size <= self.peer.max_frame_size):  # type: ignore[union-attr]
+                and size <= self._peer_max_frame):
             stream.send_window -= size
             self.send_window -= size
             self._emit(_pack_header(size, MESSAGE, (FLAG_END_STREAM if end_stream else 0)
@@ -925,14 +970,17 @@ class Connection:
                 self._out.append(data)
                 self._out_bytes += size
             return True
-        stream.outbox.append([data, 0, end_stream, encoding << ENCODING_SHIFT])
+        outbox = stream.outbox
+        if outbox is None:
+            outbox = stream.outbox = collections.deque()
+        outbox.append([data, 0, end_stream, encoding << ENCODING_SHIFT])
         stream.outbox_bytes += size
         self._pump(stream, None)
         return not stream.outbox
 
     def _pump(self, stream: Stream, events: list[Event] | None) -> None:
         """Send as much of the stream's queued messages as the windows allow."""
-        max_frame = self.peer.max_frame_size  # type: ignore[union-attr]
+        max_frame = self._peer_max_frame
         outbox = stream.outbox
         while outbox:
             item = outbox[0]
@@ -945,9 +993,9 @@ class Connection:
                 return
             n = min(remaining, allowance)
             last = n == remaining
-            if not offset and not last and self._announce_sizes and remaining >= _wire.ANNOUNCE_FROM:
+            if not offset and not last and self._announce_sizes and remaining >= _ANNOUNCE_FROM:
                 # The peer makes one buffer of this size and reads the chunks into it.
-                self._emit(_pack_header(4, MESSAGE, FLAG_SIZE, stream.id) + _wire.pack_u32(remaining))
+                self._emit(_pack_header(4, MESSAGE, FLAG_SIZE, stream.id) + _pack_u32(remaining))
             flags = ((FLAG_END_STREAM if end else 0) if last else FLAG_MORE) | encoded
             self._emit(_pack_header(n, MESSAGE, flags, stream.id))
             if n:
@@ -986,9 +1034,9 @@ class Connection:
             return
         if stream.outbox:
             stream.outbox[-1][2] = True
-            stream.state = transition(stream.state, StreamInput.SEND_END)
+            stream.state = transition(stream.state, _SEND_END)
             return
-        stream.state = transition(stream.state, StreamInput.SEND_END)
+        stream.state = transition(stream.state, _SEND_END)
         self._emit(_pack_header(0, MESSAGE, FLAG_END_STREAM | FLAG_NO_MESSAGE, stream_id))
 
     def end_stream(self, stream_id: int, code: int, details: str = "", metadata: _wire.Metadata | None = None,
@@ -1002,15 +1050,16 @@ class Connection:
         payload = self._fitting_trailers(code, details, metadata)
         if message is not None:
             size = len(message)
-            if (not stream.outbox and size + len(payload) + 4 <= self.peer.max_frame_size  # type: ignore[union-attr]
+            if (not stream.outbox and size + len(payload) + 4 <= self._peer_max_frame
                     and size <= stream.send_window and size <= self.send_window):
-                stream.state = transition(stream.state, StreamInput.SEND_MESSAGE)
+                stream.state = transition(stream.state, _SEND_MESSAGE)
                 stream.send_window -= size
                 self.send_window -= size
                 self._emit_with_message(
-                    _pack_header(len(payload) + 4 + size, TRAILERS,
-                                 FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT, stream_id)
-                    + _wire.pack_u32(size), message, payload)
+                    _pack_header_and_size(len(payload) + 4 + size, TRAILERS,
+                                          FLAG_WITH_MESSAGE | encoding << ENCODING_SHIFT,
+                                          stream_id, size),
+                    message, payload)
                 self._drop(stream)
                 return
             self.send_message(stream_id, message, encoding=encoding)
@@ -1049,9 +1098,10 @@ class Connection:
         self._drop(stream)
 
     def _drop(self, stream: Stream) -> None:
-        stream.state = StreamState.CLOSED
+        stream.state = _CLOSED
         self.streams.pop(stream.id, None)
-        self._blocked.pop(stream.id, None)
+        if self._blocked:
+            self._blocked.pop(stream.id, None)
         # Bytes the owner will never consume: let go, and credited to the connection.
         if stream.partial_size or stream.announced:
             self._let_go_partial(stream)
@@ -1076,7 +1126,7 @@ class Connection:
         if self.goaway_sent:
             return
         self.goaway_sent = True
-        last = self._last_peer_stream if self.role is Role.SERVER else 0
+        last = self._last_peer_stream if self._server else 0
         self._emit(_wire.frame(GOAWAY, 0, 0, _wire.encode_goaway(last, code, reason)))
 
     def outbox_bytes(self, stream_id: int) -> int:

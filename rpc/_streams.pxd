@@ -2,6 +2,9 @@
 # are C fields, read and written by the compiled connection without a dict look-up.
 import cython
 
+cdef dict _BY_STATE
+
+@cython.locals(moves=dict)
 cpdef object transition(object state, object event)
 
 

@@ -53,10 +53,16 @@ _TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
     (S.HALF_CLOSED_REMOTE, I.CLOSE): S.CLOSED,
 }
 del S, I
+# The same table by state, then input: a look-up needs no (state, input) tuple.
+_BY_STATE: dict[StreamState, dict[StreamInput, StreamState]] = {state: {} for state in StreamState}
+for (_state, _input), _next in _TRANSITIONS.items():
+    _BY_STATE[_state][_input] = _next
+del _state, _input, _next
 
 
 def transition(state: StreamState, event: StreamInput) -> StreamState:
-    new = _TRANSITIONS.get((state, event))
+    moves = _BY_STATE[state]
+    new = moves.get(event)
     if new is not None:
         return new
     else:
@@ -78,8 +84,9 @@ class Stream:
         self.recv_window = recv_window   # what the peer may still send before our credit
         self.closing = False             # our TRAILERS wait behind the outbox; input is ignored
         # Outbound: messages waiting for window, as [buffer, offset, end_stream, encoding flags]
-        # (a list: the offset moves as pieces go out).
-        self.outbox: collections.deque[list[Any]] = collections.deque()
+        # (a list: the offset moves as pieces go out); made when a message first waits
+        # (most never do).
+        self.outbox: collections.deque[list[Any]] | None = None
         self.outbox_bytes = 0
         # Inbound: chunks of a message being assembled: in one buffer of the size the
         # peer announced (assembly), or, unannounced or without room for that, as pieces.

@@ -11,6 +11,14 @@ import enum
 import struct
 from typing import Callable, Iterator, Sequence
 
+try:
+    import cython  # type: ignore[import-untyped]
+    # True in the compiled build: there, a few hot spots read bytes in place
+    # through C pointers (typed in _wire.pxd); the source runs the plain-Python way.
+    _TYPED: bool = cython.compiled
+except ImportError:       # Cython is not installed: this runs as plain Python
+    _TYPED = False
+
 # True when this module runs as the extension setup.py compiles from this source
 # (rpc._compiled says which runs, and how to force the source).
 COMPILED: bool = not __file__.endswith(".py")
@@ -25,6 +33,7 @@ SUPPORTED_VERSIONS = (1, 2)
 
 HEADER = struct.Struct(">IBBI")   # payload length, type, flags, stream id
 HEADER_SIZE = HEADER.size          # 10 bytes
+HEADER_AND_SIZE = struct.Struct(">IBBII")   # and a WITH_MESSAGE payload's message length
 
 # The largest frame payload any peer may announce, and the default. A header that
 # announces more than the receiver's limit is refused before the payload is read.
@@ -75,7 +84,9 @@ HELLO, HEADERS, MESSAGE, TRAILERS, CANCEL, WINDOW_UPDATE, PING, GOAWAY, LANE = (
 )
 # What a LANE frame may name (client: the lane it moves to; server: the lane granted).
 LANES_SWITCHABLE = ("shm", "unix")
-_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+# The types are 0..LANE with no gap: a decoder checks a type with one comparison.
+_LAST_TYPE = int(max(FrameType))
+assert sorted(FrameType) == list(range(_LAST_TYPE + 1))
 
 
 class GoAwayCode(enum.IntEnum):
@@ -99,6 +110,7 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------- encoding
 
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
@@ -158,6 +170,8 @@ def decode_metadata(buf: Buffer, offset: int = 0) -> tuple[DecodedMetadata, int]
         return (), end      # the common case: no metadata
     if offset + 2 > end:
         raise ProtocolError("metadata block truncated")
+    if _TYPED and type(buf) is not memoryview:
+        return _decode_metadata_in_place(buf, offset, end)
     (count,) = _U16.unpack_from(buf, offset)
     offset += 2
     out: list[tuple[str, str | bytes]] = []
@@ -190,6 +204,46 @@ def decode_metadata(buf: Buffer, offset: int = 0) -> tuple[DecodedMetadata, int]
     return tuple(out), offset
 
 
+def _decode_metadata_in_place(buf: bytes | bytearray, offset: int, end: int
+                              ) -> tuple[DecodedMetadata, int]:
+    """decode_metadata's work in the compiled build: lengths read and keys and values
+    cut straight from the bytes (C pointers, typed in _wire.pxd); the same checks."""
+    at = buf
+    count = (at[offset] << 8) | at[offset + 1]
+    offset += 2
+    out: list[tuple[str, str | bytes]] = []
+    for _ in range(count):
+        if offset + 2 > end:
+            raise ProtocolError("metadata key length truncated")
+        klen = (at[offset] << 8) | at[offset + 1]
+        offset += 2
+        if klen == 0 or offset + klen + 4 > end:
+            raise ProtocolError("metadata key truncated or empty")
+        kraw = at[offset:offset + klen]
+        offset += klen
+        vlen = at[offset]
+        vlen = (vlen << 8) | at[offset + 1]
+        vlen = (vlen << 8) | at[offset + 2]
+        vlen = (vlen << 8) | at[offset + 3]
+        offset += 4
+        if offset + vlen > end:
+            raise ProtocolError("metadata value length beyond the frame")
+        vraw = at[offset:offset + vlen]
+        offset += vlen
+        try:
+            key = kraw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("metadata key is not ASCII") from None
+        if key.endswith("-bin"):
+            out.append((key, bytes(vraw)))     # (bytes already when compiled: no copy)
+        else:
+            try:
+                out.append((key, vraw.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise ProtocolError(f"metadata value of {key!r} is not text") from None
+    return tuple(out), offset
+
+
 def encode_request_headers(method: str, timeout_us: int, metadata: Metadata | None) -> bytes:
     return encode_request_headers_block(method, timeout_us, encode_metadata(metadata))
 
@@ -200,14 +254,25 @@ def encode_request_headers_block(method: str, timeout_us: int, block: bytes) -> 
 
 
 def decode_request_headers(payload: bytes | bytearray) -> tuple[str, int, DecodedMetadata]:
-    if len(payload) < _REQUEST_HEAD.size:
+    if len(payload) < 10:
         raise ProtocolError("request headers truncated")
-    timeout_us, mlen = _REQUEST_HEAD.unpack_from(payload, 0)
-    start = _REQUEST_HEAD.size
-    if mlen == 0 or start + mlen > len(payload):
-        raise ProtocolError("request method truncated or empty")
+    start = 10
+    if _TYPED:
+        at = payload
+        timeout_us = 0
+        for i in range(8):
+            timeout_us = (timeout_us << 8) | at[i]
+        mlen = (at[8] << 8) | at[9]
+        if mlen == 0 or start + mlen > len(payload):
+            raise ProtocolError("request method truncated or empty")
+        method_bytes = at[start:start + mlen]
+    else:
+        timeout_us, mlen = _REQUEST_HEAD.unpack_from(payload, 0)
+        if mlen == 0 or start + mlen > len(payload):
+            raise ProtocolError("request method truncated or empty")
+        method_bytes = payload[start:start + mlen]
     try:
-        method = payload[start:start + mlen].decode("utf-8")
+        method = method_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("request method is not UTF-8") from None
     if timeout_us > MAX_TIMEOUT_US:
@@ -224,11 +289,23 @@ def split_message(payload: Buffer) -> tuple[Buffer, bytes]:
     of it, not a copy."""
     if len(payload) < 4:
         raise ProtocolError("frame with a message too short for its length")
+    if type(payload) is bytes:
+        if _TYPED:
+            at = payload
+            size = at[0]
+            size = (size << 8) | at[1]
+            size = (size << 8) | at[2]
+            size = (size << 8) | at[3]
+            if size > len(payload) - 4:
+                raise ProtocolError("message length beyond the frame")
+            return at[4:4 + size], at[4 + size:len(payload)]
+        (size,) = _U32.unpack_from(payload, 0)
+        if size > len(payload) - 4:
+            raise ProtocolError("message length beyond the frame")
+        return payload[4:4 + size], payload[4 + size:]
     (size,) = _U32.unpack_from(payload, 0)
     if size > len(payload) - 4:
         raise ProtocolError("message length beyond the frame")
-    if type(payload) is bytes:
-        return payload[4:4 + size], payload[4 + size:]
     view = memoryview(payload)
     return view[4:4 + size], bytes(view[4 + size:])
 
@@ -258,7 +335,13 @@ def bare_trailers(code: int) -> bytes:
 
 
 def decode_trailers(payload: bytes | bytearray) -> tuple[int, str, DecodedMetadata]:
-    if len(payload) == 10 and payload[4:] == b"\x00\x00\x00\x00\x00\x00":
+    if _TYPED and len(payload) == 10 and type(payload) is bytes:
+        at = payload
+        if (at[4] | at[5] | at[6] | at[7] | at[8] | at[9]) == 0:
+            if at[0] | at[1] | at[2] or at[3] > 16:
+                raise ProtocolError(f"status code {_U32.unpack_from(payload, 0)[0]} out of range")
+            return at[3], "", ()
+    elif len(payload) == 10 and payload[4:] == b"\x00\x00\x00\x00\x00\x00":
         (code,) = _U32.unpack_from(payload, 0)
         if code > 16:
             raise ProtocolError(f"status code {code} out of range")
@@ -367,8 +450,8 @@ class FrameDecoder:
     """
 
     __slots__ = ("_buf", "_view", "_pos", "_end", "_offered", "_filled_all", "max_frame_size",
-                 "_magic_pending", "_big", "_big_target", "_big_payload", "_big_filled",
-                 "handshake_limit")
+                 "_magic_pending", "_big_header", "_big_target", "_big_payload", "_big_filled",
+                 "handshake_limit", "frame_type", "frame_flags", "frame_stream")
 
     DIRECT = 64 * 1024
     # The receive buffer starts small (an idle connection holds little) and doubles,
@@ -389,10 +472,14 @@ class FrameDecoder:
         self._magic_pending = expect_magic
         # A big frame being read straight into _big_target: its header, the payload
         # yielded for it (the target, or the bytearray the target views), bytes in.
-        self._big: tuple[int, int, int] | None = None
+        self._big_header = (0, 0, 0)
         self._big_target: memoryview | None = None
         self._big_payload: bytearray | memoryview | None = None
         self._big_filled = 0
+        # The header of the frame next_frame returned last.
+        self.frame_type = 0
+        self.frame_flags = 0
+        self.frame_stream = 0
 
     @property
     def buffered(self) -> int:
@@ -467,75 +554,112 @@ class FrameDecoder:
 
     def frames(self, sink: FrameSink | None = None
                ) -> Iterator[tuple[int, int, int, bytes | bytearray | memoryview]]:
-        if self._magic_pending:
-            buf = self._buf
-            have = self._end - self._pos
-            n = min(have, len(MAGIC))
-            if bytes(buf[self._pos:self._pos + n]) != MAGIC[:n]:
-                # Describe the peer the same however its bytes were split: wait
-                # while they could still become a request line we can name (a
-                # peer that stops short is closed by the handshake timer).
-                head = bytes(buf[self._pos:min(self._pos + 16, self._end)])
-                if any(len(head) < len(known) and known.startswith(head) for known in _NAMED_PREFACES):
-                    return
-                if head[:1] == b"\x00" and len(head) < _H2_FRAME_HEADER:
-                    return   # could be an HTTP/2 server's first frame header
-                raise ProtocolError(_describe_wrong_preface(
-                    bytes(buf[self._pos:min(self._pos + 24, self._end)])))
-            if have < len(MAGIC):
+        """The whole frames buffered, as ``(type, flags, stream_id, payload)``."""
+        while True:
+            payload = self.next_frame(sink)
+            if payload is None:
                 return
-            self._pos += len(MAGIC)
-            self._magic_pending = False
-        if self._big is not None:
-            target = self._big_target
-            assert target is not None and self._big_payload is not None
-            if self._big_filled < len(target):
-                return
-            ftype, flags, sid = self._big
-            big = self._big_payload
-            self._big = self._big_target = self._big_payload = None
-            self._big_filled = 0
-            yield ftype, flags, sid, big
-        buf = self._buf
+            yield self.frame_type, self.frame_flags, self.frame_stream, payload
+
+    def next_frame(self, sink: FrameSink | None = None) -> bytes | bytearray | memoryview | None:
+        """The payload of the next whole frame, its header in :attr:`frame_type`,
+        :attr:`frame_flags` and :attr:`frame_stream`; None when no whole frame is
+        buffered (a big one may have begun to be read into its place: ``sink``).
+        The loop a connection runs per read: no generator, no tuple per frame."""
+        if self._magic_pending and not self._magic_read():
+            return None
+        if self._big_target is not None:
+            return self._big_frame()
         pos = self._pos
         end = self._end
-        limit = self.max_frame_size
-        if self.handshake_limit is not None:
-            limit = min(limit, self.handshake_limit)
-        unpack = HEADER.unpack_from
-        try:
-            while end - pos >= HEADER_SIZE:
-                length, ftype, flags, sid = unpack(buf, pos)
-                if length > limit:
-                    # Checked again here, off the hot path: the owner may have
-                    # cleared handshake_limit since the loop began (a client that
-                    # reads on past the server's HELLO).
-                    early = self.handshake_limit
-                    if early is not None and length > early:
-                        raise ProtocolError(f"frame of {length} bytes before the handshake; "
-                                            f"at most {early}")
-                    limit = self.max_frame_size
-                    if length > limit:
-                        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
-                if ftype not in _KNOWN_TYPES:
-                    raise ProtocolError(f"unknown frame type {ftype}")
-                start = pos + HEADER_SIZE
-                stop = start + length
-                if stop > end:
-                    if length >= self.DIRECT:
-                        self._read_direct(ftype, flags, sid, length, start, sink)
-                        pos = self._pos
-                    break
-                payload = bytes(buf[start:stop])
-                pos = stop
-                self._pos = pos
-                yield ftype, flags, sid, payload
-        finally:
-            if self._pos == self._end:
+        if end - pos < HEADER_SIZE:
+            if pos == end and pos:
                 self._pos = self._end = 0
-                if len(self._buf) > self._BUSY:      # grown by a big feed: let it go
-                    self._buf = bytearray(self._START)
-                    self._view = memoryview(self._buf)
+            return None
+        buf = self._buf
+        if _TYPED:
+            # Compiled: the header's fields read in place (no struct call, no tuple).
+            at = buf
+            length = at[pos]
+            length = (length << 8) | at[pos + 1]
+            length = (length << 8) | at[pos + 2]
+            length = (length << 8) | at[pos + 3]
+            ftype = at[pos + 4]
+            flags = at[pos + 5]
+            sid = at[pos + 6]
+            sid = (sid << 8) | at[pos + 7]
+            sid = (sid << 8) | at[pos + 8]
+            sid = (sid << 8) | at[pos + 9]
+        else:
+            length, ftype, flags, sid = _unpack_header(buf, pos)
+        limit = self.max_frame_size
+        early = self.handshake_limit
+        if early is not None and early < limit:
+            limit = early
+        if length > limit:
+            if early is not None and length > early:
+                raise ProtocolError(f"frame of {length} bytes before the handshake; "
+                                    f"at most {early}")
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+        if ftype > _LAST_TYPE:
+            raise ProtocolError(f"unknown frame type {ftype}")
+        start = pos + HEADER_SIZE
+        stop = start + length
+        if stop > end:
+            if length >= self.DIRECT:
+                self._read_direct(ftype, flags, sid, length, start, sink)
+            return None
+        payload: bytes | bytearray
+        if _TYPED:
+            payload = at[start:stop]        # one bytes object, copied from the buffer
+        else:
+            payload = bytes(self._view[start:stop])
+        self.frame_type = ftype
+        self.frame_flags = flags
+        self.frame_stream = sid
+        if stop == end:
+            # All parsed: the next read starts at the front again.
+            self._pos = self._end = 0
+            if len(buf) > self._BUSY:      # grown by a big feed: let it go
+                self._buf = bytearray(self._START)
+                self._view = memoryview(self._buf)
+        else:
+            self._pos = stop
+        return payload
+
+    def _magic_read(self) -> bool:
+        """Whether the peer's magic preface has been read (checked as it arrives)."""
+        buf = self._buf
+        have = self._end - self._pos
+        n = min(have, len(MAGIC))
+        if bytes(buf[self._pos:self._pos + n]) != MAGIC[:n]:
+            # Describe the peer the same however its bytes were split: wait
+            # while they could still become a request line we can name (a
+            # peer that stops short is closed by the handshake timer).
+            head = bytes(buf[self._pos:min(self._pos + 16, self._end)])
+            if any(len(head) < len(known) and known.startswith(head) for known in _NAMED_PREFACES):
+                return False
+            if head[:1] == b"\x00" and len(head) < _H2_FRAME_HEADER:
+                return False   # could be an HTTP/2 server's first frame header
+            raise ProtocolError(_describe_wrong_preface(
+                bytes(buf[self._pos:min(self._pos + 24, self._end)])))
+        if have < len(MAGIC):
+            return False
+        self._pos += len(MAGIC)
+        self._magic_pending = False
+        return True
+
+    def _big_frame(self) -> bytearray | memoryview | None:
+        """The big frame being read into its own memory, once all of it is in."""
+        target = self._big_target
+        assert target is not None and self._big_payload is not None
+        if self._big_filled < len(target):
+            return None
+        self.frame_type, self.frame_flags, self.frame_stream = self._big_header
+        big = self._big_payload
+        self._big_target = self._big_payload = None
+        self._big_filled = 0
+        return big
 
     def _read_direct(self, ftype: int, flags: int, sid: int, length: int, start: int,
                      sink: FrameSink | None) -> None:
@@ -552,7 +676,7 @@ class FrameDecoder:
             payload = target
         have = self._end - start
         target[:have] = self._view[start:self._end]
-        self._big = (ftype, flags, sid)
+        self._big_header = (ftype, flags, sid)
         self._big_target = target
         self._big_payload = payload
         self._big_filled = have
