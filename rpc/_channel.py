@@ -139,29 +139,52 @@ class _Call(Stream, Generic[_Req, _Resp]):
     _unary_response = True
     _kind = "unary_unary"      # the channel's interceptors of this kind apply
 
-    # State most calls never change lives on the class; a call stores only
-    # what differs (fewer stores per call on the hot path).
-    _deadline: float | None = None
-    _link: "ClientLink | None" = None
-    _initial_md: DecodedMetadata | None = None
+    # A call's state is in slots, all set when it is made. Reading a class default
+    # through an instance is the slow path of attribute access in CPython 3.11 (not
+    # specialized: several times an instance's own field), and the hot path reads
+    # most of these fields a few times per call; a slot store or read is fast.
+    # State a unary call never reads (or reads only when something went wrong)
+    # stays on the class below, each call storing only what differs.
+    __slots__ = ("_channel", "_method", "_serialize", "_deserialize", "_code", "_deadline",
+                 "_metadata", "_call_credentials", "_config", "_replay", "_tally", "_timer",
+                 "_task", "_first", "_lane", "_initial_md", "_response", "_done_fut", "_md_fut",
+                 "_opened", "_callbacks",
+                 # Stream's (see there)
+                 "_loop", "_received", "_link", "_sid", "_reader", "_writable", "_encoding")
+
+    _link: "ClientLink | None"
+    _code: int | None
+    _deadline: float | None
+    _metadata: DecodedMetadata
+    _call_credentials: tuple[_call_credentials.CallCredentials, ...]
+    _config: _service_config.MethodConfig    # this method's part of the channel's service config
+    _replay: _service_config.ReplayBuffer | None    # a streaming request's, for retries
+    _tally: _metrics.CallTally | None    # when rpc.enable_metrics() is on
+    _timer: asyncio.TimerHandle | None
+    _task: asyncio.Task[None] | None
+    _first: bytes | None      # a unary request, kept for a retry
+    _lane: str | None         # the lane of the connection the call went on
+    _initial_md: DecodedMetadata | None
+    _response: _Resp | None
+    _done_fut: asyncio.Future[None] | None
+    _md_fut: asyncio.Future[None] | None
+    _opened: asyncio.Future[None] | None
+    _callbacks: tuple[()] | list[Callable[[Any], None]]
+
     _trailing_md: DecodedMetadata = ()
-    _code: int | None = None
     _details = ""
     _locally_cancelled = False
     _not_started = False
-    _done_fut: asyncio.Future[None] | None = None
-    _md_fut: asyncio.Future[None] | None = None
-    _callbacks: tuple[()] | list[Callable[[Any], None]] = ()
-    _timer: asyncio.TimerHandle | None = None
-    _opened: asyncio.Future[None] | None = None
-    _task: asyncio.Task[None] | None = None
-    _response: _Resp | None = None
-    _metadata: DecodedMetadata = ()
-    _config = _service_config.NO_CONFIG    # this method's part of the channel's service config
     _health_watch = False    # a subchannel's health Watch (not the application's call)
-    _replay: _service_config.ReplayBuffer | None = None   # a streaming request's, for retries
-    _lane: str | None = None     # the lane of the connection the call went on
-    _tally: _metrics.CallTally | None = None   # when rpc.enable_metrics() is on
+    _attempts = 1
+    _wait_for_ready = False
+    # A streaming request's (set when it is made; unary calls never write).
+    _send_limit = 0           # its largest message
+    _half_closed = False
+    _iterator_task: asyncio.Task[None] | None = None
+    # A streaming response's: how it is read (one way per call), its iterator.
+    _response_style = 0
+    _responses: AsyncIterator[_Resp] | None = None
 
     def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
                  deserializer: Callable[[bytes], _Resp] | None,
@@ -175,6 +198,14 @@ class _Call(Stream, Generic[_Req, _Resp]):
         self._method = method
         self._serialize: Callable[[_Req], bytes] = serializer or _identity
         self._deserialize: Callable[[bytes], _Resp] = deserializer or _identity
+        self._received: collections.deque[bytes | _compression.Compressed] = collections.deque()
+        self._code = self._deadline = self._replay = self._tally = self._timer = None
+        self._task = self._first = self._lane = self._initial_md = self._response = None
+        self._done_fut = self._md_fut = self._opened = None
+        self._link = self._reader = self._writable = None
+        self._metadata = self._call_credentials = self._callbacks = ()
+        self._sid = self._encoding = 0
+        self._config = config
         recorder = _metrics.recorder
         if recorder is not None:
             self._tally = tally = recorder.client_call(channel._target, method)
@@ -187,16 +218,21 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if channel._default_compression and not self._encoding_everywhere:
             self._encoding = channel._default_compression
         if config is not _service_config.NO_CONFIG:   # the service config's say (see there)
-            self._config = config
             timeout = config.deadline_timeout(timeout)
             wait_for_ready = config.wait_for_ready if wait_for_ready is None else wait_for_ready
             if not self._unary_request:
                 self._replay = channel._retries.replay_buffer(config, channel._options)
         if not self._unary_request:
+            # Read per message: the call's own fields, not the class's.
             self._send_limit = config.send_limit(channel._options.max_send_message_length)
+            self._half_closed = False
+            self._iterator_task = None
+            self._unyielded = 0
+        if not self._unary_response:
+            self._response_style = 0
+            self._recv_ended = False
         if wait_for_ready:
             self._wait_for_ready = True
-        self._received: collections.deque[bytes | _compression.Compressed] = collections.deque()
         if timeout is not None:
             self._deadline = loop.time() + timeout
             self._timer = loop.call_later(max(timeout, 0), self._on_deadline)
@@ -224,13 +260,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
         return self._error()
 
     # ------------------------------------------------------------ starting
-
-    _first: bytes | None = None
-    _attempts = 1
-    _wait_for_ready = False
-    _send_limit = 0     # a streaming request's largest message (set when it is made)
-
-    _call_credentials: tuple[_call_credentials.CallCredentials, ...] = ()
 
     def _begin(self, first: bytes | None) -> None:
         self._first = first
@@ -564,9 +593,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
     def _read_cancelled(self) -> None:
         self.cancel()
 
-    _response_style = 0
-    _responses: AsyncIterator[_Resp] | None = None
-
     def _reading_by(self, style: int) -> None:
         """One call is read one way: ``read()`` or ``async for`` (grpc.aio's rule)."""
         if self._response_style == 0:
@@ -614,9 +640,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
             yield self._decode(data)
 
     # ------------------------------------------------------------ writing
-
-    _half_closed = False
-    _iterator_task: asyncio.Task[None] | None = None
 
     async def write(self, request: _Req) -> None:
         if self._iterator_task is not None:
