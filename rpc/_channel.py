@@ -150,7 +150,8 @@ class _Call(Stream, Generic[_Req, _Resp]):
                  "_task", "_first", "_lane", "_initial_md", "_response", "_done_fut", "_md_fut",
                  "_opened", "_callbacks",
                  # Stream's (see there)
-                 "_loop", "_received", "_link", "_sid", "_reader", "_writable", "_encoding")
+                 "_loop", "_received", "_link", "_sid", "_reader", "_writable", "_encoding",
+                 "_recv_ended")
 
     _link: "ClientLink | None"
     _code: int | None
@@ -203,6 +204,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
         self._task = self._first = self._lane = self._initial_md = self._response = None
         self._done_fut = self._md_fut = self._opened = None
         self._link = self._reader = self._writable = None
+        self._recv_ended = False
         self._metadata = self._call_credentials = self._callbacks = ()
         self._sid = self._encoding = 0
         self._config = config
@@ -230,7 +232,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._unyielded = 0
         if not self._unary_response:
             self._response_style = 0
-            self._recv_ended = False
         if wait_for_ready:
             self._wait_for_ready = True
         if timeout is not None:
@@ -260,23 +261,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
         return self._error()
 
     # ------------------------------------------------------------ starting
-
-    def _begin(self, first: bytes | None) -> None:
-        self._first = first
-        channel = self._channel
-        if self._call_credentials:
-            self._task = self._loop.create_task(self._authorize_then_connect(first))
-            channel._pending.add(self)
-            return
-        # The policy's pick, as Channel._ready_link makes it (inline: once per call).
-        link = channel._pick()
-        if (link is not None and not link.draining and not link.conn.closed
-                and self._code is None):
-            channel._last_link = link
-            self._open(link, first)
-        else:
-            self._task = self._loop.create_task(self._connect_and_open(first))
-            channel._pending.add(self)
 
     async def _authorize_then_connect(self, first: bytes | None) -> None:
         """Ask the call credentials' plugins for their metadata (once: a retry sends the
@@ -726,7 +710,12 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
                                     self._initial_md, self._trailing_md)
                 # (A unary response is inflated on arrival: bytes, or a big one's buffer.)
                 data = received.popleft()
-                self._response = response = self._decode(data)  # type: ignore[arg-type]  # bytes, see above
+                try:
+                    response = self._deserialize(data)  # type: ignore[arg-type]  # bytes, see above
+                except Exception as exc:
+                    self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
+                    raise self._error() from exc
+                self._response = response
             return response
         self._raise_for_status()
 
@@ -855,19 +844,30 @@ class _MultiCallable(Generic[_Req, _Resp]):
         call: _Call[_Req, _Resp] = self._call_class(
             channel, self._method, self._serializer, self._deserializer, timeout, metadata,
             wait_for_ready, self._config)
+        first = None      # the whole request of a unary one
+        if call._unary_request:
+            first = call._serialize(request)
+            limit = self._send_limit
+            if len(first) > limit:
+                call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(first), limit), ())
+                return call
+            call._first = first
+        # Its stream opened now on a ready connection; else a task waits for one
+        # (asking the call credentials' plugins first, if any).
         if call_credentials:
             call._call_credentials = call_credentials
-        if call._unary_request:
-            data = call._serialize(request)
-            limit = self._send_limit
-            if len(data) > limit:
-                call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit), ())
-                return call
-            call._begin(data)
+            call._task = call._loop.create_task(call._authorize_then_connect(first))
+            channel._pending.add(call)
         else:
-            call._begin(None)
-            if request is not None:
-                call._consume_iterator(request)
+            link = channel._pick()    # (what Channel._ready_link does, inline)
+            if link is not None and not link.draining and not link.conn.closed:
+                channel._last_link = link
+                call._open(link, first)
+            else:
+                call._task = call._loop.create_task(call._connect_and_open(first))
+                channel._pending.add(call)
+        if request is not None and not call._unary_request:
+            call._consume_iterator(request)
         return call
 
 
