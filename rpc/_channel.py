@@ -12,7 +12,7 @@ import collections
 import logging
 import os
 import weakref
-from collections.abc import Generator, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import (TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Callable, Generic, Iterable,
                     Self, TypeVar, Union, cast)
@@ -602,17 +602,19 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if data is None:
             self._raise_for_status()
             return _EOF
-        return self._decode(data)
+        try:
+            return self._deserialize(data)
+        except Exception as exc:
+            raise self._decode_failed(exc) from exc
 
     def _message_deserializer(self) -> object:
         return self._deserialize
 
-    def _decode(self, data: bytes) -> _Resp:
-        try:
-            return self._deserialize(data)
-        except Exception as exc:
-            self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
-            raise self._error() from exc
+    def _decode_failed(self, exc: Exception) -> aio.AioRpcError:
+        """A response the deserializer refused: the call ends INTERNAL; returns what
+        the reader raises."""
+        self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
+        return self._error()
 
     async def _iterate(self) -> AsyncIterator[_Resp]:
         received = self._received
@@ -621,14 +623,20 @@ class _Call(Stream, Generic[_Req, _Resp]):
             if data is None:
                 self._raise_for_status()
                 return
-            yield self._decode(data)
+            try:
+                response = self._deserialize(data)
+            except Exception as exc:
+                raise self._decode_failed(exc) from exc
+            yield response
 
     # ------------------------------------------------------------ writing
 
-    async def write(self, request: _Req) -> None:
+    def write(self, request: _Req) -> Coroutine[Any, None, None]:
+        """grpc.aio's ``write``: a coroutine, whose errors come when it is awaited.
+        It is :meth:`_write`'s own (not one more coroutine around it per message)."""
         if self._iterator_task is not None:
-            raise aio.UsageError(_API_STYLE_ERROR)
-        await self._write(request)
+            return _raise(aio.UsageError(_API_STYLE_ERROR))
+        return self._write(request)
 
     async def _write(self, request: _Req) -> None:
         if self._code is not None:
@@ -713,8 +721,7 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
                 try:
                     response = self._deserialize(data)  # type: ignore[arg-type]  # bytes, see above
                 except Exception as exc:
-                    self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
-                    raise self._error() from exc
+                    raise self._decode_failed(exc) from exc
                 self._response = response
             return response
         self._raise_for_status()
@@ -1260,6 +1267,11 @@ async def _ended(call: Any) -> None:
         await call.code()
     except Exception:   # the call's caller sees how it failed; ending is all this waits for
         pass
+
+
+async def _raise(exc: BaseException) -> None:
+    """A coroutine that raises ``exc`` when awaited."""
+    raise exc
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
