@@ -308,7 +308,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
             return
         try:
             self._start_request(link, self._method, timeout, self._metadata, first,
-                                self._unary_request and first is None)
+                                first is None and self._unary_request)
         except c.ConnectionClosed as exc:
             self._on_end(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), True)
             return
@@ -353,12 +353,12 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._abandon(_C.RESOURCE_EXHAUSTED,
                           f"CLIENT: Received message larger than max ({len(data)} vs. {limit})")
             return
-        if self._unary_response:
-            # Nobody reads a unary response as it comes (the call's end wakes its
-            # awaiter): no reader to wake.
-            self._received.append(data)
-        else:
-            self._deliver(data)
+        # What Stream._deliver does, inline (once per message): buffer it, wake the
+        # reader (a unary response has none: the call's end wakes its awaiter).
+        self._received.append(data)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     def _on_end(self, code: int, details: str, metadata: DecodedMetadata, not_started: bool) -> None:
         self._link = None
@@ -791,6 +791,7 @@ class _MultiCallable(Generic[_Req, _Resp]):
         # What a channel fixes when it is made (its interceptors, its service config
         # and options), looked up here once rather than per call.
         self._interceptors = channel._interceptors.get(self._call_class._kind)
+        self._call_class = self._call_class    # (an instance's field: a faster read)
         self._config = config = channel._retries.method(method)
         self._send_limit = config.send_limit(channel._options.max_send_message_length)
 
@@ -935,12 +936,11 @@ class StreamStreamMultiCallable(_StreamRequest[_Req, _Resp, aio.StreamStreamCall
 class Channel(aio.Channel):
     """A grpc.aio-compatible channel. ``channel.lane`` says which lane carries it."""
 
-    _forked = False
-
     def __init__(self, target: str, options: _grpc.Options | None = None,
                  interceptors: _grpc.ClientInterceptors | None = None, *,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self._target = target
+        self._forked = False    # (made before an os.fork(), in the child: see _mark_forked)
         self._authority = _authority(target)
         self._options = _options.parse(options)
         resolver = _resolver.Resolver(target, min_interval=self._options.dns_min_interval)
