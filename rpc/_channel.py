@@ -12,7 +12,7 @@ import collections
 import logging
 import os
 import weakref
-from collections.abc import Generator, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import (TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Callable, Generic, Iterable,
                     Self, TypeVar, Union, cast)
@@ -139,38 +139,75 @@ class _Call(Stream, Generic[_Req, _Resp]):
     _unary_response = True
     _kind = "unary_unary"      # the channel's interceptors of this kind apply
 
-    # State most calls never change lives on the class; a call stores only
-    # what differs (fewer stores per call on the hot path).
-    _deadline: float | None = None
-    _link: "ClientLink | None" = None
-    _initial_md: DecodedMetadata | None = None
+    # A call's state is in slots, all set when it is made. Reading a class default
+    # through an instance is the slow path of attribute access in CPython 3.11 (not
+    # specialized: several times an instance's own field), and the hot path reads
+    # most of these fields a few times per call; a slot store or read is fast.
+    # State a unary call never reads (or reads only when something went wrong)
+    # stays on the class below, each call storing only what differs.
+    __slots__ = ("_channel", "_method", "_serialize", "_deserialize", "_code", "_deadline",
+                 "_metadata", "_call_credentials", "_config", "_replay", "_tally", "_timer",
+                 "_task", "_first", "_lane", "_initial_md", "_response", "_done_fut", "_md_fut",
+                 "_opened", "_callbacks",
+                 # Stream's (see there)
+                 "_loop", "_received", "_link", "_sid", "_reader", "_writable", "_encoding",
+                 "_recv_ended")
+
+    _link: "ClientLink | None"
+    _code: int | None
+    _deadline: float | None
+    _metadata: DecodedMetadata
+    _call_credentials: tuple[_call_credentials.CallCredentials, ...]
+    _config: _service_config.MethodConfig    # this method's part of the channel's service config
+    _replay: _service_config.ReplayBuffer | None    # a streaming request's, for retries
+    _tally: _metrics.CallTally | None    # when rpc.enable_metrics() is on
+    _timer: asyncio.TimerHandle | None
+    _task: asyncio.Task[None] | None
+    _first: bytes | None      # a unary request, kept for a retry
+    _lane: str | None         # the lane of the connection the call went on
+    _initial_md: DecodedMetadata | None
+    _response: _Resp | None
+    _done_fut: asyncio.Future[None] | None
+    _md_fut: asyncio.Future[None] | None
+    _opened: asyncio.Future[None] | None
+    _callbacks: tuple[()] | list[Callable[[Any], None]]
+
     _trailing_md: DecodedMetadata = ()
-    _code: int | None = None
     _details = ""
     _locally_cancelled = False
     _not_started = False
-    _done_fut: asyncio.Future[None] | None = None
-    _md_fut: asyncio.Future[None] | None = None
-    _callbacks: tuple[()] | list[Callable[[Any], None]] = ()
-    _timer: asyncio.TimerHandle | None = None
-    _opened: asyncio.Future[None] | None = None
-    _task: asyncio.Task[None] | None = None
-    _response: _Resp | None = None
-    _metadata: DecodedMetadata = ()
-    _config = _service_config.NO_CONFIG    # this method's part of the channel's service config
     _health_watch = False    # a subchannel's health Watch (not the application's call)
-    _replay: _service_config.ReplayBuffer | None = None   # a streaming request's, for retries
-    _lane: str | None = None     # the lane of the connection the call went on
-    _tally: _metrics.CallTally | None = None   # when rpc.enable_metrics() is on
+    _attempts = 1
+    _wait_for_ready = False
+    # A streaming request's (set when it is made; unary calls never write).
+    _send_limit = 0           # its largest message
+    _half_closed = False
+    _iterator_task: asyncio.Task[None] | None = None
+    # A streaming response's: how it is read (one way per call), its iterator.
+    _response_style = 0
+    _responses: AsyncIterator[_Resp] | None = None
 
     def __init__(self, channel: "Channel", method: str, serializer: Callable[[_Req], bytes] | None,
                  deserializer: Callable[[bytes], _Resp] | None,
-                 timeout: float | None, metadata: MetadataArg, wait_for_ready: bool | None) -> None:
+                 timeout: float | None, metadata: MetadataArg, wait_for_ready: bool | None,
+                 config: _service_config.MethodConfig = _service_config.NO_CONFIG) -> None:
+        """``config``: this method's part of the channel's service config (the
+        multi-callable looks it up once, not per call)."""
         self._channel = channel
-        self._loop = loop = channel._current_loop()
+        # (The channel's loop once it has tried to connect: no look-up per call.)
+        self._loop = loop = channel._fixed_loop or channel._current_loop()
         self._method = method
         self._serialize: Callable[[_Req], bytes] = serializer or _identity
         self._deserialize: Callable[[bytes], _Resp] = deserializer or _identity
+        self._received: collections.deque[bytes | _compression.Compressed] = collections.deque()
+        self._code = self._deadline = self._replay = self._tally = self._timer = None
+        self._task = self._first = self._lane = self._initial_md = self._response = None
+        self._done_fut = self._md_fut = self._opened = None
+        self._link = self._reader = self._writable = None
+        self._recv_ended = False
+        self._metadata = self._call_credentials = self._callbacks = ()
+        self._sid = self._encoding = 0
+        self._config = config
         recorder = _metrics.recorder
         if recorder is not None:
             self._tally = tally = recorder.client_call(channel._target, method)
@@ -180,17 +217,23 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._metadata = validate_metadata(metadata)
             if any(key == _compression.REQUEST_KEY for key, _ in self._metadata):
                 self._take_call_compression()
-        if not self._encoding_everywhere and channel._options.default_compression:
-            self._encoding = channel._options.default_compression
-        config = channel._retries.method(method)
+        if channel._default_compression and not self._encoding_everywhere:
+            self._encoding = channel._default_compression
         if config is not _service_config.NO_CONFIG:   # the service config's say (see there)
-            self._config = config
             timeout = config.deadline_timeout(timeout)
             wait_for_ready = config.wait_for_ready if wait_for_ready is None else wait_for_ready
             if not self._unary_request:
                 self._replay = channel._retries.replay_buffer(config, channel._options)
-        self._wait_for_ready = bool(wait_for_ready)
-        self._received: collections.deque[bytes | _compression.Compressed] = collections.deque()
+        if not self._unary_request:
+            # Read per message: the call's own fields, not the class's.
+            self._send_limit = config.send_limit(channel._options.max_send_message_length)
+            self._half_closed = False
+            self._iterator_task = None
+            self._unyielded = 0
+        if not self._unary_response:
+            self._response_style = 0
+        if wait_for_ready:
+            self._wait_for_ready = True
         if timeout is not None:
             self._deadline = loop.time() + timeout
             self._timer = loop.call_later(max(timeout, 0), self._on_deadline)
@@ -219,24 +262,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
 
     # ------------------------------------------------------------ starting
 
-    _first: bytes | None = None
-    _attempts = 1
-
-    _call_credentials: tuple[_call_credentials.CallCredentials, ...] = ()
-
-    def _begin(self, first: bytes | None) -> None:
-        self._first = first
-        if self._call_credentials:
-            self._task = self._loop.create_task(self._authorize_then_connect(first))
-            self._channel._pending.add(self)
-            return
-        link = self._channel._ready_link()
-        if link is not None and self._code is None:
-            self._open(link, first)
-        else:
-            self._task = self._loop.create_task(self._connect_and_open(first))
-            self._channel._pending.add(self)
-
     async def _authorize_then_connect(self, first: bytes | None) -> None:
         """Ask the call credentials' plugins for their metadata (once: a retry sends the
         same), then go on as any call; a failing plugin ends the call UNAVAILABLE."""
@@ -257,13 +282,13 @@ class _Call(Stream, Generic[_Req, _Resp]):
         try:
             link = await self._channel._get_link(self._deadline, self._wait_for_ready)
         except aio.AioRpcError as err:     # never sent: safe to retry elsewhere
-            self._finish(err.code().value[0], err.details() or "", (), not_started=True)
+            self._finish(err.code().value[0], err.details() or "", (), True)
             return
         except asyncio.CancelledError:
             return
         except Exception as exc:
             log.exception("lanerpc: connecting for %s raised", self._method)
-            self._finish(_C.UNAVAILABLE.value[0], f"failed to connect: {exc!r}", (), not_started=True)
+            self._finish(_C.UNAVAILABLE.value[0], f"failed to connect: {exc!r}", (), True)
             return
         if self._code is None:
             self._open(link, first)
@@ -283,7 +308,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
             return
         try:
             self._start_request(link, self._method, timeout, self._metadata, first,
-                                end=self._unary_request and first is None)
+                                first is None and self._unary_request)
         except c.ConnectionClosed as exc:
             self._on_end(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), True)
             return
@@ -309,8 +334,11 @@ class _Call(Stream, Generic[_Req, _Resp]):
     def _on_message(self, data: bytes | _compression.Compressed, end: bool) -> None:
         # (end: the server's messages never end the stream; its TRAILERS do.)
         if self._initial_md is None:    # no HEADERS came first: empty initial metadata
-            self._on_initial_metadata(())
-        if type(data) is _compression.Compressed:
+            self._initial_md = ()
+            fut = self._md_fut
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if isinstance(data, _compression.Compressed):
             if self._unary_response:
                 # Inflated now, so the call's status says if it can't be.
                 try:
@@ -320,13 +348,17 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._deliver(data)
             return
         # (bytes; or a big message's buffer, for a deserializer that parses buffers)
-        assert not isinstance(data, _compression.Compressed)
         limit = self._config.max_response_bytes
         if limit is not None and len(data) > limit:     # the service config's, per method
             self._abandon(_C.RESOURCE_EXHAUSTED,
                           f"CLIENT: Received message larger than max ({len(data)} vs. {limit})")
             return
-        self._deliver(data)
+        # What Stream._deliver does, inline (once per message): buffer it, wake the
+        # reader (a unary response has none: the call's end wakes its awaiter).
+        self._received.append(data)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     def _on_end(self, code: int, details: str, metadata: DecodedMetadata, not_started: bool) -> None:
         self._link = None
@@ -334,7 +366,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
         # by side: 20 successes later a failing call is still not retried).
         if code and self._code is None and self._retry(code, metadata, not_started):
             return
-        self._finish(code, details, metadata, not_started=not_started)
+        self._finish(code, details, metadata, not_started)
 
     def _retry(self, code: int, metadata: DecodedMetadata, not_started: bool) -> bool:
         """Start the call again if the channel's retry rules say so (see
@@ -395,15 +427,19 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._task.cancel()
         self._finish(code.value[0], details, ())
 
-    def _finish(self, code: int, details: str, metadata: DecodedMetadata, *,
+    def _finish(self, code: int, details: str, metadata: DecodedMetadata,
                 not_started: bool = False) -> None:
         if self._code is not None:
             return
         self._code = code
         self._recv_ended = True
-        self._details = details
-        self._trailing_md = metadata
-        self._not_started = not_started
+        # (Empty details and metadata, and False, are the class's defaults already.)
+        if details:
+            self._details = details
+        if metadata:
+            self._trailing_md = metadata
+        if not_started:
+            self._not_started = True
         if self._initial_md is None:
             self._initial_md = ()
         if self._timer is not None:
@@ -411,13 +447,17 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._timer = None
         if self._task is not None:     # it may have waited for a connection
             self._channel._pending.discard(self)
-        for fut in (self._done_fut, self._md_fut):
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-        self._release_waiters()
-        opened = self._opened
-        if opened is not None and not opened.done():
-            opened.set_result(None)
+        fut = self._done_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        fut = self._md_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        if self._reader is not None or self._writable is not None:
+            self._release_waiters()
+        fut = self._opened
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         if self._callbacks:
             for cb in self._callbacks:
                 self._loop.call_soon(cb, self)
@@ -537,9 +577,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
     def _read_cancelled(self) -> None:
         self.cancel()
 
-    _response_style = 0
-    _responses: AsyncIterator[_Resp] | None = None
-
     def _reading_by(self, style: int) -> None:
         """One call is read one way: ``read()`` or ``async for`` (grpc.aio's rule)."""
         if self._response_style == 0:
@@ -556,41 +593,50 @@ class _Call(Stream, Generic[_Req, _Resp]):
     async def read(self) -> _Resp | object:   # object: aio.EOF
         if self._unary_response:
             raise RuntimeError("read() is for calls with a streaming response")
-        if self._code is None or self._received:
+        received = self._received
+        if (self._code is None or received) and self._response_style != _BY_READ:
             self._reading_by(_BY_READ)     # (grpc.aio lets anyone read an ended call)
-        data = await self._receive()
+        # A message already here is taken at once (what _receive would do, without
+        # making a coroutine for it).
+        data = self._take() if received else await self._receive()
         if data is None:
             self._raise_for_status()
             return _EOF
-        return self._decode(data)
+        try:
+            return self._deserialize(data)
+        except Exception as exc:
+            raise self._decode_failed(exc) from exc
 
     def _message_deserializer(self) -> object:
         return self._deserialize
 
-    def _decode(self, data: bytes) -> _Resp:
-        try:
-            return self._deserialize(data)
-        except Exception as exc:
-            self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
-            raise self._error() from exc
+    def _decode_failed(self, exc: Exception) -> aio.AioRpcError:
+        """A response the deserializer refused: the call ends INTERNAL; returns what
+        the reader raises."""
+        self._abandon(_C.INTERNAL, f"Failed to deserialize response message: {exc}")
+        return self._error()
 
     async def _iterate(self) -> AsyncIterator[_Resp]:
+        received = self._received
         while True:
-            data = await self._receive()
+            data = self._take() if received else await self._receive()
             if data is None:
                 self._raise_for_status()
                 return
-            yield self._decode(data)
+            try:
+                response = self._deserialize(data)
+            except Exception as exc:
+                raise self._decode_failed(exc) from exc
+            yield response
 
     # ------------------------------------------------------------ writing
 
-    _half_closed = False
-    _iterator_task: asyncio.Task[None] | None = None
-
-    async def write(self, request: _Req) -> None:
+    def write(self, request: _Req) -> Coroutine[Any, None, None]:
+        """grpc.aio's ``write``: a coroutine, whose errors come when it is awaited.
+        It is :meth:`_write`'s own (not one more coroutine around it per message)."""
         if self._iterator_task is not None:
-            raise aio.UsageError(_API_STYLE_ERROR)
-        await self._write(request)
+            return _raise(aio.UsageError(_API_STYLE_ERROR))
+        return self._write(request)
 
     async def _write(self, request: _Req) -> None:
         if self._code is not None:
@@ -598,14 +644,15 @@ class _Call(Stream, Generic[_Req, _Resp]):
         if self._half_closed:
             raise asyncio.InvalidStateError(_HALF_CLOSED)
         data = self._serialize(request)
-        limit = self._config.send_limit(self._channel._options.max_send_message_length)
+        limit = self._send_limit
         if len(data) > limit:
             self._abandon(_C.RESOURCE_EXHAUSTED, too_large(len(data), limit))
             raise self._error()
-        await self._wait_opened()
         if self._link is None:
-            self._raise_for_status()
-            raise asyncio.InvalidStateError(_FINISHED)
+            await self._wait_opened()
+            if self._link is None:
+                self._raise_for_status()
+                raise asyncio.InvalidStateError(_FINISHED)
         if self._replay is not None:
             self._replay.keep(data)
         await self._send(data)
@@ -651,10 +698,11 @@ class _Call(Stream, Generic[_Req, _Resp]):
 class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
     def __await__(self) -> Generator[Any, None, _Resp]:
         if self._code is None:
-            if self._done_fut is None:
-                self._done_fut = self._loop.create_future()
+            fut = self._done_fut
+            if fut is None:
+                self._done_fut = fut = self._loop.create_future()
             try:
-                yield from self._done_fut.__await__()
+                yield from fut
             except asyncio.CancelledError:
                 self.cancel()
                 raise
@@ -662,15 +710,20 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
 
     def _result(self) -> _Resp:  # type: ignore[return]  # not OK: _raise_for_status raises
         if self._code == 0:
-            if self._response is None:
-                if not self._received:
+            response = self._response
+            if response is None:
+                received = self._received
+                if not received:
                     raise rpc_error(_C.INTERNAL, "server ended the call without a response",
                                     self._initial_md, self._trailing_md)
-                data = self._received.popleft()
                 # (A unary response is inflated on arrival: bytes, or a big one's buffer.)
-                assert not isinstance(data, _compression.Compressed)
-                self._response = self._decode(data)
-            return self._response
+                data = received.popleft()
+                try:
+                    response = self._deserialize(data)  # type: ignore[arg-type]  # bytes, see above
+                except Exception as exc:
+                    raise self._decode_failed(exc) from exc
+                self._response = response
+            return response
         self._raise_for_status()
 
 
@@ -691,13 +744,8 @@ class HealthWatch(UnaryStreamCall[bytes, bytes]):
     _health_watch = True
 
     def __init__(self, channel: "Channel", link: ClientLink, request: bytes) -> None:
+        # (No config: the service config's methodConfig is not for it.)
         super().__init__(channel, _balancer.HEALTH_WATCH, None, None, None, None, False)
-        if self._timer is not None:     # the service config's methodConfig is not for it
-            self._timer.cancel()
-            self._timer = None
-        self._deadline = None
-        self._config = _service_config.NO_CONFIG
-        self._wait_for_ready = False
         self._open(link, request)
 
     def _retry(self, code: int, metadata: DecodedMetadata, not_started: bool) -> bool:
@@ -740,17 +788,24 @@ class _MultiCallable(Generic[_Req, _Resp]):
         self._method = method
         self._serializer = serializer
         self._deserializer = deserializer
+        # What a channel fixes when it is made (its interceptors, its service config
+        # and options), looked up here once rather than per call.
+        self._interceptors = channel._interceptors.get(self._call_class._kind)
+        self._call_class = self._call_class    # (an instance's field: a faster read)
+        self._config = config = channel._retries.method(method)
+        self._send_limit = config.send_limit(channel._options.max_send_message_length)
 
     def _call(self, request: Any, timeout: float | None, metadata: MetadataArg,
               wait_for_ready: bool | None, credentials: grpc.CallCredentials | None,
               compression: grpc.Compression | None = None) -> Any:
         """The call: a ``_call_class`` or, with interceptors, an intercepted call; Any,
         because each multi-callable types it as its grpc.aio call type (_CallT). A
-        ``compression`` rides in the metadata, as grpc.aio carries it (interceptors see it)."""
+        ``compression`` rides in the metadata, as grpc.aio carries it (interceptors see it).
+        (``__call__`` goes to :meth:`_invoke` itself when there is neither.)"""
         if compression is not None:
             metadata = _compression.with_request_key(metadata, compression)
         kind = self._call_class._kind
-        interceptors = self._channel._interceptors.get(kind)
+        interceptors = self._interceptors
         if interceptors:
             details = aio.ClientCallDetails(
                 # bytes, as grpc.aio passes it (its stubs say str)
@@ -771,14 +826,16 @@ class _MultiCallable(Generic[_Req, _Resp]):
         target = self
         if method != self._method:
             target = type(self)(self._channel, method, self._serializer, self._deserializer)
-        return target._invoke(request, details.timeout, details.metadata, details.wait_for_ready,
-                              details.credentials)
+        call: _Call[_Req, _Resp] = target._invoke(request, details.timeout, details.metadata,
+                                                  details.wait_for_ready, details.credentials)
+        return call
 
     def _invoke(self, request: Any, timeout: float | None, metadata: MetadataArg,
                 wait_for_ready: bool | None,
-                credentials: grpc.CallCredentials | None = None) -> _Call[_Req, _Resp]:
-        """The call itself; ``request`` is the request, or for a streaming request
-        the iterator of requests (or None: the caller writes them)."""
+                credentials: grpc.CallCredentials | None = None) -> Any:
+        """The call itself (a ``_call_class``; Any, as for :meth:`_call`); ``request``
+        is the request, or for a streaming request the iterator of requests (or None:
+        the caller writes them)."""
         channel = self._channel
         if channel._forked:
             raise RuntimeError(
@@ -794,20 +851,31 @@ class _MultiCallable(Generic[_Req, _Resp]):
             call_credentials = (*call_credentials, _call_credentials.check(credentials))
         call: _Call[_Req, _Resp] = self._call_class(
             channel, self._method, self._serializer, self._deserializer, timeout, metadata,
-            wait_for_ready)
+            wait_for_ready, self._config)
+        first = None      # the whole request of a unary one
+        if call._unary_request:
+            first = call._serialize(request)
+            limit = self._send_limit
+            if len(first) > limit:
+                call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(first), limit), ())
+                return call
+            call._first = first
+        # Its stream opened now on a ready connection; else a task waits for one
+        # (asking the call credentials' plugins first, if any).
         if call_credentials:
             call._call_credentials = call_credentials
-        if call._unary_request:
-            data = call._serialize(request)
-            limit = call._config.send_limit(channel._options.max_send_message_length)
-            if len(data) > limit:
-                call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit), ())
-                return call
-            call._begin(data)
+            call._task = call._loop.create_task(call._authorize_then_connect(first))
+            channel._pending.add(call)
         else:
-            call._begin(None)
-            if request is not None:
-                call._consume_iterator(request)
+            link = channel._pick()    # (what Channel._ready_link does, inline)
+            if link is not None and not link.draining and not link.conn.closed:
+                channel._last_link = link
+                call._open(link, first)
+            else:
+                call._task = call._loop.create_task(call._connect_and_open(first))
+                channel._pending.add(call)
+        if request is not None and not call._unary_request:
+            call._consume_iterator(request)
         return call
 
 
@@ -821,8 +889,10 @@ class _UnaryRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  metadata: MetadataArg = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
-        call: _CallT = self._call(request, timeout, metadata, wait_for_ready, credentials,
-                                  compression)
+        if compression is None and not self._interceptors:
+            call: _CallT = self._invoke(request, timeout, metadata, wait_for_ready, credentials)
+        else:
+            call = self._call(request, timeout, metadata, wait_for_ready, credentials, compression)
         return call
 
 
@@ -832,8 +902,12 @@ class _StreamRequest(_MultiCallable[_Req, _Resp], Generic[_Req, _Resp, _CallT]):
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _CallT:
-        call: _CallT = self._call(request_iterator, timeout, metadata, wait_for_ready, credentials,
-                                  compression)
+        if compression is None and not self._interceptors:
+            call: _CallT = self._invoke(request_iterator, timeout, metadata, wait_for_ready,
+                                        credentials)
+        else:
+            call = self._call(request_iterator, timeout, metadata, wait_for_ready, credentials,
+                              compression)
         return call
 
 
@@ -862,12 +936,11 @@ class StreamStreamMultiCallable(_StreamRequest[_Req, _Resp, aio.StreamStreamCall
 class Channel(aio.Channel):
     """A grpc.aio-compatible channel. ``channel.lane`` says which lane carries it."""
 
-    _forked = False
-
     def __init__(self, target: str, options: _grpc.Options | None = None,
                  interceptors: _grpc.ClientInterceptors | None = None, *,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self._target = target
+        self._forked = False    # (made before an os.fork(), in the child: see _mark_forked)
         self._authority = _authority(target)
         self._options = _options.parse(options)
         resolver = _resolver.Resolver(target, min_interval=self._options.dns_min_interval)
@@ -895,7 +968,9 @@ class Channel(aio.Channel):
         self._old_links: set[ClientLink] = set()        # retired or draining, with calls on
         self._pending: set[_Call[Any, Any]] = set()     # calls waiting for a connection
         self._intercepted: set[Any] = set()             # intercepted calls not over
-        self._tried_to_connect = False     # bound to its loop from the first attempt on
+        # The loop the channel is bound to from its first attempt to connect on; None
+        # before (see _current_loop).
+        self._fixed_loop: asyncio.AbstractEventLoop | None = None
         self._state = _CONNECTIVITY.IDLE
         self._state_waiters: list[asyncio.Future[None]] = []
         self._closed = False
@@ -908,6 +983,10 @@ class Channel(aio.Channel):
                                       min_connect_timeout=opts.min_connect_timeout),
             on_state=self._set_state, retire=self._retire,
             health_service=_health_service(opts), open_watch=self._open_watch)
+        # Asked by every call: kept at hand (the policy and the options are the
+        # channel's for its life).
+        self._pick = cast("Callable[[], ClientLink | None]", self._balancer.policy.pick)
+        self._default_compression = opts.default_compression
         _CHANNELS.add(self)
 
     def _current_loop(self) -> asyncio.AbstractEventLoop:
@@ -915,7 +994,7 @@ class Channel(aio.Channel):
         time, say) moves to the loop it is first used in: nothing of it lives in the
         old one yet. Once it has connected, it stays (as grpc.aio's channels do)."""
         loop = self._loop
-        if loop is not None and (self._old_links or self._tried_to_connect):
+        if loop is not None and (self._old_links or self._fixed_loop is not None):
             return loop
         try:
             running = asyncio.get_running_loop()
@@ -1066,7 +1145,7 @@ class Channel(aio.Channel):
 
     def _ready_link(self) -> ClientLink | None:
         """The link the policy picks for a call now, or None (then see _get_link)."""
-        link = cast("ClientLink | None", self._balancer.pick())
+        link = self._pick()
         if link is not None and not link.draining and not link.conn.closed:
             self._last_link = link
             return link
@@ -1074,8 +1153,7 @@ class Channel(aio.Channel):
 
     def _start_connecting(self) -> None:
         """Have the policy connect (resolving the target first if needed)."""
-        loop = self._current_loop()
-        self._tried_to_connect = True
+        loop = self._fixed_loop = self._current_loop()
         self._balancer.exit_idle(loop)
 
     async def _get_link(self, deadline: float | None, wait_for_ready: bool) -> ClientLink:
@@ -1189,6 +1267,11 @@ async def _ended(call: Any) -> None:
         await call.code()
     except Exception:   # the call's caller sees how it failed; ending is all this waits for
         pass
+
+
+async def _raise(exc: BaseException) -> None:
+    """A coroutine that raises ``exc`` when awaited."""
+    raise exc
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
