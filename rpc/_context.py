@@ -100,12 +100,10 @@ class _FirstStep:
     one. Asked to cancel meanwhile, it counts, and the task is cancelled as often when
     made; once made, everything asked of the stand-in is asked of the task."""
 
-    __slots__ = ("finished", "cancels", "task")
-
-    def __init__(self) -> None:
-        self.finished = False
-        self.cancels = 0
-        self.task: asyncio.Task[None] | None = None
+    # Class defaults and no __init__: one is made per unary call.
+    finished = False
+    cancels = 0
+    task: asyncio.Task[None] | None = None
 
     def done(self) -> bool:
         return self.finished if self.task is None else self.task.done()
@@ -303,7 +301,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         handler = self._handler
         if not handler.request_streaming and not handler.response_streaming:
             fn: Any = handler.unary_unary
-            if _kind(fn) is _COROUTINE and self._start_eagerly(fn):
+            if (_kinds.get(fn) or _kind(fn)) is _COROUTINE and self._start_eagerly(fn):
                 return
         self._task = task = self._loop.create_task(self._run(),
                                                    context=self._server._handler_context())
@@ -393,17 +391,37 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
                 raise
 
     def _answer(self, response: Any) -> None:
-        """A unary-response handler returned ``response``: send it, or the status
-        the handler set instead."""
+        """A unary-response handler returned ``response``: send it, then the status,
+        or only the status the handler set instead."""
         code = self._code
         if code is not None and code != _OK:
             self._end_with(code, self._details or "", self._trailing)
-        elif response is None:
+            return
+        if response is None:
             # grpc.aio: a handler that returns nothing without a status is a bug.
             self._end_with(_C.UNKNOWN.value[0] if code is None else code,
                            self._details or "Handler returned no response", self._trailing)
-        else:
-            self._send_unary(response)
+            return
+        serializer = self._handler.response_serializer
+        try:
+            data = serializer(response) if serializer is not None else response
+        except Exception as exc:
+            raise _ResponseError(f"Failed to serialize response message: {exc}") from None
+        if self._ended:
+            return
+        if not self._initial_sent:
+            if self._initial:
+                self._send_initial()
+                if self._ended:
+                    return
+            else:
+                self._initial_sent = True     # (none to send: the response implies it)
+        limit = self._server._options.max_send_message_length
+        if len(data) > limit:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
+            return
+        code = self._code
+        self._end_with(_OK if code is None else code, self._details or "", self._trailing, data)
 
     def _ended_by(self, exc: BaseException) -> bool:
         """The handler raised ``exc`` (called where it is caught): end the call as
@@ -491,25 +509,6 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             return deserializer(data)
         except Exception as exc:
             raise _ResponseError(f"Failed to deserialize request message: {exc}") from None
-
-    def _send_unary(self, response: Any) -> None:
-        serializer = self._handler.response_serializer
-        try:
-            data = serializer(response) if serializer is not None else response
-        except Exception as exc:
-            raise _ResponseError(f"Failed to serialize response message: {exc}") from None
-        if self._ended:
-            return
-        if not self._initial_sent:
-            self._send_initial()
-            if self._ended:
-                return
-        limit = self._server._options.max_send_message_length
-        if len(data) > limit:
-            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
-            return
-        code = self._code
-        self._end_with(_OK if code is None else code, self._details or "", self._trailing, data)
 
     def _send_initial(self) -> None:
         # Empty initial metadata needs no frame: the first MESSAGE (or the
