@@ -285,9 +285,12 @@ class Stream:
 
     def _release_waiters(self) -> None:
         """The stream is over: a waiting reader or writer goes on (and finds out)."""
-        for fut in (self._reader, self._writable):
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     # ------------------------------------------------------------ policy
 
