@@ -256,7 +256,11 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             return
         if end:
             self._recv_ended = True
-        self._deliver(data)
+        # Stream._deliver, inlined (this runs per streamed message): buffer it, wake the reader.
+        self._received.append(data)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     def _on_end_of_input(self) -> None:
         self._recv_ended = True
