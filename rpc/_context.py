@@ -100,12 +100,10 @@ class _FirstStep:
     one. Asked to cancel meanwhile, it counts, and the task is cancelled as often when
     made; once made, everything asked of the stand-in is asked of the task."""
 
-    __slots__ = ("finished", "cancels", "task")
-
-    def __init__(self) -> None:
-        self.finished = False
-        self.cancels = 0
-        self.task: asyncio.Task[None] | None = None
+    # Class defaults and no __init__: one is made per unary call.
+    finished = False
+    cancels = 0
+    task: asyncio.Task[None] | None = None
 
     def done(self) -> bool:
         return self.finished if self.task is None else self.task.done()
@@ -143,14 +141,17 @@ _leave_task: Callable[[asyncio.AbstractEventLoop, Any], None] = asyncio.tasks._l
 
 
 class _Resumed(collections.abc.Coroutine[Any, Any, None]):
-    """The rest of ``coro``, which ran up to yielding ``yielded`` (a future it waits
-    for, or None): a task that runs this runs ``coro`` as if it had from the start. The
-    task's first step gets ``yielded`` back; a cancellation thrown in before that step
-    lands in ``coro`` where it waits, as it would have in a task of its own."""
+    """The rest of a unary handler's coroutine ``coro``, which ran up to yielding
+    ``yielded`` (a future it waits for, or None), and then the end of ``call`` as
+    :meth:`ServicerContext._run` would end it: a task that runs this runs the handler
+    as if it had from the start. The task's first step gets ``yielded`` back; a
+    cancellation thrown in before that step lands in ``coro`` where it waits, as it
+    would have in a task of its own."""
 
-    __slots__ = ("_coro", "_yielded")
+    __slots__ = ("_call", "_coro", "_yielded")
 
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    def __init__(self, call: ServicerContext, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._call = call
         self._coro = coro
         self._yielded: Any = yielded
 
@@ -159,11 +160,25 @@ class _Resumed(collections.abc.Coroutine[Any, Any, None]):
         if yielded is not _RESUMED:
             self._yielded = _RESUMED
             return yielded
-        return self._coro.send(value)
+        return self._step(self._coro.send, value)
 
     def throw(self, *exc: Any) -> Any:
         self._yielded = _RESUMED
-        return self._coro.throw(*exc)
+        return self._step(self._coro.throw, *exc)
+
+    def _step(self, advance: Callable[..., Any], *args: Any) -> Any:
+        """Advance the handler; when it is over, end the call (StopIteration: this
+        coroutine is over too)."""
+        call = self._call
+        try:
+            try:
+                return advance(*args)
+            except StopIteration as stop:
+                call._answer(stop.value)
+        except BaseException as exc:
+            if not call._ended_by(exc):
+                raise
+        raise StopIteration
 
     def close(self) -> None:
         self._coro.close()
@@ -226,16 +241,26 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     # ------------------------------------------------------------ events
 
     def _on_message(self, data: bytes, end: bool) -> None:
-        if end:
-            self._recv_ended = True
-        self._deliver(data)
         if self._task is None and not self._handler.request_streaming:
+            # A unary method's request: no reader waits for it; the handler starts
+            # once the request has ended.
+            received = self._received
+            received.append(data)
             if end:
+                self._recv_ended = True
                 self._start()
-            elif len(self._received) > 1:
+            elif len(received) > 1:
                 # A unary request must be followed by END_STREAM; a second
                 # message is a client bug.
                 self._end_with(_C.INTERNAL.value[0], "more than one request message for a unary method")
+            return
+        if end:
+            self._recv_ended = True
+        # Stream._deliver, inlined (this runs per streamed message): buffer it, wake the reader.
+        self._received.append(data)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     def _on_end_of_input(self) -> None:
         self._recv_ended = True
@@ -278,24 +303,26 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
 
     def _start(self) -> None:
         handler = self._handler
-        fn: Any = handler.unary_unary
-        if (not handler.request_streaming and not handler.response_streaming
-                and _kind(fn) is _COROUTINE and self._start_eagerly()):
-            return
+        if not handler.request_streaming and not handler.response_streaming:
+            fn: Any = handler.unary_unary
+            if (_kinds.get(fn) or _kind(fn)) is _COROUTINE and self._start_eagerly(fn):
+                return
         self._task = task = self._loop.create_task(self._run(),
                                                    context=self._server._handler_context())
         # Cleanup in a done callback, not in _run's finally: a task cancelled
         # before its first step never enters _run at all.
         task.add_done_callback(self._task_done)
 
-    def _start_eagerly(self) -> bool:
-        """Run a unary handler's first step now, with no task: most finish in it (no
-        await that suspends), and their answer goes out with no task made, scheduled,
-        switched to and cleaned up after (2-3.5 µs a call). One that suspends goes on
-        in a task from where it stopped, in the same contextvars context. Meanwhile a
-        stand-in is the current task (for asyncio.timeout, TaskGroup, current_task);
-        what is asked of it reaches the task once there is one. False when a task is
-        running already (the caller was not a protocol's callback): no eager start."""
+    def _start_eagerly(self, fn: Any) -> bool:
+        """Run the first step of ``fn``, a unary coroutine handler, now, with no task:
+        most finish in it (no await that suspends), and their answer goes out with no
+        task made, scheduled, switched to and cleaned up after (2-3.5 µs a call), and
+        no coroutine of ours around theirs. One that suspends goes on in a task from
+        where it stopped (:class:`_Resumed`), in the same contextvars context.
+        Meanwhile a stand-in is the current task (for asyncio.timeout, TaskGroup,
+        current_task); what is asked of it reaches the task once there is one. False
+        when a task is running already (the caller was not a protocol's callback): no
+        eager start."""
         loop = self._loop
         step = _FirstStep()
         try:
@@ -303,29 +330,47 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         except RuntimeError:
             return False
         self._task = step
-        coro = self._run()
         context = self._server._handler_context()
         try:
-            yielded = context.run(coro.send, None)
-        except BaseException as exc:      # finished (StopIteration), or an exit
+            resumed = context.run(self._first_step, fn)
+        except BaseException:      # an exit (SystemExit, KeyboardInterrupt): goes on up
             _leave_task(loop, step)
             step.finished = True
             self._task_done(step)
-            if isinstance(exc, StopIteration):
-                return True
             raise
         _leave_task(loop, step)
-        task = loop.create_task(_Resumed(coro, yielded), context=context)
+        if resumed is None:
+            step.finished = True
+            self._task_done(step)
+            return True
+        task = loop.create_task(resumed, context=context)
         step.task = self._task = task
         for _ in range(step.cancels):     # cancel() asked during the first step
             task.cancel()
         task.add_done_callback(self._task_done)
         return True
 
+    def _first_step(self, fn: Any) -> _Resumed | None:
+        """The first step of a unary coroutine handler (in its contextvars context):
+        None when the call ended in it, else the rest of it, for a task to run."""
+        try:
+            coro = fn(self._decode(self._take()), self)
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                self._answer(stop.value)
+                return None
+            return _Resumed(self, coro, yielded)
+        except BaseException as exc:
+            if not self._ended_by(exc):
+                raise
+            return None
+
     def _task_done(self, task: asyncio.Task[None] | _FirstStep) -> None:
         if not self._ended:
             self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
-        self._complete()
+        if self._callbacks:
+            self._complete()
         self._server._call_finished(self)
 
     async def _run(self) -> None:
@@ -344,38 +389,76 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
                     response = await fn(request, self)
                 else:
                     response = await self._start_in_thread(fn, request)
-                if self._code is not None and self._code != _OK:
-                    self._end_with(self._code, self._details or "", self._trailing)
-                elif response is None:
-                    # grpc.aio: a handler that returns nothing without a status is a bug.
-                    self._end_with(_C.UNKNOWN.value[0] if self._code is None else self._code,
-                                   self._details or "Handler returned no response", self._trailing)
-                else:
-                    self._send_unary(response)
-        except asyncio.CancelledError:
+                self._answer(response)
+        except BaseException as exc:
+            if not self._ended_by(exc):
+                raise
+
+    def _answer(self, response: Any) -> None:
+        """A unary-response handler returned ``response``: send it, then the status,
+        or only the status the handler set instead."""
+        code = self._code
+        if code is not None and code != _OK:
+            self._end_with(code, self._details or "", self._trailing)
+            return
+        if response is None:
+            # grpc.aio: a handler that returns nothing without a status is a bug.
+            self._end_with(_C.UNKNOWN.value[0] if code is None else code,
+                           self._details or "Handler returned no response", self._trailing)
+            return
+        serializer = self._handler.response_serializer
+        try:
+            data = serializer(response) if serializer is not None else response
+        except Exception as exc:
+            raise _ResponseError(f"Failed to serialize response message: {exc}") from None
+        if self._ended:
+            return
+        if not self._initial_sent:
+            if self._initial:
+                self._send_initial()
+                if self._ended:
+                    return
+            else:
+                self._initial_sent = True     # (none to send: the response implies it)
+        limit = self._server._options.max_send_message_length
+        if len(data) > limit:
+            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
+            return
+        code = self._code
+        self._end_with(_OK if code is None else code, self._details or "", self._trailing, data)
+
+    def _ended_by(self, exc: BaseException) -> bool:
+        """The handler raised ``exc`` (called where it is caught): end the call as
+        grpc.aio does. False for what no handler should stop (SystemExit,
+        KeyboardInterrupt, ...), which the caller raises on."""
+        if isinstance(exc, asyncio.CancelledError):
             if not self._ended:
                 self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
-        except aio.AbortError:
+        elif isinstance(exc, aio.AbortError):
             self._end_with(self._code if self._code is not None else _C.UNKNOWN.value[0],
                            self._details or "", self._trailing)
-        except _ResponseError as exc:
+        elif isinstance(exc, _ResponseError):
             self._end_with(_C.INTERNAL.value[0], str(exc))
-        except Exception as exc:
+        elif isinstance(exc, Exception):
             # As grpc.aio: a code set before the exception stays, the details
             # name the exception.
             if self._code is None or self._code == _OK:
                 log.exception("lanerpc: handler of %s raised", self._method)
             code = self._code if self._code is not None and self._code != _OK else _C.UNKNOWN.value[0]
             self._end_with(code, f"Unexpected {type(exc)}: {exc}", self._trailing)
+        else:
+            return False
+        return True
 
     async def _run_streaming(self, handler: grpc.RpcMethodHandler[Any, Any], request: Any) -> None:
         fn: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
         kind = _kind(fn)
         if kind is _ASYNCGEN:
             agen = fn(request, self)
+            send, response_bytes = self._send, self._response_bytes
             try:
                 async for response in agen:
-                    await self.write(response)
+                    await send(response_bytes(response))     # write(response), less a coroutine
             finally:
                 await agen.aclose()
         elif kind is _COROUTINE:
@@ -431,24 +514,6 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         except Exception as exc:
             raise _ResponseError(f"Failed to deserialize request message: {exc}") from None
 
-    def _send_unary(self, response: Any) -> None:
-        serializer = self._handler.response_serializer
-        try:
-            data = serializer(response) if serializer is not None else response
-        except Exception as exc:
-            raise _ResponseError(f"Failed to serialize response message: {exc}") from None
-        if self._ended:
-            return
-        self._send_initial()
-        if self._ended:
-            return
-        limit = self._server._options.max_send_message_length
-        if len(data) > limit:
-            self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
-            return
-        code = self._code if self._code is not None else _OK
-        self._end_with(code, self._details or "", self._trailing, data)
-
     def _send_initial(self) -> None:
         # Empty initial metadata needs no frame: the first MESSAGE (or the
         # TRAILERS) implies it. Set metadata goes out in a HEADERS frame.
@@ -497,28 +562,38 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     async def read(self) -> Any:
         if not self._handler.request_streaming:
             raise RuntimeError("read() is for methods with a streaming request")
-        self._raise_if_aborted()
+        if self._aborted:
+            raise _Abort()
+        if self._received:                # no need to wait (nor a coroutine for it)
+            return self._decode(self._take())
         data = await self._receive()
         if data is None:
             return _EOF
         return self._decode(data)
 
     async def write(self, message: Any) -> None:
-        self._raise_if_aborted()
+        await self._send(self._response_bytes(message))
+
+    def _response_bytes(self, message: Any) -> bytes:
+        """``message`` as write() sends it, after write()'s checks; the initial
+        metadata goes first. Raises what write() raises for a call that can't."""
+        if self._aborted:
+            raise _Abort()
         if self._ended:
             if self._cancelled:
                 raise asyncio.CancelledError()
             raise asyncio.InvalidStateError("the RPC has already finished")
         serializer = self._handler.response_serializer
-        data = serializer(message) if serializer is not None else message
+        data: bytes = serializer(message) if serializer is not None else message
         limit = self._server._options.max_send_message_length
         if len(data) > limit:
             self._end_with(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(data), limit))
             raise asyncio.CancelledError()
-        self._send_initial()
-        if self._ended:
-            raise asyncio.CancelledError()
-        await self._send(data)
+        if not self._initial_sent:
+            self._send_initial()
+            if self._ended:
+                raise asyncio.CancelledError()
+        return data
 
     async def send_initial_metadata(self, initial_metadata: MetadataType) -> None:
         self._raise_if_aborted()
@@ -766,7 +841,11 @@ class _RequestIterator:
         return self
 
     async def __anext__(self) -> Any:
-        message = await self._context.read()
+        context = self._context
+        if context._received and not context._aborted:
+            # A request is here: read()'s answer, without a coroutine for read().
+            return context._decode(context._take())
+        message = await context.read()
         if message is _EOF:
             raise StopAsyncIteration
         return message

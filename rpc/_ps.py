@@ -48,7 +48,7 @@ class StatusFile:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.write()
-        stats.on_change = self._changed
+        stats.watch(self._changed)
 
     def _changed(self) -> None:
         if self._timer is None and not self._closed:
@@ -56,6 +56,7 @@ class StatusFile:
 
     def _refresh(self) -> None:
         self._timer = None
+        self._stats.changes_seen()      # the next change arms the timer again
         try:
             self.write()
         except OSError:
@@ -77,7 +78,7 @@ class StatusFile:
     def close(self) -> None:
         """Stop refreshing and remove the file (the directory goes with the server)."""
         self._closed = True
-        self._stats.on_change = None
+        self._stats.watch(None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

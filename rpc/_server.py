@@ -122,7 +122,7 @@ class ServerLink(Link):
     def _dispatch(self, events: list[c.Event]) -> None:
         if len(events) > 2:
             events = _without_requests_cancelled_unseen(events)
-        super()._dispatch(events)
+        Link._dispatch(self, events)      # (not super(): this runs per read)
 
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
@@ -755,12 +755,13 @@ class Server(aio.Server):
             assert self._loop is not None   # set by start(), before "serving"
             self._loop.create_task(self._intercepted_request(link, ev))
             return
-        if self._generic_handlers and ev.method not in self._registered:
+        handler = self._registered.get(ev.method)
+        if handler is None and self._generic_handlers:
             # A generic handler reads the metadata in grpc.aio's form.
             items = invocation_items(link.invocation_head, ev.metadata)
             self._accept(link, ev, self._find_handler(ev.method, items), items)
         else:
-            self._accept(link, ev, self._find_handler(ev.method, ev.metadata))
+            self._accept(link, ev, handler)
 
     async def _intercepted_request(self, link: ServerLink, ev: c.RequestReceived) -> None:
         items = invocation_items(link.invocation_head, ev.metadata)

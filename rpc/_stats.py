@@ -22,8 +22,26 @@ class Stats:
         self._closed_bytes = [0, 0]
         self._live: set[Link] = set()
         self._per_link: dict[object, list[int]] = {}   # by link    # calls ended [OK, not OK], while open
-        # Told of every change (the server's status file for `lanerpc ps`: rpc._ps).
-        self.on_change: Callable[[], None] | None = None
+        # Who is told of changes (the server's status file for `lanerpc ps`: rpc._ps),
+        # and whether it was told since it last looked (then a call costs it nothing).
+        self._on_change: Callable[[], None] | None = None
+        self._told = True
+
+    def watch(self, on_change: Callable[[], None] | None) -> None:
+        """Call ``on_change`` at the next change, and then at the first change after
+        each :meth:`changes_seen` (None: tell no one)."""
+        self._on_change = on_change
+        self._told = on_change is None
+
+    def changes_seen(self) -> None:
+        """The watcher read the counters: tell it of the next change."""
+        self._told = self._on_change is None
+
+    def _tell(self) -> None:
+        on_change = self._on_change
+        self._told = True
+        if on_change is not None:
+            on_change()
 
     def connection_opened(self, link: Link) -> None:
         lane = link.lane or "?"
@@ -31,8 +49,8 @@ class Stats:
         self.connections_total[lane] += 1
         self._live.add(link)
         self._per_link[link] = [0, 0]
-        if self.on_change is not None:
-            self.on_change()
+        if not self._told:
+            self._tell()
 
     def connection_closed(self, link: Link) -> None:
         self._per_link.pop(link, None)
@@ -41,18 +59,20 @@ class Stats:
             self.connections[link.lane or "?"] -= 1
             self._closed_bytes[0] += link.bytes_in
             self._closed_bytes[1] += link.bytes_out
-            if self.on_change is not None:
-                self.on_change()
+            if not self._told:
+                self._tell()
 
     def call_ended(self, lane: str, code: int, link: object = None) -> None:
         self.calls[lane] += 1
+        counts = self._per_link.get(link)
         if code:
             self.codes[status_code(code).name] += 1
-        counts = self._per_link.get(link) if link is not None else None
-        if counts is not None:
-            counts[1 if code else 0] += 1
-        if self.on_change is not None:
-            self.on_change()
+            if counts is not None:
+                counts[1] += 1
+        elif counts is not None:
+            counts[0] += 1
+        if not self._told:
+            self._tell()
 
     def calls_of(self, link: object) -> tuple[int, int]:
         """Calls ended on an open connection: (OK, not OK)."""

@@ -198,7 +198,7 @@ class Stream:
         self._link = link
         self._sid = sid
         link.calls[sid] = self
-        self._flush(awaiting_answer=message is not None)
+        self._flush(message is not None)
 
     def _send_initial_metadata(self, metadata: _wire.Metadata) -> None:
         """Server: the response's initial metadata, queued: it goes out with the
@@ -214,11 +214,12 @@ class Stream:
         assert link is not None
         conn = link.conn
         sid = self._sid
-        encoding = 0
-        if self._encoding:
-            data, encoding = self._outgoing(data, link)
         try:
-            sent = conn.send_message(sid, data, encoding=encoding)
+            if self._encoding:
+                data, encoding = self._outgoing(data, link)
+                sent = conn.send_message(sid, data, encoding=encoding)
+            else:
+                sent = conn.send_message(sid, data)
         except c.StreamClosed:
             return
         link.flush_soon()
@@ -267,7 +268,7 @@ class Stream:
         if message is not None and self._encoding:
             message, encoding = self._outgoing(message, link)
         link.conn.end_stream(self._sid, code, details, trailing, message, encoding)
-        self._flush(awaiting_answer=True)
+        self._flush(True)
 
     def _outgoing(self, data: bytes, link: StreamLink) -> tuple[bytes, int]:
         """``data`` as it goes out, and its encoding: compressed when this stream
@@ -284,9 +285,12 @@ class Stream:
 
     def _release_waiters(self) -> None:
         """The stream is over: a waiting reader or writer goes on (and finds out)."""
-        for fut in (self._reader, self._writable):
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     # ------------------------------------------------------------ policy
 

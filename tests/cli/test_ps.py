@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 import rpc
+import rpc._stats
 from rpc import _lanes, _ps
 from examples.echo import echo_pb2_grpc
-from tests._support import msg, within
+from tests._support import msg, wait_until, within
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SERVER = Path(__file__).resolve().parent / "_channelz_server.py"
@@ -135,6 +136,29 @@ async def test_an_idle_server_does_not_rewrite_its_file(runtime_dir, servers):
     written = path.stat().st_mtime_ns
     await asyncio.sleep(1.5)
     assert path.stat().st_mtime_ns == written
+
+
+async def test_the_file_follows_every_round_of_changes(tmp_path, monkeypatch):
+    # The counters tell the file of their first change only, until it has read them:
+    # a change after a refresh must arm the next one.
+    monkeypatch.setattr(_ps, "REFRESH_SECONDS", 0.01)
+    stats = rpc._stats.Stats()
+    status = _ps.StatusFile(str(tmp_path), ["127.0.0.1:1"], ["tcp"], stats,
+                            asyncio.get_running_loop())
+    path = Path(status.path)
+
+    def calls() -> int:
+        return json.loads(path.read_bytes()).get("calls_by_lane", {}).get("unix", 0)
+
+    try:
+        for expected in (2, 3, 4):
+            stats.call_ended("unix", 0)
+            if expected == 2:
+                stats.call_ended("unix", 0)   # two changes, one refresh
+            await wait_until(lambda: calls() == expected, timeout=5)
+    finally:
+        status.close()
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("content", [

@@ -30,7 +30,26 @@ class Starts(echo_pb2_grpc.EchoServicer):
 
     async def Unary(self, request, context):
         action = request.payload.decode()
+        if action.startswith("end-"):             # end-<how>-<when>: see ends()
+            _, how, when = action.split("-", 2)
+            return await self.ends(context, how, suspend=when == "after-await")
         return await getattr(self, "do_" + action.replace("-", "_"))(request, context)
+
+    async def ends(self, context, how: str, suspend: bool):
+        """End the call ``how``, in the handler's first step or after it suspended."""
+        if suspend:
+            await asyncio.sleep(0)
+        if how == "abort":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "gone",
+                                trailing_metadata=(("why", "abort"),))
+        if how == "status":
+            context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+            context.set_details("not now")
+            context.set_trailing_metadata((("why", "status"),))
+            return None
+        if how == "nothing":
+            return None
+        return msg(b"answer")
 
     async def do_sync(self, request, context):
         self.seen["task"] = asyncio.current_task() is not None
@@ -165,3 +184,29 @@ async def test_an_exception_before_or_after_the_first_suspension(start, connect,
         await unary(stub, action)
     assert info.value.code() == grpc.StatusCode.UNKNOWN
     assert "RuntimeError" in info.value.details()
+
+
+@pytest.mark.parametrize("when", ["at-once", "after-await"])
+@pytest.mark.parametrize("how, code, details, why", [
+    ("answer", grpc.StatusCode.OK, "", None),
+    ("abort", grpc.StatusCode.NOT_FOUND, "gone", "abort"),
+    ("status", grpc.StatusCode.FAILED_PRECONDITION, "not now", "status"),
+    ("nothing", grpc.StatusCode.UNKNOWN, None, None),
+])
+async def test_how_a_handler_ends_before_or_after_its_first_suspension(start, connect, how, code,
+                                                                       details, why, when):
+    # The first step's end and a resumed task's end are two paths in lanerpc
+    # (_first_step, _Resumed); the status, details and trailing metadata are the same.
+    _, stub = await starts(start, connect)
+    call = stub.Unary(msg(f"end-{how}-{when}".encode()), timeout=TIMEOUT)
+    if code == grpc.StatusCode.OK:
+        assert (await call).payload == b"answer"
+    else:
+        with pytest.raises(aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == code
+        if details is not None:
+            assert info.value.details() == details
+    assert await call.code() == code
+    trailing = dict(await call.trailing_metadata() or ())
+    assert trailing.get("why") == why
