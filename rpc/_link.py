@@ -121,12 +121,21 @@ class Link(asyncio.BufferedProtocol):
         self.bytes_in += nbytes
         if self._awake_until:
             self._awake_caught = True
+        conn = self.conn
         try:
-            events = self.conn.received_into(nbytes)
+            events = conn.received_into(nbytes)
         except ProtocolError as exc:
             self.fail(exc)
             return
-        self._received(events)
+        # (_received, inlined: this runs for every read)
+        if events:
+            try:
+                self._dispatch(events)
+            except ProtocolError as exc:
+                self.fail(exc)
+                return
+        if conn.has_data_to_send:
+            self.flush()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -279,8 +288,8 @@ class Link(asyncio.BufferedProtocol):
                 self.bytes_out += size
                 transport.write(data[0])
                 return
-        elif sum(map(len, data)) <= self._BIG_WRITE:
-            self.bytes_out += sum(map(len, data))
+        elif (size := sum(map(len, data))) <= self._BIG_WRITE:
+            self.bytes_out += size
             if self.tls_transport:
                 # The loop's TLS makes one record of each buffer given to writelines:
                 # one record (one encryption, one decryption) per flush is cheaper.

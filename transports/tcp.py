@@ -7,7 +7,10 @@ loop (:func:`listen`).
 
 TLS is the event loop's own (``ssl=`` of ``create_connection``/``create_server``, which
 asyncio and uvloop both implement): the protocol's ``connection_made`` runs only after
-the handshake succeeded, so a peer refused there never reaches the protocol.
+the handshake succeeded, so a peer refused there never reaches the protocol. Give it an
+``asyncio.BufferedProtocol``: the loop's TLS then decrypts straight into the buffer the
+protocol lends, while a plain Protocol gets each arrival decrypted into a fresh 256 KiB
+bytes object (an mmap, a shrinking mremap and a munmap per read).
 """
 
 from __future__ import annotations
@@ -16,58 +19,11 @@ import asyncio
 import socket
 import ssl as _ssl
 from collections.abc import Callable
-from typing import cast
 
 # An asyncio.Protocol, or a BufferedProtocol (read straight into its buffer).
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 BACKLOG = 1024
-
-
-class _TlsReader(asyncio.BufferedProtocol):
-    """Feeds a TLS connection's protocol through a buffer of its own.
-
-    Given a plain Protocol, the loop's TLS (asyncio's and uvloop's alike) decrypts each
-    arrival into a fresh 256 KiB bytes object: an mmap, a shrinking mremap and a munmap
-    per read, which doubled the round trip of a small call. Given a BufferedProtocol it
-    decrypts into the buffer we lend, reused; the protocol gets the bytes read (a copy
-    of just those). Everything else passes through to the protocol."""
-
-    _START = 64 * 1024
-    _MAX = 256 * 1024
-
-    def __init__(self, protocol: asyncio.Protocol) -> None:
-        self.protocol = protocol
-        self._buffer = memoryview(bytearray(self._START))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if sizehint > len(self._buffer) and len(self._buffer) < self._MAX:
-            self._buffer = memoryview(bytearray(self._MAX))   # a big message is coming
-        return self._buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.protocol.data_received(bytes(self._buffer[:nbytes]))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.protocol.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.protocol.connection_lost(exc)
-
-    def eof_received(self) -> bool | None:
-        return self.protocol.eof_received()
-
-    def pause_writing(self) -> None:
-        self.protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.protocol.resume_writing()
-
-
-def _tls_reader(factory: ProtocolFactory) -> _TlsReader:
-    # The reader hands bytes over with data_received: a protocol made here has it (a
-    # BufferedProtocol lanerpc dials or serves with keeps data_received too).
-    return _TlsReader(cast(asyncio.Protocol, factory()))
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -88,10 +44,9 @@ async def connect(host: str, port: int, factory: ProtocolFactory, *,
     if ssl is None:
         transport, protocol = await loop.create_connection(factory, host, port)
     else:
-        transport, reader = await loop.create_connection(
-            lambda: _tls_reader(factory), host, port, ssl=ssl, server_hostname=server_hostname,
+        transport, protocol = await loop.create_connection(
+            factory, host, port, ssl=ssl, server_hostname=server_hostname,
             ssl_handshake_timeout=handshake_timeout)
-        protocol = reader.protocol
     sock = transport.get_extra_info("socket")
     if sock is not None:
         _nodelay(sock)
@@ -148,5 +103,5 @@ async def listen(sock: socket.socket, factory: ProtocolFactory, *,
     sock.listen(BACKLOG)
     if ssl is None:
         return await loop.create_server(factory, sock=sock)
-    return await loop.create_server(lambda: _tls_reader(factory), sock=sock, ssl=ssl,
+    return await loop.create_server(factory, sock=sock, ssl=ssl,
                                     ssl_handshake_timeout=handshake_timeout)

@@ -13,7 +13,7 @@ import pytest
 
 import rpc
 from examples.echo import echo_pb2_grpc
-from tests._support import Echo, msg, serve
+from tests._support import Echo, msg, serve, within
 from tests._tls import CLIENT_SANS, Pem, certs
 from tests.rpc.test_grpc_edges import every_call_kind
 
@@ -85,6 +85,33 @@ def test_tls_runs_on_uvloop():
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(main(), 20))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_big_and_many_messages_cross_tls_intact(loop):
+    """The loop's TLS decrypts straight into the buffers the link lends: the free end
+    of its receive buffer, and a big message's own buffer piece by piece (a record is
+    at most 16 KiB, so one read never fills a 3 MiB message)."""
+    factory = None
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    big = bytes(range(256)) * (3 * 4096)          # 3 MiB, every byte value
+    stream = [bytes([i]) * (1000 + 997 * i) for i in range(40)]
+
+    async def main():
+        async with serve(Echo(), credentials=server_creds(rpc, mtls=False)) as served:
+            stub = echo_pb2_grpc.EchoStub(secure(served, channel_creds(rpc)))
+            for _ in range(2):
+                answer = await within(stub.Unary(msg(big)), 20)
+                assert answer.payload == big
+            async def requests():
+                for payload in stream:
+                    yield msg(payload)
+            answers = [m.payload async for m in stub.Bidi(requests(), timeout=20)]
+            assert answers == stream
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(main(), 40))
 
 
 @pytest.mark.parametrize("client,reason", [
