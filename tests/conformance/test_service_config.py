@@ -240,11 +240,13 @@ async def test_a_backoff_longer_than_the_deadline_ends_in_deadline_exceeded(star
 
 
 def _slow_retries() -> list[tuple[str, Any]]:
-    return retrying(initialBackoff="20s", maxBackoff="20s", backoffMultiplier=1)
+    # A retry waits random(0, initialBackoff) (gRFC A6): long enough that it never comes
+    # within a test, not only rarely.
+    return retrying(initialBackoff="100000s", maxBackoff="100000s", backoffMultiplier=1)
 
 
 async def _in_backoff(stub: Any, servicer: Flaky) -> Any:
-    """A call whose first attempt failed and whose retry waits (for up to 20 s)."""
+    """A call whose first attempt failed and whose retry waits."""
     call = stub.Unary(msg(), timeout=60)
     while servicer.attempts < 1:
         await within(asyncio.sleep(0.01))
