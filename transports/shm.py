@@ -126,6 +126,7 @@ IDLE_WAIT_SECONDS = 5.0
 DEFAULT_LOOP_SPIN_US = 200.0       # the ceiling of the loop's poll for an answer (0: off)
 LOOP_SPIN_MAX_PROBE_GAP = 64       # backed off, the loop still spins after every 64th write
 _JOIN_LIMIT = 64 * 1024           # writelines joins batches up to this size (cheap copy)
+_OWN_RECORD = 16 * 1024           # a buffer this big goes into the ring as it is, unjoined
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
 _PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
@@ -929,8 +930,26 @@ class ShmTransport(asyncio.Transport):
         spin = self._loop_spin_ns
         self._loop_spin_ns = 0       # one answer spin for the whole batch, after it
         try:
+            # Small buffers are joined in runs of up to _JOIN_LIMIT bytes: a batch of
+            # thousands of small frames (a pipelined stream's backlog) written one by
+            # one costs a ring write, a fence and a record per frame, on both sides.
+            run: list[bytes | bytearray | memoryview] = []
+            run_size = 0
             for data in list_of_data:
-                self.write(data)
+                size = len(data)
+                if size >= _OWN_RECORD:
+                    if run:
+                        self.write(b"".join(run))
+                        run, run_size = [], 0
+                    self.write(data)
+                    continue
+                run.append(data)
+                run_size += size
+                if run_size >= _JOIN_LIMIT:
+                    self.write(b"".join(run))
+                    run, run_size = [], 0
+            if run:
+                self.write(b"".join(run))
         finally:
             self._loop_spin_ns = spin
         if spin and not self._buffer and not self._closing:

@@ -299,6 +299,35 @@ async def test_writelines_and_memoryviews() -> None:
     await close_pair(client, server)
 
 
+async def test_a_big_batch_of_small_buffers_goes_in_a_few_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """writelines of thousands of small frames (a pipelined stream's backlog) joins them
+    into runs, so the ring sees a few records, not one per frame; a buffer big enough
+    for a record of its own goes in unjoined, and the order holds."""
+    records: list[int] = []
+    ring_write = shm_module.ShmRing.write
+
+    def counting_write(ring: Any, data: Any) -> int:
+        written = ring_write(ring, data)
+        records.append(written)
+        return written
+
+    monkeypatch.setattr(shm_module.ShmRing, "write", counting_write)
+    server, client = Peer(), Peer()
+    _, client_transport = await open_pair(server, client, 1 << 20)
+    small = [bytes([i % 251]) * 100 for i in range(3000)]
+    big = os.urandom(100_000)
+    batch: list[bytes | memoryview] = [*small[:1500], memoryview(big), *small[1500:]]
+    client_transport.writelines(batch)
+    expected = b"".join(batch)
+    assert await server.received(len(expected)) == expected
+    # Only the client writes (the server does not echo): these are its records.
+    assert len(records) <= 2 * (300_000 // shm_module._JOIN_LIMIT + 1) + 1
+    assert len(big) in records
+    await close_pair(client, server)
+
+
 async def test_backpressure_bounds_the_writer() -> None:
     server, client = Peer(paused=True), Peer()   # a reader that does not read
     server_transport, client_transport = await open_pair(server, client)
