@@ -426,7 +426,10 @@ async def test_wait_for_ready_from_the_config(impl, call_says, expected):
         channel = impl.channel(_dead_target(impl, tmp_dir), options)
         try:
             stub = echo_pb2_grpc.EchoStub(channel)
-            error = await fails_with(stub.Unary(msg(), timeout=0.5, wait_for_ready=call_says))
+            # Waiting for ready waits out the deadline; not waiting fails at once, so its
+            # deadline is only a bound (long enough that a slow machine can't reach it).
+            timeout = 0.5 if expected is _C.DEADLINE_EXCEEDED else TIMEOUT / 2
+            error = await fails_with(stub.Unary(msg(), timeout=timeout, wait_for_ready=call_says))
             assert error.code() is expected
         finally:
             await within(channel.close())
