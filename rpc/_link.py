@@ -121,21 +121,12 @@ class Link(asyncio.BufferedProtocol):
         self.bytes_in += nbytes
         if self._awake_until:
             self._awake_caught = True
-        conn = self.conn
         try:
-            events = conn.received_into(nbytes)
+            events = self.conn.received_into(nbytes)
         except ProtocolError as exc:
             self.fail(exc)
             return
-        # (_received, inlined: this runs for every read)
-        if events:
-            try:
-                self._dispatch(events)
-            except ProtocolError as exc:
-                self.fail(exc)
-                return
-        if conn.has_data_to_send:
-            self.flush()
+        self._received(events)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)

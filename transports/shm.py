@@ -914,10 +914,11 @@ class ShmTransport(asyncio.Transport):
             self._spin_for_answer()
 
     def writelines(self, list_of_data: Any) -> None:
-        """Small batches are joined into one record (one ring write, one wake-up check);
-        above ``_JOIN_LIMIT`` bytes each buffer goes into the ring as it is (no join:
-        the ring copy is the only one). What does not fit is buffered, in order, as
-        write() does."""
+        """A batch of up to ``_JOIN_LIMIT`` bytes is joined into one record (one ring
+        write, one wake-up check). In a bigger batch small buffers are joined in runs of
+        about ``_JOIN_LIMIT`` bytes and each buffer of ``_OWN_RECORD`` bytes or more goes
+        into the ring as it is (no join: the ring copy is the only one). What does not
+        fit is buffered, in order, as write() does."""
         if self._pid != _this_pid:
             raise _fork_error("shm transport", self._pid)
         if self._closing:

@@ -51,6 +51,12 @@ def print_rpc_error(error: grpc.RpcError) -> int:
     return int(code.value[0])
 
 
+def add_target_argument(parser: argparse.ArgumentParser) -> None:
+    """The server a client subcommand talks to: its first positional argument."""
+    parser.add_argument("target", metavar="TARGET",
+                        help="host:port, unix:/path, grpc://host:port (plain gRPC), ...")
+
+
 def add_channel_arguments(parser: argparse.ArgumentParser, *, default_timeout: float | None) -> None:
     """The flags every client subcommand takes: TLS, metadata, timeout."""
     connection = parser.add_argument_group("connection")

@@ -52,8 +52,7 @@ def register(subparsers: Any) -> None:
         description="Call METHOD on TARGET: the request is JSON, each response is printed\n"
                     "as JSON; the method's types come from the server's reflection service.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", metavar="TARGET",
-                        help="host:port, unix:/path, grpc://host:port (plain gRPC), ...")
+    _common.add_target_argument(parser)
     parser.add_argument("method", metavar="METHOD", help="pkg.Service/Method")
     parser.add_argument("data", metavar="JSON", nargs="?", help="the request (default: stdin)")
     parser.add_argument("-d", "--data", dest="data_flag", metavar="DATA",

@@ -35,8 +35,7 @@ def register(subparsers: Any) -> None:
                     "full name) as a proto definition, or every service without SYMBOL,\n"
                     "through server reflection.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", metavar="TARGET",
-                        help="host:port, unix:/path, grpc://host:port (plain gRPC), ...")
+    _common.add_target_argument(parser)
     parser.add_argument("symbol", metavar="SYMBOL", nargs="?",
                         help="pkg.Service, pkg.Service.Method, pkg.Message, pkg.Enum")
     _common.add_channel_arguments(parser, default_timeout=10.0)

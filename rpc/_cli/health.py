@@ -35,8 +35,7 @@ def register(subparsers: Any) -> None:
         description="Check a server's health (grpc.health.v1.Health/Check) and print the\n"
                     "status; exit 0 only when it is SERVING.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", metavar="TARGET",
-                        help="host:port, unix:/path, grpc://host:port (plain gRPC), ...")
+    _common.add_target_argument(parser)
     parser.add_argument("service", metavar="SERVICE", nargs="?", default="",
                         help="a service's full name (default: the server as a whole)")
     _common.add_channel_arguments(parser, default_timeout=10.0)

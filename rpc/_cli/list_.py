@@ -29,8 +29,7 @@ def register(subparsers: Any) -> None:
         description="List a server's services (one full name per line), or with SERVICE\n"
                     "that service's methods, through server reflection.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", metavar="TARGET",
-                        help="host:port, unix:/path, grpc://host:port (plain gRPC), ...")
+    _common.add_target_argument(parser)
     parser.add_argument("service", metavar="SERVICE", nargs="?",
                         help="a service's full name (pkg.Service)")
     _common.add_channel_arguments(parser, default_timeout=10.0)
