@@ -353,12 +353,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
             self._abandon(_C.RESOURCE_EXHAUSTED,
                           f"CLIENT: Received message larger than max ({len(data)} vs. {limit})")
             return
-        # What Stream._deliver does, inline (once per message): buffer it, wake the
-        # reader (a unary response has none: the call's end wakes its awaiter).
-        self._received.append(data)
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
+        self._deliver(data)   # (a unary response has no reader: the call's end wakes its awaiter)
 
     def _on_end(self, code: int, details: str, metadata: DecodedMetadata, not_started: bool) -> None:
         self._link = None

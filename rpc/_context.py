@@ -241,26 +241,16 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     # ------------------------------------------------------------ events
 
     def _on_message(self, data: bytes, end: bool) -> None:
+        if end:
+            self._recv_ended = True
+        self._deliver(data)
         if self._task is None and not self._handler.request_streaming:
-            # A unary method's request: no reader waits for it; the handler starts
-            # once the request has ended.
-            received = self._received
-            received.append(data)
             if end:
-                self._recv_ended = True
                 self._start()
-            elif len(received) > 1:
+            elif len(self._received) > 1:
                 # A unary request must be followed by END_STREAM; a second
                 # message is a client bug.
                 self._end_with(_C.INTERNAL.value[0], "more than one request message for a unary method")
-            return
-        if end:
-            self._recv_ended = True
-        # Stream._deliver, inlined (this runs per streamed message): buffer it, wake the reader.
-        self._received.append(data)
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
 
     def _on_end_of_input(self) -> None:
         self._recv_ended = True
@@ -305,7 +295,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         handler = self._handler
         if not handler.request_streaming and not handler.response_streaming:
             fn: Any = handler.unary_unary
-            if (_kinds.get(fn) or _kind(fn)) is _COROUTINE and self._start_eagerly(fn):
+            if _kind(fn) is _COROUTINE and self._start_eagerly(fn):
                 return
         self._task = task = self._loop.create_task(self._run(),
                                                    context=self._server._handler_context())
