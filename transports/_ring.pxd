@@ -69,7 +69,6 @@ cdef class ShmRing:
     cdef unsigned long long _tail
     cdef unsigned long long _seen_head
 
-    cdef void _check_live(self) except *
     @cython.locals(tail=cython.ulonglong)
     cdef unsigned long long _refresh_tail(self) except? 0xffffffffffffffff
     cpdef Py_ssize_t free_space(self) except -1

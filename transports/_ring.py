@@ -184,6 +184,12 @@ class StoreLoadFence:
         _c_fence(self._lock)
 
 
+def _released() -> ValueError:
+    # The compiled build reads the mapping through raw pointers: after release() they
+    # point at memory that may be unmapped, so every entry point checks first.
+    return ValueError("the ring was released")
+
+
 def _is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
@@ -254,11 +260,6 @@ class ShmRing:
         self._ctl.release()
         self._data.release()
 
-    def _check_live(self) -> None:
-        # The compiled build reads the mapping through raw pointers: after release()
-        # they point at memory that may be unmapped, so nothing may reach them.
-        if self._released:
-            raise ValueError("the ring was released")
 
     # -- producer half -------------------------------------------------------------
 
@@ -278,13 +279,15 @@ class ShmRing:
 
     def free_space(self) -> int:
         """Bytes the producer could write now, record headers included."""
-        self._check_live()
+        if self._released:
+            raise _released()
         return self._capacity - (self._head - self._refresh_tail())
 
     def tail_moved(self) -> bool:
         """A cheap hint for a waiting producer: did the consumer free space since we
         last looked? Unchecked, safe to call from another thread."""
-        self._check_live()
+        if self._released:
+            raise _released()
         return _c_load_u64(self._ctl_at, _TAIL) != self._seen_tail
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -293,7 +296,8 @@ class ShmRing:
         0 means the ring is full (no room for a header and one byte). ``data`` must be
         a byte-format buffer (``bytes``, ``bytearray``, a ``"B"`` memoryview).
         """
-        self._check_live()
+        if self._released:
+            raise _released()
         wanted = len(data)
         if wanted == 0:
             return 0
@@ -341,7 +345,8 @@ class ShmRing:
         Unchecked on purpose (any change wakes the consumer, whose :meth:`read`
         checks it); safe to call from another thread.
         """
-        self._check_live()
+        if self._released:
+            raise _released()
         return _c_load_u64(self._ctl_at, _HEAD) != self._tail
 
     def _fetch_head(self) -> int:
@@ -396,7 +401,8 @@ class ShmRing:
         returns at least one record when there is one). The result is at most
         ``capacity`` bytes whatever the shared memory says.
         """
-        self._check_live()
+        if self._released:
+            raise _released()
         head = self._fetch_head()
         tail = self._tail
         if head == tail:
@@ -428,7 +434,8 @@ class ShmRing:
         The views show memory the peer can still write to: copy them out once (into a
         buffer of our own), then release them. Nothing is consumed until ``consume``.
         """
-        self._check_live()
+        if self._released:
+            raise _released()
         head = self._fetch_head()
         if head == self._tail:
             return [], head
@@ -464,7 +471,8 @@ class ShmRing:
 
     def consume(self, end: int) -> None:
         """Consume up to ``end``, a counter :meth:`peek` returned (ours, not the peer's)."""
-        self._check_live()
+        if self._released:
+            raise _released()
         self._tail = end
         _c_store_u64(self._ctl_at, _TAIL, end)
 
@@ -474,36 +482,42 @@ class ShmRing:
 
     @property
     def reader_waiting(self) -> bool:
-        self._check_live()
+        if self._released:
+            raise _released()
         return _c_load_u64(self._ctl_at, _READER_WAITING) != 0
 
     @reader_waiting.setter
     def reader_waiting(self, waiting: bool) -> None:
-        self._check_live()
+        if self._released:
+            raise _released()
         _c_store_u64(self._ctl_at, _READER_WAITING, 1 if waiting else 0)
 
     @property
     def writer_waiting(self) -> bool:
-        self._check_live()
+        if self._released:
+            raise _released()
         return _c_load_u64(self._ctl_at, _WRITER_WAITING) != 0
 
     @writer_waiting.setter
     def writer_waiting(self, waiting: bool) -> None:
-        self._check_live()
+        if self._released:
+            raise _released()
         _c_store_u64(self._ctl_at, _WRITER_WAITING, 1 if waiting else 0)
 
     def wake_reader(self) -> bool:
         """After a write, by the producer: fence (the new head is visible before the
         flag is read), then lower ``reader_waiting``. True if it was raised: the reader
         sleeps, ring its bell."""
-        self._check_live()
+        if self._released:
+            raise _released()
         _c_fence(self._lock)
         return self._take(_READER_WAITING)
 
     def wake_writer(self) -> bool:
         """After a read, by the consumer: as :meth:`wake_reader`, for ``writer_waiting``
         (the new tail is visible first)."""
-        self._check_live()
+        if self._released:
+            raise _released()
         _c_fence(self._lock)
         return self._take(_WRITER_WAITING)
 
@@ -518,7 +532,8 @@ class ShmRing:
         """By the consumer about to sleep: raise ``reader_waiting``, fence, then look
         at the ring once more. True if data came meanwhile (the flag is lowered again:
         read it now); False: sleep, the producer rings when it writes."""
-        self._check_live()
+        if self._released:
+            raise _released()
         ctl = self._ctl_at
         _c_store_u64(ctl, _READER_WAITING, 1)
         _c_fence(self._lock)
