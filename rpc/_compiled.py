@@ -1,6 +1,6 @@
 """Which build of the hot path runs: compiled or pure Python.
 
-The codec and the connection state machine (:data:`MODULES`) are plain Python
+The codec, the connection state machine and the shm lane's ring (:data:`MODULES`) are plain Python
 source that ``pip install`` also compiles with Cython where a C compiler exists
 (``setup.py``; the ``.pxd`` file beside each ``.py`` gives the types). Python
 imports the compiled extension in preference to the ``.py`` of the same name; this
@@ -35,7 +35,12 @@ __all__ = ("MODULES", "PURE_PYTHON_FORCED", "compiled_modules")
 log = logging.getLogger("lanerpc")
 
 # Compiled by setup.py, in this order (each imports only those before it).
-MODULES = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection")
+MODULES = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection",
+           "rpc.transports._ring")
+
+# The folder of the rpc package; a module of MODULES lives in the folder its dotted name
+# says (rpc.transports._ring in <rpc>/transports).
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 PURE_PYTHON_FORCED = os.environ.get("LANERPC_PURE_PYTHON", "") not in ("", "0")
 
@@ -50,23 +55,23 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MODULES or not path:
             return None
-        folder = path[0]
         if self._source is None:
-            self._source = PURE_PYTHON_FORCED or not _all_built(folder)
+            self._source = PURE_PYTHON_FORCED or not _all_built()
         if not self._source:
             return None           # the usual machinery, which prefers the extension
-        source = os.path.join(folder, fullname.rpartition(".")[2] + ".py")
+        source = os.path.join(path[0], fullname.rpartition(".")[2] + ".py")
         return importlib.util.spec_from_file_location(fullname, source)
 
 
-def _all_built(folder: str) -> bool:
-    """Whether every module of MODULES has an extension in ``folder`` (in a checkout:
-    built since its source last changed); warns about a build that is there but out of
-    date or incomplete."""
-    checkout = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(folder)), "setup.py"))
+def _all_built() -> bool:
+    """Whether every module of MODULES has an extension beside its source (in a
+    checkout: built since its source last changed); warns about a build that is there
+    but out of date or incomplete."""
+    checkout = os.path.isfile(os.path.join(os.path.dirname(_PACKAGE), "setup.py"))
     stale = []
     missing = []
     for name in MODULES:
+        folder = os.path.join(_PACKAGE, *name.split(".")[1:-1])
         stem = name.rpartition(".")[2]
         built = _extension(folder, stem)
         if built is None:

@@ -1129,13 +1129,11 @@ class ShmTransport(asyncio.Transport):
             self._go_idle()
 
     def _notify_reader(self) -> None:
-        self._fence()   # the published head must be visible before we read the flag
-        if ShmRing.reader_waiting.take(self._outbound):
+        if self._outbound.wake_reader():    # fences, then takes the reader's flag
             self._ring_bell(self._peer_bell)
 
     def _notify_writer(self) -> None:
-        self._fence()   # the published tail must be visible before we read the flag
-        if ShmRing.writer_waiting.take(self._inbound):
+        if self._inbound.wake_writer():
             self._ring_bell(self._peer_bell)
 
     @staticmethod
@@ -1255,9 +1253,11 @@ class ShmTransport(asyncio.Transport):
         if self._spinning:
             return   # the loop is polling the ring; it goes idle itself when it stops
         ring = self._inbound
-        ring.reader_waiting = True
-        self._fence()   # our flag must be visible before we look at the ring again
-        if ring.has_data() or self._segment._is_closed(self._peer_side):
+        # Raise our flag, fence, look at the ring again: data that came meanwhile is
+        # read now (the flag lowered again), else the peer rings when it writes.
+        if ring.sleep_reader():
+            self._loop.call_soon(self._on_wake)
+        elif self._segment._is_closed(self._peer_side):
             ring.reader_waiting = False
             self._loop.call_soon(self._on_wake)
 
