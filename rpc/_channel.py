@@ -939,7 +939,6 @@ class Channel(aio.Channel):
         self._authority = _authority(target)
         self._options = _options.parse(options)
         resolver = _resolver.Resolver(target, min_interval=self._options.dns_min_interval)
-        self._raw_options = tuple(options or ())
         if isinstance(credentials, _call_credentials.CompositeChannelCredentials):
             self._call_credentials: tuple[_call_credentials.CallCredentials, ...] = (credentials.call,)
             credentials = credentials.channel
