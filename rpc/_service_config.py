@@ -33,6 +33,8 @@ from typing import Any, Mapping
 
 import grpc
 
+from rpc._backoff import grown
+
 log = logging.getLogger("lanerpc")
 
 MAX_ATTEMPTS_CAP = 5                   # gRFC A6: larger maxAttempts are clamped to this
@@ -64,8 +66,8 @@ class RetryPolicy:
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait before attempt ``attempts + 1``: uniformly random up to
-        the exponential bound (gRFC A6's full jitter)."""
-        bound = min(self.initial_backoff * self.multiplier ** (attempts - 1), self.max_backoff)
+        the grown delay (gRFC A6's full jitter; see rpc._backoff)."""
+        bound = grown(self.initial_backoff, self.multiplier, self.max_backoff, attempts - 1)
         return random.uniform(0, bound)
 
 
