@@ -40,6 +40,7 @@ from grpc import aio
 from rpc._backoff import Backoff
 from rpc._link import Link
 from rpc._resolver import ResolutionError, Resolver
+from rpc._service_config import LB_POLICIES
 from rpc._target import Endpoint
 
 log = logging.getLogger("lanerpc")
@@ -49,7 +50,6 @@ IDLE, CONNECTING, READY = _S.IDLE, _S.CONNECTING, _S.READY
 TRANSIENT_FAILURE, SHUTDOWN = _S.TRANSIENT_FAILURE, _S.SHUTDOWN
 
 HAPPY_EYEBALLS_DELAY = 0.25     # gRFC A61: start the next address's attempt after this
-POLICIES = ("pick_first", "round_robin", "lanerpc_local_first")
 _LOCAL_LANES = ("shm", "unix")
 
 LinkFactory = Callable[[Any], Link]
@@ -351,7 +351,6 @@ def _abort(made: list[Link], keep: Link | None, reason: str) -> None:
 class Policy:
     """What every policy does with its subchannels; subclasses choose and pick."""
 
-    name = ""
     health_checks = True    # gRFC A17: pick_first inhibits health checking
 
     def __init__(self, balancer: "Balancer") -> None:
@@ -397,7 +396,6 @@ class PickFirst(Policy):
     """One connection: the first address to connect, trying them in order with
     happy eyeballs; on losing it, IDLE until a call wants it again."""
 
-    name = "pick_first"
     health_checks = False
 
     def __init__(self, balancer: "Balancer", shuffle: bool = False) -> None:
@@ -500,8 +498,6 @@ class PickFirst(Policy):
 class RoundRobin(Policy):
     """A connection to every address, kept up; calls spread over the READY ones."""
 
-    name = "round_robin"
-
     def __init__(self, balancer: "Balancer") -> None:
         super().__init__(balancer)
         self._ready: list[Link] = []
@@ -566,8 +562,6 @@ class LocalFirst(RoundRobin):
     """Round robin over the READY connections on a local lane (shm, unix); over the
     remote ones only while no local one is READY."""
 
-    name = "lanerpc_local_first"
-
     def _ready_links(self) -> list[Link]:
         ready = super()._ready_links()
         local = [link for link in ready if link.lane in _LOCAL_LANES]
@@ -575,13 +569,15 @@ class LocalFirst(RoundRobin):
 
 
 def make_policy(name: str, balancer: "Balancer", config: dict[str, Any]) -> Policy:
+    """The policy ``name``: one of rpc._service_config.LB_POLICIES, the names the
+    options and the service config accept."""
     if name == "pick_first":
         return PickFirst(balancer, shuffle=bool(config.get("shuffleAddressList", False)))
     if name == "round_robin":
         return RoundRobin(balancer)
     if name == "lanerpc_local_first":
         return LocalFirst(balancer)
-    raise ValueError(f"unknown load-balancing policy {name!r}; lanerpc has {', '.join(POLICIES)}")
+    raise ValueError(f"unknown load-balancing policy {name!r}; lanerpc has {', '.join(LB_POLICIES)}")
 
 
 # ============================================================ the balancer

@@ -43,7 +43,8 @@ PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 _DURATION = re.compile(r"(\d+)(\.\d{1,9})?s")
 _MAX_DURATION_SECONDS = 315_576_000_000
 _CODES_BY_NAME = {code.name: code.value[0] for code in grpc.StatusCode}
-# The load-balancing policies lanerpc has (rpc._balancer implements them).
+# The load-balancing policies lanerpc has: the one list of their names (rpc._options
+# and this module accept these; rpc._balancer.make_policy makes each).
 LB_POLICIES = ("pick_first", "round_robin", "lanerpc_local_first")
 
 
