@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import importlib
 import inspect
-import logging
 import os
 import signal
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import rpc
 from rpc._cli._common import UsageError
-from rpc._serve import DEFAULT_GRACE
+from rpc._serve import DEFAULT_GRACE, log_for_operators, run_event_loop
 
 _SERVING = 1      # grpc.health.v1's HealthCheckResponse.SERVING
 
@@ -86,13 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if args.grace < 0:
         raise UsageError("--grace must be 0 or more")
     target = _load(args.app)
-    if not logging.getLogger().handlers:     # as rpc.serve: its lines are what an operator reads
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_serve(target, args))
-    return uvloop.run(_serve(target, args))
+    log_for_operators()                      # as rpc.serve
+    return run_event_loop(_serve(target, args))
 
 
 def _load(spec: str) -> Any:
