@@ -59,12 +59,12 @@ start.
 """
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "serve", help="serve servicers from a Python module",
-        description="Serve MODULE:ATTR (servicers, a configure(server) function, a factory\n"
-                    "or a server) on each --address, until SIGTERM or Ctrl-C.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "serve servicers from a Python module"
+DESCRIPTION = ("Serve MODULE:ATTR (servicers, a configure(server) function, a factory\n"
+               "or a server) on each --address, until SIGTERM or Ctrl-C.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("app", metavar="MODULE:ATTR", help="what to serve, e.g. pkg.module:Servicer")
     parser.add_argument("-a", "--address", action="append", default=[], dest="addresses",
                         metavar="ADDR",
@@ -78,7 +78,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
                         metavar="SECONDS",
                         help="how long running calls get after SIGTERM (default %(default)g)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
