@@ -29,7 +29,6 @@ runs rpc._lanes.connect) and the factory for its links.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,8 +37,10 @@ from typing import Any, Protocol
 import grpc
 from grpc import aio
 
+from rpc._backoff import Backoff
 from rpc._link import Link
 from rpc._resolver import ResolutionError, Resolver
+from rpc._service_config import LB_POLICIES
 from rpc._target import Endpoint
 
 log = logging.getLogger("lanerpc")
@@ -49,7 +50,6 @@ IDLE, CONNECTING, READY = _S.IDLE, _S.CONNECTING, _S.READY
 TRANSIENT_FAILURE, SHUTDOWN = _S.TRANSIENT_FAILURE, _S.SHUTDOWN
 
 HAPPY_EYEBALLS_DELAY = 0.25     # gRFC A61: start the next address's attempt after this
-POLICIES = ("pick_first", "round_robin", "lanerpc_local_first")
 _LOCAL_LANES = ("shm", "unix")
 
 LinkFactory = Callable[[Any], Link]
@@ -74,21 +74,6 @@ OpenWatch = Callable[[Link, bytes], WatchCall]
 
 def _no_watch(link: Link, request: bytes) -> WatchCall:
     raise ConnectionError("channel closed")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Backoff:
-    """gRPC's connection backoff parameters (doc/connection-backoff.md)."""
-
-    initial: float = 1.0
-    multiplier: float = 1.6
-    jitter: float = 0.2
-    maximum: float = 120.0
-    min_connect_timeout: float = 20.0
-
-    def jittered(self, current: float) -> float:
-        """``current`` give or take the jitter, so that clients spread out."""
-        return current * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 
 # Between Watch attempts that heard nothing: gRPC's defaults, whatever the channel's
@@ -166,8 +151,8 @@ class Subchannel:
         self.refused = False
         self._balancer = balancer
         self._task: asyncio.Task[None] | None = None
-        self._current = balancer.backoff.initial   # the backoff grown so far
-        self._wait = self._current                 # the next attempt's, jittered
+        self._failures = 0                         # attempts failed in a row
+        self._wait = balancer.backoff.initial      # the next attempt's, jittered
         self._shut = False
         self._made: list[Link] = []                # what the attempt under way has made
         self._health: asyncio.Task[None] | None = None   # the Watch loop, when checking
@@ -241,7 +226,8 @@ class Subchannel:
         else:
             _abort(made, link, "superseded")
             self._made = []     # (held, closed links would wait for the gc in a cycle)
-            self._current = self._wait = backoff.initial
+            self._failures = 0
+            self._wait = backoff.initial
             self.link = link
             self.error = ""
             self._task = None
@@ -254,8 +240,8 @@ class Subchannel:
             return
         # Failed: wait out the backoff from the attempt's start, then may try again.
         await asyncio.sleep(max(0.0, deadline - loop.time()))
-        self._current = min(self._current * backoff.multiplier, backoff.maximum)
-        self._wait = backoff.jittered(self._current)
+        self._failures += 1
+        self._wait = backoff.jittered(backoff.delay(self._failures))
         self._task = None
         self._set(IDLE)
 
@@ -275,7 +261,7 @@ class Subchannel:
         again. One that ends otherwise makes the subchannel TRANSIENT_FAILURE and is
         made again: at once if it had answered, else after a backoff."""
         request = health_request(service)
-        current = HEALTH_BACKOFF.initial
+        unheard = 0             # Watches in a row that ended without an answer
         while True:
             code, details, heard = await self._one_watch(link, request)
             if self.link is not link:
@@ -288,10 +274,10 @@ class Subchannel:
                 return
             self._unhealthy(f"health-checking stream ended: {code.name}: {details}")
             if heard:
-                current = HEALTH_BACKOFF.initial
+                unheard = 0
             else:
-                await asyncio.sleep(HEALTH_BACKOFF.jittered(current))
-                current = min(current * HEALTH_BACKOFF.multiplier, HEALTH_BACKOFF.maximum)
+                await asyncio.sleep(HEALTH_BACKOFF.jittered(HEALTH_BACKOFF.delay(unheard)))
+                unheard += 1
             if self.link is not link:
                 return
             self._set(CONNECTING)
@@ -365,7 +351,6 @@ def _abort(made: list[Link], keep: Link | None, reason: str) -> None:
 class Policy:
     """What every policy does with its subchannels; subclasses choose and pick."""
 
-    name = ""
     health_checks = True    # gRFC A17: pick_first inhibits health checking
 
     def __init__(self, balancer: "Balancer") -> None:
@@ -411,7 +396,6 @@ class PickFirst(Policy):
     """One connection: the first address to connect, trying them in order with
     happy eyeballs; on losing it, IDLE until a call wants it again."""
 
-    name = "pick_first"
     health_checks = False
 
     def __init__(self, balancer: "Balancer", shuffle: bool = False) -> None:
@@ -514,8 +498,6 @@ class PickFirst(Policy):
 class RoundRobin(Policy):
     """A connection to every address, kept up; calls spread over the READY ones."""
 
-    name = "round_robin"
-
     def __init__(self, balancer: "Balancer") -> None:
         super().__init__(balancer)
         self._ready: list[Link] = []
@@ -580,8 +562,6 @@ class LocalFirst(RoundRobin):
     """Round robin over the READY connections on a local lane (shm, unix); over the
     remote ones only while no local one is READY."""
 
-    name = "lanerpc_local_first"
-
     def _ready_links(self) -> list[Link]:
         ready = super()._ready_links()
         local = [link for link in ready if link.lane in _LOCAL_LANES]
@@ -589,13 +569,15 @@ class LocalFirst(RoundRobin):
 
 
 def make_policy(name: str, balancer: "Balancer", config: dict[str, Any]) -> Policy:
+    """The policy ``name``: one of rpc._service_config.LB_POLICIES, the names the
+    options and the service config accept."""
     if name == "pick_first":
         return PickFirst(balancer, shuffle=bool(config.get("shuffleAddressList", False)))
     if name == "round_robin":
         return RoundRobin(balancer)
     if name == "lanerpc_local_first":
         return LocalFirst(balancer)
-    raise ValueError(f"unknown load-balancing policy {name!r}; lanerpc has {', '.join(POLICIES)}")
+    raise ValueError(f"unknown load-balancing policy {name!r}; lanerpc has {', '.join(LB_POLICIES)}")
 
 
 # ============================================================ the balancer

@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 
 from rpc import _connection as c
-from rpc import _balancer, _compression, _interceptors, _lanes, _metrics, _options, _resolver, _service_config
+from rpc import _backoff, _balancer, _compression, _interceptors, _lanes, _metrics, _options, _resolver, _service_config
 from rpc import _call_credentials, _credentials
 from rpc._link import Link
 from rpc._status import rpc_error, status_code, to_metadata, validate_metadata
@@ -939,7 +939,6 @@ class Channel(aio.Channel):
         self._authority = _authority(target)
         self._options = _options.parse(options)
         resolver = _resolver.Resolver(target, min_interval=self._options.dns_min_interval)
-        self._raw_options = tuple(options or ())
         if isinstance(credentials, _call_credentials.CompositeChannelCredentials):
             self._call_credentials: tuple[_call_credentials.CallCredentials, ...] = (credentials.call,)
             credentials = credentials.channel
@@ -973,9 +972,9 @@ class Channel(aio.Channel):
         opts = self._options
         self._balancer = _balancer.Balancer(
             resolver, policy, config, dial=self._dial, make_link=self._make_link,
-            backoff=_balancer.Backoff(initial=opts.initial_reconnect_backoff,
-                                      maximum=opts.max_reconnect_backoff,
-                                      min_connect_timeout=opts.min_connect_timeout),
+            backoff=_backoff.Backoff(initial=opts.initial_reconnect_backoff,
+                                     maximum=opts.max_reconnect_backoff,
+                                     min_connect_timeout=opts.min_connect_timeout),
             on_state=self._set_state, retire=self._retire,
             health_service=_health_service(opts), open_watch=self._open_watch)
         # Asked by every call: kept at hand (the policy and the options are the

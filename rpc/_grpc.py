@@ -102,17 +102,22 @@ class GrpcChannel(_AioChannel):
         return self._lane if ready else None
 
 
+def refuse_server_uids(target: str, options: Options | None) -> None:
+    """Raise when ``lanerpc.server_uids`` would be dropped with our options: a check
+    the user asked for, which a grpcio channel to a unix socket would not make."""
+    if target.startswith("unix") and any(
+            isinstance(item, tuple) and item[:1] == ("lanerpc.server_uids",) for item in options or ()):
+        raise ValueError("lanerpc.server_uids is checked by lanerpc channels only: a plain gRPC "
+                         f"(grpcio) channel to {target} would not check the server's uid")
+
+
 def channel(target: str, options: Options | None, credentials: grpc.ChannelCredentials | None,
             compression: grpc.Compression | None,
             interceptors: ClientInterceptors | None) -> GrpcChannel:
     if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
         raise TypeError(f"credentials must be grpc.ChannelCredentials (from "
                         f"grpc.ssl_channel_credentials() and friends); got {credentials!r}")
-    if target.startswith("unix") and any(
-            isinstance(item, tuple) and item[:1] == ("lanerpc.server_uids",) for item in options or ()):
-        # A check the user asked for must not be dropped silently with our options.
-        raise ValueError("lanerpc.server_uids is checked by lanerpc channels only: a plain gRPC "
-                         f"(grpcio) channel to {target} would not check the server's uid")
+    refuse_server_uids(target, options)
     # grpcio's channel implements what the stubs' base leaves abstract.
     return GrpcChannel(  # type: ignore[abstract]
         target, options, credentials, compression, interceptors)

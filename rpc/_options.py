@@ -176,6 +176,7 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
     module's docstring); an invalid ``grpc.service_config`` is kept as an error for
     the channel's calls to report, as grpc.aio does."""
     values: dict[str, Any] = {}
+    agent: dict[str, Any] = {}      # grpc.primary_user_agent, grpc.secondary_user_agent
     env_lanes = os.environ.get("LANERPC_LANES")
     if env_lanes:
         values["lanes"] = parse_lanes(env_lanes)
@@ -271,11 +272,16 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
         elif name == "grpc.ssl_target_name_override":
             values["ssl_target_name_override"] = str(value)
+        elif name in ("grpc.primary_user_agent", "grpc.secondary_user_agent"):
+            agent[name] = value
         elif name not in IMPLEMENTED:
             _warn_unknown(name)
-    agent = _user_agent(options or ())
-    if agent != USER_AGENT:
-        values["user_agent"] = agent
+    if any(agent.values()):
+        # As grpc builds it: the primary one before the library's own name, the
+        # secondary one after it.
+        parts = (agent.get("grpc.primary_user_agent"), USER_AGENT,
+                 agent.get("grpc.secondary_user_agent"))
+        values["user_agent"] = " ".join(str(part) for part in parts if part)
     return Options(**values)
 
 
@@ -338,13 +344,3 @@ def _parse_service_config(value: Any) -> dict[str, Any]:
         log.error("lanerpc: grpc.service_config is invalid; every call on a channel "
                   "made with it fails INVALID_ARGUMENT: %s", exc)
         return {"service_config": None, "service_config_error": str(exc)}
-
-
-def _user_agent(options: Sequence[tuple[str, Any]]) -> str:
-    """As grpc builds it: ``grpc.primary_user_agent`` before the library's own name,
-    ``grpc.secondary_user_agent`` after it."""
-    parts = dict(item for item in options if isinstance(item, tuple) and len(item) == 2
-                 and item[0] in ("grpc.primary_user_agent", "grpc.secondary_user_agent"))
-    primary = parts.get("grpc.primary_user_agent")
-    secondary = parts.get("grpc.secondary_user_agent")
-    return " ".join(str(part) for part in (primary, USER_AGENT, secondary) if part)

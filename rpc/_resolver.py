@@ -20,12 +20,12 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rpc._backoff import Backoff
 from rpc._target import Endpoint, parse_target
 
 DEFAULT_MIN_INTERVAL = 30.0     # gRPC's min time between DNS resolutions
-_FAIL_INITIAL = 1.0             # backoff after a failed lookup (gRPC's connection backoff)
-_FAIL_MULTIPLIER = 1.6
-_FAIL_MAX = 120.0
+# After a failed lookup: gRPC's connection backoff, without its jitter.
+_FAILED_LOOKUP_BACKOFF = Backoff()
 
 # (host, port) -> getaddrinfo's list; injectable so tests can serve records.
 Lookup = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
@@ -122,6 +122,5 @@ class Resolver:
         return found
 
     def _failed(self, now: float) -> None:
-        backoff = min(_FAIL_INITIAL * _FAIL_MULTIPLIER ** self._failures, _FAIL_MAX)
+        self._retry_at = now + _FAILED_LOOKUP_BACKOFF.delay(self._failures)
         self._failures += 1
-        self._retry_at = now + backoff

@@ -7,12 +7,34 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from rpc._server import Server
 
 log = logging.getLogger("lanerpc")
 
 DEFAULT_GRACE = 10.0
+
+_T = TypeVar("_T")
+
+
+def run_event_loop(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``main`` to its end in a new event loop: uvloop's when it is installed,
+    else asyncio's. How a process that serves (rpc.serve, rpc.serve_stdio, lanerpc
+    serve) runs its loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def log_for_operators() -> None:
+    """INFO lines with their time on stderr, unless the application has set up
+    logging itself: what an operator of a serving process reads."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 
 def serve(server: Server, *, grace: float = DEFAULT_GRACE) -> None:
@@ -25,14 +47,8 @@ def serve(server: Server, *, grace: float = DEFAULT_GRACE) -> None:
     """
     if grace < 0:
         raise ValueError("grace must be >= 0")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve_async(server, grace=grace))
-    else:
-        uvloop.run(serve_async(server, grace=grace))
+    log_for_operators()
+    run_event_loop(serve_async(server, grace=grace))
 
 
 async def serve_async(server: Server, *, grace: float = DEFAULT_GRACE) -> None:

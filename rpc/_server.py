@@ -76,18 +76,14 @@ class ServerLink(Link):
                     else GoAwayCode.PROTOCOL_ERROR)
             self._turn_away(code, str(exc), linger=1.0)
             return
-        limit = self.options.max_connections
-        if limit and server._counted_links >= limit:
+        refusal = server._admit_connection(self.peer.address if self.peer else "?")
+        if refusal is not None:
             # Over the limit: turned away before the handshake, the reason in a GOAWAY
-            # a lanerpc client reports (UNAVAILABLE); logged at most once an interval.
+            # a lanerpc client reports (UNAVAILABLE).
             self._stop_timers()
-            reason = (f"too many connections: this server serves at most {limit} at once "
-                      "(grpc.max_allowed_incoming_connections)")
-            server._note_refusal(self.peer.address if self.peer else "?", reason)
-            self._turn_away(GoAwayCode.ENHANCE_YOUR_CALM, reason, linger=1.0)
+            self._turn_away(GoAwayCode.ENHANCE_YOUR_CALM, refusal, linger=1.0)
             return
         self.counted = True
-        server._counted_links += 1
         peer = self.peer
         if peer is not None and peer.lane == "unix":
             if not self.negotiator.admits(peer.uid):
@@ -275,7 +271,7 @@ class ServerLink(Link):
         self.server._links.discard(self)
         if self.counted:
             self.counted = False
-            self.server._counted_links -= 1
+            self.server._release_connection()
         self.server._stats.connection_closed(self)
         self.negotiator.close()
 
@@ -613,6 +609,24 @@ class Server(aio.Server):
     def _new_link(self, negotiator: _lanes.Negotiator) -> ServerLink:
         return ServerLink(self, self._options, negotiator)
 
+    def _admit_connection(self, peer: str) -> str | None:
+        """Count a new connection against ``max_connections``: a lanerpc link's, or a
+        gRPC client's spliced from a lanerpc TCP port (they share the limit). Over the
+        limit nothing is counted and the reason is returned, for the caller to turn
+        the peer away with (the refusal logged at most once an interval)."""
+        limit = self._options.max_connections
+        if limit and self._counted_links >= limit:
+            reason = (f"too many connections: this server serves at most {limit} at once "
+                      "(grpc.max_allowed_incoming_connections)")
+            self._note_refusal(peer, reason)
+            return reason
+        self._counted_links += 1
+        return None
+
+    def _release_connection(self) -> None:
+        """A connection :meth:`_admit_connection` counted has ended."""
+        self._counted_links -= 1
+
     # Connections refused over max_connections are logged at most once this often:
     # the first at once, then one line counting those refused meanwhile.
     REFUSAL_LOG_INTERVAL = 5.0
@@ -859,17 +873,10 @@ class _GrpcSide:
         self._server = server
 
     def admit(self, peer: str) -> bool:
-        server = self._server
-        limit = server._options.max_connections
-        if limit and server._counted_links >= limit:
-            server._note_refusal(peer, f"too many connections: this server serves at most "
-                                       f"{limit} at once (grpc.max_allowed_incoming_connections)")
-            return False
-        server._counted_links += 1
-        return True
+        return self._server._admit_connection(peer) is None
 
     def release(self) -> None:
-        self._server._counted_links -= 1
+        self._server._release_connection()
 
     async def serve(self) -> str:
         server = self._server

@@ -33,6 +33,8 @@ from typing import Any, Mapping
 
 import grpc
 
+from rpc._backoff import grown
+
 log = logging.getLogger("lanerpc")
 
 MAX_ATTEMPTS_CAP = 5                   # gRFC A6: larger maxAttempts are clamped to this
@@ -41,7 +43,8 @@ PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 _DURATION = re.compile(r"(\d+)(\.\d{1,9})?s")
 _MAX_DURATION_SECONDS = 315_576_000_000
 _CODES_BY_NAME = {code.name: code.value[0] for code in grpc.StatusCode}
-# The load-balancing policies lanerpc has (rpc._balancer implements them).
+# The load-balancing policies lanerpc has: the one list of their names (rpc._options
+# and this module accept these; rpc._balancer.make_policy makes each).
 LB_POLICIES = ("pick_first", "round_robin", "lanerpc_local_first")
 
 
@@ -64,8 +67,8 @@ class RetryPolicy:
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait before attempt ``attempts + 1``: uniformly random up to
-        the exponential bound (gRFC A6's full jitter)."""
-        bound = min(self.initial_backoff * self.multiplier ** (attempts - 1), self.max_backoff)
+        the grown delay (gRFC A6's full jitter; see rpc._backoff)."""
+        bound = grown(self.initial_backoff, self.multiplier, self.max_backoff, attempts - 1)
         return random.uniform(0, bound)
 
 

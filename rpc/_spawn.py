@@ -37,7 +37,7 @@ import grpc
 from rpc import _grpc, _lanes
 from rpc._channel import Channel, ClientLink
 from rpc._link import Link
-from rpc._serve import DEFAULT_GRACE, serve_async
+from rpc._serve import DEFAULT_GRACE, run_event_loop, serve_async
 from rpc._server import Server
 from rpc._target import Endpoint
 from rpc.transports import pipe
@@ -234,12 +234,7 @@ def serve_stdio(server: Server, *, grace: float = DEFAULT_GRACE) -> None:
     when installed; :func:`serve_stdio_async` is for code with its own event loop."""
     if grace < 0:
         raise ValueError("grace must be >= 0")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve_stdio_async(server, grace=grace))
-    else:
-        uvloop.run(serve_stdio_async(server, grace=grace))
+    run_event_loop(serve_stdio_async(server, grace=grace))
 
 
 async def serve_stdio_async(server: Server, *, grace: float = DEFAULT_GRACE) -> None:

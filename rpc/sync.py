@@ -37,7 +37,7 @@ def insecure_channel(target: str, options: _Options | None = None,
     "grpc")`` gives grpc's own blocking channel (plain gRPC) instead."""
     plain, rest = _grpc.strip_scheme(target)
     if plain or _grpc.wants_grpc(options):
-        _refuse_uid_check(rest, options)
+        _grpc.refuse_server_uids(rest, options)
         return grpc.insecure_channel(rest, _grpc.grpc_options(options), compression)
     return Channel(target, _compression.as_option(options, compression))
 
@@ -52,7 +52,7 @@ def secure_channel(target: str, credentials: grpc.ChannelCredentials,
     plain, rest = _grpc.strip_scheme(target)
     inner = credentials.channel if isinstance(credentials, _Composite) else credentials
     if plain or _grpc.wants_grpc(options) or not isinstance(inner, _credentials.SslChannelCredentials):
-        _refuse_uid_check(rest, options)
+        _grpc.refuse_server_uids(rest, options)
         if isinstance(credentials, _Composite) or \
                 isinstance(inner, _credentials.SslChannelCredentials):
             raise TypeError("a plain gRPC channel (grpcio) takes grpc's credentials "
@@ -73,13 +73,6 @@ def server(thread_pool: concurrent.futures.Executor | None = None,
     serving thread, so they should not block)."""
     return Server(thread_pool, handlers, interceptors, options, maximum_concurrent_rpcs,
                   compression)
-
-
-def _refuse_uid_check(target: str, options: _Options | None) -> None:
-    if target.startswith("unix") and any(
-            isinstance(item, tuple) and item[:1] == ("lanerpc.server_uids",) for item in options or ()):
-        raise ValueError("lanerpc.server_uids is checked by lanerpc channels only: a plain gRPC "
-                         f"(grpcio) channel to {target} would not check the server's uid")
 
 
 __all__ = (

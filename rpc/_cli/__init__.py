@@ -1,7 +1,8 @@
 """The ``lanerpc`` command (``python -m rpc`` runs the same): a shell's way into lanerpc
 services. Each subcommand is a module of this package named in :data:`COMMANDS`; it has
-``register(subparsers)``, which adds its parser with ``func=run``, and ``run(args)``,
-which returns the exit code."""
+``HELP`` (its line in ``lanerpc --help``), ``DESCRIPTION`` and ``EPILOG`` (its own
+``--help``, printed as written), ``add_arguments(parser)`` and ``run(args)``, which
+returns the exit code."""
 
 from __future__ import annotations
 
@@ -51,7 +52,11 @@ def parser() -> argparse.ArgumentParser:
                                     parser_class=_Parser)
     for name in COMMANDS:
         module = importlib.import_module(f"rpc._cli.{_MODULES.get(name, name)}")
-        module.register(subparsers)
+        command = subparsers.add_parser(
+            name, help=module.HELP, description=module.DESCRIPTION, epilog=module.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
     return top
 
 

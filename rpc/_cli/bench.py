@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 
 EPILOG = """\
@@ -16,18 +15,17 @@ examples:
 """
 
 
-def register(subparsers: Any) -> None:
+HELP = "measure lanerpc's lanes against grpc.aio on this machine"
+DESCRIPTION = ("lanerpc on each lane, grpc.aio and the bare floors (a plain socket echo, "
+               "a shared-memory ping-pong), measured side by side in one run: unary "
+               "latency, calls/s with 64 callers, streaming msgs/s, 16 MiB MB/s. Prints "
+               "a table and ratios; --json and --plot write them too.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from rpc._bench import _run
 
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "bench", help="measure lanerpc's lanes against grpc.aio on this machine",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="lanerpc on each lane, grpc.aio and the bare floors (a plain socket echo, "
-                    "a shared-memory ping-pong), measured side by side in one run: unary "
-                    "latency, calls/s with 64 callers, streaming msgs/s, 16 MiB MB/s. Prints "
-                    "a table and ratios; --json and --plot write them too.")
     _run.add_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,12 +46,12 @@ no such method, 12 UNIMPLEMENTED when it serves no reflection; 64 for bad input
 _READ_SIZE = 64 * 1024
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "call", help="call a method, with its request and responses as JSON",
-        description="Call METHOD on TARGET: the request is JSON, each response is printed\n"
-                    "as JSON; the method's types come from the server's reflection service.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "call a method, with its request and responses as JSON"
+DESCRIPTION = ("Call METHOD on TARGET: the request is JSON, each response is printed\n"
+               "as JSON; the method's types come from the server's reflection service.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common.add_target_argument(parser)
     parser.add_argument("method", metavar="METHOD", help="pkg.Service/Method")
     parser.add_argument("data", metavar="JSON", nargs="?", help="the request (default: stdin)")
@@ -62,7 +62,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--emit-defaults", action="store_true",
                         help="print fields that hold their default value too")
     _common.add_channel_arguments(parser, default_timeout=None)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,18 +28,17 @@ symbol; 12 UNIMPLEMENTED: no reflection service; 14 UNAVAILABLE).
 _INDENT = "  "
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "describe", help="show a service, method, message or enum as a proto definition",
-        description="Describe SYMBOL (a service, a method, a message or an enum, by its\n"
-                    "full name) as a proto definition, or every service without SYMBOL,\n"
-                    "through server reflection.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "show a service, method, message or enum as a proto definition"
+DESCRIPTION = ("Describe SYMBOL (a service, a method, a message or an enum, by its\n"
+               "full name) as a proto definition, or every service without SYMBOL,\n"
+               "through server reflection.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common.add_target_argument(parser)
     parser.add_argument("symbol", metavar="SYMBOL", nargs="?",
                         help="pkg.Service, pkg.Service.Method, pkg.Message, pkg.Enum")
     _common.add_channel_arguments(parser, default_timeout=10.0)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

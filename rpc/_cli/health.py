@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,17 +28,16 @@ NOT_FOUND (the server doesn't know SERVICE), 4 DEADLINE_EXCEEDED (no answer in t
 """
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "health", help="ask a server's health service whether it is SERVING",
-        description="Check a server's health (grpc.health.v1.Health/Check) and print the\n"
-                    "status; exit 0 only when it is SERVING.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "ask a server's health service whether it is SERVING"
+DESCRIPTION = ("Check a server's health (grpc.health.v1.Health/Check) and print the\n"
+               "status; exit 0 only when it is SERVING.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common.add_target_argument(parser)
     parser.add_argument("service", metavar="SERVICE", nargs="?", default="",
                         help="a service's full name (default: the server as a whole)")
     _common.add_channel_arguments(parser, default_timeout=10.0)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ methods, read through server reflection (as ``grpcurl list``)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import grpc
 
@@ -23,17 +22,16 @@ The server must serve reflection (grpc_reflection's enable_server_reflection, or
 """
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "list", help="list the services of a server, or the methods of one",
-        description="List a server's services (one full name per line), or with SERVICE\n"
-                    "that service's methods, through server reflection.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "list the services of a server, or the methods of one"
+DESCRIPTION = ("List a server's services (one full name per line), or with SERVICE\n"
+               "that service's methods, through server reflection.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common.add_target_argument(parser)
     parser.add_argument("service", metavar="SERVICE", nargs="?",
                         help="a service's full name (pkg.Service)")
     _common.add_channel_arguments(parser, default_timeout=10.0)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 
 
 EPILOG = """\
@@ -16,17 +15,16 @@ examples:
 """
 
 
-def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "ps", help="list the lanerpc servers you can see on this host",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="List the running lanerpc servers of your user on this host: pid, "
-                    "addresses, lanes, and per lane the connections open and the calls "
-                    "served. Read from the file each server keeps in its private runtime "
-                    "directory ($LANERPC_RUNTIME_DIR, $XDG_RUNTIME_DIR or the temp dir), "
-                    "refreshed at most once a second while its counters change.")
+HELP = "list the lanerpc servers you can see on this host"
+DESCRIPTION = ("List the running lanerpc servers of your user on this host: pid, "
+               "addresses, lanes, and per lane the connections open and the calls "
+               "served. Read from the file each server keeps in its private runtime "
+               "directory ($LANERPC_RUNTIME_DIR, $XDG_RUNTIME_DIR or the temp dir), "
+               "refreshed at most once a second while its counters change.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON array instead of the table")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import importlib
 import inspect
-import logging
 import os
 import signal
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import rpc
 from rpc._cli._common import UsageError
-from rpc._serve import DEFAULT_GRACE
+from rpc._serve import DEFAULT_GRACE, log_for_operators, run_event_loop
 
 _SERVING = 1      # grpc.health.v1's HealthCheckResponse.SERVING
 
@@ -60,12 +59,12 @@ start.
 """
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "serve", help="serve servicers from a Python module",
-        description="Serve MODULE:ATTR (servicers, a configure(server) function, a factory\n"
-                    "or a server) on each --address, until SIGTERM or Ctrl-C.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "serve servicers from a Python module"
+DESCRIPTION = ("Serve MODULE:ATTR (servicers, a configure(server) function, a factory\n"
+               "or a server) on each --address, until SIGTERM or Ctrl-C.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("app", metavar="MODULE:ATTR", help="what to serve, e.g. pkg.module:Servicer")
     parser.add_argument("-a", "--address", action="append", default=[], dest="addresses",
                         metavar="ADDR",
@@ -79,20 +78,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
                         metavar="SECONDS",
                         help="how long running calls get after SIGTERM (default %(default)g)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.grace < 0:
         raise UsageError("--grace must be 0 or more")
     target = _load(args.app)
-    if not logging.getLogger().handlers:     # as rpc.serve: its lines are what an operator reads
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_serve(target, args))
-    return uvloop.run(_serve(target, args))
+    log_for_operators()                      # as rpc.serve
+    return run_event_loop(_serve(target, args))
 
 
 def _load(spec: str) -> Any:

@@ -20,21 +20,20 @@ examples:
 """
 
 
-def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "stats", help="a running server's counters per lane, through channelz",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="A running server's counters: calls, connections and calls per lane, "
-                    "bytes, errors by code, and its open connections with their lanes. Asked "
-                    "through grpc's channelz service, which the server must serve ("
-                    + HOW_TO_ENABLE + ").")
+HELP = "a running server's counters per lane, through channelz"
+DESCRIPTION = ("A running server's counters: calls, connections and calls per lane, "
+               "bytes, errors by code, and its open connections with their lanes. Asked "
+               "through grpc's channelz service, which the server must serve ("
+               + HOW_TO_ENABLE + ").")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="TARGET",
                         help="the server: host:port, unix:/path, or grpc://host:port for a "
                              "plain gRPC server (grpc core's channelz then)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="give up after this long (default 10)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
