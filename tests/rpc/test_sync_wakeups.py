@@ -143,3 +143,51 @@ def test_a_function_given_to_the_loop_that_raises_is_reported_and_the_next_still
         assert [type(context.get("exception")) for context in reported] == [ValueError]
     finally:
         _sync_loop.call(loop.set_exception_handler, previous)
+
+
+class Gate(echo_pb2_grpc.EchoServicer):
+    """A handler that holds its (only) pool thread until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ran: list[bytes] = []
+
+    def Unary(self, request: echo_pb2.EchoMessage, context: Any) -> echo_pb2.EchoMessage:
+        self.ran.append(request.payload)
+        if request.payload == b"hold":
+            self.gate.wait(TIMEOUT)
+        if request.payload == b"fail":
+            raise ValueError("a handler's error")
+        return request
+
+
+def test_a_handler_still_queued_for_the_pool_when_its_call_ends_never_runs():
+    servicer = Gate()
+    pool = futures.ThreadPoolExecutor(1)
+    server = rpc.sync.server(pool)
+    echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with rpc.sync.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            held = stub.Unary.future(echo_pb2.EchoMessage(payload=b"hold"), timeout=TIMEOUT)
+            deadline = time.monotonic() + TIMEOUT
+            while servicer.ran != [b"hold"] and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Unary(echo_pb2.EchoMessage(payload=b"queued"), timeout=0.2)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(0.1)     # (the server's own deadline passes too)
+            servicer.gate.set()
+            assert held.result(TIMEOUT).payload == b"hold"
+            # The pool is free again: a new call runs, and its handler's error is the call's.
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Unary(echo_pb2.EchoMessage(payload=b"fail"), timeout=TIMEOUT)
+            assert info.value.code() is grpc.StatusCode.UNKNOWN
+            assert stub.Unary(echo_pb2.EchoMessage(payload=b"next"), timeout=TIMEOUT).payload == b"next"
+            assert servicer.ran == [b"hold", b"fail", b"next"]
+    finally:
+        servicer.gate.set()
+        assert server.stop(0).wait(TIMEOUT)
+        pool.shutdown(wait=False)
