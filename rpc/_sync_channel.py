@@ -252,6 +252,14 @@ class SyncCall(_CallBase[_Resp]):
 
     # ------------------------------------------------------------ waiting
 
+    def _wait_with(self, waker: _sync_loop.ThreadWaker | None) -> None:
+        """Wait for the end of a call made with ``waker`` registered (see _start)."""
+        if waker is None:
+            self._wait()
+            return
+        while self._code is None:     # (a wake-up left from an earlier wait: wait again)
+            waker.wait()
+
     def _wait(self, timeout: float | None = None) -> bool:
         if self._code is None:
             _sync_loop.refuse_on_loop_thread()
@@ -615,13 +623,18 @@ class _MultiCallable(Generic[_Req, _Resp]):
 
     def _start(self, request: Any, timeout: float | None, metadata: Any,
                credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-               compression: grpc.Compression | None) -> SyncCall[_Resp]:
+               compression: grpc.Compression | None,
+               waker: _sync_loop.ThreadWaker | None = None) -> SyncCall[_Resp]:
+        """The call, given to the loop. ``waker``: the caller's, registered before the
+        loop can end the call (see :func:`_blocking_waker`)."""
         channel = self._channel
         channel._check_usable()
         checked = validate_metadata(metadata) if metadata else None
         deadline = None if timeout is None else time.monotonic() + timeout
         call: SyncCall[_Resp] = SyncCall(channel, deadline, self._deserialize,
                                          self._streaming_response)
+        if waker is not None:
+            call._wakers = [waker]
         payload: Any
         if self._streaming_request:
             payload = call._requests = _RequestPump(call, request, self._serialize)
@@ -659,6 +672,16 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _blocking_waker() -> _sync_loop.ThreadWaker | None:
+    """For a blocking call, before it starts: refuse it on the loop's thread; the
+    caller thread's waker (None without eventfds: the call's lock then). Registered
+    with the call when it is made, it leaves the caller nothing to do between giving
+    the call to the loop and going to sleep, so the loop thread, woken, does not find
+    the caller holding the GIL."""
+    _sync_loop.refuse_on_loop_thread()
+    return _sync_loop.thread_waker() if _sync_loop.HAS_EVENTFD else None
+
+
 if TYPE_CHECKING:   # grpc's classes are generic in its stubs only
     _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
     _UnaryStreamBase = grpc.UnaryStreamMultiCallable
@@ -682,16 +705,20 @@ class UnaryUnaryMultiCallable(_MultiCallable[_Req, _Resp], _UnaryUnaryBase[_Req,
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _Resp:
-        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
-        call._wait()
+        waker = _blocking_waker()
+        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression,
+                           waker)
+        call._wait_with(waker)
         return call._outcome()
 
     def with_call(self, request: _Req, timeout: float | None = None, metadata: Any = None,
                   credentials: grpc.CallCredentials | None = None,
                   wait_for_ready: bool | None = None,
                   compression: grpc.Compression | None = None) -> tuple[_Resp, SyncCall[_Resp]]:
-        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
-        call._wait()
+        waker = _blocking_waker()
+        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression,
+                           waker)
+        call._wait_with(waker)
         return call._outcome(), call
 
     def future(self, request: _Req, timeout: float | None = None, metadata: Any = None,
@@ -720,18 +747,20 @@ class StreamUnaryMultiCallable(_MultiCallable[_Req, _Resp], _StreamUnaryBase[_Re
                  metadata: Any = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _Resp:
+        waker = _blocking_waker()
         call = self._start(request_iterator, timeout, metadata, credentials, wait_for_ready,
-                           compression)
-        call._wait()
+                           compression, waker)
+        call._wait_with(waker)
         return call._outcome()
 
     def with_call(self, request_iterator: Iterator[_Req], timeout: float | None = None,
                   metadata: Any = None, credentials: grpc.CallCredentials | None = None,
                   wait_for_ready: bool | None = None,
                   compression: grpc.Compression | None = None) -> tuple[_Resp, SyncCall[_Resp]]:
+        waker = _blocking_waker()
         call = self._start(request_iterator, timeout, metadata, credentials, wait_for_ready,
-                           compression)
-        call._wait()
+                           compression, waker)
+        call._wait_with(waker)
         return call._outcome(), call
 
     def future(self, request_iterator: Iterator[_Req], timeout: float | None = None,
