@@ -191,3 +191,29 @@ def test_a_handler_still_queued_for_the_pool_when_its_call_ends_never_runs():
         servicer.gate.set()
         assert server.stop(0).wait(TIMEOUT)
         pool.shutdown(wait=False)
+
+
+def test_without_eventfds_blocking_calls_wait_on_the_calls_lock(stub, monkeypatch):
+    """Where the OS has no eventfd, a blocking call waits on its call's lock instead
+    of its thread's waker: the same answers, from several threads at once."""
+    monkeypatch.setattr(_sync_loop, "HAS_EVENTFD", False)
+    SlowEcho.delay = 0.01
+    try:
+        replies: list[bytes] = []
+
+        def calls(name: bytes) -> None:
+            for i in range(5):
+                payload = b"%s-%d" % (name, i)
+                replies.append(stub.Unary(echo_pb2.EchoMessage(payload=payload), timeout=TIMEOUT).payload)
+
+        threads = [threading.Thread(target=calls, args=(b"t%d" % n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT * 2)
+        assert not any(thread.is_alive() for thread in threads)
+        assert sorted(replies) == sorted(b"t%d-%d" % (n, i) for n in range(3) for i in range(5))
+        call = stub.Unary.future(echo_pb2.EchoMessage(payload=b"f"), timeout=TIMEOUT)
+        assert call.code() is grpc.StatusCode.OK and call.result().payload == b"f"
+    finally:
+        SlowEcho.delay = 0.2
