@@ -53,10 +53,13 @@ LOCALLY_CANCELLED = "Locally cancelled by application!"
 CHANNEL_CLOSED = "Channel closed!"
 
 _NOTHING: Any = object()
+_FOREVER = threading.TIMEOUT_MAX
 
 
 def _metadata(pairs: DecodedMetadata | aio.Metadata | None) -> tuple[_Metadatum, ...]:
     """Metadata as grpc's blocking calls give it: a tuple of (key, value) items."""
+    if not pairs:
+        return ()
     return tuple(_Metadatum(k, v) for k, v in pairs or ())
 
 
@@ -80,34 +83,61 @@ class SyncCall(_CallBase[_Resp]):
     iterator of its responses. Raised as the error of a failed call (as grpc raises
     its rendezvous), so ``except grpc.RpcError as e: e.code()`` works.
 
-    Its fields are written under ``_cond``; the loop thread writes the outcome, any
+    Its fields are written under ``_lock``; the loop thread writes the outcome, any
     thread reads it. A call ended from this side (cancel, close, a request that could
     not be serialized) is over at once; the loop's call is told afterwards.
+
+    Waiting for the end is part of every blocking call, so it is made cheap: a
+    waiter without a timeout (a blocking call) registers its thread's eventfd
+    (``_sync_loop.ThreadWaker``) and the ending thread writes it, as the last thing it
+    does and with the GIL released; a waiter with a timeout (a future's ``result``)
+    acquires ``_over``, a lock held from the start and released once at the end (and
+    releases it for the next waiter). No ``threading.Condition`` for that (a lock made
+    per wait, a list of waiters, the mutex taken again on waking). The condition over
+    ``_lock`` is made only for what waits for something else (initial metadata,
+    streamed responses).
     """
+
+    # Defaults, set per call only when they change (fewer stores per call).
+    _details = ""
+    _initial: tuple[_Metadatum, ...] | None = None
+    _trailing: tuple[_Metadatum, ...] = ()
+    _data: bytes | None = None                 # a unary response, as received
+    _response: Any = _NOTHING                  # ... and deserialized (once)
+    _cancelled = False
+    _ended_here = False                        # ended by this side: unread responses dropped
+    _error: BaseException | None = None        # the loop could not make the call
+    _aio: Any = None                           # the loop's call, once made
+    _asked_initial = False
+    _requests: _RequestPump | None = None
+    _responses: _Responses | None = None
+    _cond: threading.Condition | None = None   # made by _condition(), for a streaming one at once
+    _wakers: list[_sync_loop.ThreadWaker] | None = None    # the threads waiting untimed
 
     def __init__(self, channel: Channel, deadline: float | None,
                  deserialize: Callable[[bytes], _Resp], streaming_response: bool) -> None:
-        super().__init__()
         self._channel = channel
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._over = over = threading.Lock()
+        over.acquire()
         self._deadline = deadline
         self._deserialize = deserialize
         self._streaming = streaming_response
         self._code: grpc.StatusCode | None = None
-        self._details = ""
-        self._initial: tuple[_Metadatum, ...] | None = None
-        self._trailing: tuple[_Metadatum, ...] = ()
-        self._data: bytes | None = None        # a unary response, as received
-        self._response: Any = _NOTHING         # ... and deserialized (once)
-        self._cancelled = False
-        self._ended_here = False               # ended by this side: unread responses dropped
-        self._error: BaseException | None = None   # the loop could not make the call
         self._done_callbacks: list[Callable[[Any], None]] = []
         self._rpc_callbacks: list[Callable[[], None]] = []
-        self._aio: Any = None                  # the loop's call, once made
-        self._asked_initial = False
-        self._responses = _Responses(self._cond) if streaming_response else None
-        self._requests: _RequestPump | None = None
+        if streaming_response:
+            self._responses = _Responses(self._condition())
+
+    def _condition(self) -> threading.Condition:
+        """The condition over ``_lock`` (made at first use; call it without the lock)."""
+        cond = self._cond
+        if cond is None:
+            with self._lock:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition(self._lock)
+        return cond
 
     # ------------------------------------------------------------ ending
 
@@ -115,26 +145,38 @@ class SyncCall(_CallBase[_Resp]):
              trailing: tuple[_Metadatum, ...], *, data: bytes | None = None,
              cancelled: bool = False, here: bool = False) -> bool:
         """Record the outcome (the first one wins); wake the waiters, run the callbacks."""
-        with self._cond:
+        with self._lock:
             if self._code is not None:
                 return False
             self._code, self._details = code, details
             if self._initial is None:
                 self._initial = initial if initial is not None else ()
-            self._trailing = trailing
-            self._data = data
-            self._cancelled = cancelled
-            self._ended_here = here
-            self._cond.notify_all()
+            if trailing:
+                self._trailing = trailing
+            if data is not None:
+                self._data = data
+            if cancelled:
+                self._cancelled = True
+            if here:
+                self._ended_here = True
+            if self._cond is not None:
+                self._cond.notify_all()
             done_callbacks, self._done_callbacks = self._done_callbacks, []
             rpc_callbacks, self._rpc_callbacks = self._rpc_callbacks, []
-        self._channel._forget(self)
-        if self._requests is not None:
-            self._requests.stop()
-        for rpc_callback in rpc_callbacks:
-            _sync_loop.deliver(rpc_callback)
-        for done_callback in done_callbacks:
-            _sync_loop.deliver(done_callback, self)
+            wakers = self._wakers
+        try:
+            self._channel._forget(self)
+            if self._requests is not None:
+                self._requests.stop()
+            for rpc_callback in rpc_callbacks:
+                _sync_loop.deliver(rpc_callback)
+            for done_callback in done_callbacks:
+                _sync_loop.deliver(done_callback, self)
+        finally:
+            self._over.release()
+            if wakers is not None:     # last, see the class's docstring
+                for waker in wakers:
+                    waker.wake()
         return True
 
     def _end_here(self, code: grpc.StatusCode, details: str, *, cancelled: bool = False,
@@ -189,10 +231,11 @@ class SyncCall(_CallBase[_Resp]):
                   data=data)
 
     def _set_initial(self, metadata: aio.Metadata) -> None:
-        with self._cond:
+        with self._lock:
             if self._initial is None:
                 self._initial = _metadata(metadata)
-                self._cond.notify_all()
+                if self._cond is not None:
+                    self._cond.notify_all()
 
     async def _await_initial(self) -> None:
         call = self._aio
@@ -209,16 +252,38 @@ class SyncCall(_CallBase[_Resp]):
 
     # ------------------------------------------------------------ waiting
 
+    def _wait_with(self, waker: _sync_loop.ThreadWaker | None) -> None:
+        """Wait for the end of a call made with ``waker`` registered (see _start)."""
+        if waker is None:
+            self._wait()
+            return
+        while self._code is None:     # (a wake-up left from an earlier wait: wait again)
+            waker.wait()
+
     def _wait(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            if self._code is None:
-                _sync_loop.refuse_on_loop_thread()
-                self._cond.wait_for(lambda: self._code is not None, timeout)
-            return self._code is not None
+        if self._code is None:
+            _sync_loop.refuse_on_loop_thread()
+            if timeout is None and _sync_loop.HAS_EVENTFD:
+                waker = _sync_loop.thread_waker()
+                with self._lock:
+                    waiting = self._code is None
+                    if waiting:
+                        if self._wakers is None:
+                            self._wakers = [waker]
+                        else:
+                            self._wakers.append(waker)
+                if waiting:
+                    while self._code is None:    # (a wake-up left from an earlier wait)
+                        waker.wait()
+            else:
+                over = self._over
+                if over.acquire(True, -1 if timeout is None else min(max(timeout, 0.0), _FOREVER)):
+                    over.release()      # (for the next waiter)
+        return self._code is not None
 
     def _value(self) -> _Resp:
         """The response of a call that ended OK (deserialized here, once)."""
-        with self._cond:
+        with self._lock:
             if self._response is _NOTHING:
                 try:
                     self._response = None if self._data is None else self._deserialize(self._data)
@@ -266,7 +331,7 @@ class SyncCall(_CallBase[_Resp]):
             return sys.exc_info()[2]
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        with self._cond:
+        with self._lock:
             if self._code is None:
                 self._done_callbacks.append(fn)
                 return
@@ -297,23 +362,24 @@ class SyncCall(_CallBase[_Resp]):
         return max(self._deadline - time.monotonic(), 0.0)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        with self._cond:
+        with self._lock:
             if self._code is not None:
                 return False
             self._rpc_callbacks.append(callback)
             return True
 
     def initial_metadata(self) -> tuple[_Metadatum, ...]:
-        with self._cond:
+        cond = self._condition()
+        with cond:
             ask = self._initial is None and self._code is None and not self._asked_initial \
                 and not self._streaming      # (a streaming call's reader asks anyway)
             self._asked_initial = True
         if ask:
             _sync_loop.call_soon(self._ask_initial)
-        with self._cond:
+        with cond:
             if self._initial is None and self._code is None:
                 _sync_loop.refuse_on_loop_thread()
-                self._cond.wait_for(lambda: self._initial is not None or self._code is not None)
+                cond.wait_for(lambda: self._initial is not None or self._code is not None)
             return self._initial or ()
 
     # (grpc's stubs say bytes values; they are str, or bytes for -bin keys, as in grpc)
@@ -345,7 +411,7 @@ class SyncCall(_CallBase[_Resp]):
             raise TypeError("this call's response is not a stream")
         responses = self._responses
         assert responses is not None
-        cond = self._cond
+        cond = responses.cond
         messages = responses.messages
         with cond:
             while True:
@@ -557,13 +623,18 @@ class _MultiCallable(Generic[_Req, _Resp]):
 
     def _start(self, request: Any, timeout: float | None, metadata: Any,
                credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-               compression: grpc.Compression | None) -> SyncCall[_Resp]:
+               compression: grpc.Compression | None,
+               waker: _sync_loop.ThreadWaker | None = None) -> SyncCall[_Resp]:
+        """The call, given to the loop. ``waker``: the caller's, registered before the
+        loop can end the call (see :func:`_blocking_waker`)."""
         channel = self._channel
         channel._check_usable()
         checked = validate_metadata(metadata) if metadata else None
         deadline = None if timeout is None else time.monotonic() + timeout
         call: SyncCall[_Resp] = SyncCall(channel, deadline, self._deserialize,
                                          self._streaming_response)
+        if waker is not None:
+            call._wakers = [waker]
         payload: Any
         if self._streaming_request:
             payload = call._requests = _RequestPump(call, request, self._serialize)
@@ -601,6 +672,16 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _blocking_waker() -> _sync_loop.ThreadWaker | None:
+    """For a blocking call, before it starts: refuse it on the loop's thread; the
+    caller thread's waker (None without eventfds: the call's lock then). Registered
+    with the call when it is made, it leaves the caller nothing to do between giving
+    the call to the loop and going to sleep, so the loop thread, woken, does not find
+    the caller holding the GIL."""
+    _sync_loop.refuse_on_loop_thread()
+    return _sync_loop.thread_waker() if _sync_loop.HAS_EVENTFD else None
+
+
 if TYPE_CHECKING:   # grpc's classes are generic in its stubs only
     _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
     _UnaryStreamBase = grpc.UnaryStreamMultiCallable
@@ -624,16 +705,20 @@ class UnaryUnaryMultiCallable(_MultiCallable[_Req, _Resp], _UnaryUnaryBase[_Req,
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _Resp:
-        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
-        call._wait()
+        waker = _blocking_waker()
+        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression,
+                           waker)
+        call._wait_with(waker)
         return call._outcome()
 
     def with_call(self, request: _Req, timeout: float | None = None, metadata: Any = None,
                   credentials: grpc.CallCredentials | None = None,
                   wait_for_ready: bool | None = None,
                   compression: grpc.Compression | None = None) -> tuple[_Resp, SyncCall[_Resp]]:
-        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
-        call._wait()
+        waker = _blocking_waker()
+        call = self._start(request, timeout, metadata, credentials, wait_for_ready, compression,
+                           waker)
+        call._wait_with(waker)
         return call._outcome(), call
 
     def future(self, request: _Req, timeout: float | None = None, metadata: Any = None,
@@ -662,18 +747,20 @@ class StreamUnaryMultiCallable(_MultiCallable[_Req, _Resp], _StreamUnaryBase[_Re
                  metadata: Any = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> _Resp:
+        waker = _blocking_waker()
         call = self._start(request_iterator, timeout, metadata, credentials, wait_for_ready,
-                           compression)
-        call._wait()
+                           compression, waker)
+        call._wait_with(waker)
         return call._outcome()
 
     def with_call(self, request_iterator: Iterator[_Req], timeout: float | None = None,
                   metadata: Any = None, credentials: grpc.CallCredentials | None = None,
                   wait_for_ready: bool | None = None,
                   compression: grpc.Compression | None = None) -> tuple[_Resp, SyncCall[_Resp]]:
+        waker = _blocking_waker()
         call = self._start(request_iterator, timeout, metadata, credentials, wait_for_ready,
-                           compression)
-        call._wait()
+                           compression, waker)
+        call._wait_with(waker)
         return call._outcome(), call
 
     def future(self, request_iterator: Iterator[_Req], timeout: float | None = None,

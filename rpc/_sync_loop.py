@@ -14,12 +14,20 @@ first use (the parent's channels and servers are unusable there, as in the async
 User callbacks (a future's done callbacks, connectivity callbacks) never run on the
 loop: one blocking call in them would stop every channel of the process. They run,
 in order, on one daemon "callbacks" thread, as grpc runs them off its polling thread.
+
+The two hops of every blocking call (the caller's thread to the loop and back) are
+made with eventfds, written with the GIL released: the thread woken can take the GIL
+at once. A wake-up made while holding the GIL (``call_soon_threadsafe``, a lock's
+release) lets the woken thread run only to wait for the GIL, and then be woken a
+second time; on a busy machine the two threads preempt each other that way on every
+call (measured: about twice the context switches per call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import logging
 import os
@@ -37,9 +45,43 @@ T = TypeVar("T")
 EXIT_BOUND = 2.0
 
 
+# (Linux: the two hops use eventfds; elsewhere call_soon_threadsafe and a lock.)
+HAS_EVENTFD = hasattr(os, "eventfd")
+
+
 class Closable(Protocol):
     def _close_at_exit(self) -> Coroutine[Any, Any, None]:
         """What ends this object at interpreter exit (run on the loop, bounded)."""
+
+
+class _Inbox:
+    """Functions other threads give the loop to run, in order: a deque and an eventfd
+    the loop reads (the loop's reader runs everything queued)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.items: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = \
+            collections.deque()
+        loop.add_reader(self.fd, self._run)
+
+    def put(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.items.append((fn, args))
+        os.eventfd_write(self.fd, 1)      # (the GIL released meanwhile: see the docstring)
+
+    def _run(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:    # (read by an earlier run that took the items too)
+            pass
+        items = self.items
+        while items:
+            fn, args = items.popleft()
+            try:
+                fn(*args)
+            except Exception as exc:     # as call_soon_threadsafe's callbacks: reported
+                self.loop.call_exception_handler({
+                    "message": f"Exception in callback {fn!r}", "exception": exc})
 
 
 class _LoopThread:
@@ -50,6 +92,7 @@ class _LoopThread:
             self.loop = asyncio.new_event_loop()
         else:
             self.loop = uvloop.new_event_loop()
+        self.inbox = _Inbox(self.loop) if HAS_EVENTFD else None
         self.thread = threading.Thread(target=self._run, name="lanerpc-sync-loop", daemon=True)
         self.callbacks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = \
             queue.SimpleQueue()
@@ -58,6 +101,8 @@ class _LoopThread:
         self.thread.start()
 
     def _run(self) -> None:
+        global _loop_thread_id
+        _loop_thread_id = threading.get_ident()
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
@@ -81,6 +126,7 @@ class _LoopThread:
 
 _lock = threading.Lock()
 _current: _LoopThread | None = None
+_loop_thread_id: int | None = None      # the loop thread's threading.get_ident()
 
 
 def _runner() -> _LoopThread:
@@ -100,8 +146,7 @@ def loop() -> asyncio.AbstractEventLoop:
 
 
 def on_loop_thread() -> bool:
-    runner = _current
-    return runner is not None and threading.current_thread() is runner.thread
+    return threading.get_ident() == _loop_thread_id
 
 
 def refuse_on_loop_thread() -> None:
@@ -123,7 +168,7 @@ def call(fn: Callable[..., T], *args: Any) -> T:
         except BaseException as exc:
             done.set_exception(exc)
 
-    loop().call_soon_threadsafe(run)
+    call_soon(run)
     return done.result()
 
 
@@ -134,8 +179,51 @@ def run(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
 
 
 def call_soon(fn: Callable[..., Any], *args: Any) -> None:
-    """Have the loop run ``fn(*args)`` (from any thread)."""
-    loop().call_soon_threadsafe(fn, *args)
+    """Have the loop run ``fn(*args)`` (from any thread), after what was given before."""
+    runner = _current or _runner()
+    inbox = runner.inbox
+    if inbox is not None:
+        inbox.put(fn, args)
+    else:
+        runner.loop.call_soon_threadsafe(fn, *args)
+
+
+class ThreadWaker:
+    """A thread's own eventfd, for what wakes it from a blocking wait: the waker
+    writes it with the GIL released, so the thread woken takes the GIL at once.
+    Its count is read whole; a wake-up left from a wait that was given up (an
+    interrupt) makes the next wait return early, so waiters wait in a loop on what
+    they wait for. Closed when the last holder lets go of it (a waker being woken
+    holds it)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC)
+
+    def wait(self) -> None:
+        os.eventfd_read(self.fd)
+
+    def wake(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (AttributeError, OSError):    # half-made
+            pass
+
+
+_local = threading.local()
+
+
+def thread_waker() -> ThreadWaker:
+    """The calling thread's waker (made at its first use)."""
+    try:
+        waker: ThreadWaker = _local.waker
+    except AttributeError:
+        waker = _local.waker = ThreadWaker()
+    return waker
 
 
 def deliver(fn: Callable[..., Any], *args: Any) -> None:
@@ -186,9 +274,12 @@ def _at_exit() -> None:
 def _forget_in_child() -> None:
     """After fork: the parent's loop thread is not in the child; a new one starts at
     first use."""
-    global _current, _lock
+    global _current, _lock, _loop_thread_id
     _current = None
+    _loop_thread_id = None
     _lock = threading.Lock()
+    # The forking thread's waker is the parent's eventfd too: the child makes its own.
+    _local.__dict__.pop("waker", None)
 
 
 atexit.register(_at_exit)
