@@ -1299,9 +1299,12 @@ class ShmTransport(asyncio.Transport):
 
         Whole records of about ``_DRAIN_STEP`` bytes at a time are copied, consumed
         (the writer may refill their space while we copy the next ones) and then
-        reported (``buffer_updated``), up to one ring-full per call."""
+        reported (``buffer_updated``), up to one ring-full per call. A writer waiting
+        for space is woken once half the ring is free, or when we stop: it refills one
+        half while we copy the other, for one wake-up per half ring."""
         ring = self._inbound
         budget = ring.capacity
+        unannounced = 0   # bytes consumed since we last looked whether the writer waits
         while True:
             try:
                 pieces, end = ring.peek(_DRAIN_STEP)
@@ -1309,6 +1312,8 @@ class ShmTransport(asyncio.Transport):
                 self._fatal(exc)
                 return False
             if not pieces:
+                if unannounced:
+                    self._notify_writer()
                 return False
             if self._asked_at:
                 self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
@@ -1327,7 +1332,10 @@ class ShmTransport(asyncio.Transport):
                 return False
             # All of it is in our memory: free the ring before the protocol works on it.
             ring.consume(end)
-            self._notify_writer()
+            unannounced += moved
+            if unannounced >= ring.capacity // 2:
+                unannounced = 0
+                self._notify_writer()
             if filled:
                 try:
                     protocol.buffer_updated(filled)
@@ -1340,6 +1348,8 @@ class ShmTransport(asyncio.Transport):
                 return False
             budget -= moved
             if budget <= 0 or self._reading_paused or self._closing:
+                if unannounced:
+                    self._notify_writer()
                 return ring.has_data()
 
     def _copy_out(self, protocol: asyncio.BufferedProtocol, pieces: list[memoryview]

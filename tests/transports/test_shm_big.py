@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 pytest.importorskip("posix_ipc")
 
 import rpc.transports.shm as shm_module  # noqa: E402
+from rpc.transports._ring import ShmRing, _WaitingFlag as WaitingFlag  # noqa: E402
 from rpc.transports.shm import ShmSegment, ShmTransport  # noqa: E402
 from tests._support import within  # noqa: E402
 from tests.transports.test_shm import pass_segment  # noqa: E402
@@ -72,6 +76,7 @@ class Assembler(asyncio.BufferedProtocol):
         self.lends = 0
         self.consumed_at_report: list[tuple[int, int]] = []   # (ring bytes consumed, bytes reported)
         self.transport: ShmTransport | None = None
+        self.on_report: Callable[[], None] | None = None
         loop = asyncio.get_running_loop()
         self.complete: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[BaseException | None] = loop.create_future()
@@ -91,14 +96,18 @@ class Assembler(asyncio.BufferedProtocol):
             (self.transport._inbound.read_counter, self.filled))
         if self.filled == len(self.buffer) and not self.complete.done():
             self.complete.set_result(None)
+        if self.on_report is not None:
+            self.on_report()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.set_result(exc)
 
 
-async def transfer(variant: str, message: bytes, piece: int = PIECE) -> tuple[Sender, Assembler]:
+async def transfer(variant: str, message: bytes, piece: int = PIECE, *,
+                   refill: bool = False) -> tuple[Sender, Assembler]:
     """``message`` from a Sender (writing ``piece`` bytes at a time) to an Assembler
-    through a RING-byte ring."""
+    through a RING-byte ring. ``refill``: the writer's transport refills the ring each
+    time the reader reports a step, as a writer in another process does meanwhile."""
     loop = asyncio.get_running_loop()
     segment, offer = ShmSegment.create(RING, variant)
     try:
@@ -109,6 +118,8 @@ async def transfer(variant: str, message: bytes, piece: int = PIECE) -> tuple[Se
     sender, assembler = Sender(message, piece), Assembler(len(message))
     server = ShmTransport(loop, segment, "server", assembler)
     client = ShmTransport(loop, client_segment, "client", sender)
+    if refill:
+        assembler.on_report = client._flush
     try:
         await within(asyncio.sleep(0))
         sender.send()
@@ -147,3 +158,29 @@ async def test_the_reader_frees_each_step_before_it_reports_it(
     # A step is whole records of at most `step` bytes (4 of them, with their headers).
     assert max(steps) <= step + 4 * 4, steps
     assert len(steps) >= len(message) // step
+
+
+async def test_a_waiting_writer_is_woken_once_per_half_ring_at_most(
+        variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader frees the ring a step at a time but rings a waiting writer's doorbell
+    only once half of it is free (or when it stops reading): a wake-up per step would
+    cost the reader a system call each, and the writer a sleep and a wake-up. The
+    writer here refills the ring (and waits again) after every step the reader
+    reports, as it would from another process."""
+    monkeypatch.setattr(shm_module, "_DRAIN_STEP", RING // 8)
+    writer_bells = 0
+    take = WaitingFlag.take
+
+    def counting_take(flag: WaitingFlag, ring: Any) -> bool:
+        nonlocal writer_bells
+        taken = take(flag, ring)
+        if taken and flag is ShmRing.writer_waiting:
+            writer_bells += 1
+        return taken
+
+    monkeypatch.setattr(WaitingFlag, "take", counting_take)
+    message = os.urandom(16 * RING)
+    _, assembler = await transfer(variant, message, piece=RING // 32, refill=True)
+    assert bytes(assembler.buffer) == message
+    # Twice per ring-full, and once more where a drain stops; not 8 (once per step).
+    assert writer_bells <= 3 * len(message) // RING + 2, writer_bells
