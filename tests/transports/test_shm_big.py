@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("posix_ipc")
 
 import rpc.transports.shm as shm_module  # noqa: E402
-from rpc.transports._ring import ShmRing, _WaitingFlag as WaitingFlag  # noqa: E402
+from rpc.transports._doorbell import EventfdDoorbell, SemaphoreDoorbell  # noqa: E402
 from rpc.transports.shm import ShmSegment, ShmTransport  # noqa: E402
 from tests._support import within  # noqa: E402
 from tests.transports.test_shm import pass_segment  # noqa: E402
@@ -168,19 +168,19 @@ async def test_a_waiting_writer_is_woken_once_per_half_ring_at_most(
     writer here refills the ring (and waits again) after every step the reader
     reports, as it would from another process."""
     monkeypatch.setattr(shm_module, "_DRAIN_STEP", RING // 8)
-    writer_bells = 0
-    take = WaitingFlag.take
+    rung: list[object] = []
+    for kind in (EventfdDoorbell, SemaphoreDoorbell):
+        def counting_ring(bell: Any, ring: Callable[[Any], None] = kind.ring) -> None:
+            rung.append(bell)
+            ring(bell)
 
-    def counting_take(flag: WaitingFlag, ring: Any) -> bool:
-        nonlocal writer_bells
-        taken = take(flag, ring)
-        if taken and flag is ShmRing.writer_waiting:
-            writer_bells += 1
-        return taken
-
-    monkeypatch.setattr(WaitingFlag, "take", counting_take)
+        monkeypatch.setattr(kind, "ring", counting_ring)
     message = os.urandom(16 * RING)
     _, assembler = await transfer(variant, message, piece=RING // 32, refill=True)
     assert bytes(assembler.buffer) == message
+    assert assembler.transport is not None
+    writers_bell = assembler.transport._peer_bell
+    writer_bells = sum(1 for bell in rung if bell is writers_bell)
     # Twice per ring-full, and once more where a drain stops; not 8 (once per step).
+    # (Closing rings it too: twice at most.)
     assert writer_bells <= 3 * len(message) // RING + 2, writer_bells
