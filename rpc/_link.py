@@ -9,8 +9,9 @@ of that read.
 Reads are buffered (``asyncio.BufferedProtocol``): the socket lanes read straight
 into the memory the connection lends (its receive buffer, or the place of a big
 message's chunk in that message's one buffer), so no bytes object is made per
-read and a big message is copied once on its way in. Lanes that hand bytes over
-(shm, a sniffed port's first bytes) call ``data_received``.
+read and a big message is copied once on its way in. The shm lane copies its
+ring's records into that memory too (through ``LaneAdapter``); bytes handed over
+(a sniffed port's first bytes) go through ``data_received``.
 """
 
 from __future__ import annotations
@@ -530,9 +531,13 @@ class Link(asyncio.BufferedProtocol):
         raise NotImplementedError
 
 
-class LaneAdapter(asyncio.Protocol):
+class LaneAdapter(asyncio.BufferedProtocol):
     """The protocol a new lane's transport drives after a switch: everything goes
-    to the link, except that ``connection_made`` means "switch", not "start"."""
+    to the link, except that ``connection_made`` means "switch", not "start".
+
+    Buffered, as the link is: the shm lane copies its ring's records straight into
+    the memory the connection lends (a big message's own buffer), the one copy out
+    of shared memory, instead of joining them into bytes that are copied again."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -540,6 +545,12 @@ class LaneAdapter(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.link.transport is not transport:
             self.link.switch_to(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.link.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.link.buffer_updated(nbytes)
 
     def data_received(self, data: bytes) -> None:
         self.link.data_received(data)

@@ -127,6 +127,10 @@ DEFAULT_LOOP_SPIN_US = 200.0       # the ceiling of the loop's poll for an answe
 LOOP_SPIN_MAX_PROBE_GAP = 64       # backed off, the loop still spins after every 64th write
 _JOIN_LIMIT = 64 * 1024           # writelines joins batches up to this size (cheap copy)
 _OWN_RECORD = 16 * 1024           # a buffer this big goes into the ring as it is, unjoined
+# The reader frees the ring after copying about this many bytes out (whole records), so
+# a message bigger than the ring streams: the writer refills one part while the reader
+# copies the next.
+_DRAIN_STEP = 256 * 1024
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
 _PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
@@ -1290,44 +1294,97 @@ class ShmTransport(asyncio.Transport):
 
     def _drain_into(self, protocol: asyncio.BufferedProtocol) -> bool:
         """_drain_once for a BufferedProtocol: the records are copied straight from the
-        ring into the buffers it gives (``get_buffer``), the one copy out of shared
-        memory, and only then consumed."""
+        ring into the buffers it lends (``get_buffer``; a big message's own buffer), the
+        one copy out of shared memory.
+
+        Whole records of about ``_DRAIN_STEP`` bytes at a time are copied, consumed
+        (the writer may refill their space while we copy the next ones) and then
+        reported (``buffer_updated``), up to one ring-full per call. A writer waiting
+        for space is woken once half the ring is free, or when we stop: it refills one
+        half while we copy the other, for one wake-up per half ring."""
         ring = self._inbound
-        try:
-            pieces, end = ring.peek()
-        except RingCorrupted as exc:
-            self._fatal(exc)
-            return False
-        if not pieces:
-            return False
-        if self._asked_at:
-            self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
-            self._asked_at = 0
-        try:
-            for piece in pieces:
-                offset, size = 0, len(piece)
-                while offset < size and not self._finished:
-                    out = memoryview(protocol.get_buffer(size - offset))
-                    count = min(out.nbytes, size - offset)
-                    if count <= 0:
+        budget = ring.capacity
+        unannounced = 0   # bytes consumed since we last looked whether the writer waits
+        while True:
+            try:
+                pieces, end = ring.peek(_DRAIN_STEP)
+            except RingCorrupted as exc:
+                self._fatal(exc)
+                return False
+            if not pieces:
+                if unannounced:
+                    self._notify_writer()
+                return False
+            if self._asked_at:
+                self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
+                self._asked_at = 0
+            try:
+                filled, moved = self._copy_out(protocol, pieces)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "protocol.get_buffer() or buffer_updated() failed")
+                return False
+            finally:
+                for piece in pieces:
+                    piece.release()
+            if self._finished:
+                return False
+            # All of it is in our memory: free the ring before the protocol works on it.
+            ring.consume(end)
+            unannounced += moved
+            if unannounced >= ring.capacity // 2:
+                unannounced = 0
+                self._notify_writer()
+            if filled:
+                try:
+                    protocol.buffer_updated(filled)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal(exc, "protocol.buffer_updated() failed")
+                    return False
+            if self._finished:
+                return False
+            budget -= moved
+            if budget <= 0 or self._reading_paused or self._closing:
+                if unannounced:
+                    self._notify_writer()
+                return ring.has_data()
+
+    def _copy_out(self, protocol: asyncio.BufferedProtocol, pieces: list[memoryview]
+                  ) -> tuple[int, int]:
+        """Copy ``pieces`` into the buffers ``protocol`` lends, reporting each buffer
+        (``buffer_updated``) but the last: returns the bytes copied into that one, not
+        reported yet, and the bytes copied in all. Stops early if the protocol ends the
+        connection."""
+        left = sum(piece.nbytes for piece in pieces)
+        out: memoryview | None = None
+        room = filled = 0
+        moved = 0
+        for piece in pieces:
+            offset, size = 0, piece.nbytes
+            while offset < size:
+                if out is None:
+                    out = memoryview(protocol.get_buffer(left - moved))
+                    room, filled = out.nbytes, 0
+                    if room <= 0:
                         raise RuntimeError("get_buffer() returned an empty buffer")
-                    out[:count] = piece[offset : offset + count]
+                count = min(room - filled, size - offset)
+                out[filled : filled + count] = piece[offset : offset + count]
+                filled += count
+                offset += count
+                moved += count
+                if filled == room and moved < left:
                     out.release()
-                    protocol.buffer_updated(count)
-                    offset += count
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal(exc, "protocol.get_buffer() or buffer_updated() failed")
-            return False
-        finally:
-            for piece in pieces:
-                piece.release()
-        if self._finished:
-            return False
-        ring.consume(end)
-        self._notify_writer()
-        return ring.has_data()
+                    out = None
+                    protocol.buffer_updated(filled)
+                    filled = 0
+                    if self._finished:
+                        return 0, moved
+        if out is not None:
+            out.release()
+        return filled, moved
 
     def _discard_inbound(self) -> None:
         """After close(): drop what arrives, as a closed socket would, so a peer blocked

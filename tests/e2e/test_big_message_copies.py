@@ -6,7 +6,8 @@ direction, protobuf allocates 4 payloads' worth (serializing: its buffer and the
 it returns; parsing: a buffer twice the payload's size); lanerpc adds the one buffer
 an announced message is read into by the kernel, which protobuf's FromString then
 parses as it is. Before that buffer, lanerpc collected a big message in pieces and
-joined them (7.6 payloads per direction in all).
+joined them (7.6 payloads per direction in all). The shm lane copies its ring's
+records into that buffer too; before, it joined each ring-full into bytes first (6.1).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TOOL = ROOT / "tools" / "count_copies.py"
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="counting needs strace")
-@pytest.mark.parametrize("lanes", ["tcp", "unix,tcp"])
+@pytest.mark.parametrize("lanes", ["tcp", "unix,tcp", "shm,unix,tcp"])
 def test_a_16_mib_echo_allocates_one_payload_per_direction_besides_protobuf(lanes: str) -> None:
     proc = subprocess.run([sys.executable, str(TOOL), "--lanes", lanes, "--echoes", "2"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
