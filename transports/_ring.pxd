@@ -80,6 +80,7 @@ cdef class ShmRing:
     cpdef Py_ssize_t write(self, object data) except -1
 
     cpdef bint has_data(self) except -1
+    cpdef unsigned long long pending(self) except? 0xffffffffffffffff
     @cython.locals(head=cython.ulonglong, tail=cython.ulonglong)
     cdef unsigned long long _fetch_head(self) except? 0xffffffffffffffff
     @cython.locals(available=cython.ulonglong, capacity=Py_ssize_t, at=Py_ssize_t,

@@ -349,6 +349,13 @@ class ShmRing:
             raise _released()
         return _c_load_u64(self._ctl_at, _HEAD) != self._tail
 
+    def pending(self) -> int:
+        """A cheap hint: bytes published and not consumed, record headers included.
+        Unchecked (a lying peer only changes which way we read; the read checks)."""
+        if self._released:
+            raise _released()
+        return _c_load_u64(self._ctl_at, _HEAD) - self._tail
+
     def _fetch_head(self) -> int:
         """The producer's head, fetched once and checked against our tail."""
         head = _c_load_u64(self._ctl_at, _HEAD)

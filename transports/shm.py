@@ -131,6 +131,10 @@ _OWN_RECORD = 16 * 1024           # a buffer this big goes into the ring as it i
 # a message bigger than the ring streams: the writer refills one part while the reader
 # copies the next.
 _DRAIN_STEP = 256 * 1024
+# Less than this many bytes waiting, and a buffered protocol that also takes bytes (the
+# link's): one read() into bytes (one C call), data_received. More: straight into the
+# protocol's buffers (_drain_into), which pays Python per step but saves a copy.
+_DIRECT_COPY = 64 * 1024
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
 _PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
@@ -1268,7 +1272,9 @@ class ShmTransport(asyncio.Transport):
     def _drain_once(self) -> bool:
         """One read of the inbound ring; True if more data is already waiting."""
         protocol = self._protocol
-        if isinstance(protocol, asyncio.BufferedProtocol):
+        if isinstance(protocol, asyncio.BufferedProtocol) and (
+            self._inbound.pending() >= _DIRECT_COPY or not hasattr(protocol, "data_received")
+        ):
             return self._drain_into(protocol)
         try:
             data = self._inbound.read()
