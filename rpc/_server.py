@@ -788,9 +788,7 @@ class Server(aio.Server):
         try:
             task, handler = first_step(self._loop, self._chain.find_handler(
                 _HandlerCallDetails(ev.method, items)), contextvars.copy_context())
-        except BaseException as exc:
-            if not isinstance(exc, (Exception, asyncio.CancelledError)):
-                raise
+        except (Exception, asyncio.CancelledError) as exc:
             self._interceptor_failed(link, ev.stream_id, exc)
             return
         if task is None:
