@@ -807,9 +807,8 @@ class _MultiCallable(Generic[_Req, _Resp]):
                 self._method.encode(),  # type: ignore[arg-type]
                 timeout,
                 _interceptors.as_metadata(metadata), credentials, wait_for_ready)
-            call = _interceptors.intercept(kind, interceptors, self._invoke_details, details, request)
-            self._channel._track(call)
-            return call
+            return _interceptors.intercept(kind, interceptors, self._invoke_details, details, request,
+                                           self._channel._intercepted)
         return self._invoke(request, timeout, metadata, wait_for_ready, credentials)
 
     def _invoke_details(self, details: aio.ClientCallDetails, request: Any) -> _Call[_Req, _Resp]:
@@ -961,7 +960,9 @@ class Channel(aio.Channel):
         self._last_link: ClientLink | None = None      # the link the last call was given
         self._old_links: set[ClientLink] = set()        # retired or draining, with calls on
         self._pending: set[_Call[Any, Any]] = set()     # calls waiting for a connection
-        self._intercepted: set[Any] = set()             # intercepted calls not over
+        # Intercepted calls whose interceptors still run (the calls they made are
+        # held as any call is): close() cancels them too.
+        self._intercepted: set[Any] = set()
         # The loop the channel is bound to from its first attempt to connect on; None
         # before (see _current_loop).
         self._fixed_loop: asyncio.AbstractEventLoop | None = None
@@ -1074,12 +1075,6 @@ class Channel(aio.Channel):
         _, unfinished = await asyncio.wait(waiters, timeout=grace)
         for waiter in unfinished:
             waiter.cancel()
-
-    def _track(self, call: Any) -> None:
-        """Hold an intercepted call until it ends, for close() to cancel: its chain
-        may not have made the call it will end with yet."""
-        self._intercepted.add(call)
-        call.add_done_callback(self._intercepted.discard)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         if try_to_connect and self._state is _CONNECTIVITY.IDLE and not self._closed:

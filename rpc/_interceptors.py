@@ -1,8 +1,15 @@
-"""Client interceptors, built the way grpc.aio builds them.
+"""Client and server interceptors, run the way grpc.aio runs them, at less cost.
 
-A call made through interceptors runs the chain in one task; the object the
-caller holds (an ``Intercepted*Call``) answers from what the chain produced
-once that task is done: the call the last continuation made, a call an
+A call made through client interceptors runs the chain at once, in the
+caller's turn of the loop (grpc.aio starts a task for it, to run on a later
+turn): most interceptors reach their continuation without waiting for
+anything, so the request goes out at once, and a chain that ends without
+waiting needs no task at all. A chain that waits goes on in a task from
+where it stopped (:func:`first_step`). Either way the chain runs in a copy of
+the caller's contextvars context, with a stand-in as the current task while
+it runs in the caller's turn, as it would in a task of its own. The object
+the caller holds (an ``Intercepted*Call``) answers from what the chain
+produced once it is over: the call the last continuation made, a call an
 interceptor made, or what grpc.aio wraps an interceptor's plain answer in (a
 unary response, or a response iterator in place of the call's own).
 
@@ -10,17 +17,25 @@ Streaming requests: when the caller passes no request iterator, the chain is
 given one fed by a queue that ``write()`` and ``done_writing()`` fill. So the
 caller's writes reach the server whatever the interceptors do with the
 iterator (pass it on, wrap it, replace it), as in grpc.aio.
+
+A server's interceptors (:class:`ServerChain`) choose a call's handler the
+same way: at once when they do not wait, else in a task from where they stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import contextvars
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
+
+# The stand-in current task of a first step (the server's eager handler start uses it too).
+from rpc._context import _FirstStep, _enter_task, _leave_task
 
 # grpc.aio's words, so that code matching on them behaves the same.
 API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
@@ -67,11 +82,118 @@ def as_metadata(metadata: Any) -> aio.Metadata:
 
 
 def intercept(kind: str, interceptors: list[aio.ClientInterceptor], invoke: Invoke,
-              details: aio.ClientCallDetails, request: Any) -> "InterceptedCall":
+              details: aio.ClientCallDetails, request: Any,
+              running: set[InterceptedCall]) -> InterceptedCall:
     """Run ``interceptors`` (of ``kind``, "unary_unary", ...) around the call that
     ``invoke`` makes; ``request`` is the request, or for a streaming request the
-    caller's request iterator (None: the caller writes)."""
-    return _CALL_CLASSES[kind](interceptors, invoke, details, request)
+    caller's request iterator (None: the caller writes). The intercepted call is
+    in ``running`` while its chain goes on in a task (the channel's, for close():
+    the calls the chain made, the channel holds itself)."""
+    return _CALL_CLASSES[kind](interceptors, invoke, details, request, running)
+
+
+# ============================================================ a chain's first step, now
+
+
+def first_step(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
+               context: contextvars.Context) -> tuple[asyncio.Task[Any] | None, Any]:
+    """Run ``coro`` (an interceptor chain) now, in ``context``, up to its first
+    await that waits: ``(None, value)`` when it ended there (no task was made,
+    scheduled, switched to or cleaned up after), else ``(task, None)``, the task
+    that runs the rest of it from where it stopped, in the same context. What it
+    raised in that step is raised here (CancelledError if it asked its current
+    task to cancel and then ended, as a task then ends cancelled).
+
+    Meanwhile a stand-in is the current task (for asyncio.timeout, TaskGroup,
+    current_task), the caller's own task, if any, put back after: what is asked
+    of the stand-in reaches the task once there is one (a cancel asked before, too)."""
+    caller = asyncio.current_task(loop)
+    if caller is not None:
+        _leave_task(loop, caller)
+    step = _FirstStep()
+    _enter_task(loop, step)
+    try:
+        yielded = context.run(coro.send, None)
+    except StopIteration as stop:
+        if step.cancels:
+            raise asyncio.CancelledError() from None
+        return None, stop.value
+    finally:
+        _leave_task(loop, step)
+        step.finished = True
+        if caller is not None:
+            _enter_task(loop, caller)
+    task = loop.create_task(_Rest(coro, yielded), context=context)
+    step.task = task
+    for _ in range(step.cancels):     # cancel() asked during the first step
+        task.cancel()
+    return task, None
+
+
+class _Rest(collections.abc.Coroutine[Any, Any, Any]):
+    """The rest of coroutine ``coro``, which ran up to yielding ``yielded`` (a
+    future it waits for, or None): a task that runs this runs ``coro`` as if it
+    had from the start. The task's first step gets ``yielded`` back; a
+    cancellation thrown in before that lands in ``coro`` where it waits."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded: Any = yielded
+
+    def send(self, value: Any) -> Any:
+        yielded = self._yielded
+        if yielded is not _RESUMED:
+            self._yielded = _RESUMED
+            return yielded
+        return self._coro.send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        self._yielded = _RESUMED
+        return self._coro.throw(*exc)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError("a task runs this; it is not awaited")
+
+
+_RESUMED = object()
+
+
+# ============================================================ the server's chain
+
+
+if TYPE_CHECKING:
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+    _Lookup = Callable[[str, Any], "_Handler | None"]
+
+
+class ServerChain:
+    """A server's interceptors around its handler look-up, as grpc.aio runs them:
+    the first one's ``intercept_service`` gets a continuation that runs the next
+    one, the last one's a continuation that looks the handler up. The
+    continuations are made once, here, not per call."""
+
+    def __init__(self, interceptors: Iterable[aio.ServerInterceptor], lookup: _Lookup) -> None:
+        self._interceptors = tuple(interceptors)
+        self._lookup = lookup
+        count = len(self._interceptors)
+        # _continuations[i]: what interceptor i calls to go on (to i + 1, or the look-up).
+        self._continuations: tuple[Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]], ...] = \
+            tuple(functools.partial(self._from, index) for index in range(1, count + 1))
+
+    def find_handler(self, details: grpc.HandlerCallDetails) -> Coroutine[Any, Any, _Handler | None]:
+        """The handler the interceptors choose for the call ``details`` describes."""
+        return self._from(0, details)
+
+    async def _from(self, index: int, details: grpc.HandlerCallDetails) -> _Handler | None:
+        if index == len(self._interceptors):
+            return self._lookup(details.method, details.invocation_metadata)
+        return await self._interceptors[index].intercept_service(
+            self._continuations[index], details)
 
 
 # ============================================================ what the chain may produce
@@ -188,7 +310,7 @@ class ResponseIteratorCall(aio.UnaryStreamCall[Any, Any], aio.StreamStreamCall[A
 
 
 class InterceptedCall:
-    """What the four intercepted call kinds share: the chain's task, and the
+    """What the four intercepted call kinds share: the chain's outcome, and the
     status, metadata, cancellation and callbacks answered from its result."""
 
     _method_name = "intercept_unary_unary"
@@ -196,21 +318,48 @@ class InterceptedCall:
     _wraps_answers = False      # unary-unary: a plain response becomes an AnsweredCall
     _call_type: type[Any] = aio.UnaryUnaryCall
 
+    _task: asyncio.Future[Any]
+
+    # State most calls never change stays on the class: a call stores what differs.
+    _final: Any = None                   # the call the chain's end made
+    _last: Any = None                    # the call last returned up the chain
+    _running: set[InterceptedCall] | None = None    # the channel's, while the chain's task runs
+    _pending_callbacks: list[Callable[[Any], None]] | None = None   # until the chain is over
+    _responses: AsyncIterator[Any] | None = None
+    _queue: asyncio.Queue[Any] | None = None
+    _ended: asyncio.Future[None] | None = None
+    _writes_done = False
+
     def __init__(self, interceptors: list[aio.ClientInterceptor], invoke: Invoke,
-                 details: aio.ClientCallDetails, request: Any) -> None:
-        self._loop = asyncio.get_running_loop()
+                 details: aio.ClientCallDetails, request: Any,
+                 running: set[InterceptedCall]) -> None:
+        self._loop = loop = asyncio.get_running_loop()
         self._interceptors = interceptors
         self._invoke = invoke
-        self._pending_callbacks: list[Callable[[Any], None]] = []
-        self._final: Any = None                   # the call the chain's end made
-        self._last: Any = None                    # the call last returned up the chain
-        self._responses: AsyncIterator[Any] | None = None
-        self._queue: asyncio.Queue[Any] | None = None
-        self._ended: asyncio.Future[None] | None = None
-        self._writes_done = False
         request = self._requests(request)
-        self._task: asyncio.Task[Any] = self._loop.create_task(self._run(0, details, request))
-        self._task.add_done_callback(self._chain_done)
+        # The chain runs now (see first_step); _task is its outcome: the task that
+        # runs the rest of it, or a future done already when it ended at once.
+        chain: asyncio.Future[Any]
+        try:
+            task, call = first_step(loop, self._run(0, details, request),
+                                    contextvars.copy_context())
+        except asyncio.CancelledError:
+            chain = loop.create_future()
+            chain.cancel()
+        except Exception as exc:
+            chain = loop.create_future()
+            chain.set_exception(exc)
+        else:
+            if task is not None:
+                self._task = task
+                self._running = running
+                running.add(self)
+                task.add_done_callback(self._chain_done)
+                return
+            chain = loop.create_future()
+            chain.set_result(call)
+        self._task = chain
+        self._chain_done(chain)
 
     @property
     def lane(self) -> str | None:
@@ -240,6 +389,8 @@ class InterceptedCall:
                 result = ResponseIteratorCall(self._last, result)
             self._last = result
             return result
+        if result is self._final:      # (the usual case: no isinstance check of an ABC)
+            return result
         if self._wraps_answers and not isinstance(result, aio.UnaryUnaryCall):
             return AnsweredCall(result)
         return result
@@ -259,12 +410,17 @@ class InterceptedCall:
         if call is self._final:
             self._set_ended()
 
-    def _chain_done(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is not None or self._final is None:
+    def _chain_done(self, chain: asyncio.Future[Any]) -> None:
+        if self._running is not None:
+            self._running.discard(self)
+            self._running = None
+        if chain.cancelled() or chain.exception() is not None or self._final is None:
             self._set_ended()
-        callbacks, self._pending_callbacks = self._pending_callbacks, []
-        for callback in callbacks:
-            self._add_done_callback(callback)
+        callbacks = self._pending_callbacks
+        if callbacks:
+            self._pending_callbacks = None
+            for callback in callbacks:
+                self._add_done_callback(callback)
 
     async def _call(self) -> Any:
         """The chain's call. Waiting for it is shielded: a caller that gives up
@@ -307,6 +463,8 @@ class InterceptedCall:
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if not self._task.done():
+            if self._pending_callbacks is None:
+                self._pending_callbacks = []
             self._pending_callbacks.append(callback)
         else:
             self._add_done_callback(callback)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import logging
 import os
 import random
@@ -25,6 +26,7 @@ from rpc import _connection as c
 from rpc import _channelz, _compression, _credentials, _grpc, _lanes, _options, _ports, _ps
 from rpc._target import parse_server_address
 from rpc._context import ServicerContext, _PendingCall, _ThreadContext
+from rpc._interceptors import ServerChain, first_step
 from rpc._link import Link
 from rpc._stats import Stats
 from rpc._options import Options
@@ -362,6 +364,7 @@ class Server(aio.Server):
         for interceptor in self._interceptors:
             if not isinstance(interceptor, aio.ServerInterceptor):
                 raise ValueError(f"interceptor {interceptor!r} must be a grpc.aio.ServerInterceptor")
+        self._chain = ServerChain(self._interceptors, self._find_handler)
         if maximum_concurrent_rpcs is not None and maximum_concurrent_rpcs < 1:
             raise ValueError("maximum_concurrent_rpcs must be at least 1")
         self._max_rpcs = maximum_concurrent_rpcs
@@ -765,9 +768,7 @@ class Server(aio.Server):
             link.flush_soon()
             return
         if self._interceptors:
-            link.calls[sid] = _PendingCall()   # holds messages while interceptors run
-            assert self._loop is not None   # set by start(), before "serving"
-            self._loop.create_task(self._intercepted_request(link, ev))
+            self._intercept(link, ev)
             return
         handler = self._registered.get(ev.method)
         if handler is None and self._generic_handlers:
@@ -777,29 +778,40 @@ class Server(aio.Server):
         else:
             self._accept(link, ev, handler)
 
-    async def _intercepted_request(self, link: ServerLink, ev: c.RequestReceived) -> None:
+    def _intercept(self, link: ServerLink, ev: c.RequestReceived) -> None:
+        """Let the interceptors choose the handler of the call ``ev`` starts: now, up
+        to their first await that waits (most have none: the call then starts as an
+        uninterrupted one does, with no task); a task goes on from there if they wait,
+        the call's messages held meanwhile. They run in a copy of the loop's context."""
         items = invocation_items(link.invocation_head, ev.metadata)
-        details = _HandlerCallDetails(ev.method, items)
-
-        async def lookup_at(index: int, call_details: grpc.HandlerCallDetails
-                            ) -> grpc.RpcMethodHandler[Any, Any] | None:
-            if index == len(self._interceptors):
-                return self._find_handler(call_details.method, call_details.invocation_metadata)
-            return await self._interceptors[index].intercept_service(
-                lambda d: lookup_at(index + 1, d), call_details)
-
+        assert self._loop is not None   # set by start(), before "serving"
         try:
-            handler = await lookup_at(0, details)
-        except Exception as exc:
-            log.exception("lanerpc: server interceptor raised")
-            link.calls.pop(ev.stream_id, None)
-            link.conn.end_stream(ev.stream_id, _C.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}")
-            link.flush_soon()
+            task, handler = first_step(self._loop, self._chain.find_handler(
+                _HandlerCallDetails(ev.method, items)), contextvars.copy_context())
+        except (Exception, asyncio.CancelledError) as exc:
+            self._interceptor_failed(link, ev.stream_id, exc)
             return
-        pending = link.calls.pop(ev.stream_id, None)
-        if not isinstance(pending, _PendingCall) or pending.ended:
-            return   # cancelled, or the connection died, meanwhile
-        self._accept(link, ev, handler, items)
+        if task is None:
+            self._accept(link, ev, handler, items)
+            return
+        link.calls[ev.stream_id] = _PendingCall()   # holds messages while interceptors run
+        task.add_done_callback(functools.partial(self._handler_chosen, link, ev, items))
+
+    def _handler_chosen(self, link: ServerLink, ev: c.RequestReceived, items: tuple[_Metadatum, ...],
+                        task: asyncio.Task[grpc.RpcMethodHandler[Any, Any] | None]) -> None:
+        """Interceptors that waited are over: start the call (with the messages that
+        came meanwhile), unless it ended meanwhile (cancelled, its connection gone)."""
+        pending = link.calls.get(ev.stream_id)
+        if not isinstance(pending, _PendingCall):
+            return
+        del link.calls[ev.stream_id]
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if pending.ended:
+            return
+        if error is not None:
+            self._interceptor_failed(link, ev.stream_id, error)
+            return
+        self._accept(link, ev, task.result(), items)
         call = link.calls.get(ev.stream_id)
         if call is not None:
             for data, end in pending.items:
@@ -807,6 +819,16 @@ class Server(aio.Server):
                     call._on_end_of_input()
                 else:
                     call._on_message(data, end)
+
+    def _interceptor_failed(self, link: ServerLink, sid: int, exc: BaseException) -> None:
+        """An interceptor raised: the call ends UNKNOWN (CANCELLED if it was cancelled,
+        as a handler's task that is)."""
+        if isinstance(exc, asyncio.CancelledError):
+            link.conn.end_stream(sid, _C.CANCELLED.value[0], "Cancelled by the server")
+        else:
+            log.error("lanerpc: server interceptor raised", exc_info=exc)
+            link.conn.end_stream(sid, _C.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}")
+        link.flush_soon()
 
     def _accept(self, link: ServerLink, ev: c.RequestReceived,
                 handler: grpc.RpcMethodHandler[Any, Any] | None,
