@@ -140,18 +140,17 @@ _enter_task: Callable[[asyncio.AbstractEventLoop, Any], None] = asyncio.tasks._e
 _leave_task: Callable[[asyncio.AbstractEventLoop, Any], None] = asyncio.tasks._leave_task
 
 
-class _Resumed(collections.abc.Coroutine[Any, Any, None]):
-    """The rest of a unary handler's coroutine ``coro``, which ran up to yielding
-    ``yielded`` (a future it waits for, or None), and then the end of ``call`` as
-    :meth:`ServicerContext._run` would end it: a task that runs this runs the handler
-    as if it had from the start. The task's first step gets ``yielded`` back; a
-    cancellation thrown in before that step lands in ``coro`` where it waits, as it
-    would have in a task of its own."""
+class _Rest(collections.abc.Coroutine[Any, Any, Any]):
+    """The rest of coroutine ``coro``, which ran up to yielding ``yielded`` (a future
+    it waits for, or None) outside any task: a task that runs this runs ``coro`` as if
+    it had from the start. The task's first step gets ``yielded`` back; a cancellation
+    thrown in before that step lands in ``coro`` where it waits, as it would have in a
+    task of its own. (A handler's first step here, an interceptor chain's in
+    :mod:`rpc._interceptors`.)"""
 
-    __slots__ = ("_call", "_coro", "_yielded")
+    __slots__ = ("_coro", "_yielded")
 
-    def __init__(self, call: ServicerContext, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._call = call
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
         self._coro = coro
         self._yielded: Any = yielded
 
@@ -167,6 +166,26 @@ class _Resumed(collections.abc.Coroutine[Any, Any, None]):
         return self._step(self._coro.throw, *exc)
 
     def _step(self, advance: Callable[..., Any], *args: Any) -> Any:
+        return advance(*args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError("a task runs this; it is not awaited")
+
+
+class _Resumed(_Rest):
+    """The rest of a unary handler's coroutine (:class:`_Rest`), and then the end of
+    ``call`` as :meth:`ServicerContext._run` would end it."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: ServicerContext, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        super().__init__(coro, yielded)
+        self._call = call
+
+    def _step(self, advance: Callable[..., Any], *args: Any) -> Any:
         """Advance the handler; when it is over, end the call (StopIteration: this
         coroutine is over too)."""
         call = self._call
@@ -179,12 +198,6 @@ class _Resumed(collections.abc.Coroutine[Any, Any, None]):
             if not call._ended_by(exc):
                 raise
         raise StopIteration
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        raise TypeError("a task runs this; it is not awaited")
 
 
 _RESUMED = object()

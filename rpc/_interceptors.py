@@ -25,7 +25,6 @@ same way: at once when they do not wait, else in a task from where they stopped.
 from __future__ import annotations
 
 import asyncio
-import collections.abc
 import contextvars
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
@@ -35,7 +34,7 @@ import grpc
 from grpc import aio
 
 # The stand-in current task of a first step (the server's eager handler start uses it too).
-from rpc._context import _FirstStep, _enter_task, _leave_task
+from rpc._context import _FirstStep, _Rest, _enter_task, _leave_task
 
 # grpc.aio's words, so that code matching on them behaves the same.
 API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
@@ -128,39 +127,6 @@ def first_step(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
     for _ in range(step.cancels):     # cancel() asked during the first step
         task.cancel()
     return task, None
-
-
-class _Rest(collections.abc.Coroutine[Any, Any, Any]):
-    """The rest of coroutine ``coro``, which ran up to yielding ``yielded`` (a
-    future it waits for, or None): a task that runs this runs ``coro`` as if it
-    had from the start. The task's first step gets ``yielded`` back; a
-    cancellation thrown in before that lands in ``coro`` where it waits."""
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded: Any = yielded
-
-    def send(self, value: Any) -> Any:
-        yielded = self._yielded
-        if yielded is not _RESUMED:
-            self._yielded = _RESUMED
-            return yielded
-        return self._coro.send(value)
-
-    def throw(self, *exc: Any) -> Any:
-        self._yielded = _RESUMED
-        return self._coro.throw(*exc)
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        raise TypeError("a task runs this; it is not awaited")
-
-
-_RESUMED = object()
 
 
 # ============================================================ the server's chain
