@@ -779,13 +779,20 @@ async def test_loop_spin_catches_a_quick_answer() -> None:
         client_transport.write(message)
         await client.received(len(sent))
     spin = client_transport._loop_spin
-    # Both transports share this loop: the echo runs between the spin's slices and
-    # the spin delivers it, without the waiter thread. (A spin that lost the CPU to
-    # another process counts as a miss and skips a few writes, so not all 50 on a
-    # busy machine.)
-    assert spin.catches >= 25 and spin.catches >= 0.8 * spin.spins, (spin.catches, spin.spins)
-    assert bytes(client.data) == bytes(sent)
     await close_pair(client, server)
+    assert bytes(client.data) == bytes(sent)
+    assert spin.spins > 0
+    if _variant == "posix":
+        # Here the echoing server's doorbell is a semaphore: its waiter thread must take
+        # the GIL from the spinning loop to wake it, and the spin sees that as having
+        # lost the CPU (a miss). Whether it gets the GIL at a slice boundary instead is
+        # the interpreter's scheduling, so no catch rate is asserted. (Between two
+        # processes the spinner lowers its flag and the peer's answer needs no thread.)
+        return
+    # Both transports share this loop: the echo runs between the spin's slices and
+    # the spin delivers it. (A spin that lost the CPU to another process counts as a
+    # miss and skips a few writes, so not all 50 on a busy machine.)
+    assert spin.catches >= 25 and spin.catches >= 0.8 * spin.spins, (spin.catches, spin.spins)
 
 
 @pytest.mark.usefixtures("two_cpus")
