@@ -101,3 +101,4 @@ cdef class ShmRing:
     cpdef bint wake_writer(self) except -1
     cdef bint _take(self, Py_ssize_t index) except -1
     cpdef bint sleep_reader(self) except -1
+    cpdef bint sleep_writer(self) except -1

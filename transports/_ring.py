@@ -549,6 +549,21 @@ class ShmRing:
             return True
         return False
 
+    def sleep_writer(self) -> bool:
+        """By the producer that found the ring full: raise ``writer_waiting``, fence,
+        then look at the free space once more. True if room came meanwhile (the flag is
+        lowered again: write now); False: wait, the consumer rings when it frees space.
+        Raises RingCorrupted as :meth:`free_space` does."""
+        if self._released:
+            raise _released()
+        ctl = self._ctl_at
+        _c_store_u64(ctl, _WRITER_WAITING, 1)
+        _c_fence(self._lock)
+        if self.free_space() > _RECORD_HEADER:
+            _c_store_u64(ctl, _WRITER_WAITING, 0)
+            return True
+        return False
+
     # -- for tests and diagnostics -------------------------------------------------
 
     @property

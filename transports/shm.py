@@ -78,7 +78,6 @@ from ._memfd import MemfdRejected
 from ._ring import (
     MAX_CAPACITY,
     MIN_CAPACITY,
-    RECORD_HEADER_SIZE,
     RingCorrupted,
     ShmRing,
     StoreLoadFence,
@@ -854,7 +853,8 @@ class ShmTransport(asyncio.Transport):
         self._low_water = 0
         self.set_write_buffer_limits(high_water, low_water)
 
-        # One fence per thread (see StoreLoadFence).
+        # One fence per thread (see StoreLoadFence): closing fences its flag before
+        # the last ring; the rings fence their own handshakes.
         self._fence = StoreLoadFence()
         self._stopping = False        # tells the waiter thread to end
         self._wake_scheduled = False  # a wake-up from the waiter is queued on the loop
@@ -1179,9 +1179,7 @@ class ShmTransport(asyncio.Transport):
                     continue
                 # Full. Ask the reader to ring our bell when it frees space, then look
                 # once more, in case it freed some before it could see the flag.
-                ring.writer_waiting = True
-                self._fence()
-                if ring.free_space() <= RECORD_HEADER_SIZE:
+                if not ring.sleep_writer():
                     break
         except RingCorrupted as exc:
             self._fatal(exc)

@@ -315,3 +315,19 @@ def test_fence_can_be_called_again_and_again() -> None:
     thread.join(5)
     assert not thread.is_alive(), f"the fence blocked after {calls} calls"
     assert calls == 10_000
+
+
+def test_a_producer_sleeps_only_on_a_full_ring() -> None:
+    """sleep_writer raises writer_waiting and keeps it up while the ring is full; room
+    freed meanwhile (before the consumer could see the flag) is found, the flag lowered."""
+    region = _Region(32)
+    try:
+        ring = region.ring
+        assert ring.write(b"x" * 40) == 28          # fills the ring: 4 + 28 bytes
+        assert ring.sleep_writer() is False
+        assert ring.writer_waiting                  # the consumer must ring when it frees
+        assert ring.read() == b"x" * 28             # it frees (and would take the flag)
+        assert ring.sleep_writer() is True          # found at the second look
+        assert not ring.writer_waiting
+    finally:
+        region.close()
