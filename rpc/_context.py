@@ -125,6 +125,17 @@ class _FirstStep:
         self.cancels = max(self.cancels - 1, 0)
         return self.cancels
 
+    def hand_over(self, loop: asyncio.AbstractEventLoop, rest: Coroutine[Any, Any, Any],
+                  context: contextvars.Context) -> asyncio.Task[Any]:
+        """The task that runs ``rest`` (what the first step left) in ``context``; from
+        now on the stand-in is that task, and a cancel asked of it meanwhile is asked
+        of the task."""
+        task = loop.create_task(rest, context=context)
+        self.task = task
+        for _ in range(self.cancels):
+            task.cancel()
+        return task
+
     def cancelled(self) -> bool:
         return self.task is not None and self.task.cancelled()
 
@@ -346,10 +357,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             step.finished = True
             self._task_done(step)
             return True
-        task = loop.create_task(resumed, context=context)
-        step.task = self._task = task
-        for _ in range(step.cancels):     # cancel() asked during the first step
-            task.cancel()
+        self._task = task = step.hand_over(loop, resumed, context)
         task.add_done_callback(self._task_done)
         return True
 

@@ -122,11 +122,7 @@ def first_step(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
         step.finished = True
         if caller is not None:
             _enter_task(loop, caller)
-    task = loop.create_task(_Rest(coro, yielded), context=context)
-    step.task = task
-    for _ in range(step.cancels):     # cancel() asked during the first step
-        task.cancel()
-    return task, None
+    return step.hand_over(loop, _Rest(coro, yielded), context), None
 
 
 # ============================================================ the server's chain
