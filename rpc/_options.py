@@ -118,7 +118,7 @@ def parse_uids(value: Any, name: str) -> frozenset[int]:
 
 
 def _length(value: Any, name: str) -> int:
-    length = int(value)
+    length = _int(value, name)
     if length < 0:
         return _UNLIMITED
     if length == 0 and name == "grpc.max_receive_message_length":
@@ -133,6 +133,14 @@ def _flag(value: Any, name: str) -> bool:
     if text not in ("0", "1"):
         raise ValueError(f"{name} must be 0 or 1; got {value!r}")
     return text == "1"
+
+
+def _nonzero(value: Any, name: str) -> bool:
+    """An integer option that gRPC reads as a bool: 0 is off, any other integer on (a
+    Python bool is an integer to grpc, so True and False are taken as they are)."""
+    return value if isinstance(value, bool) else _int(value, name) != 0
+
+
 def _int(value: Any, name: str) -> int:
     """An integer option's value (an int or its decimal text); ValueError naming the
     option for anything else, rather than a bare int() error."""
@@ -193,22 +201,22 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "grpc.max_send_message_length":
             values["max_send_message_length"] = _length(value, name)
         elif name == "grpc.max_metadata_size":
-            values["max_metadata_size"] = max(1024, min(int(value), 2**24))
+            values["max_metadata_size"] = max(1024, min(_int(value, name), 2**24))
         elif name == "lanerpc.lanes":
             values["lanes"] = parse_lanes(str(value))
         elif name == "lanerpc.handshake_timeout_ms":
-            values["handshake_timeout"] = max(1, int(value)) / 1000
+            values["handshake_timeout"] = max(1, _int(value, name)) / 1000
         elif name == "lanerpc.upgrade_timeout_ms":
-            values["upgrade_timeout"] = max(1, int(value)) / 1000
+            values["upgrade_timeout"] = max(1, _int(value, name)) / 1000
         elif name == "grpc.keepalive_time_ms":
             keepalive = _millis_or_off(value, name)
             values["keepalive_time"] = values["server_keepalive_time"] = keepalive
         elif name == "grpc.keepalive_timeout_ms":
-            values["keepalive_timeout"] = max(1, int(value)) / 1000
+            values["keepalive_timeout"] = max(1, _int(value, name)) / 1000
         elif name == "grpc.keepalive_permit_without_calls":
-            values["keepalive_permit_without_calls"] = bool(int(value))
+            values["keepalive_permit_without_calls"] = _nonzero(value, name)
         elif name == "grpc.http2.min_ping_interval_without_data_ms":
-            values["min_ping_interval"] = max(0, int(value)) / 1000
+            values["min_ping_interval"] = max(0, _int(value, name)) / 1000
         elif name == "grpc.http2.max_pings_without_data":
             values["max_pings_without_data"] = _count(value, name)
         elif name == "grpc.http2.max_ping_strikes":
@@ -218,9 +226,9 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "grpc.max_connection_age_grace_ms":
             values["max_connection_age_grace"] = _millis_or_off(value, name, zero_is_off=False)
         elif name == "grpc.so_reuseport":
-            values["so_reuseport"] = bool(int(value))
+            values["so_reuseport"] = _nonzero(value, name)
         elif name == "grpc.max_concurrent_streams":
-            values["max_concurrent_streams"] = max(1, int(value))
+            values["max_concurrent_streams"] = max(1, _int(value, name))
         elif name == "lanerpc.shm_variant":
             values["shm_variant"] = _shm_variant(value, name)
         elif name == "lanerpc.allowed_uids":
@@ -230,45 +238,45 @@ def parse(options: Sequence[tuple[str, Any]] | None) -> Options:
         elif name == "grpc.service_config":
             values.update(_parse_service_config(value))
         elif name == "grpc.enable_retries":
-            values["enable_retries"] = bool(int(value))
+            values["enable_retries"] = _nonzero(value, name)
         elif name == "grpc.per_rpc_retry_buffer_size":
-            values["retry_buffer_size"] = max(0, int(value))
+            values["retry_buffer_size"] = max(0, _int(value, name))
         elif name == "grpc.initial_reconnect_backoff_ms":
-            values["initial_reconnect_backoff"] = max(1, int(value)) / 1000
+            values["initial_reconnect_backoff"] = max(1, _int(value, name)) / 1000
         elif name == "grpc.max_reconnect_backoff_ms":
-            values["max_reconnect_backoff"] = max(1, int(value)) / 1000
+            values["max_reconnect_backoff"] = max(1, _int(value, name)) / 1000
         elif name == "grpc.min_reconnect_backoff_ms":
-            values["min_connect_timeout"] = max(1, int(value)) / 1000
+            values["min_connect_timeout"] = max(1, _int(value, name)) / 1000
         elif name == "grpc.dns_min_time_between_resolutions_ms":
-            values["dns_min_interval"] = max(0, int(value)) / 1000
+            values["dns_min_interval"] = max(0, _int(value, name)) / 1000
         elif name == "grpc.lb_policy_name":
             values["lb_policy"] = _lb_policy_name(value)
         elif name == "grpc.inhibit_health_checking":
             values["inhibit_health_checking"] = _flag(value, name)
         elif name in ("grpc.max_allowed_incoming_connections", "lanerpc.max_connections"):
-            values["max_connections"] = max(0, int(value))
+            values["max_connections"] = max(0, _int(value, name))
         elif name == "lanerpc.memory_budget_bytes":
-            budget = int(value)
+            budget = _int(value, name)
             if budget < 1024 * 1024:
                 raise ValueError(f"{name} must be at least 1 MiB (1048576); got {value!r}")
             values["memory_budget"] = budget
         elif name == "grpc.default_compression_algorithm":
             values["default_compression"] = _compression.algorithm(value, name)
         elif name == "grpc.compression_enabled_algorithms_bitset":
-            bits = int(value)
+            bits = _int(value, name)
             if not 0 <= bits <= 0b111:
                 raise ValueError(f"{name} must be a bitset of 0 (identity), 1 (deflate) and "
                                  f"2 (gzip); got {value!r}")
             values["compression_enabled"] = bits | 1      # identity is always accepted
         elif name == "lanerpc.max_queued_calls":
-            queued = int(value)
+            queued = _int(value, name)
             if queued < 0:
                 raise ValueError(f"{name} must be 0 or more; got {value!r}")
             values["max_queued_calls"] = queued
         elif name == "lanerpc.grpc_on_lanerpc_ports":
             values["grpc_on_lanerpc_ports"] = _flag(value, name)
         elif name == "grpc.max_connection_idle_ms":
-            idle_ms = int(value)
+            idle_ms = _int(value, name)
             values["max_connection_idle"] = None if idle_ms <= 0 or idle_ms >= _UNLIMITED else idle_ms / 1000
         elif name == "grpc.ssl_target_name_override":
             values["ssl_target_name_override"] = str(value)

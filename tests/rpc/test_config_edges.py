@@ -90,6 +90,30 @@ def test_an_invalid_config_is_logged_when_the_channel_is_made(caplog):
     assert "every call on a channel made with it fails INVALID_ARGUMENT" in caplog.text
 
 
+# Every integer option the parser reads; a value that is not an integer is refused with
+# the option's name rather than a bare int() error or a float silently truncated.
+_INTEGER_OPTIONS = sorted({name for name in _options.IMPLEMENTED if name.endswith((
+    "_ms", "_length", "_size", "_streams", "_connections", "_bytes", "_calls", "_bitset",
+    "_data", "_strikes"))} | {"grpc.so_reuseport", "grpc.enable_retries"})
+
+
+@pytest.mark.parametrize("name", _INTEGER_OPTIONS)
+@pytest.mark.parametrize("value", ["abc", 1.5, None, b"1"])
+def test_an_integer_option_refuses_what_is_not_an_integer(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be an integer"):
+        _options.parse([(name, value)])
+
+
+@pytest.mark.parametrize("name, field", [
+    ("grpc.so_reuseport", "so_reuseport"), ("grpc.enable_retries", "enable_retries"),
+    ("grpc.keepalive_permit_without_calls", "keepalive_permit_without_calls")])
+def test_a_boolean_integer_option_is_on_for_any_nonzero_integer(name, field):
+    # gRPC reads these integers as bools: 0 off, anything else on; a Python bool is an int.
+    for value, expected in ((0, False), (1, True), (2, True), ("0", False), (True, True),
+                            (False, False)):
+        assert getattr(_options.parse([(name, value)]), field) is expected, value
+
+
 @pytest.mark.parametrize("text, seconds", [
     ("1.5s", 1.5), ("0s", 0.0), ("0.000000001s", 1e-9), ("20s", 20.0)])
 def test_durations(text, seconds):
