@@ -89,7 +89,8 @@ async def test_messages_kept_by_handlers_stay_whole_while_buffers_are_reused(lan
         stub = echo_pb2_grpc.EchoStub(channel)
         replies = [await within(stub.Unary(msg(p)), 60) for p in payloads[:3]]
         upload = channel.unary_unary("/raw.Raw/Upload")
-        replies += [echo_pb2.EchoMessage(payload=await within(upload(p), 60)) for p in payloads[3:6]]
+        for payload in payloads[3:6]:
+            replies.append(echo_pb2.EchoMessage(payload=await within(upload(payload), 60)))
         call = stub.Bidi(iter([msg(p) for p in payloads[6:]]))
         replies += await within(_all(call), 60)
         assert channel.lane == lanes.split(",")[0]

@@ -315,7 +315,8 @@ def _announce_and_send(server: Connection, sid: int, payload: bytes) -> MessageR
 
 
 def _open(server: Connection, sid: int) -> None:
-    receive(server, _wire.frame(_wire.HEADERS, 0, sid, _wire.encode_request_headers("/s/M", 0, None)))
+    headers = _wire.encode_request_headers("/s/M", 0, None)
+    receive(server, _wire.frame(_wire.HEADERS, 0, sid, headers))
 
 
 def _allocated_by(step: Any) -> tuple[Any, int]:
@@ -367,11 +368,11 @@ def test_a_buffer_protobuf_parsed_is_reused_and_the_parsed_message_keeps_its_byt
     # carry the next message while the parsed one lives on unchanged.
     server = _opened_server(max_receive_message_length=4 * MIB)
     payloads = [os.urandom(MIB), os.urandom(MIB)]
-    parsed = [echo_pb2.EchoMessage.FromString(
-        _announce_and_send(server, 1, echo_pb2.EchoMessage(payload=payloads[0]).SerializeToString()).data)]
+    wires = [echo_pb2.EchoMessage(payload=p).SerializeToString() for p in payloads]
+    parsed = [echo_pb2.EchoMessage.FromString(_announce_and_send(server, 1, wires[0]).data)]
     spare = id(server._spare)
     _open(server, 3)
-    message = _announce_and_send(server, 3, echo_pb2.EchoMessage(payload=payloads[1]).SerializeToString())
+    message = _announce_and_send(server, 3, wires[1])
     assert id(message.data) == spare
     parsed.append(echo_pb2.EchoMessage.FromString(message.data))
     assert [p.payload for p in parsed] == payloads
