@@ -46,6 +46,8 @@ cdef class Connection:
     cdef public long long buffered
     cdef public long long _held_messages
     cdef public long long _reserved
+    cdef public object _spare
+    cdef Py_ssize_t _spare_alone
     cdef public bint _announce_sizes
     cdef public object budget
     cdef public object _blocked
@@ -86,6 +88,10 @@ cdef class Connection:
 
     @cython.locals(stream=Stream, total=cython.longlong, limit=cython.longlong)
     cdef _on_message_size(self, object sid, object payload, list events)
+
+    @cython.locals(have=Py_ssize_t)
+    cdef object _message_buffer(self, Py_ssize_t size)
+    cdef Py_ssize_t _spare_refs(self) except -1
 
     cdef _reject_message(self, Stream stream, bint more, int code, str detail, list events)
     cdef _let_go_partial(self, Stream stream)

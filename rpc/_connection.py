@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import enum
 import os
+import sys
 
 from rpc import _wire
 from rpc._events import (
@@ -151,6 +152,12 @@ class Connection:
         # Bytes of announced messages' buffers not filled yet (see _on_message_size):
         # allocated, so counted against the connection's window and the budget too.
         self._reserved = 0
+        # The buffer the last announced message was read into, kept for the next one
+        # (see _message_buffer): a fresh 16 MiB buffer costs thousands of page faults,
+        # a reused one none. _spare_alone: its reference count while only this field
+        # holds it. Let go with the connection.
+        self._spare: bytearray | None = None
+        self._spare_alone = 0
         # The peer reads announced sizes (protocol version 2): big messages we send
         # are announced, so it reads them straight into one buffer.
         self._announce_sizes = False
@@ -326,6 +333,7 @@ class Connection:
             self._emit(_wire.frame(GOAWAY, 0, 0, _wire.encode_goaway(
                 self._last_peer_stream, exc.code, str(exc))))
             self.closed = True
+            self._spare = None
 
     def connection_lost(self) -> None:
         """The transport is gone: nothing more is received or sent, and what was
@@ -335,6 +343,7 @@ class Connection:
         for stream in self.streams.values():
             stream.partial.clear()
             stream.assembly = None
+        self._spare = None
         budget, self.budget = self.budget, None
         if budget is not None:
             budget.used -= self.buffered + self._reserved
@@ -605,11 +614,44 @@ class Connection:
         budget = self.budget
         if (self.buffered + self._reserved + total <= self.limits.connection_window
                 and (budget is None or not budget.exhausted)):
-            stream.assembly = bytearray(total)
+            stream.assembly = self._message_buffer(total)
             self._reserved += total
             if budget is not None:
                 budget.used += total
         # else: no room to hold it all at once; its chunks are kept as they come
+
+    def _message_buffer(self, size: int) -> bytearray:
+        """One buffer for an announced message of ``size`` bytes: the spare when nothing
+        else holds it any more and it is that size (or up to twice it: cut to size in
+        place); else a new one, which becomes the spare.
+
+        Nothing else holds the spare when its reference count is what it was when it
+        was made: the message it carried was parsed (protobuf's ``FromString`` copies
+        what it keeps) or copied into bytes, and dropped, and no view of it is left (a
+        memoryview, even one a C library holds, keeps a reference). So a buffer anyone
+        still holds is never written into. On a server a spare is kept only while it
+        is within the connection's share of the memory budget, so idle spares stay
+        within the budget's limit, one per connection at most."""
+        if self._spare is not None and self._spare_refs() == self._spare_alone:
+            spare = self._spare
+            have = len(spare)
+            if have == size:
+                return spare
+            if size < have <= 2 * size:
+                del spare[size:]       # a bytearray shrinks in place (no copy)
+                return spare
+        budget = self.budget
+        if budget is not None and size > budget.fair_share:
+            self._spare = None
+            return bytearray(size)
+        self._spare = bytearray(size)
+        self._spare_alone = self._spare_refs()
+        return self._spare
+
+    def _spare_refs(self) -> int:
+        """The spare's reference count, as :meth:`_message_buffer` compares it (the same
+        expression both times, so the build's temporaries count the same)."""
+        return sys.getrefcount(self._spare)
 
     def _place_of(self, ftype: int, flags: int, sid: int, length: int) -> memoryview | None:
         """The decoder's sink: where a big MESSAGE chunk is read into, its place in

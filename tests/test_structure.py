@@ -16,7 +16,7 @@ TRANSPORTS = ROOT / "transports"
 CORE = ("_wire", "_events", "_streams", "_settings", "_connection")
 # What the sans-IO core may import besides its own modules ("cython": Cython's pure-Python
 # mode, which _wire asks whether it runs compiled; optional at run time).
-CORE_ALLOWED = {"__future__", "collections", "dataclasses", "enum", "os", "struct", "typing",
+CORE_ALLOWED = {"__future__", "collections", "dataclasses", "enum", "os", "struct", "sys", "typing",
                 "collections.abc", "rpc._proto", "cython"}
 
 

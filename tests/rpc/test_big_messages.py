@@ -55,3 +55,44 @@ async def test_big_messages_cross_whole_to_protobuf_and_to_raw_bytes(lanes: str)
 
 async def _all(call: Any) -> list[Any]:
     return [reply async for reply in call]
+
+
+@pytest.mark.parametrize("lanes", ["tcp", "unix,tcp", "shm,unix,tcp"])
+async def test_messages_kept_by_handlers_stay_whole_while_buffers_are_reused(lanes: str) -> None:
+    # A connection reads each big message into the buffer the previous one of its size
+    # was read into, once nothing holds that any more. Whatever the handlers and the
+    # client keep (parsed messages, raw bytes) must stay as it arrived, while messages
+    # of one size follow each other one at a time and several at once.
+    kept: list[Any] = []
+
+    class Keeper(echo_pb2_grpc.EchoServicer):
+        async def Unary(self, request: Any, context: Any) -> Any:
+            kept.append(request)
+            return request
+
+        async def Bidi(self, requests: Any, context: Any) -> Any:
+            async for request in requests:
+                kept.append(request)
+                yield request
+
+    def raw(server: Any) -> None:
+        async def upload(request: Any, context: Any) -> bytes:
+            kept.append(request)
+            return bytes(request)
+
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "raw.Raw", {"Upload": grpc.unary_unary_rpc_method_handler(upload)}),))
+
+    payloads = [os.urandom(2 * MIB) for _ in range(9)]
+    async with serve(Keeper(), raw, lanes=lanes, options=OPTIONS) as served:
+        channel = served.channel(lanes=lanes, options=OPTIONS)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        replies = [await within(stub.Unary(msg(p)), 60) for p in payloads[:3]]
+        upload = channel.unary_unary("/raw.Raw/Upload")
+        for payload in payloads[3:6]:
+            replies.append(echo_pb2.EchoMessage(payload=await within(upload(payload), 60)))
+        call = stub.Bidi(iter([msg(p) for p in payloads[6:]]))
+        replies += await within(_all(call), 60)
+        assert channel.lane == lanes.split(",")[0]
+    assert [r.payload for r in replies] == payloads
+    assert [k if type(k) is bytes else k.payload for k in kept] == payloads

@@ -4,12 +4,15 @@ receive buffer, which must give the same frames as bytes fed to it."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from examples.echo import echo_pb2
 from rpc import _wire
 from rpc._connection import Connection, Limits, MessageReceived, StreamEnded
 from rpc._proto import handshake_pb2
@@ -277,3 +280,129 @@ def test_announcements_on_a_stream_the_server_ended_are_dropped_like_its_chunks(
     assert server.receive_data(_wire.frame(_wire.MESSAGE, _wire.FLAG_MORE, 1, b"x" * 10)
                                + _wire.frame(_wire.MESSAGE, 0, 1, b"x" * 10)
                                + _size_frame(1, 2 * MIB)) == []
+
+
+# ------------------------------------------------------------------ reusing the buffer
+
+def _announced(sid: int, payload: bytes) -> bytes:
+    """``payload`` as an announced message on stream ``sid``, in chunks of 512 KiB."""
+    step = 512 * KIB
+    starts = range(0, len(payload), step)
+    return _size_frame(sid, len(payload)) + b"".join(
+        _wire.frame(_wire.MESSAGE, _wire.FLAG_MORE if at + step < len(payload) else 0, sid,
+                    payload[at:at + step]) for at in starts)
+
+
+def _deliver(server: Connection, sid: int, wire: bytes) -> MessageReceived:
+    """The message ``wire`` carries on stream ``sid``, read as a socket lane reads (into
+    the memory the connection lends, 64 KiB at a time) and consumed (credited back)."""
+    events: list = []
+    view = memoryview(wire)
+    while view:
+        into = server.receive_buffer()
+        n = min(len(into), 64 * KIB, len(view))
+        into[:n] = view[:n]
+        view = view[n:]
+        events += server.received_into(n)
+    del into
+    [message] = events_of(events, MessageReceived)
+    server.consume(sid)
+    return message
+
+
+def _announce_and_send(server: Connection, sid: int, payload: bytes) -> MessageReceived:
+    return _deliver(server, sid, _announced(sid, payload))
+
+
+def _open(server: Connection, sid: int) -> None:
+    headers = _wire.encode_request_headers("/s/M", 0, None)
+    receive(server, _wire.frame(_wire.HEADERS, 0, sid, headers))
+
+
+def _allocated_by(step: Any) -> tuple[Any, int]:
+    """What ``step()`` returns, and the most memory it held at once."""
+    tracemalloc.start()
+    try:
+        result = step()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_buffer_nobody_holds_any_more_carries_the_next_message_of_its_size():
+    server = _opened_server(max_receive_message_length=4 * MIB)
+    first = os.urandom(MIB)
+    assert bytes(_announce_and_send(server, 1, first).data) == first
+    spare = id(server._spare)          # (an id: holding the buffer would keep it busy)
+    _open(server, 3)
+    second = os.urandom(MIB)
+    wire = _announced(3, second)
+    message, peak = _allocated_by(lambda: _deliver(server, 3, wire))
+    assert message.data == second and id(message.data) == spare
+    assert peak < 256 * KIB, peak      # no new buffer of the message's size
+    # A smaller message (at least half its size) is read into it too, cut to size.
+    _open(server, 5)
+    del message
+    third = os.urandom(MIB - 1000)
+    message = _announce_and_send(server, 5, third)
+    assert message.data == third and id(message.data) == spare and len(message.data) == len(third)
+
+
+@pytest.mark.parametrize("holder", ["the buffer", "a memoryview", "a slice's memoryview"])
+def test_a_buffer_someone_still_holds_is_never_written_into(holder):
+    server = _opened_server(max_receive_message_length=4 * MIB)
+    first = os.urandom(MIB)
+    data = _announce_and_send(server, 1, first).data
+    kept = {"the buffer": lambda: data, "a memoryview": lambda: memoryview(data),
+            "a slice's memoryview": lambda: memoryview(data)[10:20]}[holder]()
+    del data
+    _open(server, 3)
+    second = os.urandom(MIB)
+    assert _announce_and_send(server, 3, second).data == second
+    assert bytes(kept) == (first if holder != "a slice's memoryview" else first[10:20])
+
+
+def test_a_buffer_protobuf_parsed_is_reused_and_the_parsed_message_keeps_its_bytes():
+    # What the unary path does with a big request or response: FromString(buffer), then
+    # the buffer is dropped. upb's parse copies the bytes it keeps, so the buffer may
+    # carry the next message while the parsed one lives on unchanged.
+    server = _opened_server(max_receive_message_length=4 * MIB)
+    payloads = [os.urandom(MIB), os.urandom(MIB)]
+    wires = [echo_pb2.EchoMessage(payload=p).SerializeToString() for p in payloads]
+    parsed = [echo_pb2.EchoMessage.FromString(_announce_and_send(server, 1, wires[0]).data)]
+    spare = id(server._spare)
+    _open(server, 3)
+    message = _announce_and_send(server, 3, wires[1])
+    assert id(message.data) == spare
+    parsed.append(echo_pb2.EchoMessage.FromString(message.data))
+    assert [p.payload for p in parsed] == payloads
+
+
+def test_a_bigger_message_gets_a_new_buffer_and_a_lost_connection_lets_the_spare_go():
+    server = _opened_server(max_receive_message_length=4 * MIB)
+    _announce_and_send(server, 1, os.urandom(MIB))
+    small = id(server._spare)
+    _open(server, 3)
+    message = _announce_and_send(server, 3, os.urandom(2 * MIB + 1))   # over twice: no
+    assert id(message.data) != small and len(server._spare) == 2 * MIB + 1
+    del message
+    _open(server, 5)
+    message = _announce_and_send(server, 5, os.urandom(MIB))   # under half of it: new
+    assert len(message.data) == MIB and len(server._spare) == MIB
+    server.connection_lost()
+    assert server._spare is None
+
+
+def test_a_server_keeps_no_spare_larger_than_its_connections_share_of_the_budget():
+    budget = MemoryBudget(8 * MIB)
+    others = [Connection(SERVER, Limits(), budget=budget) for _ in range(7)]   # share: 1 MiB
+    server = Connection(SERVER, Limits(max_receive_message_length=4 * MIB), budget=budget)
+    receive(server, _wire.MAGIC + _wire.frame(_wire.HELLO, 0, 0, _hello_payload(2)))
+    _open(server, 1)
+    assert _announce_and_send(server, 1, b"x" * (2 * MIB)).data == b"x" * (2 * MIB)
+    assert server._spare is None
+    _open(server, 3)
+    _announce_and_send(server, 3, b"y" * (MIB // 2))
+    assert server._spare is not None and len(server._spare) == MIB // 2
+    for other in others:
+        other.connection_lost()
