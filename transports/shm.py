@@ -14,7 +14,9 @@ Two variants (docs/shm-lane.md), chosen with :func:`resolve_variant`:
   (``confirm_attached``). Every name is unlinked as soon as both sides hold the objects.
 
 Then each side wraps its segment in a :class:`ShmTransport`, which implements the lanes'
-seam (:mod:`rpc.transports._seam`).
+seam (:mod:`rpc.transports._seam`). What the transport does per message (ring writes,
+wake-ups, the drain into the protocol, the poll for an answer) is its
+:class:`~rpc.transports._pump.RingPump`'s, which ``setup.py`` compiles with the ring.
 
 Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of two)::
 
@@ -132,7 +134,7 @@ _OWN_RECORD = OWN_RECORD          # a buffer this big goes into the ring as it i
 _DRAIN_STEP = 256 * 1024
 # Less than this many bytes waiting, and a buffered protocol that also takes bytes (the
 # link's): one read() into bytes (one C call), data_received. More: straight into the
-# protocol's buffers (_drain_into), which pays Python per step but saves a copy.
+# protocol's buffers (RingPump._drain_into): a copy fewer, but two protocol calls a step.
 _DIRECT_COPY = 64 * 1024
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
 NAME_PREFIX = "/lanerpc-"
