@@ -47,9 +47,8 @@ ring for the answer, with its ``reader_waiting`` flag lowered, in 10 us slices b
 which other callbacks run; a catch costs no wake-up at all on either side, a miss raises
 the flag and re-checks (the same Dekker order) before sleeping. :class:`AnswerSpin` sizes
 that poll from measured answer times (at most ``loop_spin_us``, 200 us by default), backs
-off after a miss and probes again within 64 writes, and never spins on one CPU; nor for
-a peer that is this process (its answer needs our thread). Nothing spins without a
-write, so idle costs nothing.
+off after a miss and probes again within 64 writes, and never spins on one CPU; nothing
+spins without a write, so idle costs nothing.
 
 Only x86-64 Linux is supported: the rings rely on its store order (see
 :mod:`rpc.transports._ring`); elsewhere :class:`ShmUnavailable` tells the caller to stay on
