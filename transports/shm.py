@@ -844,21 +844,8 @@ class ShmTransport(asyncio.Transport):
             self._inbound, self._outbound = segment.s2c, segment.c2s
             self._my_bell, self._peer_bell = segment.client_bell, segment.server_bell
 
-        self._control = control_transport
-        if control_transport is not None:
-            known = peer_info(control_transport)
-            self._peer = PeerInfo("shm", known.address, known.pid, known.uid, known.gid)
-        else:
-            self._peer = PeerInfo("shm", f"shm:{segment.name}")
-        self._extra_info: dict[str, Any] = {"lanerpc_peer": self._peer}
-
         # After a write, the loop itself polls the inbound ring for an answer (see the
-        # module docstring); this sizes the poll, loop_spin_us at most (0: never). Never
-        # when the peer is this process (SO_PEERCRED's pid is ours): its answer needs
-        # this thread, or the GIL this thread holds while it polls, so no poll can catch
-        # it before we let go (an in-process unary call paid a slice of it per hop).
-        if self._peer.pid == _this_pid:
-            loop_spin_us = 0.0
+        # module docstring); this sizes the poll, loop_spin_us at most (0: never).
         self._loop_spin = AnswerSpin(loop_spin_us, max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
         # The per-message work and the state it keeps (closing, finished, paused,
         # the buffer): the pump, compiled where the hot path is.
@@ -877,8 +864,14 @@ class ShmTransport(asyncio.Transport):
         self._stopping = False        # tells the waiter thread to end
         self._wake_scheduled = False  # a wake-up from the waiter is queued on the loop
 
+        self._control = control_transport
         if control_transport is not None:
+            known = peer_info(control_transport)
+            self._peer = PeerInfo("shm", known.address, known.pid, known.uid, known.gid)
             control_transport.set_protocol(_ControlChannelWatch(self))
+        else:
+            self._peer = PeerInfo("shm", f"shm:{segment.name}")
+        self._extra_info: dict[str, Any] = {"lanerpc_peer": self._peer}
 
         # The memfd variant's doorbell is an eventfd the loop watches itself; the posix
         # variant's is a semaphore, which only a thread can wait on.

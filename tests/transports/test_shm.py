@@ -824,32 +824,6 @@ async def test_loop_spin_that_gives_up_loses_no_wake_up() -> None:
     await close_pair(client, server)
 
 
-@pytest.mark.usefixtures("two_cpus")
-async def test_no_loop_spin_when_the_peer_is_this_process() -> None:
-    """The control channel says the peer is this very process (both ends of a socket
-    pair here): its answer can only come once the loop moves on, so no poll is made,
-    whatever the ceiling. The same transports without a control channel do poll."""
-    controls = await socket_pair_transports()
-    server, client = Peer(echo=True), Peer()
-    _, client_transport = await open_pair(server, client, loop_spin_us=100_000.0,
-                                          controls=controls)
-    assert client_transport.get_extra_info("lanerpc_peer").pid == os.getpid()
-    for i in range(20):
-        client_transport.write(bytes([i]))
-        await client.received(i + 1)
-    spin = client_transport._loop_spin
-    assert (spin.max_spin_ns, spin.spins) == (0, 0)
-    await close_pair(client, server)
-
-    server, client = Peer(echo=True), Peer()
-    _, client_transport = await open_pair(server, client, loop_spin_us=100_000.0)
-    for i in range(20):
-        client_transport.write(bytes([i]))
-        await client.received(i + 1)
-    assert client_transport._loop_spin.spins > 0
-    await close_pair(client, server)
-
-
 async def test_loop_spin_off_means_the_waiter_does_everything() -> None:
     server, client = Peer(echo=True), Peer()
     _, client_transport = await open_pair(server, client, loop_spin_us=0.0)
