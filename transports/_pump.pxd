@@ -1,7 +1,8 @@
 # Types for the compiled build of _pump.py (Cython's pure-Python mode, as _ring.pxd): the
 # pump's state is C fields, the rings are typed ShmRings (their methods are C calls), the
 # clock and the spin's deadlines are C integers. What the transport reads and writes is
-# public. `_c_now_ns` gets its C body here; the .py's runs in the pure-Python build only.
+# public. `_c_now_ns` and `_c_spin_pause` get their C bodies here; the .py's run in the
+# pure-Python build only.
 import cython
 
 from rpc.transports._ring cimport ShmRing
@@ -15,8 +16,17 @@ cdef extern from *:
         clock_gettime(CLOCK_MONOTONIC, &now);
         return (long long) now.tv_sec * 1000000000LL + now.tv_nsec;
     }
+    /* A spin-wait hint between polls: the CPU does not speculate ahead through the
+       loop (no pipeline flush when the polled line changes) and leaves the core to its
+       hyperthread sibling meanwhile, which may be the peer we wait for. */
+    static inline void lanerpc_pump_spin_pause(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #endif
+    }
     """
     long long _c_now_ns "lanerpc_pump_now_ns" () nogil
+    void _c_spin_pause "lanerpc_pump_spin_pause" () nogil
 
 cdef bint _TYPED
 cdef Py_ssize_t _JOIN_LIMIT, _OWN_RECORD

@@ -20,10 +20,11 @@ what decides a lane's speed is the CPU each message costs. A socket lane's trans
 C (uvloop's); this one is compiled too. Like :mod:`rpc.transports._ring` it is plain
 Python that ``setup.py`` also compiles with Cython (pure-Python mode, the types in
 ``_pump.pxd``: C fields, the ring as a typed ``ShmRing`` whose methods are C calls, C
-integers for the clock and the counters); the only step that differs between the two
-builds is the clock (``_c_now_ns``: ``clock_gettime(CLOCK_MONOTONIC)`` in C, which is
-what ``time.perf_counter_ns`` reads on Linux). The transport owns the pump and the pump
-calls back into it only to end the connection (``_fatal``, ``_finish``).
+integers for the clock and the counters). Two steps differ between the builds: the
+clock (``_c_now_ns``: ``clock_gettime(CLOCK_MONOTONIC)`` in C, which is what
+``time.perf_counter_ns`` reads on Linux) and, in the compiled poll only, the CPU's
+spin-wait hint between polls (``_c_spin_pause``). The transport owns the pump and the
+pump calls back into it only to end the connection (``_fatal``, ``_finish``).
 
 Every safety property of the rings stays theirs: the pump reads shared memory only
 through :class:`~rpc.transports._ring.ShmRing` (bounded, checked, ``RingCorrupted``), and
@@ -61,9 +62,14 @@ _PREEMPTED_NS = PREEMPTED_NS
 
 # -- the one primitive that differs: a Python body here, a C body in _pump.pxd ---------
 
+def _py_spin_pause() -> None:
+    """Between two polls (C: the CPU's spin-wait hint, ``pause`` on x86-64)."""
+
+
 if not _TYPED:
-    globals().update(_c_now_ns=time.perf_counter_ns)
+    globals().update(_c_now_ns=time.perf_counter_ns, _c_spin_pause=_py_spin_pause)
 _c_now_ns: Callable[[], int]
+_c_spin_pause: Callable[[], None]
 
 
 class RingPump:
@@ -345,6 +351,8 @@ class RingPump:
             # Several polls per clock read: a poll is cheap, a clock read less so.
             if ring.has_data() or ring.has_data() or ring.has_data() or ring.has_data():
                 break
+            if _TYPED:
+                _c_spin_pause()    # the pure build's polls are slow enough as they are
             before = now
             now = _c_now_ns()
             if now - before > _PREEMPTED_NS:
