@@ -14,7 +14,9 @@ Two variants (docs/shm-lane.md), chosen with :func:`resolve_variant`:
   (``confirm_attached``). Every name is unlinked as soon as both sides hold the objects.
 
 Then each side wraps its segment in a :class:`ShmTransport`, which implements the lanes'
-seam (:mod:`rpc.transports._seam`).
+seam (:mod:`rpc.transports._seam`). What the transport does per message (ring writes,
+wake-ups, the drain into the protocol, the poll for an answer) is its
+:class:`~rpc.transports._pump.RingPump`'s, which ``setup.py`` compiles with the ring.
 
 Layout of a segment (offsets in bytes; ``cap`` is the ring capacity, a power of two)::
 
@@ -56,7 +58,6 @@ the Unix socket.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import hmac
 import logging
@@ -75,6 +76,7 @@ from typing import Any, Literal
 from . import _memfd
 from ._doorbell import EventfdDoorbell, SemaphoreDoorbell, eventfd_supported
 from ._memfd import MemfdRejected
+from ._pump import JOIN_LIMIT, OWN_RECORD, RingPump
 from ._ring import (
     MAX_CAPACITY,
     MIN_CAPACITY,
@@ -124,18 +126,17 @@ DEFAULT_RING_CAPACITY = 1 << 20    # per direction; a 16 MiB message streams in 
 IDLE_WAIT_SECONDS = 5.0
 DEFAULT_LOOP_SPIN_US = 200.0       # the ceiling of the loop's poll for an answer (0: off)
 LOOP_SPIN_MAX_PROBE_GAP = 64       # backed off, the loop still spins after every 64th write
-_JOIN_LIMIT = 64 * 1024           # writelines joins batches up to this size (cheap copy)
-_OWN_RECORD = 16 * 1024           # a buffer this big goes into the ring as it is, unjoined
+_JOIN_LIMIT = JOIN_LIMIT          # writelines joins batches up to this size (cheap copy)
+_OWN_RECORD = OWN_RECORD          # a buffer this big goes into the ring as it is, unjoined
 # The reader frees the ring after copying about this many bytes out (whole records), so
 # a message bigger than the ring streams: the writer refills one part while the reader
 # copies the next.
 _DRAIN_STEP = 256 * 1024
 # Less than this many bytes waiting, and a buffered protocol that also takes bytes (the
 # link's): one read() into bytes (one C call), data_received. More: straight into the
-# protocol's buffers (_drain_into), which pays Python per step but saves a copy.
+# protocol's buffers (RingPump._drain_into): a copy fewer, but two protocol calls a step.
 _DIRECT_COPY = 64 * 1024
 LOOP_SPIN_SLICE_US = 10.0          # the loop polls this long per callback, then yields
-_PREEMPTED_NS = 20_000             # a gap this long between two polls: we lost the CPU
 NAME_PREFIX = "/lanerpc-"
 _NAME_PATTERN = re.compile(r"/lanerpc-[0-9a-f]{32,64}")
 # glibc's sem_open(O_CREAT) writes a new semaphore under a temporary name (sem.XXXXXX),
@@ -843,14 +844,18 @@ class ShmTransport(asyncio.Transport):
             self._inbound, self._outbound = segment.s2c, segment.c2s
             self._my_bell, self._peer_bell = segment.client_bell, segment.server_bell
 
-        self._buffer: collections.deque[bytes | memoryview] = collections.deque()
-        self._buffered = 0
-        self._writing_paused = False
-        self._reading_paused = False
-        self._closing = False        # close() or abort() called, or the peer is gone
-        self._finished = False       # the rings are no longer touched; connection_lost is due
-        self._high_water = 0
-        self._low_water = 0
+        # After a write, the loop itself polls the inbound ring for an answer (see the
+        # module docstring); this sizes the poll, loop_spin_us at most (0: never).
+        self._loop_spin = AnswerSpin(loop_spin_us, max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
+        # The per-message work and the state it keeps (closing, finished, paused,
+        # the buffer): the pump, compiled where the hot path is.
+        self._pump = RingPump(
+            self, loop, self._inbound, self._outbound, segment._flags,
+            segment._closed_flag_index(self._peer_side), self._peer_bell, self._my_bell,
+            protocol, self._loop_spin,
+            spin_slice_ns=int(LOOP_SPIN_SLICE_US * 1000),
+            drain_step=_DRAIN_STEP, direct_copy=_DIRECT_COPY,
+        )
         self.set_write_buffer_limits(high_water, low_water)
 
         # One fence per thread (see StoreLoadFence): closing fences its flag before
@@ -858,16 +863,6 @@ class ShmTransport(asyncio.Transport):
         self._fence = StoreLoadFence()
         self._stopping = False        # tells the waiter thread to end
         self._wake_scheduled = False  # a wake-up from the waiter is queued on the loop
-        # loop_spin_us > 0: after a write, the loop itself polls
-        # the inbound ring for an answer, with reader_waiting lowered, in slices of
-        # LOOP_SPIN_SLICE_US between which other callbacks run (`_loop_spin_slice`).
-        self._loop_spin_slice_ns = int(LOOP_SPIN_SLICE_US * 1000)
-        self._loop_spin = AnswerSpin(loop_spin_us, max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
-        self._loop_spin_ns = self._loop_spin.max_spin_ns   # 0: never spins
-        self._asked_at = 0            # perf_counter_ns of the write still waiting for an answer
-        self._spinning = False        # a _loop_spin callback is queued
-        self._spin_deadline = 0
-        self._spin_budget = 0
 
         self._control = control_transport
         if control_transport is not None:
@@ -897,29 +892,7 @@ class ShmTransport(asyncio.Transport):
         """Queue ``data``; never blocks. What does not fit in the ring is buffered."""
         if self._pid != _this_pid:
             raise _fork_error("shm transport", self._pid)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if self._closing:
-            return   # like asyncio's transports: writes after close are dropped
-        if isinstance(data, memoryview) and (data.format != "B" or not data.c_contiguous):
-            data = data.cast("B") if data.c_contiguous else data.tobytes()
-        size = len(data)
-        if not size:
-            return
-        if self._buffer:   # keep the order: behind what is already waiting
-            self._enqueue(data, 0)
-            self._flush()
-            return
-        try:
-            written = self._write_ring(data)
-        except RingCorrupted as exc:
-            self._fatal(exc)
-            return
-        if written < size:
-            self._enqueue(data, written)
-            self._flush()
-        elif self._loop_spin_ns:
-            self._spin_for_answer()
+        self._pump.write(data)
 
     def writelines(self, list_of_data: Any) -> None:
         """A batch of up to ``_JOIN_LIMIT`` bytes is joined into one record (one ring
@@ -929,40 +902,7 @@ class ShmTransport(asyncio.Transport):
         fit is buffered, in order, as write() does."""
         if self._pid != _this_pid:
             raise _fork_error("shm transport", self._pid)
-        if self._closing:
-            return
-        if not isinstance(list_of_data, (list, tuple)):
-            list_of_data = list(list_of_data)
-        if sum(map(len, list_of_data)) <= _JOIN_LIMIT:
-            self.write(b"".join(list_of_data))
-            return
-        spin = self._loop_spin_ns
-        self._loop_spin_ns = 0       # one answer spin for the whole batch, after it
-        try:
-            # Small buffers are joined in runs of up to _JOIN_LIMIT bytes: a batch of
-            # thousands of small frames (a pipelined stream's backlog) written one by
-            # one costs a ring write, a fence and a record per frame, on both sides.
-            run: list[bytes | bytearray | memoryview] = []
-            run_size = 0
-            for data in list_of_data:
-                size = len(data)
-                if size >= _OWN_RECORD:
-                    if run:
-                        self.write(b"".join(run))
-                        run, run_size = [], 0
-                    self.write(data)
-                    continue
-                run.append(data)
-                run_size += size
-                if run_size >= _JOIN_LIMIT:
-                    self.write(b"".join(run))
-                    run, run_size = [], 0
-            if run:
-                self.write(b"".join(run))
-        finally:
-            self._loop_spin_ns = spin
-        if spin and not self._buffer and not self._closing:
-            self._spin_for_answer()
+        self._pump.writelines(list_of_data)
 
     def can_write_eof(self) -> bool:
         return False
@@ -971,10 +911,10 @@ class ShmTransport(asyncio.Transport):
         raise NotImplementedError("the shm lane has no half-close")
 
     def get_write_buffer_size(self) -> int:
-        return self._buffered
+        return self._pump.buffered
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low_water, self._high_water
+        return self._pump.low_water, self._pump.high_water
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if high is None:
@@ -983,44 +923,46 @@ class ShmTransport(asyncio.Transport):
             low = high // 4
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water, self._low_water = high, low
-        self._maybe_pause_writing()
+        self._pump.high_water, self._pump.low_water = high, low
+        self._pump.maybe_pause_writing()
 
     # -- the seam: reading, closing, facts -----------------------------------------
 
     def pause_reading(self) -> None:
         """Stop delivering data; the peer's writes back up into its ring, then its buffer."""
-        self._reading_paused = True
+        self._pump.reading_paused = True
 
     def resume_reading(self) -> None:
-        if self._reading_paused:
-            self._reading_paused = False
-            if not self._finished:
-                self._loop.call_soon(self._on_wake)
+        pump = self._pump
+        if pump.reading_paused:
+            pump.reading_paused = False
+            if not pump.finished:
+                self._loop.call_soon(pump.on_wake)
 
     def is_reading(self) -> bool:
-        return not self._reading_paused and not self._closing
+        return not self._pump.reading_paused and not self._pump.closing
 
     def close(self) -> None:
         """Send what is buffered, then close; ``connection_lost(None)`` follows."""
         if self._pid != _this_pid:
             raise _fork_error("shm transport", self._pid)
-        if self._closing:
+        pump = self._pump
+        if pump.closing:
             return
-        self._closing = True
-        if not self._buffer:
+        pump.closing = True
+        if not pump.buffer:
             self._finish(None)
-        # else: _flush() finishes once the buffer has gone into the ring.
+        # else: the pump's flush() finishes once the buffer has gone into the ring.
 
     def abort(self) -> None:
         """Close at once, dropping what is buffered; ``connection_lost(None)`` follows."""
         if self._pid != _this_pid:
             raise _fork_error("shm transport", self._pid)
-        self._closing = True
+        self._pump.closing = True
         self._finish(None)
 
     def is_closing(self) -> bool:
-        return self._closing
+        return self._pump.closing
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._extra_info.get(name, default)
@@ -1030,396 +972,49 @@ class ShmTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        self._pump.set_protocol(protocol)
 
     def __repr__(self) -> str:
-        state = "closed" if self._finished else "closing" if self._closing else "open"
+        pump = self._pump
+        state = "closed" if pump.finished else "closing" if pump.closing else "open"
         return (
             f"<ShmTransport {self._side} {state} ring={self._segment.layout.ring_capacity}"
-            f" buffered={self._buffered}>"
+            f" buffered={pump.buffered}>"
         )
 
-    # -- the loop's side of the rings ----------------------------------------------
+    @property
+    def _spinning(self) -> bool:
+        """Whether the loop polls the inbound ring for an answer now (for tests)."""
+        return self._pump.spinning
+
+    # -- the loop's side of the rings (the rest is the pump's) ---------------------
 
     def _start(self) -> None:
         # connection_made comes first even if the connection already ended: asyncio's
         # order is made, [data...], lost, and connection_lost is queued behind us.
         self._protocol.connection_made(self)
-        if self._watched_bell and not self._finished:
+        pump = self._pump
+        if self._watched_bell and not pump.finished:
             bell = self._my_bell
             assert isinstance(bell, EventfdDoorbell)
-            self._loop.add_reader(bell.fd, self._on_doorbell)
-        self._on_wake()
-
-    def _write_ring(self, data: bytes | bytearray | memoryview) -> int:
-        """Put as much of ``data`` in the outbound ring as fits now; wake the peer."""
-        ring = self._outbound
-        size = len(data)
-        written = ring.write(data)
-        if not written:
-            return 0
-        self._notify_reader()
-        # The reader may be draining concurrently: keep going while it makes room.
-        while written < size:
-            more = ring.write(memoryview(data)[written:])
-            if not more:
-                break
-            written += more
-            self._notify_reader()
-        return written
-
-    def _spin_for_answer(self) -> None:
-        """We just wrote (a request, a response): the answer may come back within
-        microseconds. Poll for it on the loop rather than pay two wake-ups (waiter
-        thread, then the loop) for it. Nothing is spun without a write before it."""
-        now = time.perf_counter_ns()
-        if not self._asked_at:
-            self._asked_at = now      # the answer's time is measured from here
-        if self._spinning:
-            # Already polling: the budget counts from the latest write.
-            self._spin_deadline = now + self._spin_budget
-            return
-        if self._reading_paused or self._closing or self._inbound.has_data():
-            return   # nothing to wait for, or it is here already (a wake-up is due)
-        budget = self._loop_spin.budget_ns()
-        if not budget:
-            return   # answers come too late for a spin, or it missed lately: sleep
-        self._spin_budget = budget
-        self._spinning = True
-        self._spin_deadline = now + budget
-        # While we poll, the peer need not ring our bell: a post would only wake our
-        # waiter thread for nothing. (A post already on its way is a spurious wake-up.)
-        self._inbound.reader_waiting = False
-        # Not from inside write(): the caller may have more to do, and data_received
-        # must not run re-entrantly.
-        self._loop.call_soon(self._loop_spin_slice)
-
-    def _loop_spin_slice(self) -> None:
-        """Poll the inbound ring for one slice; then deliver, go on later, or sleep."""
-        if self._finished:
-            self._spinning = False
-            return
-        if self._closing or self._reading_paused:
-            self._spinning = False
-            self._on_wake()   # it knows what to do in those states
-            return
-        has_data = self._inbound.has_data
-        clock = time.perf_counter_ns
-        deadline = self._spin_deadline
-        now = clock()
-        slice_end = min(deadline, now + self._loop_spin_slice_ns)
-        caught = True
-        while True:
-            # Several polls per clock read: a poll is ~0.1 us, a clock read as much.
-            if has_data() or has_data() or has_data() or has_data():
-                break
-            before, now = now, clock()
-            if now - before > _PREEMPTED_NS:
-                # We were off the CPU: the peer (or something else) needed this one
-                # more than we needed to poll. Spinning does not pay here.
-                caught = False
-                break
-            if now >= slice_end:
-                if self._segment._is_closed(self._peer_side):
-                    break
-                if now < self._spin_deadline:
-                    # Let the loop run what else is ready (timers, other
-                    # connections), then poll on.
-                    self._loop.call_soon(self._loop_spin_slice)
-                    return
-                caught = False
-                break
-        self._spinning = False
-        self._loop_spin.record(caught)
-        if caught or has_data():
-            self._on_wake()
-        else:
-            # Nothing came: sleep on the doorbell (raise the flag, then re-check).
-            self._go_idle()
-
-    def _notify_reader(self) -> None:
-        if self._outbound.wake_reader():    # fences, then takes the reader's flag
-            self._ring_bell(self._peer_bell)
-
-    def _notify_writer(self) -> None:
-        if self._inbound.wake_writer():
-            self._ring_bell(self._peer_bell)
+            self._loop.add_reader(bell.fd, pump.on_doorbell)
+        pump.on_wake()
 
     @staticmethod
     def _ring_bell(bell: Doorbell) -> None:
         bell.ring()
 
-    def _enqueue(self, data: bytes | bytearray | memoryview, start: int) -> None:
-        if start == 0 and type(data) is bytes:
-            rest: bytes | memoryview = data
-        elif type(data) is bytes:
-            rest = memoryview(data)[start:]   # immutable: no need to copy
-        elif isinstance(data, memoryview) and type(data.obj) is bytes:
-            rest = data[start:]               # a view of immutable bytes: no copy either
-        else:
-            rest = bytes(data[start:])        # the caller may reuse its buffer
-        self._buffer.append(rest)
-        self._buffered += len(rest)
-        self._maybe_pause_writing()
-
-    def _flush(self) -> None:
-        """Move buffered bytes into the ring; finish a pending close when they are out."""
-        buffer = self._buffer
-        ring = self._outbound
-        try:
-            while buffer:
-                chunk = buffer[0]
-                written = self._write_ring(chunk)
-                if written == len(chunk):
-                    buffer.popleft()
-                    self._buffered -= written
-                    continue
-                if written:
-                    buffer[0] = memoryview(chunk)[written:]
-                    self._buffered -= written
-                    continue
-                # Full. Ask the reader to ring our bell when it frees space, then look
-                # once more, in case it freed some before it could see the flag.
-                if not ring.sleep_writer():
-                    break
-        except RingCorrupted as exc:
-            self._fatal(exc)
-            return
-        if not buffer:
-            self._maybe_resume_writing()
-            if self._closing and not self._finished:
-                self._finish(None)
-
-    def _maybe_pause_writing(self) -> None:
-        if not self._writing_paused and self._buffered > self._high_water:
-            self._writing_paused = True
-            self._call_protocol("pause_writing")
-
-    def _maybe_resume_writing(self) -> None:
-        if self._writing_paused and self._buffered <= self._low_water:
-            self._writing_paused = False
-            self._call_protocol("resume_writing")
-
-    def _call_protocol(self, method: str) -> None:
-        try:
-            getattr(self._protocol, method)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"protocol.{method}() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-
     def _on_bell(self) -> None:
         """The waiter thread's wake-up."""
         self._wake_scheduled = False
-        self._on_wake()
-
-    def _on_doorbell(self) -> None:
-        """Our eventfd is readable: the peer rang (the loop's selector saw it)."""
-        bell = self._my_bell
-        assert isinstance(bell, EventfdDoorbell)
-        if bell.take():
-            self._on_wake()
-
-    def _on_wake(self) -> None:
-        """Refill the outbound ring, drain the inbound one, then go idle."""
-        if self._finished:
-            return
-        if self._buffer:
-            self._flush()
-            if self._finished:
-                return
-        more = False
-        if self._closing:
-            self._discard_inbound()
-        elif not self._reading_paused:
-            more = self._drain_once()
-        if self._finished:
-            return
-        if self._segment._is_closed(self._peer_side):
-            if self._closing or not self._reading_paused:
-                self._peer_closed()
-            # else: like a socket's EOF, this one waits for resume_reading().
-        elif more:
-            # Keep draining from the loop itself, one ring-full per turn so other
-            # callbacks interleave: no thread hop while the stream is busy.
-            self._loop.call_soon(self._on_wake)
-        else:
-            self._go_idle()
-
-    def _go_idle(self) -> None:
-        """Nothing left to read: ask the peer to ring our bell when it writes."""
-        if self._reading_paused:
-            return   # we want no data; resume_reading() looks at the ring itself
-        if self._spinning:
-            return   # the loop is polling the ring; it goes idle itself when it stops
-        ring = self._inbound
-        # Raise our flag, fence, look at the ring again: data that came meanwhile is
-        # read now (the flag lowered again), else the peer rings when it writes.
-        if ring.sleep_reader():
-            self._loop.call_soon(self._on_wake)
-        elif self._segment._is_closed(self._peer_side):
-            ring.reader_waiting = False
-            self._loop.call_soon(self._on_wake)
-
-    def _drain_once(self) -> bool:
-        """One read of the inbound ring; True if more data is already waiting."""
-        protocol = self._protocol
-        if isinstance(protocol, asyncio.BufferedProtocol) and (
-            self._inbound.pending() >= _DIRECT_COPY or not hasattr(protocol, "data_received")
-        ):
-            return self._drain_into(protocol)
-        try:
-            data = self._inbound.read()
-        except RingCorrupted as exc:
-            self._fatal(exc)
-            return False
-        if not data:
-            return False
-        if self._asked_at:
-            self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
-            self._asked_at = 0
-        self._notify_writer()
-        try:
-            # A stream transport's protocol is an asyncio.Protocol; set_protocol must
-            # accept BaseProtocol (BaseTransport's signature), so it is stored as one.
-            self._protocol.data_received(data)  # type: ignore[attr-defined]
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal(exc, "protocol.data_received() failed")
-            return False
-        return not self._finished and self._inbound.has_data()
-
-    def _drain_into(self, protocol: asyncio.BufferedProtocol) -> bool:
-        """_drain_once for a BufferedProtocol: the records are copied straight from the
-        ring into the buffers it lends (``get_buffer``; a big message's own buffer), the
-        one copy out of shared memory.
-
-        Whole records of about ``_DRAIN_STEP`` bytes at a time are copied, consumed
-        (the writer may refill their space while we copy the next ones) and then
-        reported (``buffer_updated``), up to one ring-full per call. A writer waiting
-        for space is woken once half the ring is free, or when we stop: it refills one
-        half while we copy the other, for one wake-up per half ring."""
-        ring = self._inbound
-        budget = ring.capacity
-        unannounced = 0   # bytes consumed since we last looked whether the writer waits
-        while True:
-            try:
-                pieces, end = ring.peek(_DRAIN_STEP)
-            except RingCorrupted as exc:
-                self._fatal(exc)
-                return False
-            if not pieces:
-                if unannounced:
-                    self._notify_writer()
-                return False
-            if self._asked_at:
-                self._loop_spin.observe(time.perf_counter_ns() - self._asked_at)
-                self._asked_at = 0
-            try:
-                filled, moved = self._copy_out(protocol, pieces)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal(exc, "protocol.get_buffer() or buffer_updated() failed")
-                return False
-            finally:
-                for piece in pieces:
-                    piece.release()
-            if self._finished:
-                return False
-            # All of it is in our memory: free the ring before the protocol works on it.
-            ring.consume(end)
-            unannounced += moved
-            if unannounced >= ring.capacity // 2:
-                unannounced = 0
-                self._notify_writer()
-            if filled:
-                try:
-                    protocol.buffer_updated(filled)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal(exc, "protocol.buffer_updated() failed")
-                    return False
-            if self._finished:
-                return False
-            budget -= moved
-            if budget <= 0 or self._reading_paused or self._closing:
-                if unannounced:
-                    self._notify_writer()
-                return ring.has_data()
-
-    def _copy_out(self, protocol: asyncio.BufferedProtocol, pieces: list[memoryview]
-                  ) -> tuple[int, int]:
-        """Copy ``pieces`` into the buffers ``protocol`` lends, reporting each buffer
-        (``buffer_updated``) but the last: returns the bytes copied into that one, not
-        reported yet, and the bytes copied in all. Stops early if the protocol ends the
-        connection."""
-        left = sum(piece.nbytes for piece in pieces)
-        out: memoryview | None = None
-        room = filled = 0
-        moved = 0
-        for piece in pieces:
-            offset, size = 0, piece.nbytes
-            while offset < size:
-                if out is None:
-                    out = memoryview(protocol.get_buffer(left - moved))
-                    room, filled = out.nbytes, 0
-                    if room <= 0:
-                        raise RuntimeError("get_buffer() returned an empty buffer")
-                count = min(room - filled, size - offset)
-                out[filled : filled + count] = piece[offset : offset + count]
-                filled += count
-                offset += count
-                moved += count
-                if filled == room and moved < left:
-                    out.release()
-                    out = None
-                    protocol.buffer_updated(filled)
-                    filled = 0
-                    if self._finished:
-                        return 0, moved
-        if out is not None:
-            out.release()
-        return filled, moved
-
-    def _discard_inbound(self) -> None:
-        """After close(): drop what arrives, as a closed socket would, so a peer blocked
-        on a full ring can finish and close too."""
-        try:
-            while self._inbound.read():
-                self._notify_writer()
-        except RingCorrupted as exc:
-            self._fatal(exc)
-
-    def _peer_closed(self) -> None:
-        """The peer closed cleanly: all it sent is in the ring. Deliver it, then end."""
-        while not self._finished and not self._closing and self._drain_once():
-            pass
-        if self._finished:
-            return
-        if not self._closing:
-            try:
-                self._protocol.eof_received()  # type: ignore[attr-defined]  # as data_received above
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal(exc, "protocol.eof_received() failed")
-                return
-        self._finish(None)
+        self._pump.on_wake()
 
     def _control_channel_lost(self, exc: Exception | None) -> None:
-        if self._finished:
+        pump = self._pump
+        if pump.finished:
             return
         if self._segment._is_closed(self._peer_side):
-            self._on_wake()   # it closed the rings first: a clean close, not a death
+            pump.on_wake()   # it closed the rings first: a clean close, not a death
             return
         reason = ConnectionResetError("shm peer is gone: its control channel closed")
         reason.__cause__ = exc
@@ -1433,7 +1028,7 @@ class ShmTransport(asyncio.Transport):
         )
 
     def _fatal(self, exc: BaseException, message: str | None = None) -> None:
-        if self._finished:
+        if self._pump.finished:
             return
         if message is not None:
             self._loop.call_exception_handler(
@@ -1450,12 +1045,12 @@ class ShmTransport(asyncio.Transport):
 
     def _finish(self, exc: BaseException | None) -> None:
         """Stop using the rings, tell the peer and the waiter, schedule connection_lost."""
-        if self._finished:
+        pump = self._pump
+        if pump.finished:
             return
-        self._finished = True
-        self._closing = True
-        self._buffer.clear()
-        self._buffered = 0
+        pump.finished = True
+        pump.closing = True
+        pump.clear_buffer()
         self._segment._set_closed(self._side)
         self._fence()
         self._ring_bell(self._peer_bell)   # whatever its flags say: it must see we closed
@@ -1479,7 +1074,7 @@ class ShmTransport(asyncio.Transport):
             # Let go of the protocol (as asyncio's transports do): it holds us too, and
             # the cycle would keep both, rings and buffers included, until a full gc.
             self._control = None
-            self._protocol = _DETACHED
+            self.set_protocol(_DETACHED)
             if self._watched_bell:
                 # No thread uses the segment: it goes as soon as the protocol knows.
                 self._release_segment()
@@ -1509,9 +1104,10 @@ class ShmTransport(asyncio.Transport):
 
     def _has_work(self) -> bool:
         """Anything for the loop to do? Read-only hints, safe from the waiter thread."""
+        pump = self._pump
         return (
-            (not self._reading_paused and self._inbound.has_data())
-            or (self._buffered > 0 and self._outbound.tail_moved())
+            (not pump.reading_paused and self._inbound.has_data())
+            or (pump.buffered > 0 and self._outbound.tail_moved())
             or self._segment._is_closed(self._peer_side)
         )
 
@@ -1533,9 +1129,10 @@ class ShmTransport(asyncio.Transport):
         segment = self._segment
         if segment.pid != _this_pid or segment.closed:
             return
-        if not self._finished:
+        pump = self._pump
+        if not pump.finished:
             # The loop was closed under a live connection: tell the peer we are gone.
-            self._finished = True
+            pump.finished = True
             segment._set_closed(self._side)
             self._ring_bell(self._peer_bell)
         segment.close()

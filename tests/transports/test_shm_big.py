@@ -119,7 +119,7 @@ async def transfer(variant: str, message: bytes, piece: int = PIECE, *,
     server = ShmTransport(loop, segment, "server", assembler)
     client = ShmTransport(loop, client_segment, "client", sender)
     if refill:
-        assembler.on_report = client._flush
+        assembler.on_report = client._pump.flush
     try:
         await within(asyncio.sleep(0))
         sender.send()
