@@ -17,7 +17,7 @@ from setuptools.command.build_ext import build_ext
 
 # The same list as rpc._compiled.MODULES (setup.py can't import the package it builds).
 COMPILED = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection",
-            "rpc.transports._ring")
+            "rpc.transports._ring", "rpc._link")
 
 # Typing comes from the .pxd files alone: the .py annotations are for mypy and readers
 # (to Cython an `int` annotation would mean an exact Python int).

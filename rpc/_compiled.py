@@ -36,7 +36,7 @@ log = logging.getLogger("lanerpc")
 
 # Compiled by setup.py, in this order (each imports only those before it).
 MODULES = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection",
-           "rpc.transports._ring")
+           "rpc.transports._ring", "rpc._link")
 
 # The folder of the rpc package; a module of MODULES lives in the folder its dotted name
 # says (rpc.transports._ring in <rpc>/transports).
