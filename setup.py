@@ -1,7 +1,7 @@
 """Compiles lanerpc's hot path where it can; everything else is in pyproject.toml.
 
-The codec, the connection state machine and the shm ring (rpc._compiled.MODULES) are pure Python
-that Cython also compiles, typed by the .pxd file beside each .py. Where Cython or a
+The codec, the connection state machine, the link and the shm ring (rpc._compiled.MODULES) are
+pure Python that Cython also compiles, typed by the .pxd file beside each .py. Where Cython or a
 C compiler is missing, or compiling fails, the install goes on with the pure-Python
 modules and says so: an install never fails for want of a compiler.
 LANERPC_PURE_PYTHON=1 at install time skips compiling.

@@ -1,7 +1,7 @@
 """Which build of the hot path runs: compiled or pure Python.
 
-The codec, the connection state machine and the shm lane's ring (:data:`MODULES`) are plain Python
-source that ``pip install`` also compiles with Cython where a C compiler exists
+The codec, the connection state machine, the link and the shm lane's ring (:data:`MODULES`)
+are plain Python source that ``pip install`` also compiles with Cython where a C compiler exists
 (``setup.py``; the ``.pxd`` file beside each ``.py`` gives the types). Python
 imports the compiled extension in preference to the ``.py`` of the same name; this
 module, imported first by ``rpc/__init__``, decides per module instead:
