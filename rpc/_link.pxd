@@ -31,6 +31,7 @@ cdef class _LinkBase:
     cdef public object _handshake_timer
     cdef public bint _write_paused
     cdef public list _drain_waiters
+    cdef object _drained
     cdef public list _backlog
     cdef public object _awake
     cdef public long long _awake_until

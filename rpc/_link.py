@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from rpc import _connection as c
@@ -86,6 +86,8 @@ class _LinkBase:
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drained: asyncio.Future[None] = self.loop.create_future()   # what drain() returns
+        self._drained.set_result(None)                                   # with nothing to wait for
         self._backlog: list[bytes | memoryview] = []   # frames waiting while the transport is paused
         # Keep-awake after a write on the socket lanes (see stay_awake).
         self._awake = AdaptiveSpin(awake_us, max_probe_gap=256) if awake_us else None
@@ -197,17 +199,20 @@ class _LinkBase:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def drain(self) -> None:
-        """Wait while the transport's own buffer is above its high-water mark. Frames
-        the connection has queued past _BIG_WRITE bytes are written first: a writer
-        that never yields to the loop would otherwise pile them up (up to the peer's
+    def drain(self) -> Awaitable[None]:
+        """What to await while the transport's own buffer is above its high-water
+        mark: a future set when it is below again, or one already done (no coroutine
+        made per message for the usual case, nothing to wait for). Frames the
+        connection has queued past _BIG_WRITE bytes are written first: a writer that
+        never yields to the loop would otherwise pile them up (up to the peer's
         windows, which a peer may announce at 2 GiB) before any flush ran."""
         if self.conn.bytes_to_send >= _BIG_WRITE:
             self.flush()
         if (self._write_paused or self._backlog) and not self.conn.closed:
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
-            await waiter
+            return waiter
+        return self._drained
 
     # ------------------------------------------------------------ writing
 
