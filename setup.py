@@ -1,7 +1,7 @@
 """Compiles lanerpc's hot path where it can; everything else is in pyproject.toml.
 
-The codec, the connection state machine, the shm ring and the shm transport's per-message
-work (rpc._compiled.MODULES) are pure Python
+The codec, the connection state machine, the link, the shm ring and the shm transport's
+per-message work (rpc._compiled.MODULES) are pure Python
 that Cython also compiles, typed by the .pxd file beside each .py. Where Cython or a
 C compiler is missing, or compiling fails, the install goes on with the pure-Python
 modules and says so: an install never fails for want of a compiler.
@@ -18,7 +18,7 @@ from setuptools.command.build_ext import build_ext
 
 # The same list as rpc._compiled.MODULES (setup.py can't import the package it builds).
 COMPILED = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection",
-            "rpc.transports._ring", "rpc.transports._pump")
+            "rpc.transports._ring", "rpc.transports._pump", "rpc._link")
 
 # Typing comes from the .pxd files alone: the .py annotations are for mypy and readers
 # (to Cython an `int` annotation would mean an exact Python int).

@@ -1,7 +1,7 @@
 """Which build of the hot path runs: compiled or pure Python.
 
-The codec, the connection state machine, the shm lane's ring and its transport's per-message
-work (:data:`MODULES`) are plain Python
+The codec, the connection state machine, the link, the shm lane's ring and its transport's
+per-message work (:data:`MODULES`) are plain Python
 source that ``pip install`` also compiles with Cython where a C compiler exists
 (``setup.py``; the ``.pxd`` file beside each ``.py`` gives the types). Python
 imports the compiled extension in preference to the ``.py`` of the same name; this
@@ -37,7 +37,7 @@ log = logging.getLogger("lanerpc")
 
 # Compiled by setup.py, in this order (each imports only those before it).
 MODULES = ("rpc._wire", "rpc._events", "rpc._streams", "rpc._connection",
-           "rpc.transports._ring", "rpc.transports._pump")
+           "rpc.transports._ring", "rpc.transports._pump", "rpc._link")
 
 # The folder of the rpc package; a module of MODULES lives in the folder its dotted name
 # says (rpc.transports._ring in <rpc>/transports).

@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from rpc import _connection as c
+from rpc._events import MessageReceived, PingAcked, StreamWritable
 from rpc._options import Options
 from rpc import _wire
 from rpc._compression import Compressed
@@ -34,23 +35,29 @@ from rpc.transports._spin import AdaptiveSpin
 
 log = logging.getLogger("lanerpc")
 
+COMPILED: bool = not __file__.endswith(".py")
 
-class Link(asyncio.BufferedProtocol):
-    """Base of ClientLink and ServerLink: transport plumbing, handshake timer,
-    flushing, keepalive. Subclasses implement ``_dispatch(events)``."""
+_perf_counter_ns = time.perf_counter_ns
 
-    role: c.Role
-    # Server: the client's address on the TCP connection it dialled, when it then
-    # moved to a local lane (set by the lanes' negotiator); context.peer() reports it.
-    dialled_as: str | None = None
-    tls_transport = False         # the transport is the event loop's TLS (see flush)
-    # Server: the auth properties the client's port's credentials give (TLS, or local
-    # credentials on TCP), on that port or on the local lane the client upgraded to
-    # (set by the server link and the lanes' negotiator).
-    tls: dict[str, list[bytes]] | None = None
+# Above this many bytes a flush is fed to the transport a piece at a time,
+# stopping while it is paused: handing it megabytes at once makes it copy
+# them into its own buffer and shift that buffer after every send.
+_BIG_WRITE = 256 * 1024
 
-    def __init__(self, options: Options, *, hello: handshake_pb2.Hello | None = None,
-                 budget: MemoryBudget | None = None) -> None:
+# The keepalive timer looks at the input this many times per keepalive_time, so
+# reading data costs nothing more than counting it (no clock read per receive):
+# a PING goes out at most keepalive_time / _KA_STEPS later than exactly due.
+_KA_STEPS = 8
+
+
+class _LinkBase:
+    """What a :class:`Link` is, less its being an asyncio protocol: its state and
+    everything it does. Compiled, this is an extension type (``_link.pxd``) whose
+    fields are C fields, which can't have asyncio.BufferedProtocol (a Python class)
+    as its base; :class:`Link` adds that."""
+
+    def __init__(self, role: c.Role, options: Options, hello: handshake_pb2.Hello | None,
+                 budget: MemoryBudget | None, awake_us: float) -> None:
         self.options = options
         limits = c.Limits(
             max_metadata_size=options.max_metadata_size,
@@ -62,9 +69,9 @@ class Link(asyncio.BufferedProtocol):
                 _wire.DEFAULT_CONNECTION_WINDOW,
                 options.max_receive_message_length + _wire.DEFAULT_MAX_FRAME_SIZE)),
         )
-        if self.role is c.Role.CLIENT:
+        if role is c.Role.CLIENT:
             hello = _with_user_agent(hello, options.user_agent)
-        self.conn = c.Connection(self.role, limits, hello=hello, budget=budget)
+        self.conn = c.Connection(role, limits, hello=hello, budget=budget)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: PeerInfo | None = None
@@ -79,16 +86,19 @@ class Link(asyncio.BufferedProtocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drained: asyncio.Future[None] = self.loop.create_future()   # what drain() returns
+        self._drained.set_result(None)                                   # with nothing to wait for
         self._backlog: list[bytes | memoryview] = []   # frames waiting while the transport is paused
-        # Keep-awake after a write on the socket lanes (see _stay_awake).
-        self._awake = AdaptiveSpin(self._AWAKE_US, max_probe_gap=256) if self._AWAKE_US else None
+        # Keep-awake after a write on the socket lanes (see stay_awake).
+        self._awake = AdaptiveSpin(awake_us, max_probe_gap=256) if awake_us else None
         self._awake_until = 0         # perf_counter_ns deadline while awake, else 0
         self._awake_caught = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self.tls_transport = False    # the transport is the event loop's TLS (see flush)
         self.calls: dict[int, Any] = {}   # stream id -> the subclass's call object
         # Keepalive (see _keepalive_tick): PING after keepalive_time without input.
-        self._ka_time = (options.keepalive_time if self.role is c.Role.CLIENT
+        self._ka_time = (options.keepalive_time if role is c.Role.CLIENT
                          else options.server_keepalive_time)
         self._ka_timer: asyncio.TimerHandle | None = None
         self._ka_payload = b""
@@ -189,17 +199,20 @@ class Link(asyncio.BufferedProtocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def drain(self) -> None:
-        """Wait while the transport's own buffer is above its high-water mark. Frames
-        the connection has queued past _BIG_WRITE bytes are written first: a writer
-        that never yields to the loop would otherwise pile them up (up to the peer's
+    def drain(self) -> Awaitable[None]:
+        """What to await while the transport's own buffer is above its high-water
+        mark: a future set when it is below again, or one already done (no coroutine
+        made per message for the usual case, nothing to wait for). Frames the
+        connection has queued past _BIG_WRITE bytes are written first: a writer that
+        never yields to the loop would otherwise pile them up (up to the peer's
         windows, which a peer may announce at 2 GiB) before any flush ran."""
-        if self.conn.bytes_to_send >= self._BIG_WRITE:
+        if self.conn.bytes_to_send >= _BIG_WRITE:
             self.flush()
         if (self._write_paused or self._backlog) and not self.conn.closed:
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
-            await waiter
+            return waiter
+        return self._drained
 
     # ------------------------------------------------------------ writing
 
@@ -209,7 +222,7 @@ class Link(asyncio.BufferedProtocol):
             self.loop.call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
-        if self._writer_yielding and self.conn.bytes_to_send < self._BIG_WRITE:
+        if self._writer_yielding and self.conn.bytes_to_send < _BIG_WRITE:
             # The writer goes on writing right after this turn: what it queued goes
             # out with what it writes next (drain() writes once _BIG_WRITE are queued),
             # not in a small write per turn, which would wake the peer per turn.
@@ -226,15 +239,6 @@ class Link(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ staying awake
 
-    # After a write that leaves this side idle but expecting an answer soon, keep
-    # the process on its CPU for up to this long (by letting the loop go round
-    # without blocking): waking a sleeping CPU costs tens of microseconds here,
-    # more than a whole call's work. Only then: while calls are many or streams
-    # flow, blocking lets frames batch. AdaptiveSpin stops it when answers don't
-    # come that fast (or the peer shares our core); the shm transport does the
-    # same with its rings.
-    _AWAKE_US = 50.0
-
     def stay_awake(self) -> None:
         """Called after the write that leaves this side waiting for one answer
         (a lone unary request; a server's last response with nothing else to do)."""
@@ -244,7 +248,7 @@ class Link(asyncio.BufferedProtocol):
         start = not self._awake_until
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds, which
         # would stretch a 50 us budget to up to 1 ms.
-        self._awake_until = time.perf_counter_ns() + awake.max_spin_ns
+        self._awake_until = _perf_counter_ns() + awake.max_spin_ns
         self._awake_caught = False
         if start:
             self.loop.call_soon(self._awake_step)
@@ -255,16 +259,11 @@ class Link(asyncio.BufferedProtocol):
         if self._awake_caught or self.conn.closed:
             self._awake_until = 0
             awake.record(self._awake_caught)
-        elif time.perf_counter_ns() >= self._awake_until:
+        elif _perf_counter_ns() >= self._awake_until:
             self._awake_until = 0
             awake.record(False)
         else:
             self.loop.call_soon(self._awake_step)
-
-    # Above this many bytes a flush is fed to the transport a piece at a time,
-    # stopping while it is paused: handing it megabytes at once makes it copy
-    # them into its own buffer and shift that buffer after every send.
-    _BIG_WRITE = 256 * 1024
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -276,11 +275,11 @@ class Link(asyncio.BufferedProtocol):
             return
         if len(data) == 1:
             size = len(data[0])
-            if size <= self._BIG_WRITE:
+            if size <= _BIG_WRITE:
                 self.bytes_out += size
                 transport.write(data[0])
                 return
-        elif (size := sum(map(len, data))) <= self._BIG_WRITE:
+        elif (size := sum(map(len, data))) <= _BIG_WRITE:
             self.bytes_out += size
             if self.tls_transport:
                 # The loop's TLS makes one record of each buffer given to writelines:
@@ -297,7 +296,7 @@ class Link(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        step = self._BIG_WRITE
+        step = _BIG_WRITE
         batch: list[bytes | memoryview] = []
         batched = 0
         for i, buf in enumerate(data):
@@ -353,14 +352,9 @@ class Link(asyncio.BufferedProtocol):
         if self._ka_time is not None:
             self._ka_seen = self.bytes_in
             self._last_input = self.loop.time()
-            self._ka_timer = self.loop.call_later(self._ka_time / self._KA_STEPS, self._keepalive_tick)
+            self._ka_timer = self.loop.call_later(self._ka_time / _KA_STEPS, self._keepalive_tick)
 
     # ------------------------------------------------------------ keepalive
-
-    # The keepalive timer looks at the input this many times per keepalive_time, so
-    # reading data costs nothing more than counting it (no clock read per receive):
-    # a PING goes out at most keepalive_time / _KA_STEPS later than exactly due.
-    _KA_STEPS = 8
 
     def _keepalive_tick(self) -> None:
         """gRPC's keepalive, on both sides: a PING goes out keepalive_time after the
@@ -385,7 +379,7 @@ class Link(asyncio.BufferedProtocol):
             self._last_input = now
         wait = self._last_input + interval - now
         if wait > 0:
-            self._ka_timer = self.loop.call_later(min(wait, interval / self._KA_STEPS),
+            self._ka_timer = self.loop.call_later(min(wait, interval / _KA_STEPS),
                                                   self._keepalive_tick)
             return
         if not (self.calls or self.options.keepalive_permit_without_calls) \
@@ -405,7 +399,7 @@ class Link(asyncio.BufferedProtocol):
         if self._sent_other_frames():
             self._pings_without_data = 0
         limit = self.options.max_pings_without_data
-        return self.role is c.Role.SERVER or not limit or self._pings_without_data < limit
+        return self.conn.role is c.Role.SERVER or not limit or self._pings_without_data < limit
 
     def _sent_other_frames(self) -> bool:
         """Whether this side wrote anything but PING frames since the last look
@@ -425,7 +419,7 @@ class Link(asyncio.BufferedProtocol):
             self._last_input = self.loop.time()
             if self._ka_timer is not None:
                 self._ka_timer.cancel()
-            self._ka_timer = self.loop.call_later(self._ka_time / self._KA_STEPS,
+            self._ka_timer = self.loop.call_later(self._ka_time / _KA_STEPS,
                                                   self._keepalive_tick)
 
     def _keepalive_expired(self) -> None:
@@ -502,23 +496,25 @@ class Link(asyncio.BufferedProtocol):
         ev: Any
         for ev in events:
             t = type(ev)
-            if t is c.MessageReceived:
-                call = calls.get(ev.stream_id)
+            if t is MessageReceived:
+                message = ev      # (compiled: typed, so its fields are C reads)
+                call = calls.get(message.stream_id)
                 if call is not None:
-                    data = ev.data
+                    data = message.data
                     if type(data) is not bytes:
                         # A big message, read straight into a buffer of its own: a
                         # call (a Stream) hands it to a deserializer that parses
                         # buffers as it is; anything else gets bytes, as from grpc.aio.
                         big = getattr(call, "_big_message", None)
                         data = big(data) if big is not None else bytes(data)
-                    call._on_message(Compressed(data, ev.encoding) if ev.encoding else data,
-                                     ev.end_stream)
-            elif t is c.StreamWritable:
+                    if message.encoding:
+                        data = Compressed(data, message.encoding)
+                    call._on_message(data, message.end_stream)
+            elif t is StreamWritable:
                 call = calls.get(ev.stream_id)
                 if call is not None:
                     call._on_writable()
-            elif t is c.PingAcked:
+            elif t is PingAcked:
                 self.keepalive_acked(ev.payload)
             else:
                 self._on_event(ev)
@@ -531,29 +527,52 @@ class Link(asyncio.BufferedProtocol):
         raise NotImplementedError
 
 
+class Link(_LinkBase, asyncio.BufferedProtocol):
+    """One connection: base of ClientLink and ServerLink. Transport plumbing,
+    handshake timer, flushing, keepalive (in :class:`_LinkBase`); subclasses
+    implement ``_on_event(ev)`` and ``_lost(reason)``."""
+
+    role: c.Role
+    # After a write that leaves this side idle but expecting an answer soon, keep
+    # the process on its CPU for up to this long (by letting the loop go round
+    # without blocking): waking a sleeping CPU costs tens of microseconds here,
+    # more than a whole call's work. Only then: while calls are many or streams
+    # flow, blocking lets frames batch. AdaptiveSpin stops it when answers don't
+    # come that fast (or the peer shares our core); the shm transport does the
+    # same with its rings.
+    _AWAKE_US = 50.0
+    # Server: the client's address on the TCP connection it dialled, when it then
+    # moved to a local lane (set by the lanes' negotiator); context.peer() reports it.
+    dialled_as: str | None = None
+    # Server: the auth properties the client's port's credentials give (TLS, or local
+    # credentials on TCP), on that port or on the local lane the client upgraded to
+    # (set by the server link and the lanes' negotiator).
+    tls: dict[str, list[bytes]] | None = None
+
+    def __init__(self, options: Options, *, hello: handshake_pb2.Hello | None = None,
+                 budget: MemoryBudget | None = None) -> None:
+        _LinkBase.__init__(self, self.role, options, hello, budget, self._AWAKE_US)
+
+
 class LaneAdapter(asyncio.BufferedProtocol):
     """The protocol a new lane's transport drives after a switch: everything goes
     to the link, except that ``connection_made`` means "switch", not "start".
 
     Buffered, as the link is: the shm lane copies its ring's records straight into
     the memory the connection lends (a big message's own buffer), the one copy out
-    of shared memory, instead of joining them into bytes that are copied again."""
+    of shared memory, instead of joining them into bytes that are copied again.
+    What the transport calls per read is the link's own method, bound here when the
+    adapter is made: no call through the adapter per message."""
 
     def __init__(self, link: Link) -> None:
         self.link = link
+        self.get_buffer = link.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = link.buffer_updated  # type: ignore[method-assign]
+        self.data_received = link.data_received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.link.transport is not transport:
             self.link.switch_to(transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.link.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.link.buffer_updated(nbytes)
-
-    def data_received(self, data: bytes) -> None:
-        self.link.data_received(data)
 
     def eof_received(self) -> bool:
         return self.link.eof_received()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from google.protobuf.message import Message as _ProtoMessage
@@ -75,8 +76,8 @@ class StreamLink(Protocol):
     def stay_awake(self) -> None:
         """Keep the process on its CPU a little, for an answer due soon."""
 
-    async def drain(self) -> None:
-        """Wait while the transport's buffer is full."""
+    def drain(self) -> Awaitable[None]:
+        """What to await while the transport's buffer is full."""
 
     def writer_yields(self) -> None:
         """A writer lets the loop turn mid-burst; what it queued may wait for more."""

@@ -43,7 +43,7 @@ def test_a_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     # The hot path's source and its types are there; no extension, no generated C.
     for module in ("_wire", "_events", "_streams", "_connection", "transports/_ring",
-                   "transports/_pump"):
+                   "transports/_pump", "_link"):
         assert f"rpc/{module}.py" in names
         assert f"rpc/{module}.pxd" in names
     assert [n for n in names if n.endswith((".so", ".pyd", ".c", ".html"))] == []
