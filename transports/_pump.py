@@ -72,6 +72,20 @@ _c_now_ns: Callable[[], int]
 _c_spin_pause: Callable[[], None]
 
 
+class _NoOwner:
+    """The owner of a detached pump: its transport has finished, and what reports to it
+    has nobody left to tell."""
+
+    def _fatal(self, exc: BaseException, message: str | None = None) -> None:
+        pass
+
+    def _finish(self, exc: BaseException | None) -> None:
+        pass
+
+
+_NO_OWNER = _NoOwner()
+
+
 class RingPump:
     """The per-message half of one :class:`~rpc.transports.shm.ShmTransport`.
 
@@ -134,6 +148,13 @@ class RingPump:
         self._spin_budget = 0
         self._drain_step = drain_step
         self._direct_copy = direct_copy
+
+    def detach(self, protocol: asyncio.BaseProtocol) -> None:
+        """Let go of the transport and its protocol once the connection is over: the
+        transport holds the pump, and a pump holding it back would be a cycle that keeps
+        both (rings, buffers and all) until a full garbage collection."""
+        self._owner = _NO_OWNER
+        self.set_protocol(protocol)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol

@@ -1074,7 +1074,8 @@ class ShmTransport(asyncio.Transport):
             # Let go of the protocol (as asyncio's transports do): it holds us too, and
             # the cycle would keep both, rings and buffers included, until a full gc.
             self._control = None
-            self.set_protocol(_DETACHED)
+            self._protocol = _DETACHED
+            self._pump.detach(_DETACHED)
             if self._watched_bell:
                 # No thread uses the segment: it goes as soon as the protocol knows.
                 self._release_segment()
