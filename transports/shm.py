@@ -76,7 +76,7 @@ from typing import Any, Literal
 from . import _memfd
 from ._doorbell import EventfdDoorbell, SemaphoreDoorbell, eventfd_supported
 from ._memfd import MemfdRejected
-from ._pump import JOIN_LIMIT, OWN_RECORD, RingPump
+from ._pump import RingPump
 from ._ring import (
     MAX_CAPACITY,
     MIN_CAPACITY,
@@ -126,8 +126,6 @@ DEFAULT_RING_CAPACITY = 1 << 20    # per direction; a 16 MiB message streams in 
 IDLE_WAIT_SECONDS = 5.0
 DEFAULT_LOOP_SPIN_US = 200.0       # the ceiling of the loop's poll for an answer (0: off)
 LOOP_SPIN_MAX_PROBE_GAP = 64       # backed off, the loop still spins after every 64th write
-_JOIN_LIMIT = JOIN_LIMIT          # writelines joins batches up to this size (cheap copy)
-_OWN_RECORD = OWN_RECORD          # a buffer this big goes into the ring as it is, unjoined
 # The reader frees the ring after copying about this many bytes out (whole records), so
 # a message bigger than the ring streams: the writer refills one part while the reader
 # copies the next.
@@ -981,11 +979,6 @@ class ShmTransport(asyncio.Transport):
             f"<ShmTransport {self._side} {state} ring={self._segment.layout.ring_capacity}"
             f" buffered={pump.buffered}>"
         )
-
-    @property
-    def _spinning(self) -> bool:
-        """Whether the loop polls the inbound ring for an answer now (for tests)."""
-        return self._pump.spinning
 
     # -- the loop's side of the rings (the rest is the pump's) ---------------------
 

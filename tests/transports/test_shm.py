@@ -26,7 +26,7 @@ import pytest
 posix_ipc = pytest.importorskip("posix_ipc")
 
 import rpc.transports.shm as shm_module  # noqa: E402
-from rpc.transports import _memfd, _spin  # noqa: E402
+from rpc.transports import _memfd, _pump, _spin  # noqa: E402
 from rpc.transports import PeerInfo  # noqa: E402
 from rpc.transports._ring import RingCorrupted  # noqa: E402
 from rpc.transports.shm import (  # noqa: E402
@@ -333,7 +333,7 @@ async def test_a_big_batch_of_small_buffers_goes_in_a_few_records() -> None:
     # lengths off the shared memory. Only the client writes (the server does not echo).
     records = written_records(client_transport)
     assert sum(records) == len(expected)
-    assert len(records) <= 2 * (300_000 // shm_module._JOIN_LIMIT + 1) + 1
+    assert len(records) <= 2 * (300_000 // _pump.JOIN_LIMIT + 1) + 1
     assert len(big) in records
     await close_pair(client, server)
 
@@ -866,7 +866,7 @@ async def test_close_and_pause_during_a_loop_spin() -> None:
     client_transport.write(b"a")
     await asyncio.sleep(0)          # the spin is under way
     client_transport.pause_reading()
-    await wait_until(lambda: not client_transport._spinning, 0.01)   # it noticed and stopped
+    await wait_until(lambda: not client_transport._pump.spinning, 0.01)   # it noticed and stopped
     server_transport.write(b"b")    # held back while paused
     await client.nothing_arrives(0.01)
     assert bytes(client.data) == b""
