@@ -90,14 +90,19 @@ async def test_client_interceptor_context_is_a_copy_of_the_callers(start, connec
 
 
 class TimesOut(aio.UnaryUnaryClientInterceptor):
-    """Bounds the call with asyncio.timeout (which cancels its current task)."""
+    """Bounds the call with asyncio.timeout (which cancels its current task), once
+    ``handling`` is set: the server's handler runs, so the call must be cancelled there
+    (on a loaded machine a bare 50 ms could end the call before the server saw it)."""
 
     def __init__(self) -> None:
         self.task: Any = None
+        self.handling: asyncio.Event | None = None
 
     async def intercept_unary_unary(self, continuation, details, request):
         self.task = asyncio.current_task()
         call = await continuation(details, request)
+        if self.handling is not None:
+            await asyncio.wait_for(self.handling.wait(), RPC_TIMEOUT)
         try:
             async with asyncio.timeout(0.05):
                 await call
@@ -110,6 +115,7 @@ class TimesOut(aio.UnaryUnaryClientInterceptor):
 async def test_client_interceptor_has_its_own_current_task(start, connect):
     interceptor = TimesOut()
     servicer, stub = await open_stub(start, connect, client=[interceptor])
+    interceptor.handling = servicer.sleeping
     call = stub.UnaryCall(pb.SimpleRequest(sleep_ms=3000), timeout=RPC_TIMEOUT)
     # The timeout cancels the interceptor's task, not the caller's.
     with pytest.raises(TimeoutError):
