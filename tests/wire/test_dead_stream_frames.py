@@ -7,6 +7,9 @@ the connection window stay the same (what was never sent was never counted)."""
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from rpc import _wire
 from rpc._connection import (
     CANCELLED,
@@ -221,4 +224,83 @@ def test_big_messages_in_pieces_are_dropped_whole() -> None:
     assert client.send_window == window - 100 * KIB
     pair.server.consume(live)
     pair.pump()
+    _windows_agree(pair)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["open", "unary", "send", "cancel", "flush"]),
+                          st.integers(0, 7), st.integers(0, 6 * KIB)), max_size=60))
+def test_random_calls_dying_at_random_moments_keep_both_sides_in_step(ops) -> None:
+    """Whatever dies when: the server sees no stream the client withdrew, every live
+    stream's messages whole and in order, a dead one's only as a prefix, and once all
+    is read both sides agree on every connection window (small, so streams block)."""
+    pair = ConnectionPair(server_limits=Limits(stream_window=8 * KIB, connection_window=12 * KIB))
+    pair.handshake()
+    client, server = pair.client, pair.server
+    sids: list[int] = []
+    sent: dict[int, list[bytes]] = {}
+    cancelled: set[int] = set()
+    withdrawn: set[int] = set()
+    ended: set[int] = set()       # unary: the request ended the input
+    handed_out = 0     # streams below this id had their HEADERS handed out
+
+    def deliver() -> bytes:
+        """The client's queue to the server, which consumes each message it gets."""
+        nonlocal handed_out
+        handed_out = client._next_stream_id
+        data = pair.take(CLIENT)
+        for ev in pair.feed(SERVER, data) if data else []:
+            if type(ev) is MessageReceived:
+                server.consume(ev.stream_id)
+        return data
+
+    def settle() -> None:
+        for _ in range(1000):
+            data = deliver()
+            back = pair.take(SERVER)
+            if back:
+                pair.feed(CLIENT, back)
+            client.take_events()
+            if not data and not back:
+                return
+        raise AssertionError("did not settle")
+
+    for op, which, size in ops:
+        if op in ("open", "unary"):
+            message = bytes([len(sids) % 256]) * size
+            sid = client.start_request("/svc/M", 1.0, None,
+                                       message=message if op == "unary" else None)
+            sids.append(sid)
+            sent[sid] = [message] if op == "unary" else []
+            if op == "unary":
+                ended.add(sid)
+        elif not sids:
+            continue
+        elif op == "send":
+            sid = sids[which % len(sids)]
+            if sid in cancelled or sid in ended or sid not in client.streams:
+                continue
+            message = bytes([size % 256]) * size
+            client.send_message(sid, message)
+            sent[sid].append(message)
+        elif op == "cancel":
+            sid = sids[which % len(sids)]
+            if sid in cancelled or sid not in client.streams:
+                continue
+            if sid >= handed_out:
+                withdrawn.add(sid)
+            cancelled.add(sid)
+            client.cancel(sid, CANCELLED)
+        else:
+            deliver()
+    settle()
+    opened = set(_requests(pair.events[SERVER]))
+    assert not opened & withdrawn
+    assert client.streams_withdrawn == len(withdrawn)
+    for sid in sids:
+        got = [e.data for e in events_of(pair.events[SERVER], MessageReceived) if e.stream_id == sid]
+        if sid in cancelled:
+            assert got == sent[sid][:len(got)]
+        else:
+            assert got == sent[sid]
     _windows_agree(pair)
