@@ -13,7 +13,7 @@ import time
 import grpc
 
 from examples.echo import echo_pb2_grpc
-from tests._support import Echo, msg, serve, wait_until, within
+from tests._support import Echo, msg, serve, within
 
 
 class Seen(echo_pb2_grpc.EchoServicer):
@@ -56,7 +56,7 @@ async def test_calls_that_die_while_the_transport_is_paused_send_nothing() -> No
         assert (await within(live)).payload == b"live"
         # Only the live call's request (no HEADERS, no CANCEL of the dead ones) went out.
         assert echo.started_calls == 2
-        assert not link._backlog and link.conn.bytes_to_send == 0
+        assert link.conn.bytes_to_send == 0
 
 
 async def test_requests_read_together_whose_deadline_passes_before_their_turn_never_start() -> None:
@@ -74,8 +74,7 @@ async def test_requests_read_together_whose_deadline_passes_before_their_turn_ne
         link.resume_writing()
         assert (await within(slow)).payload == b"slow"
         assert all(await within(asyncio.gather(*map(_deadline_exceeded, late))))
-        await wait_until(lambda: not served.server._links or all(
-            not server_link.calls for server_link in served.server._links))
+        # (The three were dispatched together, before the slow call's answer went out.)
         assert servicer.seen == [b"warm", b"slow"]
 
 
