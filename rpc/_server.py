@@ -61,6 +61,7 @@ class ServerLink(Link):
         self.aged = False             # GOAWAY "max_age" sent: closes once its calls end
         self.linger_timer: asyncio.TimerHandle | None = None   # closing after a GOAWAY
         self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
+        self.read_at = 0.0            # monotonic time of the read being dispatched (when many)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -120,6 +121,12 @@ class ServerLink(Link):
     def _dispatch(self, events: list[c.Event]) -> None:
         if len(events) > 2:
             events = _without_requests_cancelled_unseen(events)
+            # Requests read together start one after another: one whose timeout
+            # runs out meanwhile is not started (see Server._on_request).
+            self.read_at = time.monotonic()
+            Link._dispatch(self, events)
+            self.read_at = 0.0
+            return
         Link._dispatch(self, events)      # (not super(): this runs per read)
 
     def _on_event(self, ev: Any) -> None:
@@ -766,6 +773,13 @@ class Server(aio.Server):
         if self._state != "serving":
             conn.cancel(sid, _C.UNAVAILABLE.value[0], "server is shutting down", not_started=True)
             link.flush_soon()
+            return
+        if ev.timeout is not None and link.read_at and time.monotonic() - link.read_at >= ev.timeout:
+            # Its deadline passed while the calls read before it started: as in gRPC,
+            # a call whose deadline is gone before its handler starts never starts.
+            conn.end_stream(sid, _C.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+            link.flush_soon()
+            self._stats.call_ended(link.lane or "?", _C.DEADLINE_EXCEEDED.value[0], link)
             return
         if self._interceptors:
             self._intercept(link, ev)
