@@ -178,11 +178,17 @@ class AnswerSpin:
         if typical > ceiling:
             self.declined += 1
             return 0                # answers come later than any spin we would pay for
-        return min(ceiling, max(self.min_spin_ns, 2 * typical))
+        # Comparisons, not min()/max(): this runs per write, and the builtins cost
+        # 0.2 us each here (measured), more than the rest of the method.
+        budget = 2 * typical
+        if budget < self.min_spin_ns:
+            budget = self.min_spin_ns
+        return budget if budget < ceiling else ceiling
 
     def observe(self, answer_ns: int) -> None:
         """An answer arrived ``answer_ns`` after the write that asked for it."""
-        sample = min(answer_ns, 2 * self.max_spin_ns)
+        cap = 2 * self.max_spin_ns
+        sample = answer_ns if answer_ns < cap else cap    # not min(): see budget_ns
         typical = self.typical_ns
         self.typical_ns = sample if typical is None else (7 * typical + sample) // 8
 
