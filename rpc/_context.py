@@ -267,6 +267,12 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
     def _on_message(self, data: bytes, end: bool) -> None:
         if end:
             self._recv_ended = True
+            if self._task is None and not self._received and not self._handler.request_streaming:
+                # The whole request of a unary call (the usual case): start it now.
+                # No reader can wait on a unary request; nothing to wake.
+                self._received.append(data)
+                self._start()
+                return
         self._deliver(data)
         if self._task is None and not self._handler.request_streaming:
             if end:
@@ -319,7 +325,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         handler = self._handler
         if not handler.request_streaming and not handler.response_streaming:
             fn: Any = handler.unary_unary
-            if _kind(fn) is _COROUTINE and self._start_eagerly(fn):
+            if (_kinds.get(fn) or _kind(fn)) is _COROUTINE and self._start_eagerly(fn):
                 return
         self._task = task = self._loop.create_task(self._run(),
                                                    context=self._server._handler_context())
@@ -354,8 +360,14 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             raise
         _leave_task(loop, step)
         if resumed is None:
+            # Over in its first step: what _task_done does for a task, inline (a call
+            # the first step did not end is ended by it, here too).
             step.finished = True
-            self._task_done(step)
+            if not self._ended:
+                self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
+            if self._callbacks:
+                self._complete()
+            self._server._call_finished(self)
             return True
         self._task = task = step.hand_over(loop, resumed, context)
         task.add_done_callback(self._task_done)
