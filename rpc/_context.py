@@ -259,8 +259,9 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         if default:
             self._encoding = default            # the server's compression= (tcp lane only)
         if timeout is not None:
+            # The timer is armed by whoever made the call, before the loop runs again
+            # (_arm_deadline): most unary calls are over by then and need none.
             self._deadline = self._loop.time() + timeout
-            self._timer = self._loop.call_later(timeout, self._on_deadline)
 
     # ------------------------------------------------------------ events
 
@@ -310,6 +311,12 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             self._complete()
             self._server._call_finished(self)
         self._release_waiters()
+
+    def _arm_deadline(self) -> None:
+        """Start the deadline's timer, unless the call is over already. It fires at
+        the deadline the call arrived with, however late it is armed."""
+        if self._deadline is not None and self._timer is None and not self._ended:
+            self._timer = self._loop.call_at(self._deadline, self._on_deadline)
 
     def _on_deadline(self) -> None:
         self._timer = None

@@ -61,6 +61,9 @@ class ServerLink(Link):
         self.aged = False             # GOAWAY "max_age" sent: closes once its calls end
         self.linger_timer: asyncio.TimerHandle | None = None   # closing after a GOAWAY
         self.invocation_head: tuple[_Metadatum, ...] = ()   # the client's user-agent
+        # Calls with a deadline started in this read, their timers not armed yet: a
+        # call over before the loop runs again (most unary ones) never needs one.
+        self.untimed: list[ServicerContext] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -120,7 +123,21 @@ class ServerLink(Link):
     def _dispatch(self, events: list[c.Event]) -> None:
         if len(events) > 2:
             events = _without_requests_cancelled_unseen(events)
-        Link._dispatch(self, events)      # (not super(): this runs per read)
+        try:
+            Link._dispatch(self, events)      # (not super(): this runs per read)
+        finally:
+            if self.untimed:
+                self.arm_deadlines()
+
+    def arm_deadlines(self) -> None:
+        """Arm the timers of the calls with a deadline started since the last time,
+        those that are not over yet (before the loop runs again: the timers fire
+        at the same deadlines they would have had if armed at once)."""
+        untimed = self.untimed
+        for call in untimed:
+            if not call._ended:           # (most are over: no call to arm nothing)
+                call._arm_deadline()
+        untimed.clear()
 
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
@@ -268,6 +285,7 @@ class ServerLink(Link):
         self.idle_timer = self.age_timer = None
         self._cancel_linger()
         calls, self.calls = self.calls, {}
+        self.untimed = []
         for call in calls.values():
             call._on_stream_ended(_C.CANCELLED.value[0], reason, True)
         self.server._links.discard(self)
@@ -778,6 +796,8 @@ class Server(aio.Server):
             call = ServicerContext(self, link, sid, ev.method, ev.timeout, ev.metadata, handler)
             call._counted = True
             link.calls[sid] = call
+            if ev.timeout is not None:
+                link.untimed.append(call)
             if handler.request_streaming:
                 call._start()
                 if ev.end_stream:
@@ -825,6 +845,7 @@ class Server(aio.Server):
             self._interceptor_failed(link, ev.stream_id, error)
             return
         self._accept(link, ev, task.result(), items)
+        link.arm_deadlines()              # (not in a read: arm its timer now)
         call = link.calls.get(ev.stream_id)
         if call is not None:
             for data, end in pending.items:
@@ -866,6 +887,8 @@ class Server(aio.Server):
         if items is not None:
             call._invocation = items
         link.calls[sid] = call
+        if ev.timeout is not None:
+            link.untimed.append(call)     # armed when this read's events are handled
         if handler.request_streaming:
             call._start()
             if ev.end_stream:
