@@ -45,6 +45,7 @@ MetadataType = Union[aio.Metadata, Sequence[Tuple[str, Union[str, bytes]]]]
 
 class Server(Protocol):
     _executor: concurrent.futures.Executor | None
+    _start_context: contextvars.Context | None    # a copy of it is a new call's (see below)
     _options: Options
     _stats: Stats
     _thread_calls: int            # plain handlers started on the pool, not yet returned
@@ -357,7 +358,8 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         except RuntimeError:
             return False
         self._task = step
-        context = self._server._handler_context()
+        base = self._server._start_context      # (what _handler_context gives, inline)
+        context = base.copy() if base is not None else contextvars.copy_context()
         try:
             resumed = context.run(self._first_step, fn)
         except BaseException:      # an exit (SystemExit, KeyboardInterrupt): goes on up
@@ -384,7 +386,15 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         """The first step of a unary coroutine handler (in its contextvars context):
         None when the call ended in it, else the rest of it, for a task to run."""
         try:
-            coro = fn(self._decode(self._take()), self)
+            # _decode(_take()), a frame less (this runs per unary call)
+            request: Any = self._take()
+            deserializer = self._handler.request_deserializer
+            if deserializer is not None:
+                try:
+                    request = deserializer(request)
+                except Exception as exc:
+                    raise _ResponseError(f"Failed to deserialize request message: {exc}") from None
+            coro = fn(request, self)
             try:
                 yielded = coro.send(None)
             except StopIteration as stop:
