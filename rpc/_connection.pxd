@@ -13,6 +13,8 @@ cdef int CANCEL, GOAWAY, HEADERS, HELLO, LANE, MESSAGE, PING, TRAILERS, WINDOW_U
 cdef int FLAG_ACK, FLAG_END_STREAM, FLAG_MORE, FLAG_NO_MESSAGE, FLAG_WITH_MESSAGE, FLAG_SIZE
 cdef int FLAG_NOT_STARTED, ENCODING_MASK, ENCODING_SHIFT
 cdef object _pack_header, _pack_header_and_size, _pack_u32
+cdef object _unpack_header, _unpack_header_and_size
+cdef Py_ssize_t _HEADER_SIZE
 cdef long long _MAX_WINDOW, _MAX_STREAM_ID, _ANNOUNCE_FROM
 cdef object _MAX_TIMEOUT_US
 cdef object _OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE, _CLOSED
@@ -36,6 +38,11 @@ cdef class Connection:
     cdef public FrameDecoder _decoder
     cdef public list _out
     cdef public Py_ssize_t _out_bytes
+    cdef public long long _batch
+    cdef public long long _batch_first_sid
+    cdef public object _dropping
+    cdef public list _later
+    cdef public long long streams_withdrawn
     cdef public dict streams
     cdef public long long _last_peer_stream
     cdef public long long _next_stream_id
@@ -151,3 +158,10 @@ cdef class Connection:
     cdef bytes _fitting_trailers(self, int code, str details, object metadata)
 
     cdef _drop(self, Stream stream)
+    cdef _unqueue(self, Stream stream)
+
+    @cython.locals(dropping=dict, out=list, kept=list, count=Py_ssize_t, kept_bytes=Py_ssize_t,
+                   restored=cython.longlong, i=Py_ssize_t, j=Py_ssize_t, whole=Py_ssize_t,
+                   size=Py_ssize_t, length=Py_ssize_t, ftype=int, flags=int)
+    cdef _drop_frames(self)
+    cpdef list take_events(self)

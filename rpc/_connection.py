@@ -76,6 +76,9 @@ _pack_header = _wire.HEADER.pack
 # (HEADERS / TRAILERS with WITH_MESSAGE): one pack for both.
 _pack_header_and_size = _wire.HEADER_AND_SIZE.pack
 _pack_u32 = _wire.pack_u32
+_unpack_header = _wire.HEADER.unpack_from
+_unpack_header_and_size = _wire.HEADER_AND_SIZE.unpack_from
+_HEADER_SIZE = _wire.HEADER_SIZE
 # The limits as module constants: C integers in the compiled build.
 _MAX_WINDOW = _wire.MAX_WINDOW
 _MAX_STREAM_ID = _wire.MAX_STREAM_ID
@@ -137,6 +140,16 @@ class Connection:
                                            handshake_limit=_wire.MAX_HANDSHAKE_FRAME_SIZE)
         self._out: list[bytes | memoryview] = []
         self._out_bytes = 0
+        # What _out holds is one batch: data_to_send hands it out whole and starts the
+        # next. The frames of a stream that dies while some of its own are still in the
+        # batch are dropped from it (see _unqueue): the peer never gets them.
+        self._batch = 0
+        self._batch_first_sid = 1       # client: the first stream opened in this batch
+        self._dropping: dict[int, int] | None = None   # see _unqueue
+        self._later: list[Event] = []   # see take_events
+        # Client: streams that ended before their HEADERS were handed out: nothing of
+        # them was sent (not even a CANCEL).
+        self.streams_withdrawn = 0
         self.streams: dict[int, Stream] = {}
         self._last_peer_stream = 0      # server: highest stream id the client opened
         self._next_stream_id = 1        # client
@@ -202,17 +215,34 @@ class Connection:
             self._emit(tail)
 
     def data_to_send(self) -> list[bytes | memoryview]:
-        """The buffers to write, in order (may be empty)."""
+        """The buffers to write, in order (may be empty). Once handed out, frames are
+        the owner's to send: only frames still queued here are dropped when their
+        stream dies (so an owner that can't write keeps them here, not in a buffer of
+        its own). Then see :meth:`take_events`."""
         self._flush_credit()
+        if self._dropping is not None:
+            self._drop_frames()
         out = self._out
         if out:
             self._out = []
             self._out_bytes = 0
+            self._batch += 1
+        self._batch_first_sid = self._next_stream_id
         return out
+
+    def take_events(self) -> list[Event]:
+        """Events that came about in :meth:`data_to_send` rather than from the peer:
+        streams waiting for connection window that the dropped frames gave back get
+        it, and :class:`StreamWritable` when they drain. Usually empty."""
+        events = self._later
+        if events:
+            self._later = []
+        return events
 
     @property
     def bytes_to_send(self) -> int:
-        """How many bytes of frames are queued (what ``data_to_send()`` would return)."""
+        """How many bytes of frames are queued (what ``data_to_send()`` would return,
+        counting frames of dead streams it will drop)."""
         return self._out_bytes
 
     @property
@@ -748,6 +778,8 @@ class Connection:
             return
         code, details, metadata = _wire.decode_trailers(payload)
         stream.state = transition(stream.state, _CLOSE)
+        if stream.out_batch == self._batch:
+            self._unqueue(stream)     # what we still had to say on it goes nowhere
         self._drop(stream)
         size = sum(len(k) + len(v) for k, v in metadata) if metadata else 0
         if size > self._max_metadata:
@@ -765,6 +797,8 @@ class Connection:
             self._check_known(sid)
             return
         stream.state = transition(stream.state, _CLOSE)
+        if stream.out_batch == self._batch:
+            self._unqueue(stream)     # what we still had to say on it goes nowhere
         self._drop(stream)
         if stream.closing:
             return    # we ended it already (our status waits behind its messages)
@@ -987,6 +1021,7 @@ class Connection:
                 f"initial metadata of {len(payload)} bytes is over the client's limit of "
                 f"{self._peer_max_metadata}")
         stream.headers_sent = True
+        stream.out_batch = self._batch
         self._emit(_pack_header(len(payload), HEADERS, 0, stream_id) + payload)
 
     def send_message(self, stream_id: int, data: bytes, *, end_stream: bool = False,
@@ -1006,6 +1041,7 @@ class Connection:
                 and size <= self._peer_max_frame):
             stream.send_window -= size
             self.send_window -= size
+            stream.out_batch = self._batch
             self._emit(_pack_header(size, MESSAGE, (FLAG_END_STREAM if end_stream else 0)
                                     | encoding << ENCODING_SHIFT, stream_id))
             if size:
@@ -1035,6 +1071,7 @@ class Connection:
                 return
             n = min(remaining, allowance)
             last = n == remaining
+            stream.out_batch = self._batch
             if not offset and not last and self._announce_sizes and remaining >= _ANNOUNCE_FROM:
                 # The peer makes one buffer of this size and reads the chunks into it.
                 self._emit(_pack_header(4, MESSAGE, FLAG_SIZE, stream.id) + _pack_u32(remaining))
@@ -1079,6 +1116,7 @@ class Connection:
             stream.state = transition(stream.state, _SEND_END)
             return
         stream.state = transition(stream.state, _SEND_END)
+        stream.out_batch = self._batch
         self._emit(_pack_header(0, MESSAGE, FLAG_END_STREAM | FLAG_NO_MESSAGE, stream_id))
 
     def end_stream(self, stream_id: int, code: int, details: str = "", metadata: _wire.Metadata | None = None,
@@ -1131,13 +1169,82 @@ class Connection:
         return _wire.encode_trailers(code, details, metadata)
 
     def cancel(self, stream_id: int, code: int = CANCELLED, details: str = "", *, not_started: bool = False) -> None:
-        """Either side: abandon the stream. Queued messages are dropped."""
+        """Either side: abandon the stream. Messages waiting for window are dropped,
+        and so are its frames still queued (not handed out by data_to_send); the
+        CANCEL goes out. A client's stream whose HEADERS are still queued is withdrawn
+        instead: nothing of it is sent, not even the CANCEL (the server never saw it;
+        gRPC sends nothing for a stream it never started)."""
         stream = self.streams.get(stream_id)
         if stream is None:
             return
+        if not self._server and stream_id >= self._batch_first_sid:
+            self._unqueue(stream)
+            self.streams_withdrawn += 1
+            self._drop(stream)
+            return
+        if stream.out_batch == self._batch:
+            self._unqueue(stream)
         self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED if not_started else 0, stream_id,
                                _wire.encode_cancel(code, details)))
         self._drop(stream)
+
+    def _unqueue(self, stream: Stream) -> None:
+        """The stream is over: its frames queued so far are dropped at the next
+        data_to_send (one pass over the batch however many streams die in it). Only
+        those queued so far: a CANCEL queued after this goes out."""
+        dropping = self._dropping
+        if dropping is None:
+            dropping = self._dropping = {}
+        dropping[stream.id] = len(self._out)
+
+    def _drop_frames(self) -> None:
+        """Take the frames _unqueue named out of the batch, and give back the
+        connection window their messages took: the peer never receives them, so it
+        never counts them either. Streams that waited for that window go on."""
+        dropping = self._dropping
+        assert dropping is not None
+        self._dropping = None
+        out = self._out
+        count = len(out)
+        kept: list[bytes | memoryview] = []
+        kept_bytes = 0
+        restored = 0
+        i = 0
+        if count and out[0] is _wire.MAGIC:      # (a batch that starts the connection)
+            kept.append(out[0])
+            kept_bytes = len(out[0])
+            i = 1
+        while i < count:
+            # Every frame starts a buffer of its own and ends one (see _emit's callers):
+            # its header, then as many buffers as its payload fills.
+            head = out[i]
+            length, ftype, flags, sid = _unpack_header(head)
+            whole = _HEADER_SIZE + length
+            size = len(head)
+            j = i + 1
+            while size < whole:
+                size += len(out[j])
+                j += 1
+            if size != whole:
+                raise AssertionError("a queued buffer holds parts of two frames")
+            if sid and i < dropping.get(sid, 0):
+                if ftype == MESSAGE:
+                    if not flags & FLAG_SIZE:
+                        restored += length
+                elif flags & FLAG_WITH_MESSAGE and (ftype == HEADERS or ftype == TRAILERS):
+                    restored += _unpack_header_and_size(head)[4]
+            else:
+                while i < j:
+                    kept.append(out[i])
+                    i += 1
+                kept_bytes += size
+            i = j
+        self._out = kept
+        self._out_bytes = kept_bytes
+        if restored:
+            self.send_window += restored
+            if self._blocked:
+                self._release_blocked(self._later)
 
     def _drop(self, stream: Stream) -> None:
         stream.state = _CLOSED

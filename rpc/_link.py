@@ -194,6 +194,9 @@ class _LinkBase:
             self._write_pieces(backlog)
             if self._write_paused:
                 return
+        self.flush()      # what waited in the connection meanwhile
+        if self._write_paused or self._backlog:
+            return
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -266,12 +269,18 @@ class _LinkBase:
             self.loop.call_soon(self._awake_step)
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
         transport = self.transport
-        if not data or transport is None or transport.is_closing():
+        if ((self._write_paused or self._backlog) and transport is not None
+                and not transport.is_closing()):
+            # The transport takes nothing more for now: frames wait in the connection
+            # (resume_writing flushes them), where those of a call that ends meanwhile
+            # are dropped instead of sent, and a new call queues behind live ones only.
             return
-        if self._backlog:
-            self._backlog.extend(data)
+        conn = self.conn
+        data = conn.data_to_send()
+        if conn._later:
+            self._dispatch(conn.take_events())
+        if not data or transport is None or transport.is_closing():
             return
         if len(data) == 1:
             size = len(data[0])
@@ -442,7 +451,7 @@ class _LinkBase:
         peer = self.peer.address if self.peer else "?"
         log.warning("lanerpc: closing connection from %s: %s", peer, exc)
         self.conn.fail(exc)
-        self.flush()
+        self._write_all()
         if self.transport is not None:
             self.transport.close()
 
@@ -450,8 +459,22 @@ class _LinkBase:
         if self.close_reason is None:
             self.close_reason = reason
         if self.transport is not None and not self.transport.is_closing():
-            self.flush()
+            self._write_all()
             self.transport.close()
+
+    def _write_all(self) -> None:
+        """Before closing: everything queued goes to the transport, paused or not (it
+        writes its buffer out before it closes), the connection's last frames (a
+        GOAWAY) included."""
+        transport = self.transport
+        data = self.conn.data_to_send()
+        if transport is None or transport.is_closing():
+            return
+        pieces = [*self._backlog, *data]
+        self._backlog = []
+        if pieces:
+            self.bytes_out += sum(map(len, pieces))
+            transport.writelines(pieces)
 
     def abort(self, reason: str) -> None:
         if self.close_reason is None:

@@ -64,6 +64,7 @@ class ServerLink(Link):
         # Calls with a deadline started in this read, their timers not armed yet: a
         # call over before the loop runs again (most unary ones) never needs one.
         self.untimed: list[ServicerContext] = []
+        self.read_at = 0.0            # monotonic time of the read being dispatched (when many)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -123,9 +124,13 @@ class ServerLink(Link):
     def _dispatch(self, events: list[c.Event]) -> None:
         if len(events) > 2:
             events = _without_requests_cancelled_unseen(events)
+            # Requests read together start one after another: one whose timeout
+            # runs out meanwhile is not started (see Server._on_request).
+            self.read_at = time.monotonic()
         try:
             Link._dispatch(self, events)      # (not super(): this runs per read)
         finally:
+            self.read_at = 0.0
             if self.untimed:
                 self.arm_deadlines()
 
@@ -784,6 +789,13 @@ class Server(aio.Server):
         if self._state != "serving":
             conn.cancel(sid, _C.UNAVAILABLE.value[0], "server is shutting down", not_started=True)
             link.flush_soon()
+            return
+        if ev.timeout is not None and link.read_at and time.monotonic() - link.read_at >= ev.timeout:
+            # Its deadline passed while the calls read before it started: as in gRPC,
+            # a call whose deadline is gone before its handler starts never starts.
+            conn.end_stream(sid, _C.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+            link.flush_soon()
+            self._stats.call_ended(link.lane or "?", _C.DEADLINE_EXCEEDED.value[0], link)
             return
         if self._interceptors:
             self._intercept(link, ev)

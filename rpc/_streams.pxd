@@ -30,3 +30,4 @@ cdef class Stream:
     cdef public bint want_writable
     cdef public long long credit_pending
     cdef public object trailers_pending
+    cdef public long long out_batch

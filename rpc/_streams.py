@@ -74,7 +74,7 @@ class Stream:
         "id", "state", "send_window", "outbox", "outbox_bytes", "partial", "partial_size",
         "partial_credited", "held", "held_bytes", "held_credited", "headers_sent", "headers_received",
         "discarding", "want_writable", "credit_pending", "trailers_pending", "recv_window",
-        "closing", "announced", "assembly",
+        "closing", "announced", "assembly", "out_batch",
     )
 
     def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
@@ -106,3 +106,7 @@ class Stream:
         self.want_writable = False
         self.credit_pending = 0       # stream-level credit not yet sent
         self.trailers_pending: bytes | None = None   # TRAILERS queued behind the outbox
+        # The connection's batch (see Connection.data_to_send) this stream last queued
+        # a frame in (besides the HEADERS that open it): when the stream dies with that
+        # batch unsent, those frames are dropped.
+        self.out_batch = -1

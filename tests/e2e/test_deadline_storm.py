@@ -34,6 +34,7 @@ async def test_after_a_deadline_storm_a_fresh_call_is_served_at_once() -> None:
             peak = max(peak, rss_mb(server.pid))
             await asyncio.wait([line], timeout=0.1)
         result = json.loads(await asyncio.wait_for(line, STORM_SECONDS + 40))
+        print("storm:", json.dumps(result))     # (with -s: the codes and fresh_s of each run)
         assert await asyncio.wait_for(client.wait(), 10) == 0
         client = None
         codes = result["codes"]

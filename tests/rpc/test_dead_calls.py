@@ -1,0 +1,87 @@
+"""Dead calls cost the server nothing they need not. A call that ends (deadline,
+cancel) while its request waits in the client (the transport paused: the peer reads
+slower than we write) sends nothing at all; the live calls' requests go out once the
+transport takes them again. And a server that reads several requests at once does
+not start a handler for one whose deadline passed while those before it started
+(gRPC's rule: a call whose deadline is gone before its handler starts never starts)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from examples.echo import echo_pb2_grpc
+from tests._support import Echo, msg, serve, within
+
+
+class Seen(echo_pb2_grpc.EchoServicer):
+    """Unary: records each request it runs for; ``slow`` holds the loop 150 ms in its
+    first step (a handler that computes before it answers)."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    async def Unary(self, request, context):
+        self.seen.append(request.payload)
+        if request.payload == b"slow":
+            time.sleep(0.15)
+        return request
+
+
+async def _deadline_exceeded(call) -> bool:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    return False
+
+
+async def test_calls_that_die_while_the_transport_is_paused_send_nothing() -> None:
+    echo = Echo()
+    async with serve(echo, lanes="tcp") as served:
+        channel = served.channel(lanes="tcp")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm")))
+        link = channel._last_link
+        sent = link.bytes_out
+        link.pause_writing()            # as the transport does when the peer reads slowly
+        doomed = [stub.Unary(msg(b"late"), timeout=0.02) for _ in range(20)]
+        live = stub.Unary(msg(b"live"), timeout=10)
+        assert all(await within(asyncio.gather(*map(_deadline_exceeded, doomed))))
+        assert link.bytes_out == sent   # nothing was handed to the transport meanwhile
+        assert link.conn.streams_withdrawn == 20
+        link.resume_writing()
+        assert (await within(live)).payload == b"live"
+        # Only the live call's request (no HEADERS, no CANCEL of the dead ones) went out.
+        assert echo.started_calls == 2
+        assert link.conn.bytes_to_send == 0
+
+
+async def test_requests_read_together_whose_deadline_passes_before_their_turn_never_start() -> None:
+    servicer = Seen()
+    async with serve(servicer, lanes="tcp") as served:
+        channel = served.channel(lanes="tcp")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm")))
+        link = channel._last_link
+        # Held, then written at once: the server reads the three requests in one read.
+        link.pause_writing()
+        slow = stub.Unary(msg(b"slow"), timeout=10)
+        late = [stub.Unary(msg(b"late"), timeout=0.05) for _ in range(2)]
+        await asyncio.sleep(0)
+        link.resume_writing()
+        assert (await within(slow)).payload == b"slow"
+        assert all(await within(asyncio.gather(*map(_deadline_exceeded, late))))
+        # (The three were dispatched together, before the slow call's answer went out.)
+        assert servicer.seen == [b"warm", b"slow"]
+
+
+async def test_a_lone_request_with_a_short_deadline_still_starts() -> None:
+    servicer = Seen()
+    async with serve(servicer, lanes="tcp") as served:
+        stub = echo_pb2_grpc.EchoStub(served.channel(lanes="tcp"))
+        for _ in range(5):
+            assert (await within(stub.Unary(msg(b"quick"), timeout=0.5))).payload == b"quick"
+        assert servicer.seen == [b"quick"] * 5
