@@ -45,6 +45,7 @@ MetadataType = Union[aio.Metadata, Sequence[Tuple[str, Union[str, bytes]]]]
 
 class Server(Protocol):
     _executor: concurrent.futures.Executor | None
+    _start_context: contextvars.Context | None    # a copy of it is a new call's (see below)
     _options: Options
     _stats: Stats
     _thread_calls: int            # plain handlers started on the pool, not yet returned
@@ -259,14 +260,21 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         if default:
             self._encoding = default            # the server's compression= (tcp lane only)
         if timeout is not None:
+            # The timer is armed by whoever made the call, before the loop runs again
+            # (_arm_deadline): most unary calls are over by then and need none.
             self._deadline = self._loop.time() + timeout
-            self._timer = self._loop.call_later(timeout, self._on_deadline)
 
     # ------------------------------------------------------------ events
 
     def _on_message(self, data: bytes, end: bool) -> None:
         if end:
             self._recv_ended = True
+            if self._task is None and not self._received and not self._handler.request_streaming:
+                # The whole request of a unary call (the usual case): start it now.
+                # No reader can wait on a unary request; nothing to wake.
+                self._received.append(data)
+                self._start()
+                return
         self._deliver(data)
         if self._task is None and not self._handler.request_streaming:
             if end:
@@ -305,6 +313,12 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             self._server._call_finished(self)
         self._release_waiters()
 
+    def _arm_deadline(self) -> None:
+        """Start the deadline's timer, unless the call is over already. It fires at
+        the deadline the call arrived with, however late it is armed."""
+        if self._deadline is not None and self._timer is None and not self._ended:
+            self._timer = self._loop.call_at(self._deadline, self._on_deadline)
+
     def _on_deadline(self) -> None:
         self._timer = None
         if not self._ended:
@@ -319,7 +333,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         handler = self._handler
         if not handler.request_streaming and not handler.response_streaming:
             fn: Any = handler.unary_unary
-            if _kind(fn) is _COROUTINE and self._start_eagerly(fn):
+            if (_kinds.get(fn) or _kind(fn)) is _COROUTINE and self._start_eagerly(fn):
                 return
         self._task = task = self._loop.create_task(self._run(),
                                                    context=self._server._handler_context())
@@ -344,7 +358,8 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         except RuntimeError:
             return False
         self._task = step
-        context = self._server._handler_context()
+        base = self._server._start_context      # (what _handler_context gives, inline)
+        context = base.copy() if base is not None else contextvars.copy_context()
         try:
             resumed = context.run(self._first_step, fn)
         except BaseException:      # an exit (SystemExit, KeyboardInterrupt): goes on up
@@ -354,8 +369,14 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             raise
         _leave_task(loop, step)
         if resumed is None:
+            # Over in its first step: what _task_done does for a task, inline (a call
+            # the first step did not end is ended by it, here too).
             step.finished = True
-            self._task_done(step)
+            if not self._ended:
+                self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
+            if self._callbacks:
+                self._complete()
+            self._server._call_finished(self)
             return True
         self._task = task = step.hand_over(loop, resumed, context)
         task.add_done_callback(self._task_done)
@@ -365,7 +386,15 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         """The first step of a unary coroutine handler (in its contextvars context):
         None when the call ended in it, else the rest of it, for a task to run."""
         try:
-            coro = fn(self._decode(self._take()), self)
+            # _decode(_take()), a frame less (this runs per unary call)
+            request: Any = self._take()
+            deserializer = self._handler.request_deserializer
+            if deserializer is not None:
+                try:
+                    request = deserializer(request)
+                except Exception as exc:
+                    raise _ResponseError(f"Failed to deserialize request message: {exc}") from None
+            coro = fn(request, self)
             try:
                 yielded = coro.send(None)
             except StopIteration as stop:
