@@ -67,6 +67,9 @@ class ClientLink(Link):
         self.draining = False
         # calls over the stream limit, with their first message
         self.waiting: collections.deque[tuple[_Call[Any, Any], bytes | None]] = collections.deque()
+        # The server's limit on streams at once: its HELLO's, kept here at the handshake
+        # (read per call; none open before it).
+        self.stream_limit = 0
 
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
@@ -89,7 +92,10 @@ class ClientLink(Link):
                 if fut is not None and not fut.done():
                     fut.set_result(None)
         elif t is c.HandshakeDone:
+            self.stream_limit = self.conn.peer.max_concurrent_streams  # type: ignore[union-attr]  # set by the handshake
             self.handshake_complete()
+            if self.waiting:
+                self._start_waiting()
         elif t is c.GoAwayReceived:
             self._on_goaway(ev)
         elif t is c.LaneChange:
@@ -130,7 +136,7 @@ class ClientLink(Link):
             self.close("server sent GOAWAY")
 
     def _start_waiting(self) -> None:
-        limit = self.conn.peer.max_concurrent_streams  # type: ignore[union-attr]  # set by the handshake
+        limit = self.stream_limit
         while self.waiting and len(self.calls) < limit and not self.conn.closed:
             call, first = self.waiting.popleft()
             if call._code is None:
@@ -309,8 +315,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
             if timeout <= 0:
                 self._on_deadline()
                 return
-        conn = link.conn
-        if len(link.calls) >= conn.peer.max_concurrent_streams:  # type: ignore[union-attr]  # handshake done
+        if len(link.calls) >= link.stream_limit:
             # The server takes no more streams on this connection now: wait
             # for one to end (ClientLink.forget starts the next).
             link.waiting.append((self, first))
