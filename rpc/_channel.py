@@ -67,21 +67,35 @@ class ClientLink(Link):
         self.draining = False
         # calls over the stream limit, with their first message
         self.waiting: collections.deque[tuple[_Call[Any, Any], bytes | None]] = collections.deque()
+        # The server's limit on streams at once: its HELLO's, kept here at the handshake
+        # (read per call; none open before it).
+        self.stream_limit = 0
 
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
         if t is c.StreamEnded:
             call = self.calls.pop(ev.stream_id, None)
             if call is not None:
-                call._on_end(ev.code, ev.details, ev.metadata, ev.not_started)
+                code = ev.code
+                if code:
+                    call._on_end(code, ev.details, ev.metadata, ev.not_started)
+                else:   # (what _on_end does with an OK status: no retry to consider)
+                    call._link = None
+                    call._finish(0, ev.details, ev.metadata, ev.not_started)
             if self.waiting:
                 self._start_waiting()
         elif t is c.InitialMetadataReceived:
             call = self.calls.get(ev.stream_id)
-            if call is not None:
-                call._on_initial_metadata(ev.metadata)
+            if call is not None:   # (the call's fields set here: no method call per call)
+                call._initial_md = ev.metadata
+                fut = call._md_fut
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
         elif t is c.HandshakeDone:
+            self.stream_limit = self.conn.peer.max_concurrent_streams  # type: ignore[union-attr]  # set by the handshake
             self.handshake_complete()
+            if self.waiting:
+                self._start_waiting()
         elif t is c.GoAwayReceived:
             self._on_goaway(ev)
         elif t is c.LaneChange:
@@ -122,7 +136,7 @@ class ClientLink(Link):
             self.close("server sent GOAWAY")
 
     def _start_waiting(self) -> None:
-        limit = self.conn.peer.max_concurrent_streams  # type: ignore[union-attr]  # set by the handshake
+        limit = self.stream_limit
         while self.waiting and len(self.calls) < limit and not self.conn.closed:
             call, first = self.waiting.popleft()
             if call._code is None:
@@ -224,14 +238,15 @@ class _Call(Stream, Generic[_Req, _Resp]):
             wait_for_ready = config.wait_for_ready if wait_for_ready is None else wait_for_ready
             if not self._unary_request:
                 self._replay = channel._retries.replay_buffer(config, channel._options)
-        if not self._unary_request:
-            # Read per message: the call's own fields, not the class's.
-            self._send_limit = config.send_limit(channel._options.max_send_message_length)
-            self._half_closed = False
-            self._iterator_task = None
-            self._unyielded = 0
-        if not self._unary_response:
-            self._response_style = 0
+        if type(self) is not UnaryUnaryCall:   # (no read of a class's field for the commonest kind)
+            if not self._unary_request:
+                # Read per message: the call's own fields, not the class's.
+                self._send_limit = config.send_limit(channel._options.max_send_message_length)
+                self._half_closed = False
+                self._iterator_task = None
+                self._unyielded = 0
+            if not self._unary_response:
+                self._response_style = 0
         if wait_for_ready:
             self._wait_for_ready = True
         if timeout is not None:
@@ -300,8 +315,7 @@ class _Call(Stream, Generic[_Req, _Resp]):
             if timeout <= 0:
                 self._on_deadline()
                 return
-        conn = link.conn
-        if len(link.calls) >= conn.peer.max_concurrent_streams:  # type: ignore[union-attr]  # handshake done
+        if len(link.calls) >= link.stream_limit:
             # The server takes no more streams on this connection now: wait
             # for one to end (ClientLink.forget starts the next).
             link.waiting.append((self, first))
@@ -324,12 +338,6 @@ class _Call(Stream, Generic[_Req, _Resp]):
             opened.set_result(None)
 
     # ------------------------------------------------------------ events from the link
-
-    def _on_initial_metadata(self, metadata: DecodedMetadata) -> None:
-        self._initial_md = metadata
-        fut = self._md_fut
-        if fut is not None and not fut.done():
-            fut.set_result(None)
 
     def _on_message(self, data: bytes | _compression.Compressed, end: bool) -> None:
         # (end: the server's messages never end the stream; its TRAILERS do.)
@@ -713,8 +721,9 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
                                     self._initial_md, self._trailing_md)
                 # (A unary response is inflated on arrival: bytes, or a big one's buffer.)
                 data = received.popleft()
+                deserialize = self._deserialize    # (a field read, then called: no method look-up)
                 try:
-                    response = self._deserialize(data)  # type: ignore[arg-type]  # bytes, see above
+                    response = deserialize(data)  # type: ignore[arg-type]  # bytes, see above
                 except Exception as exc:
                     raise self._decode_failed(exc) from exc
                 self._response = response
@@ -787,6 +796,7 @@ class _MultiCallable(Generic[_Req, _Resp]):
         # and options), looked up here once rather than per call.
         self._interceptors = channel._interceptors.get(self._call_class._kind)
         self._call_class = self._call_class    # (an instance's field: a faster read)
+        self._unary_request = self._call_class._unary_request
         self._config = config = channel._retries.method(method)
         self._send_limit = config.send_limit(channel._options.max_send_message_length)
 
@@ -843,12 +853,16 @@ class _MultiCallable(Generic[_Req, _Resp]):
                 # As grpc.aio: call credentials only on a secure channel.
                 raise aio.UsageError("Call credentials are only valid on secure channels")
             call_credentials = (*call_credentials, _call_credentials.check(credentials))
-        call: _Call[_Req, _Resp] = self._call_class(
-            channel, self._method, self._serializer, self._deserializer, timeout, metadata,
-            wait_for_ready, self._config)
+        # (object.__new__ and __init__ called from here: Python calls Python, where the
+        # class called as a function would enter __init__ from C, a costlier call.)
+        call: _Call[_Req, _Resp] = _new_call(self._call_class)
+        call.__init__(channel, self._method, self._serializer, self._deserializer, timeout,  # type: ignore[misc]  # each call class keeps this signature
+                      metadata, wait_for_ready, self._config)
         first = None      # the whole request of a unary one
-        if call._unary_request:
-            first = call._serialize(request)
+        unary_request = self._unary_request
+        if unary_request:
+            serialize = call._serialize    # (a field read, then called: no method look-up)
+            first = serialize(request)
             limit = self._send_limit
             if len(first) > limit:
                 call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(first), limit), ())
@@ -861,17 +875,20 @@ class _MultiCallable(Generic[_Req, _Resp]):
             call._task = call._loop.create_task(call._authorize_then_connect(first))
             channel._pending.add(call)
         else:
-            link = channel._pick()    # (what Channel._ready_link does, inline)
+            pick = channel._pick
+            link = pick()    # (what Channel._ready_link does, inline)
             if link is not None and not link.draining and not link.conn.closed:
                 channel._last_link = link
                 call._open(link, first)
             else:
                 call._task = call._loop.create_task(call._connect_and_open(first))
                 channel._pending.add(call)
-        if request is not None and not call._unary_request:
+        if request is not None and not unary_request:
             call._consume_iterator(request)
         return call
 
+
+_new_call = object.__new__
 
 # The call a multi-callable returns is its own kind of call, or with interceptors an
 # intercepted one: both are the grpc.aio call type (_CallT) each class below names.
