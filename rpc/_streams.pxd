@@ -3,6 +3,7 @@
 import cython
 
 cdef dict _BY_STATE
+cdef object _OPEN
 
 @cython.locals(moves=dict)
 cpdef object transition(object state, object event)
