@@ -194,9 +194,12 @@ class _LinkBase:
             self._write_pieces(backlog)
             if self._write_paused:
                 return
-        self.flush()      # what waited in the connection meanwhile
-        if self._write_paused or self._backlog:
-            return
+        if self.conn.has_data_to_send:
+            # What waited in the connection meanwhile goes out on the loop's next turn,
+            # not from in here: a transport may call this from inside a write of ours
+            # (its buffer drained there), and frames written now would overtake the
+            # rest of that write.
+            self.flush_soon()
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():

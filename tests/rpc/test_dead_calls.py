@@ -85,3 +85,59 @@ async def test_a_lone_request_with_a_short_deadline_still_starts() -> None:
         for _ in range(5):
             assert (await within(stub.Unary(msg(b"quick"), timeout=0.5))).payload == b"quick"
         assert servicer.seen == [b"quick"] * 5
+
+
+class _ResumesInsideWrite:
+    """A transport (around the real one) that, when armed, pauses its protocol and
+    resumes it from inside a write, as the shm lane's transport does when its buffer
+    drains during the write that filled it."""
+
+    def __init__(self, transport, link) -> None:
+        self._transport = transport
+        self._link = link
+        self.armed = False
+        self.pause_only = False
+
+    def write(self, data) -> None:
+        self._transport.write(data)
+        if self.pause_only:
+            self.pause_only = False
+            self._link.pause_writing()
+        elif self.armed:
+            self.armed = False
+            self._link.pause_writing()
+            self._link.resume_writing()
+
+    def writelines(self, pieces) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+async def test_a_resume_from_inside_a_write_keeps_the_bytes_in_order() -> None:
+    async with serve(Echo(), lanes="tcp",
+                     options=[("grpc.max_receive_message_length", 8 << 20)]) as served:
+        channel = served.channel(lanes="tcp", options=[("grpc.max_send_message_length", 8 << 20)])
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm")))
+        link = channel._last_link
+        transport = _ResumesInsideWrite(link.transport, link)
+        link.transport = transport
+        # A big request: paused after its first piece, the rest waits in the link.
+        transport.pause_only = True
+        big = stub.Unary(msg(bytes(2 << 20)), timeout=10)
+        await asyncio.sleep(0)
+        assert link._backlog
+        # Meanwhile another call's frames wait in the connection.
+        small = stub.Unary(msg(b"small"), timeout=10)
+        await asyncio.sleep(0)
+        assert link.conn.has_data_to_send
+        # The resume writes the big request's rest, and the transport resumes us again
+        # from inside that write: the small call's frames must come after it, not
+        # inside it (the server would read garbage and close the connection).
+        transport.armed = True
+        link.resume_writing()
+        assert len((await within(big)).payload) == 2 << 20
+        assert (await within(small)).payload == b"small"
