@@ -76,12 +76,7 @@ class ClientLink(Link):
         if t is c.StreamEnded:
             call = self.calls.pop(ev.stream_id, None)
             if call is not None:
-                code = ev.code
-                if code:
-                    call._on_end(code, ev.details, ev.metadata, ev.not_started)
-                else:   # (what _on_end does with an OK status: no retry to consider)
-                    call._link = None
-                    call._finish(0, ev.details, ev.metadata, ev.not_started)
+                call._on_end(ev.code, ev.details, ev.metadata, ev.not_started)
             if self.waiting:
                 self._start_waiting()
         elif t is c.InitialMetadataReceived:
@@ -721,9 +716,8 @@ class UnaryUnaryCall(_Call[_Req, _Resp], aio.UnaryUnaryCall[_Req, _Resp]):
                                     self._initial_md, self._trailing_md)
                 # (A unary response is inflated on arrival: bytes, or a big one's buffer.)
                 data = received.popleft()
-                deserialize = self._deserialize    # (a field read, then called: no method look-up)
                 try:
-                    response = deserialize(data)  # type: ignore[arg-type]  # bytes, see above
+                    response = self._deserialize(data)  # type: ignore[arg-type]  # bytes, see above
                 except Exception as exc:
                     raise self._decode_failed(exc) from exc
                 self._response = response
@@ -861,8 +855,7 @@ class _MultiCallable(Generic[_Req, _Resp]):
         first = None      # the whole request of a unary one
         unary_request = self._unary_request
         if unary_request:
-            serialize = call._serialize    # (a field read, then called: no method look-up)
-            first = serialize(request)
+            first = call._serialize(request)
             limit = self._send_limit
             if len(first) > limit:
                 call._finish(_C.RESOURCE_EXHAUSTED.value[0], too_large(len(first), limit), ())
@@ -875,8 +868,7 @@ class _MultiCallable(Generic[_Req, _Resp]):
             call._task = call._loop.create_task(call._authorize_then_connect(first))
             channel._pending.add(call)
         else:
-            pick = channel._pick
-            link = pick()    # (what Channel._ready_link does, inline)
+            link = channel._pick()    # (what Channel._ready_link does, inline)
             if link is not None and not link.draining and not link.conn.closed:
                 channel._last_link = link
                 call._open(link, first)

@@ -45,7 +45,6 @@ MetadataType = Union[aio.Metadata, Sequence[Tuple[str, Union[str, bytes]]]]
 
 class Server(Protocol):
     _executor: concurrent.futures.Executor | None
-    _start_context: contextvars.Context | None    # a copy of it is a new call's (see below)
     _options: Options
     _stats: Stats
     _thread_calls: int            # plain handlers started on the pool, not yet returned
@@ -358,8 +357,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         except RuntimeError:
             return False
         self._task = step
-        base = self._server._start_context      # (what _handler_context gives, inline)
-        context = base.copy() if base is not None else contextvars.copy_context()
+        context = self._server._handler_context()
         try:
             resumed = context.run(self._first_step, fn)
         except BaseException:      # an exit (SystemExit, KeyboardInterrupt): goes on up
@@ -369,14 +367,8 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             raise
         _leave_task(loop, step)
         if resumed is None:
-            # Over in its first step: what _task_done does for a task, inline (a call
-            # the first step did not end is ended by it, here too).
             step.finished = True
-            if not self._ended:
-                self._end_with(_C.CANCELLED.value[0], "Cancelled by the server")
-            if self._callbacks:
-                self._complete()
-            self._server._call_finished(self)
+            self._task_done(step)
             return True
         self._task = task = step.hand_over(loop, resumed, context)
         task.add_done_callback(self._task_done)
@@ -386,15 +378,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         """The first step of a unary coroutine handler (in its contextvars context):
         None when the call ended in it, else the rest of it, for a task to run."""
         try:
-            # _decode(_take()), a frame less (this runs per unary call)
-            request: Any = self._take()
-            deserializer = self._handler.request_deserializer
-            if deserializer is not None:
-                try:
-                    request = deserializer(request)
-                except Exception as exc:
-                    raise _ResponseError(f"Failed to deserialize request message: {exc}") from None
-            coro = fn(request, self)
+            coro = fn(self._decode(self._take()), self)
             try:
                 yielded = coro.send(None)
             except StopIteration as stop:

@@ -801,22 +801,7 @@ class Server(aio.Server):
             self._intercept(link, ev)
             return
         handler = self._registered.get(ev.method)
-        if handler is not None and self._max_rpcs is None:
-            # The usual call (a registered method, no limit to check): _accept's
-            # work without its checks, one frame less per call.
-            self._active += 1
-            call = ServicerContext(self, link, sid, ev.method, ev.timeout, ev.metadata, handler)
-            call._counted = True
-            link.calls[sid] = call
-            if ev.timeout is not None:
-                link.untimed.append(call)
-            if handler.request_streaming:
-                call._start()
-                if ev.end_stream:
-                    call._on_end_of_input()
-            elif ev.end_stream:
-                call._on_end_of_input()
-        elif handler is None and self._generic_handlers:
+        if handler is None and self._generic_handlers:
             # A generic handler reads the metadata in grpc.aio's form.
             items = invocation_items(link.invocation_head, ev.metadata)
             self._accept(link, ev, self._find_handler(ev.method, items), items)

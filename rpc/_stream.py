@@ -198,15 +198,8 @@ class Stream:
                                       encoding=encoding)
         self._link = link
         self._sid = sid
-        calls = link.calls
-        calls[sid] = self
-        # (_flush's policy, inline: one call less for every call made)
-        if len(calls) <= 1:
-            link.flush()
-            if message is not None:
-                link.stay_awake()
-        else:
-            link.flush_soon()
+        link.calls[sid] = self
+        self._flush(message is not None)
 
     def _send_initial_metadata(self, metadata: _wire.Metadata) -> None:
         """Server: the response's initial metadata, queued: it goes out with the
