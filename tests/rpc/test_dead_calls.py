@@ -8,7 +8,10 @@ not start a handler for one whose deadline passed while those before it started
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -30,6 +33,20 @@ class Seen(echo_pb2_grpc.EchoServicer):
         return request
 
 
+@contextlib.asynccontextmanager
+async def _linked(servicer: Any, big: bool = False) -> AsyncIterator[tuple[Any, Any]]:
+    """A stub on a tcp channel to a server of ``servicer``, after one call, and the
+    channel's link (``big``: 8 MiB messages allowed both ways)."""
+    limit = 8 << 20
+    server_options = [("grpc.max_receive_message_length", limit)] if big else None
+    async with serve(servicer, lanes="tcp", options=server_options) as served:
+        channel = served.channel(
+            lanes="tcp", options=[("grpc.max_send_message_length", limit)] if big else [])
+        stub = echo_pb2_grpc.EchoStub(channel)
+        await within(stub.Unary(msg(b"warm")))
+        yield stub, channel._last_link
+
+
 async def _deadline_exceeded(call) -> bool:
     try:
         await call
@@ -40,11 +57,7 @@ async def _deadline_exceeded(call) -> bool:
 
 async def test_calls_that_die_while_the_transport_is_paused_send_nothing() -> None:
     echo = Echo()
-    async with serve(echo, lanes="tcp") as served:
-        channel = served.channel(lanes="tcp")
-        stub = echo_pb2_grpc.EchoStub(channel)
-        await within(stub.Unary(msg(b"warm")))
-        link = channel._last_link
+    async with _linked(echo) as (stub, link):
         sent = link.bytes_out
         link.pause_writing()            # as the transport does when the peer reads slowly
         doomed = [stub.Unary(msg(b"late"), timeout=0.02) for _ in range(20)]
@@ -61,11 +74,7 @@ async def test_calls_that_die_while_the_transport_is_paused_send_nothing() -> No
 
 async def test_requests_read_together_whose_deadline_passes_before_their_turn_never_start() -> None:
     servicer = Seen()
-    async with serve(servicer, lanes="tcp") as served:
-        channel = served.channel(lanes="tcp")
-        stub = echo_pb2_grpc.EchoStub(channel)
-        await within(stub.Unary(msg(b"warm")))
-        link = channel._last_link
+    async with _linked(servicer) as (stub, link):
         # Held, then written at once: the server reads the three requests in one read.
         link.pause_writing()
         slow = stub.Unary(msg(b"slow"), timeout=10)
@@ -117,12 +126,7 @@ class _ResumesInsideWrite:
 
 
 async def test_a_resume_from_inside_a_write_keeps_the_bytes_in_order() -> None:
-    async with serve(Echo(), lanes="tcp",
-                     options=[("grpc.max_receive_message_length", 8 << 20)]) as served:
-        channel = served.channel(lanes="tcp", options=[("grpc.max_send_message_length", 8 << 20)])
-        stub = echo_pb2_grpc.EchoStub(channel)
-        await within(stub.Unary(msg(b"warm")))
-        link = channel._last_link
+    async with _linked(Echo(), big=True) as (stub, link):
         transport = _ResumesInsideWrite(link.transport, link)
         link.transport = transport
         # A big request: paused after its first piece, the rest waits in the link.

@@ -36,6 +36,15 @@ def _windows_agree(pair: ConnectionPair) -> None:
     assert pair.server.send_window == pair.client._recv_window
 
 
+def _consumed_windows_agree(pair: ConnectionPair, *sids: int) -> None:
+    """The server's application consumes what ``sids`` delivered, the credit goes
+    back, and then the windows agree (see _windows_agree)."""
+    for sid in sids:
+        pair.server.consume(sid)
+    pair.pump()
+    _windows_agree(pair)
+
+
 def _requests(events: list) -> list[int]:
     return [e.stream_id for e in events_of(events, RequestReceived)]
 
@@ -77,10 +86,7 @@ def test_only_the_dead_calls_frames_are_dropped_the_live_ones_go_out_in_order() 
     d = client.start_request("/svc/D", None, None, message=b"d")
     _, server_events = pair.pump()
     assert _requests(server_events) == [d]
-    for sid in (a, c, d):
-        pair.server.consume(sid)
-    pair.pump()
-    _windows_agree(pair)
+    _consumed_windows_agree(pair, a, c, d)
 
 
 def test_many_calls_dying_in_one_batch_leave_the_others_intact() -> None:
@@ -97,10 +103,7 @@ def test_many_calls_dying_in_one_batch_leave_the_others_intact() -> None:
     assert [e.data for e in events_of(server_events, MessageReceived)] == [
         bytes([i]) * (i + 1) for i, sid in enumerate(sids) if sid in live]
     assert client.streams_withdrawn == len(sids[::3])
-    for sid in live:
-        pair.server.consume(sid)
-    pair.pump()
-    _windows_agree(pair)
+    _consumed_windows_agree(pair, *live)
 
 
 def test_a_started_streams_queued_messages_give_way_to_its_cancel() -> None:
@@ -162,9 +165,7 @@ def test_a_withdrawn_call_releases_a_stream_blocked_behind_it_in_the_same_batch(
         _wire.frame(f.type, f.flags, f.stream_id, f.payload) for f in frames))
     assert [e.data for e in events_of(server_events, MessageReceived)] == [b"w" * 4 * KIB]
     assert _requests(pair.events[SERVER]) == [waiting]
-    pair.server.consume(waiting)
-    pair.pump()
-    _windows_agree(pair)
+    _consumed_windows_agree(pair, waiting)
 
 
 def test_the_peers_cancel_drops_our_queued_frames_for_that_stream() -> None:
@@ -222,9 +223,7 @@ def test_big_messages_in_pieces_are_dropped_whole() -> None:
     assert _requests(server_events) == [live]
     assert [len(e.data) for e in events_of(server_events, MessageReceived)] == [100 * KIB]
     assert client.send_window == window - 100 * KIB
-    pair.server.consume(live)
-    pair.pump()
-    _windows_agree(pair)
+    _consumed_windows_agree(pair, live)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
