@@ -315,9 +315,12 @@ class _Call(Stream, Generic[_Req, _Resp]):
             # for one to end (ClientLink.forget starts the next).
             link.waiting.append((self, first))
             return
+        message, encoding = first, 0
+        if first is not None and self._encoding:
+            message, encoding = self._outgoing(first, link)
         try:
-            self._start_request(link, self._method, timeout, self._metadata, first,
-                                first is None and self._unary_request)
+            link.open_stream(self, self._method, timeout, self._metadata, message,
+                             first is None and self._unary_request, encoding)
         except c.ConnectionClosed as exc:
             self._on_end(_C.UNAVAILABLE.value[0], f"connection closed: {exc}", (), True)
             return

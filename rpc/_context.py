@@ -564,7 +564,10 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
             self._timer.cancel()
             self._timer = None
         link = self._link
-        self._send_status(code, details, trailing, message)
+        encoding = 0
+        if message is not None and self._encoding:
+            message, encoding = self._outgoing(message, link)
+        link.end_stream(self._sid, code, details, trailing, message, encoding)
         link.calls.pop(self._sid, None)
         self._server._stats.call_ended(link.lane or "?", code, link)
         if self._tally is not None:

@@ -56,6 +56,7 @@ cdef class _LinkBase:
 
     @cython.locals(calls=dict, message=MessageReceived)
     cpdef _dispatch(self, list events)
+    cpdef stream_queued(self, bint awaiting_answer)
     cpdef flush_soon(self)
     cpdef writer_yields(self)
     cpdef stay_awake(self)

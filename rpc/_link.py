@@ -222,6 +222,41 @@ class _LinkBase:
 
     # ------------------------------------------------------------ writing
 
+    def open_stream(self, call: Any, method: str, timeout: float | None,
+                    metadata: _wire.Metadata, message: bytes | None, end: bool,
+                    encoding: int) -> None:
+        """Client: open ``call``'s stream (``message``: the whole request of a unary
+        call, compressed as ``encoding`` says, 0: not) and write it as
+        :meth:`stream_queued` says. Sets the call's ``_link`` and ``_sid`` and keeps it
+        in ``calls`` before anything is written, so what the write brings (a lost
+        connection) finds it. Raises ConnectionClosed or MetadataTooLarge (nothing
+        sent, nothing kept)."""
+        sid = self.conn.start_request(method, timeout, metadata, end_stream=end,
+                                      message=message, encoding=encoding)
+        call._link = self
+        call._sid = sid
+        self.calls[sid] = call
+        self.stream_queued(message is not None)
+
+    def end_stream(self, sid: int, code: int, details: str, trailing: _wire.Metadata,
+                   message: bytes | None, encoding: int) -> None:
+        """Server: the final status of stream ``sid``, after ``message`` (a unary
+        response), written as :meth:`stream_queued` says (the call leaves this side
+        waiting for the next request)."""
+        self.conn.end_stream(sid, code, details, trailing, message, encoding)
+        self.stream_queued(True)
+
+    def stream_queued(self, awaiting_answer: bool) -> None:
+        """A stream queued its opening or its end: write at once if it is the only
+        stream on this link (and then stay awake if this side now only waits for an
+        answer), else with the other streams' writes at the end of this loop turn."""
+        if len(self.calls) <= 1:
+            self.flush()
+            if awaiting_answer:
+                self.stay_awake()
+        else:
+            self.flush_soon()
+
     def flush_soon(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True

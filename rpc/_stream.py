@@ -14,7 +14,9 @@ Write policy, in one place:
 - opening a request and ending a call flush at once when this stream is the
   only one on its link (nothing to batch with; don't wait a loop turn), and
   when that write leaves this side waiting for one answer, keep the process
-  awake for it (``Link.stay_awake``); with other streams in flight, they batch;
+  awake for it (``Link.stay_awake``); with other streams in flight, they batch
+  (``Link.open_stream`` and ``Link.end_stream`` do this in one compiled step:
+  the two are on every unary call's path);
 - a writer waits for the peer's flow-control window (``StreamWritable``) and
   then for the transport's buffer (``Link.drain``);
 - a writer that never has to wait still lets the loop go round every
@@ -67,14 +69,21 @@ class StreamLink(Protocol):
     calls: dict[int, Any]         # the streams in flight on it, by id
     lane: str | None              # "tcp", "unix", "shm" (compression is for tcp)
 
-    def flush(self) -> None:
-        """Write what the connection has to send, now."""
+    def open_stream(self, call: Any, method: str, timeout: float | None,
+                    metadata: _wire.Metadata, message: bytes | None, end: bool,
+                    encoding: int) -> None:
+        """Client: open ``call``'s stream (setting its ``_link`` and ``_sid``), with
+        ``message`` the whole request of a unary call, and write it (the write policy:
+        at once when it is the only stream, else at the end of the loop turn).
+        Raises ConnectionClosed or MetadataTooLarge (nothing sent)."""
+
+    def end_stream(self, sid: int, code: int, details: str, trailing: _wire.Metadata,
+                   message: bytes | None, encoding: int) -> None:
+        """Server: the final status of stream ``sid``, after ``message`` (a unary
+        response), written under the same policy."""
 
     def flush_soon(self) -> None:
-        """Write it at the end of this loop turn, with everyone else's."""
-
-    def stay_awake(self) -> None:
-        """Keep the process on its CPU a little, for an answer due soon."""
+        """Write at the end of this loop turn, with everyone else's."""
 
     def drain(self) -> Awaitable[None]:
         """What to await while the transport's buffer is full."""
@@ -187,20 +196,6 @@ class Stream:
 
     # ------------------------------------------------------------ sending
 
-    def _start_request(self, link: StreamLink, method: str, timeout: float | None, metadata: _wire.Metadata,
-                       message: bytes | None, end: bool) -> None:
-        """Client: open the stream on ``link``, with ``message`` the whole request
-        of a unary call. Raises ConnectionClosed or MetadataTooLarge (nothing sent)."""
-        encoding = 0
-        if message is not None and self._encoding:
-            message, encoding = self._outgoing(message, link)
-        sid = link.conn.start_request(method, timeout, metadata, end_stream=end, message=message,
-                                      encoding=encoding)
-        self._link = link
-        self._sid = sid
-        link.calls[sid] = self
-        self._flush(message is not None)
-
     def _send_initial_metadata(self, metadata: _wire.Metadata) -> None:
         """Server: the response's initial metadata, queued: it goes out with the
         response or status that follows. Raises MetadataTooLarge (nothing sent)."""
@@ -259,18 +254,6 @@ class Stream:
             link.conn.end_input(self._sid)
             link.flush_soon()
 
-    def _send_status(self, code: int, details: str, trailing: _wire.Metadata,
-                     message: bytes | None = None) -> None:
-        """Server: the final status, after ``message`` (a unary response), which
-        ends the stream; the call leaves this side waiting for the next request."""
-        link = self._link
-        assert link is not None
-        encoding = 0
-        if message is not None and self._encoding:
-            message, encoding = self._outgoing(message, link)
-        link.conn.end_stream(self._sid, code, details, trailing, message, encoding)
-        self._flush(True)
-
     def _outgoing(self, data: bytes, link: StreamLink) -> tuple[bytes, int]:
         """``data`` as it goes out, and its encoding: compressed when this stream
         compresses on ``link``'s lane and that makes it smaller."""
@@ -293,17 +276,3 @@ class Stream:
         if writable is not None and not writable.done():
             writable.set_result(None)
 
-    # ------------------------------------------------------------ policy
-
-    def _flush(self, awaiting_answer: bool) -> None:
-        """Write what this stream queued: at once if it is the only stream on its
-        link (and then stay awake if this side now only waits for an answer),
-        else with the other streams' writes at the end of this loop turn."""
-        link = self._link
-        assert link is not None
-        if len(link.calls) <= 1:
-            link.flush()
-            if awaiting_answer:
-                link.stay_awake()
-        else:
-            link.flush_soon()

@@ -1,24 +1,33 @@
 """rpc._stream.Stream without sockets: two sans-IO connections paired in memory,
-a link that only records what it is asked to do. The write policy (when to
-flush, batch, stay awake, wait) is checked here once for both sides."""
+a link without a transport that records which writing steps it took. The write
+policy (when to flush, batch, stay awake, wait) is checked here once for both
+sides: the link's opening and ending of a stream, the stream's sending."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 
-from rpc._connection import Limits, MessageReceived, StreamWritable
+import pytest
+
+from rpc._connection import (ConnectionClosed, Connection, Limits, MessageReceived, Role,
+                             StreamWritable)
+from rpc._link import Link
+from rpc._options import Options
 from rpc._stream import _WRITES_PER_YIELD, Stream, too_large
 from tests._support import within
 from tests.wire.helpers import ConnectionPair, events_of
 
 
-class RecordingLink:
-    """A StreamLink that writes nothing and remembers what it was asked."""
+class RecordingLink(Link):
+    """A real link on ``conn``, with no transport: it writes nothing and remembers
+    which of its writing steps it took (the write policy is the link's own)."""
 
-    def __init__(self, conn) -> None:
+    role = Role.CLIENT
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(Options())
         self.conn = conn
-        self.calls: dict = {}
         self.asked: list[str] = []
 
     def flush(self) -> None:
@@ -30,7 +39,7 @@ class RecordingLink:
     def stay_awake(self) -> None:
         self.asked.append("stay_awake")
 
-    async def drain(self) -> None:
+    async def drain(self) -> None:   # type: ignore[override]  # (a coroutine will do)
         self.asked.append("drain")
 
     def writer_yields(self) -> None:
@@ -53,14 +62,14 @@ async def _opened(pair: ConnectionPair, message: bytes | None = None,
                   end: bool = False) -> tuple[Side, RecordingLink]:
     link = RecordingLink(pair.client)
     side = Side()
-    side._start_request(link, "/svc/M", None, (), message, end)
+    link.open_stream(side, "/svc/M", None, (), message, end, 0)
     return side, link
 
 
 async def test_a_lone_unary_request_flushes_at_once_and_stays_awake() -> None:
     side, link = await _opened(_pair(), b"request")
     assert link.asked == ["flush", "stay_awake"]
-    assert link.calls == {side._sid: side}
+    assert link.calls == {side._sid: side} and side._link is link
 
 
 async def test_a_lone_streaming_request_flushes_at_once_without_staying_awake() -> None:
@@ -71,8 +80,19 @@ async def test_a_lone_streaming_request_flushes_at_once_without_staying_awake() 
 async def test_requests_batch_while_other_streams_are_in_flight() -> None:
     link = RecordingLink(_pair().client)
     link.calls[99] = object()
-    Side()._start_request(link, "/svc/M", None, (), b"request", False)
+    link.open_stream(Side(), "/svc/M", None, (), b"request", False, 0)
     assert link.asked == ["flush_soon"]
+
+
+async def test_a_request_the_connection_refuses_leaves_nothing_behind() -> None:
+    pair = _pair()
+    pair.server.goaway()
+    pair.pump()
+    link = RecordingLink(pair.client)
+    side = Side()
+    with pytest.raises(ConnectionClosed):
+        link.open_stream(side, "/svc/M", None, (), b"request", False, 0)
+    assert link.calls == {} and link.asked == [] and side._link is None
 
 
 async def test_a_server_status_flushes_at_once_only_when_alone() -> None:
@@ -84,7 +104,7 @@ async def test_a_server_status_flushes_at_once_only_when_alone() -> None:
         side = Side()
         side._link, side._sid = link, sid
         link.calls.update({sid: side, **others})
-        side._send_status(0, "", (), b"response")
+        link.end_stream(sid, 0, "", (), b"response", 0)
         assert link.asked == expected
 
 
