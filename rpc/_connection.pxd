@@ -41,7 +41,7 @@ cdef class Connection:
     cdef public long long _batch
     cdef public long long _batch_first_sid
     cdef public object _dropping
-    cdef public list _later
+    cdef list _later
     cdef public long long streams_withdrawn
     cdef public dict streams
     cdef public long long _last_peer_stream

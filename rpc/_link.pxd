@@ -61,7 +61,7 @@ cdef class _LinkBase:
     cpdef writer_yields(self)
     cpdef stay_awake(self)
 
-    @cython.locals(size=Py_ssize_t, data=list)
+    @cython.locals(size=Py_ssize_t, data=list, later=list)
     cpdef flush(self)
 
     @cython.locals(step=Py_ssize_t, batched=Py_ssize_t, size=Py_ssize_t, i=Py_ssize_t,

@@ -316,8 +316,9 @@ class _LinkBase:
             return
         conn = self.conn
         data = conn.data_to_send()
-        if conn._later:
-            self._dispatch(conn.take_events())
+        later = conn.take_events()
+        if later:
+            self._dispatch(later)
         if not data or transport is None or transport.is_closing():
             return
         if len(data) == 1:
