@@ -778,8 +778,7 @@ class Connection:
             return
         code, details, metadata = _wire.decode_trailers(payload)
         stream.state = transition(stream.state, _CLOSE)
-        if stream.out_batch == self._batch:
-            self._unqueue(stream)     # what we still had to say on it goes nowhere
+        self._unqueue(stream)     # what we still had to say on it goes nowhere
         self._drop(stream)
         size = sum(len(k) + len(v) for k, v in metadata) if metadata else 0
         if size > self._max_metadata:
@@ -797,8 +796,7 @@ class Connection:
             self._check_known(sid)
             return
         stream.state = transition(stream.state, _CLOSE)
-        if stream.out_batch == self._batch:
-            self._unqueue(stream)     # what we still had to say on it goes nowhere
+        self._unqueue(stream)     # what we still had to say on it goes nowhere
         self._drop(stream)
         if stream.closing:
             return    # we ended it already (our status waits behind its messages)
@@ -988,6 +986,7 @@ class Connection:
             raise MetadataTooLarge(f"request headers of {len(payload)} bytes don't fit a frame")
         stream = Stream(sid, self._peer_stream_window, self._stream_window)
         stream.headers_sent = True
+        stream.out_batch = self._batch
         self.streams[sid] = stream
         if message is not None:
             size = len(message)
@@ -1177,21 +1176,22 @@ class Connection:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
+        self._unqueue(stream)
         if not self._server and stream_id >= self._batch_first_sid:
-            self._unqueue(stream)
             self.streams_withdrawn += 1
             self._drop(stream)
             return
-        if stream.out_batch == self._batch:
-            self._unqueue(stream)
         self._emit(_wire.frame(CANCEL, FLAG_NOT_STARTED if not_started else 0, stream_id,
                                _wire.encode_cancel(code, details)))
         self._drop(stream)
 
     def _unqueue(self, stream: Stream) -> None:
-        """The stream is over: its frames queued so far are dropped at the next
-        data_to_send (one pass over the batch however many streams die in it). Only
-        those queued so far: a CANCEL queued after this goes out."""
+        """The stream is over: its frames queued so far, if it queued any in this
+        batch, are dropped at the next data_to_send (one pass over the batch however
+        many streams die in it). Only those queued so far: a CANCEL queued after this
+        goes out."""
+        if stream.out_batch != self._batch:
+            return
         dropping = self._dropping
         if dropping is None:
             dropping = self._dropping = {}

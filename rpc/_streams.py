@@ -110,6 +110,6 @@ class Stream:
         self.credit_pending = 0       # stream-level credit not yet sent
         self.trailers_pending: bytes | None = None   # TRAILERS queued behind the outbox
         # The connection's batch (see Connection.data_to_send) this stream last queued
-        # a frame in (besides the HEADERS that open it): when the stream dies with that
-        # batch unsent, those frames are dropped.
+        # a frame in: when the stream dies with that batch unsent, those frames are
+        # dropped.
         self.out_batch = -1
