@@ -81,11 +81,8 @@ class ClientLink(Link):
                 self._start_waiting()
         elif t is c.InitialMetadataReceived:
             call = self.calls.get(ev.stream_id)
-            if call is not None:   # (the call's fields set here: no method call per call)
-                call._initial_md = ev.metadata
-                fut = call._md_fut
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+            if call is not None:
+                call._on_initial_metadata(ev.metadata)
         elif t is c.HandshakeDone:
             self.stream_limit = self.conn.peer.max_concurrent_streams  # type: ignore[union-attr]  # set by the handshake
             self.handshake_complete()
@@ -233,15 +230,14 @@ class _Call(Stream, Generic[_Req, _Resp]):
             wait_for_ready = config.wait_for_ready if wait_for_ready is None else wait_for_ready
             if not self._unary_request:
                 self._replay = channel._retries.replay_buffer(config, channel._options)
-        if type(self) is not UnaryUnaryCall:   # (no read of a class's field for the commonest kind)
-            if not self._unary_request:
-                # Read per message: the call's own fields, not the class's.
-                self._send_limit = config.send_limit(channel._options.max_send_message_length)
-                self._half_closed = False
-                self._iterator_task = None
-                self._unyielded = 0
-            if not self._unary_response:
-                self._response_style = 0
+        if not self._unary_request:
+            # Read per message: the call's own fields, not the class's.
+            self._send_limit = config.send_limit(channel._options.max_send_message_length)
+            self._half_closed = False
+            self._iterator_task = None
+            self._unyielded = 0
+        if not self._unary_response:
+            self._response_style = 0
         if wait_for_ready:
             self._wait_for_ready = True
         if timeout is not None:
@@ -336,6 +332,12 @@ class _Call(Stream, Generic[_Req, _Resp]):
             opened.set_result(None)
 
     # ------------------------------------------------------------ events from the link
+
+    def _on_initial_metadata(self, metadata: DecodedMetadata) -> None:
+        self._initial_md = metadata
+        fut = self._md_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def _on_message(self, data: bytes | _compression.Compressed, end: bool) -> None:
         # (end: the server's messages never end the stream; its TRAILERS do.)

@@ -313,10 +313,11 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         self._release_waiters()
 
     def _arm_deadline(self) -> None:
-        """Start the deadline's timer, unless the call is over already. It fires at
-        the deadline the call arrived with, however late it is armed."""
-        if self._deadline is not None and self._timer is None and not self._ended:
-            self._timer = self._loop.call_at(self._deadline, self._on_deadline)
+        """Start the deadline's timer (ServerLink.arm_deadlines: once, for a call with
+        a deadline that is not over yet). It fires at the deadline the call arrived
+        with, however late it is armed."""
+        assert self._deadline is not None
+        self._timer = self._loop.call_at(self._deadline, self._on_deadline)
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -332,7 +333,7 @@ class ServicerContext(Stream, aio.ServicerContext[Any, Any]):
         handler = self._handler
         if not handler.request_streaming and not handler.response_streaming:
             fn: Any = handler.unary_unary
-            if (_kinds.get(fn) or _kind(fn)) is _COROUTINE and self._start_eagerly(fn):
+            if _kind(fn) is _COROUTINE and self._start_eagerly(fn):
                 return
         self._task = task = self._loop.create_task(self._run(),
                                                    context=self._server._handler_context())
