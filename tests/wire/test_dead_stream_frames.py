@@ -29,6 +29,17 @@ from tests.wire.helpers import CLIENT, SERVER, ConnectionPair, drain_frames, eve
 KIB = 1024
 
 
+def _handshaken(**limits: Limits) -> ConnectionPair:
+    pair = ConnectionPair(**limits)
+    pair.handshake()
+    return pair
+
+
+def _encoded(frames: list) -> bytes:
+    """Frames drained from one connection, as bytes for the other."""
+    return b"".join(_wire.frame(f.type, f.flags, f.stream_id, f.payload) for f in frames)
+
+
 def _windows_agree(pair: ConnectionPair) -> None:
     """Nothing in flight: each sender's connection window is what its receiver
     thinks it may still send."""
@@ -50,8 +61,7 @@ def _requests(events: list) -> list[int]:
 
 
 def test_a_call_cancelled_before_its_headers_left_sends_nothing() -> None:
-    pair = ConnectionPair()
-    pair.handshake()
+    pair = _handshaken()
     client = pair.client
     window = client.send_window
     sid = client.start_request("/svc/Unary", 0.005, None, message=b"r" * 100)
@@ -65,8 +75,7 @@ def test_a_call_cancelled_before_its_headers_left_sends_nothing() -> None:
 
 
 def test_only_the_dead_calls_frames_are_dropped_the_live_ones_go_out_in_order() -> None:
-    pair = ConnectionPair()
-    pair.handshake()
+    pair = _handshaken()
     client = pair.client
     a = client.start_request("/svc/A", None, None)
     b = client.start_request("/svc/B", 1.0, None, message=b"b" * 50)
@@ -90,8 +99,7 @@ def test_only_the_dead_calls_frames_are_dropped_the_live_ones_go_out_in_order() 
 
 
 def test_many_calls_dying_in_one_batch_leave_the_others_intact() -> None:
-    pair = ConnectionPair()
-    pair.handshake()
+    pair = _handshaken()
     client = pair.client
     sids = [client.start_request("/svc/M", 0.01, None, message=bytes([i]) * (i + 1))
             for i in range(200)]
@@ -107,8 +115,7 @@ def test_many_calls_dying_in_one_batch_leave_the_others_intact() -> None:
 
 
 def test_a_started_streams_queued_messages_give_way_to_its_cancel() -> None:
-    pair = ConnectionPair()
-    pair.handshake()
+    pair = _handshaken()
     client = pair.client
     sid = client.start_request("/svc/Stream", None, None)
     pair.pump()                              # its HEADERS went out: the server has it
@@ -122,16 +129,14 @@ def test_a_started_streams_queued_messages_give_way_to_its_cancel() -> None:
     assert client.send_window == sent        # the messages never left: not counted
     assert client.streams_withdrawn == 0
     # Delivered, the server ends its stream (and sees no message).
-    server_events = pair.feed(SERVER, b"".join(
-        _wire.frame(f.type, f.flags, f.stream_id, f.payload) for f in frames))
+    server_events = pair.feed(SERVER, _encoded(frames))
     assert [type(e) for e in server_events] == [StreamEnded]
     pair.pump()
     _windows_agree(pair)
 
 
 def test_only_messages_still_queued_are_dropped_not_those_handed_out() -> None:
-    pair = ConnectionPair()
-    pair.handshake()
+    pair = _handshaken()
     client = pair.client
     sid = client.start_request("/svc/Stream", None, None)
     client.send_message(sid, b"first")
@@ -145,8 +150,7 @@ def test_only_messages_still_queued_are_dropped_not_those_handed_out() -> None:
 
 
 def test_a_withdrawn_call_releases_a_stream_blocked_behind_it_in_the_same_batch() -> None:
-    pair = ConnectionPair(server_limits=Limits(stream_window=64 * KIB, connection_window=16 * KIB))
-    pair.handshake()
+    pair = _handshaken(server_limits=Limits(stream_window=64 * KIB, connection_window=16 * KIB))
     client = pair.client
     waiting = client.start_request("/svc/Waiting", None, None)
     pair.pump()
@@ -161,16 +165,14 @@ def test_a_withdrawn_call_releases_a_stream_blocked_behind_it_in_the_same_batch(
     assert client.take_events() == [StreamWritable(waiting)]
     assert client.take_events() == []
     assert client.send_window == 12 * KIB
-    server_events = pair.feed(SERVER, b"".join(
-        _wire.frame(f.type, f.flags, f.stream_id, f.payload) for f in frames))
+    server_events = pair.feed(SERVER, _encoded(frames))
     assert [e.data for e in events_of(server_events, MessageReceived)] == [b"w" * 4 * KIB]
     assert _requests(pair.events[SERVER]) == [waiting]
     _consumed_windows_agree(pair, waiting)
 
 
 def test_the_peers_cancel_drops_our_queued_frames_for_that_stream() -> None:
-    pair = ConnectionPair()
-    pair.handshake()
+    pair = _handshaken()
     client, server = pair.client, pair.server
     sid = client.start_request("/svc/ServerStream", None, None, message=b"go")
     keep = client.start_request("/svc/Other", None, None, message=b"go")
@@ -183,8 +185,7 @@ def test_the_peers_cancel_drops_our_queued_frames_for_that_stream() -> None:
     pair.send(CLIENT)                  # the server reads the CANCEL before it flushes
     frames = drain_frames(server)
     assert [(f.type, f.stream_id) for f in frames] == [(_wire.MESSAGE, keep)]
-    pair.feed(CLIENT, b"".join(_wire.frame(f.type, f.flags, f.stream_id, f.payload)
-                               for f in frames))
+    pair.feed(CLIENT, _encoded(frames))
     server.consume(sid)
     server.consume(keep)
     client.consume(keep)
@@ -211,8 +212,7 @@ def test_a_call_withdrawn_in_the_batch_that_starts_the_connection() -> None:
 def test_big_messages_in_pieces_are_dropped_whole() -> None:
     """A big message queued as header, message and size announcement buffers (not
     joined) is dropped whole, its window given back, the frames around it kept."""
-    pair = ConnectionPair()
-    pair.handshake()
+    pair = _handshaken()
     client = pair.client
     window = client.send_window
     live = client.start_request("/svc/Live", None, None)
@@ -233,8 +233,7 @@ def test_random_calls_dying_at_random_moments_keep_both_sides_in_step(ops) -> No
     """Whatever dies when: the server sees no stream the client withdrew, every live
     stream's messages whole and in order, a dead one's only as a prefix, and once all
     is read both sides agree on every connection window (small, so streams block)."""
-    pair = ConnectionPair(server_limits=Limits(stream_window=8 * KIB, connection_window=12 * KIB))
-    pair.handshake()
+    pair = _handshaken(server_limits=Limits(stream_window=8 * KIB, connection_window=12 * KIB))
     client, server = pair.client, pair.server
     sids: list[int] = []
     sent: dict[int, list[bytes]] = {}
