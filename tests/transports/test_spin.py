@@ -117,7 +117,7 @@ def test_skips_never_exceed_the_cap(outcomes: list[bool], cap: int) -> None:
 
 # -- AnswerSpin: the shm lane's spin after a write, sized from answer times ----------
 
-from rpc.transports._spin import AnswerSpin  # noqa: E402
+from rpc.transports._spin import ANSWER_SLACK_US, AnswerSpin  # noqa: E402
 
 
 def test_answer_spin_never_spins_on_one_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +138,7 @@ def test_cpus_available_counts_no_more_than_the_machine(monkeypatch: pytest.Monk
 
 
 def test_answer_spin_budget_follows_the_answer_times() -> None:
-    spin = AnswerSpin(200.0, min_spin_us=10.0)
+    spin = AnswerSpin(200.0, min_spin_us=10.0, slack_us=0.0)
     assert spin.budget_ns() == 200_000          # nothing measured yet: the ceiling
     for _ in range(50):
         spin.observe(20_000)                    # answers in 20 us
@@ -150,6 +150,19 @@ def test_answer_spin_budget_follows_the_answer_times() -> None:
         spin.observe(5_000_000)                 # a handler that takes 5 ms
     assert spin.budget_ns() == 0                # answers too slow: sleep
     assert spin.declined == 1
+
+
+def test_answer_spin_polls_a_slack_past_twice_the_typical_answer() -> None:
+    """The default slack: an answer a little late (jitter) is still caught, not paid
+    for with a wake-up; the ceiling still bounds it."""
+    spin = AnswerSpin(200.0, min_spin_us=10.0)
+    for _ in range(50):
+        spin.observe(8_000)
+    assert spin.budget_ns() == 16_000 + int(ANSWER_SLACK_US * 1000)
+    for _ in range(50):
+        spin.observe(95_000)                    # twice this plus the slack: past the ceiling
+    assert spin.budget_ns() == 200_000
+    assert AnswerSpin(200.0, slack_us=50.0).slack_ns == 50_000
 
 
 def test_answer_spin_comes_back_when_answers_are_quick_again() -> None:
