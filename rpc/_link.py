@@ -284,15 +284,23 @@ class _LinkBase:
         """Called after the write that leaves this side waiting for one answer
         (a lone unary request; a server's last response with nothing else to do)."""
         awake = self._awake
-        if awake is None or self.lane not in ("tcp", "unix", "pipe") or not awake.should_spin():
+        if awake is None or self.lane not in ("tcp", "unix", "pipe"):
             return
-        start = not self._awake_until
+        if self._awake_until:
+            # Still awake from the last such write: what it caught (the read this write
+            # answers, on a server) counts now, before this wait replaces it. Its step
+            # would only see the new wait: a server answering each request at once
+            # recorded only its misses and backed off for good.
+            if self._awake_caught:
+                awake.record(True)
+        elif awake.should_spin():
+            self.loop.call_soon(self._awake_step)
+        else:
+            return
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds, which
         # would stretch a 50 us budget to up to 1 ms.
         self._awake_until = _perf_counter_ns() + awake.max_spin_ns
         self._awake_caught = False
-        if start:
-            self.loop.call_soon(self._awake_step)
 
     def _awake_step(self) -> None:
         awake = self._awake

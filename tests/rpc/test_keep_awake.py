@@ -52,6 +52,20 @@ async def test_quick_answers_are_caught_awake(tmp_path):
         assert awake.skipped == 0
 
 
+async def test_a_server_answering_at_once_counts_its_catches(tmp_path):
+    """A server's response goes out while it is still awake from its last one (that
+    wait caught the request being answered): the catch must count, or the server
+    records only its misses and stops polling for good."""
+    async with serve_unix(tmp_path) as served:
+        channel = served.channel(options=UNIX_ONLY)
+        await calls(echo_pb2_grpc.EchoStub(channel), 50)
+        (server_link,) = served.server._links
+        awake = server_link._awake
+        assert awake.catches >= 45
+        assert awake.catches >= awake.spins - 2
+        assert awake.skipped == 0
+
+
 async def test_slow_answers_turn_it_off(tmp_path):
     async with serve_unix(tmp_path, delay=0.02) as served:
         channel = served.channel(options=UNIX_ONLY)
