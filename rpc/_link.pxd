@@ -36,6 +36,8 @@ cdef class _LinkBase:
     cdef public object _awake
     cdef public long long _awake_until
     cdef public bint _awake_caught
+    cdef public long long _awake_switches
+    cdef public bint _awake_queued
     cdef public long long bytes_in
     cdef public long long bytes_out
     cdef public bint tls_transport

@@ -31,13 +31,14 @@ from rpc._proto import handshake_pb2
 from rpc._settings import MemoryBudget
 from rpc._wire import GoAwayCode, ProtocolError
 from rpc.transports import PeerInfo, peer_info
-from rpc.transports._spin import AdaptiveSpin
+from rpc.transports._spin import AdaptiveSpin, involuntary_switches
 
 log = logging.getLogger("lanerpc")
 
 COMPILED: bool = not __file__.endswith(".py")
 
 _perf_counter_ns = time.perf_counter_ns
+_involuntary_switches = involuntary_switches    # (a module global: tests replace it)
 
 # Above this many bytes a flush is fed to the transport a piece at a time,
 # stopping while it is paused: handing it megabytes at once makes it copy
@@ -92,7 +93,9 @@ class _LinkBase:
         # Keep-awake after a write on the socket lanes (see stay_awake).
         self._awake = AdaptiveSpin(awake_us, max_probe_gap=256) if awake_us else None
         self._awake_until = 0         # perf_counter_ns deadline while awake, else 0
-        self._awake_caught = False
+        self._awake_caught = False    # the last wait ended in a read, not judged yet
+        self._awake_switches = 0      # this thread's preemptions when that wait began
+        self._awake_queued = False    # an _awake_step is queued
         self.bytes_in = 0
         self.bytes_out = 0
         self.tls_transport = False    # the transport is the event loop's TLS (see flush)
@@ -131,6 +134,7 @@ class _LinkBase:
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_in += nbytes
         if self._awake_until:
+            self._awake_until = 0     # the wait is over (stay_awake judges it)
             self._awake_caught = True
         try:
             events = self.conn.received_into(nbytes)
@@ -142,6 +146,7 @@ class _LinkBase:
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self._awake_until:
+            self._awake_until = 0     # the wait is over (stay_awake judges it)
             self._awake_caught = True
         try:
             events = self.conn.receive_data(data)
@@ -286,32 +291,37 @@ class _LinkBase:
         awake = self._awake
         if awake is None or self.lane not in ("tcp", "unix", "pipe"):
             return
-        if self._awake_until:
-            # Still awake from the last such write: what it caught (the read this write
-            # answers, on a server) counts now, before this wait replaces it. Its step
-            # would only see the new wait: a server answering each request at once
-            # recorded only its misses and backed off for good.
-            if self._awake_caught:
-                awake.record(True)
-        elif awake.should_spin():
-            self.loop.call_soon(self._awake_step)
-        else:
+        switches = _involuntary_switches()
+        if self._awake_caught:
+            # The last wait ended in a read (judged here, after this write went out,
+            # not on the answer's path). It paid unless this thread was preempted
+            # since it began: most likely by the peer it waited for, on a CPU the two
+            # share, which the spin only held up (a read then is no catch).
+            self._awake_caught = False
+            awake.record(switches == self._awake_switches)
+        if not awake.should_spin():
+            self._awake_until = 0     # a step still queued stops there
             return
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds, which
         # would stretch a 50 us budget to up to 1 ms.
         self._awake_until = _perf_counter_ns() + awake.max_spin_ns
-        self._awake_caught = False
+        self._awake_switches = switches
+        if not self._awake_queued:
+            self._awake_queued = True
+            self.loop.call_soon(self._awake_step)
 
     def _awake_step(self) -> None:
-        awake = self._awake
-        assert awake is not None   # scheduled only by stay_awake, which has one
-        if self._awake_caught or self.conn.closed:
+        self._awake_queued = False
+        until = self._awake_until
+        if not until:
+            return                    # a read ended the wait, or it was backed off
+        if self.conn.closed or _perf_counter_ns() >= until:
             self._awake_until = 0
-            awake.record(self._awake_caught)
-        elif _perf_counter_ns() >= self._awake_until:
-            self._awake_until = 0
+            awake = self._awake
+            assert awake is not None   # scheduled only by stay_awake, which has one
             awake.record(False)
         else:
+            self._awake_queued = True
             self.loop.call_soon(self._awake_step)
 
     def flush(self) -> None:

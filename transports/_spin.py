@@ -10,13 +10,16 @@ it must stop by itself.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 
-__all__ = ["ANSWER_SLACK_US", "AdaptiveSpin", "AnswerSpin", "DEFAULT_SPIN_US", "cpus_available"]
+__all__ = ["ANSWER_SLACK_US", "AdaptiveSpin", "AnswerSpin", "DEFAULT_SPIN_US", "PREEMPTED_NS", "cpus_available",
+           "involuntary_switches"]
 
 DEFAULT_SPIN_US = 50.0             # AdaptiveSpin's budget, when a waiter spins at all
 ANSWER_SLACK_US = 20.0             # AnswerSpin: what it polls past twice the typical answer
+PREEMPTED_NS = 20_000              # a gap this long between two polls: the poller lost its CPU
 
 
 def cpus_available() -> int:
@@ -27,6 +30,15 @@ def cpus_available() -> int:
         return min(machine, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return machine
+
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+def involuntary_switches() -> int:
+    """How many times the calling thread has been preempted (made to give up its CPU
+    while it could still run): ``getrusage``'s ``ru_nivcsw``, per thread on Linux."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_nivcsw
 
 
 class AdaptiveSpin:

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from examples.echo import echo_pb2_grpc
+from rpc import _link
 from rpc._link import Link
 from rpc.transports import _spin
 from tests._support import Echo, msg, serve, wait_until
@@ -23,6 +24,9 @@ BUDGET_US = 5_000.0
 def wide_budget(monkeypatch):
     monkeypatch.setattr(Link, "_AWAKE_US", BUDGET_US)
     monkeypatch.setattr(_spin, "cpus_available", lambda: 2)   # one CPU: never spins
+    # Never preempted: a wait that ends in a read is a catch, however loaded the
+    # machine running the tests is (the preempted case has a test of its own).
+    monkeypatch.setattr(_link, "_involuntary_switches", lambda: 0)
 
 
 UNIX_ONLY = [("lanerpc.lanes", "unix")]   # not switched on to shm, which polls its own way
@@ -64,6 +68,20 @@ async def test_a_server_answering_at_once_counts_its_catches(tmp_path):
         assert awake.catches >= 45
         assert awake.catches >= awake.spins - 2
         assert awake.skipped == 0
+
+
+async def test_a_read_after_being_preempted_is_no_catch(tmp_path, monkeypatch):
+    """A thread preempted while it waited (by the peer it waits for, on a CPU they
+    share) did not gain by spinning, whatever came then: it backs off."""
+    switches = iter(range(1_000_000))
+    monkeypatch.setattr(_link, "_involuntary_switches", lambda: next(switches))
+    async with serve_unix(tmp_path) as served:
+        channel = served.channel(options=UNIX_ONLY)
+        await calls(echo_pb2_grpc.EchoStub(channel), 30)
+        awake = channel._link._awake
+        assert awake.catches == 0
+        assert awake.spins < 12
+        assert awake.skipped > 18
 
 
 async def test_slow_answers_turn_it_off(tmp_path):
