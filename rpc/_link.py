@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, cast
@@ -49,6 +50,12 @@ _BIG_WRITE = 256 * 1024
 # reading data costs nothing more than counting it (no clock read per receive):
 # a PING goes out at most keepalive_time / _KA_STEPS later than exactly due.
 _KA_STEPS = 8
+
+
+def _peer_is_this_process(peer: PeerInfo) -> bool:
+    """Whether the other end of a connection is this very process (SO_PEERCRED's pid,
+    on the local lanes; a module function, which tests replace)."""
+    return peer.pid is not None and peer.pid == os.getpid()
 
 
 class _LinkBase:
@@ -118,6 +125,11 @@ class _LinkBase:
         self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_info(transport)
         self.lane = self.peer.lane
+        if _peer_is_this_process(self.peer):
+            # Client and server in one process: the answer needs this process's CPU
+            # (on this loop, or another thread's, which a waiting loop keeps waiting for
+            # the GIL), so staying awake can only hold it up.
+            self._awake = None
         self.tls_transport = transport.get_extra_info("ssl_object") is not None
         self._handshake_timer = self.loop.call_later(
             self.options.handshake_timeout, self._handshake_expired)

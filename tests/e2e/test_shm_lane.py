@@ -16,6 +16,7 @@ import pytest
 import rpc
 from examples.echo import echo_pb2_grpc
 from examples.helloworld import helloworld_pb2, helloworld_pb2_grpc
+from rpc.transports import _spin
 from tests._support import Echo, msg, serve, wait_until
 from tests.e2e._greeter import PidGreeter
 from tests.e2e._server_proc import ServerProc
@@ -194,6 +195,33 @@ async def test_a_hundred_idle_shm_connections_cost_the_server_almost_no_cpu(tmp_
     finally:
         for channel in channels:
             await asyncio.wait_for(channel.close(), 5)
+        await server.stop()
+
+
+async def test_the_answer_poll_is_off_for_a_peer_in_this_process_only(tmp_path):
+    """The shm lane polls for an answer after a write, except when the peer is this very
+    process (client and server on one loop or in one process: its answer needs this
+    process's CPU, which the poll would hold). Against a server in another process the
+    client does poll."""
+    async with serve(Echo(), address=f"unix:{tmp_path}/echo.sock", lanes="shm,unix") as served:
+        channel = served.channel(options=[("lanerpc.lanes", "shm,unix")])
+        reply = await echo_pb2_grpc.EchoStub(channel).Unary(msg(b"hi"), timeout=5)
+        assert reply.payload == b"hi" and channel.lane == "shm"
+        (server_link,) = served.server._links
+        for transport in (channel._link.transport, server_link.transport):
+            assert transport.get_extra_info("lanerpc_peer").pid == os.getpid()
+            assert transport._loop_spin.max_spin_ns == 0
+    server = ServerProc(env={"LANERPC_RUNTIME_DIR": str(tmp_path)})
+    try:
+        await server.start()
+        async with rpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reply = await echo_pb2_grpc.EchoStub(channel).Unary(msg(b"hi"), timeout=5)
+            assert reply.payload == b"hi" and channel.lane == "shm"
+            transport = channel._link.transport
+            assert transport.get_extra_info("lanerpc_peer").pid == server.pid
+            spins = _spin.cpus_available() >= 2
+            assert (transport._loop_spin.max_spin_ns > 0) == spins
+    finally:
         await server.stop()
 
 

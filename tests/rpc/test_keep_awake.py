@@ -5,6 +5,7 @@ doing so by itself when answers do not come that fast."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import grpc
 import pytest
@@ -14,6 +15,9 @@ from rpc import _link
 from rpc._link import Link
 from rpc.transports import _spin
 from tests._support import Echo, msg, serve, wait_until
+
+# Captured before the autouse fixture below replaces it.
+_REAL_PEER_CHECK = _link._peer_is_this_process
 
 # The budget is widened from its default (tens of µs) so that what is tested is the
 # mechanism, not whether this machine answers within it while other tests run.
@@ -27,6 +31,9 @@ def wide_budget(monkeypatch):
     # Never preempted: a wait that ends in a read is a catch, however loaded the
     # machine running the tests is (the preempted case has a test of its own).
     monkeypatch.setattr(_link, "_involuntary_switches", lambda: 0)
+    # Client and server are this one process here, which a link normally never stays
+    # awake for (the answer needs this process): the mechanism is tested as between two.
+    monkeypatch.setattr(_link, "_peer_is_this_process", lambda peer: False)
 
 
 UNIX_ONLY = [("lanerpc.lanes", "unix")]   # not switched on to shm, which polls its own way
@@ -82,6 +89,19 @@ async def test_a_read_after_being_preempted_is_no_catch(tmp_path, monkeypatch):
         assert awake.catches == 0
         assert awake.spins < 12
         assert awake.skipped > 18
+
+
+async def test_no_side_stays_awake_for_a_peer_in_this_process(tmp_path, monkeypatch):
+    """Client and server in one process: the answer needs this process's CPU, so
+    neither link spins for it (the shm lane's poll neither: tests/e2e/test_shm_lane.py)."""
+    monkeypatch.setattr(_link, "_peer_is_this_process", _REAL_PEER_CHECK)
+    async with serve_unix(tmp_path) as served:
+        channel = served.channel(options=UNIX_ONLY)
+        await calls(echo_pb2_grpc.EchoStub(channel), 10)
+        (server_link,) = served.server._links
+        assert channel._link.peer.pid == server_link.peer.pid == os.getpid()
+        assert channel._link._awake is None and server_link._awake is None
+        assert channel._link._awake_until == server_link._awake_until == 0
 
 
 async def test_slow_answers_turn_it_off(tmp_path):
