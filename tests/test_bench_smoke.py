@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,18 @@ def test_veth_rows_say_why_they_cannot_run(tmp_path: Path) -> None:
     for name in VETH_SUBJECTS:
         reason = data["subjects"][name]["unavailable"]
         assert reason is not None and ("needs root" in reason or "needs iproute2" in reason), reason
+
+
+def test_the_shm_floor_polls_as_the_lane_does_between_two_processes() -> None:
+    """floor-shm is the lane's own transport echoing between two processes: its parent
+    must see the child as its peer (not itself), or it would not poll for the answer as
+    the lane does (a transport whose peer is its own process never polls)."""
+    from rpc._bench._shm_floor import run_floor
+    from rpc.transports import _spin
+
+    if _spin.cpus_available() < 2:
+        pytest.skip("one CPU: no transport polls")
+    result = run_floor("lane", 300)
+    assert result["p50_us"] > 0
+    assert result.get("spin_catch_rate", 0) > 0, result
+    assert not [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("lanerpc-floor-")]

@@ -44,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -569,12 +570,20 @@ def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
     # "-posix" kinds: the portable variant (named objects, a waiter thread).
     variant = "posix" if kind.endswith("-posix") else os.environ.get("LANERPC_SHM_VARIANT", "auto")
     segment, offer = ShmSegment.create(1 << 20, variant)
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The control socket is connected by the child, as a lane's is by the client: each
+    # side's SO_PEERCRED then names the other process (a socketpair's names its creator
+    # on both ends, and a transport whose peer is its own process does not poll).
+    where = tempfile.mkdtemp(prefix="lanerpc-floor-")
+    address = os.path.join(where, "control")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     child = None
+    mine = None
     try:
-        child = _spawn({"kind": kind, "offer": _offer_to_json(offer), "fd": theirs.fileno()},
-                       pass_fds=(theirs.fileno(),))
-        theirs.close()
+        listener.bind(address)
+        listener.listen(1)
+        listener.settimeout(10)
+        child = _spawn({"kind": kind, "offer": _offer_to_json(offer), "address": address})
+        mine, _ = listener.accept()
         if offer.variant == "memfd":
             segment.send_fds(mine.fileno())
         mine.settimeout(10)
@@ -599,7 +608,12 @@ def _run_lane(kind: str, n: int, warmup: int, payload: bytes, same_cpu: bool) ->
     finally:
         if not segment.closed:
             segment.close()
-        mine.close()
+        listener.close()
+        if mine is not None:
+            mine.close()
+        if os.path.exists(address):
+            os.unlink(address)
+        os.rmdir(where)
         if child is not None:
             _stop_child(child)
 
@@ -629,7 +643,10 @@ def _child_main(args: dict[str, Any]) -> None:
 def _child_run(args: dict[str, Any]) -> None:
     kind = args["kind"]
     if "offer" in args:
-        control = socket.socket(fileno=args["fd"])
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.settimeout(10)
+        control.connect(args["address"])
+        control.settimeout(None)
         loop = _new_loop(kind)
         try:
             loop.run_until_complete(
