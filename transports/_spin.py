@@ -14,8 +14,8 @@ import resource
 import time
 from collections.abc import Callable
 
-__all__ = ["ANSWER_SLACK_US", "AdaptiveSpin", "AnswerSpin", "DEFAULT_SPIN_US", "PREEMPTED_NS", "cpus_available",
-           "involuntary_switches"]
+__all__ = ["ANSWER_SLACK_US", "AdaptiveSpin", "AnswerSpin", "DEFAULT_SPIN_US", "PREEMPTED_NS",
+           "cpus_available", "involuntary_switches"]
 
 DEFAULT_SPIN_US = 50.0             # AdaptiveSpin's budget, when a waiter spins at all
 ANSWER_SLACK_US = 20.0             # AnswerSpin: what it polls past twice the typical answer
@@ -37,7 +37,8 @@ _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 
 def involuntary_switches() -> int:
     """How many times the calling thread has been preempted (made to give up its CPU
-    while it could still run): ``getrusage``'s ``ru_nivcsw``, per thread on Linux."""
+    while it could still run): ``getrusage``'s ``ru_nivcsw``, per thread on Linux (per
+    process where there is no RUSAGE_THREAD)."""
     return resource.getrusage(_RUSAGE_THREAD).ru_nivcsw
 
 
@@ -141,11 +142,13 @@ class AnswerSpin:
     ``max_spin_us``. The slack is for the jitter of quick answers: measured on an idle
     2-vCPU VM (shm lane, 100 B unary echo), answers typically 7-16 µs, twice that missed
     4 % of them, and each miss (and the write skipped after it) paid a wake-up of ~100 µs:
-    p99 116-118 µs; 20 µs more missed 0.5 %, p99 62-76 µs, and less CPU per call. A spin that misses (the
-    answer was late, or we lost the CPU while polling) skips the next 1, 2, 4 ... up to
-    ``max_probe_gap`` writes; a catch resets that. Nothing is sticky: answers are timed
-    while not spinning too, so when the peer is quick again spinning comes back, and
-    after a miss the spin is probed again within ``max_probe_gap`` writes.
+    p99 116-118 µs; 20 µs more missed 0.5 %, p99 62-76 µs, and less CPU per call.
+
+    A spin that misses (the answer was late, or we lost the CPU while polling) skips the
+    next 1, 2, 4 ... up to ``max_probe_gap`` writes; a catch resets that. Nothing is
+    sticky: answers are timed while not spinning too, so when the peer is quick again
+    spinning comes back, and after a miss the spin is probed again within
+    ``max_probe_gap`` writes.
 
     A process that may run on one CPU only never spins: the peer needs that CPU to
     answer (counted when the spin is made).
