@@ -77,18 +77,24 @@ async def test_a_server_answering_at_once_counts_its_catches(tmp_path):
         assert awake.skipped == 0
 
 
-async def test_a_read_after_being_preempted_is_no_catch(tmp_path, monkeypatch):
-    """A thread preempted while it waited (by the peer it waits for, on a CPU they
-    share) did not gain by spinning, whatever came then: it backs off."""
-    switches = iter(range(1_000_000))
-    monkeypatch.setattr(_link, "_involuntary_switches", lambda: next(switches))
-    async with serve_unix(tmp_path) as served:
+async def thirty_calls_back_off(tmp_path, delay: float = 0.0) -> None:
+    """30 calls to a server answering after ``delay``: the client's keep-awake caught
+    none, and after a few misses it only probes now and then."""
+    async with serve_unix(tmp_path, delay) as served:
         channel = served.channel(options=UNIX_ONLY)
         await calls(echo_pb2_grpc.EchoStub(channel), 30)
         awake = channel._link._awake
         assert awake.catches == 0
         assert awake.spins < 12
         assert awake.skipped > 18
+
+
+async def test_a_read_after_being_preempted_is_no_catch(tmp_path, monkeypatch):
+    """A thread preempted while it waited (by the peer it waits for, on a CPU they
+    share) did not gain by spinning, whatever came then: it backs off."""
+    switches = iter(range(1_000_000))
+    monkeypatch.setattr(_link, "_involuntary_switches", lambda: next(switches))
+    await thirty_calls_back_off(tmp_path)
 
 
 async def test_no_side_stays_awake_for_a_peer_in_this_process(tmp_path, monkeypatch):
@@ -105,15 +111,8 @@ async def test_no_side_stays_awake_for_a_peer_in_this_process(tmp_path, monkeypa
 
 
 async def test_slow_answers_turn_it_off(tmp_path):
-    async with serve_unix(tmp_path, delay=0.02) as served:
-        channel = served.channel(options=UNIX_ONLY)
-        await calls(echo_pb2_grpc.EchoStub(channel), 30)
-        awake = channel._link._awake
-        # A 20 ms handler is never caught within the budget: after a few misses
-        # the client only probes now and then.
-        assert awake.catches == 0
-        assert awake.spins < 12
-        assert awake.skipped > 18
+    # A 20 ms handler is never caught within the budget.
+    await thirty_calls_back_off(tmp_path, delay=0.02)
 
 
 async def test_nothing_spins_once_the_calls_are_done(tmp_path):
