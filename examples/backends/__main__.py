@@ -10,9 +10,9 @@ way a Kubernetes headless Service's DNS name or an ``ipv4:`` list gives several 
     target:  ipv4:127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3
     config:  {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [retry UNAVAILABLE]}
 
-It makes 30 calls and prints how they spread, SIGKILLs one backend, makes 30 more (the
-dead one's share goes to the others; a call caught in flight on it is retried), and stops
-every backend by its pid. Each backend is on this host, so each connection upgrades to
+Once each backend has answered a first call, it makes 30 calls and prints how they
+spread, SIGKILLs one backend, makes 30 more (the dead one's share goes to the others; a
+call caught in flight on it is retried), and stops every backend by its pid. Each backend is on this host, so each connection upgrades to
 shared memory by itself; across machines the same code stays on TCP per backend.
 """
 
@@ -85,6 +85,21 @@ async def _calls(stub: helloworld_pb2_grpc.GreeterStub, n: int) -> collections.C
     return seen
 
 
+async def _until_each_answers(stub: helloworld_pb2_grpc.GreeterStub, count: int,
+                              timeout: float = 10.0) -> None:
+    """The channel is ready once one backend is (as in gRPC), and round_robin picks
+    among the backends connected so far: call until each of ``count`` has answered
+    (at most ``timeout`` seconds), so that the calls after spread over all of them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    answered: set[str] = set()
+    while len(answered) < count and loop.time() < deadline:
+        reply = await stub.SayHello(helloworld_pb2.HelloRequest(name="hello"), timeout=5)
+        answered.add(reply.message.partition(" ")[0])
+        if len(answered) < count:
+            await asyncio.sleep(0.005)
+
+
 def _show(title: str, seen: collections.Counter[str]) -> None:
     print(title)
     for answer, n in sorted(seen.items()):
@@ -101,6 +116,7 @@ async def _main(count: int) -> None:
                 ("grpc.service_config", SERVICE_CONFIG)]) as channel:
             stub = helloworld_pb2_grpc.GreeterStub(channel)
             await channel.channel_ready()
+            await _until_each_answers(stub, count)
             _show("30 calls:", await _calls(stub, 30))
             victim, _ = backends[1]
             victim.kill()
