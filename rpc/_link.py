@@ -272,6 +272,7 @@ class _LinkBase:
             if awaiting_answer:
                 self.stay_awake()
         else:
+            self._awake_caught = False   # a wait's catch is judged at the next lone write only
             self.flush_soon()
 
     def flush_soon(self) -> None:
@@ -303,13 +304,16 @@ class _LinkBase:
         awake = self._awake
         if awake is None or self.lane not in ("tcp", "unix", "pipe"):
             return
-        switches = _involuntary_switches()
+        switches = -1
         if self._awake_caught:
-            # The last wait ended in a read (judged here, after this write went out,
-            # not on the answer's path). It paid unless this thread was preempted
+            # The last wait ended in a read; it is judged here, after this write went
+            # out, not on the answer's path. It paid unless this thread was preempted
             # since it began: most likely by the peer it waited for, on a CPU the two
-            # share, which the spin only held up (a read then is no catch).
+            # share, which the spin only held up; or, since then, while answering or
+            # between calls, on a CPU other work wants too, where keeping awake does
+            # not pay either (measured beside a busy process: no poll at all did best).
             self._awake_caught = False
+            switches = _involuntary_switches()
             awake.record(switches == self._awake_switches)
         if not awake.should_spin():
             self._awake_until = 0     # a step still queued stops there
@@ -317,7 +321,7 @@ class _LinkBase:
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds, which
         # would stretch a 50 us budget to up to 1 ms.
         self._awake_until = _perf_counter_ns() + awake.max_spin_ns
-        self._awake_switches = switches
+        self._awake_switches = switches if switches >= 0 else _involuntary_switches()
         if not self._awake_queued:
             self._awake_queued = True
             self.loop.call_soon(self._awake_step)

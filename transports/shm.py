@@ -851,7 +851,6 @@ class ShmTransport(asyncio.Transport):
         if control_transport is not None:
             known = peer_info(control_transport)
             self._peer = PeerInfo("shm", known.address, known.pid, known.uid, known.gid)
-            control_transport.set_protocol(_ControlChannelWatch(self))
         else:
             self._peer = PeerInfo("shm", f"shm:{segment.name}")
         self._extra_info: dict[str, Any] = {"lanerpc_peer": self._peer}
@@ -882,7 +881,9 @@ class ShmTransport(asyncio.Transport):
         self._fence = StoreLoadFence()
         self._stopping = False        # tells the waiter thread to end
         self._wake_scheduled = False  # a wake-up from the waiter is queued on the loop
-
+        if control_transport is not None:
+            # Only now, with the pump made: the watch reports the peer's going to it.
+            control_transport.set_protocol(_ControlChannelWatch(self))
 
         # The memfd variant's doorbell is an eventfd the loop watches itself; the posix
         # variant's is a semaphore, which only a thread can wait on.
