@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, cast
@@ -31,7 +30,7 @@ from rpc._compression import Compressed
 from rpc._proto import handshake_pb2
 from rpc._settings import MemoryBudget
 from rpc._wire import GoAwayCode, ProtocolError
-from rpc.transports import PeerInfo, peer_info
+from rpc.transports import PeerInfo, is_this_process, peer_info
 from rpc.transports._spin import AdaptiveSpin, involuntary_switches
 
 log = logging.getLogger("lanerpc")
@@ -39,7 +38,9 @@ log = logging.getLogger("lanerpc")
 COMPILED: bool = not __file__.endswith(".py")
 
 _perf_counter_ns = time.perf_counter_ns
-_involuntary_switches = involuntary_switches    # (a module global: tests replace it)
+# (module globals: tests replace them)
+_involuntary_switches = involuntary_switches
+_peer_is_this_process = is_this_process
 
 # Above this many bytes a flush is fed to the transport a piece at a time,
 # stopping while it is paused: handing it megabytes at once makes it copy
@@ -50,12 +51,6 @@ _BIG_WRITE = 256 * 1024
 # reading data costs nothing more than counting it (no clock read per receive):
 # a PING goes out at most keepalive_time / _KA_STEPS later than exactly due.
 _KA_STEPS = 8
-
-
-def _peer_is_this_process(peer: PeerInfo) -> bool:
-    """Whether the other end of a connection is this very process (SO_PEERCRED's pid,
-    on the local lanes; a module function, which tests replace)."""
-    return peer.pid is not None and peer.pid == os.getpid()
 
 
 class _LinkBase:

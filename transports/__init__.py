@@ -12,6 +12,6 @@ The seam every lane implements is asyncio's own Protocol/Transport pair, narrowe
   the peer's address and, on local lanes, its credentials.
 """
 
-from ._seam import PeerInfo, peer_credentials, peer_info
+from ._seam import PeerInfo, is_this_process, peer_credentials, peer_info
 
-__all__ = ("PeerInfo", "peer_credentials", "peer_info")
+__all__ = ("PeerInfo", "is_this_process", "peer_credentials", "peer_info")

@@ -39,7 +39,7 @@ import time
 from typing import Any, Callable
 
 from ._ring import RingCorrupted, ShmRing
-from ._spin import PREEMPTED_NS, AnswerSpin
+from ._spin import AnswerSpin
 
 try:
     import cython  # type: ignore[import-untyped]
@@ -54,6 +54,7 @@ COMPILED: bool = not __file__.endswith(".py")
 
 JOIN_LIMIT = 64 * 1024      # writelines joins batches up to this size (cheap copy)
 OWN_RECORD = 16 * 1024      # a buffer this big goes into the ring as it is, unjoined
+PREEMPTED_NS = 20_000       # a gap this long between two polls: we lost the CPU
 _JOIN_LIMIT = JOIN_LIMIT    # the names the code uses (C constants when compiled)
 _OWN_RECORD = OWN_RECORD
 _PREEMPTED_NS = PREEMPTED_NS

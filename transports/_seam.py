@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import struct
 
@@ -52,6 +53,14 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
         return None
     pid, uid, gid = _UCRED.unpack(raw)
     return pid, uid, gid
+
+
+def is_this_process(peer: PeerInfo) -> bool:
+    """Whether the other end of a connection is this very process: its pid (the
+    process that called connect() or listen(); a socketpair's creator, on both ends),
+    known on the local lanes. Such a peer answers with this process's CPU, so nothing
+    here polls for it."""
+    return peer.pid is not None and peer.pid == os.getpid()
 
 
 def peer_info(transport: asyncio.BaseTransport) -> PeerInfo:

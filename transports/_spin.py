@@ -14,12 +14,11 @@ import resource
 import time
 from collections.abc import Callable
 
-__all__ = ["ANSWER_SLACK_US", "AdaptiveSpin", "AnswerSpin", "DEFAULT_SPIN_US", "PREEMPTED_NS",
-           "cpus_available", "involuntary_switches"]
+__all__ = ["ANSWER_SLACK_US", "AdaptiveSpin", "AnswerSpin", "DEFAULT_SPIN_US", "cpus_available",
+           "involuntary_switches"]
 
 DEFAULT_SPIN_US = 50.0             # AdaptiveSpin's budget, when a waiter spins at all
 ANSWER_SLACK_US = 20.0             # AnswerSpin: what it polls past twice the typical answer
-PREEMPTED_NS = 20_000              # a gap this long between two polls: the poller lost its CPU
 
 
 def cpus_available() -> int:

@@ -84,7 +84,7 @@ from ._ring import (
     ShmRing,
     StoreLoadFence,
 )
-from ._seam import PeerInfo, peer_info
+from ._seam import PeerInfo, is_this_process, peer_info
 from ._spin import AdaptiveSpin, AnswerSpin
 
 try:
@@ -861,7 +861,7 @@ class ShmTransport(asyncio.Transport):
         # this loop, or on another thread, with the GIL the poll holds), so a poll can
         # only hold it up (client and server on one loop: 31 µs of CPU per unary call
         # with the poll, 17 without).
-        if self._peer.pid is not None and self._peer.pid == _this_pid:
+        if is_this_process(self._peer):
             loop_spin_us = 0.0
         self._loop_spin = AnswerSpin(loop_spin_us, min_spin_us=LOOP_SPIN_MIN_US,
                                      max_probe_gap=LOOP_SPIN_MAX_PROBE_GAP)
